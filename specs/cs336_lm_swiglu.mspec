@@ -1,0 +1,47 @@
+# The CS336 assignment-1 Transformer LM as students build it: SwiGLU feed-forward
+# (W1, W3: d_model -> d_ff; W2: d_ff -> d_model), pre-norm blocks, RoPE, untied output
+# embedding, everything float32, AdamW. d_ff defaults to 4 d_model as the question
+# assumes; the TinyStories preset binds the handout's d_ff = 1344. Compile with:
+#   memspec compile specs/cs336_lm_swiglu.mspec --format md
+use std
+
+dim batch_size     as B
+dim context_length as L
+dim vocab_size     as V
+dim d_model        as D
+dim num_layers     as N
+dim num_heads      as H
+dim d_ff           as F = 4 * D
+
+layer Block(d_model, num_heads, d_ff, max_len) {
+    ln1  = RMSNorm(d_model)
+    attn = MultiHeadSelfAttention(d_model, num_heads, max_len)
+    ln2  = RMSNorm(d_model)
+    ffn  = SwiGLU(d_model, d_ff)
+    forward(x: [batch, seq, d_model]) -> [batch, seq, d_model] {
+        x = x + attn(ln1(x))
+        return x + ffn(ln2(x))
+    }
+}
+
+model TransformerLM {
+    token_embeddings = Embedding(V, D)
+    layers   = repeat N of Block(D, H, F, L)
+    ln_final = RMSNorm(D)
+    lm_head  = Linear(D, V)
+    forward(tokens: int64[B, L], targets: int64[B, L]) {
+        x      = layers(token_embeddings(tokens))   : [B, L, D]
+        logits = lm_head(ln_final(x))               : [B, L, V]
+        return cross_entropy(logits, targets)
+    }
+}
+
+# The TinyStories configuration of the assignment handout.
+preset tinystories { V = 10_000, L = 256, D = 512, F = 1_344, N = 4, H = 16 }
+# GPT-2 XL's shape (part (b) of the question), with d_ff = 4 d_model.
+preset gpt2_xl     { V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400 }
+
+expect params == 2*V*D + N*(4*D**2 + 3*D*F + 2*D) + D
+expect params == 22_696_448 at tinystories
+
+train { precision fp32; optimizer adamw; convention course; use math }

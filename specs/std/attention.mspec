@@ -1,0 +1,34 @@
+# Attention. `attention` has two implementations, picked with `use math` / `use flash`
+# in a spec's train block or with --use:
+#   math:  scores = Q K^T, scaled, causally masked, softmax, weighted sum of V; the
+#          [seq, seq] scores and probabilities are materialized (and saved for backward);
+#   flash: one fused kernel (torch's scaled_dot_product_attention) that stores no
+#          [seq, seq] tensor.
+
+fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, d]) -> [..., s, d]
+variant math {
+    scores = einsum(q, k, "... s d, ... t d -> ... s t")
+    probs = softmax(causal_mask(scores / sqrt(d)))
+    return einsum(probs, v, "... s t, ... t d -> ... s d")
+}
+variant flash {
+    return flash_attention(q, k, v)
+}
+
+# Causal multi-head self-attention with RoPE on queries and keys (CS336 assignment 1).
+layer MultiHeadSelfAttention(d_model, num_heads, max_len, theta = 10000) {
+    let d_k = d_model / num_heads
+    q_proj = Linear(d_model, d_model)
+    k_proj = Linear(d_model, d_model)
+    v_proj = Linear(d_model, d_model)
+    output_proj = Linear(d_model, d_model)
+    rope = RoPE(d_k, max_len, theta)
+    forward(x: [..., seq, d_model]) -> [..., seq, d_model] {
+        q = rope(rearrange(q_proj(x), "... s (h d) -> ... h s d", h = num_heads))
+        k = rope(rearrange(k_proj(x), "... s (h d) -> ... h s d", h = num_heads))
+        v = rearrange(v_proj(x), "... s (h d) -> ... h s d", h = num_heads)
+        o = attention(q, k, v)
+        merged = rearrange(o, "... h s d -> ... s (h d)")   # a copy: h and d are not adjacent
+        return output_proj(merged)
+    }
+}

@@ -1,0 +1,81 @@
+"""The training configuration: the spec's `train` block merged with command-line flags."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from memspec.errors import UsageError
+from memspec.policies import (
+    Convention,
+    Optimizer,
+    Precision,
+    read_convention,
+    read_optimizer,
+    read_precision,
+)
+from memspec.syntax.imports import Program
+
+__all__ = ["DEFAULTS", "TrainConfig", "resolve_config"]
+
+DEFAULTS = {"precision": "fp32", "optimizer": "adamw", "convention": "course"}
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    precision: Precision
+    optimizer: Optimizer
+    convention: Convention
+    variants: tuple[str, ...] = ()
+
+
+def _pick(kind: str, name: str, table: dict, span) -> object:
+    if name not in table:
+        close = difflib.get_close_matches(name, sorted(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(sorted(table)) or "none declared"
+        raise UsageError(f"unknown {kind} {name!r}{hint} (known: {known})", span)
+    return table[name]
+
+
+def resolve_config(
+    program: Program,
+    precision: str | None = None,
+    optimizer: str | None = None,
+    convention: str | None = None,
+    variants: tuple[str, ...] = (),
+) -> TrainConfig:
+    """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
+    chosen = dict(DEFAULTS)
+    spans: dict[str, object] = {}
+    spec_variants: tuple[str, ...] = ()
+    if len(program.trains) > 1:
+        raise UsageError("a spec may have one train block", program.trains[1].span)
+    for train in program.trains:
+        for key, value, span in train.settings:
+            if key not in DEFAULTS:
+                raise UsageError(
+                    f"unknown train setting {key!r}; expected one of {', '.join(DEFAULTS)} or use",
+                    span,
+                )
+            chosen[key], spans[key] = value, span
+        spec_variants = train.variants
+    for key, value in (
+        ("precision", precision),
+        ("optimizer", optimizer),
+        ("convention", convention),
+    ):
+        if value is not None:
+            chosen[key], spans[key] = value, None
+    return TrainConfig(
+        precision=read_precision(
+            _pick("precision", chosen["precision"], program.precisions, spans.get("precision"))
+        ),
+        optimizer=read_optimizer(
+            _pick("optimizer", chosen["optimizer"], program.optimizers, spans.get("optimizer"))
+        ),
+        convention=read_convention(
+            _pick("convention", chosen["convention"], program.conventions, spans.get("convention"))
+        ),
+        variants=(*variants, *spec_variants),
+    )

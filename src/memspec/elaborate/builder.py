@@ -1,0 +1,87 @@
+"""Accumulates the IR while the elaborator walks the spec, then freezes it into a Graph."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.ir.graph import Assumption, CallOutput, Graph, OpApply, Region, Value
+from memspec.ir.types import DType, Role, Shape
+from memspec.source import Span
+
+__all__ = ["GraphBuilder"]
+
+
+class GraphBuilder:
+    """Mutable staging area for the frozen IR types; ids are list positions."""
+
+    def __init__(self) -> None:
+        self.values: list[Value] = []
+        self.ops: list[OpApply] = []
+        self.regions: list[Region] = []
+        self.call_outputs: list[CallOutput] = []
+        self.assumptions: dict[sp.Expr, Assumption] = {}
+        self.inputs: list[int] = []
+        self.carried: list[tuple[int, int, int]] = []
+        self.paths: dict[str, int] = {}
+
+    def unique_path(self, path: str) -> str:
+        """`path`, or `path_1`, `path_2`, ... when a value of that name exists already."""
+        count = self.paths.get(path, 0)
+        self.paths[path] = count + 1
+        return path if count == 0 else f"{path}_{count}"
+
+    def add_value(
+        self,
+        path: str,
+        shape: Shape,
+        dtype: DType,
+        role: Role,
+        region: int | None,
+        requires_grad: bool,
+        storage: int | None = None,
+        contiguous: bool = True,
+        span: Span | None = None,
+    ) -> int:
+        vid = len(self.values)
+        self.values.append(
+            Value(
+                vid,
+                self.unique_path(path),
+                tuple(shape),
+                dtype,
+                role,
+                vid if storage is None else storage,
+                region,
+                requires_grad,
+                contiguous,
+                span=span,
+            )
+        )
+        if role is Role.INPUT:
+            self.inputs.append(vid)
+        return vid
+
+    def add_op(self, op: OpApply) -> None:
+        self.ops.append(op)
+
+    def add_region(self, path: str, count: sp.Expr, parent: int | None, span: Span | None) -> int:
+        rid = len(self.regions)
+        self.regions.append(Region(rid, path, count, parent, span=span))
+        return rid
+
+    def assume_integer(self, expr: sp.Expr, text: str, span: Span | None) -> None:
+        if expr.is_integer is not True and expr not in self.assumptions:
+            self.assumptions[expr] = Assumption(text, expr, span=span)
+
+    def freeze(self, model: str, outputs: tuple[int, ...]) -> Graph:
+        return Graph(
+            model=model,
+            values=tuple(self.values),
+            ops=tuple(self.ops),
+            regions=tuple(self.regions),
+            call_outputs=tuple(self.call_outputs),
+            inputs=tuple(self.inputs),
+            outputs=outputs,
+            assumptions=tuple(self.assumptions.values()),
+            carried=tuple(self.carried),
+        )

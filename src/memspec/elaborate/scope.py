@@ -1,0 +1,91 @@
+"""What names can stand for while elaborating, and the scopes that hold them."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from memspec.errors import NameResolutionError
+from memspec.ir.types import Shape
+from memspec.source import Span
+from memspec.syntax import nodes as n
+
+__all__ = ["FnRef", "Instance", "LayerRef", "Scope", "Tensor"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A tensor value of the graph being built."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    decl: n.DeclLayer
+
+
+@dataclass(frozen=True, slots=True)
+class FnRef:
+    decl: n.DeclFn
+
+
+@dataclass(eq=False)
+class Instance:
+    """One instantiated layer: its state_dict prefix, region, and its own scope."""
+
+    decl: n.DeclLayer
+    path: str
+    region: int | None
+    scope: Scope
+    forward: n.LayerForward | None = None
+    repeated: bool = False
+    span: Span | None = None
+    arguments: set[str] = field(default_factory=set)  # argument names a member may shadow
+
+
+@dataclass(eq=False)
+class Scope:
+    """A chain of name tables; lookups walk outward, definitions go in the innermost."""
+
+    names: dict[str, object] = field(default_factory=dict)
+    parent: Scope | None = None
+    ellipsis: Shape | None = None  # the leading dims a signature's `...` bound
+
+    def child(self) -> Scope:
+        return Scope(parent=self, ellipsis=self.ellipsis)
+
+    def find(self, name: str) -> object | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.names:
+                return scope.names[name]
+            scope = scope.parent
+        return None
+
+    def find_local(self, name: str, stop: Scope) -> object | None:
+        """Like `find`, but not looking into `stop` or beyond (the globals)."""
+        scope: Scope | None = self
+        while scope is not None and scope is not stop:
+            if name in scope.names:
+                return scope.names[name]
+            scope = scope.parent
+        return None
+
+    def all_names(self) -> list[str]:
+        names: list[str] = []
+        scope: Scope | None = self
+        while scope is not None:
+            names.extend(scope.names)
+            scope = scope.parent
+        return names
+
+    def lookup(self, name: str, span: Span | None) -> object:
+        found = self.find(name)
+        if found is None:
+            raise NameResolutionError(f"unknown name {name!r}{self.suggest(name)}", span)
+        return found
+
+    def suggest(self, name: str) -> str:
+        close = difflib.get_close_matches(name, sorted(set(self.all_names())), n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,1 @@
+"""The IR: values, op applications and repeat regions (see `ir/graph.py`)."""

@@ -1,0 +1,128 @@
+"""The IR graph of one model's training step (forward and loss).
+
+Vocabulary, in the manner of torch.fx's Node docstring:
+
+- A `Value` is a tensor: a symbolic `shape`, a `dtype` and a `role` (input, parameter,
+  buffer or activation). `path` is its hierarchical name; for parameters and buffers it is
+  the PyTorch `state_dict` key with layer indices replaced by a region's multiplicity
+  (`layers.attn.q_proj.weight`). `storage` is the id of the value whose memory it uses:
+  itself, or its base when it is a view, so passes count memory once per storage.
+  `requires_grad` is PyTorch's flag: parameters and anything computed from them.
+- An `OpApply` is one application of a primitive op from the registry (`ops/`), reading
+  `inputs` and producing `outputs` (value ids), with constant `attrs`. `path` is the
+  layer instance it runs in plus a local name (`layers.attn.attention.scores`); `calls` is
+  the stack of layer and fn names it is nested in (`("Block", "MultiHeadSelfAttention")`).
+- A `Region` is one `repeat N of Layer(...)`: everything created inside it exists `count`
+  times. Regions nest through `parent`. They are never unrolled, so the graph's size does
+  not depend on `num_layers`.
+- A `CallOutput` records that `value` is what a call of layer or fn `callee` returned,
+  which is what output-counting activation conventions look at.
+- `carried` lists each call of a repeat region as `(region, input, output)`: the value
+  that flows from one repetition into the next. A tensor saved inside the region that is
+  the region's input exists once as `input` and `count - 1` times as earlier outputs.
+- An `Assumption` is a fact the spec relies on for its shapes (`H divides D`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import reduce
+
+import sympy as sp
+
+from memspec.ir.types import DType, Role, Shape
+from memspec.source import Span
+
+__all__ = ["Assumption", "CallOutput", "Graph", "OpApply", "Region", "Value"]
+
+
+def _span() -> Span | None:
+    return field(default=None, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    id: int
+    path: str
+    count: sp.Expr
+    parent: int | None
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    id: int
+    path: str
+    shape: Shape
+    dtype: DType
+    role: Role
+    storage: int
+    region: int | None
+    requires_grad: bool
+    contiguous: bool = True
+    span: Span | None = _span()
+
+    def __post_init__(self) -> None:
+        if self.role is Role.PARAMETER and not self.requires_grad:
+            raise ValueError(f"parameter {self.path} must require grad")
+        if self.storage > self.id:
+            raise ValueError(f"value {self.path} is a view of a later value")
+
+
+@dataclass(frozen=True, slots=True)
+class OpApply:
+    id: int
+    op: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    attrs: tuple[tuple[str, object], ...]
+    path: str
+    region: int | None
+    calls: tuple[str, ...] = ()
+    span: Span | None = _span()
+
+    def attr(self, name: str, default: object = None) -> object:
+        return dict(self.attrs).get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutput:
+    callee: str
+    path: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assumption:
+    text: str
+    expr: sp.Expr  # must be an integer for the spec's shapes to exist
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    model: str
+    values: tuple[Value, ...]
+    ops: tuple[OpApply, ...]
+    regions: tuple[Region, ...]
+    call_outputs: tuple[CallOutput, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    assumptions: tuple[Assumption, ...] = ()
+    carried: tuple[tuple[int, int, int], ...] = ()
+
+    def value(self, value_id: int) -> Value:
+        return self.values[value_id]
+
+    def region_chain(self, region_id: int | None) -> tuple[Region, ...]:
+        """The regions enclosing `region_id`, outermost first."""
+        chain: list[Region] = []
+        while region_id is not None:
+            region = self.regions[region_id]
+            chain.append(region)
+            region_id = region.parent
+        return tuple(reversed(chain))
+
+    def multiplicity(self, region_id: int | None) -> sp.Expr:
+        """How many times a thing in `region_id` exists: the product of repeat counts."""
+        return reduce(sp.Mul, (r.count for r in self.region_chain(region_id)), sp.Integer(1))

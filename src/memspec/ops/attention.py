@@ -1,0 +1,43 @@
+"""Fused attention: one op whose [L, L] scores are never stored."""
+
+from __future__ import annotations
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import DType, shape_str
+from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register
+
+
+def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    q, k, v = (ctx.expect_rank(i, 2) for i in range(3))
+    if len(q) != len(k) or len(k) != len(v):
+        raise ctx.fail(f"q, k, v ranks differ: {shape_str(q)}, {shape_str(k)}, {shape_str(v)}")
+    ctx.expect_same(q[-1], k[-1], "q and k head dims")
+    ctx.expect_same(k[-2], v[-2], "k and v lengths")
+    for a, b, c in zip(q[:-2], k[:-2], v[:-2], strict=True):
+        ctx.expect_same(a, b, "batch dims of q and k")
+        ctx.expect_same(b, c, "batch dims of k and v")
+    return (OutputSpec((*q[:-1], v[-1]), ctx.float_dtype()),)
+
+
+def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """scaled_dot_product_attention (CPU flash kernel) saves q, k, v, output, logsumexp."""
+    q = graph.value(op.inputs[0])
+    return (
+        Saved("q", op.inputs[0]),
+        Saved("k", op.inputs[1]),
+        Saved("v", op.inputs[2]),
+        Saved("output", op.outputs[0]),
+        Saved("logsumexp", shape=q.shape[:-1], dtype=DType.float32),
+    )
+
+
+register(
+    OpDef(
+        "flash_attention",
+        "causal softmax(q k^T / sqrt(d)) v without stored scores",
+        ("q", "k", "v"),
+        _flash_infer,
+        _flash_saved,
+        attrs=(("causal", True),),
+    )
+)

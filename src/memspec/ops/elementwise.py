@@ -1,0 +1,144 @@
+"""Elementwise ops: arithmetic, activations, masks, dropout, rotary embedding.
+
+Saved-tensor rules as observed with torch 2.13.0 on the CPU through
+`torch.autograd.graph.saved_tensors_hooks`.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import DType, Shape, shape_str
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OutputSpec,
+    Saved,
+    register,
+    same_dim,
+    saved_if,
+)
+
+__all__ = ["broadcast"]
+
+
+def broadcast(ctx: InferContext, a: Shape, b: Shape) -> Shape:
+    """NumPy broadcasting of two symbolic shapes (sizes equal, or one of them 1)."""
+    out: list[sp.Expr] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else sp.Integer(1)
+        y = b[-i] if i <= len(b) else sp.Integer(1)
+        if same_dim(x, y) or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ctx.fail(f"shapes {shape_str(a)} and {shape_str(b)} do not broadcast")
+    return tuple(reversed(out))
+
+
+def _binary(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    a, b = ctx.inputs
+    return (OutputSpec(broadcast(ctx, a.shape, b.shape), ctx.float_dtype()),)
+
+
+def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    return (OutputSpec(x.shape, ctx.float_dtype()),)
+
+
+def _saves_input(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of silu/gelu: the input."""
+    return (Saved("input", op.inputs[0]),)
+
+
+def _saves_output(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of relu/sigmoid/tanh/softmax: the output."""
+    return (Saved("output", op.outputs[0]),)
+
+
+def _mul_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """`a * b` saves b when a needs a gradient, and a when b does."""
+    return (
+        *saved_if(graph, op, 1, (0,), "right operand"),
+        *saved_if(graph, op, 0, (1,), "left operand"),
+    )
+
+
+def _div_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """`a / b` (both tensors) saves b for either gradient and a for b's."""
+    return (*saved_if(graph, op, 1, (0, 1), "divisor"), *saved_if(graph, op, 0, (1,), "dividend"))
+
+
+def _dropout_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """CPU dropout multiplies by a scaled mask of the input's dtype and saves it."""
+    x = graph.value(op.inputs[0])
+    return (Saved("mask", shape=x.shape, dtype=x.dtype),)
+
+
+def _mask_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    ctx.expect_rank(0, 2)
+    return (OutputSpec(x.shape, ctx.float_dtype()),)
+
+
+def _mask_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """`masked_fill(mask, -inf)` saves its boolean mask, one [Lq, Lk] per call."""
+    x = graph.value(op.inputs[0])
+    return (Saved("mask", shape=x.shape[-2:], dtype=DType.bool),)
+
+
+def _rope_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, cos, sin = ctx.inputs
+    shape = ctx.expect_rank(0, 2)
+    for name, table in (("cos", cos), ("sin", sin)):
+        if len(table.shape) != 2:
+            raise ctx.fail(
+                f"the {name} table must be [max_len, d_k/2], got {shape_str(table.shape)}"
+            )
+        # Tables hold one angle per pair of features: [max_len, d_k / 2].
+        ctx.expect_same(2 * table.shape[1], shape[-1], f"2 x {name} table width vs head dim")
+    return (OutputSpec(x.shape, ctx.float_dtype()),)
+
+
+register(OpDef("add", "a + b, broadcasting", ("a", "b"), _binary))
+register(OpDef("sub", "a - b, broadcasting", ("a", "b"), _binary))
+register(OpDef("mul", "a * b of two tensors, broadcasting", ("a", "b"), _binary, _mul_saved))
+register(OpDef("div", "a / b of two tensors, broadcasting", ("a", "b"), _binary, _div_saved))
+register(
+    OpDef("scale", "x times a constant: saves nothing", ("x",), _unary, attrs=(("factor", 1),))
+)
+register(OpDef("shift", "x plus a constant: saves nothing", ("x",), _unary, attrs=(("offset", 0),)))
+register(OpDef("neg", "-x", ("x",), _unary))
+register(OpDef("silu", "x * sigmoid(x)", ("x",), _unary, _saves_input))
+register(
+    OpDef(
+        "gelu",
+        "GELU, exact (erf) or tanh approximation",
+        ("x",),
+        _unary,
+        _saves_input,
+        attrs=(("approximate", "none"),),
+    )
+)
+register(OpDef("relu", "max(x, 0)", ("x",), _unary, _saves_output))
+register(OpDef("sigmoid", "1 / (1 + exp(-x))", ("x",), _unary, _saves_output))
+register(OpDef("tanh", "tanh(x)", ("x",), _unary, _saves_output))
+register(
+    OpDef("dropout", "training-mode dropout", ("x",), _unary, _dropout_saved, attrs=(("p", 0),))
+)
+register(
+    OpDef(
+        "causal_mask",
+        "fill the strict upper triangle of the last two dims with -inf",
+        ("x",),
+        _mask_infer,
+        _mask_saved,
+    )
+)
+# Lowered as x * cos + rotate_half(x) * sin: each product saves only the buffer table
+# (excluded from activations), and rotate_half (neg, cat) saves nothing.
+register(
+    OpDef("rope", "rotary position embedding over the last dim", ("x", "cos", "sin"), _rope_infer)
+)

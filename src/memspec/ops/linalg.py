@@ -1,0 +1,145 @@
+"""Contractions and lookups: linear, matmul, einsum, embedding."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import shape_str
+from memspec.ops.patterns import parse_pattern
+from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register, saved_if
+
+
+def _linear_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    _, w, *bias = ctx.inputs
+    shape = ctx.expect_rank(0, 1)
+    if len(w.shape) != 2:
+        raise ctx.fail(f"weight must be [out, in], got {shape_str(w.shape)}")
+    ctx.expect_same(
+        shape[-1],
+        w.shape[1],
+        f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in_features",
+    )
+    if bias and (len(bias[0].shape) != 1 or not _eq(bias[0].shape[0], w.shape[0])):
+        raise ctx.fail(f"bias must be [{w.shape[0]}], got {shape_str(bias[0].shape)}")
+    return (OutputSpec((*shape[:-1], w.shape[0]), ctx.float_dtype()),)
+
+
+def _eq(a: sp.Expr, b: sp.Expr) -> bool:
+    return sp.expand(a - b) == 0
+
+
+def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of x @ W^T: x when W needs a gradient, W when x does."""
+    return (*saved_if(graph, op, 0, (1,), "input"), *saved_if(graph, op, 1, (0,), "weight"))
+
+
+def _two_operand_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of a @ b: each operand, when the other needs a gradient."""
+    return (
+        *saved_if(graph, op, 0, (1,), "left operand"),
+        *saved_if(graph, op, 1, (0,), "right operand"),
+    )
+
+
+def _matmul_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    a = ctx.expect_rank(0, 2)
+    b = ctx.expect_rank(1, 2)
+    ctx.expect_same(a[-1], b[-2], f"{shape_str(a)} @ {shape_str(b)}: inner dims")
+    batch_a, batch_b = a[:-2], b[:-2]
+    if batch_b and (len(batch_a) != len(batch_b) or not all(map(_eq, batch_a, batch_b))):
+        raise ctx.fail(f"{shape_str(a)} @ {shape_str(b)}: batch dims differ")
+    return (OutputSpec((*batch_a, a[-2], b[-1]), ctx.float_dtype()),)
+
+
+def _einsum_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    pattern = parse_pattern(str(ctx.attrs["pattern"]), ctx.fail)
+    if len(pattern.inputs) != len(ctx.inputs):
+        raise ctx.fail(f"pattern has {len(pattern.inputs)} operands, got {len(ctx.inputs)}")
+    sizes: dict[str, sp.Expr] = {}
+    ellipsis: tuple[sp.Expr, ...] | None = None
+    for k, (axes, tensor) in enumerate(zip(pattern.inputs, ctx.inputs, strict=True)):
+        named = [a for a in axes if a != "..."]
+        if len(tensor.shape) < len(named) or (
+            "..." not in axes and len(tensor.shape) != len(named)
+        ):
+            raise ctx.fail(
+                f"operand {k + 1} {shape_str(tensor.shape)} does not match '{' '.join(axes)}'"
+            )
+        lead = len(tensor.shape) - len(named)
+        if "..." in axes:
+            here = tensor.shape[:lead]
+            if ellipsis is not None and (
+                len(here) != len(ellipsis) or not all(map(_eq, here, ellipsis))
+            ):
+                raise ctx.fail("operands disagree on the '...' dims")
+            ellipsis = here
+        for axis, size in zip(named, tensor.shape[lead:], strict=True):
+            if axis in sizes and not _eq(sizes[axis], size):
+                raise ctx.fail(f"axis {axis} is {sizes[axis]} in one operand and {size} in another")
+            sizes.setdefault(axis, size)
+    out = []
+    for axis in pattern.output:
+        if axis == "...":
+            out.extend(ellipsis or ())
+        elif axis not in sizes:
+            raise ctx.fail(f"output axis {axis} appears in no operand")
+        else:
+            out.append(sizes[axis])
+    return (OutputSpec(tuple(out), ctx.float_dtype()),)
+
+
+def _einsum_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """A two-operand contraction saves each operand for the other's gradient."""
+    if len(op.inputs) == 1:
+        return ()
+    if len(op.inputs) == 2:
+        return _two_operand_saved(op, graph)
+    return tuple(Saved(f"operand {k + 1}", v) for k, v in enumerate(op.inputs))
+
+
+def _embedding_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    idx, w = ctx.inputs
+    if idx.dtype.is_float:
+        raise ctx.fail(f"indices must be an integer tensor, got {idx.dtype.value}")
+    if len(w.shape) != 2:
+        raise ctx.fail(f"weight must be [num_embeddings, dim], got {shape_str(w.shape)}")
+    return (OutputSpec((*idx.shape, w.shape[1]), w.dtype if w.dtype.is_float else ctx.act_dtype),)
+
+
+def _embedding_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of embedding: only the indices."""
+    return saved_if(graph, op, 0, (1,), "indices")
+
+
+register(
+    OpDef(
+        "linear",
+        "x @ W^T (+ b), W stored [out, in] as in torch.nn.Linear",
+        ("input", "weight", "bias?"),
+        _linear_infer,
+        _linear_saved,
+    )
+)
+register(
+    OpDef("matmul", "a @ b over the last two dims", ("a", "b"), _matmul_infer, _two_operand_saved)
+)
+register(
+    OpDef(
+        "einsum",
+        "a contraction written as an einops pattern",
+        ("*operands",),
+        _einsum_infer,
+        _einsum_saved,
+        attrs=(("pattern", None),),
+    )
+)
+register(
+    OpDef(
+        "embedding",
+        "rows of weight picked by integer indices",
+        ("indices", "weight"),
+        _embedding_infer,
+        _embedding_saved,
+    )
+)

@@ -1,0 +1,101 @@
+"""Ops that reduce over the last dim: softmax, log-softmax, norms, the NLL loss."""
+
+from __future__ import annotations
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import DType, shape_str
+from memspec.ops.elementwise import _saves_output
+from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register
+
+
+def _same_shape(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    ctx.expect_rank(0, 1)
+    return (OutputSpec(ctx.inputs[0].shape, ctx.float_dtype()),)
+
+
+def _norm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, *affine = ctx.inputs
+    shape = ctx.expect_rank(0, 1)
+    for t in affine:
+        if len(t.shape) != 1:
+            raise ctx.fail(f"weight and bias must be [{shape[-1]}], got {shape_str(t.shape)}")
+        ctx.expect_same(t.shape[0], shape[-1], "normalized dim")
+    return (OutputSpec(x.shape, ctx.float_dtype()),)
+
+
+def _stat(x_shape) -> tuple:
+    return (*x_shape[:-1], 1)
+
+
+def _layer_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """native_layer_norm saves input, weight, bias, and float32 mean and rstd [..., 1]."""
+    x = graph.value(op.inputs[0])
+    return (
+        Saved("input", op.inputs[0]),
+        *(Saved(name, v) for name, v in zip(("weight", "bias"), op.inputs[1:], strict=False)),
+        Saved("mean", shape=_stat(x.shape), dtype=DType.float32),
+        Saved("rstd", shape=_stat(x.shape), dtype=DType.float32),
+    )
+
+
+def _rms_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """CPU rms_norm is decomposed: it saves the input, rsqrt(mean(x^2)+eps) and x*rsqrt."""
+    x = graph.value(op.inputs[0])
+    return (
+        Saved("input", op.inputs[0]),
+        Saved("rsqrt", shape=_stat(x.shape), dtype=x.dtype),
+        Saved("x*rsqrt", shape=x.shape, dtype=x.dtype),
+        *(Saved("weight", v) for v in op.inputs[1:]),
+    )
+
+
+def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    _, target = ctx.inputs
+    shape = ctx.expect_rank(0, 1)
+    if target.dtype.is_float:
+        raise ctx.fail(f"targets must be an integer tensor, got {target.dtype.value}")
+    if len(target.shape) != len(shape) - 1 or not all(
+        a == b or (a - b).expand() == 0 for a, b in zip(target.shape, shape[:-1], strict=False)
+    ):
+        raise ctx.fail(
+            f"targets {shape_str(target.shape)} do not match log-probabilities {shape_str(shape)}"
+        )
+    return (OutputSpec((), DType.float32),)
+
+
+def _nll_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """nll_loss (mean reduction) saves the targets and a scalar total_weight."""
+    return (Saved("targets", op.inputs[1]), Saved("total_weight", shape=(), dtype=DType.float32))
+
+
+register(OpDef("softmax", "softmax over the last dim", ("x",), _same_shape, _saves_output))
+register(OpDef("log_softmax", "log-softmax over the last dim", ("x",), _same_shape, _saves_output))
+register(
+    OpDef(
+        "layer_norm",
+        "LayerNorm over the last dim",
+        ("x", "weight?", "bias?"),
+        _norm_infer,
+        _layer_norm_saved,
+        attrs=(("eps", 0),),
+    )
+)
+register(
+    OpDef(
+        "rms_norm",
+        "RMSNorm over the last dim",
+        ("x", "weight?"),
+        _norm_infer,
+        _rms_norm_saved,
+        attrs=(("eps", 0),),
+    )
+)
+register(
+    OpDef(
+        "nll_loss",
+        "mean negative log-likelihood of integer targets",
+        ("log_probs", "targets"),
+        _nll_infer,
+        _nll_saved,
+    )
+)

@@ -1,0 +1,149 @@
+"""The primitive-op registry: `OpDef` and `register`.
+
+An `OpDef` holds every rule about one op (xdsl's ops, micrograd's `_backward` beside the
+op): how spec arguments map to tensor inputs and constant attributes, the output shape
+and dtype (with a clear error on mismatch), and what PyTorch's autograd saves for
+backward. Registering a second op of the same name is an error (torch's flop_counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import DType, Shape, shape_str
+
+__all__ = [
+    "REGISTRY",
+    "InferContext",
+    "OpDef",
+    "OpShapeError",
+    "OutputSpec",
+    "Saved",
+    "TensorType",
+    "lookup",
+    "register",
+    "same_dim",
+    "saved_if",
+]
+
+
+class OpShapeError(Exception):
+    """Raised by a shape rule; the elaborator attaches the call's span."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    shape: Shape
+    dtype: DType
+    requires_grad: bool = False
+    contiguous: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One output of an op: its type, and the input it is a view of (None: new storage)."""
+
+    shape: Shape
+    dtype: DType
+    view_of: int | None = None
+    contiguous: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """A tensor kept for backward: an op input/output (`value`) or an internal tensor."""
+
+    label: str
+    value: int | None = None
+    shape: Shape | None = None
+    dtype: DType | None = None
+
+
+@dataclass
+class InferContext:
+    """What a shape rule sees: input types, attributes, the activation dtype."""
+
+    op: str
+    inputs: tuple[TensorType, ...]
+    attrs: dict[str, object]
+    act_dtype: DType
+    assumptions: list[tuple[sp.Expr, str]] = field(default_factory=list)
+
+    def fail(self, message: str) -> OpShapeError:
+        return OpShapeError(f"{self.op}: {message}")
+
+    def expect_same(self, a: sp.Expr, b: sp.Expr, what: str) -> None:
+        if not same_dim(a, b):
+            raise self.fail(f"{what}: {a} != {b}")
+
+    def expect_rank(self, index: int, minimum: int) -> Shape:
+        shape = self.inputs[index].shape
+        if len(shape) < minimum:
+            raise self.fail(
+                f"argument {index + 1} needs at least {minimum} dims, got {shape_str(shape)}"
+            )
+        return shape
+
+    def assume_integer(self, expr: sp.Expr, text: str) -> None:
+        if expr.is_integer is not True:
+            self.assumptions.append((expr, text))
+
+    def float_dtype(self) -> DType:
+        """The dtype of a floating-point result: the inputs' float dtype, else activations'."""
+        floats = [t.dtype for t in self.inputs if t.dtype.is_float]
+        return floats[0] if floats else self.act_dtype
+
+
+def same_dim(a: sp.Expr, b: sp.Expr) -> bool:
+    """Whether two symbolic sizes are equal for every value of their symbols."""
+    return a == b or sp.expand(a - b) == 0
+
+
+Infer = Callable[[InferContext], tuple[OutputSpec, ...]]
+SavedRule = Callable[[OpApply, Graph], tuple[Saved, ...]]
+
+
+def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class OpDef:
+    """One primitive op.
+
+    `tensors` names the tensor arguments in order (a trailing `?` marks an optional one,
+    a leading `*` any number); `attrs` names constant arguments with their defaults.
+    """
+
+    name: str
+    doc: str
+    tensors: tuple[str, ...]
+    infer: Infer
+    saved: SavedRule = _saves_nothing
+    attrs: tuple[tuple[str, object], ...] = ()
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    """Add `op` to the registry; a duplicate name is an error."""
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} is registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def lookup(name: str) -> OpDef | None:
+    return REGISTRY.get(name)
+
+
+def saved_if(graph: Graph, op: OpApply, index: int, needed_by: tuple[int, ...], label: str):
+    """Input `index` is saved when any input in `needed_by` requires grad (PyTorch's rule)."""
+    if any(graph.value(op.inputs[i]).requires_grad for i in needed_by if i < len(op.inputs)):
+        return (Saved(label, op.inputs[index]),)
+    return ()

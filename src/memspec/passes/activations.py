@@ -1,0 +1,156 @@
+"""Activations: the tensors a training step keeps for backward, under a convention.
+
+Two kinds of convention rule (see `policies.Convention`):
+
+- `count output of NAMES`: the value each call of a listed layer, fn or op returns,
+  counted once per value (a Linear's output and the `linear` op inside it are one value).
+  This is the CS336 question's convention.
+- `count saved of NAMES|*`: what each op's saved-tensor rule says PyTorch's autograd
+  keeps, counted once per storage (views share their base's storage); parameters and
+  buffers are not activations, and ops none of whose inputs need a gradient save
+  nothing, as in PyTorch.
+
+Repeat regions are elaborated once, so a tensor's multiplicity comes from its regions,
+with two corrections for the value carried from one repetition into the next: the
+region's input saved inside it stands for the input itself plus `count - 1` earlier
+outputs, and a tensor of a region saved by an op outside it exists there only once.
+
+Example (autograd): `y = linear(x, W)` inside `repeat N` with `x` the region's input of
+shape [B, D] saves `x` once plus `N - 1` block outputs: items `x` (B*D) and
+`layers (carried)` ((N - 1)*B*D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sympy as sp
+
+from memspec.config import TrainConfig
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import Role
+from memspec.ops import lookup
+from memspec.passes.results import CategoryResult, LineItem, regions_of
+from memspec.policies import Convention
+
+__all__ = ["count_activations", "count_activations_under"]
+
+
+def count_activations(graph: Graph, config: TrainConfig) -> CategoryResult:
+    """Activations under the configured convention."""
+    return count_activations_under(graph, config.convention)
+
+
+def count_activations_under(graph: Graph, convention: Convention) -> CategoryResult:
+    items: dict[tuple, LineItem] = {}
+    for kind, names in convention.rules:
+        if kind == "output":
+            _count_outputs(graph, set(names), items)
+        else:
+            _count_saved(graph, set(names), items)
+    # Insertion order follows the graph (ops in execution order): deterministic.
+    return CategoryResult("activations", tuple(items.values()), convention.describe())
+
+
+def _matches(names: set[str], *candidates: str) -> bool:
+    return not names or any(c in names for c in candidates)
+
+
+def _count_outputs(graph: Graph, names: set[str], items: dict) -> None:
+    notes: dict[int, list[str]] = {}
+    for call in graph.call_outputs:
+        if _matches(names, call.callee):
+            notes.setdefault(call.value, []).append(call.callee)
+    for op in graph.ops:
+        if _matches(names, op.op):
+            for vid in op.outputs:
+                notes.setdefault(vid, []).append(op.op)
+    for vid, producers in sorted(notes.items()):
+        v = graph.value(vid)
+        note = "output of " + ", ".join(sorted(set(producers), key=producers.index))
+        items[("value", vid, 0)] = LineItem(
+            v.path, v.shape, v.dtype, regions_of(graph, v.region), note, span=v.span
+        )
+
+
+def _common_regions(graph: Graph, a: int | None, b: int | None):
+    chain_a, chain_b = graph.region_chain(a), graph.region_chain(b)
+    common = []
+    for x, y in zip(chain_a, chain_b, strict=False):
+        if x.id != y.id:
+            break
+        common.append((x.path, x.count))
+    return tuple(common)
+
+
+def _count_saved(graph: Graph, names: set[str], items: dict) -> None:
+    carried_inputs = {inp: (region, out) for region, inp, out in graph.carried}
+    savers: dict[tuple, list[str]] = {}
+    for op in graph.ops:
+        if not _matches(names, op.op, *op.calls):
+            continue
+        if not any(graph.value(v).requires_grad for v in op.inputs):
+            continue  # PyTorch records no backward node, so nothing is saved
+        for saved in lookup(op.op).saved(op, graph):
+            if saved.value is None:
+                key = ("internal", op.id, 0, saved.label)
+                label = saved.label.replace(" ", "_")
+                items[key] = LineItem(
+                    f"{op.path}.{label}",
+                    saved.shape,
+                    saved.dtype,
+                    regions_of(graph, op.region),
+                    f"saved by {op.op} ({saved.label})",
+                    span=op.span,
+                )
+                continue
+            key = _save_storage(graph, op, saved.value, saved.label, items, carried_inputs)
+            if key is not None:
+                savers.setdefault(key, []).append(f"{op.op} ({saved.label})")
+    _drop_redundant_carries(graph, items)
+    for key, who in savers.items():
+        if key in items:
+            counts = {w: who.count(w) for w in who}
+            text = ", ".join(w if n == 1 else f"{w} x{n}" for w, n in counts.items())
+            items[key] = replace(items[key], note=f"saved by {text}")
+
+
+def _save_storage(
+    graph: Graph, op: OpApply, vid: int, label: str, items: dict, carried_inputs: dict
+) -> tuple | None:
+    """Count the storage behind `vid`; returns its key (None for parameters and buffers)."""
+    root = graph.value(graph.value(vid).storage)
+    if root.role in (Role.PARAMETER, Role.BUFFER):
+        return None
+    note = f"saved by {op.op} ({label})"
+    key = ("storage", root.id, 0)
+    regions = _common_regions(graph, root.region, op.region)
+    old = items.get(key)
+    if old is None or len(regions) > len(old.regions):
+        items[key] = LineItem(
+            root.path, root.shape, root.dtype, regions, old.note if old else note, span=root.span
+        )
+    carried = carried_inputs.get(root.id)
+    if carried is not None:
+        region_id, out = carried
+        if any(r.id == region_id for r in graph.region_chain(op.region)):
+            region = graph.regions[region_id]
+            output = graph.value(graph.value(out).storage)
+            items[("storage", output.id, 1)] = LineItem(
+                f"{output.path} (carried)",
+                output.shape,
+                output.dtype,
+                regions_of(graph, region.parent),
+                f"output of repetitions 1..{region.count}-1 of {region.path}, the next one's input",
+                extra=sp.Add(region.count, -1),
+                span=output.span,
+            )
+    return key
+
+
+def _drop_redundant_carries(graph: Graph, items: dict) -> None:
+    """A carried output that is also saved inside its region is already counted N times."""
+    for key in [k for k in items if k[0] == "storage" and k[2] == 1]:
+        inside = items.get(("storage", key[1], 0))
+        if inside is not None and len(inside.regions) > len(items[key].regions):
+            del items[key]

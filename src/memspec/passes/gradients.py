@@ -1,0 +1,20 @@
+"""Gradients: one per trainable parameter, same shape, in the precision's grad dtype."""
+
+from __future__ import annotations
+
+from memspec.config import TrainConfig
+from memspec.ir.graph import Graph
+from memspec.passes.parameters import trainable
+from memspec.passes.results import CategoryResult, LineItem, regions_of
+
+__all__ = ["count_gradients"]
+
+
+def count_gradients(graph: Graph, config: TrainConfig) -> CategoryResult:
+    """`param.grad` for every parameter, as accumulated by backward."""
+    dtype = config.precision.grad
+    items = tuple(
+        LineItem(f"{v.path}.grad", v.shape, dtype, regions_of(graph, v.region), span=v.span)
+        for v in trainable(graph)
+    )
+    return CategoryResult("gradients", items, f"One gradient per parameter, in {dtype.value}")

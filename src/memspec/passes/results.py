@@ -1,0 +1,97 @@
+"""What passes return: line items with provenance, grouped into categories.
+
+A `LineItem` is one tensor (or one class of tensors) a category counts: its path, shape,
+dtype and how many copies exist (`regions`, outermost first: a parameter of a block
+inside `repeat N` has `regions == (("layers", N),)`). A `CategoryResult` sums items and
+also keeps the structure `N*(per-block) + rest` that a reader can check line by line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import reduce
+
+import sympy as sp
+
+from memspec.ir.graph import Graph
+from memspec.ir.types import DType, Shape, numel
+from memspec.source import Span
+
+__all__ = ["CategoryResult", "LineItem", "regions_of"]
+
+Regions = tuple[tuple[str, sp.Expr], ...]
+
+
+def regions_of(graph: Graph, region_id: int | None) -> Regions:
+    """(path, count) of each region enclosing `region_id`, outermost first."""
+    return tuple((r.path, r.count) for r in graph.region_chain(region_id))
+
+
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    path: str
+    shape: Shape
+    dtype: DType
+    regions: Regions = ()
+    note: str = ""
+    extra: sp.Expr = sp.Integer(1)  # a further factor (e.g. N - 1 for carried tensors)
+    span: Span | None = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def elements(self) -> sp.Expr:
+        """Elements of one copy."""
+        return numel(self.shape)
+
+    @property
+    def multiplicity(self) -> sp.Expr:
+        return reduce(sp.Mul, (count for _, count in self.regions), self.extra)
+
+    @property
+    def total_elements(self) -> sp.Expr:
+        return self.elements * self.multiplicity
+
+    @property
+    def bytes(self) -> sp.Expr:
+        return self.total_elements * self.dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryResult:
+    """One memory category (parameters, gradients, ...) and its items in graph order."""
+
+    name: str
+    items: tuple[LineItem, ...]
+    description: str = ""
+
+    @property
+    def elements(self) -> sp.Expr:
+        return sp.expand(sum((i.total_elements for i in self.items), sp.Integer(0)))
+
+    @property
+    def bytes(self) -> sp.Expr:
+        return sp.expand(sum((i.bytes for i in self.items), sp.Integer(0)))
+
+    def structured(self, weight=lambda item: sp.Integer(1)) -> sp.Expr:
+        """The total kept in region structure: `N*(block items) + other items`.
+
+        Each region's subtotal is multiplied by its count, so the structure exists by
+        construction rather than by factoring. `weight(item)` scales each item (bytes
+        per element for a byte count).
+        """
+        return _structured(self.items, 0, weight)
+
+    def dtypes(self) -> tuple[DType, ...]:
+        return tuple(dict.fromkeys(i.dtype for i in self.items))
+
+
+def _structured(items, depth: int, weight) -> sp.Expr:
+    total = sp.Integer(0)
+    groups: dict[tuple[str, sp.Expr], list[LineItem]] = {}
+    for item in items:
+        if len(item.regions) > depth:
+            groups.setdefault(item.regions[depth], []).append(item)
+        else:
+            total += sp.expand(item.elements * item.extra * weight(item))
+    for (_, count), members in groups.items():
+        total += count * _structured(members, depth + 1, weight)
+    return total

@@ -1,0 +1,127 @@
+"""Training policies as frozen rule sets, read from their declarations in spec files.
+
+Precisions, optimizers and activation conventions are named data declared in the
+standard library (`specs/std/train.mspec`) and extensible by users; this module only
+checks them and gives them types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memspec.errors import SpecValueError
+from memspec.ir.types import DType
+from memspec.syntax import nodes as n
+
+__all__ = [
+    "Convention",
+    "Optimizer",
+    "Precision",
+    "read_convention",
+    "read_optimizer",
+    "read_precision",
+]
+
+_PRECISION_ROLES = ("param", "master", "grad", "state", "activation", "buffer")
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    """The dtype of each kind of tensor; `master` is a float32 copy kept by the optimizer."""
+
+    name: str
+    param: DType
+    grad: DType
+    state: DType
+    activation: DType
+    buffer: DType
+    master: DType | None = None
+
+    def describe(self) -> str:
+        parts = [f"param {self.param.value}"]
+        if self.master:
+            parts.append(f"master {self.master.value}")
+        parts += [
+            f"grad {self.grad.value}",
+            f"state {self.state.value}",
+            f"activation {self.activation.value}",
+        ]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Optimizer:
+    """Per-parameter state tensors, each shaped like the parameter."""
+
+    name: str
+    description: str
+    states: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Convention:
+    """Which tensors count as activations: rules `(kind, names)`, kind 'output' or 'saved'.
+
+    `names == ()` means every op. Output rules count the value a listed layer, fn or op
+    returns; saved rules count what the listed ops keep for backward (PyTorch's autograd).
+    """
+
+    name: str
+    description: str
+    rules: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def describe(self) -> str:
+        """What the convention counts, as a sentence."""
+        parts = []
+        for kind, names in self.rules:
+            listed = ", ".join(names) if names else "every op"
+            if kind == "output":
+                parts.append(f"the output of each call of {listed}, once per value")
+            else:
+                parts.append(
+                    f"every tensor that PyTorch's autograd saves for backward in "
+                    f"{listed}, once per storage"
+                )
+        return "Counts " + "; and ".join(parts)
+
+
+def read_precision(decl: n.DeclPrecision) -> Precision:
+    dtypes: dict[str, DType] = {}
+    for role, dtype_name, span in decl.rules:
+        if role not in _PRECISION_ROLES:
+            raise SpecValueError(
+                f"unknown precision role {role!r}; expected one of {', '.join(_PRECISION_ROLES)}",
+                span,
+            )
+        dtype = DType.parse(dtype_name)
+        if dtype is None:
+            raise SpecValueError(f"unknown dtype {dtype_name!r}", span)
+        dtypes[role] = dtype
+    for role in ("param", "grad", "state", "activation"):
+        if role not in dtypes:
+            raise SpecValueError(
+                f"precision {decl.name} does not give a dtype for {role}", decl.span
+            )
+    return Precision(
+        decl.name,
+        dtypes["param"],
+        dtypes["grad"],
+        dtypes["state"],
+        dtypes["activation"],
+        dtypes.get("buffer", DType.float32),
+        dtypes.get("master"),
+    )
+
+
+def read_optimizer(decl: n.DeclOptimizer) -> Optimizer:
+    for _state, like, span in decl.states:
+        if like != "param":
+            raise SpecValueError(f"optimizer state can only be 'like param', not {like!r}", span)
+    return Optimizer(decl.name, decl.description, tuple(s for s, _, _ in decl.states))
+
+
+def read_convention(decl: n.DeclConvention) -> Convention:
+    for kind, _names, span in decl.rules:
+        if kind not in ("output", "saved"):
+            raise SpecValueError(f"a convention counts 'output' or 'saved', not {kind!r}", span)
+    return Convention(decl.name, decl.description, tuple((k, names) for k, names, _ in decl.rules))

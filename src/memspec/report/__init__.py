@@ -1,0 +1,1 @@
+"""Reports: a format-free report model, rendered to Markdown, LaTeX and JSON."""

@@ -1,0 +1,182 @@
+"""CompileResult -> Report: the only code that orders, groups and formats numbers.
+
+Order is the graph's (declaration and execution order) and the pipeline's; nothing is
+sorted by hash, so the same spec always gives the same report.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.compile import CATEGORY_TITLES, CompileResult
+from memspec.passes.results import CategoryResult, LineItem
+from memspec.report.model import (
+    Comparison,
+    ComparisonRow,
+    Group,
+    Report,
+    Row,
+    Section,
+    SummaryRow,
+    SymbolRow,
+)
+from memspec.symbolic.bind import format_bytes, resolve_defaults
+from memspec.symbolic.printers import latex, latex_int, latex_shape
+
+__all__ = ["build_report"]
+
+
+def _value(result: CompileResult, expr: sp.Expr) -> int | None:
+    return result.value(expr) if result.bindings else None
+
+
+def _row(result: CompileResult, item: LineItem) -> Row:
+    value = _value(result, item.total_elements)
+    return Row(
+        name=item.path,
+        shape=latex_shape(item.shape),
+        dtype=item.dtype.value,
+        elements=latex(result.resolve(item.elements)),
+        copies=latex(item.multiplicity),
+        note=item.note,
+        value=f"{value:,}" if value is not None else None,
+    )
+
+
+def _groups(result: CompileResult, category: CategoryResult) -> tuple[Group, ...]:
+    """Items grouped by their innermost region path, in first-appearance order."""
+    keyed: dict[tuple, list[LineItem]] = {}
+    for item in category.items:
+        keyed.setdefault(item.regions, []).append(item)
+    groups = []
+    for regions, items in keyed.items():
+        subtotal = sp.Add(*(i.elements * i.extra for i in items))
+        if regions:
+            title = " / ".join(path for path, _ in regions)
+            count = latex(sp.Mul(*(c for _, c in regions)))
+        else:
+            title, count = "", ""
+        groups.append(
+            Group(
+                title, count, tuple(_row(result, i) for i in items), latex(result.resolve(subtotal))
+            )
+        )
+    return tuple(groups)
+
+
+def _section(result: CompileResult, key: str, category: CategoryResult) -> Section:
+    terms = []
+    for dtype in category.dtypes():
+        elements = sp.Add(*(i.total_elements for i in category.items if i.dtype is dtype))
+        terms.append((dtype.value, dtype.itemsize, latex(result.resolve(elements))))
+    elements_v = _value(result, category.elements)
+    bytes_v = _value(result, category.bytes)
+    return Section(
+        key=key,
+        title=CATEGORY_TITLES[key],
+        description=category.description,
+        groups=_groups(result, category),
+        structured=latex(_structure(result, category.structured())),
+        expanded=latex(result.resolve(category.elements)),
+        bytes_terms=tuple(terms),
+        bytes=latex(result.resolve(category.bytes)),
+        value_elements=latex_int(elements_v) if elements_v is not None else None,
+        value_bytes=latex_int(bytes_v) if bytes_v is not None else None,
+        value_human=format_bytes(bytes_v) if bytes_v is not None else None,
+    )
+
+
+def _structure(result: CompileResult, expr: sp.Expr) -> sp.Expr:
+    """Defaults substituted without expanding, so `N (12 D^2 + 2 D)` keeps its shape."""
+    return resolve_defaults(expr, result.symbols, result.bindings)
+
+
+def _summary(result: CompileResult, title: str, elements: sp.Expr, nbytes: sp.Expr):
+    value = _value(result, nbytes)
+    return SummaryRow(
+        title,
+        latex(result.resolve(elements)),
+        latex(result.resolve(nbytes)),
+        latex_int(value) if value is not None else None,
+        format_bytes(value) if value is not None else None,
+    )
+
+
+def _comparison(result: CompileResult) -> Comparison:
+    names = tuple(result.conventions)
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for k, name in enumerate(names):
+        for item in result.conventions[name].items:
+            cells = rows.setdefault(item.path, [("", "")] * len(names))
+            cells[k] = (latex(result.resolve(item.total_elements)), item.note)
+    in_force = result.categories["activations"].elements
+    totals, differences, values = [], [], []
+    for n in names:
+        category = result.conventions[n]
+        totals.append(latex(result.resolve(category.elements)))
+        differences.append(latex(result.resolve(category.elements - in_force)))
+        v = _value(result, category.bytes)
+        values.append(format_bytes(v) if v is not None else None)
+    return Comparison(
+        conventions=tuple(
+            (n, result.convention_policies[n].description, result.conventions[n].description)
+            for n in names
+        ),
+        totals=tuple(totals),
+        differences=tuple(differences),
+        values=tuple(values),
+        rows=tuple(ComparisonRow(path, tuple(cells)) for path, cells in rows.items()),
+    )
+
+
+def _symbols(result: CompileResult) -> tuple[SymbolRow, ...]:
+    rows = []
+    for dim in result.symbols.ordered():
+        if dim.symbol in result.bindings:
+            value = f"{result.bindings[dim.symbol]:,}"
+        elif dim.default is not None:
+            value = f"default ${latex(dim.default)}$"
+        else:
+            value = ""
+        rows.append(SymbolRow(latex(dim.symbol), dim.long_name, value))
+    return tuple(rows)
+
+
+def build_report(result: CompileResult) -> Report:
+    """The report model of a compile result."""
+    config = result.config
+    categories = result.categories
+    summary = tuple(
+        _summary(result, CATEGORY_TITLES[k], c.elements, c.bytes) for k, c in categories.items()
+    )
+    assumptions = tuple(
+        (_assumption_math(a.expr), str(a.span) if a.span else "") for a in result.graph.assumptions
+    )
+    return Report(
+        model=result.model,
+        spec=result.spec,
+        precision=config.precision.name,
+        precision_rules=config.precision.describe(),
+        optimizer=config.optimizer.name,
+        optimizer_description=config.optimizer.description,
+        convention=config.convention.name,
+        convention_description=config.convention.description,
+        convention_rules=config.convention.describe(),
+        variants=result.variants_used,
+        preset=result.preset,
+        symbols=_symbols(result),
+        assumptions=assumptions,
+        expects=tuple(e.text for e in result.expects),
+        summary=summary,
+        total=_summary(result, "Total", result.total_elements, result.total_bytes),
+        sections=tuple(_section(result, k, c) for k, c in categories.items()),
+        comparison=_comparison(result),
+    )
+
+
+def _assumption_math(expr: sp.Expr) -> str:
+    """`$2 H$ divides $D$` for the shape assumption that `D/(2H)` is an integer."""
+    num, den = sp.fraction(sp.together(expr))
+    if den != 1:
+        return f"${latex(den)}$ divides ${latex(num)}$"
+    return f"${latex(expr)}$ is an integer"

@@ -1,0 +1,113 @@
+"""The report model: everything a report says, as frozen data with math pre-rendered.
+
+Math strings are LaTeX (GitHub's Markdown math is LaTeX too); names are raw and each
+template escapes them for its format. Only `report/build.py` creates these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Comparison",
+    "ComparisonRow",
+    "Group",
+    "Report",
+    "Row",
+    "Section",
+    "SummaryRow",
+    "SymbolRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line item: a tensor (or class of tensors) and its count."""
+
+    name: str
+    shape: str
+    dtype: str
+    elements: str  # of one copy
+    copies: str
+    note: str
+    value: str | None  # total elements of all copies, when bound
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Items sharing a repeat region; `title` empty for items outside any region."""
+
+    title: str
+    count: str  # the region's multiplicity, as math ("" outside regions)
+    rows: tuple[Row, ...]
+    subtotal: str  # elements of one repetition
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    key: str
+    title: str
+    description: str
+    groups: tuple[Group, ...]
+    structured: str
+    expanded: str
+    bytes_terms: tuple[tuple[str, int, str], ...]  # (dtype, bytes per element, elements)
+    bytes: str
+    value_elements: str | None
+    value_bytes: str | None
+    value_human: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolRow:
+    symbol: str  # math
+    name: str
+    value: str  # "", a bound integer, or "default ..." as math-bearing text
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    title: str
+    elements: str
+    bytes: str
+    value_bytes: str | None
+    value_human: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonRow:
+    name: str
+    cells: tuple[tuple[str, str], ...]  # per convention: (elements of all copies, note)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Activations under every convention, side by side, and what differs."""
+
+    conventions: tuple[tuple[str, str, str], ...]  # (name, description, what it counts)
+    totals: tuple[str, ...]
+    differences: tuple[str, ...]  # each convention minus the one in force
+    values: tuple[str | None, ...]
+    rows: tuple[ComparisonRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    model: str
+    spec: str
+    precision: str
+    precision_rules: str
+    optimizer: str
+    optimizer_description: str
+    convention: str
+    convention_description: str
+    convention_rules: str
+    variants: tuple[tuple[str, str], ...]
+    preset: str | None
+    symbols: tuple[SymbolRow, ...]
+    assumptions: tuple[tuple[str, str], ...]  # (math text, location)
+    expects: tuple[str, ...]
+    summary: tuple[SummaryRow, ...]
+    total: SummaryRow
+    sections: tuple[Section, ...]
+    comparison: Comparison

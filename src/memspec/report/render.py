@@ -1,0 +1,134 @@
+"""Report model -> text: jinja2 templates for Markdown and LaTeX, `json` for JSON.
+
+One jinja2 Environment per format (StrictUndefined, so a missing field is an error).
+The LaTeX environment uses brace-free delimiters (`<< >>`, `<% %>`), as Sphinx does, so
+TeX's braces need no escaping in the template, and an `e` filter escapes TeX specials in
+names. jinja2 is imported here only, when a text report is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from memspec.compile import CompileResult
+from memspec.report.build import build_report
+from memspec.symbolic.printers import text
+
+__all__ = ["render_json", "render_latex", "render_markdown"]
+
+_TEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+
+
+def tex_escape(value: str) -> str:
+    """Escape TeX's special characters in plain text (names, notes)."""
+    return "".join(_TEX_SPECIALS.get(c, c) for c in str(value))
+
+
+def md_escape(value: str) -> str:
+    """Escape characters that would break a Markdown table cell or start markup."""
+    out = str(value)
+    for c in "\\|*_`[]<>":
+        out = out.replace(c, "\\" + c)
+    return out
+
+
+def md_code(value: str) -> str:
+    """A name as inline code; backticks cannot occur in memspec names, but be safe."""
+    return "`" + str(value).replace("`", "'").replace("|", "\\|") + "`"
+
+
+@functools.cache
+def _environment(fmt: str):
+    import jinja2
+
+    options = dict(
+        loader=jinja2.PackageLoader("memspec", "report/templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    if fmt == "tex":
+        options.update(
+            block_start_string="<%",
+            block_end_string="%>",
+            variable_start_string="<<",
+            variable_end_string=">>",
+            comment_start_string="<#",
+            comment_end_string="#>",
+        )
+    env = jinja2.Environment(**options)
+    env.filters["e"] = tex_escape if fmt == "tex" else md_escape
+    env.filters["code"] = md_code
+    return env
+
+
+def render_markdown(result: CompileResult) -> str:
+    return _environment("md").get_template("report.md.j2").render(r=build_report(result))
+
+
+def render_latex(result: CompileResult) -> str:
+    return _environment("tex").get_template("report.tex.j2").render(r=build_report(result))
+
+
+def _items(result: CompileResult, category) -> list[dict]:
+    return [
+        {
+            "name": item.path,
+            "shape": [text(d) for d in item.shape],
+            "dtype": item.dtype.value,
+            "elements": text(result.resolve(item.elements)),
+            "multiplicity": text(item.multiplicity),
+        }
+        for item in category.items
+    ]
+
+
+def render_json(result: CompileResult) -> str:
+    """The JSON contract of DESIGN.md, keys in its order."""
+    categories = {
+        name: {
+            "elements": text(result.resolve(c.elements)),
+            "bytes": text(result.resolve(c.bytes)),
+            "items": _items(result, c),
+        }
+        for name, c in result.categories.items()
+    }
+    doc = {
+        "model": result.model,
+        "spec": result.spec,
+        "convention": result.config.convention.name,
+        "optimizer": result.config.optimizer.name,
+        "precision": result.config.precision.name,
+        "symbols": {d.symbol.name: d.long_name for d in result.symbols.ordered()},
+        "categories": categories,
+        "total": {
+            "elements": text(result.resolve(result.total_elements)),
+            "bytes": text(result.resolve(result.total_bytes)),
+        },
+    }
+    if result.bindings:
+        values = {}
+        for name, c in [*result.categories.items(), ("total", None)]:
+            elements = result.total_elements if c is None else c.elements
+            nbytes = result.total_bytes if c is None else c.bytes
+            e, b = result.value(elements), result.value(nbytes)
+            if e is not None and b is not None:
+                values[name] = {"elements": e, "bytes": b}
+        doc["values"] = values
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

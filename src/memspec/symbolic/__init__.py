@@ -1,0 +1,1 @@
+"""Symbolic arithmetic: dims as sympy symbols, spec arithmetic built structurally."""

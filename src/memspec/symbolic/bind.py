@@ -1,0 +1,103 @@
+"""Concrete values for symbols: `--set`, presets, and exact integers from expressions."""
+
+from __future__ import annotations
+
+import difflib
+
+import sympy as sp
+
+from memspec.errors import UsageError
+from memspec.ir.graph import Assumption
+from memspec.source import Span
+from memspec.symbolic.symbols import SymbolTable
+
+__all__ = [
+    "Bindings",
+    "check_assumptions",
+    "evaluate",
+    "format_bytes",
+    "parse_set",
+    "resolve_defaults",
+]
+
+Bindings = dict[sp.Symbol, int]
+MAX_VALUE = 10**15  # no model dimension is larger; bigger values are a typo
+
+
+def _symbol(table: SymbolTable, name: str, span: Span | None, where: str) -> sp.Symbol:
+    dim = table.lookup(name)
+    if dim is None:
+        names = sorted([*table.dims, *table.long_names])
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"{where}: unknown symbol {name!r}{hint} (known: {', '.join(table.dims)})", span
+        )
+    return dim.symbol
+
+
+def check_value(name: str, value: sp.Expr | int, span: Span | None, where: str) -> int:
+    """A size must be a positive integer below MAX_VALUE."""
+    value = sp.Integer(value) if isinstance(value, int) else value
+    if not value.is_Integer:
+        raise UsageError(f"{where}: {name} must be an integer, got {value}", span)
+    if value <= 0:
+        raise UsageError(f"{where}: {name} must be positive, got {value}", span)
+    if value > MAX_VALUE:
+        raise UsageError(
+            f"{where}: {name} = {value} is larger than any model size ({MAX_VALUE:.0e})", span
+        )
+    return int(value)
+
+
+def parse_set(table: SymbolTable, items: list[str]) -> Bindings:
+    """`["B=4", "d_model=1600"]` -> {B: 4, D: 1600}; names are symbols or long names."""
+    bindings: Bindings = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip().replace("_", "")
+        if not sep or not name:
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set B=4")
+        symbol = _symbol(table, name, None, f"--set {item}")
+        if not (text.lstrip("-").isdigit()):
+            raise UsageError(f"--set {item}: {name} must be an integer, got {text!r}")
+        bindings[symbol] = check_value(name, sp.Integer(int(text)), None, f"--set {item}")
+    return bindings
+
+
+def resolve_defaults(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> sp.Expr:
+    """Substitute defaults (F -> 4*D) for defaulted symbols that are not bound."""
+    subs = {k: v for k, v in table.defaults().items() if k not in bindings}
+    return expr.xreplace(subs) if subs else expr
+
+
+def evaluate(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> int | None:
+    """The exact integer value of `expr`, or None when a symbol it uses is unbound."""
+    value = resolve_defaults(expr, table, bindings).xreplace(
+        {k: sp.Integer(v) for k, v in bindings.items()}
+    )
+    if value.free_symbols:
+        return None
+    if not value.is_Integer:
+        raise UsageError(f"{expr} is not a whole number ({value}) with these values")
+    return int(value)
+
+
+def check_assumptions(
+    assumptions: tuple[Assumption, ...], table: SymbolTable, bindings: Bindings
+) -> None:
+    """Every shape assumption (`H divides D`) must hold for the bound values."""
+    for a in assumptions:
+        value = resolve_defaults(a.expr, table, bindings).xreplace(
+            {k: sp.Integer(v) for k, v in bindings.items()}
+        )
+        if not value.free_symbols and not value.is_integer:
+            raise UsageError(
+                f"the spec assumes {a.text}, which fails with these values ({a.expr} = {value})",
+                a.span,
+            )
+
+
+def format_bytes(n: int) -> str:
+    """`44.20 GiB (47.46 GB)`: both units, GB = 10^9, GiB = 2^30."""
+    return f"{n / 2**30:,.2f} GiB ({n / 1e9:,.2f} GB)"

@@ -1,0 +1,1 @@
+"""Front end: grammar, parse tree to AST, and `use` resolution."""

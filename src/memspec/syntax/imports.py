@@ -1,0 +1,170 @@
+"""Loads a spec and everything it `use`s into one `Program` of named definitions.
+
+`use std` loads every file of the packaged standard library, `use std.NAME` one of them,
+`use "path.mspec"` a file relative to the spec that says it. Each file is loaded once; a
+`use` that comes back to a file still being loaded is a cycle and an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memspec.errors import NameResolutionError, SpecImportError
+from memspec.resources import std_dir
+from memspec.source import SourceFile, Span
+from memspec.syntax import nodes as n
+from memspec.syntax.parse import parse
+
+__all__ = ["MAX_FILE_BYTES", "Program", "load_program", "read_source"]
+
+MAX_FILE_BYTES = 1_000_000  # a model spec is a page or two; larger input is refused
+
+
+@dataclass
+class Program:
+    """All definitions visible to the model, by kind and name, in load order."""
+
+    entry: SourceFile
+    dims: dict[str, n.DeclDim] = field(default_factory=dict)
+    lets: dict[str, n.DeclLet] = field(default_factory=dict)
+    layers: dict[str, n.DeclLayer] = field(default_factory=dict)
+    fns: dict[str, n.DeclFn] = field(default_factory=dict)
+    presets: dict[str, n.DeclPreset] = field(default_factory=dict)
+    precisions: dict[str, n.DeclPrecision] = field(default_factory=dict)
+    optimizers: dict[str, n.DeclOptimizer] = field(default_factory=dict)
+    conventions: dict[str, n.DeclConvention] = field(default_factory=dict)
+    models: list[n.DeclLayer] = field(default_factory=list)
+    expects: list[n.DeclExpect] = field(default_factory=list)
+    trains: list[n.DeclTrain] = field(default_factory=list)
+
+    def top_level_names(self) -> dict[str, Span | None]:
+        names: dict[str, Span | None] = {}
+        for table in (self.dims, self.lets, self.layers, self.fns):
+            names.update({k: v.span for k, v in table.items()})
+        for dim in self.dims.values():
+            names.setdefault(dim.symbol, dim.span)
+        return names
+
+
+def read_source(path: Path, display: str, span: Span | None = None) -> SourceFile:
+    """Read a spec file as UTF-8 text, refusing missing, huge, binary or non-UTF-8 input."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecImportError(
+                f"{display}: file too large ({size} bytes; the limit is {MAX_FILE_BYTES})", span
+            )
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecImportError(f"{display}: no such file", span) from None
+    except IsADirectoryError:
+        raise SpecImportError(f"{display}: is a directory, not a spec file", span) from None
+    except OSError as err:
+        raise SpecImportError(f"{display}: cannot read: {err.strerror}", span) from None
+    if b"\0" in data:
+        raise SpecImportError(f"{display}: binary file, not a spec", span)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecImportError(f"{display}: not UTF-8 text (byte {err.start})", span) from None
+    return SourceFile(display, text)
+
+
+_TABLES = {
+    n.DeclDim: "dims",
+    n.DeclLet: "lets",
+    n.DeclFn: "fns",
+    n.DeclPreset: "presets",
+    n.DeclPrecision: "precisions",
+    n.DeclOptimizer: "optimizers",
+    n.DeclConvention: "conventions",
+}
+
+
+class _Loader:
+    def __init__(self, program: Program):
+        self.program = program
+        self.loaded: set[Path] = set()
+        self.stack: list[Path] = []
+
+    def load(self, source: SourceFile, path: Path | None, is_entry: bool) -> None:
+        module = parse(source.text, source)
+        if path is not None:
+            self.stack.append(path)
+        for decl in module.decls:
+            if isinstance(decl, n.DeclUse):
+                self.use(decl, path)
+            else:
+                self.define(decl, is_entry)
+        if path is not None:
+            self.stack.pop()
+            self.loaded.add(path)
+
+    def use(self, decl: n.DeclUse, current: Path | None) -> None:
+        for path, display in self.resolve(decl, current):
+            if path in self.stack:
+                chain = " -> ".join(p.name for p in [*self.stack, path])
+                raise SpecImportError(f"cyclic use: {chain}", decl.span)
+            if path not in self.loaded:
+                self.load(read_source(path, display, decl.span), path, is_entry=False)
+
+    def resolve(self, decl: n.DeclUse, current: Path | None) -> list[tuple[Path, str]]:
+        if decl.path is not None:
+            base = current.parent if current else Path.cwd()
+            path = (base / decl.path).resolve()
+            return [(path, decl.path)]
+        library, _, member = (decl.library or "").partition(".")
+        if library != "std":
+            raise SpecImportError(
+                f"unknown library {library!r}; the bundled one is 'std'", decl.span
+            )
+        root = std_dir()
+        if member:
+            path = root / f"{member.replace('.', '/')}.mspec"
+            if not path.is_file():
+                raise SpecImportError(f"std has no module {member!r}", decl.span)
+            return [(path.resolve(), f"std/{member}.mspec")]
+        return [(p.resolve(), f"std/{p.name}") for p in sorted(root.glob("*.mspec"))]
+
+    def define(self, decl: n.Decl, is_entry: bool) -> None:
+        program = self.program
+        if isinstance(decl, n.DeclLayer):
+            if decl.is_model:
+                if is_entry:
+                    program.models.append(decl)
+                return
+            self.check_new(decl.name, decl.span)
+            program.layers[decl.name] = decl
+        elif isinstance(decl, n.DeclExpect):
+            if is_entry:
+                program.expects.append(decl)
+        elif isinstance(decl, n.DeclTrain):
+            if is_entry:
+                program.trains.append(decl)
+        else:
+            table = getattr(program, _TABLES[type(decl)])
+            if isinstance(decl, (n.DeclDim, n.DeclLet, n.DeclFn)):
+                self.check_new(decl.name, decl.span)
+                if isinstance(decl, n.DeclDim) and decl.symbol != decl.name:
+                    self.check_new(decl.symbol, decl.span)
+            elif decl.name in table:
+                first = table[decl.name].span
+                raise NameResolutionError(f"{decl.name!r} is defined twice", decl.span).with_note(
+                    "first defined here", first
+                )
+            table[decl.name] = decl
+
+    def check_new(self, name: str, span: Span | None) -> None:
+        names = self.program.top_level_names()
+        if name in names:
+            raise NameResolutionError(f"{name!r} is defined twice", span).with_note(
+                "first defined here", names[name]
+            )
+
+
+def load_program(source: SourceFile, path: Path | None) -> Program:
+    """Parse `source` and everything it uses; `path` anchors relative `use`s."""
+    program = Program(entry=source)
+    _Loader(program).load(source, path.resolve() if path else None, is_entry=True)
+    return program

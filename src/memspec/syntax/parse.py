@@ -1,0 +1,105 @@
+"""Text -> AST, and the one place lark's exceptions become `SpecSyntaxError` in words.
+
+Users never see a lark class name: terminal names are translated with `_TOKENS` (after
+cairo-lang's table), the expected list is sorted and capped.
+"""
+
+from __future__ import annotations
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from memspec.errors import SpecSyntaxError
+from memspec.source import SourceFile, Span
+from memspec.syntax.grammar import parser
+from memspec.syntax.nodes import Module
+from memspec.syntax.transform import ToAst
+
+__all__ = ["parse"]
+
+_TOKENS = {
+    "NAME": "identifier",
+    "INT": "integer",
+    "FLOAT": "number",
+    "STRING": "string",
+    "COMPARE": "comparison",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "SEMICOLON": "';'",
+    "EQUAL": "'='",
+    "DOT": "'.'",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "PERCENT": "'%'",
+    "__ANON_0": "'->'",
+    "$END": "end of file",
+    "expression": "expression",
+}
+_MAX_EXPECTED = 8
+
+
+def _word(terminal: str) -> str:
+    if terminal in _TOKENS:
+        return _TOKENS[terminal]
+    if terminal.startswith("__ANON") or terminal.isupper():
+        # Keywords and anonymous punctuation: lark names them after their text.
+        pattern = parser().get_terminal(terminal).pattern
+        return f"'{pattern.value}'" if pattern.type == "str" else terminal.lower()
+    return terminal.lower()
+
+
+# Terminals that can start an expression; when all are expected, say "expression".
+_EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS"}
+
+
+def _expected(terminals: set[str]) -> str:
+    if terminals >= _EXPRESSION_START:
+        terminals = (terminals - _EXPRESSION_START - {"TRUE", "FALSE", "NOT"}) | {"expression"}
+    words = sorted({_word(t) for t in terminals})
+    if len(words) > _MAX_EXPECTED:
+        words = [*words[:_MAX_EXPECTED], "..."]
+    return ", ".join(words)
+
+
+def _describe(err: UnexpectedInput) -> str:
+    if isinstance(err, UnexpectedCharacters):
+        return f"unexpected character {err.char!r}"
+    if isinstance(err, UnexpectedEOF):
+        return f"unexpected end of file; expected {_expected(set(err.expected))}"
+    if isinstance(err, UnexpectedToken):
+        token = err.token
+        found = _word(token.type)
+        if token.type in ("NAME", "INT", "FLOAT", "STRING"):
+            found = f"{found} {str(token)!r}"
+        return f"unexpected {found}; expected {_expected(set(err.expected))}"
+    return str(err)
+
+
+def parse(text: str, source: SourceFile | None = None) -> Module:
+    """Parse spec text into a `Module`, raising `SpecSyntaxError` with a located message."""
+    source = source or SourceFile("<spec>", text)
+    try:
+        tree = parser().parse(text)
+    except UnexpectedInput as err:
+        line = err.line if err.line and err.line > 0 else max(1, text.count("\n") + 1)
+        col = err.column if err.column and err.column > 0 else 1
+        if isinstance(err, UnexpectedEOF) or getattr(err, "token", None) == "":
+            line, col = _end_position(text)
+        width = len(str(err.token)) if isinstance(err, UnexpectedToken) else 1
+        span = Span(source, line, col, line, col + max(1, width))
+        raise SpecSyntaxError(_describe(err), span) from None
+    return ToAst(source).transform(tree)
+
+
+def _end_position(text: str) -> tuple[int, int]:
+    """Where end-of-file errors point: just after the last non-blank character."""
+    stripped = text.rstrip()
+    line = stripped.count("\n") + 1
+    return line, len(stripped) - (stripped.rfind("\n") + 1) + 1

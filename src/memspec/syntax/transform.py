@@ -1,0 +1,298 @@
+"""Parse tree -> AST: one `ToAst` method per grammar alias, and nothing else.
+
+Numbers stay AST nodes with spans; `symbolic/build.py` turns them into sympy objects.
+A rule without a handler raises on first use, so a grammar change cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+from lark import Token, Transformer, v_args
+
+from memspec.source import SourceFile, Span
+from memspec.syntax import nodes as n
+
+__all__ = ["ToAst"]
+
+_BINARY = {
+    "expr_add": "+",
+    "expr_sub": "-",
+    "expr_mul": "*",
+    "expr_div": "/",
+    "expr_floordiv": "//",
+    "expr_mod": "%",
+    "expr_pow": "**",
+    "expr_and": "and",
+    "expr_or": "or",
+}
+
+
+def _unquote(token: Token) -> str:
+    return str(token)[1:-1]
+
+
+@v_args(meta=True)
+class ToAst(Transformer):
+    """Builds `nodes.Module` from a lark tree, attaching spans from `meta`."""
+
+    def __init__(self, source: SourceFile):
+        super().__init__()
+        self.source = source
+
+    def span(self, meta) -> Span | None:
+        if getattr(meta, "empty", True):
+            return None
+        return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def token_span(self, token: Token) -> Span:
+        return Span(self.source, token.line, token.column, token.end_line, token.end_column)
+
+    def __default__(self, data, children, meta):
+        raise NotImplementedError(f"grammar rule {data!r} has no ToAst handler")
+
+    # Module and declarations ---------------------------------------------------------------
+
+    def start(self, meta, children):
+        return n.Module(tuple(children), span=self.span(meta))
+
+    def dotted_name(self, meta, names):
+        return ".".join(str(x) for x in names)
+
+    def decl_use_lib(self, meta, children):
+        return n.DeclUse(library=children[0], span=self.span(meta))
+
+    def decl_use_file(self, meta, children):
+        return n.DeclUse(path=_unquote(children[0]), span=self.span(meta))
+
+    def decl_dim(self, meta, children):
+        name, symbol, default = children
+        return n.DeclDim(str(name), str(symbol or name), default, span=self.span(meta))
+
+    def decl_let(self, meta, children):
+        return n.DeclLet(str(children[0]), children[1], span=self.span(meta))
+
+    def params(self, meta, children):
+        return tuple(children)
+
+    def param_def(self, meta, children):
+        return n.Param(
+            str(children[0]), children[1] if len(children) > 1 else None, span=self.span(meta)
+        )
+
+    def decl_layer(self, meta, children):
+        name, params, *body = children
+        return n.DeclLayer(str(name), params or (), tuple(body), span=self.span(meta))
+
+    def decl_model(self, meta, children):
+        name, *body = children
+        return n.DeclLayer(str(name), (), tuple(body), is_model=True, span=self.span(meta))
+
+    def decl_fn(self, meta, children):
+        name, params, returns, body = children
+        return n.DeclFn(str(name), params or (), returns, body, span=self.span(meta))
+
+    def bindings(self, meta, children):
+        return tuple(children)
+
+    def binding(self, meta, children):
+        return (str(children[0]), children[1], self.token_span(children[0]))
+
+    def decl_preset(self, meta, children):
+        return n.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
+
+    def decl_expect(self, meta, children):
+        quantity, value, preset = children
+        return n.DeclExpect(
+            str(quantity), value, str(preset) if preset else None, span=self.span(meta)
+        )
+
+    def decl_train(self, meta, children):
+        settings = tuple(c for c in children if c[0] != "use")
+        variants = tuple(v for c in children if c[0] == "use" for v in c[1])
+        return n.DeclTrain(settings, variants, span=self.span(meta))
+
+    def train_setting(self, meta, children):
+        return (str(children[0]), str(children[1]), self.span(meta))
+
+    def train_use(self, meta, children):
+        return ("use", tuple(str(c) for c in children), self.span(meta))
+
+    def decl_precision(self, meta, children):
+        return n.DeclPrecision(str(children[0]), tuple(children[1:]), span=self.span(meta))
+
+    def precision_rule(self, meta, children):
+        return (str(children[0]), str(children[1]), self.span(meta))
+
+    def decl_optimizer(self, meta, children):
+        name, *rest = children
+        description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
+        return n.DeclOptimizer(str(name), description, tuple(rest), span=self.span(meta))
+
+    def optimizer_state(self, meta, children):
+        return (str(children[0]), str(children[1]), self.span(meta))
+
+    def decl_convention(self, meta, children):
+        name, *rest = children
+        description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
+        return n.DeclConvention(str(name), description, tuple(rest), span=self.span(meta))
+
+    def convention_count(self, meta, children):
+        return (str(children[0]), children[1], self.span(meta))
+
+    def names_all(self, meta, children):
+        return ()
+
+    def names_some(self, meta, children):
+        return tuple(str(c) for c in children)
+
+    # Layers ------------------------------------------------------------------------------
+
+    def layer_let(self, meta, children):
+        return n.LayerLet(str(children[0]), children[1], span=self.span(meta))
+
+    def layer_sub(self, meta, children):
+        name, layer, args = children
+        return n.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
+
+    def layer_repeat(self, meta, children):
+        name, count, layer, args = children
+        return n.LayerSub(str(name), str(layer), args or (), count=count, span=self.span(meta))
+
+    def layer_param(self, meta, children):
+        return n.LayerParam(str(children[0]), children[1], span=self.span(meta))
+
+    def layer_buffer(self, meta, children):
+        return n.LayerBuffer(str(children[0]), children[1], span=self.span(meta))
+
+    def layer_forward(self, meta, children):
+        params, returns, body = children
+        return n.LayerForward(params or (), returns, body, span=self.span(meta))
+
+    def layer_if(self, meta, children):
+        condition, *then, orelse = children  # maybe_placeholders: `orelse` is None if absent
+        return n.LayerIf(condition, tuple(then), tuple(orelse or ()), span=self.span(meta))
+
+    def layer_else(self, meta, children):
+        return list(children)
+
+    def sig_params(self, meta, children):
+        return tuple(children)
+
+    def sig_param(self, meta, children):
+        name, type_, default = children
+        return n.SigParam(str(name), type_, default, span=self.span(meta))
+
+    def body_single(self, meta, children):
+        return n.Body((("", children[0]),), span=self.span(meta))
+
+    def body_variants(self, meta, children):
+        return n.Body(tuple(children), span=self.span(meta))
+
+    def variant(self, meta, children):
+        return (str(children[0]), children[1])
+
+    def block(self, meta, children):
+        return tuple(children)
+
+    def stmt_assign(self, meta, children):
+        target, value, annotation = children
+        return n.StmtAssign(str(target), value, annotation, span=self.span(meta))
+
+    def stmt_return(self, meta, children):
+        value, annotation = children
+        return n.StmtReturn(value, annotation, span=self.span(meta))
+
+    def stmt_if(self, meta, children):
+        condition, then, orelse = children
+        return n.StmtIf(condition, then, orelse or (), span=self.span(meta))
+
+    # Shapes ------------------------------------------------------------------------------
+
+    def type_tensor(self, meta, children):
+        dtype, dims = children
+        return n.TypeTensor(str(dtype) if dtype else None, dims or (), span=self.span(meta))
+
+    def shape_items(self, meta, children):
+        return tuple(children)
+
+    def shape_dim(self, meta, children):
+        return children[0]
+
+    def shape_ellipsis(self, meta, children):
+        return None
+
+    # Expressions -------------------------------------------------------------------------
+
+    def _binary(self, data, meta, children):
+        left, right = children
+        return n.ExprBinary(_BINARY[data], left, right, span=self.span(meta))
+
+    def expr_add(self, meta, children):
+        return self._binary("expr_add", meta, children)
+
+    def expr_sub(self, meta, children):
+        return self._binary("expr_sub", meta, children)
+
+    def expr_mul(self, meta, children):
+        return self._binary("expr_mul", meta, children)
+
+    def expr_div(self, meta, children):
+        return self._binary("expr_div", meta, children)
+
+    def expr_floordiv(self, meta, children):
+        return self._binary("expr_floordiv", meta, children)
+
+    def expr_mod(self, meta, children):
+        return self._binary("expr_mod", meta, children)
+
+    def expr_pow(self, meta, children):
+        return self._binary("expr_pow", meta, children)
+
+    def expr_and(self, meta, children):
+        return self._binary("expr_and", meta, children)
+
+    def expr_or(self, meta, children):
+        return self._binary("expr_or", meta, children)
+
+    def expr_compare(self, meta, children):
+        left, op, right = children
+        return n.ExprBinary(str(op), left, right, span=self.span(meta))
+
+    def expr_neg(self, meta, children):
+        return n.ExprUnary("-", children[0], span=self.span(meta))
+
+    def expr_not(self, meta, children):
+        return n.ExprUnary("not", children[0], span=self.span(meta))
+
+    def expr_call(self, meta, children):
+        callee, args = children
+        return n.ExprCall(callee, args or (), span=self.span(meta))
+
+    def expr_attr(self, meta, children):
+        return n.ExprAttr(children[0], str(children[1]), span=self.span(meta))
+
+    def expr_int(self, meta, children):
+        return n.ExprInt(int(str(children[0]).replace("_", "")), span=self.span(meta))
+
+    def expr_float(self, meta, children):
+        return n.ExprFloat(str(children[0]).replace("_", ""), span=self.span(meta))
+
+    def expr_string(self, meta, children):
+        return n.ExprString(_unquote(children[0]), span=self.span(meta))
+
+    def expr_true(self, meta, children):
+        return n.ExprBool(True, span=self.span(meta))
+
+    def expr_false(self, meta, children):
+        return n.ExprBool(False, span=self.span(meta))
+
+    def expr_name(self, meta, children):
+        return n.ExprName(str(children[0]), span=self.span(meta))
+
+    def args(self, meta, children):
+        return tuple(children)
+
+    def arg_positional(self, meta, children):
+        return n.Arg(children[0], span=self.span(meta))
+
+    def arg_keyword(self, meta, children):
+        return n.Arg(children[1], name=str(children[0]), span=self.span(meta))
