@@ -94,9 +94,9 @@ class Elaborator(ExprEvaluator):
         try:
             self.layer_stmts(inst, decl.body)
         except MemspecError as err:
-            raise err.with_note(
-                f"while instantiating {decl.name} as {path or 'the model'}", span
-            ) from None
+            if not path:  # the model itself: the error's own span says it all
+                raise
+            raise err.with_note(f"while instantiating {decl.name} as {path}", span) from None
         finally:
             self.stack.pop()
         return inst
@@ -215,8 +215,10 @@ class Elaborator(ExprEvaluator):
     def model(self) -> Graph:
         models = self.program.models
         if not models:
+            entry = self.program.entry
             raise NameResolutionError(
-                "the spec defines no model (write `model Name { ... }`)", None
+                "the spec defines no model (write `model Name { ... }`)",
+                Span(entry, 1, 1, 1, 1),
             )
         if len(models) > 1:
             raise NameResolutionError("the spec defines more than one model", models[1].span)

@@ -38,6 +38,17 @@ def tex_escape(value: str) -> str:
     return "".join(_TEX_SPECIALS.get(c, c) for c in str(value))
 
 
+def tex_name(value: str) -> str:
+    """A dotted name, escaped, that may break after each dot in a narrow column."""
+    return r".\allowbreak{}".join(tex_escape(part) for part in str(value).split("."))
+
+
+def tex_value(value: str) -> str:
+    """A symbol-table value: plain text with embedded `$math$` kept as math."""
+    parts = str(value).split("$")
+    return "$".join(tex_escape(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
 def md_escape(value: str) -> str:
     """Escape characters that would break a Markdown table cell or start markup."""
     out = str(value)
@@ -75,6 +86,8 @@ def _environment(fmt: str):
     env = jinja2.Environment(**options)
     env.filters["e"] = tex_escape if fmt == "tex" else md_escape
     env.filters["code"] = md_code
+    env.filters["name"] = tex_name
+    env.filters["tex_value"] = tex_value
     return env
 
 

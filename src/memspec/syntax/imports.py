@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,26 +95,30 @@ class _Loader:
             self.stack.append(path)
         for decl in module.decls:
             if isinstance(decl, n.DeclUse):
-                self.use(decl, path)
+                self.use(decl, path, source.name)
             else:
                 self.define(decl, is_entry)
         if path is not None:
             self.stack.pop()
             self.loaded.add(path)
 
-    def use(self, decl: n.DeclUse, current: Path | None) -> None:
-        for path, display in self.resolve(decl, current):
+    def use(self, decl: n.DeclUse, current: Path | None, current_name: str) -> None:
+        for path, display in self.resolve(decl, current, current_name):
             if path in self.stack:
                 chain = " -> ".join(p.name for p in [*self.stack, path])
                 raise SpecImportError(f"cyclic use: {chain}", decl.span)
             if path not in self.loaded:
                 self.load(read_source(path, display, decl.span), path, is_entry=False)
 
-    def resolve(self, decl: n.DeclUse, current: Path | None) -> list[tuple[Path, str]]:
+    def resolve(
+        self, decl: n.DeclUse, current: Path | None, current_name: str
+    ) -> list[tuple[Path, str]]:
         if decl.path is not None:
             base = current.parent if current else Path.cwd()
             path = (base / decl.path).resolve()
-            return [(path, decl.path)]
+            # Report the file as the user would name it: relative to the spec that uses it.
+            display = os.path.normpath(os.path.join(os.path.dirname(current_name), decl.path))
+            return [(path, display)]
         library, _, member = (decl.library or "").partition(".")
         if library != "std":
             raise SpecImportError(
@@ -163,8 +168,18 @@ class _Loader:
             )
 
 
+PRELUDE = "train"  # std/train.mspec: the policies every spec can name without `use`
+
+
 def load_program(source: SourceFile, path: Path | None) -> Program:
-    """Parse `source` and everything it uses; `path` anchors relative `use`s."""
+    """Parse `source` and everything it uses; `path` anchors relative `use`s.
+
+    The standard policies (precisions, optimizers, conventions) are loaded first, so a
+    spec without `use std` can still say `train { optimizer sgd }`.
+    """
     program = Program(entry=source)
-    _Loader(program).load(source, path.resolve() if path else None, is_entry=True)
+    loader = _Loader(program)
+    prelude = (std_dir() / f"{PRELUDE}.mspec").resolve()
+    loader.load(read_source(prelude, f"std/{PRELUDE}.mspec"), prelude, is_entry=False)
+    loader.load(source, path.resolve() if path else None, is_entry=True)
     return program

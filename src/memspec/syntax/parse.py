@@ -59,10 +59,30 @@ def _word(terminal: str) -> str:
 _EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS"}
 
 
+# Binary operators (as words); when an expression may go on, say "operator" once.
+_OPERATORS = {
+    "'+'",
+    "'-'",
+    "'*'",
+    "'/'",
+    "'%'",
+    "'**'",
+    "'//'",
+    "'.'",
+    "'and'",
+    "'or'",
+    "comparison",
+    "'('",
+}
+
+
 def _expected(terminals: set[str]) -> str:
     if terminals >= _EXPRESSION_START:
         terminals = (terminals - _EXPRESSION_START - {"TRUE", "FALSE", "NOT"}) | {"expression"}
-    words = sorted({_word(t) for t in terminals})
+    words = {_word(t) for t in terminals}
+    if words >= {"'+'", "'*'", "'/'"}:
+        words = (words - _OPERATORS) | {"operator"}
+    words = sorted(words)
     if len(words) > _MAX_EXPECTED:
         words = [*words[:_MAX_EXPECTED], "..."]
     return ", ".join(words)

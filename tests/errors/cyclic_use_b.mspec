@@ -1,0 +1,1 @@
+use "cyclic_use_a.mspec"

@@ -1,0 +1,2 @@
+use std
+dim d_model as D

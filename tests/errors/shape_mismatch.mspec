@@ -1,0 +1,12 @@
+use std
+dim batch_size as B
+dim d_model as D
+dim d_ff as F
+model M {
+    up = Linear(D, F)
+    down = Linear(D, D)
+    forward(x: [B, D]) {
+        h = up(x)
+        return down(h)
+    }
+}
