@@ -15,7 +15,8 @@ layer SwiGLU(d_model, d_ff) {
     w2 = Linear(d_ff, d_model)
     w3 = Linear(d_model, d_ff)
     forward(x: [..., d_model]) -> [..., d_model] {
-        return w2(silu(w1(x)) * w3(x))
+        gated = silu(w1(x)) * w3(x)
+        return w2(gated)
     }
 }
 

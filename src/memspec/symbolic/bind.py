@@ -98,6 +98,12 @@ def check_assumptions(
             )
 
 
+_UNITS = ((2**30, "GiB", 10**9, "GB"), (2**20, "MiB", 10**6, "MB"), (2**10, "KiB", 10**3, "kB"))
+
+
 def format_bytes(n: int) -> str:
-    """`44.20 GiB (47.46 GB)`: both units, GB = 10^9, GiB = 2^30."""
-    return f"{n / 2**30:,.2f} GiB ({n / 1e9:,.2f} GB)"
+    """`44.20 GiB (47.46 GB)`: binary and decimal units (GiB = 2^30, GB = 10^9)."""
+    for binary, binary_name, decimal, decimal_name in _UNITS:
+        if n >= binary:
+            return f"{n / binary:,.2f} {binary_name} ({n / decimal:,.2f} {decimal_name})"
+    return f"{n:,} bytes"

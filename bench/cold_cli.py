@@ -1,0 +1,59 @@
+"""Cold command-line time for the CS336 specs, and its independence of num_layers.
+
+Prints figures; asserts nothing (these machines are shared and noisy). Run:
+    python bench/cold_cli.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cold_run(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "memspec", *args], cwd=ROOT, check=True, capture_output=True
+    )
+    return time.perf_counter() - start
+
+
+def report(label: str, args: list[str], runs: int) -> None:
+    times = [cold_run(args) for _ in range(runs)]
+    print(f"{label:<48} min {min(times):6.3f} s   median {statistics.median(times):6.3f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    runs = parser.parse_args().runs
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    print(f"{'python interpreter start-up':<48} {time.perf_counter() - start:6.3f} s")
+    for spec in ("cs336_lm", "cs336_lm_swiglu"):
+        for fmt in ("json", "md"):
+            report(
+                f"{spec} --format {fmt}", ["compile", f"specs/{spec}.mspec", "--format", fmt], runs
+            )
+    text = (ROOT / "specs" / "cs336_lm.mspec").read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in ("4", "48", "4800"):
+            spec = Path(tmp) / f"layers_{count}.mspec"
+            body = text.replace("repeat N of Block", f"repeat {count} of Block")
+            spec.write_text(body.replace("expect params", "# expect params"))
+            report(
+                f"cs336_lm with repeat {count} --format json",
+                ["compile", str(spec), "--format", "json"],
+                runs,
+            )
+
+
+if __name__ == "__main__":
+    main()

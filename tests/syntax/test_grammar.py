@@ -1,0 +1,60 @@
+"""The grammar has no conflicts, and text becomes the AST it should."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.symbolic.build import number
+from memspec.syntax import nodes as n
+from memspec.syntax.grammar import parser
+from memspec.syntax.parse import parse
+
+
+def test_grammar_builds_in_strict_mode():
+    # strict=True raises on any shift/reduce conflict or regex collision.
+    assert parser(strict=True) is not None
+
+
+def test_dim_let_and_arithmetic():
+    module = parse("dim d_ff as F = 4 * D\nlet eps = 1e-5\ndim vocab_size")
+    assert module.decls == (
+        n.DeclDim("d_ff", "F", n.ExprBinary("*", n.ExprInt(4), n.ExprName("D"))),
+        n.DeclLet("eps", n.ExprFloat("1e-5")),
+        n.DeclDim("vocab_size", "vocab_size"),
+    )
+    assert number("1e-5") == sp.Rational(1, 100_000)  # exact, never a float
+
+
+def test_precedence_and_underscored_integers():
+    (decl,) = parse("let x = 50_257 - 2 * 3 ** 2 // 4").decls
+    assert decl.value == n.ExprBinary(
+        "-",
+        n.ExprInt(50257),
+        n.ExprBinary("//", n.ExprBinary("*", n.ExprInt(2), n.ExprBinary(
+            "**", n.ExprInt(3), n.ExprInt(2))), n.ExprInt(4)),
+    )
+
+
+def test_layer_with_repeat_param_forward_and_variants():
+    module = parse("""
+    layer Block(d, h = 2) {
+        let k = d / h
+        param w: [d, k]
+        sub = repeat 3 of Inner(d)
+        forward(x: [..., d]) -> [..., d] { y = x : [..., d]; return y }
+    }
+    fn f(a: [s]) variant one { return a } variant two { return a }
+    train { precision fp32; optimizer adamw; use flash }
+    """)
+    layer, fn, train = module.decls
+    assert [type(s).__name__ for s in layer.body] == [
+        "LayerLet", "LayerParam", "LayerSub", "LayerForward"]
+    assert layer.body[2].count == n.ExprInt(3)
+    assert layer.body[3].params[0].type == n.TypeTensor(None, (None, n.ExprName("d")))
+    assert [name for name, _ in fn.body.variants] == ["one", "two"]
+    assert train.variants == ("flash",)
+
+
+def test_spans_point_at_the_source():
+    (decl,) = parse("\n\n   dim batch_size as B").decls
+    assert (decl.span.line, decl.span.col) == (3, 4)
