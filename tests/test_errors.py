@@ -14,7 +14,6 @@ import pytest
 
 from memspec import compile_spec, errors
 from memspec.cli import main
-
 from tests.conftest import ROOT, UPDATE
 
 ERRORS = Path(__file__).resolve().parent / "errors"

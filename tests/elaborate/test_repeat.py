@@ -23,7 +23,7 @@ def test_graph_size_is_independent_of_the_repeat_count():
     assert len(sizes) == 1
     assert [r.count for r in large.graph.regions] == [2000]
     params = large.categories["parameters"]
-    assert [i.multiplicity for i in params.items if i.path.startswith("layers.")][0] == 2000
+    assert next(i.multiplicity for i in params.items if i.path.startswith("layers.")) == 2000
 
 
 def test_state_dict_names():

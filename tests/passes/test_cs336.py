@@ -97,7 +97,7 @@ def test_course_flash_counts_the_fused_output():
 
 def test_gpt2_xl_values_are_exact_integers():
     r = compile_spec(SPECS / "cs336_lm.mspec", set=GPT2_XL)
-    b, l, v, d, n, h = (GPT2_XL[k] for k in "BLVDNH")
+    b, l, v, d, n, h = (GPT2_XL[k] for k in "BLVDNH")  # noqa: E741
     params = 2 * v * d + n * (12 * d * d + 2 * d) + d
     acts = n * (16 * b * l * d + 2 * b * h * l * l) + b * l * d + 2 * b * l * v
     assert r.value(r.categories["parameters"].elements) == params == 1_635_537_600
