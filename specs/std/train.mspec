@@ -29,7 +29,7 @@ optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
 # extended to the analogous components of other architectures (LayerNorm, GELU, ReLU,
 # fused attention).
 convention course "CS336 A1 AdamW accounting: the outputs of the listed components" {
-    count output of RMSNorm, LayerNorm, Linear, einsum, matmul, softmax, silu, gelu, relu, log_softmax, flash_attention
+    count output of RMSNorm, LayerNorm, Linear, linear, einsum, matmul, softmax, silu, gelu, relu, log_softmax, flash_attention
 }
 # autograd: every tensor PyTorch's autograd saves for backward, each storage once.
 convention autograd "what PyTorch keeps for backward, each storage counted once" {

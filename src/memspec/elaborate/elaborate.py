@@ -17,7 +17,7 @@ from memspec.config import TrainConfig
 from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.exprs import ExprEvaluator
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor
-from memspec.elaborate.shapes import bind_type, divisibility_text, type_dims
+from memspec.elaborate.shapes import bind_type, divisibility_text, same_shape, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.graph import CallOutput, Graph
 from memspec.ir.types import DType, Role, Shape, shape_str
@@ -282,10 +282,7 @@ class Elaborator(ExprEvaluator):
         if not (isinstance(first, Tensor) and isinstance(result, Tensor)):
             raise ShapeError(f"repeat of {inst.decl.name} needs a tensor in and out", span)
         a, b = self.builder.values[first.id], self.builder.values[result.id]
-        if (
-            a.shape != b.shape
-            and not all(sp.expand(x - y) == 0 for x, y in zip(a.shape, b.shape, strict=False))
-        ) or len(a.shape) != len(b.shape):
+        if not same_shape(a.shape, b.shape):
             raise ShapeError(
                 f"repeat applies {inst.decl.name} in sequence, so its output "
                 f"{shape_str(b.shape)} must match its input {shape_str(a.shape)}",

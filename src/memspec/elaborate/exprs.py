@@ -69,7 +69,7 @@ class ExprEvaluator:
 
     def _evaluate(self, expr: n.Expr, scope: Scope, frame, hint: str | None) -> object:
         if isinstance(expr, n.ExprInt):
-            return build.binary("+", sp.Integer(expr.value), sp.Integer(0), expr.span)
+            return build.integer(expr.value, expr.span)
         if isinstance(expr, n.ExprFloat):
             return build.number(expr.text)
         if isinstance(expr, n.ExprString):

@@ -11,7 +11,7 @@ from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.registry import same_dim
 from memspec.syntax import nodes as n
 
-__all__ = ["bind_type", "divisibility_text", "type_dims"]
+__all__ = ["bind_type", "divisibility_text", "same_shape", "type_dims"]
 
 Evaluate = Callable[[n.Expr], sp.Expr]
 
@@ -61,7 +61,7 @@ def bind_type(
     for written in t.dims:
         if written is None:
             matched = tuple(next(dims) for _ in range(lead))
-            if ellipsis is not None and not _same_shape(matched, ellipsis):
+            if ellipsis is not None and not same_shape(matched, ellipsis):
                 raise ShapeError(
                     f"{what}: '...' is {shape_str(matched)} here but "
                     f"{shape_str(ellipsis)} in the signature",
@@ -81,7 +81,7 @@ def bind_type(
     return matched
 
 
-def _same_shape(a: Shape, b: Shape) -> bool:
+def same_shape(a: Shape, b: Shape) -> bool:
     return len(a) == len(b) and all(same_dim(x, y) for x, y in zip(a, b, strict=True))
 
 

@@ -57,17 +57,19 @@ def _matches(names: set[str], *candidates: str) -> bool:
 
 
 def _count_outputs(graph: Graph, names: set[str], items: dict) -> None:
-    notes: dict[int, list[str]] = {}
-    for call in graph.call_outputs:
-        if _matches(names, call.callee):
-            notes.setdefault(call.value, []).append(call.callee)
+    # The note names the outermost listed call that returned the value: a Linear's output
+    # reads "output of Linear", not of the `linear` op inside it (it is one value).
+    notes: dict[int, str] = {}
     for op in graph.ops:
         if _matches(names, op.op):
             for vid in op.outputs:
-                notes.setdefault(vid, []).append(op.op)
-    for vid, producers in sorted(notes.items()):
+                notes[vid] = op.op
+    for call in graph.call_outputs:  # inner calls return first, so outer ones overwrite
+        if _matches(names, call.callee):
+            notes[call.value] = call.callee
+    for vid, producer in sorted(notes.items()):
         v = graph.value(vid)
-        note = "output of " + ", ".join(sorted(set(producers), key=producers.index))
+        note = f"output of {producer}"
         items[("value", vid, 0)] = LineItem(
             v.path, v.shape, v.dtype, regions_of(graph, v.region), note, span=v.span
         )

@@ -15,9 +15,14 @@ import sympy as sp
 from memspec.errors import SpecValueError
 from memspec.source import Span
 
-__all__ = ["MAX_CONSTANT_BITS", "binary", "compare", "number", "scalar_function"]
+__all__ = ["MAX_CONSTANT_BITS", "binary", "compare", "integer", "number", "scalar_function"]
 
 MAX_CONSTANT_BITS = 4096  # constants above 2**4096 are certainly a mistake in a model spec
+
+
+def integer(value: int, span: Span | None) -> sp.Integer:
+    """An integer literal, refused above MAX_CONSTANT_BITS."""
+    return _check_size(sp.Integer(value), span)
 
 
 def number(text: str) -> sp.Rational:

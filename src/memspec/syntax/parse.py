@@ -6,9 +6,15 @@ cairo-lang's table), the expected list is sorted and capped.
 
 from __future__ import annotations
 
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
-from memspec.errors import SpecSyntaxError
+from memspec.errors import MemspecError, SpecSyntaxError
 from memspec.source import SourceFile, Span
 from memspec.syntax.grammar import parser
 from memspec.syntax.nodes import Module
@@ -115,7 +121,12 @@ def parse(text: str, source: SourceFile | None = None) -> Module:
         width = len(str(err.token)) if isinstance(err, UnexpectedToken) else 1
         span = Span(source, line, col, line, col + max(1, width))
         raise SpecSyntaxError(_describe(err), span) from None
-    return ToAst(source).transform(tree)
+    try:
+        return ToAst(source).transform(tree)
+    except VisitError as err:
+        if isinstance(err.orig_exc, MemspecError):
+            raise err.orig_exc from None
+        raise
 
 
 def _end_position(text: str) -> tuple[int, int]:

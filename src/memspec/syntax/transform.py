@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from lark import Token, Transformer, v_args
 
+from memspec.errors import SpecValueError
 from memspec.source import SourceFile, Span
 from memspec.syntax import nodes as n
 
-__all__ = ["ToAst"]
+__all__ = ["MAX_LITERAL_DIGITS", "ToAst"]
+
+MAX_LITERAL_DIGITS = 400  # far beyond any model size; Python refuses ints over 4300 digits
 
 _BINARY = {
     "expr_add": "+",
@@ -271,10 +274,20 @@ class ToAst(Transformer):
         return n.ExprAttr(children[0], str(children[1]), span=self.span(meta))
 
     def expr_int(self, meta, children):
-        return n.ExprInt(int(str(children[0]).replace("_", "")), span=self.span(meta))
+        digits = str(children[0]).replace("_", "")
+        if len(digits) > MAX_LITERAL_DIGITS:
+            raise SpecValueError(
+                f"number literal too long (over {MAX_LITERAL_DIGITS} digits)", self.span(meta)
+            )
+        return n.ExprInt(int(digits), span=self.span(meta))
 
     def expr_float(self, meta, children):
-        return n.ExprFloat(str(children[0]).replace("_", ""), span=self.span(meta))
+        text = str(children[0]).replace("_", "")
+        if len(text) > MAX_LITERAL_DIGITS:
+            raise SpecValueError(
+                f"number literal too long (over {MAX_LITERAL_DIGITS} digits)", self.span(meta)
+            )
+        return n.ExprFloat(text, span=self.span(meta))
 
     def expr_string(self, meta, children):
         return n.ExprString(_unquote(children[0]), span=self.span(meta))
