@@ -16,17 +16,15 @@ __all__ = ["MAX_LITERAL_DIGITS", "ToAst"]
 
 MAX_LITERAL_DIGITS = 400  # far beyond any model size; Python refuses ints over 4300 digits
 
-_BINARY = {
-    "expr_add": "+",
-    "expr_sub": "-",
-    "expr_mul": "*",
-    "expr_div": "/",
-    "expr_floordiv": "//",
-    "expr_mod": "%",
-    "expr_pow": "**",
-    "expr_and": "and",
-    "expr_or": "or",
-}
+
+def _binary_rule(op: str):
+    """The ToAst method for a binary operator alias."""
+
+    def rule(self, meta, children):
+        left, right = children
+        return n.ExprBinary(op, left, right, span=self.span(meta))
+
+    return rule
 
 
 def _unquote(token: Token) -> str:
@@ -225,36 +223,16 @@ class ToAst(Transformer):
 
     # Expressions -------------------------------------------------------------------------
 
-    def _binary(self, data, meta, children):
-        left, right = children
-        return n.ExprBinary(_BINARY[data], left, right, span=self.span(meta))
-
-    def expr_add(self, meta, children):
-        return self._binary("expr_add", meta, children)
-
-    def expr_sub(self, meta, children):
-        return self._binary("expr_sub", meta, children)
-
-    def expr_mul(self, meta, children):
-        return self._binary("expr_mul", meta, children)
-
-    def expr_div(self, meta, children):
-        return self._binary("expr_div", meta, children)
-
-    def expr_floordiv(self, meta, children):
-        return self._binary("expr_floordiv", meta, children)
-
-    def expr_mod(self, meta, children):
-        return self._binary("expr_mod", meta, children)
-
-    def expr_pow(self, meta, children):
-        return self._binary("expr_pow", meta, children)
-
-    def expr_and(self, meta, children):
-        return self._binary("expr_and", meta, children)
-
-    def expr_or(self, meta, children):
-        return self._binary("expr_or", meta, children)
+    # One rule per binary operator alias (`expr_add` -> "+"), all built alike.
+    expr_add = _binary_rule("+")
+    expr_sub = _binary_rule("-")
+    expr_mul = _binary_rule("*")
+    expr_div = _binary_rule("/")
+    expr_floordiv = _binary_rule("//")
+    expr_mod = _binary_rule("%")
+    expr_pow = _binary_rule("**")
+    expr_and = _binary_rule("and")
+    expr_or = _binary_rule("or")
 
     def expr_compare(self, meta, children):
         left, op, right = children
