@@ -1,8 +1,9 @@
 """The command line: `memspec compile SPEC ...`.
 
 This is the only place that turns errors into exit codes: a `MemspecError` (a problem
-with the user's input) prints its located diagnostic and exits 2; anything else is a
-bug in memspec and exits 1.
+with the user's input) prints its located diagnostic and exits 2; a `verify` whose
+prediction differs from the measurement exits 3; anything else is a bug in memspec and
+exits 1.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from memspec.errors import MemspecError
+from memspec.errors import MemspecError, UsageError
 
 __all__ = ["main"]
 
 FORMATS = ("md", "tex", "json")
+VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +50,41 @@ def _parser() -> argparse.ArgumentParser:
         help="pick an implementation variant (math, flash); repeatable",
     )
     c.add_argument("-o", "--output", help="write the report here instead of stdout")
+    v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
+    v.add_argument("spec", help="the .mspec file")
+    _common(v)
+    v.add_argument(
+        "--peak",
+        action="store_true",
+        help="also measure the step's peak on fake tensors (any size)",
+    )
+    v.add_argument(
+        "--no-step",
+        dest="step",
+        action="store_false",
+        help="skip the real training step (for sizes too large to allocate)",
+    )
     return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="bindings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind a symbol (B or batch_size) to an integer; repeatable",
+    )
+    p.add_argument("--preset", help="bind the symbols of one of the spec's presets")
+    p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, sgd_momentum)")
+    p.add_argument(
+        "--use",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="pick an implementation variant (math, flash); repeatable",
+    )
 
 
 def _compile(args: argparse.Namespace) -> str:
@@ -70,9 +106,44 @@ def _compile(args: argparse.Namespace) -> str:
     return result.to_markdown()
 
 
+def _verify(args: argparse.Namespace) -> tuple[str, bool]:
+    from memspec.compile import compile_spec
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError("memspec verify needs PyTorch: pip install 'memspec[verify]'") from None
+    from memspec.verify.compare import compare
+    from memspec.verify.measure import measure_step
+    from memspec.verify.peak import measure_peak
+    from memspec.verify.report import render_verify
+
+    result = compile_spec(
+        Path(args.spec),
+        set=args.bindings,
+        preset=args.preset,
+        optimizer=args.optimizer,
+        convention="autograd",
+        use=tuple(args.use),
+    )
+    result.substitutions()  # every dim must be bound: fail before any work
+    tables = measured = peak = None
+    if args.step:
+        measured = measure_step(result)
+        tables = compare(result, measured)
+    if args.peak:
+        peak = measure_peak(result)
+    ok = tables is None or all(t.ok for t in tables)
+    return render_verify(result, tables, measured, peak), ok
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "verify":
+            output, ok = _verify(args)
+            sys.stdout.write(output)
+            return 0 if ok else VERIFY_FAILED
         output = _compile(args)
         if args.output:
             Path(args.output).write_text(output, encoding="utf-8")

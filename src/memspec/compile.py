@@ -59,6 +59,22 @@ class CompileResult:
         """`expr` with unbound defaults substituted (F -> 4*D), expanded."""
         return sp.expand(bind.resolve_defaults(expr, self.symbols, self.bindings))
 
+    def substitutions(self) -> dict[sp.Symbol, sp.Integer]:
+        """Every dim's concrete value: bound ones, then defaults; UsageError if one is free."""
+        subs = {k: sp.Integer(v) for k, v in self.bindings.items()}
+        for symbol, default in self.symbols.defaults().items():
+            subs.setdefault(symbol, default.xreplace(subs))
+        free = [
+            d.symbol.name
+            for d in self.symbols.ordered()
+            if d.symbol not in subs or subs[d.symbol].free_symbols
+        ]
+        if free:
+            raise UsageError(
+                f"give a value to every dim (--set or --preset); unbound: {', '.join(free)}"
+            )
+        return subs
+
     def value(self, expr: sp.Expr) -> int | None:
         """The exact integer of `expr` under the bindings, or None if not fully bound."""
         return bind.evaluate(expr, self.symbols, self.bindings)

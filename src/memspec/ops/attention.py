@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, shape_str
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OutputSpec,
+    Saved,
+    register,
+    torch_functional,
+)
 
 
 def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -31,6 +38,11 @@ def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     )
 
 
+def _flash_lower(tensors, attrs):
+    _, F = torch_functional()
+    return F.scaled_dot_product_attention(*tensors, is_causal=bool(attrs["causal"]))
+
+
 register(
     OpDef(
         "flash_attention",
@@ -39,5 +51,6 @@ register(
         _flash_infer,
         _flash_saved,
         attrs=(("causal", True),),
+        lower=_flash_lower,
     )
 )

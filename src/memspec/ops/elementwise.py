@@ -18,6 +18,7 @@ from memspec.ops.registry import (
     register,
     same_dim,
     saved_if,
+    torch_functional,
 )
 
 __all__ = ["broadcast"]
@@ -102,16 +103,71 @@ def _rope_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec(x.shape, ctx.float_dtype()),)
 
 
-register(OpDef("add", "a + b, broadcasting", ("a", "b"), _binary))
-register(OpDef("sub", "a - b, broadcasting", ("a", "b"), _binary))
-register(OpDef("mul", "a * b of two tensors, broadcasting", ("a", "b"), _binary, _mul_saved))
-register(OpDef("div", "a / b of two tensors, broadcasting", ("a", "b"), _binary, _div_saved))
+def _rope_lower(tensors, attrs):
+    """Pairwise rotation: no saved tensor but the tables' slices (buffer storage)."""
+    torch, _ = torch_functional()
+    x, cos, sin = tensors
+    c, s = cos[: x.shape[-2]], sin[: x.shape[-2]]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2)
+
+
+def _mask_lower(tensors, attrs):
+    torch, _ = torch_functional()
+    (x,) = tensors
+    mask = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device).triu(1)
+    return x.masked_fill(mask, float("-inf"))
+
+
+def _f(name: str):
+    """Lowering to `torch.nn.functional.<name>(x)`."""
+    return lambda tensors, attrs: getattr(torch_functional()[1], name)(*tensors)
+
+
+register(OpDef("add", "a + b, broadcasting", ("a", "b"), _binary, lower=lambda t, a: t[0] + t[1]))
+register(OpDef("sub", "a - b, broadcasting", ("a", "b"), _binary, lower=lambda t, a: t[0] - t[1]))
 register(
-    OpDef("scale", "x times a constant: saves nothing", ("x",), _unary, attrs=(("factor", 1),))
+    OpDef(
+        "mul",
+        "a * b of two tensors, broadcasting",
+        ("a", "b"),
+        _binary,
+        _mul_saved,
+        lower=lambda t, a: t[0] * t[1],
+    )
 )
-register(OpDef("shift", "x plus a constant: saves nothing", ("x",), _unary, attrs=(("offset", 0),)))
-register(OpDef("neg", "-x", ("x",), _unary))
-register(OpDef("silu", "x * sigmoid(x)", ("x",), _unary, _saves_input))
+register(
+    OpDef(
+        "div",
+        "a / b of two tensors, broadcasting",
+        ("a", "b"),
+        _binary,
+        _div_saved,
+        lower=lambda t, a: t[0] / t[1],
+    )
+)
+register(
+    OpDef(
+        "scale",
+        "x times a constant: saves nothing",
+        ("x",),
+        _unary,
+        attrs=(("factor", 1),),
+        lower=lambda t, a: t[0] * a["factor"],
+    )
+)
+register(
+    OpDef(
+        "shift",
+        "x plus a constant: saves nothing",
+        ("x",),
+        _unary,
+        attrs=(("offset", 0),),
+        lower=lambda t, a: t[0] + a["offset"],
+    )
+)
+register(OpDef("neg", "-x", ("x",), _unary, lower=lambda t, a: -t[0]))
+register(OpDef("silu", "x * sigmoid(x)", ("x",), _unary, _saves_input, lower=_f("silu")))
 register(
     OpDef(
         "gelu",
@@ -120,13 +176,22 @@ register(
         _unary,
         _saves_input,
         attrs=(("approximate", "none"),),
+        lower=lambda t, a: torch_functional()[1].gelu(t[0], approximate=a["approximate"]),
     )
 )
-register(OpDef("relu", "max(x, 0)", ("x",), _unary, _saves_output))
-register(OpDef("sigmoid", "1 / (1 + exp(-x))", ("x",), _unary, _saves_output))
-register(OpDef("tanh", "tanh(x)", ("x",), _unary, _saves_output))
+register(OpDef("relu", "max(x, 0)", ("x",), _unary, _saves_output, lower=_f("relu")))
+register(OpDef("sigmoid", "1 / (1 + exp(-x))", ("x",), _unary, _saves_output, lower=_f("sigmoid")))
+register(OpDef("tanh", "tanh(x)", ("x",), _unary, _saves_output, lower=_f("tanh")))
 register(
-    OpDef("dropout", "training-mode dropout", ("x",), _unary, _dropout_saved, attrs=(("p", 0),))
+    OpDef(
+        "dropout",
+        "training-mode dropout",
+        ("x",),
+        _unary,
+        _dropout_saved,
+        attrs=(("p", 0),),
+        lower=lambda t, a: torch_functional()[1].dropout(t[0], a["p"], training=True),
+    )
 )
 register(
     OpDef(
@@ -135,10 +200,17 @@ register(
         ("x",),
         _mask_infer,
         _mask_saved,
+        lower=_mask_lower,
     )
 )
-# Lowered as x * cos + rotate_half(x) * sin: each product saves only the buffer table
-# (excluded from activations), and rotate_half (neg, cat) saves nothing.
+# Lowered as a pairwise rotation by [max_len, d_k/2] tables: each product saves only a
+# slice of a buffer table (excluded from activations), and stack/flatten save nothing.
 register(
-    OpDef("rope", "rotary position embedding over the last dim", ("x", "cos", "sin"), _rope_infer)
+    OpDef(
+        "rope",
+        "rotary position embedding over the last dim",
+        ("x", "cos", "sin"),
+        _rope_infer,
+        lower=_rope_lower,
+    )
 )

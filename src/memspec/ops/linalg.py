@@ -7,7 +7,15 @@ import sympy as sp
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import shape_str
 from memspec.ops.patterns import parse_pattern
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register, saved_if
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OutputSpec,
+    Saved,
+    register,
+    saved_if,
+    torch_functional,
+)
 
 
 def _linear_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -35,11 +43,24 @@ def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
 
 
 def _two_operand_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """Saved tensors of a @ b: each operand, when the other needs a gradient."""
-    return (
+    """Saved tensors of a @ b: each operand, when the other needs a gradient.
+
+    Batched products run as bmm over operands reshaped to [batch, m, k]; an operand that
+    is a permuted, non-contiguous view (heads split off a [.., L, H*d] tensor) cannot be
+    reshaped in place, so torch saves a contiguous copy of it: new storage.
+    """
+    saved = (
         *saved_if(graph, op, 0, (1,), "left operand"),
         *saved_if(graph, op, 1, (0,), "right operand"),
     )
+    return tuple(_copy_if_strided(graph, s) for s in saved)
+
+
+def _copy_if_strided(graph: Graph, saved: Saved) -> Saved:
+    value = graph.value(saved.value)
+    if value.contiguous or len(value.shape) < 3:
+        return saved
+    return Saved(f"{saved.label} copy", shape=value.shape, dtype=value.dtype)
 
 
 def _matmul_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -112,6 +133,22 @@ def _embedding_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return saved_if(graph, op, 0, (1,), "indices")
 
 
+def _einsum_lower(tensors, attrs):
+    """torch.einsum with each axis name mapped to one letter."""
+    torch, _ = torch_functional()
+    pattern = parse_pattern(str(attrs["pattern"]), ValueError)
+    letters: dict[str, str] = {}
+    for axis in (a for side in (*pattern.inputs, pattern.output) for a in side):
+        if axis != "...":
+            letters.setdefault(axis, "abcdefghijklmnopqrstuvwxyz"[len(letters)])
+
+    def side(axes: tuple[str, ...]) -> str:
+        return "".join("..." if a == "..." else letters[a] for a in axes)
+
+    equation = ",".join(side(axes) for axes in pattern.inputs) + "->" + side(pattern.output)
+    return torch.einsum(equation, *tensors)
+
+
 register(
     OpDef(
         "linear",
@@ -119,10 +156,18 @@ register(
         ("input", "weight", "bias?"),
         _linear_infer,
         _linear_saved,
+        lower=lambda t, a: torch_functional()[1].linear(*t),
     )
 )
 register(
-    OpDef("matmul", "a @ b over the last two dims", ("a", "b"), _matmul_infer, _two_operand_saved)
+    OpDef(
+        "matmul",
+        "a @ b over the last two dims",
+        ("a", "b"),
+        _matmul_infer,
+        _two_operand_saved,
+        lower=lambda t, a: t[0] @ t[1],
+    )
 )
 register(
     OpDef(
@@ -132,6 +177,7 @@ register(
         _einsum_infer,
         _einsum_saved,
         attrs=(("pattern", None),),
+        lower=_einsum_lower,
     )
 )
 register(
@@ -141,5 +187,6 @@ register(
         ("indices", "weight"),
         _embedding_infer,
         _embedding_saved,
+        lower=lambda t, a: torch_functional()[1].embedding(*t),
     )
 )

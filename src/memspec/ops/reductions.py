@@ -5,7 +5,14 @@ from __future__ import annotations
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, shape_str
 from memspec.ops.elementwise import _saves_output
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, Saved, register
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OutputSpec,
+    Saved,
+    register,
+    torch_functional,
+)
 
 
 def _same_shape(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -68,8 +75,46 @@ def _nll_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return (Saved("targets", op.inputs[1]), Saved("total_weight", shape=(), dtype=DType.float32))
 
 
-register(OpDef("softmax", "softmax over the last dim", ("x",), _same_shape, _saves_output))
-register(OpDef("log_softmax", "log-softmax over the last dim", ("x",), _same_shape, _saves_output))
+def _norm_lower(name: str):
+    """layer_norm / rms_norm over the last dim, with whichever affine tensors were given."""
+
+    def lower(tensors, attrs):
+        _, F = torch_functional()
+        x, *affine = tensors
+        if name == "rms_norm":
+            return F.rms_norm(x, (x.shape[-1],), *affine[:1], eps=float(attrs["eps"]))
+        weight, bias = (*affine, None, None)[:2]
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps=float(attrs["eps"]))
+
+    return lower
+
+
+def _nll_lower(tensors, attrs):
+    _, F = torch_functional()
+    log_probs, targets = tensors
+    return F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1))
+
+
+register(
+    OpDef(
+        "softmax",
+        "softmax over the last dim",
+        ("x",),
+        _same_shape,
+        _saves_output,
+        lower=lambda t, a: t[0].softmax(-1),
+    )
+)
+register(
+    OpDef(
+        "log_softmax",
+        "log-softmax over the last dim",
+        ("x",),
+        _same_shape,
+        _saves_output,
+        lower=lambda t, a: t[0].log_softmax(-1),
+    )
+)
 register(
     OpDef(
         "layer_norm",
@@ -78,6 +123,7 @@ register(
         _norm_infer,
         _layer_norm_saved,
         attrs=(("eps", 0),),
+        lower=_norm_lower("layer_norm"),
     )
 )
 register(
@@ -88,6 +134,7 @@ register(
         _norm_infer,
         _rms_norm_saved,
         attrs=(("eps", 0),),
+        lower=_norm_lower("rms_norm"),
     )
 )
 register(
@@ -97,5 +144,6 @@ register(
         ("log_probs", "targets"),
         _nll_infer,
         _nll_saved,
+        lower=_nll_lower,
     )
 )

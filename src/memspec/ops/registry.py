@@ -19,6 +19,7 @@ from memspec.ir.types import DType, Shape, shape_str
 __all__ = [
     "REGISTRY",
     "InferContext",
+    "Lowering",
     "OpDef",
     "OpShapeError",
     "OutputSpec",
@@ -28,7 +29,16 @@ __all__ = [
     "register",
     "same_dim",
     "saved_if",
+    "torch_functional",
 ]
+
+
+def torch_functional():
+    """`(torch, torch.nn.functional)`, imported on first use by a lowering."""
+    import torch
+    import torch.nn.functional as F
+
+    return torch, F
 
 
 class OpShapeError(Exception):
@@ -105,6 +115,9 @@ def same_dim(a: sp.Expr, b: sp.Expr) -> bool:
 
 Infer = Callable[[InferContext], tuple[OutputSpec, ...]]
 SavedRule = Callable[[OpApply, Graph], tuple[Saved, ...]]
+# The PyTorch lowering: receives torch tensors and attributes with every size bound to a
+# Python number; imports torch itself, so that memspec never imports it unless asked to.
+Lowering = Callable[[tuple, dict], object]
 
 
 def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -125,6 +138,7 @@ class OpDef:
     infer: Infer
     saved: SavedRule = _saves_nothing
     attrs: tuple[tuple[str, object], ...] = ()
+    lower: Lowering | None = None  # (torch tensors, concrete attrs) -> output tensor
 
 
 REGISTRY: dict[str, OpDef] = {}

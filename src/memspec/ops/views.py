@@ -7,13 +7,14 @@ permutation separated must copy, and the copy is new storage.
 
 from __future__ import annotations
 
+import math
 from functools import reduce
 
 import sympy as sp
 
-from memspec.ir.types import Shape, shape_str
+from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.patterns import parse_pattern
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, register
+from memspec.ops.registry import InferContext, OpDef, OutputSpec, TensorType, register
 
 
 def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]):
@@ -83,6 +84,35 @@ def _rearrange_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec(tuple(out), x.dtype, view_of=0 if view else None, contiguous=contiguous),)
 
 
+def _rearrange_lower(tensors, attrs):
+    """reshape to the left side's atoms, permute, reshape to the right side's groups.
+
+    torch's `reshape` returns a view where strides allow and copies otherwise, which is
+    the rule `_is_view` models.
+    """
+    (x,) = tensors
+    pattern = parse_pattern(str(attrs["pattern"]), ValueError)
+    shape = tuple(sp.Integer(d) for d in x.shape)
+    ctx = InferContext("rearrange", (TensorType(shape, DType.float32),), {}, DType.float32)
+    sizes = {k: sp.Integer(v) for k, v in attrs["axes"]}
+    ellipsis = [int(d) for d in _bind_left(ctx, pattern.input_groups[0], shape, sizes)]
+    atoms: list[int] = []
+    position: dict[str, list[int]] = {}
+    for group in pattern.input_groups[0]:
+        for axis in group:
+            dims = ellipsis if axis == "..." else [int(sizes[axis])]
+            position[axis] = list(range(len(atoms), len(atoms) + len(dims)))
+            atoms.extend(dims)
+    order = [i for group in pattern.output_groups for axis in group for i in position[axis]]
+    out: list[int] = []
+    for group in pattern.output_groups:
+        if group == ("...",):
+            out.extend(ellipsis)
+        else:
+            out.append(math.prod(int(sizes[axis]) for axis in group))
+    return x.reshape(atoms).permute(order).reshape(out)
+
+
 register(
     OpDef(
         "rearrange",
@@ -90,5 +120,6 @@ register(
         ("x",),
         _rearrange_infer,
         attrs=(("pattern", None), ("axes", ())),
+        lower=_rearrange_lower,
     )
 )

@@ -35,6 +35,7 @@ class LineItem:
     regions: Regions = ()
     note: str = ""
     extra: sp.Expr = sp.Integer(1)  # a further factor (e.g. N - 1 for carried tensors)
+    key: str = ""  # what `memspec verify` measures it as; defaults to `path`
     span: Span | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property

@@ -1,0 +1,1 @@
+"""IR -> PyTorch: a runnable module at concrete sizes (needs the `verify` extra: torch)."""

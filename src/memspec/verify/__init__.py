@@ -1,0 +1,1 @@
+"""Checks predictions against a real PyTorch training step (needs the `verify` extra)."""

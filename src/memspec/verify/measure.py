@@ -1,0 +1,131 @@
+"""Runs one real training step of a spec's lowering and measures what PyTorch holds.
+
+The step is `zero_grad(set_to_none=True)`, forward and loss, backward, optimizer step.
+Activations are what `torch.autograd.graph.saved_tensors_hooks` sees during forward and
+loss, each storage once, parameters and buffers excluded, attributed to the IR value
+whose storage it is (an op's input or output) or to the op that created it (internal).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from memspec.compile import CompileResult
+from memspec.ir.graph import Graph, OpApply
+from memspec.lower.module import LoweredModel
+
+__all__ = ["Measurement", "activation_key", "measure_step"]
+
+
+@dataclass
+class Measurement:
+    """Elements per item of each category (activations in bytes), as measured."""
+
+    parameters: dict[str, int] = field(default_factory=dict)
+    buffers: dict[str, int] = field(default_factory=dict)
+    gradients: dict[str, int] = field(default_factory=dict)
+    optimizer_state: dict[str, int] = field(default_factory=dict)
+    optimizer_scalars: dict[str, int] = field(default_factory=dict)
+    activation_bytes: dict[str, int] = field(default_factory=dict)
+    loss: float = 0.0
+
+
+def activation_key(graph: Graph, value_id: int, carried: bool = False) -> str:
+    """The name an activation storage is compared under: its root value's path."""
+    root = graph.value(graph.value(value_id).storage)
+    return f"{root.path} (carried)" if carried else root.path
+
+
+def internal_key(op: OpApply) -> str:
+    return f"{op.path} [internal]"
+
+
+def _optimizer(name: str, params):
+    if name in ("adamw", "adam"):
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(params, lr=1e-3, foreach=False)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=False)
+    raise NotImplementedError(f"verify has no PyTorch optimizer for policy {name!r}")
+
+
+class _SavedTracker:
+    """Collects saved storages per op run and attributes them once the op has run."""
+
+    def __init__(self, model: LoweredModel, excluded: set[int]):
+        self.model = model
+        self.graph = model.graph
+        self.excluded = excluded
+        self.pending: list[torch.Tensor] = []
+        self.seen: set[int] = set()
+        self.bytes: dict[str, int] = defaultdict(int)
+        # region input's storage -> (region, region output's storage)
+        self.carried_inputs = {
+            self.graph.value(i).storage: (r, self.graph.value(o).storage)
+            for r, i, o in self.graph.carried
+        }
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.pending.append(tensor)
+        return tensor
+
+    def op_start(self, op: OpApply) -> None:
+        self.pending = []
+
+    def op_end(self, op: OpApply, inputs: list, outputs: list, env: dict) -> None:
+        by_storage: dict[int, str] = {}
+        for vid, tensor in zip(op.outputs, outputs, strict=True):
+            by_storage[tensor.untyped_storage().data_ptr()] = activation_key(self.graph, vid)
+        for vid, tensor in zip(op.inputs, inputs, strict=True):
+            key = activation_key(self.graph, vid)
+            carried = self.carried_inputs.get(self.graph.value(vid).storage)
+            if carried is not None and self.model.iteration.get(carried[0], 0) > 0:
+                # Repetition i > 0 reads repetition i - 1's output, not the region's input.
+                key = activation_key(self.graph, carried[1], carried=True)
+            by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
+        for tensor in self.pending:
+            storage = tensor.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in self.excluded or ptr in self.seen:
+                continue
+            self.seen.add(ptr)
+            self.bytes[by_storage.get(ptr, internal_key(op))] += storage.nbytes()
+        self.pending = []
+
+
+def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
+    """Build the lowering at the result's bindings and run one training step."""
+    torch.manual_seed(seed)
+    model = LoweredModel(result.graph, result.substitutions())
+    optimizer = _optimizer(result.config.optimizer.name, model.parameters())
+    inputs = model.make_inputs()
+    measured = Measurement()
+    for name, p in model.named_parameters():
+        measured.parameters[name] = p.numel()
+    for name, b in model.named_buffers():
+        measured.buffers[name] = b.numel()
+    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    tracker = _SavedTracker(model, excluded)
+    model.on_op_start, model.on_op_end = tracker.op_start, tracker.op_end
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
+        out = model(*inputs)
+        loss = out if out.dim() == 0 else out.float().sum()
+    model.on_op_start = model.on_op_end = None
+    loss.backward()
+    optimizer.step()
+    measured.loss = float(loss.detach())
+    measured.activation_bytes = dict(tracker.bytes)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in model.parameters():
+        if p.grad is not None:
+            measured.gradients[f"{names[id(p)]}.grad"] = p.grad.numel()
+        for key, state in optimizer.state[p].items():
+            target = measured.optimizer_scalars if key == "step" else measured.optimizer_state
+            target[f"{names[id(p)]}.{key}"] = state.numel()
+    return measured

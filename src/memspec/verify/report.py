@@ -1,0 +1,126 @@
+"""The text `memspec verify` prints: one table per category, then the verdict."""
+
+from __future__ import annotations
+
+from memspec.compile import CompileResult
+from memspec.symbolic.bind import format_bytes
+from memspec.verify.compare import Table
+from memspec.verify.measure import Measurement
+from memspec.verify.peak import PeakMeasurement
+
+__all__ = ["render_verify"]
+
+_TITLES = {
+    "parameters": "Parameters",
+    "buffers": "Buffers",
+    "gradients": "Gradients",
+    "optimizer_state": "Optimizer state",
+    "activations": "Activations, autograd convention",
+}
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _table(table: Table, width: int) -> list[str]:
+    lines = [
+        f"{_TITLES[table.category]} ({table.unit})",
+        f"  {'item':<{width}} {'predicted':>15} {'measured':>15} {'difference':>12}",
+    ]
+    for row in table.rows:
+        mark = "" if row.difference == 0 else "  MISMATCH"
+        lines.append(
+            f"  {row.name:<{width}} {_cell(row.predicted):>15} {_cell(row.measured):>15}"
+            f" {row.difference:>12,}{mark}"
+        )
+    verdict = "ok" if table.ok else "MISMATCH"
+    lines.append(
+        f"  {'total':<{width}} {table.predicted:>15,} {table.measured:>15,} "
+        f"{table.measured - table.predicted:>12,}  {verdict}"
+    )
+    return lines
+
+
+def _bindings(result: CompileResult) -> str:
+    subs = result.substitutions()
+    return ", ".join(f"{d.symbol}={subs[d.symbol]}" for d in result.symbols.ordered())
+
+
+def render_verify(
+    result: CompileResult,
+    tables: list[Table] | None,
+    measured: Measurement | None,
+    peak: PeakMeasurement | None,
+) -> str:
+    import torch
+
+    config = result.config
+    variants = "".join(f", {k}={v}" for k, v in result.variants_used)
+    lines = [
+        f"memspec verify {result.spec}: {result.model} at {_bindings(result)}",
+        f"precision {config.precision.name}, optimizer {config.optimizer.name}{variants}; "
+        f"torch {torch.__version__} on the CPU",
+        "",
+    ]
+    if tables is not None and measured is not None:
+        lines.append(
+            "One training step: zero_grad(set_to_none=True), forward and loss, "
+            "backward, optimizer step."
+        )
+        width = max(24, *(len(r.name) for t in tables for r in t.rows))
+        for table in tables:
+            lines += ["", *_table(table, width)]
+        if measured.optimizer_scalars:
+            count = len(measured.optimizer_scalars)
+            total = sum(measured.optimizer_scalars.values())
+            lines += [
+                "",
+                f"Optimizer scalars (not a memspec category): {count} `step` tensors,"
+                f" {total:,} elements",
+            ]
+        course = result.conventions.get("course")
+        if course is not None:
+            predicted = result.value(course.bytes)
+            lines += [
+                "",
+                f"The course convention predicts {predicted:,} activation bytes "
+                f"({format_bytes(predicted)}); it is a convention, not a measurement, "
+                "so it is reported, not verified.",
+            ]
+    if peak is not None:
+        lines += [
+            "",
+            "Steady-state peak of a training step on fake tensors "
+            "(torch MemTracker, FakeTensorMode: nothing allocated):",
+        ]
+        predicted = {
+            "PARAM": result.value(result.categories["parameters"].bytes),
+            "BUFFER": result.value(result.categories["buffers"].bytes),
+            "OPT": result.value(result.categories["optimizer_state"].bytes),
+            "ACT": result.value(result.conventions["autograd"].bytes),
+            "GRAD": result.value(result.categories["gradients"].bytes),
+        }
+        lines.append(f"  {'category':<10} {'measured at peak':>24} {'memspec category':>24}")
+        for category, value in peak.by_category:
+            mine = predicted.get(category)
+            lines.append(
+                f"  {category:<10} {format_bytes(value):>24} "
+                f"{format_bytes(mine) if mine is not None else '-':>24}"
+            )
+        total = sum(v for v in predicted.values() if v is not None)
+        lines.append(f"  {'total':<10} {format_bytes(peak.total):>24} {format_bytes(total):>24}")
+        lines.append(
+            "  (memspec's column is the sum of its categories with autograd "
+            "activations; the peak itself is a lifetime question: gradients are "
+            "freed by zero_grad(set_to_none=True) when activations peak.)"
+        )
+    if tables is not None:
+        ok = all(t.ok for t in tables)
+        lines += [
+            "",
+            "verify: every category matches exactly"
+            if ok
+            else "verify: MISMATCH between prediction and measurement",
+        ]
+    return "\n".join(lines) + "\n"
