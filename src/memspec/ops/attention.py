@@ -39,8 +39,20 @@ def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
 
 
 def _flash_lower(tensors, attrs):
+    """torch's CPU flash kernel wants [batch, heads, seq, dim]; other ranks are viewed so.
+
+    (For 3-d inputs torch would take its math path, which saves different tensors.)
+    """
     _, F = torch_functional()
-    return F.scaled_dot_product_attention(*tensors, is_causal=bool(attrs["causal"]))
+    shape = tensors[0].shape
+    if len(shape) == 4:
+        four = tensors
+    elif len(shape) < 4:
+        four = tuple(t.reshape((1,) * (4 - len(shape)) + tuple(t.shape)) for t in tensors)
+    else:
+        four = tuple(t.flatten(0, -4) for t in tensors)
+    out = F.scaled_dot_product_attention(*four, is_causal=bool(attrs["causal"]))
+    return out.reshape(*shape[:-1], tensors[2].shape[-1])
 
 
 register(

@@ -46,14 +46,21 @@ def _layer_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
 
 
 def _rms_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """CPU rms_norm is decomposed: it saves the input, rsqrt(mean(x^2)+eps) and x*rsqrt."""
+    """CPU rms_norm is decomposed: out = (x * rsqrt(mean(x^2) + eps)) * weight.
+
+    x^2 and x * rsqrt save x and rsqrt when x needs a gradient; the product with the
+    weight saves x * rsqrt when the weight needs one, and the weight when x does.
+    """
     x = graph.value(op.inputs[0])
-    return (
-        Saved("input", op.inputs[0]),
-        Saved("rsqrt", shape=_stat(x.shape), dtype=x.dtype),
-        Saved("x*rsqrt", shape=x.shape, dtype=x.dtype),
-        *(Saved("weight", v) for v in op.inputs[1:]),
-    )
+    weight = graph.value(op.inputs[1]) if len(op.inputs) > 1 else None
+    saved: list[Saved] = []
+    if x.requires_grad:
+        saved += [Saved("input", x.id), Saved("rsqrt", shape=_stat(x.shape), dtype=x.dtype)]
+    if weight is not None and weight.requires_grad:
+        saved.append(Saved("x*rsqrt", shape=x.shape, dtype=x.dtype))
+    if weight is not None and x.requires_grad:
+        saved.append(Saved("weight", weight.id))
+    return tuple(saved)
 
 
 def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -71,8 +78,12 @@ def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 
 def _nll_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """nll_loss (mean reduction) saves the targets and a scalar total_weight."""
-    return (Saved("targets", op.inputs[1]), Saved("total_weight", shape=(), dtype=DType.float32))
+    """nll_loss (mean reduction) saves its input, the targets and a scalar total_weight."""
+    return (
+        Saved("input", op.inputs[0]),
+        Saved("targets", op.inputs[1]),
+        Saved("total_weight", shape=(), dtype=DType.float32),
+    )
 
 
 def _norm_lower(name: str):
