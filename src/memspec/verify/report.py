@@ -61,9 +61,9 @@ def render_verify(
         f"memspec verify {result.spec}: {result.model} at {_bindings(result)}",
         f"precision {config.precision.name}, optimizer {config.optimizer.name}{variants}; "
         f"torch {torch.__version__} on the CPU",
-        "",
     ]
     if tables is not None and measured is not None:
+        lines.append("")
         lines.append(
             "One training step: zero_grad(set_to_none=True), forward and loss, "
             "backward, optimizer step."
@@ -101,20 +101,29 @@ def render_verify(
             "ACT": result.value(result.conventions["autograd"].bytes),
             "GRAD": result.value(result.categories["gradients"].bytes),
         }
-        lines.append(f"  {'category':<10} {'measured at peak':>24} {'memspec category':>24}")
+        lines.append(
+            f"  {'category':<8} {'at the peak (bytes)':>20} {'memspec (bytes)':>20} "
+            f"{'difference':>16}   at the peak"
+        )
         for category, value in peak.by_category:
             mine = predicted.get(category)
+            diff = "-" if mine is None else f"{value - mine:,}"
             lines.append(
-                f"  {category:<10} {format_bytes(value):>24} "
-                f"{format_bytes(mine) if mine is not None else '-':>24}"
+                f"  {category:<8} {value:>20,} {_cell(mine):>20} {diff:>16}   {format_bytes(value)}"
             )
         total = sum(v for v in predicted.values() if v is not None)
-        lines.append(f"  {'total':<10} {format_bytes(peak.total):>24} {format_bytes(total):>24}")
         lines.append(
-            "  (memspec's column is the sum of its categories with autograd "
-            "activations; the peak itself is a lifetime question: gradients are "
-            "freed by zero_grad(set_to_none=True) when activations peak.)"
+            f"  {'total':<8} {peak.total:>20,} {total:>20,} {peak.total - total:>16,}"
+            f"   {format_bytes(peak.total)}"
         )
+        lines += [
+            "  memspec's column is its category totals (activations under the autograd",
+            "  convention); their sum is the textbook answer, not a peak. At the steady-state",
+            "  peak (the start of backward) zero_grad(set_to_none=True) has freed the",
+            "  gradients, and TEMP holds the loss backward's temporaries (the gradients of",
+            "  the log-probabilities and the logits). OPT includes AdamW's `step` scalars;",
+            "  the int64 inputs, made before the tracked step, are not in ACT.",
+        ]
     if tables is not None:
         ok = all(t.ok for t in tables)
         lines += [
