@@ -45,8 +45,9 @@ def run_op(name: str, inputs: list[tuple[tuple[int, ...], DType, str]], attrs: d
     tensors = []
     for shape, dtype, role in inputs:
         if dtype.is_float:
-            tensors.append(torch.randn(shape, dtype=torch_dtype(dtype),
-                                       requires_grad=role == "grad"))
+            leaf = torch.randn(shape, dtype=torch_dtype(dtype), requires_grad=role == "grad")
+            # A non-leaf, so in-place ops are allowed; it has its own storage.
+            tensors.append(leaf.clone() if role == "grad" else leaf)
         else:
             tensors.append(torch.zeros(shape, dtype=torch_dtype(dtype)))
     saved: list[torch.Tensor] = []
@@ -179,9 +180,57 @@ def test_rearrange(b, h, d, s):
            {"pattern": "b h s d -> b s (h d)", "axes": ()})
 
 
+@settings(max_examples=15, deadline=None)
+@given(b=dims, kv=dims, r=dims, s=dims, d=dims)
+def test_repeat_and_views(b, kv, r, s, d):
+    # GQA's repeat_kv: an expanded axis merged with another is a copy.
+    run_op("repeat", [((b, kv, s, d), F32, "grad")],
+           {"pattern": "b kv s d -> b (kv r) s d", "axes": (("r", sp.Integer(r)),)})
+    # A class token broadcast over the batch: a view.
+    run_op("repeat", [((1, 1, d), F32, "grad")],
+           {"pattern": "1 1 d -> b 1 d", "axes": (("b", sp.Integer(b)),)})
+    run_op("narrow", [((b, s + 1, d), F32, "grad")],
+           {"dim": sp.Integer(1), "start": sp.Integer(1), "length": sp.Integer(s)})
+    run_op("select", [((b, s, d), F32, "grad")], {"dim": sp.Integer(1), "index": sp.Integer(0)})
+    run_op("cat", [((b, s, d), F32, "grad"), ((b, 1, d), F32, "const")], {"dim": sp.Integer(1)})
+    run_op("arange", [], {"n": sp.Integer(s)})
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, o=dims, hw=st.integers(3, 7), k=st.integers(1, 3), stride=st.integers(1, 2),
+       bias=st.booleans(), rx=roles, rw=roles)
+def test_conv_pool_and_batch_norm(b, c, o, hw, k, stride, bias, rx, rw):
+    inputs = [((b, c, hw, hw), F32, rx), ((o, c, k, k), F32, rw)]
+    if bias:
+        inputs.append(((o,), F32, "grad"))
+    attrs = {"stride": sp.Integer(stride), "padding": sp.Integer(k // 2), "groups": sp.Integer(1)}
+    run_op("conv2d", inputs, attrs)
+    run_op("max_pool2d", [((b, c, hw, hw), F32, "grad")],
+           {"kernel": sp.Integer(k), "stride": sp.Integer(stride), "padding": sp.Integer(k // 2)})
+    run_op("global_avg_pool2d", [((b, c, hw, hw), F32, "grad")], {})
+    per_channel = ((c,), F32, rw)
+    stats = ((c,), F32, "buffer")
+    run_op("batch_norm", [((b, c, hw, hw), F32, "grad"), per_channel, per_channel, stats, stats],
+           {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes(), name=st.sampled_from(["relu_", "softplus", "exp"]))
+def test_more_unary(shape, name):
+    run_op(name, [(shape, F32, "grad")], {})
+
+
+@settings(max_examples=10, deadline=None)
+@given(s=dims, window=st.integers(0, 3))
+def test_sliding_window_mask(s, window):
+    run_op("causal_mask", [((2, s, s), F32, "grad")], {"window": sp.Integer(window)})
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
                "embedding", "layer_norm", "rms_norm", "rope", "causal_mask", "nll_loss",
-               "flash_attention", "rearrange"}
+               "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
+               "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
+               "exp"}
     assert covered == set(REGISTRY)

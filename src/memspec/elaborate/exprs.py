@@ -194,7 +194,7 @@ class ExprEvaluator:
                 "calls to layers, fns and ops are only allowed inside forward", expr.span
             )
         if isinstance(callee, OpDef):
-            if callee.name == "rearrange":
+            if callee.name in ("rearrange", "repeat"):
                 kwargs = self.rearrange_axes(args, kwargs, scope, expr.span)
             return self.apply(callee.name, args, kwargs, expr.span, frame, hint)
         # A call assigned to a name (`q = rope(...)`) names the value it returns after it.

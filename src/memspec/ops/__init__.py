@@ -3,7 +3,15 @@
 Importing this package registers every built-in op; `lookup(name)` finds one.
 """
 
-from memspec.ops import attention, elementwise, linalg, reductions, views  # noqa: F401  (registration)
+from memspec.ops import (  # noqa: F401  (importing registers the ops)
+    attention,
+    conv,
+    creation,
+    elementwise,
+    linalg,
+    reductions,
+    views,
+)
 from memspec.ops.registry import REGISTRY, OpDef, lookup
 
 __all__ = ["REGISTRY", "OpDef", "lookup"]

@@ -49,6 +49,11 @@ def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec(x.shape, ctx.float_dtype()),)
 
 
+def _inplace(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    return (OutputSpec(x.shape, x.dtype, view_of=0, contiguous=x.contiguous),)
+
+
 def _saves_input(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     """Saved tensors of silu/gelu: the input."""
     return (Saved("input", op.inputs[0]),)
@@ -113,9 +118,13 @@ def _rope_lower(tensors, attrs):
 
 
 def _mask_lower(tensors, attrs):
+    """Mask future positions, and with `window` > 0 also those `window` or more behind."""
     torch, _ = torch_functional()
     (x,) = tensors
-    mask = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device).triu(1)
+    ones = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device)
+    mask = ones.triu(1)
+    if attrs["window"]:
+        mask = mask | ones.tril(-attrs["window"])
     return x.masked_fill(mask, float("-inf"))
 
 
@@ -180,6 +189,27 @@ register(
     )
 )
 register(OpDef("relu", "max(x, 0)", ("x",), _unary, _saves_output, lower=_f("relu")))
+register(
+    OpDef(
+        "relu_",
+        "max(x, 0) in place: the output is x's storage",
+        ("x",),
+        _inplace,
+        _saves_output,
+        lower=lambda t, a: torch_functional()[1].relu(t[0], inplace=True),
+    )
+)
+register(OpDef("softplus", "log(1 + exp(x))", ("x",), _unary, _saves_input, lower=_f("softplus")))
+register(
+    OpDef(
+        "exp",
+        "exp(x)",
+        ("x",),
+        _unary,
+        _saves_output,
+        lower=lambda t, a: torch_functional()[0].exp(t[0]),
+    )
+)
 register(OpDef("sigmoid", "1 / (1 + exp(-x))", ("x",), _unary, _saves_output, lower=_f("sigmoid")))
 register(OpDef("tanh", "tanh(x)", ("x",), _unary, _saves_output, lower=_f("tanh")))
 register(
@@ -196,10 +226,11 @@ register(
 register(
     OpDef(
         "causal_mask",
-        "fill the strict upper triangle of the last two dims with -inf",
+        "fill future positions (and, with a window, distant past ones) with -inf",
         ("x",),
         _mask_infer,
         _mask_saved,
+        attrs=(("window", 0),),
         lower=_mask_lower,
     )
 )

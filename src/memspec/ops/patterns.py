@@ -19,9 +19,10 @@ class Pattern:
     output: tuple[str, ...]
     input_groups: tuple[tuple[tuple[str, ...], ...], ...]
     output_groups: tuple[tuple[str, ...], ...]
+    ones: frozenset[str] = frozenset()  # anonymous size-1 axes, written `1`
 
 
-def _side(text: str, fail: Callable[[str], Exception]) -> list[tuple[str, ...]]:
+def _side(text: str, fail: Callable[[str], Exception], ones: list[str]) -> list[tuple[str, ...]]:
     groups: list[tuple[str, ...]] = []
     current: list[str] | None = None
     pos = 0
@@ -32,6 +33,9 @@ def _side(text: str, fail: Callable[[str], Exception]) -> list[tuple[str, ...]]:
             raise fail(f"bad pattern text {text[pos:]!r}")
         token = match.group(1)
         pos = match.end()
+        if token == "1":  # each `1` is its own anonymous axis of size 1
+            token = f"1#{len(ones)}"
+            ones.append(token)
         if token == "(":
             if current is not None:
                 raise fail("nested parentheses in pattern")
@@ -57,8 +61,9 @@ def parse_pattern(text: str, fail: Callable[[str], Exception]) -> Pattern:
     if text.count("->") != 1:
         raise fail(f"pattern {text!r} needs exactly one '->'")
     left, right = text.split("->")
-    operands = [_side(part, fail) for part in left.split(",")]
-    output = _side(right, fail)
+    ones: list[str] = []
+    operands = [_side(part, fail, ones) for part in left.split(",")]
+    output = _side(right, fail, ones)
     names = [a for groups in [*operands, output] for g in groups for a in g]
     if not names and not text.strip():
         raise fail("empty pattern")
@@ -71,4 +76,5 @@ def parse_pattern(text: str, fail: Callable[[str], Exception]) -> Pattern:
         output=tuple(a for g in output for a in g),
         input_groups=tuple(tuple(groups) for groups in operands),
         output_groups=tuple(output),
+        ones=frozenset(ones),
     )

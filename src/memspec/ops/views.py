@@ -1,8 +1,10 @@
-"""Views: `rearrange` with einops patterns.
+"""Views and copies of one tensor: `rearrange`, `repeat`, `narrow`, `select`; and `cat`.
 
 A rearrange that only splits, permutes, or merges axes that are adjacent in memory is a
-view (it shares its input's storage, as `reshape` does in PyTorch); one that merges axes a
-permutation separated must copy, and the copy is new storage.
+view (it shares its input's storage, as `reshape` does in PyTorch); one that merges axes
+a permutation separated must copy, and the copy is new storage. `repeat` adds axes by
+`expand` (a view) and copies when a repeated axis is merged with another (GQA's K/V).
+None of them saves anything for backward.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from functools import reduce
 import sympy as sp
 
 from memspec.ir.types import DType, Shape, shape_str
-from memspec.ops.patterns import parse_pattern
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, TensorType, register
+from memspec.ops.patterns import Pattern, parse_pattern
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OutputSpec,
+    TensorType,
+    register,
+    same_dim,
+    torch_functional,
+)
 
 
 def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]):
@@ -43,35 +53,45 @@ def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]
             ctx.assume_integer(size, f"{known} divides {dim}")
             sizes[unknown[0]] = size
         else:
-            ctx.expect_same(known, dim, f"({' '.join(group)})")
+            ctx.expect_same(known, dim, f"({' '.join(a if a[0] != '1' else '1' for a in group)})")
     return ellipsis
 
 
-def _is_view(pattern, contiguous: bool) -> tuple[bool, bool]:
+def _is_view(pattern: Pattern, new: set[str], contiguous: bool) -> tuple[bool, bool]:
     """(whether the result is a view, whether it is contiguous)."""
-    memory = [a for g in pattern.input_groups[0] for a in g]
-    out_order = [a for g in pattern.output_groups for a in g]
-    merges = [g for g in pattern.output_groups if len(g) > 1]
+    memory = [a for g in pattern.input_groups[0] for a in g if a not in pattern.ones]
+    out_order = [a for g in pattern.output_groups for a in g if a not in pattern.ones]
+    merges = [[a for a in g if a not in pattern.ones] for g in pattern.output_groups]
+    merges = [g for g in merges if len(g) > 1]
+    if any(a in new for g in merges for a in g):
+        return False, True  # merging an expanded axis needs real memory
     if not contiguous:
-        view = all(g in pattern.input_groups[0] for g in merges)
+        view = all(tuple(g) in pattern.input_groups[0] for g in merges)
         return view, False
     position = {a: i for i, a in enumerate(memory)}
     view = all(
         [position[a] for a in g] == list(range(position[g[0]], position[g[0]] + len(g)))
         for g in merges
     )
-    return view, (out_order == memory if view else True)
+    if not view:
+        return False, True
+    return True, out_order == [a for a in memory if a in out_order] and not new
 
 
-def _rearrange_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+def _shape_op(ctx: InferContext, repeat: bool) -> tuple[OutputSpec, ...]:
     pattern = parse_pattern(str(ctx.attrs["pattern"]), ctx.fail)
     if len(pattern.inputs) != 1:
-        raise ctx.fail("rearrange takes one tensor")
-    left, right = set(pattern.inputs[0]), set(pattern.output)
-    if left != right:
-        missing = sorted(left ^ right)
+        raise ctx.fail(f"{ctx.op} takes one tensor")
+    left = set(pattern.inputs[0]) - pattern.ones
+    right = set(pattern.output) - pattern.ones
+    sizes = {**dict(ctx.attrs.get("axes") or ()), **dict.fromkeys(pattern.ones, sp.Integer(1))}
+    new = right - left
+    if left - right or (new and not repeat):
+        missing = sorted((left ^ right) if not repeat else (left - right))
         raise ctx.fail(f"axes {', '.join(missing)} appear on only one side of the pattern")
-    sizes = dict(ctx.attrs.get("axes") or ())
+    for axis in sorted(new):
+        if axis not in sizes:
+            raise ctx.fail(f"give the size of the new axis {axis}, e.g. {axis}=...")
     (x,) = ctx.inputs
     ellipsis = _bind_left(ctx, pattern.input_groups[0], x.shape, sizes)
     out: list[sp.Expr] = []
@@ -80,37 +100,102 @@ def _rearrange_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
             out.extend(ellipsis)
         else:
             out.append(reduce(sp.Mul, (sizes[a] for a in group), sp.Integer(1)))
-    view, contiguous = _is_view(pattern, x.contiguous)
+    view, contiguous = _is_view(pattern, new, x.contiguous)
     return (OutputSpec(tuple(out), x.dtype, view_of=0 if view else None, contiguous=contiguous),)
 
 
-def _rearrange_lower(tensors, attrs):
-    """reshape to the left side's atoms, permute, reshape to the right side's groups.
+def _shape_op_lower(tensors, attrs):
+    """reshape to the left side's atoms, permute, add and expand new axes, reshape.
 
     torch's `reshape` returns a view where strides allow and copies otherwise, which is
-    the rule `_is_view` models.
+    the rule `_is_view` models; `expand` is always a view.
     """
     (x,) = tensors
     pattern = parse_pattern(str(attrs["pattern"]), ValueError)
     shape = tuple(sp.Integer(d) for d in x.shape)
     ctx = InferContext("rearrange", (TensorType(shape, DType.float32),), {}, DType.float32)
-    sizes = {k: sp.Integer(v) for k, v in attrs["axes"]}
+    sizes = {
+        **{k: sp.Integer(v) for k, v in attrs["axes"]},
+        **dict.fromkeys(pattern.ones, sp.Integer(1)),
+    }
     ellipsis = [int(d) for d in _bind_left(ctx, pattern.input_groups[0], shape, sizes)]
-    atoms: list[int] = []
+
+    def dims(axis: str) -> list[int]:
+        return ellipsis if axis == "..." else [int(sizes[axis])]
+
+    kept = [a for g in pattern.input_groups[0] for a in g if a not in pattern.ones]
+    t = x.reshape([d for a in kept for d in dims(a)])
+    out_atoms = [a for g in pattern.output_groups for a in g]
     position: dict[str, list[int]] = {}
-    for group in pattern.input_groups[0]:
-        for axis in group:
-            dims = ellipsis if axis == "..." else [int(sizes[axis])]
-            position[axis] = list(range(len(atoms), len(atoms) + len(dims)))
-            atoms.extend(dims)
-    order = [i for group in pattern.output_groups for axis in group for i in position[axis]]
-    out: list[int] = []
-    for group in pattern.output_groups:
-        if group == ("...",):
-            out.extend(ellipsis)
-        else:
-            out.append(math.prod(int(sizes[axis]) for axis in group))
-    return x.reshape(atoms).permute(order).reshape(out)
+    start = 0
+    for a in kept:
+        position[a] = list(range(start, start + len(dims(a))))
+        start += len(dims(a))
+    t = t.permute([i for a in out_atoms if a in position for i in position[a]])
+    t = t.reshape([d if a in position else 1 for a in out_atoms for d in dims(a)])
+    t = t.expand([d for a in out_atoms for d in dims(a)])
+    out = [
+        d
+        for g in pattern.output_groups
+        for d in ([*ellipsis] if g == ("...",) else [math.prod(int(sizes[a]) for a in g)])
+    ]
+    return t.reshape(out)
+
+
+def _narrow_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    dim = _dim(ctx, x.shape, ctx.attrs["dim"])
+    start, length = ctx.attrs["start"], ctx.attrs["length"]
+    if (sp.expand(x.shape[dim] - start - length)).is_negative:
+        raise ctx.fail(f"narrow [{start}, {start} + {length}) exceeds size {x.shape[dim]}")
+    shape = list(x.shape)
+    shape[dim] = length
+    full = same_dim(length, x.shape[dim])
+    return (
+        OutputSpec(
+            tuple(shape),
+            x.dtype,
+            view_of=0,
+            contiguous=x.contiguous and (full or all(d == 1 for d in x.shape[:dim])),
+        ),
+    )
+
+
+def _select_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    dim = _dim(ctx, x.shape, ctx.attrs["dim"])
+    shape = x.shape[:dim] + x.shape[dim + 1 :]
+    contiguous = x.contiguous and all(d == 1 for d in x.shape[:dim])
+    return (OutputSpec(shape, x.dtype, view_of=0, contiguous=contiguous),)
+
+
+def _dim(ctx: InferContext, shape: Shape, dim: object) -> int:
+    if not isinstance(dim, (sp.Integer, int)):
+        raise ctx.fail(f"dim must be an integer, got {dim}")
+    d = int(dim)
+    if not -len(shape) <= d < len(shape):
+        raise ctx.fail(f"dim {d} is out of range for {shape_str(shape)}")
+    return d % len(shape)
+
+
+def _cat_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    first = ctx.inputs[0].shape
+    dim = _dim(ctx, first, ctx.attrs["dim"])
+    total = sp.Integer(0)
+    for t in ctx.inputs:
+        if len(t.shape) != len(first) or not all(
+            same_dim(a, b) for i, (a, b) in enumerate(zip(t.shape, first, strict=True)) if i != dim
+        ):
+            raise ctx.fail(
+                f"cannot concatenate {shape_str(t.shape)} with {shape_str(first)} along dim {dim}"
+            )
+        total += t.shape[dim]
+    return (OutputSpec((*first[:dim], total, *first[dim + 1 :]), ctx.float_dtype()),)
+
+
+def _cat_lower(tensors, attrs):
+    torch, _ = torch_functional()
+    return torch.cat(tensors, dim=attrs["dim"])
 
 
 register(
@@ -118,8 +203,48 @@ register(
         "rearrange",
         "reshape/permute with an einops pattern (a view where possible)",
         ("x",),
-        _rearrange_infer,
+        lambda ctx: _shape_op(ctx, repeat=False),
         attrs=(("pattern", None), ("axes", ())),
-        lower=_rearrange_lower,
+        lower=_shape_op_lower,
+    )
+)
+register(
+    OpDef(
+        "repeat",
+        "einops repeat: new axes by expand (a view), copied when merged",
+        ("x",),
+        lambda ctx: _shape_op(ctx, repeat=True),
+        attrs=(("pattern", None), ("axes", ())),
+        lower=_shape_op_lower,
+    )
+)
+register(
+    OpDef(
+        "narrow",
+        "x[..., start:start+length, ...] along dim (a view)",
+        ("x",),
+        _narrow_infer,
+        attrs=(("dim", None), ("start", None), ("length", None)),
+        lower=lambda t, a: t[0].narrow(a["dim"], a["start"], a["length"]),
+    )
+)
+register(
+    OpDef(
+        "select",
+        "x[..., index, ...]: dim removed (a view)",
+        ("x",),
+        _select_infer,
+        attrs=(("dim", None), ("index", None)),
+        lower=lambda t, a: t[0].select(a["dim"], a["index"]),
+    )
+)
+register(
+    OpDef(
+        "cat",
+        "concatenation along dim (new storage)",
+        ("*tensors",),
+        _cat_infer,
+        attrs=(("dim", -1),),
+        lower=_cat_lower,
     )
 )
