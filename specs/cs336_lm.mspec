@@ -42,4 +42,10 @@ preset gpt2_xl { V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400 }
 expect params == 2*V*D + N*(12*D**2 + 2*D) + D
 expect params == 1_635_537_600 at gpt2_xl
 
+assume "the question's FFN: W1, SiLU, W2 (d_ff = 4 d_model by default); no biases anywhere"
+assume "pre-norm blocks with RMSNorm (gain only); no dropout"
+assume "untied output embedding: lm_head is separate from token_embeddings"
+assume "RoPE: each attention layer keeps its own cos/sin tables, a buffer without gradient"
+assume "attention materializes QK^T and softmax (variant math); --use flash stores neither"
+
 train { precision fp32; optimizer adamw; convention course; use math }

@@ -44,4 +44,10 @@ preset gpt2_xl     { V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400
 expect params == 2*V*D + N*(4*D**2 + 3*D*F + 2*D) + D
 expect params == 22_696_448 at tinystories
 
+assume "the assignment's SwiGLU FFN: W2(SiLU(W1 x) * W3 x); no biases anywhere"
+assume "pre-norm blocks with RMSNorm (gain only); no dropout"
+assume "untied output embedding: lm_head is separate from token_embeddings"
+assume "RoPE: each attention layer keeps its own cos/sin tables, a buffer without gradient"
+assume "attention materializes QK^T and softmax (variant math); --use flash stores neither"
+
 train { precision fp32; optimizer adamw; convention course; use math }

@@ -54,6 +54,7 @@ class CompileResult:
     preset: str | None
     variants_used: tuple[tuple[str, str], ...]
     expects: tuple[ExpectResult, ...]
+    notes: tuple[str, ...] = ()  # the spec's `assume "..."` statements
 
     def resolve(self, expr: sp.Expr) -> sp.Expr:
         """`expr` with unbound defaults substituted (F -> 4*D), expanded."""
@@ -174,6 +175,7 @@ def compile_spec(
         preset,
         elab.variants_used,
         expects,
+        tuple(a.text for a in program.assumes),
     )
 
 

@@ -165,6 +165,7 @@ def build_report(result: CompileResult) -> Report:
         variants=result.variants_used,
         preset=result.preset,
         symbols=_symbols(result),
+        notes=result.notes,
         assumptions=assumptions,
         expects=tuple(e.text for e in result.expects),
         summary=summary,

@@ -105,6 +105,7 @@ class Report:
     variants: tuple[tuple[str, str], ...]
     preset: str | None
     symbols: tuple[SymbolRow, ...]
+    notes: tuple[str, ...]  # the spec's own `assume "..."` statements, plain text
     assumptions: tuple[tuple[str, str], ...]  # (math text, location)
     expects: tuple[str, ...]
     summary: tuple[SummaryRow, ...]

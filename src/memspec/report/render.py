@@ -134,6 +134,8 @@ def render_json(result: CompileResult) -> str:
             "elements": text(result.resolve(result.total_elements)),
             "bytes": text(result.resolve(result.total_bytes)),
         },
+        # Beyond the contract's keys: the spec's stated choices and its shape assumptions.
+        "assumptions": [*result.notes, *(a.text for a in result.graph.assumptions)],
     }
     if result.bindings:
         values = {}

@@ -37,6 +37,7 @@ class Program:
     conventions: dict[str, n.DeclConvention] = field(default_factory=dict)
     models: list[n.DeclLayer] = field(default_factory=list)
     expects: list[n.DeclExpect] = field(default_factory=list)
+    assumes: list[n.DeclAssume] = field(default_factory=list)
     trains: list[n.DeclTrain] = field(default_factory=list)
 
     def top_level_names(self) -> dict[str, Span | None]:
@@ -144,6 +145,9 @@ class _Loader:
         elif isinstance(decl, n.DeclExpect):
             if is_entry:
                 program.expects.append(decl)
+        elif isinstance(decl, n.DeclAssume):
+            if is_entry:
+                program.assumes.append(decl)
         elif isinstance(decl, n.DeclTrain):
             if is_entry:
                 program.trains.append(decl)

@@ -15,6 +15,7 @@ __all__ = [
     "Arg",
     "Body",
     "Decl",
+    "DeclAssume",
     "DeclConvention",
     "DeclDim",
     "DeclExpect",
@@ -305,6 +306,12 @@ class DeclPreset:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclAssume:
+    text: str
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class DeclExpect:
     quantity: str
     value: Expr
@@ -345,7 +352,7 @@ class DeclConvention:
 
 
 Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
-Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention
+Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,9 @@ class ToAst(Transformer):
     def decl_preset(self, meta, children):
         return n.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
 
+    def decl_assume(self, meta, children):
+        return n.DeclAssume(_unquote(children[0]), span=self.span(meta))
+
     def decl_expect(self, meta, children):
         quantity, value, preset = children
         return n.DeclExpect(
