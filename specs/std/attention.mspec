@@ -5,14 +5,22 @@
 #   flash: one fused kernel (torch's scaled_dot_product_attention) that stores no
 #          [seq, seq] tensor.
 
-fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, d]) -> [..., s, d]
+#
+# causal = false gives bidirectional attention (BERT, ViT, T5's encoder); window > 0 also
+# masks keys `window` or more positions back (Mistral's sliding window); dropout_p > 0
+# drops attention probabilities (GPT-2, BERT). The flash variant supports causal only.
+fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal = true, window = 0,
+             dropout_p = 0, scale = true) -> [..., s, d]
 variant math {
     scores = einsum(q, k, "... s d, ... t d -> ... s t")
-    probs = softmax(causal_mask(scores / sqrt(d)))
+    if scale { scores = scores / sqrt(d) }            # T5 folds the scale into its weights
+    if causal { scores = causal_mask(scores, window) }
+    probs = softmax(scores)
+    if dropout_p > 0 { probs = dropout(probs, dropout_p) }
     return einsum(probs, v, "... s t, ... t d -> ... s d")
 }
 variant flash {
-    return flash_attention(q, k, v)
+    return flash_attention(q, k, v, causal, window, dropout_p, scale)
 }
 
 # Causal multi-head self-attention with RoPE on queries and keys (CS336 assignment 1).

@@ -45,3 +45,27 @@ layer RoPE(d_k, max_len, theta = 10000) {
         return rope(x, cos, sin)
     }
 }
+
+layer Conv2d(in_channels, out_channels, kernel_size, stride = 1, padding = 0, bias = true,
+             groups = 1) {
+    let has_bias = bias
+    param weight: [out_channels, in_channels / groups, kernel_size, kernel_size]
+    if has_bias { param bias: [out_channels] }
+    forward(x: [b, in_channels, h, w]) {
+        if has_bias { return conv2d(x, weight, bias, stride, padding, groups) }
+        return conv2d(x, weight, stride, padding, groups)
+    }
+}
+
+# Training-mode BatchNorm: gamma and beta are trained; the running statistics and the
+# step counter are buffers, updated in place (no new memory).
+layer BatchNorm2d(num_features, eps = 1e-5, momentum = 0.1) {
+    param weight: [num_features]
+    param bias: [num_features]
+    buffer running_mean: float32[num_features]
+    buffer running_var: float32[num_features]
+    buffer num_batches_tracked: int64[]
+    forward(x: [b, num_features, h, w]) -> [b, num_features, h, w] {
+        return batch_norm(x, weight, bias, running_mean, running_var, momentum, eps)
+    }
+}

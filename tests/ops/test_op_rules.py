@@ -165,10 +165,10 @@ def test_nll_loss(lead, classes):
 
 
 @settings(max_examples=10, deadline=None)
-@given(batch=shapes(1, 2), s=dims, d=dims)
-def test_flash_attention(batch, s, d):
+@given(batch=shapes(1, 3), s=dims, d=dims, causal=st.booleans(), scale=st.booleans())
+def test_flash_attention(batch, s, d, causal, scale):
     qkv = ((*batch, s, d), F32, "grad")
-    run_op("flash_attention", [qkv, qkv, qkv], {})
+    run_op("flash_attention", [qkv, qkv, qkv], {"causal": causal, "scale": scale})
 
 
 @settings(max_examples=15, deadline=None)

@@ -320,7 +320,7 @@ class ExprEvaluator:
                 tuple(t.id for t in tensors),
                 tuple(ids),
                 tuple(sorted(attrs.items())),
-                path,
+                self.builder.values[ids[0]].path,  # unique, unlike `path` when names repeat
                 frame.region,
                 frame.calls,
                 span=span,

@@ -23,6 +23,9 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     for a, b, c in zip(q[:-2], k[:-2], v[:-2], strict=True):
         ctx.expect_same(a, b, "batch dims of q and k")
         ctx.expect_same(b, c, "batch dims of k and v")
+    for name in ("window", "dropout_p"):
+        if ctx.attrs[name] != 0:
+            raise ctx.fail(f"the fused kernel is modelled without {name}; use variant math")
     return (OutputSpec((*q[:-1], v[-1]), ctx.float_dtype()),)
 
 
@@ -51,18 +54,19 @@ def _flash_lower(tensors, attrs):
         four = tuple(t.reshape((1,) * (4 - len(shape)) + tuple(t.shape)) for t in tensors)
     else:
         four = tuple(t.flatten(0, -4) for t in tensors)
-    out = F.scaled_dot_product_attention(*four, is_causal=bool(attrs["causal"]))
+    scale = None if attrs["scale"] else 1.0
+    out = F.scaled_dot_product_attention(*four, is_causal=bool(attrs["causal"]), scale=scale)
     return out.reshape(*shape[:-1], tensors[2].shape[-1])
 
 
 register(
     OpDef(
         "flash_attention",
-        "causal softmax(q k^T / sqrt(d)) v without stored scores",
+        "softmax(q k^T / sqrt(d)) v, causal or not, without stored scores",
         ("q", "k", "v"),
         _flash_infer,
         _flash_saved,
-        attrs=(("causal", True),),
+        attrs=(("causal", True), ("window", 0), ("dropout_p", 0), ("scale", True)),
         lower=_flash_lower,
     )
 )
