@@ -9,6 +9,8 @@ exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +21,29 @@ __all__ = ["main"]
 
 FORMATS = ("md", "tex", "json")
 VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
+COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, spec: str):
+    """Turn a compile that runs past `seconds` into a user-input error (POSIX timers)."""
+    if seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum, frame):
+        raise UsageError(
+            f"{spec}: compiling took longer than {seconds:g} s; the spec is too "
+            "complex (raise --time-limit to wait longer)"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         help="pick an implementation variant (math, flash); repeatable",
     )
     c.add_argument("-o", "--output", help="write the report here instead of stdout")
+    c.add_argument(
+        "--time-limit",
+        type=float,
+        default=COMPILE_SECONDS,
+        metavar="SECONDS",
+        help=f"give up on a spec that takes longer (default {COMPILE_SECONDS:g})",
+    )
     v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
     v.add_argument("spec", help="the .mspec file")
     _common(v)
@@ -144,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             output, ok = _verify(args)
             sys.stdout.write(output)
             return 0 if ok else VERIFY_FAILED
-        output = _compile(args)
+        with _time_limit(args.time_limit, args.spec):
+            output = _compile(args)
         if args.output:
             Path(args.output).write_text(output, encoding="utf-8")
         else:

@@ -18,6 +18,7 @@ from memspec.source import Span
 __all__ = ["MAX_CONSTANT_BITS", "binary", "compare", "integer", "number", "scalar_function"]
 
 MAX_CONSTANT_BITS = 4096  # constants above 2**4096 are certainly a mistake in a model spec
+MAX_SYMBOLIC_EXPONENT = 16
 
 
 def integer(value: int, span: Span | None) -> sp.Integer:
@@ -47,6 +48,11 @@ def _power(base: sp.Expr, exponent: sp.Expr, span: Span | None) -> sp.Expr:
         raise SpecValueError("division by zero", span)
     if exponent.is_Number and abs(exponent) > MAX_CONSTANT_BITS:
         raise SpecValueError(f"exponent too large (over {MAX_CONSTANT_BITS})", span)
+    if not base.is_number and (not exponent.is_Number or abs(exponent) > MAX_SYMBOLIC_EXPONENT):
+        # Sizes are low-degree polynomials; (B + L)**1000 would only make expansion hang.
+        raise SpecValueError(
+            f"a power of a size needs a constant exponent of at most {MAX_SYMBOLIC_EXPONENT}", span
+        )
     return sp.Pow(base, exponent)
 
 

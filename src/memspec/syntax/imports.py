@@ -52,18 +52,19 @@ class Program:
 def read_source(path: Path, display: str, span: Span | None = None) -> SourceFile:
     """Read a spec file as UTF-8 text, refusing missing, huge, binary or non-UTF-8 input."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpecImportError(
-                f"{display}: file too large ({size} bytes; the limit is {MAX_FILE_BYTES})", span
-            )
-        data = path.read_bytes()
+        if path.is_dir():
+            raise SpecImportError(f"{display}: is a directory, not a spec file", span)
+        if path.exists() and not path.is_file():
+            # Devices and pipes could block or never end (/dev/zero).
+            raise SpecImportError(f"{display}: not a regular file", span)
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise SpecImportError(f"{display}: no such file", span) from None
-    except IsADirectoryError:
-        raise SpecImportError(f"{display}: is a directory, not a spec file", span) from None
     except OSError as err:
         raise SpecImportError(f"{display}: cannot read: {err.strerror}", span) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecImportError(f"{display}: file too large (over {MAX_FILE_BYTES} bytes)", span)
     if b"\0" in data:
         raise SpecImportError(f"{display}: binary file, not a spec", span)
     try:

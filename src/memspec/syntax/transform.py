@@ -6,7 +6,8 @@ A rule without a handler raises on first use, so a grammar change cannot go unno
 
 from __future__ import annotations
 
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
 from memspec.errors import SpecValueError
 from memspec.source import SourceFile, Span
@@ -32,8 +33,11 @@ def _unquote(token: Token) -> str:
 
 
 @v_args(meta=True)
-class ToAst(Transformer):
-    """Builds `nodes.Module` from a lark tree, attaching spans from `meta`."""
+class ToAst(Transformer_NonRecursive):
+    """Builds `nodes.Module` from a lark tree, attaching spans from `meta`.
+
+    Non-recursive, so a long chain such as `a + b + ... + z` cannot exhaust the stack.
+    """
 
     def __init__(self, source: SourceFile):
         super().__init__()
