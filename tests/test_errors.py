@@ -36,6 +36,14 @@ CASES = {
     "unknown_name_suggestion": (errors.NameResolutionError, 5, 18),
     "unknown_policy": (errors.UsageError, 7, 9),
     "wrong_arg_count": (errors.SpecValueError, 4, 30),
+    "empty": (errors.NameResolutionError, 1, 1),
+    "undefined_dim_in_shape": (errors.NameResolutionError, 3, 18),
+    "duplicate_member": (errors.NameResolutionError, 4, 5),
+    "symbolic_power": (errors.SpecValueError, 3, 15),
+    "deep_expression": (errors.SpecValueError, 2, 13),
+    "unknown_dtype": (errors.ShapeError, 3, 14),
+    "layer_called_directly": (errors.NameResolutionError, 5, 30),
+    "not_a_tensor": (errors.ShapeError, 5, 21),
 }
 
 

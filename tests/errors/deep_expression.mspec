@@ -1,0 +1,6 @@
+dim d_model as D
+let total = D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D + D
+model M {
+    param w: [D]
+    forward(x: [D]) { return x * w }
+}
