@@ -10,8 +10,9 @@ import pytest
 from memspec import compile_spec
 from tests.conftest import GOLDEN
 
-AWKWARD = """
+AWKWARD = r"""
 use std
+assume "50% of $cost & #1 {braces} ~tilde^ <angle> | pipe `tick` *star* _under_"
 dim batch_size as B
 dim hidden_size as d_hid       # multi-letter symbol with an underscore
 model Weird_Model {
@@ -44,4 +45,7 @@ def test_names_with_tex_specials_compile(tmp_path):
     result = compile_spec(AWKWARD, set={"B": 2, "hidden_size": 8})
     tex = result.to_latex()
     assert r"in\_proj\_" in tex
+    assert r"50\% of \$cost \& \#1 \{braces\}" in tex
     _pdflatex(tex, tmp_path)
+    markdown = result.to_markdown()
+    assert r"- 50% of \$cost & #1 {braces} ~tilde^ \<angle\> \| pipe" in markdown

@@ -52,7 +52,7 @@ def tex_value(value: str) -> str:
 def md_escape(value: str) -> str:
     """Escape characters that would break a Markdown table cell or start markup."""
     out = str(value)
-    for c in "\\|*_`[]<>":
+    for c in "\\|*_`[]<>$":
         out = out.replace(c, "\\" + c)
     return out
 
