@@ -1,4 +1,4 @@
-"""Cold command-line time for the CS336 specs, and its independence of num_layers.
+"""Cold command-line time for every bundled spec, and its independence of num_layers.
 
 Prints figures; asserts nothing (these machines are shared and noisy). Run:
     python bench/cold_cli.py [--runs 5]
