@@ -115,3 +115,35 @@ def test_binary_and_non_utf8_files(capsys, tmp_path):
     assert "binary file" in capsys.readouterr().err
     assert main(["compile", str(latin)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_layer_nesting_limit(capsys, tmp_path):
+    # 80 layers, each holding the next: deeper than MAX_INSTANCE_DEPTH (64).
+    layers = "\n".join(
+        f"layer L{i}(d) {{ inner = L{i + 1}(d)\n forward(x: [d]) {{ return inner(x) }} }}"
+        for i in range(80)
+    )
+    spec = tmp_path / "deep.mspec"
+    spec.write_text(
+        f"dim d_model as D\n{layers}\nlayer L80(d) {{ param w: [d]\n"
+        " forward(x: [d]) { return x * w } }\n"
+        "model M { top = L0(D)\n forward(x: [D]) { return top(x) } }\n"
+    )
+    assert main(["compile", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "layers nest more than 64 deep" in err
+    assert "Traceback" not in err
+
+
+def test_file_size_limit(capsys, tmp_path):
+    spec = tmp_path / "big.mspec"
+    spec.write_text("# padding\n" * 120_000)  # 1.2 MB of comments
+    assert main(["compile", str(spec)]) == 2
+    assert "file too large" in capsys.readouterr().err
+
+
+def test_unknown_file_in_use_is_located_in_the_user_file(capsys, tmp_path):
+    spec = tmp_path / "uses.mspec"
+    spec.write_text('use "missing/nowhere.mspec"\n')
+    assert main(["compile", str(spec)]) == 2
+    assert ":1:1: error: " in capsys.readouterr().err
