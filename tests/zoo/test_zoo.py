@@ -26,6 +26,8 @@ PUBLISHED = [
     ("llama.mspec", "llama2_7b", 6_738_415_616),     # Llama-2-7b
     ("mistral.mspec", "mistral_7b", 7_241_732_096),  # Mistral-7B-v0.1
     ("cs336_lm_swiglu.mspec", "tinystories", 22_696_448),  # CS336 handout
+    ("bert.mspec", "base", 109_482_240),             # bert-base-uncased BertModel
+    ("vit.mspec", "b16", 86_567_656),                # torchvision vit_b_16
 ]
 
 
@@ -42,6 +44,10 @@ FORMULAS = {
     # c_fc (DF + F), c_proj (FD + D); ln_f (2D). The head is wte itself.
     "gpt2.mspec": V * D + P * D + N * (4 * D**2 + 2 * D * F + F + 9 * D) + 2 * D,
     # q and o (D^2 each), k and v (D * KV * D/H each), three SwiGLU matrices, two norms.
+    # word, position, token-type embeddings and their LayerNorm; per layer Q, K, V, output
+    # (4D^2 + 4D), two LayerNorms (4D), intermediate (DF + F), output (FD + D); pooler.
+    "bert.mspec": V * D + P * D + 2 * D + 2 * D + N * (4 * D**2 + 2 * D * F + F + 9 * D)
+    + D**2 + D,
     "mistral.mspec": 2 * V * D + N * (2 * D**2 + 2 * D**2 * KV / H + 3 * D * F + 2 * D) + D,
 }
 
@@ -75,6 +81,8 @@ SMALL = {
     "gpt2.mspec": [({"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}, ["math"])],
     "llama.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24}, v)
                     for v in (["math"], ["flash"])],
+    "bert.mspec": [({"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}, ["math"])],
+    "vit.mspec": [({"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "C": 5}, ["math"])],
     "mistral.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24,
                         "W": 3}, ["math"])],
 }

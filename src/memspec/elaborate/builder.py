@@ -73,6 +73,22 @@ class GraphBuilder:
         if expr.is_integer is not True and expr not in self.assumptions:
             self.assumptions[expr] = Assumption(text, expr, span=span)
 
+    def drop_floors(self, expr: sp.Expr) -> sp.Expr:
+        """floor(x) -> x where the spec already assumes x (up to an integer) is whole.
+
+        A strided conv gives floor((I - p)/p) + 1 patches; with `p divides I` assumed
+        elsewhere in the spec that is I/p, and shapes that say I/p then agree.
+        """
+        if not isinstance(expr, sp.Basic) or not expr.has(sp.floor):
+            return expr
+        known = [a.expr for a in self.assumptions.values()]
+        replacements = {}
+        for f in expr.atoms(sp.floor):
+            arg = f.args[0]
+            if any(_implies_integer(k, arg) for k in known):
+                replacements[f] = arg
+        return sp.expand(expr.xreplace(replacements)) if replacements else expr
+
     def freeze(self, model: str, outputs: tuple[int, ...]) -> Graph:
         return Graph(
             model=model,
@@ -85,3 +101,23 @@ class GraphBuilder:
             assumptions=tuple(self.assumptions.values()),
             carried=tuple(self.carried),
         )
+
+
+def _implies_integer(known: sp.Expr, arg: sp.Expr) -> bool:
+    """Whether `known` being whole makes the rational `arg` whole.
+
+    True when known = q(arg) for a monic polynomial q with integer coefficients: a
+    rational root of a monic integer polynomial is an integer (the rational root
+    theorem). So `(I/p)**2 + 1` whole, with I and p integers, means `p divides I`.
+    """
+    if sp.expand(arg - known).is_Integer:
+        return True
+    num, den = sp.fraction(sp.together(arg))
+    if not isinstance(num, sp.Symbol) or den.has(num):
+        return False
+    z = sp.Dummy("z")
+    in_z = sp.expand(known.xreplace({num: z * den}))
+    if in_z.free_symbols != {z}:
+        return False
+    poly = sp.Poly(in_z, z)
+    return poly.degree() >= 1 and poly.LC() == 1 and all(c.is_Integer for c in poly.all_coeffs())

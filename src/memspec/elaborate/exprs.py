@@ -8,6 +8,8 @@ forward of a sublayer.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy as sp
 
 from memspec.config import TrainConfig
@@ -288,6 +290,10 @@ class ExprEvaluator:
             raise ShapeError(str(err), span) from None
         for expr, text in ctx.assumptions:
             self.builder.assume_integer(expr, text, span)
+        outputs = tuple(
+            dataclasses.replace(o, shape=tuple(self.builder.drop_floors(d) for d in o.shape))
+            for o in outputs
+        )
         requires_grad = any(t.requires_grad for t in types)
         # The op an assignment or return produces is named after its target (or, for a
         # return, after the call it ends); ops nested inside an expression after the op.

@@ -20,7 +20,8 @@ from memspec.ops.registry import (
 
 
 def _out_size(size: sp.Expr, kernel: sp.Expr, stride: sp.Expr, padding: sp.Expr) -> sp.Expr:
-    return sp.floor((size + 2 * padding - kernel) / stride) + 1
+    # Expanded first, so sympy pulls whole terms out: floor(I/p - 1) = floor(I/p) - 1.
+    return sp.floor(sp.expand((size + 2 * padding - kernel) / stride)) + 1
 
 
 def _conv_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
