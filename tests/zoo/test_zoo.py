@@ -28,6 +28,7 @@ PUBLISHED = [
     ("cs336_lm_swiglu.mspec", "tinystories", 22_696_448),  # CS336 handout
     ("bert.mspec", "base", 109_482_240),             # bert-base-uncased BertModel
     ("vit.mspec", "b16", 86_567_656),                # torchvision vit_b_16
+    ("resnet18.mspec", "imagenet", 11_689_512),      # torchvision resnet18
 ]
 
 
@@ -82,6 +83,7 @@ SMALL = {
     "llama.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24}, v)
                     for v in (["math"], ["flash"])],
     "bert.mspec": [({"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}, ["math"])],
+    "resnet18.mspec": [({"B": 2, "I": 32, "C": 10}, [])],
     "vit.mspec": [({"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "C": 5}, ["math"])],
     "mistral.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24,
                         "W": 3}, ["math"])],
@@ -94,3 +96,13 @@ def test_verify_at_small_sizes(spec, sizes, use):
     result = compile_spec(SPECS / spec, convention="autograd", set=sizes, use=use)
     tables = compare(result, measure_step(result))
     assert [(t.category, r) for t in tables for r in t.rows if r.difference] == []
+
+
+def test_resnet_buffers_are_batch_norm_statistics():
+    result = compile_spec(SPECS / "resnet18.mspec", preset="imagenet")
+    items = result.categories["buffers"].items
+    floats = sum(int(i.total_elements) for i in items if i.dtype.value == "float32")
+    counters = [i for i in items if i.dtype.value == "int64"]
+    assert floats == 9_600  # running_mean and running_var of 20 BatchNorms
+    assert sum(int(i.total_elements) for i in counters) == 20  # num_batches_tracked, scalars
+    assert result.value(result.categories["buffers"].bytes) == 9_600 * 4 + 20 * 8
