@@ -37,11 +37,10 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     print(f"{'python interpreter start-up':<48} {time.perf_counter() - start:6.3f} s")
-    for spec in ("cs336_lm", "cs336_lm_swiglu"):
+    for path in sorted((ROOT / "specs").glob("*.mspec")):
         for fmt in ("json", "md"):
-            report(
-                f"{spec} --format {fmt}", ["compile", f"specs/{spec}.mspec", "--format", fmt], runs
-            )
+            args = ["compile", f"specs/{path.name}", "--format", fmt]
+            report(f"{path.stem} --format {fmt}", args, runs)
     text = (ROOT / "specs" / "cs336_lm.mspec").read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for count in ("4", "48", "4800"):
