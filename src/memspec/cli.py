@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VARIANT",
         help="pick an implementation variant (math, flash); repeatable",
     )
+    c.add_argument(
+        "--peak-flops",
+        type=float,
+        metavar="FLOP/S",
+        help="accelerator peak FLOP/s (e.g. 989e12), for the training time",
+    )
+    c.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization (0.5)")
+    c.add_argument("--steps", type=int, help="training steps, for the training time")
     c.add_argument("-o", "--output", help="write the report here instead of stdout")
     c.add_argument(
         "--time-limit",
@@ -130,6 +138,9 @@ def _compile(args: argparse.Namespace) -> str:
         optimizer=args.optimizer,
         precision=args.precision,
         use=tuple(args.use),
+        peak_flops=args.peak_flops,
+        mfu=args.mfu,
+        steps=args.steps,
     )
     if args.format == "json":
         return result.to_json()

@@ -13,6 +13,7 @@ from memspec.errors import ExpectError, UsageError
 from memspec.ir.graph import Graph
 from memspec.passes import run_pipeline
 from memspec.passes.activations import count_activations_under
+from memspec.passes.flops import FlopsResult, count_flops
 from memspec.passes.results import CategoryResult
 from memspec.policies import Convention, read_convention
 from memspec.source import SourceFile
@@ -55,6 +56,18 @@ class CompileResult:
     variants_used: tuple[tuple[str, str], ...]
     expects: tuple[ExpectResult, ...]
     notes: tuple[str, ...] = ()  # the spec's `assume "..."` statements
+    flops: FlopsResult | None = None
+    training: tuple[float, float, int] | None = None  # (peak FLOP/s, MFU, steps)
+
+    def training_seconds(self) -> float | None:
+        """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""
+        if self.training is None or self.flops is None:
+            return None
+        per_step = self.value(self.flops.total)
+        if per_step is None:
+            return None
+        peak, mfu, steps = self.training
+        return steps * per_step / (mfu * peak)
 
     def resolve(self, expr: sp.Expr) -> sp.Expr:
         """`expr` with unbound defaults substituted (F -> 4*D), expanded."""
@@ -141,12 +154,22 @@ def compile_spec(
     optimizer: str | None = None,
     precision: str | None = None,
     use: tuple[str, ...] | list[str] = (),
+    peak_flops: float | None = None,
+    mfu: float = 0.5,
+    steps: int | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
     `set` binds symbols to integers (`{"B": 4}` or `["B=4"]`, symbols or long names) and
-    wins over `preset`. Raises `MemspecError` for any problem with the input.
+    wins over `preset`. With `peak_flops` (FLOP/s of the accelerator) and `steps`, the
+    report also gives the training time at model FLOPs utilization `mfu`. Raises
+    `MemspecError` for any problem with the input.
     """
+    training = None
+    if peak_flops is not None or steps is not None:
+        if peak_flops is None or steps is None or peak_flops <= 0 or steps <= 0 or not 0 < mfu <= 1:
+            raise UsageError("training time needs --peak-flops > 0, --steps > 0 and 0 < --mfu <= 1")
+        training = (float(peak_flops), float(mfu), int(steps))
     source, path = _source(spec)
     program = load_program(source, path)
     config = resolve_config(program, precision, optimizer, convention, tuple(use))
@@ -176,6 +199,8 @@ def compile_spec(
         elab.variants_used,
         expects,
         tuple(a.text for a in program.assumes),
+        count_flops(elab.graph, config),
+        training,
     )
 
 

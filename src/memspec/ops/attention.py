@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sympy as sp
+
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.types import DType, shape_str
+from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
@@ -41,6 +43,12 @@ def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     )
 
 
+def _flash_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """Q K^T and P V: 4 * batch * s * t * d (causal masking is not subtracted)."""
+    q, k = graph.value(op.inputs[0]), graph.value(op.inputs[1])
+    return 4 * numel(q.shape) * k.shape[-2]
+
+
 def _flash_lower(tensors, attrs):
     """torch's CPU flash kernel wants [batch, heads, seq, dim]; other ranks are viewed so.
 
@@ -68,5 +76,6 @@ register(
         _flash_saved,
         attrs=(("causal", True), ("window", 0), ("dropout_p", 0), ("scale", True)),
         lower=_flash_lower,
+        flops=_flash_flops,
     )
 )

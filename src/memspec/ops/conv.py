@@ -8,7 +8,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.types import DType, shape_str
+from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
@@ -57,6 +57,12 @@ def _conv_lower(tensors, attrs):
         padding=attrs["padding"],
         groups=attrs["groups"],
     )
+
+
+def _conv_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """2 * (output elements) * (C/groups * kh * kw), as torch's FLOP counter has it."""
+    out, weight = graph.value(op.outputs[0]), graph.value(op.inputs[1])
+    return 2 * numel(out.shape) * numel(weight.shape[1:])
 
 
 def _pool_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -128,6 +134,7 @@ register(
         _conv_saved,
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
         lower=_conv_lower,
+        flops=_conv_flops,
     )
 )
 register(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.types import shape_str
+from memspec.ir.types import numel, shape_str
 from memspec.ops.patterns import parse_pattern
 from memspec.ops.registry import (
     InferContext,
@@ -149,6 +149,32 @@ def _einsum_lower(tensors, attrs):
     return torch.einsum(equation, *tensors)
 
 
+def _linear_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """x @ W^T: 2 * (output elements) * in_features; the bias add is not a product."""
+    out, weight = graph.value(op.outputs[0]), graph.value(op.inputs[1])
+    return 2 * numel(out.shape) * weight.shape[1]
+
+
+def _matmul_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """a @ b: 2 m n k per batch element."""
+    out, a = graph.value(op.outputs[0]), graph.value(op.inputs[0])
+    return 2 * numel(out.shape) * a.shape[-1]
+
+
+def _einsum_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """A two-operand contraction: 2 * (output elements) * (contracted sizes)."""
+    if len(op.inputs) != 2:
+        return sp.Integer(0)
+    pattern = parse_pattern(str(op.attr("pattern")), ValueError)
+    sizes: dict[str, sp.Expr] = {}
+    for axes, vid in zip(pattern.inputs, op.inputs, strict=True):
+        shape = graph.value(vid).shape
+        named = [a for a in axes if a != "..."]
+        sizes.update(zip(named, shape[len(shape) - len(named) :], strict=True))
+    contracted = [sizes[a] for a in sizes if a not in pattern.output]
+    return 2 * numel(graph.value(op.outputs[0]).shape) * numel(tuple(contracted))
+
+
 register(
     OpDef(
         "linear",
@@ -157,6 +183,7 @@ register(
         _linear_infer,
         _linear_saved,
         lower=lambda t, a: torch_functional()[1].linear(*t),
+        flops=_linear_flops,
     )
 )
 register(
@@ -167,6 +194,7 @@ register(
         _matmul_infer,
         _two_operand_saved,
         lower=lambda t, a: t[0] @ t[1],
+        flops=_matmul_flops,
     )
 )
 register(
@@ -178,6 +206,7 @@ register(
         _einsum_saved,
         attrs=(("pattern", None),),
         lower=_einsum_lower,
+        flops=_einsum_flops,
     )
 )
 register(

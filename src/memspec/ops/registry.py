@@ -118,6 +118,7 @@ SavedRule = Callable[[OpApply, Graph], tuple[Saved, ...]]
 # The PyTorch lowering: receives torch tensors and attributes with every size bound to a
 # Python number; imports torch itself, so that memspec never imports it unless asked to.
 Lowering = Callable[[tuple, dict], object]
+FlopRule = Callable[[OpApply, Graph], sp.Expr]
 
 
 def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -139,6 +140,9 @@ class OpDef:
     saved: SavedRule = _saves_nothing
     attrs: tuple[tuple[str, object], ...] = ()
     lower: Lowering | None = None  # (torch tensors, concrete attrs) -> output tensor
+    # Forward FLOPs of the matrix products inside the op (2 per multiply-add); None for
+    # ops with none. Backward costs one forward per product operand that needs a gradient.
+    flops: FlopRule | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}

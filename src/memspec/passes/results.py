@@ -17,7 +17,7 @@ from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Shape, numel
 from memspec.source import Span
 
-__all__ = ["CategoryResult", "LineItem", "regions_of"]
+__all__ = ["CategoryResult", "LineItem", "Regions", "regions_of"]
 
 Regions = tuple[tuple[str, sp.Expr], ...]
 

@@ -13,6 +13,8 @@ from memspec.passes.results import CategoryResult, LineItem
 from memspec.report.model import (
     Comparison,
     ComparisonRow,
+    FlopRow,
+    Flops,
     Group,
     Report,
     Row,
@@ -129,6 +131,39 @@ def _comparison(result: CompileResult) -> Comparison:
     )
 
 
+def _flops(result: CompileResult) -> Flops:
+    f = result.flops
+    rows = tuple(
+        FlopRow(
+            i.path,
+            i.op,
+            latex(result.resolve(i.forward)),
+            latex(result.resolve(i.backward)),
+            latex(i.multiplicity),
+        )
+        for i in f.items
+    )
+    values = tuple(_value(result, getattr(f, k)) for k in ("forward", "backward", "total"))
+    shown = None if None in values else tuple(f"{v:,}" for v in values)
+    training = None
+    seconds = result.training_seconds()
+    if seconds is not None:
+        peak, mfu, steps = result.training
+        training = (
+            f"{steps:,} steps x {values[2]:,} FLOPs / ({mfu:g} MFU x {peak:.4g} FLOP/s)"
+            f" = {seconds:,.0f} s = {seconds / 3600:,.1f} h = {seconds / 86400:,.2f} days"
+        )
+    return Flops(
+        rows,
+        latex(_structure(result, f.structured())),
+        latex(result.resolve(f.forward)),
+        latex(result.resolve(f.backward)),
+        latex(result.resolve(f.total)),
+        shown,
+        training,
+    )
+
+
 def _symbols(result: CompileResult) -> tuple[SymbolRow, ...]:
     rows = []
     for dim in result.symbols.ordered():
@@ -172,6 +207,7 @@ def build_report(result: CompileResult) -> Report:
         total=_summary(result, "Total", result.total_elements, result.total_bytes),
         sections=tuple(_section(result, k, c) for k, c in categories.items()),
         comparison=_comparison(result),
+        flops=_flops(result),
     )
 
 

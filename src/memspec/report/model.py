@@ -11,6 +11,8 @@ from dataclasses import dataclass
 __all__ = [
     "Comparison",
     "ComparisonRow",
+    "FlopRow",
+    "Flops",
     "Group",
     "Report",
     "Row",
@@ -92,6 +94,28 @@ class Comparison:
 
 
 @dataclass(frozen=True, slots=True)
+class FlopRow:
+    name: str
+    op: str
+    forward: str
+    backward: str
+    copies: str
+
+
+@dataclass(frozen=True, slots=True)
+class Flops:
+    """The training step's matrix-product FLOPs, and the training time if asked for."""
+
+    rows: tuple[FlopRow, ...]
+    structured: str
+    forward: str
+    backward: str
+    total: str
+    values: tuple[str, str, str] | None  # forward, backward, total, formatted
+    training: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     model: str
     spec: str
@@ -112,3 +136,4 @@ class Report:
     total: SummaryRow
     sections: tuple[Section, ...]
     comparison: Comparison
+    flops: Flops

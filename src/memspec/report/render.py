@@ -136,6 +136,21 @@ def render_json(result: CompileResult) -> str:
         },
         # Beyond the contract's keys: the spec's stated choices and its shape assumptions.
         "assumptions": [*result.notes, *(a.text for a in result.graph.assumptions)],
+        "flops": {
+            "forward": text(result.resolve(result.flops.forward)),
+            "backward": text(result.resolve(result.flops.backward)),
+            "total": text(result.resolve(result.flops.total)),
+            "items": [
+                {
+                    "name": i.path,
+                    "op": i.op,
+                    "forward": text(result.resolve(i.forward)),
+                    "backward": text(result.resolve(i.backward)),
+                    "multiplicity": text(i.multiplicity),
+                }
+                for i in result.flops.items
+            ],
+        },
     }
     if result.bindings:
         values = {}
@@ -145,5 +160,12 @@ def render_json(result: CompileResult) -> str:
             e, b = result.value(elements), result.value(nbytes)
             if e is not None and b is not None:
                 values[name] = {"elements": e, "bytes": b}
+        flops = {
+            k: result.value(getattr(result.flops, k)) for k in ("forward", "backward", "total")
+        }
+        if None not in flops.values():
+            values["flops"] = flops
+        if result.training_seconds() is not None:
+            values["training_seconds"] = result.training_seconds()
         doc["values"] = values
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
