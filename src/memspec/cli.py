@@ -90,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"give up on a spec that takes longer (default {COMPILE_SECONDS:g})",
     )
+    s = sub.add_parser("solve", help="the largest value of a symbol that fits a memory budget")
+    s.add_argument("spec", help="the .mspec file")
+    s.add_argument("--budget", required=True, help="memory budget: 80GB (10^9) or 80GiB (2^30)")
+    s.add_argument("--for", dest="symbol", required=True, help="the symbol to maximize (B)")
+    s.add_argument(
+        "--objective",
+        choices=("sum",),
+        default="sum",
+        help="sum: parameters + gradients + optimizer state + activations + buffers",
+    )
+    s.add_argument("--convention", help="activation convention (course, autograd, ...)")
+    s.add_argument("--precision", help="precision policy")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    _common(s)
     v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
     v.add_argument("spec", help="the .mspec file")
     _common(v)
@@ -180,9 +194,53 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     return render_verify(result, tables, measured, peak), ok
 
 
+def _solve(args: argparse.Namespace) -> str:
+    import json
+
+    from memspec.compile import compile_spec
+    from memspec.solve import parse_budget, solve_max
+
+    result = compile_spec(
+        Path(args.spec),
+        set=args.bindings,
+        preset=args.preset,
+        optimizer=args.optimizer,
+        convention=args.convention,
+        precision=args.precision,
+        use=tuple(args.use),
+    )
+    s = solve_max(result, args.symbol, parse_budget(args.budget))
+    if args.format == "json":
+        doc = {
+            "symbol": s.symbol.name,
+            "max": s.maximum,
+            "objective": args.objective,
+            "budget_bytes": s.budget,
+            "expression": str(s.expression),
+        }
+        if s.formula is not None:
+            doc["formula"] = str(s.formula)
+        return json.dumps(doc, indent=2) + "\n"
+    lines = [
+        f"bytes({s.symbol}) = {s.expression}  ({args.objective} of the categories, "
+        f"convention {result.config.convention.name})"
+    ]
+    if s.formula is not None:
+        lines.append(f"largest {s.symbol} = {s.formula}")
+    if s.maximum is not None:
+        lines.append(f"largest {s.symbol} within {s.budget:,} bytes: {s.maximum}")
+    elif not (s.expression.free_symbols - {s.symbol}):
+        lines.append(f"even {s.symbol} = 1 needs more than {s.budget:,} bytes")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "solve":
+            with _time_limit(COMPILE_SECONDS, args.spec):
+                sys.stdout.write(_solve(args))
+            return 0
         if args.command == "verify":
             output, ok = _verify(args)
             sys.stdout.write(output)
