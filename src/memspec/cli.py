@@ -55,25 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a spec into a memory report")
     c.add_argument("spec", help="the .mspec file")
     c.add_argument("--format", choices=FORMATS, default="md", help="report format (md)")
-    c.add_argument(
-        "--set",
-        dest="bindings",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="bind a symbol (B or batch_size) to an integer; repeatable",
-    )
-    c.add_argument("--preset", help="bind the symbols of one of the spec's presets")
+    _common(c)
     c.add_argument("--convention", help="activation convention (course, autograd, ...)")
-    c.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, sgd_momentum, ...)")
     c.add_argument("--precision", help="precision policy (fp32, mixed_bf16, bf16, ...)")
-    c.add_argument(
-        "--use",
-        action="append",
-        default=[],
-        metavar="VARIANT",
-        help="pick an implementation variant (math, flash); repeatable",
-    )
     c.add_argument(
         "--peak-flops",
         type=float,
