@@ -125,21 +125,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _compile(args: argparse.Namespace) -> str:
+def _result(args: argparse.Namespace, **options):
+    """compile_spec with the command's common flags; `options` add or override."""
     from memspec.compile import compile_spec
 
-    result = compile_spec(
+    flags = {name: getattr(args, name, None) for name in ("convention", "precision")}
+    return compile_spec(
         Path(args.spec),
         set=args.bindings,
         preset=args.preset,
-        convention=args.convention,
         optimizer=args.optimizer,
-        precision=args.precision,
         use=tuple(args.use),
-        peak_flops=args.peak_flops,
-        mfu=args.mfu,
-        steps=args.steps,
+        **{**flags, **options},
     )
+
+
+def _compile(args: argparse.Namespace) -> str:
+    result = _result(args, peak_flops=args.peak_flops, mfu=args.mfu, steps=args.steps)
     if args.format == "json":
         return result.to_json()
     if args.format == "tex":
@@ -148,8 +150,6 @@ def _compile(args: argparse.Namespace) -> str:
 
 
 def _verify(args: argparse.Namespace) -> tuple[str, bool]:
-    from memspec.compile import compile_spec
-
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -159,14 +159,7 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     from memspec.verify.peak import measure_peak
     from memspec.verify.report import render_verify
 
-    result = compile_spec(
-        Path(args.spec),
-        set=args.bindings,
-        preset=args.preset,
-        optimizer=args.optimizer,
-        convention="autograd",
-        use=tuple(args.use),
-    )
+    result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
     tables = measured = peak = None
     if args.step:
@@ -181,18 +174,9 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 def _solve(args: argparse.Namespace) -> str:
     import json
 
-    from memspec.compile import compile_spec
     from memspec.solve import parse_budget, solve_max
 
-    result = compile_spec(
-        Path(args.spec),
-        set=args.bindings,
-        preset=args.preset,
-        optimizer=args.optimizer,
-        convention=args.convention,
-        precision=args.precision,
-        use=tuple(args.use),
-    )
+    result = _result(args)
     s = solve_max(result, args.symbol, parse_budget(args.budget))
     if args.format == "json":
         doc = {
