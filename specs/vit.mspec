@@ -75,5 +75,3 @@ expect params == 86_567_656 at b16
 assume "patch embedding: Conv2d(3, D, p, stride p) with bias; p divides the image size"
 assume "pre-LN blocks, LayerNorm eps 1e-6 with bias, biases on every linear, exact GELU; no dropout (torchvision's default 0)"
 assume "attention with nn.MultiheadAttention's packed in_proj; bidirectional"
-assume "attention in the math variant: with the fused kernel torch lays its output out like q ([b, s, h, d] here), which memspec's layout model does not track yet"
-train { use math }

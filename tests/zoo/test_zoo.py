@@ -84,7 +84,8 @@ SMALL = {
                     for v in (["math"], ["flash"])],
     "bert.mspec": [({"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}, ["math"])],
     "resnet18.mspec": [({"B": 2, "I": 32, "C": 10}, [])],
-    "vit.mspec": [({"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "C": 5}, ["math"])],
+    "vit.mspec": [({"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "C": 5}, v)
+                  for v in (["math"], ["flash"])],
     "mistral.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24,
                         "W": 3}, ["math"])],
 }

@@ -39,7 +39,7 @@ class GraphBuilder:
         region: int | None,
         requires_grad: bool,
         storage: int | None = None,
-        contiguous: bool = True,
+        strides: tuple | None = None,
         span: Span | None = None,
     ) -> int:
         vid = len(self.values)
@@ -53,7 +53,7 @@ class GraphBuilder:
                 vid if storage is None else storage,
                 region,
                 requires_grad,
-                contiguous,
+                strides,
                 span=span,
             )
         )

@@ -280,7 +280,7 @@ class ExprEvaluator:
         op = REGISTRY[op_name]
         tensors, attrs = self.split_args(op, args, kwargs, span)
         types = tuple(
-            TensorType(v.shape, v.dtype, v.requires_grad, v.contiguous)
+            TensorType(v.shape, v.dtype, v.requires_grad, v.strides)
             for v in (self.builder.values[t.id] for t in tensors)
         )
         ctx = InferContext(op_name, types, attrs, self.config.precision.activation)
@@ -315,7 +315,7 @@ class ExprEvaluator:
                     frame.region,
                     requires_grad,
                     storage,
-                    out.contiguous,
+                    out.strides,
                     span,
                 )
             )

@@ -59,8 +59,12 @@ class Value:
     storage: int
     region: int | None
     requires_grad: bool
-    contiguous: bool = True
+    strides: tuple[sp.Expr, ...] | None = None  # None: contiguous (row-major)
     span: Span | None = _span()
+
+    @property
+    def contiguous(self) -> bool:
+        return self.strides is None
 
     def __post_init__(self) -> None:
         if self.role is Role.PARAMETER and not self.requires_grad:

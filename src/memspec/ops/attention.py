@@ -14,6 +14,7 @@ from memspec.ops.registry import (
     register,
     torch_functional,
 )
+from memspec.ops.strides import dense_like
 
 
 def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -28,7 +29,13 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     for name in ("window", "dropout_p"):
         if ctx.attrs[name] != 0:
             raise ctx.fail(f"the fused kernel is modelled without {name}; use variant math")
-    return (OutputSpec((*q[:-1], v[-1]), ctx.float_dtype()),)
+    # The CPU kernel allocates its output in q's dim order (a permuted q gives a permuted
+    # output, whose heads then merge back without a copy).
+    out = (*q[:-1], v[-1])
+    strides = None
+    if not ctx.inputs[0].contiguous:
+        strides = dense_like(out, ctx.inputs[0].strides)
+    return (OutputSpec(out, ctx.float_dtype(), strides=strides),)
 
 
 def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

@@ -51,7 +51,7 @@ def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 def _inplace(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
-    return (OutputSpec(x.shape, x.dtype, view_of=0, contiguous=x.contiguous),)
+    return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
 
 
 def _saves_input(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

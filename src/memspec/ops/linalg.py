@@ -16,6 +16,7 @@ from memspec.ops.registry import (
     saved_if,
     torch_functional,
 )
+from memspec.ops.strides import actual, merge
 
 
 def _linear_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -60,6 +61,9 @@ def _copy_if_strided(graph: Graph, saved: Saved) -> Saved:
     value = graph.value(saved.value)
     if value.contiguous or len(value.shape) < 3:
         return saved
+    strides = actual(value.shape, value.strides)
+    if merge(value.shape[:-2], strides[:-2]) is not None and any(s == 1 for s in strides[-2:]):
+        return saved  # batch dims fold into one and the matrix is row- or column-major
     return Saved(f"{saved.label} copy", shape=value.shape, dtype=value.dtype)
 
 

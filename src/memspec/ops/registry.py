@@ -50,7 +50,11 @@ class TensorType:
     shape: Shape
     dtype: DType
     requires_grad: bool = False
-    contiguous: bool = True
+    strides: tuple[sp.Expr, ...] | None = None  # None: contiguous
+
+    @property
+    def contiguous(self) -> bool:
+        return self.strides is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class OutputSpec:
     shape: Shape
     dtype: DType
     view_of: int | None = None
-    contiguous: bool = True
+    strides: tuple[sp.Expr, ...] | None = None  # of a view; None: contiguous
 
 
 @dataclass(frozen=True, slots=True)

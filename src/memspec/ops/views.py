@@ -25,6 +25,7 @@ from memspec.ops.registry import (
     same_dim,
     torch_functional,
 )
+from memspec.ops.strides import actual, merge, normalize
 
 
 def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]):
@@ -57,25 +58,37 @@ def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]
     return ellipsis
 
 
-def _is_view(pattern: Pattern, new: set[str], contiguous: bool) -> tuple[bool, bool]:
-    """(whether the result is a view, whether it is contiguous)."""
-    memory = [a for g in pattern.input_groups[0] for a in g if a not in pattern.ones]
-    out_order = [a for g in pattern.output_groups for a in g if a not in pattern.ones]
-    merges = [[a for a in g if a not in pattern.ones] for g in pattern.output_groups]
-    merges = [g for g in merges if len(g) > 1]
-    if any(a in new for g in merges for a in g):
-        return False, True  # merging an expanded axis needs real memory
-    if not contiguous:
-        view = all(tuple(g) in pattern.input_groups[0] for g in merges)
-        return view, False
-    position = {a: i for i, a in enumerate(memory)}
-    view = all(
-        [position[a] for a in g] == list(range(position[g[0]], position[g[0]] + len(g)))
-        for g in merges
-    )
-    if not view:
-        return False, True
-    return True, out_order == [a for a in memory if a in out_order] and not new
+def _view_strides(pattern: Pattern, x: TensorType, sizes: dict, ellipsis: Shape):
+    """(is a view, output strides or None if contiguous), by torch's view rule.
+
+    Splitting a dim is always a view; permuting is a view; a new axis is an expand
+    (stride 0); merging a group is a view only when its strides chain (`merge`).
+    """
+    in_strides = actual(x.shape, x.strides)
+    atoms: dict[str, list[tuple[sp.Expr, sp.Expr]]] = {}  # axis -> [(size, stride)]
+    dims = iter(zip(x.shape, in_strides, strict=True))
+    for group in pattern.input_groups[0]:
+        if group == ("...",):
+            atoms["..."] = [next(dims) for _ in ellipsis]
+            continue
+        _, stride = next(dims)
+        for k, axis in enumerate(group):
+            below = reduce(sp.Mul, (sizes[a] for a in group[k + 1 :]), sp.Integer(1))
+            atoms[axis] = [(sizes[axis], stride * below)]
+    shape: list[sp.Expr] = []
+    strides: list[sp.Expr] = []
+    for group in pattern.output_groups:
+        if group == ("...",):
+            shape.extend(n for n, _ in atoms["..."])
+            strides.extend(s for _, s in atoms["..."])
+            continue
+        members = [atoms.get(a, [(sizes[a], sp.Integer(0))])[0] for a in group]
+        merged = merge(tuple(n for n, _ in members), tuple(s for _, s in members))
+        if merged is None:
+            return False, None
+        shape.append(reduce(sp.Mul, (n for n, _ in members), sp.Integer(1)))
+        strides.append(merged)
+    return True, normalize(tuple(shape), tuple(strides))
 
 
 def _shape_op(ctx: InferContext, repeat: bool) -> tuple[OutputSpec, ...]:
@@ -100,8 +113,8 @@ def _shape_op(ctx: InferContext, repeat: bool) -> tuple[OutputSpec, ...]:
             out.extend(ellipsis)
         else:
             out.append(reduce(sp.Mul, (sizes[a] for a in group), sp.Integer(1)))
-    view, contiguous = _is_view(pattern, new, x.contiguous)
-    return (OutputSpec(tuple(out), x.dtype, view_of=0 if view else None, contiguous=contiguous),)
+    view, strides = _view_strides(pattern, x, sizes, ellipsis)
+    return (OutputSpec(tuple(out), x.dtype, view_of=0 if view else None, strides=strides),)
 
 
 def _shape_op_lower(tensors, attrs):
@@ -150,23 +163,20 @@ def _narrow_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         raise ctx.fail(f"narrow [{start}, {start} + {length}) exceeds size {x.shape[dim]}")
     shape = list(x.shape)
     shape[dim] = length
-    full = same_dim(length, x.shape[dim])
-    return (
-        OutputSpec(
-            tuple(shape),
-            x.dtype,
-            view_of=0,
-            contiguous=x.contiguous and (full or all(d == 1 for d in x.shape[:dim])),
-        ),
-    )
+    strides = normalize(tuple(shape), actual(x.shape, x.strides))  # a narrow keeps strides
+    return (OutputSpec(tuple(shape), x.dtype, view_of=0, strides=strides),)
 
 
 def _select_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     dim = _dim(ctx, x.shape, ctx.attrs["dim"])
     shape = x.shape[:dim] + x.shape[dim + 1 :]
-    contiguous = x.contiguous and all(d == 1 for d in x.shape[:dim])
-    return (OutputSpec(shape, x.dtype, view_of=0, contiguous=contiguous),)
+    strides = actual(x.shape, x.strides)
+    return (
+        OutputSpec(
+            shape, x.dtype, view_of=0, strides=normalize(shape, strides[:dim] + strides[dim + 1 :])
+        ),
+    )
 
 
 def _dim(ctx: InferContext, shape: Shape, dim: object) -> int:
