@@ -194,6 +194,11 @@ def test_repeat_and_views(b, kv, r, s, d):
     run_op("select", [((b, s, d), F32, "grad")], {"dim": sp.Integer(1), "index": sp.Integer(0)})
     run_op("cat", [((b, s, d), F32, "grad"), ((b, 1, d), F32, "const")], {"dim": sp.Integer(1)})
     run_op("arange", [], {"n": sp.Integer(s)})
+    for bidirectional in (True, False):
+        run_op("position_buckets", [], {"n_q": sp.Integer(s), "n_k": sp.Integer(s + 2),
+                                        "num_buckets": sp.Integer(8),
+                                        "max_distance": sp.Integer(16),
+                                        "bidirectional": bidirectional})
 
 
 @settings(max_examples=15, deadline=None)
@@ -232,5 +237,5 @@ def test_every_op_is_covered():
                "embedding", "layer_norm", "rms_norm", "rope", "causal_mask", "nll_loss",
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
-               "exp"}
+               "exp", "position_buckets"}
     assert covered == set(REGISTRY)

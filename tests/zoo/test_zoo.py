@@ -29,6 +29,7 @@ PUBLISHED = [
     ("bert.mspec", "base", 109_482_240),             # bert-base-uncased BertModel
     ("vit.mspec", "b16", 86_567_656),                # torchvision vit_b_16
     ("resnet18.mspec", "imagenet", 11_689_512),      # torchvision resnet18
+    ("t5.mspec", "small", 60_506_624),               # t5-small (v1.0)
 ]
 
 
@@ -84,6 +85,8 @@ SMALL = {
                     for v in (["math"], ["flash"])],
     "bert.mspec": [({"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}, ["math"])],
     "resnet18.mspec": [({"B": 2, "I": 32, "C": 10}, [])],
+    "t5.mspec": [({"B": 2, "S": 5, "T": 4, "V": 32, "D": 8, "K": 2, "H": 2, "F": 12, "N": 2,
+                   "R": 8}, [])],
     "vit.mspec": [({"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "C": 5}, v)
                   for v in (["math"], ["flash"])],
     "mistral.mspec": [({"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 24,
@@ -107,3 +110,16 @@ def test_resnet_buffers_are_batch_norm_statistics():
     assert floats == 9_600  # running_mean and running_var of 20 BatchNorms
     assert sum(int(i.total_elements) for i in counters) == 20  # num_batches_tracked, scalars
     assert result.value(result.categories["buffers"].bytes) == 9_600 * 4 + 20 * 8
+
+
+def test_t5_inner_width_is_not_d_model():
+    # t5-3b: H * d_kv = 32 * 128 = 4096 while D = 1024; only the attention matrices change.
+    K, R = S("K"), S("R")
+    result = compile_spec(SPECS / "t5.mspec")
+    want = (V * D + N * (4 * D * H * K + 2 * D * F + 2 * D) + N * (8 * D * H * K + 2 * D * F
+            + 3 * D) + 2 * R * H + 2 * D)
+    assert sp.expand(result.resolve(result.categories["parameters"].elements)
+                     - result.resolve(want)) == 0
+    big = compile_spec(SPECS / "t5.mspec", set={"V": 32128, "D": 1024, "K": 128, "H": 32,
+                                                "F": 16384, "N": 24})
+    assert big.value(big.categories["parameters"].elements) == 2_851_598_336
