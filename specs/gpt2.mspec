@@ -1,7 +1,8 @@
 # GPT-2 (Hugging Face GPT2LMHeadModel, OpenAI weights): learned positions, pre-LN blocks,
 # LayerNorm with bias, biases on every linear (HF's Conv1D: weight stored [in, out]),
 # fused QKV, GELU (tanh) MLP of width 4D, final LayerNorm, LM head tied to the token
-# embedding, dropout 0.1.
+# embedding, dropout 0.1. Compile with:
+#   memspec compile specs/gpt2.mspec --format md --preset small --set B=1
 use std
 
 dim batch_size              as B
@@ -11,9 +12,9 @@ dim vocab_size              as V
 dim d_model                 as D
 dim num_layers              as N
 dim num_heads               as H
-dim d_ff                    as F = 4 * D
+dim d_ff                    as F = 4 * D          # HF n_inner = None: 4 * n_embd
 
-# HF's Conv1D: y = x @ W + b with W stored [nx, nf] (transposed against nn.Linear).
+# HF's Conv1D(nf, nx): y = x @ W + b with W stored [nx, nf] (transposed against nn.Linear).
 layer Conv1D(nf, nx) {
     param weight: [nx, nf]
     param bias: [nf]
@@ -23,16 +24,18 @@ layer Conv1D(nf, nx) {
 }
 
 layer GPT2Attention(d_model, num_heads, dropout_p) {
-    c_attn = Conv1D(3 * d_model, d_model)
+    c_attn = Conv1D(3 * d_model, d_model)          # fused Q, K, V
     c_proj = Conv1D(d_model, d_model)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        qkv = c_attn(x)
+        qkv = c_attn(x)                            : [b, s, 3 * d_model]
+        # qkv.split(d_model, dim=2), then view + transpose to [b, h, s, d]: all views
         q = rearrange(narrow(qkv, -1, 0, d_model), "b s (h d) -> b h s d", h = num_heads)
         k = rearrange(narrow(qkv, -1, d_model, d_model), "b s (h d) -> b h s d", h = num_heads)
-        v = rearrange(narrow(qkv, -1, 2 * d_model, d_model), "b s (h d) -> b h s d", h = num_heads)
-        o = attention(q, k, v, dropout_p = dropout_p)
-        merged = rearrange(o, "b h s d -> b s (h d)")
-        return dropout(c_proj(merged), dropout_p)
+        v = rearrange(narrow(qkv, -1, 2 * d_model, d_model), "b s (h d) -> b h s d",
+                      h = num_heads)
+        o = attention(q, k, v, causal = true, dropout_p = dropout_p)     # attn_dropout
+        merged = rearrange(o, "b h s d -> b s (h d)")   # transpose + reshape: a copy
+        return dropout(c_proj(merged), dropout_p)       # resid_dropout
     }
 }
 
@@ -40,17 +43,17 @@ layer GPT2MLP(d_model, d_ff, dropout_p) {
     c_fc   = Conv1D(d_ff, d_model)
     c_proj = Conv1D(d_model, d_ff)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        return dropout(c_proj(gelu(c_fc(x), "tanh")), dropout_p)
+        return dropout(c_proj(gelu(c_fc(x), "tanh")), dropout_p)   # gelu_new
     }
 }
 
 layer GPT2Block(d_model, num_heads, d_ff, dropout_p) {
-    ln_1 = LayerNorm(d_model)
+    ln_1 = LayerNorm(d_model, 1e-5)
     attn = GPT2Attention(d_model, num_heads, dropout_p)
-    ln_2 = LayerNorm(d_model)
+    ln_2 = LayerNorm(d_model, 1e-5)
     mlp  = GPT2MLP(d_model, d_ff, dropout_p)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        x = x + attn(ln_1(x))
+        x = x + attn(ln_1(x))                      # pre-LN
         return x + mlp(ln_2(x))
     }
 }
@@ -59,22 +62,26 @@ model GPT2LMHeadModel {
     wte  = Embedding(V, D)
     wpe  = Embedding(P, D)
     h    = repeat N of GPT2Block(D, H, F, 0.1)
-    ln_f = LayerNorm(D)
+    ln_f = LayerNorm(D, 1e-5)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
-        x = dropout(wte(tokens) + wpe(arange(L)), 0.1)      : [B, L, D]
+        positions = rearrange(arange(L), "s -> 1 s")                 # position_ids [1, L]
+        x = dropout(wte(tokens) + wpe(positions), 0.1)             : [B, L, D]
         x = h(x)
-        logits = linear(ln_f(x), wte.weight)               : [B, L, V]
-        return cross_entropy(logits, targets)
+        logits = linear(ln_f(x), wte.weight)                       : [B, L, V]
+        return cross_entropy(logits, targets)     # targets: the tokens shifted by one
     }
 }
 
+# gpt2 (124M): n_vocab 50257, n_positions 1024, n_embd 768, n_layer 12, n_head 12.
 preset small { V = 50_257, P = 1_024, L = 1_024, D = 768, N = 12, H = 12, F = 3_072 }
 expect params == V*D + P*D + N*(4*D**2 + 2*D*F + F + 9*D) + 2*D
 expect params == 124_439_808 at small
 
-assume "LM head tied to wte: one parameter, one gradient, one optimizer state for two uses"
-assume "every linear has a bias (HF Conv1D, weight stored [in, out]); LayerNorm with bias"
-assume "pre-LN blocks; dropout 0.1 on embeddings, attention probabilities and residuals (masks saved)"
-assume "attention in the math variant (dropout on probabilities); no causal-mask buffer (HF 5.x)"
-assume "positions arange(L) with L <= max_position_embeddings"
+assume "LM head tied to wte (no bias): one parameter, one gradient, one optimizer state for two uses"
+assume "every linear is HF's Conv1D with a bias (weight stored [in, out], x @ W + b); LayerNorm eps 1e-5 with bias"
+assume "pre-LN blocks; GELU tanh approximation; d_ff = 4 d_model"
+assume "dropout 0.1 after wte + wpe, on the attention probabilities, after attn.c_proj and after mlp.c_proj: each saves its mask"
+assume "attention in the math variant (HF eager: QK^T / sqrt(d), causal mask, softmax, dropout); flash is not offered because it models no dropout on probabilities"
+assume "no causal-mask buffer (recent HF versions register none); positions arange(L), L <= max_position_embeddings"
+assume "targets are the next tokens, given already shifted: logits stay [B, L, V] (HF pads the labels instead of slicing the logits)"
 train { use math }

@@ -18,6 +18,7 @@ def test_fractions_shapes_and_integers():
     assert latex(D * L * N / H) == r"\frac{D L N}{H}"
     assert latex_shape((B, H, L, D / H)) == r"B \times H \times L \times \frac{D}{H}"
     assert latex_shape(()) == "1"
+    assert latex_shape((B, L + 1)) == r"B \times \left(L + 1\right)"
     assert latex_int(1_635_537_600) == "1{,}635{,}537{,}600"
 
 

@@ -44,7 +44,9 @@ def latex_int(value: int) -> str:
 
 def latex_shape(shape: Shape) -> str:
     """`B \\times L \\times D`; `1` for a scalar."""
-    return r" \times ".join(latex(d) for d in shape) if shape else "1"
+    # A sum in a dim is bracketed, so `B x (I^2/p^2 + 1) x D` cannot be misread.
+    parts = [rf"\left({latex(d)}\right)" if isinstance(d, sp.Add) else latex(d) for d in shape]
+    return r" \times ".join(parts) if shape else "1"
 
 
 def text(expr: sp.Expr) -> str:
