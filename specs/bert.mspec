@@ -117,5 +117,5 @@ assume "GELU exact (erf); dropout 0.1 after the embedding LayerNorm, on the atte
 assume "position_ids and token_type_ids are int64 buffers [1, P] (HF registers them non-persistent); token types all zero, expanded from the buffer"
 assume "no attention mask (every token attends to every token); HF's eager path adds an all-zero [B, 1, 1, L] mask, which autograd does not save"
 assume "BertModel has no head: the training loss is masked-LM cross-entropy of the sequence output through the word embeddings (tied decoder, no bias) plus cross-entropy of the pooled output through the same tied weights, summed; it adds no parameters"
-assume "bidirectional attention in the math variant (HF eager: QK^T / sqrt(d), softmax, dropout); flash is not offered because it models neither non-causal attention nor dropout"
+assume "bidirectional attention in the math variant (HF eager: QK^T / sqrt(d), softmax, dropout); flash is not offered because the fused kernel is modelled without dropout on the probabilities"
 train { use math }

@@ -8,7 +8,8 @@
 #
 # causal = false gives bidirectional attention (BERT, ViT, T5's encoder); window > 0 also
 # masks keys `window` or more positions back (Mistral's sliding window); dropout_p > 0
-# drops attention probabilities (GPT-2, BERT). The flash variant supports causal only.
+# drops attention probabilities (GPT-2, BERT). The flash variant takes causal and scale,
+# not a window or dropout.
 fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal = true, window = 0,
              dropout_p = 0, scale = true) -> [..., s, d]
 variant math {
