@@ -1,0 +1,204 @@
+"""LLaMA-2 and Mistral 7B v0.1 (Hugging Face LlamaForCausalLM, MistralForCausalLM).
+
+Per spec: the published parameter count at its preset, a hand-derived symbolic parameter
+formula (exact sympy equality), compilation and rendering under both activation
+conventions, the autograd activations derived by hand, and `verify` at small sizes with
+zero difference in every row, for every attention variant the spec supports (LLaMA: math
+and flash; Mistral: math, as its window rules out the fused kernel). Where torch's
+repeat_kv is a view (KV = H or KV = 1), verify matches every total and differs only in
+which op the saved K and V are attributed to; MQA under the fused kernel is a known gap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from memspec import compile_spec
+from memspec.errors import MemspecError
+from memspec.verify.compare import compare
+from memspec.verify.measure import measure_step
+from tests.conftest import SPECS
+
+
+def S(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True, positive=True)
+
+
+B, L, V, D, N, H, KV, F, W = map(S, ["B", "L", "V", "D", "N", "H", "KV", "F", "W"])
+
+LLAMA, MISTRAL = "llama.mspec", "mistral.mspec"
+
+# --- published parameter counts ---------------------------------------------------------
+
+PUBLISHED = [
+    # sum(p.numel() for p in model.parameters()) of meta-llama/Llama-2-*-hf.
+    (LLAMA, "llama2_7b", 6_738_415_616),
+    (LLAMA, "llama2_13b", 13_015_864_320),
+    (LLAMA, "llama2_70b", 68_976_648_192),
+    # The same for mistralai/Mistral-7B-v0.1.
+    (MISTRAL, "mistral_7b", 7_241_732_096),
+]
+
+
+@pytest.mark.parametrize(("spec", "preset", "count"), PUBLISHED)
+def test_published_parameter_count(spec, preset, count):
+    result = compile_spec(SPECS / spec, preset=preset)
+    assert result.value(result.categories["parameters"].elements) == count
+    assert result.expects and all(e.holds for e in result.expects)
+
+
+# --- hand-derived symbolic parameter formulas -------------------------------------------
+
+# embed_tokens and lm_head (VD each), model.norm (D); per layer q_proj and o_proj (D^2
+# each), k_proj and v_proj (D x KV*D/H each), gate/up/down_proj (DF each), two RMSNorms.
+DECODER = 2 * V * D + D + N * (2 * D**2 + 2 * D * KV * D / H + 3 * D * F + 2 * D)
+
+
+@pytest.mark.parametrize("spec", [LLAMA, MISTRAL])
+def test_symbolic_parameter_formula(spec):
+    result = compile_spec(SPECS / spec)
+    got = result.resolve(result.categories["parameters"].elements)
+    # LLaMA's F has a default (Meta's rule), substituted on both sides; Mistral's has none.
+    assert sp.expand(got - result.resolve(DECODER)) == 0
+    if spec == MISTRAL:
+        assert got.free_symbols == {V, D, N, H, KV, F}
+
+
+def test_llama_d_ff_follows_metas_rule():
+    result = compile_spec(SPECS / LLAMA)
+    (dff,) = [d for d in result.symbols.ordered() if d.long_name == "d_ff"]
+    # hidden = int(2 * 4D / 3), rounded up to a multiple of 256.
+    assert dff.default.xreplace({D: 4096}) == 11_008  # Llama-2-7b
+    assert dff.default.xreplace({D: 5120}) == 13_824  # Llama-2-13b
+    # 7B and 13B without binding F: the default gives the published counts.
+    for dims, count in [
+        ({"D": 4096, "N": 32, "H": 32, "KV": 32}, 6_738_415_616),
+        ({"D": 5120, "N": 40, "H": 40, "KV": 40}, 13_015_864_320),
+    ]:
+        result = compile_spec(SPECS / LLAMA, set={"V": 32_000, **dims})
+        assert result.value(result.categories["parameters"].elements) == count
+
+
+def test_gqa_shrinks_the_kv_projections_but_not_the_saved_keys():
+    result = compile_spec(SPECS / MISTRAL, preset="mistral_7b", set={"B": 1}, convention="autograd")
+    params = {i.path: i for i in result.categories["parameters"].items}
+    for name, rows in [("q_proj", 4096), ("k_proj", 1024), ("v_proj", 1024), ("o_proj", 4096)]:
+        item = params[f"model.layers.self_attn.{name}.weight"]
+        assert tuple(result.value(s) for s in item.shape) == (rows, 4096)
+    # repeat_kv copies K and V to all 32 heads; the score and value products save the copies.
+    acts = {i.path: i for i in result.categories["activations"].items}
+    for name in ("k_rep", "v_rep"):
+        item = acts[f"model.layers.self_attn.{name}"]
+        assert tuple(result.value(s) for s in item.shape) == (1, 32, 8192, 128)
+
+
+# --- both conventions, both renderers ---------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [LLAMA, MISTRAL])
+@pytest.mark.parametrize("convention", ["course", "autograd"])
+def test_compiles_and_renders(spec, convention):
+    result = compile_spec(SPECS / spec, convention=convention)
+    assert result.config.convention.name == convention
+    assert result.to_markdown().startswith("# Training memory of")
+    assert "\\begin{document}" in result.to_latex()
+    assert all(e.holds for e in result.expects)
+
+
+# --- activations by hand ----------------------------------------------------------------
+
+
+def _autograd_bytes(flash: bool) -> sp.Expr:
+    """fp32 bytes autograd saves, counted tensor by tensor.
+
+    Per layer: the layer input, x * rsqrt and the output of input_layernorm; RoPE'd q,
+    the expanded k and v; the merged heads (o_proj's input); the mid-block residual,
+    x * rsqrt and the output of post_attention_layernorm: 10 [B, L, D]; two rsqrt
+    [B, L, 1]; gate_proj, up_proj, silu and their product: 4 [B, L, F]. Math adds the
+    probabilities [B, H, L, L] and the bool causal mask [L, L]; flash adds its output
+    [B, L, D] and logsumexp [B, H, L]. Outside: the last layer's output, x * rsqrt and
+    the output of model.norm, one rsqrt, the log-probabilities [B, L, V], the int64
+    tokens and targets, and nll_loss's float32 total_weight.
+    """
+    per_layer = 10 * B * L * D + 2 * B * L + 4 * B * L * F
+    per_layer += B * L * D + B * H * L if flash else B * H * L**2
+    outside = 4 * (3 * B * L * D + B * L + B * L * V) + 2 * 8 * B * L + 4
+    return N * (4 * per_layer + (0 if flash else L**2)) + outside
+
+
+@pytest.mark.parametrize(
+    ("spec", "variant"), [(LLAMA, "math"), (LLAMA, "flash"), (MISTRAL, "math")]
+)
+def test_autograd_activations_by_hand(spec, variant):
+    result = compile_spec(SPECS / spec, convention="autograd", use=[variant])
+    got = result.resolve(result.categories["activations"].bytes)
+    assert sp.expand(got - result.resolve(_autograd_bytes(variant == "flash"))) == 0
+
+
+def test_the_window_changes_no_memory():
+    """The sliding window is a mask: at equal sizes every category equals LLaMA's."""
+    sizes = {"B": 1, "L": 8192, "V": 32_000, "D": 4096, "N": 32, "H": 32, "KV": 8, "F": 14_336}
+    for convention in ("course", "autograd"):
+        mistral = compile_spec(SPECS / MISTRAL, set={**sizes, "W": 4096}, convention=convention)
+        llama = compile_spec(SPECS / LLAMA, set=sizes, convention=convention)
+        for name, category in mistral.categories.items():
+            assert W not in category.bytes.free_symbols
+            assert mistral.value(category.bytes) == llama.value(llama.categories[name].bytes)
+
+
+def test_mistral_refuses_the_fused_kernel():
+    # memspec's flash_attention models torch's fused kernel, which takes no window.
+    with pytest.raises(MemspecError, match="without window"):
+        compile_spec(SPECS / MISTRAL, use=["flash"])
+
+
+# --- verify at small sizes --------------------------------------------------------------
+
+TINY = {"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "F": 24}
+SMALL = [
+    # GQA: KV = 2 of H = 4 heads, so repeat_kv really copies.
+    *((LLAMA, {**TINY, "KV": 2}, [v]) for v in ("math", "flash")),
+    # MHA (Llama-2-7B's KV = H) under the fused kernel, which saves K and V as given.
+    (LLAMA, {**TINY, "KV": 4}, ["flash"]),
+    # A window of 3 over 8 positions, so the mask differs from plain causal.
+    (MISTRAL, {**TINY, "KV": 2, "W": 3}, ["math"]),
+]
+
+
+def _mismatches(result):
+    tables = compare(result, measure_step(result))
+    assert all(t.measured > 0 for t in tables)  # buffers too: the rotary tables
+    return tables, [(t.category, r) for t in tables for r in t.rows if r.difference]
+
+
+@pytest.mark.parametrize(("spec", "sizes", "use"), SMALL)
+def test_verify_at_small_sizes(spec, sizes, use):
+    result = compile_spec(SPECS / spec, convention="autograd", set=sizes, use=use)
+    assert _mismatches(result)[1] == []
+
+
+VIEWS = [
+    (LLAMA, {**TINY, "KV": 4}),  # MHA: H / KV = 1
+    (LLAMA, {**TINY, "KV": 1}),  # MQA: one K/V head
+    (MISTRAL, {**TINY, "KV": 1, "W": 1}),
+]
+
+
+@pytest.mark.parametrize(("spec", "sizes"), VIEWS)
+def test_verify_when_repeat_kv_is_a_view(spec, sizes):
+    """With H / KV = 1 or KV = 1, torch's repeat_kv is a view, not the copy memspec decides
+    on symbolic sizes; the math products then copy the strided K and V themselves. Every
+    total matches; only the attribution differs (k_rep, v_rep vs the products' internals).
+    """
+    result = compile_spec(SPECS / spec, convention="autograd", set=sizes, use=["math"])
+    tables, rows = _mismatches(result)
+    assert all(t.predicted == t.measured for t in tables)
+    predicted = {r.name: r.predicted for _, r in rows if r.measured is None}
+    measured = {r.name: r.measured for _, r in rows if r.predicted is None}
+    assert len(predicted) + len(measured) == len(rows)
+    assert set(predicted) <= {f"model.layers.self_attn.{n}" for n in ("k_rep", "v_rep")}
+    assert set(measured) <= {
+        f"model.layers.self_attn.{n} [internal]" for n in ("attention.scores", "o")
+    }
+    assert sum(predicted.values()) == sum(measured.values())
