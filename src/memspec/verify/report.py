@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memspec.compile import CompileResult
+from memspec.compile import CATEGORY_TITLES, CompileResult
 from memspec.symbolic.bind import format_bytes
 from memspec.verify.compare import Table
 from memspec.verify.measure import Measurement
@@ -10,13 +10,8 @@ from memspec.verify.peak import PeakMeasurement
 
 __all__ = ["render_verify"]
 
-_TITLES = {
-    "parameters": "Parameters",
-    "buffers": "Buffers",
-    "gradients": "Gradients",
-    "optimizer_state": "Optimizer state",
-    "activations": "Activations, autograd convention",
-}
+# verify measures activations under autograd only, so its title says so.
+_TITLES = {**CATEGORY_TITLES, "activations": "Activations, autograd convention"}
 
 
 def _cell(value: int | None) -> str:
