@@ -8,18 +8,35 @@ precision fp32       { param float32; grad float32; state float32; activation fl
 precision mixed_bf16 { param bfloat16; master float32; grad float32; state float32; activation bfloat16 }
 precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation bfloat16 }
 
-# Per-parameter state, named as in torch.optim's state dicts.
+# Per-parameter state, named as in torch.optim's state dicts. `temp IMPL: K like param`:
+# the step of implementation IMPL (torch.optim's foreach/fused flags) holds K temporaries
+# shaped like a parameter at once: of the parameter being updated (for_loop), or of every
+# parameter (foreach); fused kernels hold none. `flops K per element`: the step's
+# elementwise arithmetic per parameter element, one FLOP per operation (torch 2.13's
+# torch/optim/adam.py, _single_tensor_adam and _multi_tensor_adam).
 optimizer adamw "AdamW: first and second moments per parameter" {
     state exp_avg: like param
     state exp_avg_sq: like param
+    temp for_loop: 2 like param     # exp_avg_sq.sqrt(), then its quotient by sqrt(1 - beta2^t)
+    temp foreach: 1 like param      # _foreach_sqrt(exp_avg_sqs), then divided in place
+    # decay p *= 1 - lr*wd (1); exp_avg.lerp_(g, 1 - beta1) (3); exp_avg_sq *= beta2 (1);
+    # += (1 - beta2) g*g (3); sqrt (1); / sqrt(bias correction) (1); + eps (1);
+    # p -= step_size * exp_avg / denom (3)
+    flops 14 per element
 }
-optimizer adam "Adam: first and second moments per parameter" {
+optimizer adam "Adam: first and second moments per parameter (weight_decay 0)" {
     state exp_avg: like param
     state exp_avg_sq: like param
+    temp for_loop: 2 like param
+    temp foreach: 1 like param
+    flops 13 per element            # AdamW's, without the decoupled decay
 }
-optimizer sgd "SGD without momentum: no state" { }
+optimizer sgd "SGD without momentum: no state" {
+    flops 2 per element             # p -= lr * g
+}
 optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
     state momentum_buffer: like param
+    flops 5 per element             # buf = momentum*buf + g (3); p -= lr * buf (2)
 }
 
 # Which tensors count as activations.

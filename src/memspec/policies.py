@@ -14,6 +14,7 @@ from memspec.ir.types import DType
 from memspec.syntax import nodes as n
 
 __all__ = [
+    "IMPLEMENTATIONS",
     "Convention",
     "Optimizer",
     "Precision",
@@ -49,13 +50,31 @@ class Precision:
         return "; ".join(parts)
 
 
+# How torch.optim runs a step (its `foreach`/`fused` flags): which tensors exist at once.
+IMPLEMENTATIONS = {
+    "for_loop": "one parameter at a time (torch's default on the CPU)",
+    "foreach": "every parameter at once, with torch._foreach_* ops (torch's default on CUDA)",
+    "fused": "one fused kernel per group, without temporaries",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Optimizer:
-    """Per-parameter state tensors, each shaped like the parameter."""
+    """Per-parameter state tensors, each shaped like the parameter; what a step costs.
+
+    `temps[impl]` is how many parameter-sized temporaries the step holds at once: of the
+    parameter being updated for `for_loop`, of every parameter for `foreach`.
+    `flops_per_element` counts the step's elementwise arithmetic, one FLOP per operation.
+    """
 
     name: str
     description: str
     states: tuple[str, ...]
+    temps: tuple[tuple[str, int], ...] = ()
+    flops_per_element: int | None = None
+
+    def temps_of(self, implementation: str) -> int:
+        return dict(self.temps).get(implementation, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +136,31 @@ def read_optimizer(decl: n.DeclOptimizer) -> Optimizer:
     for _state, like, span in decl.states:
         if like != "param":
             raise SpecValueError(f"optimizer state can only be 'like param', not {like!r}", span)
-    return Optimizer(decl.name, decl.description, tuple(s for s, _, _ in decl.states))
+    temps = []
+    for impl, count, like, span in decl.temps:
+        if impl not in IMPLEMENTATIONS:
+            raise SpecValueError(
+                f"unknown optimizer implementation {impl!r}; expected one of "
+                f"{', '.join(IMPLEMENTATIONS)}",
+                span,
+            )
+        if like != "param":
+            raise SpecValueError(f"step temporaries can only be 'like param', not {like!r}", span)
+        temps.append((impl, count))
+    flops = None
+    for count, unit, span in decl.flops:
+        if unit != "element":
+            raise SpecValueError(f"optimizer flops are counted 'per element', not {unit!r}", span)
+        if flops is not None:
+            raise SpecValueError(f"optimizer {decl.name} gives its flops twice", span)
+        flops = count
+    return Optimizer(
+        decl.name,
+        decl.description,
+        tuple(s for s, _, _ in decl.states),
+        tuple(temps),
+        flops,
+    )
 
 
 def read_convention(decl: n.DeclConvention) -> Convention:

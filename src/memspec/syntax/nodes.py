@@ -338,6 +338,9 @@ class DeclOptimizer:
     name: str
     description: str
     states: tuple[tuple[str, str, Span | None], ...]  # (state name, "like" target)
+    # (implementation, count, "like" target): tensors a step holds at once besides state
+    temps: tuple[tuple[str, int, str, Span | None], ...] = ()
+    flops: tuple[tuple[int, str, Span | None], ...] = ()  # (count, "element")
     span: Span | None = span_field()
 
 

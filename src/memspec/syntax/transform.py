@@ -133,10 +133,21 @@ class ToAst(Transformer_NonRecursive):
     def decl_optimizer(self, meta, children):
         name, *rest = children
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
-        return n.DeclOptimizer(str(name), description, tuple(rest), span=self.span(meta))
+        states = tuple(item[1:] for item in rest if item[0] == "state")
+        temps = tuple(item[1:] for item in rest if item[0] == "temp")
+        flops = tuple(item[1:] for item in rest if item[0] == "flops")
+        return n.DeclOptimizer(str(name), description, states, temps, flops, span=self.span(meta))
 
     def optimizer_state(self, meta, children):
-        return (str(children[0]), str(children[1]), self.span(meta))
+        return ("state", str(children[0]), str(children[1]), self.span(meta))
+
+    def optimizer_temp(self, meta, children):
+        impl, count, like = children
+        return ("temp", str(impl), self._int(count), str(like), self.span(meta))
+
+    def optimizer_flops(self, meta, children):
+        count, unit = children
+        return ("flops", self._int(count), str(unit), self.span(meta))
 
     def decl_convention(self, meta, children):
         name, *rest = children
@@ -259,12 +270,16 @@ class ToAst(Transformer_NonRecursive):
         return n.ExprAttr(children[0], str(children[1]), span=self.span(meta))
 
     def expr_int(self, meta, children):
-        digits = str(children[0]).replace("_", "")
+        return n.ExprInt(self._int(children[0]), span=self.span(meta))
+
+    def _int(self, token: Token) -> int:
+        digits = str(token).replace("_", "")
         if len(digits) > MAX_LITERAL_DIGITS:
             raise SpecValueError(
-                f"number literal too long (over {MAX_LITERAL_DIGITS} digits)", self.span(meta)
+                f"number literal too long (over {MAX_LITERAL_DIGITS} digits)",
+                self.token_span(token),
             )
-        return n.ExprInt(int(digits), span=self.span(meta))
+        return int(digits)
 
     def expr_float(self, meta, children):
         text = str(children[0]).replace("_", "")
