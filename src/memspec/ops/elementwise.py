@@ -18,6 +18,7 @@ from memspec.ops.registry import (
     register,
     same_dim,
     saved_if,
+    through_if_same_shape,
     torch_functional,
 )
 
@@ -133,8 +134,27 @@ def _f(name: str):
     return lambda tensors, attrs: getattr(torch_functional()[1], name)(*tensors)
 
 
-register(OpDef("add", "a + b, broadcasting", ("a", "b"), _binary, lower=lambda t, a: t[0] + t[1]))
-register(OpDef("sub", "a - b, broadcasting", ("a", "b"), _binary, lower=lambda t, a: t[0] - t[1]))
+register(
+    OpDef(
+        "add",
+        "a + b, broadcasting",
+        ("a", "b"),
+        _binary,
+        lower=lambda t, a: t[0] + t[1],
+        grads=through_if_same_shape,
+    )
+)
+register(
+    OpDef(
+        "sub",
+        "a - b, broadcasting",
+        ("a", "b"),
+        _binary,
+        lower=lambda t, a: t[0] - t[1],
+        # the gradient of b is negated: a new tensor
+        grads=lambda op, graph: (through_if_same_shape(op, graph)[0], "new"),
+    )
+)
 register(
     OpDef(
         "mul",
@@ -173,6 +193,7 @@ register(
         _unary,
         attrs=(("offset", 0),),
         lower=lambda t, a: t[0] + a["offset"],
+        grads=lambda op, graph: ("through",),
     )
 )
 register(OpDef("neg", "-x", ("x",), _unary, lower=lambda t, a: -t[0]))

@@ -29,6 +29,7 @@ __all__ = [
     "register",
     "same_dim",
     "saved_if",
+    "through_if_same_shape",
     "torch_functional",
 ]
 
@@ -123,6 +124,9 @@ SavedRule = Callable[[OpApply, Graph], tuple[Saved, ...]]
 # Python number; imports torch itself, so that memspec never imports it unless asked to.
 Lowering = Callable[[tuple, dict], object]
 FlopRule = Callable[[OpApply, Graph], sp.Expr]
+# How backward makes each input's gradient: "new" (a fresh tensor shaped like the input)
+# or "through" (the output's gradient itself or a view of it, no new memory).
+GradRule = Callable[[OpApply, Graph], tuple[str, ...]]
 
 
 def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -147,6 +151,13 @@ class OpDef:
     # Forward FLOPs of the matrix products inside the op (2 per multiply-add); None for
     # ops with none. Backward costs one forward per product operand that needs a gradient.
     flops: FlopRule | None = None
+    # None: every input that requires grad gets a new gradient tensor (most formulas).
+    grads: GradRule | None = None
+
+    def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[str, ...]:
+        if self.grads is None:
+            return ("new",) * len(op.inputs)
+        return self.grads(op, graph)
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -162,6 +173,19 @@ def register(op: OpDef) -> OpDef:
 
 def lookup(name: str) -> OpDef | None:
     return REGISTRY.get(name)
+
+
+def through_if_same_shape(op: OpApply, graph: Graph) -> tuple[str, ...]:
+    """add's backward hands its output's gradient to each input of the output's shape;
+    a broadcast input gets a new, summed gradient."""
+    out = graph.value(op.outputs[0]).shape
+    return tuple(
+        "through"
+        if len(graph.value(v).shape) == len(out)
+        and all(same_dim(a, b) for a, b in zip(graph.value(v).shape, out, strict=True))
+        else "new"
+        for v in op.inputs
+    )
 
 
 def saved_if(graph: Graph, op: OpApply, index: int, needed_by: tuple[int, ...], label: str):

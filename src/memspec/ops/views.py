@@ -14,6 +14,7 @@ from functools import reduce
 
 import sympy as sp
 
+from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.registry import (
@@ -208,6 +209,14 @@ def _cat_lower(tensors, attrs):
     return torch.cat(tensors, dim=attrs["dim"])
 
 
+def _rearrange_grads(op: OpApply, graph: Graph) -> tuple[str, ...]:
+    """Backward reshapes the output's (contiguous) gradient back to the input's shape: a
+    view, unless the forward was a permuted view, whose inverse must copy."""
+    out = graph.value(op.outputs[0])
+    permuted_view = out.storage != out.id and not out.contiguous
+    return ("new",) if permuted_view else ("through",)
+
+
 register(
     OpDef(
         "rearrange",
@@ -216,6 +225,7 @@ register(
         lambda ctx: _shape_op(ctx, repeat=False),
         attrs=(("pattern", None), ("axes", ())),
         lower=_shape_op_lower,
+        grads=_rearrange_grads,
     )
 )
 register(
@@ -256,5 +266,6 @@ register(
         _cat_infer,
         attrs=(("dim", -1),),
         lower=_cat_lower,
+        grads=lambda op, graph: ("through",) * len(op.inputs),  # narrowed views of it
     )
 )
