@@ -22,7 +22,7 @@ def test_json_contract(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     doc = _json(capsys, "--convention", "course", *GPT2_XL)
     assert list(doc) == ["model", "spec", "convention", "optimizer", "precision", "symbols",
-                         "categories", "total", "assumptions", "flops", "values"]
+                         "categories", "total", "assumptions", "flops", "peak", "values"]
     assert list(doc["categories"]) == ["parameters", "gradients", "optimizer_state",
                                        "activations", "buffers"]
     assert doc["symbols"]["B"] == "batch_size"

@@ -14,6 +14,7 @@ from memspec.ir.graph import Graph
 from memspec.passes import run_pipeline
 from memspec.passes.activations import count_activations_under
 from memspec.passes.flops import FlopsResult, count_flops
+from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.results import CategoryResult
 from memspec.policies import Convention, read_convention
 from memspec.source import SourceFile
@@ -58,12 +59,14 @@ class CompileResult:
     notes: tuple[str, ...] = ()  # the spec's `assume "..."` statements
     flops: FlopsResult | None = None
     training: tuple[float, float, int] | None = None  # (peak FLOP/s, MFU, steps)
+    peak: PeakResult | None = None
+    peak_unavailable: str | None = None  # why there is no peak, if there is none
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""
         if self.training is None or self.flops is None:
             return None
-        per_step = self.value(self.flops.total)
+        per_step = self.value(self.flops.step)
         if per_step is None:
             return None
         peak, mfu, steps = self.training
@@ -157,14 +160,20 @@ def compile_spec(
     peak_flops: float | None = None,
     mfu: float = 0.5,
     steps: int | None = None,
+    step: StepOptions | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
     `set` binds symbols to integers (`{"B": 4}` or `["B=4"]`, symbols or long names) and
     wins over `preset`. With `peak_flops` (FLOP/s of the accelerator) and `steps`, the
-    report also gives the training time at model FLOPs utilization `mfu`. Raises
+    report also gives the training time at model FLOPs utilization `mfu`. `step` sets
+    the training loop whose true peak is modelled (`StepOptions()`: steady state,
+    `zero_grad(set_to_none=True)`, no accumulation, for-loop optimizer). Raises
     `MemspecError` for any problem with the input.
     """
+    step = step or StepOptions()
+    if step.grad_accum < 1:
+        raise UsageError("--grad-accum must be at least 1")
     training = None
     if peak_flops is not None or steps is not None:
         if peak_flops is None or steps is None or peak_flops <= 0 or steps <= 0 or not 0 < mfu <= 1:
@@ -185,6 +194,18 @@ def compile_spec(
         name: count_activations_under(elab.graph, policy) for name, policy in policies.items()
     }
     expects = _check_expects(program, symbols, elab, categories)
+    peak, unavailable = None, None
+    try:
+        peak = peak_memory(
+            elab.graph,
+            config,
+            categories,
+            step,
+            bindings,
+            lambda e: sp.expand(bind.resolve_defaults(e, symbols, bindings)),
+        )
+    except PeakUnavailable as err:
+        unavailable = str(err)
     return CompileResult(
         source.name,
         elab.graph.model,
@@ -199,8 +220,10 @@ def compile_spec(
         elab.variants_used,
         expects,
         tuple(a.text for a in program.assumes),
-        count_flops(elab.graph, config),
+        count_flops(elab.graph, config, categories["parameters"].elements),
         training,
+        peak,
+        unavailable,
     )
 
 

@@ -2,7 +2,9 @@
 
 Each primitive's FLOP rule counts its products at 2 FLOPs per multiply-add (`linear`,
 `matmul`, `einsum`, `conv2d`, fused attention); elementwise work is not counted, as in
-the 6 * parameters * tokens rule and torch's FlopCounterMode. Backward runs one product
+the 6 * parameters * tokens rule and torch's FlopCounterMode. The optimizer's step is
+counted apart: its elementwise FLOPs per parameter element are declared with the
+optimizer (`flops 14 per element` for AdamW in `std/train.mspec`). Backward runs one product
 of the forward's size per operand that needs a gradient (two for a hidden linear, one
 for a linear whose input is data).
 
@@ -41,6 +43,18 @@ class FlopItem:
 @dataclass(frozen=True)
 class FlopsResult:
     items: tuple[FlopItem, ...]
+    # the optimizer's step: `per_element` FLOPs on each of `parameters` elements
+    per_element: int | None = None
+    parameters: sp.Expr = sp.Integer(0)
+
+    @property
+    def optimizer(self) -> sp.Expr:
+        return sp.expand((self.per_element or 0) * self.parameters)
+
+    @property
+    def step(self) -> sp.Expr:
+        """Forward, backward and the optimizer's step."""
+        return sp.expand(self.total + self.optimizer)
 
     def _total(self, part: str) -> sp.Expr:
         return sp.expand(
@@ -78,8 +92,9 @@ def _backward_factor(graph: Graph, op) -> int:
     return sum(1 for vid in op.inputs[:2] if graph.value(vid).requires_grad)
 
 
-def count_flops(graph: Graph, config: TrainConfig) -> FlopsResult:
-    """One item per op that multiplies matrices, in execution order."""
+def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Zero) -> FlopsResult:
+    """One item per op that multiplies matrices, in execution order; and the optimizer's
+    step on `parameters` elements, at its declared FLOPs per element."""
     items = []
     for op in graph.ops:
         rule = lookup(op.op).flops
@@ -95,4 +110,4 @@ def count_flops(graph: Graph, config: TrainConfig) -> FlopsResult:
                 regions_of(graph, op.region),
             )
         )
-    return FlopsResult(tuple(items))
+    return FlopsResult(tuple(items), config.optimizer.flops_per_element, parameters)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.compile import CATEGORY_TITLES, CompileResult
+from memspec.passes.peak import CATEGORIES as PEAK_CATEGORIES
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.report.model import (
     Comparison,
@@ -16,6 +17,9 @@ from memspec.report.model import (
     FlopRow,
     Flops,
     Group,
+    Peak,
+    PeakMoment,
+    PeakRow,
     Report,
     Row,
     Section,
@@ -145,14 +149,18 @@ def _flops(result: CompileResult) -> Flops:
     )
     values = tuple(_value(result, getattr(f, k)) for k in ("forward", "backward", "total"))
     shown = None if None in values else tuple(f"{v:,}" for v in values)
+    step_value = _value(result, f.step)
     training = None
     seconds = result.training_seconds()
     if seconds is not None:
         peak, mfu, steps = result.training
         training = (
-            f"{steps:,} steps x {values[2]:,} FLOPs / ({mfu:g} MFU x {peak:.4g} FLOP/s)"
+            f"{steps:,} steps x {step_value:,} FLOPs / ({mfu:g} MFU x {peak:.4g} FLOP/s)"
             f" = {seconds:,.0f} s = {seconds / 3600:,.1f} h = {seconds / 86400:,.2f} days"
         )
+    rule = None
+    if f.per_element is not None:
+        rule = f"{f.per_element} FLOPs per parameter element ({result.config.optimizer.name})"
     return Flops(
         rows,
         latex(_structure(result, f.structured())),
@@ -161,7 +169,108 @@ def _flops(result: CompileResult) -> Flops:
         latex(result.resolve(f.total)),
         shown,
         training,
+        latex(result.resolve(f.optimizer)) if rule else None,
+        rule,
+        latex(result.resolve(f.step)),
+        f"{step_value:,}" if step_value is not None else None,
     )
+
+
+_WHY = {
+    "parameters": "allocated through the whole step",
+    "buffers": "allocated through the whole step",
+}
+
+
+def _peak(result: CompileResult) -> Peak:
+    peak = result.peak
+    if peak is None:
+        return Peak("", None, (), "", "", None, None, None, (), 0, (), result.peak_unavailable)
+    options = peak.options
+    winner = peak.winner(result.value) if result.bindings or len(peak.candidates) == 1 else None
+    summed = {k: c.bytes for k, c in result.categories.items()}
+    why = dict(_WHY)
+    if options.set_to_none and options.grad_accum == 1:
+        why["gradients"] = (
+            "zero_grad(set_to_none=True) freed them before the forward; backward makes "
+            "them one op at a time, in reverse"
+        )
+    else:
+        why["gradients"] = "allocated through the forward (kept by zero_grad or accumulation)"
+    why["optimizer_state"] = (
+        "none before the first step() creates it, plus the step's temporaries"
+        if options.first_step
+        else "allocated from the first step on, plus the step's temporaries while it runs"
+    )
+    why["activations"] = (
+        f"the sum counts the `{result.config.convention.name}` convention; at the peak: "
+        "what autograd saved and backward has not yet freed, the batch and the loss"
+    )
+    why["temporaries"] = (
+        "gradients of activations, and of parameters not yet accumulated, at that moment"
+    )
+    titles = {**CATEGORY_TITLES, "temporaries": "Temporaries"}
+    rows = []
+    for key in PEAK_CATEGORIES:
+        s = summed.get(key)
+        at = winner.part(key) if winner else None
+        rows.append(
+            PeakRow(
+                titles[key],
+                latex(result.resolve(s)) if s is not None else "",
+                latex(at) if at is not None else "",
+                _human(result, s) if s is not None else None,
+                _human(result, at) if at is not None else None,
+                why[key],
+            )
+        )
+    total_sum = result.total_bytes
+    value_sum = _value(result, total_sum)
+    value_peak = _value(result, peak.bytes)
+    gap = None
+    if value_sum is not None and value_peak is not None:
+        difference = value_sum - value_peak
+        word = "more" if difference >= 0 else "less"
+        gap = (
+            f"the textbook sum is {format_bytes(abs(difference))} {word} than the true peak "
+            f"({100 * difference / value_peak:+.1f}%)"
+        )
+    ordered = list(peak.candidates)
+    if result.bindings and all(_value(result, c.bytes) is not None for c in ordered):
+        ordered.sort(key=lambda c: -_value(result, c.bytes))
+    shown = ordered[:PEAK_MOMENTS]
+    moments = tuple(
+        PeakMoment(
+            c.label(),
+            latex(c.bytes),
+            _human(result, c.bytes),
+        )
+        for c in shown
+    )
+    return Peak(
+        options.describe(),
+        winner.label() if winner else None,
+        tuple(rows),
+        latex(result.resolve(total_sum)),
+        latex(winner.bytes) if winner else "",
+        _human(result, total_sum),
+        _human(result, winner.bytes) if winner else None,
+        gap,
+        moments,
+        len(ordered) - len(shown),
+        peak.assumptions,
+        None,
+    )
+
+
+PEAK_MOMENTS = 12  # moments a report lists; JSON lists them all
+
+
+def _human(result: CompileResult, expr: sp.Expr) -> str | None:
+    value = _value(result, expr)
+    if value is None:
+        return None
+    return f"{value:,} bytes" + (f" = {format_bytes(value)}" if value >= 1024 else "")
 
 
 def _symbols(result: CompileResult) -> tuple[SymbolRow, ...]:
@@ -208,6 +317,7 @@ def build_report(result: CompileResult) -> Report:
         sections=tuple(_section(result, k, c) for k, c in categories.items()),
         comparison=_comparison(result),
         flops=_flops(result),
+        peak=_peak(result),
     )
 
 

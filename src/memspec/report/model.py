@@ -14,6 +14,9 @@ __all__ = [
     "FlopRow",
     "Flops",
     "Group",
+    "Peak",
+    "PeakMoment",
+    "PeakRow",
     "Report",
     "Row",
     "Section",
@@ -113,6 +116,47 @@ class Flops:
     total: str
     values: tuple[str, str, str] | None  # forward, backward, total, formatted
     training: str | None
+    optimizer: str | None = None  # the optimizer step's FLOPs, as math
+    optimizer_rule: str | None = None  # how many per element, in words
+    step: str | None = None  # forward + backward + optimizer, as math
+    step_value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeakRow:
+    """One category: the textbook sum's term, the peak's, and why they differ."""
+
+    title: str
+    summed: str  # math; "" for a category the sum has none of (temporaries)
+    at_peak: str  # math, or "" when the peak's moment depends on the sizes
+    value_summed: str | None
+    value_at_peak: str | None
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeakMoment:
+    label: str
+    bytes: str  # math
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Peak:
+    """The true peak of a training step beside the textbook sum."""
+
+    options: str
+    moment: str | None  # where the step peaks, when known
+    rows: tuple[PeakRow, ...]
+    total_summed: str
+    total_at_peak: str
+    value_summed: str | None
+    value_at_peak: str | None
+    gap: str | None  # the sum minus the peak, in words, with the values
+    moments: tuple[PeakMoment, ...]  # the candidates, largest first
+    more: int  # candidates not listed
+    assumptions: tuple[str, ...]
+    unavailable: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +181,4 @@ class Report:
     sections: tuple[Section, ...]
     comparison: Comparison
     flops: Flops
+    peak: Peak

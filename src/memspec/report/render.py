@@ -112,6 +112,36 @@ def _items(result: CompileResult, category) -> list[dict]:
     ]
 
 
+def _peak_json(result: CompileResult) -> dict | None:
+    """The true peak: its bytes (a Max over the moments that can be largest), and the
+    moment and breakdown where the sizes decide it (every symbol bound, or one moment)."""
+    peak = result.peak
+    if peak is None:
+        return {"unavailable": result.peak_unavailable}
+    options = peak.options
+    winner = peak.winner(result.value)
+
+    def breakdown(candidate) -> dict:
+        return {k: text(e) for k, e in candidate.breakdown}
+
+    return {
+        "bytes": text(peak.bytes),
+        "phase": winner.label() if winner else None,
+        "breakdown": breakdown(winner) if winner else None,
+        "step": {
+            "first_step": options.first_step,
+            "set_to_none": options.set_to_none,
+            "grad_accum": options.grad_accum,
+            "optimizer_impl": options.optimizer_impl,
+        },
+        "candidates": [
+            {"phase": c.label(), "bytes": text(c.bytes), "breakdown": breakdown(c)}
+            for c in peak.candidates
+        ],
+        "assumptions": list(peak.assumptions),
+    }
+
+
 def render_json(result: CompileResult) -> str:
     """The JSON contract of DESIGN.md, keys in its order."""
     categories = {
@@ -140,6 +170,8 @@ def render_json(result: CompileResult) -> str:
             "forward": text(result.resolve(result.flops.forward)),
             "backward": text(result.resolve(result.flops.backward)),
             "total": text(result.resolve(result.flops.total)),
+            "optimizer": text(result.resolve(result.flops.optimizer)),
+            "step": text(result.resolve(result.flops.step)),
             "items": [
                 {
                     "name": i.path,
@@ -151,6 +183,7 @@ def render_json(result: CompileResult) -> str:
                 for i in result.flops.items
             ],
         },
+        "peak": _peak_json(result),
     }
     if result.bindings:
         values = {}
@@ -161,11 +194,14 @@ def render_json(result: CompileResult) -> str:
             if e is not None and b is not None:
                 values[name] = {"elements": e, "bytes": b}
         flops = {
-            k: result.value(getattr(result.flops, k)) for k in ("forward", "backward", "total")
+            k: result.value(getattr(result.flops, k))
+            for k in ("forward", "backward", "total", "optimizer", "step")
         }
         if None not in flops.values():
             values["flops"] = flops
         if result.training_seconds() is not None:
             values["training_seconds"] = result.training_seconds()
+        if result.peak is not None and result.value(result.peak.bytes) is not None:
+            values["peak"] = result.value(result.peak.bytes)
         doc["values"] = values
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
