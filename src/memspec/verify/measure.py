@@ -43,14 +43,20 @@ def internal_key(op: OpApply) -> str:
     return f"{op.path} [internal]"
 
 
-def _optimizer(name: str, params):
+def _optimizer(name: str, params, implementation: str = "for_loop"):
+    """The torch optimizer of a policy, run the way `implementation` names."""
+    flags = {
+        "for_loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+    }[implementation]
     if name in ("adamw", "adam"):
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return cls(params, lr=1e-3, foreach=False)
+        return cls(params, lr=1e-3, **flags)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3)
+        return torch.optim.SGD(params, lr=1e-3, **flags)
     if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=False)
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, **flags)
     raise NotImplementedError(f"verify has no PyTorch optimizer for policy {name!r}")
 
 
