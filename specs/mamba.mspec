@@ -90,7 +90,7 @@ assume "vocab padded up to a multiple of 8 (pad_vocab_size_multiple, mamba_ssm's
 assume "dt_rank R = ceil(D / 16) (time_step_rank auto) unless set; inner width E*D with E = expand"
 assume "no biases except conv1d's and dt_proj's (use_bias = false, use_conv_bias = true); RMSNorm weight only, eps 1e-5"
 assume "scan variant slow = HF MambaMixer.slow_forward with use_mambapy = false (the path without the CUDA kernels): dA and dB*u [B, E*D, L, S] materialized, L + 1 states [B, E*D, S] kept by the Python loop"
-assume "scan variant fused = mamba_ssm selective_scan_fn (CUDA, z given, delta_softplus): inputs, fp32 checkpoints [B, E*D, ceil(L/2048), 2S] and the un-gated output; conv, projections and gate stay as in the slow path; not verifiable on the CPU"
+assume "scan variant fused = mamba_ssm selective_scan_fn (CUDA, z given, delta_softplus): inputs (contiguous copies of the strided B, C and z), fp32 checkpoints [B, E*D, ceil(L/2048), 2S] and the un-gated output; the conv stays torch's conv1d + SiLU (HF would call causal_conv1d_fn, which keeps no [B, E*D, L + K - 1] output) and the projections stay as in the slow path; not verifiable on the CPU (memspec verify refuses it)"
 assume "HF's CUDA training path calls mamba_inner_fn instead, which also fuses the conv and the projections and recomputes the conv output and delta in backward: not modelled"
 assume "fp32 throughout (residual_in_fp32 is then a no-op); no dropout; targets are the next tokens, given pre-shifted"
 
