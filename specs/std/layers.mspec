@@ -57,6 +57,19 @@ layer Conv2d(in_channels, out_channels, kernel_size, stride = 1, padding = 0, bi
     }
 }
 
+# torch.nn.Conv1d over [batch, channels, length]; groups = channels makes it depthwise
+# (Mamba's causal conv: padding = kernel_size - 1, the caller keeps the first L outputs).
+layer Conv1d(in_channels, out_channels, kernel_size, stride = 1, padding = 0, bias = true,
+             groups = 1) {
+    let has_bias = bias
+    param weight: [out_channels, in_channels / groups, kernel_size]
+    if has_bias { param bias: [out_channels] }
+    forward(x: [b, in_channels, l]) {
+        if has_bias { return conv1d(x, weight, bias, stride, padding, groups) }
+        return conv1d(x, weight, stride, padding, groups)
+    }
+}
+
 # Training-mode BatchNorm: gamma and beta are trained; the running statistics and the
 # step counter are buffers, updated in place (no new memory).
 layer BatchNorm2d(num_features, eps = 1e-5, momentum = 0.1) {

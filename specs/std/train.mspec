@@ -44,9 +44,10 @@ optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
 # the Q/K/V and output projections, Q^T K, softmax, the weighted sum of values, W1, SiLU,
 # W2, the output embedding and cross-entropy's log-probabilities. The same rule is
 # extended to the analogous components of other architectures (LayerNorm, GELU, ReLU,
-# fused attention, convolutions, BatchNorm, max-pooling).
+# fused attention, convolutions, BatchNorm, max-pooling; Mamba's softplus and its
+# selective scan, whose output plays the part of attention's weighted sum).
 convention course "CS336 A1 AdamW accounting: the outputs of the listed components" {
-    count output of RMSNorm, LayerNorm, Linear, linear, einsum, matmul, softmax, silu, gelu, relu, log_softmax, flash_attention, Conv2d, conv2d, BatchNorm2d, batch_norm, relu_, max_pool2d
+    count output of RMSNorm, LayerNorm, Linear, linear, einsum, matmul, softmax, silu, gelu, relu, log_softmax, flash_attention, Conv2d, conv2d, BatchNorm2d, batch_norm, relu_, max_pool2d, Conv1d, conv1d, softplus, selective_scan
 }
 # autograd: every tensor PyTorch's autograd saves for backward, each storage once.
 convention autograd "what PyTorch keeps for backward, each storage counted once" {

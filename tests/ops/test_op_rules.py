@@ -23,18 +23,36 @@ F32, I64 = DType.float32, DType.int64
 dims = st.integers(min_value=1, max_value=4)
 
 
-def run_op(name: str, inputs: list[tuple[tuple[int, ...], DType, str]], attrs: dict) -> None:
-    """inputs: (shape, dtype, role) with role 'grad' (requires grad), 'const' or 'buffer'."""
+def _strides(shape: tuple[int, ...], order: tuple[int, ...] | None):
+    """Strides of a tensor of `shape` whose dims are laid out in memory in `order`
+    (outermost first), as `torch.empty(shape[order]).permute(inverse)` has them."""
+    if order is None:
+        return None
+    strides, running = [0] * len(shape), 1
+    for dim in reversed(order):
+        strides[dim] = running
+        running *= shape[dim]
+    return tuple(map(sp.Integer, strides))
+
+
+def run_op(name: str, inputs: list[tuple], attrs: dict, lower=None) -> None:
+    """inputs: (shape, dtype, role[, order]) with role 'grad' (requires grad), 'const' or
+    'buffer', and `order` the memory order of a permuted (non-contiguous) input.
+    `lower` replaces the op's lowering (for an op with no CPU kernel, an emulation)."""
     op = REGISTRY[name]
-    types = tuple(TensorType(tuple(map(sp.Integer, s)), d, role == "grad") for s, d, role in inputs)
+    inputs = [(*i, None) if len(i) == 3 else tuple(i) for i in inputs]
+    types = tuple(
+        TensorType(tuple(map(sp.Integer, s)), d, role == "grad", _strides(s, order))
+        for s, d, role, order in inputs
+    )
     full = {**dict(op.attrs), **attrs}
     ctx = InferContext(name, types, full, F32)
     (out_spec,) = op.infer(ctx)
 
     values = [
         Value(i, f"in{i}", t.shape, t.dtype, Role.BUFFER if role == "buffer" else Role.ACTIVATION,
-              i, None, t.requires_grad)
-        for i, (t, (_, _, role)) in enumerate(zip(types, inputs, strict=True))
+              i, None, t.requires_grad, t.strides)
+        for i, (t, (_, _, role, _)) in enumerate(zip(types, inputs, strict=True))
     ]
     out_id = len(values)
     values.append(Value(out_id, "out", out_spec.shape, out_spec.dtype, Role.ACTIVATION,
@@ -43,20 +61,23 @@ def run_op(name: str, inputs: list[tuple[tuple[int, ...], DType, str]], attrs: d
     graph = Graph("T", tuple(values), (apply,), (), (), (), (out_id,))
 
     tensors = []
-    for shape, dtype, role in inputs:
+    for shape, dtype, role, order in inputs:
         if dtype.is_float:
-            leaf = torch.randn(shape, dtype=torch_dtype(dtype), requires_grad=role == "grad")
+            laid_out = [shape[d] for d in order] if order else shape
+            leaf = torch.randn(laid_out, dtype=torch_dtype(dtype), requires_grad=role == "grad")
             # A non-leaf, so in-place ops are allowed; it has its own storage.
-            tensors.append(leaf.clone() if role == "grad" else leaf)
+            tensor = leaf.clone() if role == "grad" else leaf
+            tensors.append(tensor.permute([order.index(d) for d in range(len(shape))])
+                           if order else tensor)
         else:
             tensors.append(torch.zeros(shape, dtype=torch_dtype(dtype)))
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = op.lower(tuple(tensors), {k: _concrete(v) for k, v in full.items()})
+        out = (lower or op.lower)(tuple(tensors), {k: _concrete(v) for k, v in full.items()})
 
     assert tuple(out.shape) == tuple(int(d) for d in out_spec.shape), name
-    buffers = {t.untyped_storage().data_ptr() for t, (_, _, r) in zip(tensors, inputs,
-                                                                      strict=True)
+    buffers = {t.untyped_storage().data_ptr() for t, (_, _, r, _) in zip(tensors, inputs,
+                                                                         strict=True)
                if r == "buffer"}
     storage_of = {t.untyped_storage().data_ptr(): i for i, t in enumerate([*tensors, out])}
     measured_values, measured_internal = set(), []
@@ -78,7 +99,7 @@ def run_op(name: str, inputs: list[tuple[tuple[int, ...], DType, str]], attrs: d
                 if values[s.value].role is not Role.BUFFER:
                     predicted_values.add(s.value)
             else:
-                predicted_internal.append(int(numel(s.shape)) * s.dtype.itemsize)
+                predicted_internal += [int(numel(s.shape)) * s.dtype.itemsize] * int(s.count)
     assert measured_values == predicted_values, (name, inputs)
     assert sorted(measured_internal) == sorted(predicted_internal), (name, inputs)
 
@@ -231,11 +252,78 @@ def test_sliding_window_mask(s, window):
     run_op("causal_mask", [((2, s, s), F32, "grad")], {"window": sp.Integer(window)})
 
 
+@settings(max_examples=15, deadline=None)
+@given(b=dims, s=dims, e=dims, o=dims, rx=roles, rw=roles, bias=st.booleans())
+def test_linear_of_a_transposed_input(b, s, e, o, rx, rw, bias):
+    """A [b, e, s] tensor read as [b, s, e] (Mamba's x_proj and out_proj): the fold copies."""
+    inputs = [((b, s, e), F32, rx, (0, 2, 1)), ((o, e), F32, rw)]
+    if bias:
+        inputs.append(((o,), F32, "grad"))
+    run_op("linear", inputs, {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, mult=st.integers(1, 2), length=dims, k=st.integers(1, 4),
+       depthwise=st.booleans(), bias=st.booleans(), strided=st.booleans(), rx=roles, rw=roles)
+def test_conv1d(b, c, mult, length, k, depthwise, bias, strided, rx, rw):
+    """Mamba's causal depthwise conv (groups = channels, padding k - 1) and plain ones."""
+    groups = c if depthwise else 1
+    order = (0, 2, 1) if strided else None  # channels split off a [b, l, 2c] projection
+    inputs = [((b, c, length), F32, rx, order), ((c * mult, c // groups, k), F32, rw)]
+    if bias:
+        inputs.append(((c * mult,), F32, "grad"))
+    attrs = {"stride": sp.Integer(1), "padding": sp.Integer(k - 1), "groups": sp.Integer(groups)}
+    run_op("conv1d", inputs, attrs)
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=dims, e=dims, length=dims, n=dims, ra=roles, rb=roles, rc=roles,
+       strided=st.booleans())
+def test_ssm_recurrence(b, e, length, n, ra, rb, rc, strided):
+    """HF's slow-path scan: one saved state per step, plus the zero initial state."""
+    c_order = (0, 2, 1) if strided else None
+    run_op("ssm_recurrence", [((b, e, length, n), F32, ra), ((b, e, length, n), F32, rb),
+                              ((b, length, n), F32, rc, c_order)], {})
+
+
+class _SelectiveScanFnSaves(torch.autograd.Function):
+    """What mamba_ssm's SelectiveScanFn.forward keeps, emulated on the CPU (the kernel
+    has no CPU build): mamba_ssm/ops/selective_scan_interface.py makes u, delta, B, C and
+    z contiguous when their last stride is not 1 and, given z, saves (u, delta, A, B, C,
+    D, z, delta_bias, x, out); csrc/selective_scan/selective_scan.cpp allocates x as
+    [batch, dim, ceil(seqlen / 2048), 2 * dstate] in A's dtype and out like delta. The
+    numbers computed are not the kernel's, only the saved storages are."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias):
+        u, delta, B, C, z = (t if t.stride(-1) == 1 else t.contiguous()
+                             for t in (u, delta, B, C, z))
+        x = torch.zeros(u.shape[0], u.shape[1], -(-u.shape[2] // 2048), 2 * A.shape[1],
+                        dtype=A.dtype)
+        out = torch.empty_like(delta)
+        ctx.save_for_backward(u, delta, A, B, C, D.contiguous(), z, delta_bias, x, out)
+        return torch.empty_like(z)
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=dims, e=dims, length=st.sampled_from([1, 3, 2048, 2049]), n=dims, ru=roles, rd=roles,
+       ra=roles, strided=st.booleans())
+def test_selective_scan_fused(b, e, length, n, ru, rd, ra, strided):
+    """B, C and the gate z come strided from x_proj and in_proj in HF: copied and saved."""
+    order = (0, 2, 1) if strided else None
+    per_channel = ((b, e, length), F32)
+    inputs = [(*per_channel, ru), (*per_channel, rd), ((e, n), F32, ra),
+              ((b, n, length), F32, "grad", order), ((b, n, length), F32, "grad", order),
+              ((e,), F32, "grad"), (*per_channel, "grad", order), ((e,), F32, "grad")]
+    run_op("selective_scan_fused", inputs, {},
+           lower=lambda t, a: _SelectiveScanFnSaves.apply(*t))
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
                "embedding", "layer_norm", "rms_norm", "rope", "causal_mask", "nll_loss",
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
-               "exp", "position_buckets"}
+               "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused"}
     assert covered == set(REGISTRY)

@@ -2,7 +2,7 @@
 table; and T5, which has no family file of its own.
 
 Family files beside this one (test_gpt2_bert.py, test_llama_mistral.py,
-test_vision.py) hold each family's hand-derived formulas and `verify` runs;
+test_vision.py, test_mamba.py) hold each family's hand-derived formulas and `verify` runs;
 test_every_spec.py compiles and renders every spec under both conventions.
 """
 
@@ -29,6 +29,7 @@ PUBLISHED = [
     ("vit.mspec", "b16", 86_567_656),  # torchvision vit_b_16
     ("resnet18.mspec", "imagenet", 11_689_512),  # torchvision resnet18
     ("t5.mspec", "small", 60_506_624),  # HF t5-small (v1.0)
+    ("mamba.mspec", "mamba_130m", 129_135_360),  # state-spaces/mamba-130m-hf (tied head)
 ]
 
 

@@ -16,6 +16,7 @@ import sympy as sp
 import torch
 from torch import nn
 
+from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply, Region
 from memspec.ir.types import DType, Role
 from memspec.lower.schedule import Loop, last_uses, schedule
@@ -63,11 +64,24 @@ def _indexed_path(path: str, chain: tuple[Region, ...], index: tuple[int, ...]) 
     return ".".join(parts)
 
 
+def _check_lowerable(graph: Graph) -> None:
+    """Refuse, before any work, a graph with an op that has no PyTorch lowering (a
+    kernel with no CPU implementation, such as mamba_ssm's fused selective scan)."""
+    for name in sorted({op.op for op in graph.ops}):
+        op = lookup(name)
+        if op.lower is None:
+            raise UsageError(
+                f"op {name!r} ({op.doc}) has no PyTorch lowering, so this model cannot be "
+                "run on the CPU and measured; pick a variant that has one with --use"
+            )
+
+
 class LoweredModel(nn.Module):
     """The spec's model as a torch module; `hooks` observe each op as it runs."""
 
     def __init__(self, graph: Graph, subs: dict, init_std: float = 0.02):
         super().__init__()
+        _check_lowerable(graph)
         self.graph = graph
         self.subs = subs
         self.plan = schedule(graph)

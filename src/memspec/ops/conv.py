@@ -1,4 +1,5 @@
-"""Convolution, pooling and batch normalization over [batch, channels, height, width].
+"""Convolution, pooling and batch normalization over [batch, channels, height, width],
+and 1-d convolution over [batch, channels, length] (Mamba's depthwise causal conv).
 
 Spatial sizes follow PyTorch: floor((H + 2 padding - kernel) / stride) + 1.
 """
@@ -41,6 +42,21 @@ def _conv_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec((x.shape[0], w.shape[0], h, wd), ctx.float_dtype()),)
 
 
+def _conv1d_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, w, *bias = ctx.inputs
+    if len(x.shape) != 3 or len(w.shape) != 3:
+        raise ctx.fail(
+            f"needs input [B, C, L] and weight [O, C/groups, k], got "
+            f"{shape_str(x.shape)} and {shape_str(w.shape)}"
+        )
+    groups = ctx.attrs["groups"]
+    ctx.expect_same(x.shape[1], w.shape[1] * groups, "input channels vs weight")
+    if bias:
+        ctx.expect_same(bias[0].shape[0], w.shape[0], "bias vs output channels")
+    length = _out_size(x.shape[2], w.shape[2], ctx.attrs["stride"], ctx.attrs["padding"])
+    return (OutputSpec((x.shape[0], w.shape[0], length), ctx.float_dtype()),)
+
+
 def _conv_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     """ConvolutionBackward saves input and weight whichever of them needs a gradient."""
     return (Saved("input", op.inputs[0]), Saved("weight", op.inputs[1]))
@@ -59,8 +75,21 @@ def _conv_lower(tensors, attrs):
     )
 
 
+def _conv1d_lower(tensors, attrs):
+    _, F = torch_functional()
+    x, w, *bias = tensors
+    return F.conv1d(
+        x,
+        w,
+        bias[0] if bias else None,
+        stride=attrs["stride"],
+        padding=attrs["padding"],
+        groups=attrs["groups"],
+    )
+
+
 def _conv_flops(op: OpApply, graph: Graph) -> sp.Expr:
-    """2 * (output elements) * (C/groups * kh * kw), as torch's FLOP counter has it."""
+    """2 * (output elements) * (C/groups * kernel size), as torch's FLOP counter has it."""
     out, weight = graph.value(op.outputs[0]), graph.value(op.inputs[1])
     return 2 * numel(out.shape) * numel(weight.shape[1:])
 
@@ -134,6 +163,18 @@ register(
         _conv_saved,
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
         lower=_conv_lower,
+        flops=_conv_flops,
+    )
+)
+register(
+    OpDef(
+        "conv1d",
+        "1-d convolution over [B, C, L], weight [O, C/groups, k]",
+        ("input", "weight", "bias?"),
+        _conv1d_infer,
+        _conv_saved,
+        attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
+        lower=_conv1d_lower,
         flops=_conv_flops,
     )
 )

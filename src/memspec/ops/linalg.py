@@ -39,8 +39,19 @@ def _eq(a: sp.Expr, b: sp.Expr) -> bool:
 
 
 def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """Saved tensors of x @ W^T: x when W needs a gradient, W when x does."""
-    return (*saved_if(graph, op, 0, (1,), "input"), *saved_if(graph, op, 1, (0,), "weight"))
+    """Saved tensors of x @ W^T: x when W needs a gradient, W when x does.
+
+    An x of 3 or more dims is folded to [rows, in] for one `mm` (torch folds whenever W
+    needs a gradient); when its leading dims cannot be viewed as one (a transposed
+    [b, e, l] read as [b, l, e]), the fold copies, and the copy is what is saved.
+    """
+    inputs = saved_if(graph, op, 0, (1,), "input")
+    x = graph.value(op.inputs[0])
+    if inputs and len(x.shape) >= 3 and not x.contiguous:
+        strides = actual(x.shape, x.strides)
+        if merge(x.shape[:-1], strides[:-1]) is None:
+            inputs = (Saved("input copy", shape=x.shape, dtype=x.dtype),)
+    return (*inputs, *saved_if(graph, op, 1, (0,), "weight"))
 
 
 def _two_operand_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

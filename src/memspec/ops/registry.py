@@ -70,12 +70,17 @@ class OutputSpec:
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """A tensor kept for backward: an op input/output (`value`) or an internal tensor."""
+    """A tensor kept for backward: an op input/output (`value`) or an internal tensor.
+
+    `count` internal tensors of that shape, each its own storage (a scan's per-step
+    states), may be saved under one label.
+    """
 
     label: str
     value: int | None = None
     shape: Shape | None = None
     dtype: DType | None = None
+    count: sp.Expr = sp.Integer(1)
 
 
 @dataclass

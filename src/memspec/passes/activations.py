@@ -103,6 +103,7 @@ def _count_saved(graph: Graph, names: set[str], items: dict) -> None:
                     saved.dtype,
                     regions_of(graph, op.region),
                     f"saved by {op.op} ({saved.label})",
+                    extra=saved.count,
                     key=f"{op.path} [internal]",
                     span=op.span,
                 )
