@@ -14,6 +14,7 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.route import ROUTE
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor
 from memspec.elaborate.shapes import bind_type
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
@@ -176,6 +177,8 @@ class ExprEvaluator:
         callee = None
         if callee_name is not None:
             callee = scope.find(callee_name)
+            if callee is None and callee_name == ROUTE:
+                callee = ROUTE  # the mixture-of-experts form (elaborate/route.py)
             if callee is None:
                 callee = REGISTRY.get(callee_name) or build.scalar_function(callee_name)
             if callee is None:
@@ -195,6 +198,8 @@ class ExprEvaluator:
             raise SpecValueError(
                 "calls to layers, fns and ops are only allowed inside forward", expr.span
             )
+        if callee == ROUTE:
+            return self.route(args, kwargs, expr.span, frame)
         if isinstance(callee, OpDef):
             if callee.name in ("rearrange", "repeat"):
                 kwargs = self.rearrange_axes(args, kwargs, scope, expr.span)
