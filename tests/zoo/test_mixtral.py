@@ -94,6 +94,15 @@ def test_balanced_routing_is_an_assumption_and_is_checked():
         compile_spec(MIXTRAL, set=sizes)
 
 
+def test_forward_flops_follow_the_active_parameters():
+    """2 FLOPs per active weight per token (the embedding is a lookup, norms are not
+    products), plus the attention products QK^T and PV (2 * 2 * B * L^2 * D per layer)."""
+    result = compile_spec(MIXTRAL)
+    matmul_weights = ACTIVE - V * D - D - 2 * N * D
+    want = 2 * B * L * matmul_weights + 4 * B * L**2 * D * N
+    assert sp.expand(result.flops.forward - want) == 0
+
+
 # --- activations by hand ----------------------------------------------------------------
 
 

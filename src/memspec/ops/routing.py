@@ -6,7 +6,9 @@ is `torch.where(expert_mask[e])` (the (choice, token) pairs routed to expert e),
 gathers rows (`hidden_states[top_x]`, `routing_weights[top_x, idx]`) and `index_add` adds
 each expert's weighted output back in place. Saved tensors are as measured with
 `saved_tensors_hooks` (torch 2.13, CPU): topk its indices, indexing its index tensors,
-`index_add_` its index and its source.
+`index_add_` its index and its source. None of them multiplies matrices, so none has a
+FLOP rule (the FLOP pass counts matrix products only; the experts' linears carry the
+FLOPs, on k*T/E slots each).
 """
 
 from __future__ import annotations
