@@ -44,6 +44,8 @@ CASES = {
     "unknown_dtype": (errors.ShapeError, 3, 14),
     "layer_called_directly": (errors.NameResolutionError, 5, 30),
     "not_a_tensor": (errors.ShapeError, 5, 21),
+    "route_not_a_bank": (errors.SpecValueError, 6, 62),
+    "unpack_needed": (errors.SpecValueError, 6, 15),
 }
 
 

@@ -13,6 +13,7 @@ from memspec.errors import ExpectError, UsageError
 from memspec.ir.graph import Graph
 from memspec.passes import run_pipeline
 from memspec.passes.activations import count_activations_under
+from memspec.passes.active_parameters import count_active_parameters
 from memspec.passes.flops import FlopsResult, count_flops
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.results import CategoryResult
@@ -31,7 +32,12 @@ CATEGORY_TITLES = {
     "activations": "Activations",
     "buffers": "Buffers",
 }
-_QUANTITIES = {"params": "parameters", **{k: k for k in CATEGORY_TITLES}, "total": "total"}
+_QUANTITIES = {
+    "params": "parameters",
+    **{k: k for k in CATEGORY_TITLES},
+    "total": "total",
+    "active_params": "active_parameters",  # not a category: passes/active_parameters.py
+}
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,8 @@ def _check_expects(program, symbols, elab, categories) -> tuple[ExpectResult, ..
             )
         if quantity == "total":
             got = sp.Add(*(c.elements for c in categories.values()))
+        elif quantity == "active_parameters":
+            got = count_active_parameters(elab.graph).elements
         else:
             got = categories[quantity].elements
         want = elab.evaluate(expect.value)

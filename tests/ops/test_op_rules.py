@@ -47,18 +47,20 @@ def run_op(name: str, inputs: list[tuple], attrs: dict, lower=None) -> None:
     )
     full = {**dict(op.attrs), **attrs}
     ctx = InferContext(name, types, full, F32)
-    (out_spec,) = op.infer(ctx)
+    out_specs = op.infer(ctx)
 
     values = [
         Value(i, f"in{i}", t.shape, t.dtype, Role.BUFFER if role == "buffer" else Role.ACTIVATION,
               i, None, t.requires_grad, t.strides)
         for i, (t, (_, _, role, _)) in enumerate(zip(types, inputs, strict=True))
     ]
-    out_id = len(values)
-    values.append(Value(out_id, "out", out_spec.shape, out_spec.dtype, Role.ACTIVATION,
-                        out_id, None, any(t.requires_grad for t in types)))
-    apply = OpApply(0, name, tuple(range(out_id)), (out_id,), tuple(full.items()), "op", None)
-    graph = Graph("T", tuple(values), (apply,), (), (), (), (out_id,))
+    out_ids = tuple(range(len(values), len(values) + len(out_specs)))
+    grad = op.differentiable and any(t.requires_grad for t in types)
+    for out_id, spec in zip(out_ids, out_specs, strict=True):
+        values.append(Value(out_id, f"out{out_id}", spec.shape, spec.dtype, Role.ACTIVATION,
+                            out_id, None, grad and spec.dtype.is_float))
+    apply = OpApply(0, name, tuple(range(len(inputs))), out_ids, tuple(full.items()), "op", None)
+    graph = Graph("T", tuple(values), (apply,), (), (), (), out_ids)
 
     tensors = []
     for shape, dtype, role, order in inputs:
@@ -75,11 +77,13 @@ def run_op(name: str, inputs: list[tuple], attrs: dict, lower=None) -> None:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = (lower or op.lower)(tuple(tensors), {k: _concrete(v) for k, v in full.items()})
 
-    assert tuple(out.shape) == tuple(int(d) for d in out_spec.shape), name
+    outs = list(out) if isinstance(out, tuple) else [out]
+    for tensor, spec in zip(outs, out_specs, strict=True):
+        assert tuple(tensor.shape) == tuple(int(d) for d in spec.shape), name
     buffers = {t.untyped_storage().data_ptr() for t, (_, _, r, _) in zip(tensors, inputs,
                                                                          strict=True)
                if r == "buffer"}
-    storage_of = {t.untyped_storage().data_ptr(): i for i, t in enumerate([*tensors, out])}
+    storage_of = {t.untyped_storage().data_ptr(): i for i, t in enumerate([*tensors, *outs])}
     measured_values, measured_internal = set(), []
     seen = set()
     for t in saved:
@@ -319,11 +323,48 @@ def test_selective_scan_fused(b, e, length, n, ru, rd, ra, strided):
            lower=lambda t, a: _SelectiveScanFnSaves.apply(*t))
 
 
+@settings(max_examples=20, deadline=None)
+@given(lead=shapes(1, 2), n=dims, data=st.data(), r=roles)
+def test_topk(lead, n, data, r):
+    k = data.draw(st.integers(1, n))
+    run_op("topk", [((*lead, n), F32, r)], {"k": sp.Integer(k)})
+
+
+@settings(max_examples=20, deadline=None)
+@given(experts=st.integers(1, 4), data=st.data())
+def test_expert_slots_are_balanced(experts, data):
+    k = data.draw(st.integers(1, experts))
+    per_expert = data.draw(st.integers(1, 3))
+    tokens = per_expert * experts  # so that E divides k * tokens
+    attrs = {"num_experts": sp.Integer(experts), "expert": data.draw(st.integers(0, experts - 1))}
+    run_op("expert_slots", [((tokens, k), I64, "const")], attrs)
+    # Over all experts, every (choice, token) slot is routed exactly once, and a token's k
+    # choices go to k different experts.
+    lower = REGISTRY["expert_slots"].lower
+    selected = torch.zeros(tokens, k, dtype=torch.int64)
+    concrete = {"num_experts": experts, "balanced": True}
+    slots = [lower((selected,), {**concrete, "expert": e}) for e in range(experts)]
+    pairs = sorted((int(j), int(t)) for s in slots for j, t in zip(s[0], s[1], strict=True))
+    assert pairs == sorted((j, t) for j in range(k) for t in range(tokens))
+    for t in range(tokens):
+        assert len({e for e, s in enumerate(slots) if t in s[1].tolist()}) == k
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=dims, m=dims, d=dims, rx=roles, rs=roles, cols=st.booleans())
+def test_index_index_add_and_zeros_like(n, m, d, rx, rs, cols):
+    index = ((m,), I64, "const")
+    run_op("index", [((n, d), F32, rx), index, *([index] if cols else [])], {})
+    run_op("index_add", [((n, d), F32, rx), index, ((m, d), F32, rs)], {})
+    run_op("zeros_like", [((n, d), F32, rx)], {})
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
                "embedding", "layer_norm", "rms_norm", "rope", "causal_mask", "nll_loss",
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
-               "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused"}
+               "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused",
+               "topk", "expert_slots", "index", "index_add", "zeros_like"}
     assert covered == set(REGISTRY)

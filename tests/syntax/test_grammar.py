@@ -58,3 +58,11 @@ def test_layer_with_repeat_param_forward_and_variants():
 def test_spans_point_at_the_source():
     (decl,) = parse("\n\n   dim batch_size as B").decls
     assert (decl.span.line, decl.span.col) == (3, 4)
+
+
+def test_unpacking_assignment():
+    (fn,) = parse("fn f(p: [t, e]) { w, i = topk(p, 2); return w }").decls
+    unpack, _ = fn.body.variants[0][1]
+    assert unpack == n.StmtUnpack(
+        ("w", "i"), n.ExprCall(n.ExprName("topk"), (n.Arg(n.ExprName("p")), n.Arg(n.ExprInt(2))))
+    )

@@ -1,7 +1,7 @@
 """The architecture zoo: every family's published parameter count, to the unit, in one
 table; and T5, which has no family file of its own.
 
-Family files beside this one (test_gpt2_bert.py, test_llama_mistral.py,
+Family files beside this one (test_gpt2_bert.py, test_llama_mistral.py, test_mixtral.py,
 test_vision.py, test_mamba.py) hold each family's hand-derived formulas and `verify` runs;
 test_every_spec.py compiles and renders every spec under both conventions.
 """
@@ -26,6 +26,7 @@ PUBLISHED = [
     ("llama.mspec", "llama2_13b", 13_015_864_320),  # meta-llama/Llama-2-13b-hf
     ("llama.mspec", "llama2_70b", 68_976_648_192),  # meta-llama/Llama-2-70b-hf
     ("mistral.mspec", "mistral_7b", 7_241_732_096),  # mistralai/Mistral-7B-v0.1
+    ("mixtral.mspec", "mixtral_8x7b", 46_702_792_704),  # mistralai/Mixtral-8x7B-v0.1
     ("vit.mspec", "b16", 86_567_656),  # torchvision vit_b_16
     ("resnet18.mspec", "imagenet", 11_689_512),  # torchvision resnet18
     ("t5.mspec", "small", 60_506_624),  # HF t5-small (v1.0)

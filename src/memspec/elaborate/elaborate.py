@@ -16,6 +16,7 @@ import sympy as sp
 from memspec.config import TrainConfig
 from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.exprs import ExprEvaluator
+from memspec.elaborate.route import RouteForm
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor
 from memspec.elaborate.shapes import bind_type, divisibility_text, same_shape, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
@@ -41,7 +42,7 @@ class Elaboration:
     evaluate: object  # Expr -> sympy, in the global scope (for presets and expects)
 
 
-class Elaborator(ExprEvaluator):
+class Elaborator(ExprEvaluator, RouteForm):
     """Walks the model's layers, building the graph through `GraphBuilder`."""
 
     def __init__(self, program: Program, config: TrainConfig):

@@ -14,6 +14,7 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.route import ROUTE
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor
 from memspec.elaborate.shapes import bind_type
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
@@ -176,6 +177,8 @@ class ExprEvaluator:
         callee = None
         if callee_name is not None:
             callee = scope.find(callee_name)
+            if callee is None and callee_name == ROUTE:
+                callee = ROUTE  # the mixture-of-experts form (elaborate/route.py)
             if callee is None:
                 callee = REGISTRY.get(callee_name) or build.scalar_function(callee_name)
             if callee is None:
@@ -195,6 +198,8 @@ class ExprEvaluator:
             raise SpecValueError(
                 "calls to layers, fns and ops are only allowed inside forward", expr.span
             )
+        if callee == ROUTE:
+            return self.route(args, kwargs, expr.span, frame)
         if isinstance(callee, OpDef):
             if callee.name in ("rearrange", "repeat"):
                 kwargs = self.rearrange_axes(args, kwargs, scope, expr.span)
@@ -275,8 +280,9 @@ class ExprEvaluator:
         return {"axes": tuple(sorted(axes.items()))}
 
     def apply(
-        self, op_name: str, args: tuple, kwargs: dict, span: Span | None, frame, hint: str
-    ) -> Tensor:
+        self, op_name: str, args: tuple, kwargs: dict, span: Span | None, frame, hint
+    ) -> Tensor | tuple[Tensor, ...]:
+        """Apply a primitive op; an op with several outputs returns a tuple of them."""
         op = REGISTRY[op_name]
         tensors, attrs = self.split_args(op, args, kwargs, span)
         types = tuple(
@@ -294,15 +300,17 @@ class ExprEvaluator:
             dataclasses.replace(o, shape=tuple(self.builder.drop_floors(d) for d in o.shape))
             for o in outputs
         )
-        requires_grad = any(t.requires_grad for t in types)
+        requires_grad = op.differentiable and any(t.requires_grad for t in types)
         # The op an assignment or return produces is named after its target (or, for a
         # return, after the call it ends); ops nested inside an expression after the op.
-        local = op_name if hint is None else hint
-        path = ".".join(p for p in (frame.path, local) if p) or op_name
-        if hint == "" and frame.result_name:
-            path = frame.result_name
+        # An unpacking assignment names each output after its own target.
+        locals_ = hint if isinstance(hint, tuple) else (op_name if hint is None else hint,)
         ids = []
-        for out in outputs:
+        for k, out in enumerate(outputs):
+            local = locals_[min(k, len(locals_) - 1)]
+            path = ".".join(p for p in (frame.path, local) if p) or op_name
+            if hint == "" and frame.result_name:
+                path = frame.result_name
             storage = None
             if out.view_of is not None:
                 storage = self.builder.values[tensors[out.view_of].id].storage
@@ -313,7 +321,7 @@ class ExprEvaluator:
                     out.dtype,
                     Role.ACTIVATION,
                     frame.region,
-                    requires_grad,
+                    requires_grad and out.dtype.is_float,  # integers never require grad
                     storage,
                     out.strides,
                     span,
@@ -332,6 +340,8 @@ class ExprEvaluator:
                 span=span,
             )
         )
+        if len(ids) > 1:
+            return tuple(Tensor(i) for i in ids)
         return Tensor(ids[0])
 
     def split_args(self, op: OpDef, args: tuple, kwargs: dict, span):
@@ -371,10 +381,22 @@ class ExprEvaluator:
         for stmt in stmts:
             if isinstance(stmt, n.StmtAssign):
                 value = self.evaluate(stmt.value, scope, frame, hint=stmt.target)
+                _single(value, stmt.value)
                 self.check_annotation(stmt.annotation, value, scope, stmt.target)
                 scope.names[stmt.target] = value
+            elif isinstance(stmt, n.StmtUnpack):
+                value = self.evaluate(stmt.value, scope, frame, hint=stmt.targets)
+                if not isinstance(value, tuple) or len(value) != len(stmt.targets):
+                    got = len(value) if isinstance(value, tuple) else _kind(value)
+                    raise SpecValueError(
+                        f"{len(stmt.targets)} names to unpack, but the value is {got}"
+                        + (" tensors" if isinstance(value, tuple) else ""),
+                        stmt.value.span,
+                    )
+                scope.names.update(zip(stmt.targets, value, strict=True))
             elif isinstance(stmt, n.StmtReturn):
                 value = self.evaluate(stmt.value, scope, frame, hint="")
+                _single(value, stmt.value)
                 self.check_annotation(stmt.annotation, value, scope, "return value")
                 return value
             elif isinstance(stmt, n.StmtIf):
@@ -402,7 +424,24 @@ class ExprEvaluator:
         )
 
 
+def _single(value: object, expr: n.Expr) -> None:
+    """A multi-output op's tuple must be unpacked, never bound to one name."""
+    if isinstance(value, tuple):
+        names = ", ".join("abcdefgh"[: len(value)])
+        callee = (
+            expr.callee.name
+            if isinstance(expr, n.ExprCall) and isinstance(expr.callee, n.ExprName)
+            else "this"
+        )
+        call = f"{callee}(...)" if callee != "this" else "..."
+        raise SpecValueError(
+            f"{callee} returns {len(value)} tensors; name each: `{names} = {call}`", expr.span
+        )
+
+
 def _kind(value: object) -> str:
+    if isinstance(value, tuple):
+        return f"{len(value)} tensors"
     if isinstance(value, Tensor):
         return "a tensor"
     if isinstance(value, bool):

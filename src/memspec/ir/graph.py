@@ -14,7 +14,11 @@ Vocabulary, in the manner of torch.fx's Node docstring:
   the stack of layer and fn names it is nested in (`("Block", "MultiHeadSelfAttention")`).
 - A `Region` is one `repeat N of Layer(...)`: everything created inside it exists `count`
   times. Regions nest through `parent`. They are never unrolled, so the graph's size does
-  not depend on `num_layers`.
+  not depend on `num_layers`. A region whose repetitions run side by side on routed
+  tokens (`route(experts, ...)`, a mixture of experts) is an expert bank: `active` is how
+  many of its `count` repetitions each token passes through (top-k), None otherwise.
+- A `RepetitionIndex` in an op's attributes stands for the current repetition of a
+  region (the expert an op serves); the lowering binds it, passes never need it.
 - A `CallOutput` records that `value` is what a call of layer or fn `callee` returned,
   which is what output-counting activation conventions look at.
 - `carried` lists each call of a repeat region as `(region, input, output)`: the value
@@ -33,7 +37,7 @@ import sympy as sp
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
 
-__all__ = ["Assumption", "CallOutput", "Graph", "OpApply", "Region", "Value"]
+__all__ = ["Assumption", "CallOutput", "Graph", "OpApply", "Region", "RepetitionIndex", "Value"]
 
 
 def _span() -> Span | None:
@@ -46,7 +50,15 @@ class Region:
     path: str
     count: sp.Expr
     parent: int | None
+    active: sp.Expr | None = None  # an expert bank: repetitions each token passes through
     span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
+class RepetitionIndex:
+    """An op attribute: the 0-based repetition of `region` the op runs in."""
+
+    region: int
 
 
 @dataclass(frozen=True, slots=True)

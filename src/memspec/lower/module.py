@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from memspec.errors import UsageError
-from memspec.ir.graph import Graph, OpApply, Region
+from memspec.ir.graph import Graph, OpApply, Region, RepetitionIndex
 from memspec.ir.types import DType, Role
 from memspec.lower.schedule import Loop, last_uses, schedule
 from memspec.ops import lookup
@@ -165,7 +165,7 @@ class LoweredModel(nn.Module):
 
     def _op(self, op: OpApply, env: dict, index: tuple[int, ...]) -> None:
         tensors = [self._value(vid, env, index) for vid in op.inputs]
-        attrs = {k: concrete(v, self.subs) for k, v in op.attrs}
+        attrs = {k: self._attr(v) for k, v in op.attrs}
         if self.on_op_start:
             self.on_op_start(op)
         out = lookup(op.op).lower(tuple(tensors), attrs)
@@ -176,6 +176,12 @@ class LoweredModel(nn.Module):
             self.on_op_end(op, tensors, outputs, env)
         for vid in self.drop_after_op.get(op.id, ()):
             env.pop(vid, None)
+
+    def _attr(self, value: object) -> object:
+        """An attribute at the concrete sizes; a repetition index is the loop's current one."""
+        if isinstance(value, RepetitionIndex):
+            return self.iteration[value.region]
+        return concrete(value, self.subs)
 
     def _value(self, vid: int, env: dict, index: tuple[int, ...]) -> torch.Tensor:
         v = self.graph.value(vid)

@@ -156,6 +156,9 @@ class OpDef:
     # Forward FLOPs of the matrix products inside the op (2 per multiply-add); None for
     # ops with none. Backward costs one forward per product operand that needs a gradient.
     flops: FlopRule | None = None
+    # False for ops autograd does not record (creation, integer index bookkeeping): their
+    # outputs never require grad. Integer outputs never do in any case, as in PyTorch.
+    differentiable: bool = True
     # None: every input that requires grad gets a new gradient tensor (most formulas).
     grads: GradRule | None = None
 

@@ -243,7 +243,9 @@ class _Replayer:
         graph = self.graph
         op = graph.ops[op_id]
         ins = [self._instance(vid, index) for vid in op.inputs]
-        differentiable = any(graph.value(v).requires_grad for v in op.inputs)
+        differentiable = lookup(op.op).differentiable and any(
+            graph.value(v).requires_grad for v in op.inputs
+        )
         outs = []
         for vid in op.outputs:
             v = graph.value(vid)
@@ -277,8 +279,8 @@ class _Replayer:
         if differentiable:
             for saved in lookup(op.op).saved(op, graph):
                 if saved.value is None:
-                    size = self.measure(numel(saved.shape) * saved.dtype.itemsize)
-                    record.held.append(self.alloc(size, "activations"))
+                    size = numel(saved.shape) * saved.dtype.itemsize * saved.count
+                    record.held.append(self.alloc(self.measure(size), "activations"))
                     continue
                 bid = entries[saved.value][0]
                 if bid is not None and bid not in record.held:
@@ -304,7 +306,9 @@ class _Replayer:
             op = graph.ops[record.op_id]
             self.where.update(record.where)
             grads_out = [adjoint.get(k) for k in record.outputs]
-            differentiable = any(graph.value(v).requires_grad for v in op.inputs)
+            differentiable = lookup(op.op).differentiable and any(
+                graph.value(v).requires_grad for v in op.inputs
+            )
             if not differentiable or all(g is None for g in grads_out):
                 continue
             kinds = lookup(op.op).gradient_kinds(op, graph)

@@ -51,6 +51,7 @@ __all__ = [
     "StmtAssign",
     "StmtIf",
     "StmtReturn",
+    "StmtUnpack",
     "TypeTensor",
 ]
 
@@ -157,6 +158,15 @@ class StmtAssign:
 
 
 @dataclass(frozen=True, slots=True)
+class StmtUnpack:
+    """`values, indices = topk(probs, k)`: one name per output of a multi-output op."""
+
+    targets: tuple[str, ...]
+    value: Expr
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class StmtReturn:
     value: Expr
     annotation: TypeTensor | None = None
@@ -171,7 +181,7 @@ class StmtIf:
     span: Span | None = span_field()
 
 
-Stmt = StmtAssign | StmtReturn | StmtIf
+Stmt = StmtAssign | StmtUnpack | StmtReturn | StmtIf
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,6 +216,10 @@ class ToAst(Transformer_NonRecursive):
         target, value, annotation = children
         return n.StmtAssign(str(target), value, annotation, span=self.span(meta))
 
+    def stmt_unpack(self, meta, children):
+        *targets, value = children
+        return n.StmtUnpack(tuple(str(t) for t in targets), value, span=self.span(meta))
+
     def stmt_return(self, meta, children):
         value, annotation = children
         return n.StmtReturn(value, annotation, span=self.span(meta))
