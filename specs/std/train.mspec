@@ -11,7 +11,9 @@ precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation
 # Per-parameter state, named as in torch.optim's state dicts. `temp IMPL: K like param`:
 # the step of implementation IMPL (torch.optim's foreach/fused flags) holds K temporaries
 # shaped like a parameter at once: of the parameter being updated (for_loop), or of every
-# parameter (foreach); fused kernels hold none. `flops K per element`: the step's
+# parameter (foreach); fused kernels hold none. The for_loop's last temporary is a local
+# variable (AdamW's `denom`): the previous parameter's stays alive while the next
+# parameter's temporaries are made. `flops K per element`: the step's
 # elementwise arithmetic per parameter element, one FLOP per operation (torch 2.13's
 # torch/optim/adam.py, _single_tensor_adam and _multi_tensor_adam).
 optimizer adamw "AdamW: first and second moments per parameter" {

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from memspec.errors import MemspecError, UsageError
+from memspec.policies import IMPLEMENTATIONS
 
 __all__ = ["main"]
 
@@ -80,9 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--for", dest="symbol", required=True, help="the symbol to maximize (B)")
     s.add_argument(
         "--objective",
-        choices=("sum",),
-        default="sum",
-        help="sum: parameters + gradients + optimizer state + activations + buffers",
+        choices=("peak", "sum"),
+        default="peak",
+        help="peak: the true peak of a training step (default); sum: parameters + "
+        "gradients + optimizer state + activations + buffers (the textbook answer)",
+    )
+    s.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw memory against the symbol, by category, with the budget and the "
+        "true peak, to FILE (.png, .svg or .pdf; needs memspec[plot])",
     )
     s.add_argument("--convention", help="activation convention (course, autograd, ...)")
     s.add_argument("--precision", help="precision policy")
@@ -123,19 +131,48 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help="pick an implementation variant (math, flash); repeatable",
     )
+    step = p.add_argument_group("the training step whose true peak is modelled")
+    step.add_argument(
+        "--first-step",
+        action="store_true",
+        help="the first step (optimizer state is created inside it) instead of the steady state",
+    )
+    step.add_argument(
+        "--no-set-to-none",
+        dest="set_to_none",
+        action="store_false",
+        help="zero_grad(set_to_none=False): gradients stay allocated through the forward",
+    )
+    step.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K micro-batches of gradient accumulation per optimizer step (1)",
+    )
+    step.add_argument(
+        "--optimizer-impl",
+        choices=tuple(IMPLEMENTATIONS),
+        default="for_loop",
+        help="how torch.optim runs the step: for_loop (CPU default), foreach (CUDA "
+        "default) or fused",
+    )
 
 
 def _result(args: argparse.Namespace, **options):
     """compile_spec with the command's common flags; `options` add or override."""
     from memspec.compile import compile_spec
+    from memspec.passes.peak import StepOptions
 
     flags = {name: getattr(args, name, None) for name in ("convention", "precision")}
+    step = StepOptions(args.first_step, args.set_to_none, args.grad_accum, args.optimizer_impl)
     return compile_spec(
         Path(args.spec),
         set=args.bindings,
         preset=args.preset,
         optimizer=args.optimizer,
         use=tuple(args.use),
+        step=step,
         **{**flags, **options},
     )
 
@@ -156,7 +193,7 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
         raise UsageError("memspec verify needs PyTorch: pip install 'memspec[verify]'") from None
     from memspec.verify.compare import compare
     from memspec.verify.measure import measure_step
-    from memspec.verify.peak import measure_peak
+    from memspec.verify.peak import compare_peak, measure_peak
     from memspec.verify.report import render_verify
 
     result = _result(args, convention="autograd")
@@ -166,8 +203,10 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
         measured = measure_step(result)
         tables = compare(result, measured)
     if args.peak:
-        peak = measure_peak(result)
-    ok = tables is None or all(t.ok for t in tables)
+        if result.peak is None:
+            raise UsageError(f"no peak to verify: {result.peak_unavailable}")
+        peak = compare_peak(result, measure_peak(result, result.peak.options))
+    ok = (tables is None or all(t.ok for t in tables)) and (peak is None or peak.ok)
     return render_verify(result, tables, measured, peak), ok
 
 
@@ -177,7 +216,11 @@ def _solve(args: argparse.Namespace) -> str:
     from memspec.solve import parse_budget, solve_max
 
     result = _result(args)
-    s = solve_max(result, args.symbol, parse_budget(args.budget))
+    s = solve_max(result, args.symbol, parse_budget(args.budget), args.objective)
+    if args.plot:
+        from memspec.plot import plot_memory
+
+        plot_memory(result, s, Path(args.plot))
     if args.format == "json":
         doc = {
             "symbol": s.symbol.name,
@@ -188,17 +231,22 @@ def _solve(args: argparse.Namespace) -> str:
         }
         if s.formula is not None:
             doc["formula"] = str(s.formula)
+        if s.moment is not None:
+            doc["phase"] = s.moment
         return json.dumps(doc, indent=2) + "\n"
-    lines = [
-        f"bytes({s.symbol}) = {s.expression}  ({args.objective} of the categories, "
-        f"convention {result.config.convention.name})"
-    ]
+    what = "the true peak of a training step"
+    if args.objective == "sum":
+        what = f"the sum of the categories, {result.config.convention.name} convention"
+    lines = [f"bytes({s.symbol}) = {s.expression}  ({what})"]
     if s.formula is not None:
         lines.append(f"largest {s.symbol} = {s.formula}")
     if s.maximum is not None:
-        lines.append(f"largest {s.symbol} within {s.budget:,} bytes: {s.maximum}")
+        at = f"; the peak is at {s.moment}" if s.moment else ""
+        lines.append(f"largest {s.symbol} within {s.budget:,} bytes: {s.maximum}{at}")
     elif not (s.expression.free_symbols - {s.symbol}):
         lines.append(f"even {s.symbol} = 1 needs more than {s.budget:,} bytes")
+    if args.plot:
+        lines.append(f"plot written to {args.plot}")
     return "\n".join(lines) + "\n"
 
 

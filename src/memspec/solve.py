@@ -1,9 +1,12 @@
 """Inverse queries: the largest value of one symbol whose memory fits a budget.
 
-The objective is the textbook sum (parameters + gradients + optimizer state +
-activations + buffers, under the convention in force). Memory grows with every size,
-so the answer is found exactly: by the closed form when the bytes are linear in the
-symbol, by a bisection over integers otherwise.
+The objective is the true peak of a training step (`passes.peak`: the largest of the
+moments that can be the peak) or the textbook sum (parameters + gradients + optimizer
+state + activations + buffers, under the convention in force). With the other dims
+bound, the moments that another one dominates for every value of the symbol are
+dropped. Memory grows with every size, so the answer is exact: a closed form when each
+remaining expression is linear in the symbol (the smallest of their solutions), a
+bisection over integers otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sympy as sp
 from memspec.compile import CompileResult
 from memspec.errors import UsageError
 from memspec.symbolic.bind import resolve_defaults
+from memspec.symbolic.polys import dominates, poly
 
 __all__ = ["Solution", "parse_budget", "solve_max"]
 
@@ -53,38 +57,80 @@ class Solution:
     budget: int
     expression: sp.Expr  # bytes as a function of the symbol (others bound)
     formula: sp.Expr | None  # the closed form when everything else stays symbolic
+    moment: str | None = None  # where the step peaks at the maximum (objective peak)
 
 
-def solve_max(result: CompileResult, name: str, budget: int) -> Solution:
+def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str]]:
+    """(bytes, moment) of each expression whose largest is the memory."""
+    if objective == "sum":
+        return [(result.total_bytes, "")]
+    if objective != "peak":
+        raise UsageError(f"unknown objective {objective!r}; expected peak or sum")
+    if result.peak is None:
+        raise UsageError(
+            f"no true peak for this spec ({result.peak_unavailable}); use --objective sum"
+        )
+    return [(c.bytes, c.label()) for c in result.peak.candidates]
+
+
+def _undominated(terms: list[tuple[sp.Expr, str]]) -> list[tuple[sp.Expr, str]]:
+    polys = [poly(e) for e, _ in terms]
+    kept: list[int] = []
+    for i in range(len(terms)):
+        if any(dominates(polys[j], polys[i]) for j in kept):
+            continue
+        kept = [j for j in kept if not dominates(polys[i], polys[j])] + [i]
+    return [terms[i] for i in sorted(kept)]
+
+
+def solve_max(result: CompileResult, name: str, budget: int, objective: str = "peak") -> Solution:
     dim = result.symbols.lookup(name)
     if dim is None:
         raise UsageError(f"--for {name!r} is not a dim of this spec")
     x = dim.symbol
     bindings = {k: v for k, v in result.bindings.items() if k != x}
-    total = resolve_defaults(result.total_bytes, result.symbols, bindings)
-    bound = sp.expand(total.xreplace({k: sp.Integer(v) for k, v in bindings.items()}))
-    if not total.has(x):
+    subs = {k: sp.Integer(v) for k, v in bindings.items()}
+    terms = _undominated(
+        [
+            (sp.expand(resolve_defaults(e, result.symbols, bindings).xreplace(subs)), label)
+            for e, label in _objective(result, objective)
+        ]
+    )
+    exprs = [e for e, _ in terms]
+    expression = exprs[0] if len(exprs) == 1 else sp.Max(*exprs, evaluate=False)
+    if not any(e.has(x) for e in exprs):
         raise UsageError(f"the memory does not depend on {x}")
     formula = None
-    expanded = sp.expand(total)
-    if expanded.is_polynomial(x) and sp.Poly(expanded, x).degree() == 1:
-        slope, intercept = sp.Poly(expanded, x).all_coeffs()
-        formula = sp.floor((budget - intercept) / slope)
-    if bound.free_symbols - {x}:
+    if all(e.is_polynomial(x) and sp.Poly(e, x).degree() == 1 for e in exprs):
+        solutions = []
+        for e in exprs:
+            slope, intercept = sp.Poly(e, x).all_coeffs()
+            solutions.append(sp.floor((budget - intercept) / slope))
+        formula = solutions[0] if len(solutions) == 1 else sp.Min(*solutions, evaluate=False)
+    free = set().union(*(e.free_symbols for e in exprs)) - {x}
+    if free:
         if formula is None:
-            missing = ", ".join(sorted(str(s) for s in bound.free_symbols - {x}))
+            missing = ", ".join(sorted(str(s) for s in free))
             raise UsageError(
                 f"the memory is not linear in {x}: bind every other dim to get a "
                 f"number (unbound: {missing})"
             )
-        return Solution(x, None, budget, expanded, formula)
-    fits = lambda v: int(bound.xreplace({x: v})) <= budget  # noqa: E731
+        return Solution(x, None, budget, expression, formula)
+
+    def at(v: int) -> list[int]:
+        return [int(e.xreplace({x: v})) for e in exprs]
+
+    def fits(v: int) -> bool:
+        return max(at(v)) <= budget
+
     if not fits(1):
-        return Solution(x, None, budget, bound, formula)
+        return Solution(x, None, budget, expression, formula)
     low, high = 1, 2
     while fits(high):
         low, high = high, high * 2
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
-    return Solution(x, low, budget, bound, formula)
+    values = at(low)
+    moment = terms[values.index(max(values))][1] or None
+    return Solution(x, low, budget, expression, formula, moment)

@@ -291,6 +291,25 @@ def _substitute(p: Poly, counts: dict[sp.Dummy, Poly]) -> Poly:
     return out
 
 
+def _update_order(params) -> list[tuple[object, object]]:
+    """(previous parameter, parameter) pairs in the order torch.optim updates them:
+    module order, so each repetition of a region's parameters in turn, the last of one
+    repetition followed by the first of the next."""
+    pairs, previous = [], None
+    i = 0
+    while i < len(params):
+        group = [params[i]]
+        while i + len(group) < len(params) and params[i + len(group)].regions == group[0].regions:
+            group.append(params[i + len(group)])
+        for item in group:
+            pairs.append((previous, item))
+            previous = item
+        if group[0].regions and len(group) > 1:
+            pairs.append((group[-1], group[0]))  # into the next repetition
+        i += len(group)
+    return pairs
+
+
 def _step_moments(config, categories, options, rep, constant, state, measure) -> list[_Raw]:
     """optimizer.step(): parameters, all gradients, state, what the step's temporaries
     add, and what is still alive of the forward (the inputs and the loss)."""
@@ -307,9 +326,15 @@ def _step_moments(config, categories, options, rep, constant, state, measure) ->
             ("every parameter at once", scaled(measure(categories["parameters"].bytes), temps))
         )
     else:
+        itemsize = config.precision.state.itemsize
         seen: set = set()
-        for item in params:
-            size = measure(item.elements * item.dtype.itemsize * temps)
+        for before, item in _update_order(params):
+            # `denom`, the last temporary, is a local variable of the loop: the previous
+            # parameter's stays alive until this parameter's replaces it
+            size = item.elements * itemsize * temps
+            if before is not None:
+                size += before.elements * itemsize
+            size = measure(size)
             key = tuple(sorted(size.items(), key=str))
             if key not in seen:
                 seen.add(key)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memspec.compile import CompileResult
+from memspec.errors import UsageError
 from memspec.lower.module import LoweredModel
 from memspec.passes.peak import StepOptions
 from memspec.verify.measure import _optimizer
 
-__all__ = ["CATEGORIES", "PeakMeasurement", "measure_peak"]
+__all__ = ["CATEGORIES", "PeakComparison", "PeakMeasurement", "compare_peak", "measure_peak"]
 
 # MemTracker's categories, in the order a report lists them.
 CATEGORIES = ("PARAM", "BUFFER", "GRAD", "ACT", "TEMP", "OPT", "OTH")
@@ -34,10 +35,20 @@ class PeakMeasurement:
 
 def measure_peak(result: CompileResult, options: StepOptions | None = None) -> PeakMeasurement:
     """Peak bytes of one training step under `options`, by MemTracker category."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
     options = options or StepOptions()
+    try:
+        return _measure(result, options, FakeTensorMode, MemTracker)
+    except DynamicOutputShapeException as err:
+        raise UsageError(
+            f"verify --peak runs on fake tensors, which cannot run an op whose output "
+            f"shape depends on the data ({err.func}); this spec's step has one"
+        ) from None
+
+
+def _measure(result, options, FakeTensorMode, MemTracker) -> PeakMeasurement:
     with FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
         optimizer = _optimizer(
@@ -66,3 +77,40 @@ def measure_peak(result: CompileResult, options: StepOptions | None = None) -> P
     (device_snapshot,) = snapshot.values()
     by_name = {str(k).rsplit(".", 1)[-1]: int(v) for k, v in device_snapshot.items()}
     return PeakMeasurement(by_name["Total"], tuple((c, by_name.get(c, 0)) for c in CATEGORIES))
+
+
+# memspec's peak categories, as MemTracker names them.
+TRACKER_NAMES = {
+    "parameters": "PARAM",
+    "buffers": "BUFFER",
+    "gradients": "GRAD",
+    "activations": "ACT",
+    "temporaries": "TEMP",
+    "optimizer_state": "OPT",
+}
+TOLERANCE = 0.01  # per category and in total, relative to the measured total
+
+
+@dataclass(frozen=True)
+class PeakComparison:
+    moment: str
+    rows: tuple[tuple[str, int, int], ...]  # (MemTracker category, measured, predicted)
+    measured: int
+    predicted: int
+
+    @property
+    def ok(self) -> bool:
+        limit = TOLERANCE * self.measured
+        return abs(self.predicted - self.measured) <= limit and all(
+            abs(p - m) <= limit for _, m, p in self.rows
+        )
+
+
+def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakComparison:
+    """memspec's peak moment, category by category, against the tracker's peak."""
+    winner = result.peak.winner(result.value)
+    rows = tuple(
+        (TRACKER_NAMES[name], measurement.get(TRACKER_NAMES[name]), result.value(expr))
+        for name, expr in winner.breakdown
+    )
+    return PeakComparison(winner.label(), rows, measurement.total, result.value(winner.bytes))

@@ -6,7 +6,7 @@ from memspec.compile import CATEGORY_TITLES, CompileResult
 from memspec.symbolic.bind import format_bytes
 from memspec.verify.compare import Table
 from memspec.verify.measure import Measurement
-from memspec.verify.peak import PeakMeasurement
+from memspec.verify.peak import PeakComparison
 
 __all__ = ["render_verify"]
 
@@ -37,6 +37,10 @@ def _table(table: Table, width: int) -> list[str]:
     return lines
 
 
+def _relative(difference: int, total: int) -> str:
+    return f"{100 * difference / total:+.3f}%" if total else "-"
+
+
 def _bindings(result: CompileResult) -> str:
     subs = result.substitutions()
     return ", ".join(f"{d.symbol}={subs[d.symbol]}" for d in result.symbols.ordered())
@@ -46,7 +50,7 @@ def render_verify(
     result: CompileResult,
     tables: list[Table] | None,
     measured: Measurement | None,
-    peak: PeakMeasurement | None,
+    peak: PeakComparison | None,
 ) -> str:
     import torch
 
@@ -84,40 +88,35 @@ def render_verify(
                 "so it is reported, not verified.",
             ]
     if peak is not None:
+        options = result.peak.options
         lines += [
             "",
-            "Steady-state peak of a training step on fake tensors "
-            "(torch MemTracker, FakeTensorMode: nothing allocated):",
-        ]
-        predicted = {
-            "PARAM": result.value(result.categories["parameters"].bytes),
-            "BUFFER": result.value(result.categories["buffers"].bytes),
-            "OPT": result.value(result.categories["optimizer_state"].bytes),
-            "ACT": result.value(result.conventions["autograd"].bytes),
-            "GRAD": result.value(result.categories["gradients"].bytes),
-        }
-        lines.append(
+            "Peak of a training step on fake tensors (torch MemTracker, FakeTensorMode:",
+            f"nothing allocated); {options.describe()}.",
+            f"memspec's peak: {peak.moment}.",
             f"  {'category':<8} {'at the peak (bytes)':>20} {'memspec (bytes)':>20} "
-            f"{'difference':>16}   at the peak"
-        )
-        for category, value in peak.by_category:
-            mine = predicted.get(category)
-            diff = "-" if mine is None else f"{value - mine:,}"
+            f"{'difference':>16} {'relative':>9}",
+        ]
+        for category, measured_bytes, predicted in peak.rows:
+            difference = predicted - measured_bytes
             lines.append(
-                f"  {category:<8} {value:>20,} {_cell(mine):>20} {diff:>16}   {format_bytes(value)}"
+                f"  {category:<8} {measured_bytes:>20,} {predicted:>20,} "
+                f"{difference:>16,} {_relative(difference, peak.measured):>9}"
             )
-        total = sum(v for v in predicted.values() if v is not None)
         lines.append(
-            f"  {'total':<8} {peak.total:>20,} {total:>20,} {peak.total - total:>16,}"
-            f"   {format_bytes(peak.total)}"
+            f"  {'total':<8} {peak.measured:>20,} {peak.predicted:>20,} "
+            f"{peak.predicted - peak.measured:>16,} "
+            f"{_relative(peak.predicted - peak.measured, peak.measured):>9}   "
+            f"{format_bytes(peak.measured)}"
         )
         lines += [
-            "  memspec's column is its category totals (activations under the autograd",
-            "  convention); their sum is the textbook answer, not a peak. At the steady-state",
-            "  peak (the start of backward) zero_grad(set_to_none=True) has freed the",
-            "  gradients, and TEMP holds the loss backward's temporaries (the gradients of",
-            "  the log-probabilities and the logits). OPT includes AdamW's `step` scalars;",
-            "  the int64 inputs, made before the tracked step, are not in ACT.",
+            "  relative: the difference over the measured total. The tracker's OPT also holds",
+            "  AdamW's `step` counters (4 bytes per parameter tensor, CPU tensors when training",
+            "  on a GPU), which memspec does not count.",
+            "",
+            "verify --peak: within 1% in every category and in total"
+            if peak.ok
+            else "verify --peak: MISMATCH, more than 1% off",
         ]
     if tables is not None:
         ok = all(t.ok for t in tables)
