@@ -35,7 +35,7 @@ from memspec.ir.graph import Graph
 from memspec.passes.lifetimes import Point, Replay, replay
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
-from memspec.symbolic.polys import Poly, add_into, dominates, poly, scaled, to_expr
+from memspec.symbolic.polys import Poly, add_into, dominates, evaluate, poly, scaled, to_expr
 
 __all__ = ["CATEGORIES", "PeakCandidate", "PeakResult", "StepOptions", "peak_memory"]
 
@@ -87,10 +87,7 @@ class PeakCandidate:
     where: str  # the op (and repetition) running, or the parameter being updated
     micro_batch: str  # "" or which micro-batches of gradient accumulation
     breakdown: tuple[tuple[str, sp.Expr], ...]  # CATEGORIES order
-
-    @property
-    def bytes(self) -> sp.Expr:
-        return sp.expand(sp.Add(*(e for _, e in self.breakdown)))
+    bytes: sp.Expr  # their sum
 
     def part(self, category: str) -> sp.Expr:
         return dict(self.breakdown)[category]
@@ -105,21 +102,28 @@ class PeakResult:
     options: StepOptions
     candidates: tuple[PeakCandidate, ...]  # none dominates another; largest-looking first
     assumptions: tuple[str, ...] = ()
+    values: tuple[int, ...] | None = None  # each candidate's bytes, when every size is bound
 
     @property
     def bytes(self) -> sp.Expr:
         totals = [c.bytes for c in self.candidates]
         return totals[0] if len(totals) == 1 else sp.Max(*totals, evaluate=False)
 
-    def winner(self, value) -> PeakCandidate | None:
-        """The candidate with the most bytes under `value` (expr -> int or None)."""
+    @property
+    def value(self) -> int | None:
+        return max(self.values) if self.values else None
+
+    def winner(self, value=None) -> PeakCandidate | None:
+        """The largest candidate: with every size bound, or where only one remains, or
+        under `value` (expr -> int or None) if given."""
         if len(self.candidates) == 1:
             return self.candidates[0]
-        values = [value(c.bytes) for c in self.candidates]
-        if any(v is None for v in values):
+        values = self.values
+        if values is None and value is not None:
+            values = [value(c.bytes) for c in self.candidates]
+        if values is None or any(v is None for v in values):
             return None
-        best = max(values)
-        return self.candidates[values.index(best)]
+        return self.candidates[list(values).index(max(values))]
 
 
 @dataclass
@@ -258,15 +262,17 @@ def peak_memory(
                 raw.append(_Raw(point.phase, where, micro_batch, parts))
     raw += _step_moments(config, categories, options, replays[-1], constant, state, measure)
     counts = {extra_symbols[r]: measure(e) for r, e in extra.items()}
-    candidates = tuple(
-        PeakCandidate(
-            c.phase,
-            c.where,
-            c.micro_batch,
-            tuple((k, to_expr(_substitute(c.parts[k], counts))) for k in CATEGORIES),
-        )
-        for c in _prune(raw)
-    )
+    candidates, totals = [], []
+    for c in _prune(raw):
+        parts = {k: _substitute(c.parts[k], counts) for k in CATEGORIES}
+        total: Poly = {}
+        for part in parts.values():
+            add_into(total, part)
+        totals.append(total)
+        breakdown = tuple((k, to_expr(parts[k])) for k in CATEGORIES)
+        candidates.append(PeakCandidate(c.phase, c.where, c.micro_batch, breakdown, to_expr(total)))
+    values = [evaluate(t, dict(bindings)) for t in totals]
+    bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
     assumptions = tuple(
         f"{graph.regions[r].count} >= {REPLAY_LIMIT}: the peak formula replays the first, "
         f"a middle and the last repetition of {graph.regions[r].path} and counts the other "
@@ -274,7 +280,7 @@ def peak_memory(
         for r, e in extra.items()
         if not e.is_Integer
     )
-    return PeakResult(options, candidates, assumptions)
+    return PeakResult(options, tuple(candidates), assumptions, bound)
 
 
 def _substitute(p: Poly, counts: dict[sp.Dummy, Poly]) -> Poly:

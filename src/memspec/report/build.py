@@ -187,7 +187,7 @@ def _peak(result: CompileResult) -> Peak:
     if peak is None:
         return Peak("", None, (), "", "", None, None, None, (), 0, (), result.peak_unavailable)
     options = peak.options
-    winner = peak.winner(result.value) if result.bindings or len(peak.candidates) == 1 else None
+    winner = peak.winner()
     summed = {k: c.bytes for k, c in result.categories.items()}
     why = dict(_WHY)
     if options.set_to_none and options.grad_accum == 1:
@@ -226,7 +226,7 @@ def _peak(result: CompileResult) -> Peak:
         )
     total_sum = result.total_bytes
     value_sum = _value(result, total_sum)
-    value_peak = _value(result, peak.bytes)
+    value_peak = peak.value
     gap = None
     if value_sum is not None and value_peak is not None:
         difference = value_sum - value_peak
@@ -235,17 +235,13 @@ def _peak(result: CompileResult) -> Peak:
             f"the textbook sum is {format_bytes(abs(difference))} {word} than the true peak "
             f"({100 * difference / value_peak:+.1f}%)"
         )
-    ordered = list(peak.candidates)
-    if result.bindings and all(_value(result, c.bytes) is not None for c in ordered):
-        ordered.sort(key=lambda c: -_value(result, c.bytes))
+    ordered = list(zip(peak.candidates, peak.values or [None] * len(peak.candidates), strict=True))
+    if peak.values:
+        ordered.sort(key=lambda pair: -pair[1])  # stable: ties keep the replay's order
     shown = ordered[:PEAK_MOMENTS]
     moments = tuple(
-        PeakMoment(
-            c.label(),
-            latex(c.bytes),
-            _human(result, c.bytes),
-        )
-        for c in shown
+        PeakMoment(c.label(), latex(c.bytes), None if v is None else _bytes_text(v))
+        for c, v in shown
     )
     return Peak(
         options.describe(),
@@ -268,8 +264,10 @@ PEAK_MOMENTS = 12  # moments a report lists; JSON lists them all
 
 def _human(result: CompileResult, expr: sp.Expr) -> str | None:
     value = _value(result, expr)
-    if value is None:
-        return None
+    return None if value is None else _bytes_text(value)
+
+
+def _bytes_text(value: int) -> str:
     return f"{value:,} bytes" + (f" = {format_bytes(value)}" if value >= 1024 else "")
 
 

@@ -119,15 +119,13 @@ def _peak_json(result: CompileResult) -> dict | None:
     if peak is None:
         return {"unavailable": result.peak_unavailable}
     options = peak.options
-    winner = peak.winner(result.value)
-
-    def breakdown(candidate) -> dict:
-        return {k: text(e) for k, e in candidate.breakdown}
-
+    winner = peak.winner()
+    totals = [text(c.bytes) for c in peak.candidates]
     return {
-        "bytes": text(peak.bytes),
+        # a Max over the candidates below, in their order
+        "bytes": totals[0] if len(totals) == 1 else f"Max({', '.join(totals)})",
         "phase": winner.label() if winner else None,
-        "breakdown": breakdown(winner) if winner else None,
+        "breakdown": {k: text(e) for k, e in winner.breakdown} if winner else None,
         "step": {
             "first_step": options.first_step,
             "set_to_none": options.set_to_none,
@@ -135,8 +133,7 @@ def _peak_json(result: CompileResult) -> dict | None:
             "optimizer_impl": options.optimizer_impl,
         },
         "candidates": [
-            {"phase": c.label(), "bytes": text(c.bytes), "breakdown": breakdown(c)}
-            for c in peak.candidates
+            {"phase": c.label(), "bytes": t} for c, t in zip(peak.candidates, totals, strict=True)
         ],
         "assumptions": list(peak.assumptions),
     }
@@ -201,7 +198,7 @@ def render_json(result: CompileResult) -> str:
             values["flops"] = flops
         if result.training_seconds() is not None:
             values["training_seconds"] = result.training_seconds()
-        if result.peak is not None and result.value(result.peak.bytes) is not None:
-            values["peak"] = result.value(result.peak.bytes)
+        if result.peak is not None and result.peak.value is not None:
+            values["peak"] = result.peak.value
         doc["values"] = values
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

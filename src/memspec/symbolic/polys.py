@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import sympy as sp
 
-__all__ = ["Poly", "add_into", "dominates", "poly", "scaled", "to_expr"]
+__all__ = ["Poly", "add_into", "dominates", "evaluate", "poly", "scaled", "to_expr"]
 
 Poly = dict[sp.Expr, int | Fraction]  # Python numbers: sympy's are slow to add and compare
 
@@ -61,6 +61,25 @@ def scaled(p: Poly, factor: sp.Expr) -> Poly:
         coeff, rest = sp.Mul(factor, monomial).as_coeff_Mul()
         add_into(out, {rest: coefficient * _number(coeff)})
     return out
+
+
+def evaluate(p: Poly, values: dict[sp.Symbol, int]) -> Fraction | None:
+    """The exact value of `p` with its symbols bound; None if one is not."""
+    total = Fraction(0)
+    for monomial, coefficient in p.items():
+        value = _monomial_value(monomial, tuple(sorted(values.items(), key=str)))
+        if value is None:
+            return None
+        total += coefficient * value
+    return total
+
+
+@lru_cache(maxsize=65536)
+def _monomial_value(monomial: sp.Expr, values: tuple) -> Fraction | None:
+    bound = monomial.xreplace({s: sp.Integer(v) for s, v in values})
+    if bound.free_symbols or not bound.is_Rational:
+        return None
+    return Fraction(int(bound.p), int(bound.q))
 
 
 def to_expr(p: Poly) -> sp.Expr:

@@ -6,6 +6,7 @@ share `latex()`. Printing is deterministic: sympy orders terms canonically.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import ClassVar
 
 import sympy as sp
@@ -32,8 +33,10 @@ class MathPrinter(LatexPrinter):
 _PRINTER = MathPrinter()
 
 
+@lru_cache(maxsize=8192)
 def latex(expr: sp.Expr) -> str:
-    """LaTeX math (without `$`) for `expr`."""
+    """LaTeX math (without `$`) for `expr` (memoized: reports print the same totals in
+    several tables)."""
     return _PRINTER.doprint(expr)
 
 
@@ -49,6 +52,7 @@ def latex_shape(shape: Shape) -> str:
     return r" \times ".join(parts) if shape else "1"
 
 
+@lru_cache(maxsize=8192)
 def text(expr: sp.Expr) -> str:
     """sympy's `str` form, used by the JSON contract."""
     return str(expr)
