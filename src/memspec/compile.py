@@ -67,6 +67,7 @@ class CompileResult:
     training: tuple[float, float, int] | None = None  # (peak FLOP/s, MFU, steps)
     peak: PeakResult | None = None
     peak_unavailable: str | None = None  # why there is no peak, if there is none
+    active: CategoryResult | None = None  # parameters one token uses, with expert banks
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""
@@ -230,6 +231,9 @@ def compile_spec(
         training,
         peak,
         unavailable,
+        count_active_parameters(elab.graph)
+        if any(r.active is not None for r in elab.graph.regions)
+        else None,
     )
 
 

@@ -10,6 +10,8 @@ every row.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sympy as sp
 
@@ -186,3 +188,24 @@ def test_verify_at_small_sizes(sizes, variant):
     assert [(t.category, r) for t in tables for r in t.rows if r.difference] == []
     routed = {r.name for t in tables for r in t.rows if ".experts." in r.name}
     assert "model.layers.block_sparse_moe.experts.current_hidden_states" in routed
+
+
+def test_active_parameters_in_the_report_and_the_json():
+    result = compile_spec(SPECS / "mixtral.mspec", preset="mixtral_8x7b")
+    doc = json.loads(result.to_json())
+    assert doc["values"]["active_parameters"] == {"elements": 12_879_925_248}
+    assert doc["values"]["parameters"]["elements"] == 46_702_792_704
+    assert "= 12,879,925,248." in result.to_markdown()
+
+
+def test_peak_needs_the_expert_count_bound():
+    """The expert bank is a repeat inside the layers' repeat: the replay runs it in full,
+    so E must be a number; the report says so instead of guessing."""
+    doc = json.loads(compile_spec(SPECS / "mixtral.mspec").to_json())
+    assert doc["peak"] == {
+        "unavailable": "the repeat model.layers.block_sparse_moe.experts inside another "
+        "repeat has a symbolic count (E); bind it with --set to get the peak"
+    }
+    bound = compile_spec(SPECS / "mixtral.mspec", preset="mixtral_8x7b", set={"B": 1, "L": 4096})
+    assert bound.peak.winner().label() == "optimizer step: updating lm_head.weight"
+    assert bound.peak.value == 748_295_438_340

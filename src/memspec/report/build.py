@@ -316,7 +316,15 @@ def build_report(result: CompileResult) -> Report:
         comparison=_comparison(result),
         flops=_flops(result),
         peak=_peak(result),
+        active=_active(result),
     )
+
+
+def _active(result: CompileResult) -> tuple[str, str | None] | None:
+    if result.active is None:
+        return None
+    value = _value(result, result.active.elements)
+    return latex(result.resolve(result.active.elements)), None if value is None else f"{value:,}"
 
 
 def _assumption_math(expr: sp.Expr) -> str:

@@ -182,3 +182,5 @@ class Report:
     comparison: Comparison
     flops: Flops
     peak: Peak
+    # parameters one token uses (mixtures of experts): (elements as math, value or None)
+    active: tuple[str, str | None] | None = None

@@ -182,6 +182,8 @@ def render_json(result: CompileResult) -> str:
         },
         "peak": _peak_json(result),
     }
+    if result.active is not None:
+        doc["active_parameters"] = {"elements": text(result.resolve(result.active.elements))}
     if result.bindings:
         values = {}
         for name, c in [*result.categories.items(), ("total", None)]:
@@ -198,6 +200,8 @@ def render_json(result: CompileResult) -> str:
             values["flops"] = flops
         if result.training_seconds() is not None:
             values["training_seconds"] = result.training_seconds()
+        if result.active is not None and result.value(result.active.elements) is not None:
+            values["active_parameters"] = {"elements": result.value(result.active.elements)}
         if result.peak is not None and result.peak.value is not None:
             values["peak"] = result.peak.value
         doc["values"] = values
