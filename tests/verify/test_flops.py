@@ -44,3 +44,29 @@ def test_six_n_d_rule_plus_attention():
     # P V (4 B L^2 D per block forward, times three with backward).
     want = 6 * B * L * (12 * D**2 * N + D * V) + 12 * B * L**2 * D * N
     assert sp.expand(result.resolve(result.flops.total) - want) == 0
+
+
+@pytest.mark.parametrize(("optimizer", "per_element"),
+                         [("adamw", 14), ("adam", 13), ("sgd", 2), ("sgd_momentum", 5)])
+def test_optimizer_step_flops_are_declared_per_parameter_element(optimizer, per_element):
+    """torch.optim's update, one FLOP per elementwise operation (std/train.mspec says which)."""
+    result = compile_spec(SPECS / "cs336_lm.mspec", optimizer=optimizer)
+    params = result.categories["parameters"].elements
+    assert sp.expand(result.flops.optimizer - per_element * params) == 0
+    assert sp.expand(result.flops.step - result.flops.total - per_element * params) == 0
+
+
+def test_question_c_and_d_at_gpt2_xl():
+    """(c) one AdamW step at GPT-2 XL shape, B = 1024; (d) 400k steps at 50% MFU of an
+    H100's 989 TFLOP/s (the question's figures)."""
+    result = compile_spec(SPECS / "cs336_lm.mspec", preset="gpt2_xl", set={"B": 1024},
+                          peak_flops=989e12, mfu=0.5, steps=400_000)
+    forward_backward = result.value(result.flops.total)
+    optimizer = result.value(result.flops.optimizer)
+    assert optimizer == 14 * 1_635_537_600
+    assert forward_backward == 3 * 3_506_703_564_800 * 1024  # backward is twice forward
+    days = result.training_seconds() / 86_400
+    assert days == pytest.approx(
+        400_000 * (forward_backward + optimizer) / (0.5 * 989e12) / 86_400, rel=1e-12
+    )
+    assert round(days, 2) == 100.86
