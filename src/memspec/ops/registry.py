@@ -161,6 +161,9 @@ class OpDef:
     differentiable: bool = True
     # None: every input that requires grad gets a new gradient tensor (most formulas).
     grads: GradRule | None = None
+    # Bytes a composite op's backward holds beside its inputs' gradients (the autograd
+    # nodes inside it); None: nothing beyond them, as for one kernel.
+    backward_temporaries: FlopRule | None = None
 
     def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[str, ...]:
         if self.grads is None:

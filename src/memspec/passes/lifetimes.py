@@ -335,6 +335,9 @@ class _Replayer:
                     # shared with another tensor's gradient: old + new, out of place
                     adjoint[key] = self.alloc(self.size_of(vid), "temporaries")
                     transient += [grad, old]
+            rule = lookup(op.op).backward_temporaries
+            if rule is not None:
+                transient.append(self.alloc(self.measure(rule(op, graph)), "temporaries"))
             self.mark("backward", op.path)
             for bid, kept in self.finished:
                 if kept:
