@@ -198,14 +198,27 @@ def test_active_parameters_in_the_report_and_the_json():
     assert "= 12,879,925,248." in result.to_markdown()
 
 
-def test_peak_needs_the_expert_count_bound():
-    """The expert bank is a repeat inside the layers' repeat: the replay runs it in full,
-    so E must be a number; the report says so instead of guessing."""
-    doc = json.loads(compile_spec(SPECS / "mixtral.mspec").to_json())
-    assert doc["peak"] == {
-        "unavailable": "the repeat model.layers.block_sparse_moe.experts inside another "
-        "repeat has a symbolic count (E); bind it with --set to get the peak"
-    }
+def test_peak_of_the_nested_expert_bank_is_exact(monkeypatch):
+    """The experts are a repeat inside the layers' repeat: both are replayed three times
+    and their left-out repetitions added back, which equals replaying all of them, here
+    where the step peaks inside an expert's backward."""
+    from memspec.passes import peak as peak_pass
+    from memspec.passes.peak import StepOptions
+
+    sizes = {"B": 4, "L": 16, "V": 16, "D": 8, "N": 4, "H": 2, "KV": 1, "F": 256, "E": 4,
+             "k": 2}
+    for options in (StepOptions(), StepOptions(set_to_none=False)):
+        short = compile_spec(SPECS / "mixtral.mspec", set=sizes, use=["math"], step=options)
+        monkeypatch.setattr(peak_pass, "REPLAY_LIMIT", 10)
+        full = compile_spec(SPECS / "mixtral.mspec", set=sizes, use=["math"], step=options)
+        monkeypatch.undo()
+        assert short.peak.value == full.peak.value
+        assert short.peak.winner().label() == (
+            "backward: model.layers.block_sparse_moe.experts.mul [model.layers N] "
+            "[model.layers.block_sparse_moe.experts E]"
+        )
+    symbolic = compile_spec(SPECS / "mixtral.mspec")
+    assert [a.split(":")[0] for a in symbolic.peak.assumptions] == ["N >= 3", "E >= 3"]
     bound = compile_spec(SPECS / "mixtral.mspec", preset="mixtral_8x7b", set={"B": 1, "L": 4096})
     assert bound.peak.winner().label() == "optimizer step: updating lm_head.weight"
     assert bound.peak.value == 748_295_438_340

@@ -17,10 +17,11 @@ and, when `zero_grad(set_to_none=True)` has freed them, parameter gradients.
 Parameters, buffers and optimizer state are added by `passes.peak`.
 
 A repeat region is replayed `min(count, 3)` times: its first, a middle and its last
-repetition. The repetitions left out are added back at each point by `passes.peak`
-(see `RegionShare`), which is exact because memory at a point of repetition k is
-affine in k: a repetition before the point holds what it saved, one after it holds its
-parameter gradients.
+repetition (a nested region so within each replayed repetition of the outer one). The
+repetitions left out are added back at each point by `passes.peak` (see
+`RegionShare`), which is exact because memory at a point of repetition k is affine in
+k: a repetition before the point holds what it saved, one after it holds its parameter
+gradients.
 
 Op-internal workspace (buffers a kernel allocates and frees within one op) is not
 modelled: its size is not part of any op's rules.
@@ -40,9 +41,13 @@ from memspec.lower.schedule import Loop, last_uses, schedule
 from memspec.ops import lookup
 from memspec.symbolic.polys import Poly, add_into, poly
 
-__all__ = ["REPLAYED", "Point", "RegionShare", "Replay", "replay"]
+__all__ = ["REPLAYED", "PeakUnavailable", "Point", "RegionShare", "Replay", "replay"]
 
 REPLAYED = ("activations", "temporaries", "gradients")
+
+
+class PeakUnavailable(Exception):
+    """The spec has a structure the lifetime replay does not model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +69,8 @@ class RegionShare:
     """What one middle repetition of a region adds at a point it is far from.
 
     `saved`: bytes it keeps from its forward until its backward (what it saved);
-    `gradients`: parameter-gradient bytes it leaves once its backward is done.
+    `gradients`: parameter-gradient bytes it leaves once its backward is done. Both as
+    replayed: a nested region's left-out repetitions are not in them.
     """
 
     region: int
@@ -85,7 +91,7 @@ class _Block:
     size: Poly
     category: str
     refs: int = 0
-    born: tuple[int, int] | None = None  # (region, repetition) of a replayed region
+    born: tuple = ()  # ((region, repetition), ...) of the replayed regions it was made in
 
 
 @dataclass
@@ -119,7 +125,7 @@ class _Replayer:
         self.points: list[Point] = []
         self.records: list[_Record] = []
         self.where: dict[int, object] = {r.id: "before" for r in graph.regions}
-        self.born: tuple[int, int] | None = None
+        self.born: tuple = ()
         self.param_grads: dict[object, int] = {}  # parameter instance -> its .grad
         self.param_uses: dict[object, int] = {}  # backward nodes still to give a gradient
         self.in_flight: dict[object, int] = {}
@@ -146,6 +152,9 @@ class _Replayer:
         if block.refs == 0:
             add_into(self.totals[block.category], block.size, -1)
             del self.blocks[bid]
+
+    def _ancestors(self, region_id: int) -> list[int]:
+        return [r.id for r in self.graph.region_chain(region_id)[:-1]]
 
     def recategorize(self, bid: int, category: str) -> None:
         block = self.blocks[bid]
@@ -212,15 +221,20 @@ class _Replayer:
         region = loop.region
         carried = [(i, o) for r, i, o in self.graph.carried if r == region]
         if len(carried) > 1:
-            raise NotImplementedError("a repeated layer called more than once")
+            raise PeakUnavailable(
+                f"the repeated layer {self.graph.regions[region].path} is called more than "
+                "once, which the replay does not model"
+            )
         saved_input = self.env.get(carried[0][0]) if carried else None
         if saved_input is not None and saved_input[0] is not None:
             self.ref(saved_input[0])  # the loop's own reference to its first input
         outer_born = self.born
+        inner = [r.id for r in self.graph.regions if region in self._ancestors(r.id)]
         for i in range(self.repetitions[region]):
             self.where[region] = i
-            if self.graph.regions[region].parent is None:
-                self.born = (region, i)
+            for r in inner:  # a new repetition has not reached its nested regions yet
+                self.where[r] = "before"
+            self.born = (*outer_born, (region, i))
             if carried and i > 0:
                 self._set(carried[0][0], self.env[carried[0][1]])
             self._run(loop.body, (*index, i))
@@ -370,7 +384,7 @@ class _Replayer:
         size = self.size_of(vid, self.grad_dtype)
         v = self.graph.value(vid)
         chain = self.graph.region_chain(v.region)
-        born = (chain[0].id, key[2][0]) if chain and chain[0].parent is None else None
+        born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
         outer, self.born = self.born, born
         grad = self.alloc(size, "temporaries")
         self.born = outer
@@ -411,16 +425,18 @@ def replay(
     r.mark("optimizer step", "")
     shares = []
     for region in graph.regions:
-        if region.parent is not None or repetitions[region.id] < 3:
+        if repetitions[region.id] < 3:
             continue
+        # one middle repetition, inside the middle repetition of each enclosing region
+        path = tuple((c.id, 1) for c in graph.region_chain(region.id))
         saved: Poly = {}
         for block in alive:
-            if block.born == (region.id, 1):
+            if block.born[: len(path)] == path:
                 add_into(saved, block.size)
         grads: Poly = {}
         for bid in r.param_grads.values():
             block = r.blocks[bid]
-            if block.born == (region.id, 1):
+            if block.born[: len(path)] == path:
                 add_into(grads, block.size)
         shares.append(RegionShare(region.id, repetitions[region.id], saved, grads))
     loss_value = graph.value(graph.outputs[0])

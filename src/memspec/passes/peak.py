@@ -24,6 +24,7 @@ parameter being updated) and one moment for `foreach` (those of every parameter)
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -32,12 +33,19 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
-from memspec.passes.lifetimes import Point, Replay, replay
+from memspec.passes.lifetimes import PeakUnavailable, Point, Replay, replay
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
 from memspec.symbolic.polys import Poly, add_into, dominates, evaluate, poly, scaled, to_expr
 
-__all__ = ["CATEGORIES", "PeakCandidate", "PeakResult", "StepOptions", "peak_memory"]
+__all__ = [
+    "CATEGORIES",
+    "PeakCandidate",
+    "PeakResult",
+    "PeakUnavailable",
+    "StepOptions",
+    "peak_memory",
+]
 
 CATEGORIES = (
     "parameters",
@@ -48,10 +56,6 @@ CATEGORIES = (
     "buffers",
 )
 REPLAY_LIMIT = 3  # repetitions of a repeat region the replay runs: first, middle, last
-
-
-class PeakUnavailable(Exception):
-    """The spec has a structure the lifetime replay does not model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,48 +155,102 @@ def _repetitions(graph: Graph, bindings: dict) -> tuple[dict[int, int], dict[int
         if count.is_Integer and (region.count.is_Integer or int(count) <= REPLAY_LIMIT):
             # a literal count, or a bound one too small for the formula in the symbol
             repetitions[region.id] = min(int(count), REPLAY_LIMIT)
-            if int(count) > REPLAY_LIMIT and region.parent is None:
+            if int(count) > REPLAY_LIMIT:
                 extra[region.id] = count - REPLAY_LIMIT
-        elif region.parent is None:
+        else:
             repetitions[region.id] = REPLAY_LIMIT
             extra[region.id] = region.count - REPLAY_LIMIT
-        elif count.is_Integer:
-            repetitions[region.id] = int(count)  # nested: replayed in full
-        else:
-            raise PeakUnavailable(
-                f"the repeat {region.path} inside another repeat has a symbolic count "
-                f"({region.count}); bind it with --set to get the peak"
-            )
     return repetitions, extra
 
 
-def _views(point: Point, shares, extra_symbols) -> list[tuple[Poly, Poly, str]]:
-    """(added saved bytes, added gradient bytes, label suffix) for each reading of a point:
-    a point in a region's middle repetition stands for the second and the next-to-last."""
+@dataclass(frozen=True)
+class _Share:
+    """What each left-out middle repetition of a region adds, its own nested left-out
+    repetitions included, and the replayed repetitions of the regions around it
+    (`instances`: one tuple of enclosing (region, repetition) pairs per replayed copy)."""
+
+    region: int
+    saved: Poly
+    gradients: Poly
+    instances: tuple[tuple[tuple[int, int], ...], ...]
+
+
+def _shares(graph: Graph, rep: Replay, repetitions, extra_symbols) -> list[_Share]:
+    """Per region with left-out repetitions: S(R) = replayed(R) + sum over regions D
+    nested in it of (replayed copies of D in one repetition of R) * e_D * S(D)."""
+    replayed = {s.region: s for s in rep.shares}
+    totals: dict[int, tuple[Poly, Poly]] = {}
+
+    def total(region_id: int) -> tuple[Poly, Poly]:
+        if region_id not in totals:
+            saved = dict(replayed[region_id].saved)
+            grads = dict(replayed[region_id].gradients)
+            for inner in graph.regions:
+                chain = [r.id for r in graph.region_chain(inner.id)]
+                if inner.id not in extra_symbols or region_id not in chain[:-1]:
+                    continue
+                between = chain[chain.index(region_id) + 1 : -1]
+                copies = math.prod(repetitions[m] for m in between)
+                inner_saved, inner_grads = total(inner.id)
+                factor = copies * extra_symbols[inner.id]
+                add_into(saved, scaled(inner_saved, factor))
+                add_into(grads, scaled(inner_grads, factor))
+            totals[region_id] = (saved, grads)
+        return totals[region_id]
+
+    shares = []
+    for region in graph.regions:
+        if region.id not in extra_symbols:
+            continue
+        saved, grads = total(region.id)
+        e = extra_symbols[region.id]
+        outer = [r.id for r in graph.region_chain(region.id)[:-1]]
+        instances = tuple(
+            tuple(zip(outer, index, strict=True))
+            for index in itertools.product(*(range(repetitions[o]) for o in outer))
+        )
+        shares.append(_Share(region.id, scaled(saved, e), scaled(grads, e), instances))
+    return shares
+
+
+def _relation(where: dict, instance: tuple, region: int) -> object:
+    """Where a point lies relative to one replayed copy of a region: "before" or "after"
+    it in program order, or the repetition of it the point is in."""
+    for outer, i in instance:
+        at = where.get(outer)
+        if at == "before" or (isinstance(at, int) and at < i):
+            return "before"
+        if at == "after" or (isinstance(at, int) and at > i):
+            return "after"
+    return where.get(region)
+
+
+def _views(point: Point, shares: list[_Share]) -> list[tuple[Poly, Poly, dict]]:
+    """(added saved bytes, added gradient bytes, tags) for each reading of a point: a
+    point in a region's middle repetition stands for the second and the next-to-last."""
     views: list[tuple[Poly, Poly, dict]] = [({}, {}, {})]
     where = dict(point.where)
     for share in shares:
-        rel = where.get(share.region)
-        e = extra_symbols[share.region]
-        saved, grads = scaled(share.saved, e), scaled(share.gradients, e)
-        if point.phase == "optimizer step":
-            options = [("G", None)]
-        elif point.phase == "backward":
-            options = {1: [("G", "low"), ("S", "high")], 2: [("S", None)], "after": [("S", None)]}
-            options = options.get(rel, [("G", None)])
-        else:
-            options = {1: [("0", "low"), ("S", "high")], 2: [("S", None)], "after": [("S", None)]}
-            options = options.get(rel, [("0", None)])
-        grown = []
-        for s, g, tags in views:
-            for kind, tag in options:
-                s2, g2 = dict(s), dict(g)
-                if kind == "S":
-                    add_into(s2, saved)
-                elif kind == "G":
-                    add_into(g2, grads)
-                grown.append((s2, g2, {**tags, share.region: tag} if tag else tags))
-        views = grown
+        for instance in share.instances:
+            rel = _relation(where, instance, share.region)
+            if point.phase == "optimizer step":
+                options = [("G", None)]
+            elif point.phase == "backward":
+                table = {1: [("G", "low"), ("S", "high")], 2: [("S", None)], "after": [("S", None)]}
+                options = table.get(rel, [("G", None)])
+            else:
+                table = {1: [("0", "low"), ("S", "high")], 2: [("S", None)], "after": [("S", None)]}
+                options = table.get(rel, [("0", None)])
+            grown = []
+            for s, g, tags in views:
+                for kind, tag in options:
+                    s2, g2 = dict(s), dict(g)
+                    if kind == "S":
+                        add_into(s2, share.saved)
+                    elif kind == "G":
+                        add_into(g2, share.gradients)
+                    grown.append((s2, g2, {**tags, share.region: tag} if tag else tags))
+            views = grown
     return views
 
 
@@ -244,12 +302,12 @@ def peak_memory(
     for micro_batch, grads_exist in runs:
         rep = replay(graph, repetitions, config.precision.grad, grads_exist, measure)
         replays.append(rep)
-        shares = [s for s in rep.shares if s.region in extra]
+        shares = _shares(graph, rep, repetitions, extra_symbols)
         for point in rep.points:
             if point.phase == "optimizer step":
                 continue
             memory = dict(point.memory)
-            for saved, grads, tags in _views(point, shares, extra_symbols):
+            for saved, grads, tags in _views(point, shares):
                 parts = {**constant, "gradients": dict(memory["gradients"])}
                 if grads_exist:
                     add_into(parts["gradients"], grads_all)
@@ -287,13 +345,23 @@ def _substitute(p: Poly, counts: dict[sp.Dummy, Poly]) -> Poly:
     """Each left-out-repetitions symbol replaced by its count (`N - 3`)."""
     out: Poly = {}
     for monomial, coefficient in p.items():
-        dummies = [d for d in counts if monomial.has(d)]
-        if not dummies:
-            add_into(out, {monomial: coefficient})
-            continue
-        (d,) = dummies  # one per point: regions do not nest in the replay's shares
-        rest = monomial.xreplace({d: sp.Integer(1)})
-        add_into(out, {m: c * coefficient for m, c in scaled(counts[d], rest).items()})
+        term: Poly = {monomial: coefficient}
+        for d, count in counts.items():
+            if not monomial.has(d):
+                continue
+            power = int(monomial.as_powers_dict()[d])
+            for _ in range(power):
+                term = _times(term, d, count)
+        add_into(out, term)
+    return out
+
+
+def _times(term: Poly, dummy: sp.Dummy, count: Poly) -> Poly:
+    """term / dummy * count, for a term holding the dummy."""
+    out: Poly = {}
+    for monomial, coefficient in term.items():
+        rest = monomial / dummy
+        add_into(out, {m: c * coefficient for m, c in scaled(count, rest).items()})
     return out
 
 
