@@ -123,6 +123,7 @@ class _Replayer:
         self.blocks: dict[int, _Block] = {}
         self.totals: dict[str, Poly] = {c: {} for c in REPLAYED}
         self.points: list[Point] = []
+        self.freed = False  # whether a block was freed since the last moment recorded
         self.records: list[_Record] = []
         self.where: dict[int, object] = {r.id: "before" for r in graph.regions}
         self.born: tuple = ()
@@ -152,6 +153,7 @@ class _Replayer:
         if block.refs == 0:
             add_into(self.totals[block.category], block.size, -1)
             del self.blocks[bid]
+            self.freed = True
 
     def _ancestors(self, region_id: int) -> list[int]:
         return [r.id for r in self.graph.region_chain(region_id)[:-1]]
@@ -167,14 +169,16 @@ class _Replayer:
         return self.measure(numel(v.shape) * (dtype or v.dtype).itemsize)
 
     def mark(self, phase: str, op_path: str) -> None:
-        self.points.append(
-            Point(
-                phase,
-                op_path,
-                tuple(self.where.items()),
-                tuple((c, dict(t)) for c, t in self.totals.items()),
-            )
-        )
+        where = tuple(self.where.items())
+        point = Point(phase, op_path, where, tuple((c, dict(t)) for c, t in self.totals.items()))
+        previous = self.points[-1] if self.points else None
+        if previous is not None and not self.freed and previous.where == where:
+            # nothing freed since the previous moment in the same repetitions: this one
+            # holds all of it and more, so that one cannot be the peak
+            self.points[-1] = point
+        else:
+            self.points.append(point)
+        self.freed = False
 
     # -- forward -----------------------------------------------------------------
     def forward(self) -> object:
