@@ -466,15 +466,31 @@ def _sample_values(totals: list[Poly]) -> list[tuple[float, ...]]:
         points.append({s: sp.Integer(int(2 ** rng.uniform(0, 13))) for s in symbols})
     cache: dict = {}
 
+    bases: dict = {}
+
+    def base_values(base: sp.Expr) -> tuple[float, ...]:
+        if base not in bases:
+            if isinstance(base, sp.Symbol):
+                bases[base] = tuple(float(pt[base]) for pt in points)
+            else:  # floor(...) of sizes and the like
+                bases[base] = tuple(float(base.xreplace(pt)) for pt in points)
+        return bases[base]
+
     def monomial_values(monomial: sp.Expr) -> tuple[float, ...]:
         if monomial not in cache:
-            powers = monomial.as_powers_dict()
-            if all(isinstance(b, sp.Symbol) and e.is_Integer for b, e in powers.items()):
-                cache[monomial] = tuple(
-                    math.prod(float(pt[b]) ** int(e) for b, e in powers.items()) for pt in points
-                )
-            else:
-                cache[monomial] = tuple(float(monomial.xreplace(pt)) for pt in points)
+            values = [1.0] * len(points)
+            for base, exponent in monomial.as_powers_dict().items():
+                if base == 1:
+                    continue
+                power = float(exponent)
+                for k, v in enumerate(base_values(base)):
+                    if v:
+                        values[k] *= v**power
+                    elif power > 0:  # a floor(...) that is 0 at a sample size
+                        values[k] = 0.0
+                    elif power < 0:
+                        values[k] = math.inf
+            cache[monomial] = tuple(values)
         return cache[monomial]
 
     def value(p: Poly) -> tuple[float, ...]:

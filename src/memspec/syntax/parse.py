@@ -6,6 +6,8 @@ cairo-lang's table), the expected list is sorted and capped.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -110,7 +112,13 @@ def _describe(err: UnexpectedInput) -> str:
 
 def parse(text: str, source: SourceFile | None = None) -> Module:
     """Parse spec text into a `Module`, raising `SpecSyntaxError` with a located message."""
-    source = source or SourceFile("<spec>", text)
+    return _parse(text, source or SourceFile("<spec>", text))
+
+
+@lru_cache(maxsize=64)
+def _parse(text: str, source: SourceFile) -> Module:
+    # Memoized: every compile in a process loads the same standard library, and a
+    # Module is immutable (frozen nodes, spans naming their source).
     try:
         tree = parser().parse(text)
     except UnexpectedInput as err:
