@@ -25,36 +25,29 @@ def _out_size(size: sp.Expr, kernel: sp.Expr, stride: sp.Expr, padding: sp.Expr)
     return sp.floor(sp.expand((size + 2 * padding - kernel) / stride)) + 1
 
 
-def _conv_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    x, w, *bias = ctx.inputs
-    if len(x.shape) != 4 or len(w.shape) != 4:
-        raise ctx.fail(
-            f"needs input [B, C, H, W] and weight [O, C/groups, kh, kw], got "
-            f"{shape_str(x.shape)} and {shape_str(w.shape)}"
-        )
-    groups = ctx.attrs["groups"]
-    ctx.expect_same(x.shape[1], w.shape[1] * groups, "input channels vs weight")
-    if bias:
-        ctx.expect_same(bias[0].shape[0], w.shape[0], "bias vs output channels")
-    s, p = ctx.attrs["stride"], ctx.attrs["padding"]
-    h = _out_size(x.shape[2], w.shape[2], s, p)
-    wd = _out_size(x.shape[3], w.shape[3], s, p)
-    return (OutputSpec((x.shape[0], w.shape[0], h, wd), ctx.float_dtype()),)
+_LAYOUTS = {1: ("[B, C, L]", "[O, C/groups, k]"), 2: ("[B, C, H, W]", "[O, C/groups, kh, kw]")}
 
 
-def _conv1d_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    x, w, *bias = ctx.inputs
-    if len(x.shape) != 3 or len(w.shape) != 3:
-        raise ctx.fail(
-            f"needs input [B, C, L] and weight [O, C/groups, k], got "
-            f"{shape_str(x.shape)} and {shape_str(w.shape)}"
-        )
-    groups = ctx.attrs["groups"]
-    ctx.expect_same(x.shape[1], w.shape[1] * groups, "input channels vs weight")
-    if bias:
-        ctx.expect_same(bias[0].shape[0], w.shape[0], "bias vs output channels")
-    length = _out_size(x.shape[2], w.shape[2], ctx.attrs["stride"], ctx.attrs["padding"])
-    return (OutputSpec((x.shape[0], w.shape[0], length), ctx.float_dtype()),)
+def _conv_infer(spatial: int):
+    """The shape rule of a `spatial`-d convolution: out = floor((in + 2p - k)/s) + 1."""
+
+    def infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+        x, w, *bias = ctx.inputs
+        if len(x.shape) != spatial + 2 or len(w.shape) != spatial + 2:
+            layout, weight = _LAYOUTS[spatial]
+            raise ctx.fail(
+                f"needs input {layout} and weight {weight}, got "
+                f"{shape_str(x.shape)} and {shape_str(w.shape)}"
+            )
+        groups = ctx.attrs["groups"]
+        ctx.expect_same(x.shape[1], w.shape[1] * groups, "input channels vs weight")
+        if bias:
+            ctx.expect_same(bias[0].shape[0], w.shape[0], "bias vs output channels")
+        s, p = ctx.attrs["stride"], ctx.attrs["padding"]
+        sizes = tuple(_out_size(n, k, s, p) for n, k in zip(x.shape[2:], w.shape[2:], strict=True))
+        return (OutputSpec((x.shape[0], w.shape[0], *sizes), ctx.float_dtype()),)
+
+    return infer
 
 
 def _conv_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -62,30 +55,22 @@ def _conv_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return (Saved("input", op.inputs[0]), Saved("weight", op.inputs[1]))
 
 
-def _conv_lower(tensors, attrs):
-    _, F = torch_functional()
-    x, w, *bias = tensors
-    return F.conv2d(
-        x,
-        w,
-        bias[0] if bias else None,
-        stride=attrs["stride"],
-        padding=attrs["padding"],
-        groups=attrs["groups"],
-    )
+def _conv_lower(name: str):
+    """Lowering to torch.nn.functional.<name> (conv1d, conv2d)."""
 
+    def lower(tensors, attrs):
+        _, F = torch_functional()
+        x, w, *bias = tensors
+        return getattr(F, name)(
+            x,
+            w,
+            bias[0] if bias else None,
+            stride=attrs["stride"],
+            padding=attrs["padding"],
+            groups=attrs["groups"],
+        )
 
-def _conv1d_lower(tensors, attrs):
-    _, F = torch_functional()
-    x, w, *bias = tensors
-    return F.conv1d(
-        x,
-        w,
-        bias[0] if bias else None,
-        stride=attrs["stride"],
-        padding=attrs["padding"],
-        groups=attrs["groups"],
-    )
+    return lower
 
 
 def _conv_flops(op: OpApply, graph: Graph) -> sp.Expr:
@@ -159,10 +144,10 @@ register(
         "conv2d",
         "2-d convolution, weight [O, C/groups, kh, kw]",
         ("input", "weight", "bias?"),
-        _conv_infer,
+        _conv_infer(2),
         _conv_saved,
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
-        lower=_conv_lower,
+        lower=_conv_lower("conv2d"),
         flops=_conv_flops,
     )
 )
@@ -171,10 +156,10 @@ register(
         "conv1d",
         "1-d convolution over [B, C, L], weight [O, C/groups, k]",
         ("input", "weight", "bias?"),
-        _conv1d_infer,
+        _conv_infer(1),
         _conv_saved,
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
-        lower=_conv1d_lower,
+        lower=_conv_lower("conv1d"),
         flops=_conv_flops,
     )
 )
