@@ -74,7 +74,6 @@ class RegionShare:
     """
 
     region: int
-    replayed: int  # repetitions replayed
     saved: Poly
     gradients: Poly
 
@@ -83,7 +82,6 @@ class RegionShare:
 class Replay:
     points: tuple[Point, ...]
     shares: tuple[RegionShare, ...]
-    loss_bytes: sp.Expr
 
 
 @dataclass
@@ -442,8 +440,5 @@ def replay(
             block = r.blocks[bid]
             if block.born[: len(path)] == path:
                 add_into(grads, block.size)
-        shares.append(RegionShare(region.id, repetitions[region.id], saved, grads))
-    loss_value = graph.value(graph.outputs[0])
-    return Replay(
-        tuple(r.points), tuple(shares), numel(loss_value.shape) * loss_value.dtype.itemsize
-    )
+        shares.append(RegionShare(region.id, saved, grads))
+    return Replay(tuple(r.points), tuple(shares))
