@@ -91,3 +91,24 @@ def test_module_entry_point_exit_codes():
     assert ok.returncode == 0 and json.loads(ok.stdout)["model"] == "TransformerLM"
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("tests/errors/unknown_name.mspec:7:20: error: unknown name")
+
+
+def test_step_knobs_reach_the_peak(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    doc = _json(capsys, "--preset", "gpt2_xl", "--set", "B=1", "--first-step",
+                "--no-set-to-none", "--grad-accum", "4", "--optimizer-impl", "foreach")
+    assert doc["peak"]["step"] == {"first_step": True, "set_to_none": False, "grad_accum": 4,
+                                   "optimizer_impl": "foreach"}
+    # the first step's state is made inside step(), where the foreach temporaries of
+    # every parameter join it: the step is the peak
+    assert doc["peak"]["phase"] == "optimizer step: every parameter at once"
+    assert doc["values"]["peak"] == int(sum(
+        doc["values"][k]["bytes"] for k in ("parameters", "gradients", "optimizer_state",
+                                            "buffers")) + doc["values"]["parameters"]["bytes"]
+        + 2 * 1024 * 8 + 4)  # + one temporary per parameter, the batch and the loss
+
+
+def test_grad_accum_must_be_positive(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["compile", "specs/cs336_lm.mspec", "--grad-accum", "0"]) == 2
+    assert "--grad-accum must be at least 1" in capsys.readouterr().err
