@@ -185,7 +185,7 @@ _WHY = {
 def _peak(result: CompileResult) -> Peak:
     peak = result.peak
     if peak is None:
-        return Peak("", None, (), "", "", None, None, None, (), 0, (), result.peak_unavailable)
+        return Peak("", None, (), "", "", None, None, None, "", (), 0, (), result.peak_unavailable)
     options = peak.options
     winner = peak.winner()
     summed = {k: c.bytes for k, c in result.categories.items()}
@@ -222,6 +222,8 @@ def _peak(result: CompileResult) -> Peak:
                 _human(result, s) if s is not None else None,
                 _human(result, at) if at is not None else None,
                 why[key],
+                _difference(result, at, s),
+                _signed(result, at, s),
             )
         )
     total_sum = result.total_bytes
@@ -243,6 +245,7 @@ def _peak(result: CompileResult) -> Peak:
         PeakMoment(c.label(), latex(c.bytes), None if v is None else _bytes_text(v))
         for c, v in shown
     )
+    total_difference = _difference(result, winner.bytes if winner else None, total_sum)
     return Peak(
         options.describe(),
         winner.label() if winner else None,
@@ -252,6 +255,7 @@ def _peak(result: CompileResult) -> Peak:
         _human(result, total_sum),
         _human(result, winner.bytes) if winner else None,
         gap,
+        total_difference,
         moments,
         len(ordered) - len(shown),
         peak.assumptions,
@@ -260,6 +264,25 @@ def _peak(result: CompileResult) -> Peak:
 
 
 PEAK_MOMENTS = 12  # moments a report lists; JSON lists them all
+
+
+def _difference(result: CompileResult, at: sp.Expr | None, summed: sp.Expr | None) -> str:
+    """The peak's term minus the sum's, as math ("" when the peak's moment is unknown)."""
+    if at is None:
+        return ""
+    return latex(sp.expand(at - result.resolve(summed if summed is not None else sp.S.Zero)))
+
+
+def _signed(result: CompileResult, at: sp.Expr | None, summed: sp.Expr | None) -> str | None:
+    if at is None:
+        return None
+    value = _value(result, sp.expand(at - (summed if summed is not None else sp.S.Zero)))
+    if value is None:
+        return None
+    if value == 0:
+        return "0"
+    text = f"{abs(value):,}" + (f" = {format_bytes(abs(value))}" if abs(value) >= 1024 else "")
+    return ("-" if value < 0 else "+") + text
 
 
 def _human(result: CompileResult, expr: sp.Expr) -> str | None:

@@ -132,6 +132,8 @@ class PeakRow:
     value_summed: str | None
     value_at_peak: str | None
     why: str
+    difference: str = ""  # math: at the peak minus summed
+    value_difference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class Peak:
     value_summed: str | None
     value_at_peak: str | None
     gap: str | None  # the sum minus the peak, in words, with the values
+    total_difference: str
     moments: tuple[PeakMoment, ...]  # the candidates, largest first
     more: int  # candidates not listed
     assumptions: tuple[str, ...]
