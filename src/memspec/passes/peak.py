@@ -293,10 +293,12 @@ def peak_memory(
     constant = {c: measure(categories[c].bytes) for c in ("parameters", "buffers")}
     state = measure(categories["optimizer_state"].bytes)
     grads_all = measure(categories["gradients"].bytes)
-    runs = [("", not options.set_to_none)]
+    # (micro-batches, whether gradients exist before their backward): a fresh model's
+    # first step has none whatever zero_grad does
+    kept = not options.set_to_none and not options.first_step
+    runs = [("", kept)]
     if options.grad_accum > 1:
-        runs = [("micro-batch 1", not options.set_to_none)]
-        runs.append((f"micro-batches 2..{options.grad_accum}", True))
+        runs = [("micro-batch 1", kept), (f"micro-batches 2..{options.grad_accum}", True)]
     raw: list[_Raw] = []
     replays: list[Replay] = []
     for micro_batch, grads_exist in runs:
