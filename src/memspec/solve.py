@@ -18,8 +18,9 @@ import sympy as sp
 
 from memspec.compile import CompileResult
 from memspec.errors import UsageError
+from memspec.passes.peak import undominated
 from memspec.symbolic.bind import resolve_defaults
-from memspec.symbolic.polys import dominates, poly
+from memspec.symbolic.polys import poly
 
 __all__ = ["Solution", "parse_budget", "solve_max"]
 
@@ -74,13 +75,8 @@ def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str
 
 
 def _undominated(terms: list[tuple[sp.Expr, str]]) -> list[tuple[sp.Expr, str]]:
-    polys = [poly(e) for e, _ in terms]
-    kept: list[int] = []
-    for i in range(len(terms)):
-        if any(dominates(polys[j], polys[i]) for j in kept):
-            continue
-        kept = [j for j in kept if not dominates(polys[i], polys[j])] + [i]
-    return [terms[i] for i in sorted(kept)]
+    """The terms no other one dominates, in their order."""
+    return [terms[i] for i in sorted(undominated([poly(e) for e, _ in terms]))]
 
 
 def solve_max(result: CompileResult, name: str, budget: int, objective: str = "peak") -> Solution:

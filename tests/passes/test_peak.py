@@ -31,7 +31,7 @@ def test_steady_state_peak_is_the_start_of_backward_at_gpt2_xl():
     """Issue #6's figures: every saved tensor plus the log-probs' and logits' gradients."""
     result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", preset="gpt2_xl", set={"B": 1})
     autograd = compile_spec(SPECS / "cs336_lm_swiglu.mspec", convention="autograd")
-    moment = result.peak.winner(result.value)
+    moment = result.peak.winner()
     assert moment.label() == "backward: cross_entropy.log_probs"
     part = dict(moment.breakdown)
     c = result.categories
@@ -95,7 +95,7 @@ def test_first_step_peaks_in_the_optimizer_where_state_is_made():
     options = StepOptions(first_step=True)
     result = compile_spec(SPECS / SWIGLU, set=ACTIVATIONS_HEAVY, step=options)
     steady = compile_spec(SPECS / SWIGLU, set=ACTIVATIONS_HEAVY)
-    first = result.peak.winner(result.value)
+    first = result.peak.winner()
     assert first.phase == "optimizer step"
     assert result.value(first.bytes) < steady.value(steady.peak.bytes)
     comparison = compare_peak(result, measure_peak(result, options))

@@ -117,17 +117,13 @@ class PeakResult:
     def value(self) -> int | None:
         return max(self.values) if self.values else None
 
-    def winner(self, value=None) -> PeakCandidate | None:
-        """The largest candidate: with every size bound, or where only one remains, or
-        under `value` (expr -> int or None) if given."""
+    def winner(self) -> PeakCandidate | None:
+        """The largest candidate, where only one remains or every size is bound."""
         if len(self.candidates) == 1:
             return self.candidates[0]
-        values = self.values
-        if values is None and value is not None:
-            values = [value(c.bytes) for c in self.candidates]
-        if values is None or any(v is None for v in values):
+        if self.values is None:
             return None
-        return self.candidates[list(values).index(max(values))]
+        return self.candidates[self.values.index(max(self.values))]
 
 
 @dataclass
@@ -431,15 +427,19 @@ def _step_moments(config, categories, options, rep, constant, state, measure) ->
 
 
 def _prune(raw: list[_Raw]) -> list[_Raw]:
-    """The candidates no other one dominates, largest (at a reference size) first.
+    """The candidates no other one dominates, largest (at a reference size) first."""
+    return [raw[i] for i in undominated([c.total() for c in raw])]
 
-    Values at a few sizes (every dim 1; every dim near 2^10; mixed) only order the
-    candidates and skip proofs that must fail: a candidate smaller somewhere cannot
-    dominate. Dominance itself is proved by `polys.dominates`.
+
+def undominated(totals: list[Poly]) -> list[int]:
+    """Indices of the sums no other one dominates, largest (at a reference size) first.
+
+    Values at a few sizes (every dim 1; every dim near 2^10; mixed) only order them and
+    skip proofs that must fail: a sum smaller somewhere cannot dominate. Dominance
+    itself is proved by `polys.dominates`; of equal sums the first is kept.
     """
-    totals = [c.total() for c in raw]
     samples = _sample_values(totals)
-    order = sorted(range(len(raw)), key=lambda i: -samples[i][0])
+    order = sorted(range(len(totals)), key=lambda i: -samples[i][0])
     kept: list[int] = []
     recent: list[int] = []  # kept ones, the latest to dominate another first
     for i in order:
@@ -452,7 +452,7 @@ def _prune(raw: list[_Raw]) -> list[_Raw]:
         else:
             kept.append(i)
             recent.append(i)
-    return [raw[i] for i in kept]
+    return kept
 
 
 def _sample_values(totals: list[Poly]) -> list[tuple[float, ...]]:

@@ -35,12 +35,11 @@ class PeakMeasurement:
 
 def measure_peak(result: CompileResult, options: StepOptions | None = None) -> PeakMeasurement:
     """Peak bytes of one training step under `options`, by MemTracker category."""
-    from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException
 
     options = options or StepOptions()
     try:
-        return _measure(result, options, FakeTensorMode, MemTracker)
+        return _measure(result, options)
     except DynamicOutputShapeException as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
@@ -48,7 +47,10 @@ def measure_peak(result: CompileResult, options: StepOptions | None = None) -> P
         ) from None
 
 
-def _measure(result, options, FakeTensorMode, MemTracker) -> PeakMeasurement:
+def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
     with FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
         optimizer = _optimizer(
@@ -108,7 +110,7 @@ class PeakComparison:
 
 def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakComparison:
     """memspec's peak moment, category by category, against the tracker's peak."""
-    winner = result.peak.winner(result.value)
+    winner = result.peak.winner()
     rows = tuple(
         (TRACKER_NAMES[name], measurement.get(TRACKER_NAMES[name]), result.value(expr))
         for name, expr in winner.breakdown
