@@ -18,8 +18,8 @@ import sympy as sp
 
 from memspec.compile import CompileResult
 from memspec.errors import UsageError
-from memspec.passes.peak import undominated
 from memspec.symbolic.bind import resolve_defaults
+from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import poly
 
 __all__ = ["Solution", "parse_budget", "solve_max"]

@@ -13,9 +13,10 @@ import pytest
 import sympy as sp
 
 from memspec import compile_spec
-from memspec.passes import peak as peak_pass
 from memspec.passes.peak import StepOptions
-from memspec.symbolic.polys import dominates, poly
+from memspec.passes.peak import repeats as peak_repeats
+from memspec.symbolic.dominance import dominates
+from memspec.symbolic.polys import poly
 from memspec.verify.peak import compare_peak, measure_peak
 from tests.conftest import SPECS
 
@@ -109,7 +110,7 @@ def test_left_out_repetitions_are_added_back_exactly(monkeypatch):
     sizes = {**ACTIVATIONS_HEAVY, "N": 7}
     for options in (StepOptions(), StepOptions(first_step=True), StepOptions(grad_accum=2)):
         short = compile_spec(SPECS / SWIGLU, set=sizes, step=options)
-        monkeypatch.setattr(peak_pass, "REPLAY_LIMIT", 10)
+        monkeypatch.setattr(peak_repeats, "REPLAY_LIMIT", 10)
         full = compile_spec(SPECS / SWIGLU, set=sizes, step=options)
         monkeypatch.undo()
         values_short = sorted(short.value(c.bytes) for c in short.peak.candidates)

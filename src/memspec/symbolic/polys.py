@@ -4,9 +4,7 @@ The lifetime replay adds and removes thousands of tensor sizes and compares hund
 candidate peaks; sympy `Add`s would make each step slow, and dicts make both cheap. A
 size is expanded once, by `poly`; `to_expr` turns a result back into sympy.
 
-`dominates(a, b)` is a proof, not a test at sample points: every coefficient of `a - b`
-is non-negative and every monomial is a product of sizes, all positive, so `a >= b` for
-every admissible value of the symbols.
+Which of several such sums can be the largest is `symbolic/dominance.py`'s job.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from functools import lru_cache
 
 import sympy as sp
 
-__all__ = ["Poly", "add_into", "dominates", "evaluate", "poly", "scaled", "to_expr"]
+__all__ = ["Poly", "add_into", "evaluate", "poly", "scaled", "substitute", "to_expr"]
 
 Poly = dict[sp.Expr, int | Fraction]  # Python numbers: sympy's are slow to add and compare
 
@@ -86,52 +84,25 @@ def to_expr(p: Poly) -> sp.Expr:
     return sp.Add(*(sp.Rational(c) * monomial for monomial, c in p.items()))
 
 
-@lru_cache(maxsize=65536)
-def _powers(monomial: sp.Expr) -> tuple[tuple[sp.Expr, sp.Expr], ...]:
-    return tuple(monomial.as_powers_dict().items())
-
-
-@lru_cache(maxsize=65536)
-def _factor_at_least_one(small: sp.Expr, big: sp.Expr) -> bool:
-    """Whether big / small is a product of dims (positive integers, so >= 1)."""
-    have = dict(_powers(big))
-    for base, exponent in _powers(small):
-        if base == 1:
-            continue
-        extra = have.pop(base, 0) - exponent
-        if extra != 0 and not (extra > 0 and _is_dim(base)):
-            return False
-    return all(_is_dim(base) and exponent > 0 for base, exponent in have.items() if base != 1)
-
-
-@lru_cache(maxsize=65536)
-def _key(monomial: sp.Expr) -> str:
-    return sp.srepr(monomial)
-
-
-def _is_dim(base: sp.Expr) -> bool:
-    return isinstance(base, sp.Symbol) and not isinstance(base, sp.Dummy)
-
-
-def dominates(a: Poly, b: Poly) -> bool:
-    """Whether a >= b for every value of the dims (integers >= 1) and of the dummies
-    (integers >= 0): each negative term of a - b is paid for by positive terms on
-    monomials it divides with a quotient of dims, which are at least as large."""
-    diff: Poly = dict(a)
-    add_into(diff, b, -1)
-    owed = [(m, -c) for m, c in diff.items() if c < 0]
-    if not owed:
-        return True
-    spare = {m: c for m, c in diff.items() if c > 0}
-    for monomial, need in owed:
-        for other in sorted(spare, key=_key):
-            if spare[other] <= 0 or not _factor_at_least_one(monomial, other):
+def substitute(p: Poly, counts: dict[sp.Dummy, Poly]) -> Poly:
+    """`p` with each dummy replaced by a polynomial (a region's left-out repetitions,
+    `e -> N - 3`)."""
+    out: Poly = {}
+    for monomial, coefficient in p.items():
+        term: Poly = {monomial: coefficient}
+        for d, count in counts.items():
+            if not monomial.has(d):
                 continue
-            take = min(need, spare[other])
-            spare[other] -= take
-            need -= take
-            if need == 0:
-                break
-        if need > 0:
-            return False
-    return True
+            for _ in range(int(monomial.as_powers_dict()[d])):
+                term = _times(term, d, count)
+        add_into(out, term)
+    return out
+
+
+def _times(term: Poly, dummy: sp.Dummy, count: Poly) -> Poly:
+    """term / dummy * count, for a term holding the dummy."""
+    out: Poly = {}
+    for monomial, coefficient in term.items():
+        rest = monomial / dummy
+        add_into(out, {m: c * coefficient for m, c in scaled(count, rest).items()})
+    return out

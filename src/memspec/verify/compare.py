@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from memspec.compile import CompileResult
-from memspec.lower.module import _indexed_path, concrete
+from memspec.lower.values import concrete, indexed_path
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.verify.measure import Measurement
 
@@ -50,7 +50,7 @@ def _concrete_names(result: CompileResult, item: LineItem, suffix: str) -> list[
     regions = [r for r in result.graph.regions if (r.path, r.count) in item.regions]
     chain = tuple(sorted(regions, key=lambda r: r.path.count(".")))
     counts = [range(concrete(r.count, result.substitutions())) for r in chain]
-    return [_indexed_path(base, chain, idx) + suffix for idx in itertools.product(*counts)]
+    return [indexed_path(base, chain, idx) + suffix for idx in itertools.product(*counts)]
 
 
 def _by_item(

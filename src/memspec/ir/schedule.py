@@ -1,0 +1,111 @@
+"""The order a step's forward runs in, with repeat regions as loops, and when each
+activation can be dropped.
+
+The graph's ops are a flat list in elaboration order, and the ops of one call of a
+repeated layer are contiguous in it, so the loops nest as the regions do. A repeated
+layer called twice gives two loops over the same region (the walk refuses those).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from memspec.ir.graph import Graph
+from memspec.ir.types import Role
+
+__all__ = ["Loop", "Schedule", "schedule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """Run `body` (op ids and nested loops) once per repetition of region `region`.
+    `number` tells loops apart: the loops of one graph are numbered in walk order."""
+
+    region: int
+    number: int
+    body: tuple[int | Loop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The forward as loops over op ids, and the activations dropped after each op and
+    after each loop (by `Loop.number`), as eager PyTorch code drops its locals."""
+
+    items: tuple[int | Loop, ...]
+    drop_after_op: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    drop_after_loop: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+def schedule(graph: Graph) -> Schedule:
+    """The graph's schedule: op ids and `Loop`s, nested as the regions are."""
+    items = _nest(graph)
+    after_op, after_loop = _last_uses(graph, items)
+    return Schedule(items, after_op, after_loop)
+
+
+def _nest(graph: Graph) -> tuple[int | Loop, ...]:
+    # (region id, body being built) for the loops open at the current op, outermost first
+    stack: list[tuple[int | None, list]] = [(None, [])]
+    numbers = iter(range(len(graph.ops) + 1))
+    opened: list[int] = []  # each open loop's number, in `stack` order after the root
+
+    def close() -> None:
+        region, body = stack.pop()
+        stack[-1][1].append(Loop(region, opened.pop(), tuple(body)))
+
+    for op in graph.ops:
+        chain = [r.id for r in graph.region_chain(op.region)]
+        while [rid for rid, _ in stack[1:]] != chain[: len(stack) - 1]:
+            close()
+        for rid in chain[len(stack) - 1 :]:
+            opened.append(next(numbers))
+            stack.append((rid, []))
+        stack[-1][1].append(op.id)
+    while len(stack) > 1:
+        close()
+    return tuple(stack[0][1])
+
+
+def _last_uses(
+    graph: Graph, items: tuple[int | Loop, ...]
+) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+    """A value is dropped after its last reader, or, if that reader sits in a loop the
+    value was made outside of, after that loop (the loop reads it again each repetition).
+    Graph outputs and values carried between repetitions are never dropped early."""
+    position: dict[int, int] = {}
+    loops: list[tuple[int, int, int]] = []  # (first op position, last op position, number)
+
+    def walk(body: tuple[int | Loop, ...]) -> None:
+        for item in body:
+            if isinstance(item, Loop):
+                start = len(position)
+                walk(item.body)
+                loops.append((start, len(position) - 1, item.number))
+            else:
+                position[item] = len(position)
+
+    walk(items)
+    keep = set(graph.outputs) | {v for _, i, o in graph.carried for v in (i, o)}
+    producer = {vid: position[op.id] for op in graph.ops for vid in op.outputs}
+    last: dict[int, int] = {}
+    for op in graph.ops:
+        for vid in op.inputs:
+            last[vid] = max(last.get(vid, -1), position[op.id])
+    after_op: dict[int, list[int]] = {}
+    after_loop: dict[int, list[int]] = {}
+    op_at = {p: op_id for op_id, p in position.items()}
+    for vid, reader in last.items():
+        if vid in keep or graph.value(vid).role in (Role.PARAMETER, Role.BUFFER):
+            continue
+        made = producer.get(vid, -1)
+        enclosing = [lp for lp in loops if lp[0] <= reader <= lp[1] and not lp[0] <= made <= lp[1]]
+        if enclosing:
+            outermost = min(enclosing, key=lambda lp: lp[0])
+            after_loop.setdefault(outermost[2], []).append(vid)
+        else:
+            after_op.setdefault(op_at[reader], []).append(vid)
+    return (
+        {k: tuple(v) for k, v in after_op.items()},
+        {k: tuple(v) for k, v in after_loop.items()},
+    )

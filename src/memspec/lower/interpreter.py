@@ -1,0 +1,69 @@
+"""The step interpreter read as PyTorch: each op runs through its registry lowering."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from memspec.ir.graph import Graph, OpApply, Region, RepetitionIndex, Value
+from memspec.ir.interpreter import Index, Interpreter
+from memspec.ir.schedule import Schedule
+from memspec.lower.values import concrete
+from memspec.ops import lookup
+
+__all__ = ["OpHook", "TorchInterpreter"]
+
+# (op, input tensors, output tensors, the values bound now): what `memspec verify` watches
+OpHook = Callable[[OpApply, list, list, dict], None]
+
+
+class TorchInterpreter(Interpreter[torch.Tensor]):
+    """Runs the forward on torch tensors at concrete sizes `subs`; `state` holds each
+    parameter and buffer instance by (value id, index). `on_op_start(op)` and
+    `on_op_end(op, inputs, outputs, env)` observe each op as it runs."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        plan: Schedule,
+        subs: dict,
+        state: Mapping[tuple[int, Index], torch.Tensor],
+        on_op_start: Callable[[OpApply], None] | None = None,
+        on_op_end: OpHook | None = None,
+    ):
+        super().__init__(graph, plan)
+        self.subs = subs
+        self.state = state
+        self.on_op_start = on_op_start
+        self.on_op_end = on_op_end
+        self.iteration: dict[int, int] = {}  # region id -> the repetition running now
+
+    def repetitions(self, region: Region) -> int:
+        return concrete(region.count, self.subs)
+
+    def enter_region(self, region: Region, repetition: int) -> None:
+        self.iteration[region.id] = repetition
+
+    def exit_region(self, region: Region) -> None:
+        del self.iteration[region.id]
+
+    def parameter(self, value: Value, index: Index) -> torch.Tensor:
+        return self.state[(value.id, index)]
+
+    def run_op(self, op: OpApply, inputs: list, index: Index) -> list:
+        attrs = {k: self._attr(v) for k, v in op.attrs}
+        if self.on_op_start:
+            self.on_op_start(op)
+        out = lookup(op.op).lower(tuple(inputs), attrs)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def op_done(self, op: OpApply, inputs: list, outputs: list) -> None:
+        if self.on_op_end:
+            self.on_op_end(op, inputs, outputs, self.env)
+
+    def _attr(self, value: object) -> object:
+        """An attribute at the concrete sizes; a repetition index is the loop's current one."""
+        if isinstance(value, RepetitionIndex):
+            return self.iteration[value.region]
+        return concrete(value, self.subs)

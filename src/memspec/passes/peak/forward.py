@@ -1,0 +1,186 @@
+"""The step interpreter read as memory: the forward of one training step, block by block.
+
+Each op's outputs get new blocks (a view shares its input's), each activation is freed
+after its last reader unless an op saved it for backward, and a saved tensor is held by
+the op's record until backward has passed it (`passes.peak.backward`). The batch is
+made by the caller before the step and lives through all of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from memspec.ir.graph import Graph, OpApply, Region, Value
+from memspec.ir.interpreter import Index, Interpreter
+from memspec.ir.types import DType, Role, numel
+from memspec.ops import lookup
+from memspec.passes.peak.ledger import Ledger
+from memspec.passes.peak.moments import Phase, Position, Side
+from memspec.symbolic.polys import Poly
+
+__all__ = ["Entry", "ForwardReplay", "Record", "differentiable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A value's instance while the forward runs: the block it lives in (None for a
+    parameter or buffer, which the replay does not follow) and a key naming the
+    instance (a parameter's is `("param", value id, index)`)."""
+
+    block: int | None
+    key: object
+
+
+@dataclass(slots=True)
+class Record:
+    """One op run in the forward: what backward needs to replay it."""
+
+    op_id: int
+    inputs: tuple[object, ...]  # instance keys
+    outputs: tuple[object, ...]
+    where: tuple[tuple[int, Position], ...]
+    held: list[int] = field(default_factory=list)  # blocks its saved tensors keep alive
+
+
+def differentiable(graph: Graph, op: OpApply) -> bool:
+    """Whether autograd records a node for `op`: an op it differentiates, with an input
+    that requires grad."""
+    return lookup(op.op).differentiable and any(graph.value(v).requires_grad for v in op.inputs)
+
+
+class ForwardReplay(Interpreter[Entry]):
+    """Runs the forward on `ledger`, `repetitions[region]` times per region loop;
+    `measure` turns a byte count into a `Poly`."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        ledger: Ledger,
+        repetitions: Mapping[int, int],
+        measure: Callable[[sp.Expr], Poly],
+        refuse: Callable[[str], Exception],
+    ):
+        super().__init__(graph)
+        self.ledger = ledger
+        self.measure = measure
+        self._repetitions = repetitions
+        self._refusal = refuse
+        self.where: dict[int, Position] = {r.id: Side.BEFORE for r in graph.regions}
+        self.records: list[Record] = []
+        self.uses: dict[object, int] = {}  # parameter instance -> backward nodes using it
+        self._keys = itertools.count()
+
+    def size_of(self, vid: int, dtype: DType | None = None) -> Poly:
+        v = self.graph.value(vid)
+        return self.measure(numel(v.shape) * (dtype or v.dtype).itemsize)
+
+    def step(self) -> Entry:
+        """The forward of one step: the loss's instance, held by the caller's `loss`."""
+        graph, ledger = self.graph, self.ledger
+        batch = []
+        for vid in graph.inputs:
+            bid = ledger.alloc(self.size_of(vid), "activations", ())
+            ledger.ref(bid)  # the caller's batch, alive through the step
+            batch.append(Entry(bid, next(self._keys)))
+        loss = self.run(batch)[0]
+        ledger.ref(loss.block)  # the caller's `loss` outlives forward's locals
+        for entry in self.env.values():
+            ledger.unref(entry.block)
+        self.env = {}
+        return loss
+
+    # -- the interpreter's events ----------------------------------------------------
+    def repetitions(self, region: Region) -> int:
+        return self._repetitions[region.id]
+
+    def enter_region(self, region: Region, repetition: int) -> None:
+        self.where[region.id] = repetition
+        for r in self.graph.regions:  # a new repetition has not reached its nested regions
+            if region.id in (c.id for c in self.graph.region_chain(r.id)[:-1]):
+                self.where[r.id] = Side.BEFORE
+
+    def exit_region(self, region: Region) -> None:
+        self.where[region.id] = Side.AFTER
+
+    def parameter(self, value: Value, index: Index) -> Entry:
+        return Entry(None, ("param", value.id, index))
+
+    def write(self, vid: int, item: Entry) -> None:
+        if item.block is not None:
+            self.ledger.ref(item.block)
+        old = self.env.get(vid)
+        self.env[vid] = item
+        if old is not None:
+            self.ledger.unref(old.block)
+
+    def discard(self, vid: int) -> None:
+        old = self.env.pop(vid, None)
+        if old is not None:
+            self.ledger.unref(old.block)
+
+    def retain(self, item: Entry) -> None:
+        if item.block is not None:
+            self.ledger.ref(item.block)
+
+    def release(self, item: Entry) -> None:
+        self.ledger.unref(item.block)
+
+    def refuse(self, message: str) -> None:
+        raise self._refusal(message)
+
+    def run_op(self, op: OpApply, inputs: list[Entry], index: Index) -> list[Entry]:
+        graph, ledger = self.graph, self.ledger
+        outputs = []
+        for vid in op.outputs:
+            v = graph.value(vid)
+            if v.storage != vid:  # a view: the block of the input it views
+                base = next(
+                    (
+                        e.block
+                        for u, e in zip(op.inputs, inputs, strict=True)
+                        if graph.value(u).storage == v.storage
+                    ),
+                    None,
+                )
+                if base is not None:
+                    ledger.ref(base)
+                outputs.append(Entry(base, next(self._keys)))
+            else:
+                bid = ledger.alloc(self.size_of(vid), "activations", self.running)
+                outputs.append(Entry(bid, next(self._keys)))
+        record = Record(
+            op.id,
+            tuple(e.key for e in inputs),
+            tuple(e.key for e in outputs),
+            tuple(self.where.items()),
+        )
+        if differentiable(graph, op):
+            self._save(op, inputs, outputs, record)
+        self.records.append(record)
+        return outputs
+
+    def _save(self, op: OpApply, inputs: list[Entry], outputs: list[Entry], record: Record):
+        """Count the op's uses of parameters, and hold what it saves for backward."""
+        graph, ledger = self.graph, self.ledger
+        for vid, entry in zip(op.inputs, inputs, strict=True):
+            if graph.value(vid).role is Role.PARAMETER:
+                self.uses[entry.key] = self.uses.get(entry.key, 0) + 1
+        entries = dict(zip(op.inputs, inputs, strict=True))
+        entries.update(zip(op.outputs, outputs, strict=True))
+        for saved in lookup(op.op).saved(op, graph):
+            if saved.value is None:
+                size = numel(saved.shape) * saved.dtype.itemsize * saved.count
+                record.held.append(ledger.alloc(self.measure(size), "activations", self.running))
+                continue
+            bid = entries[saved.value].block
+            if bid is not None and bid not in record.held:
+                record.held.append(ledger.ref(bid))  # one reference per saving node
+
+    def op_done(self, op: OpApply, inputs: list[Entry], outputs: list[Entry]) -> None:
+        for entry in outputs:
+            self.ledger.unref(entry.block)  # the env holds them now; drop run_op's own
+        self.ledger.mark(Phase.FORWARD, op.path, tuple(self.where.items()))

@@ -1,0 +1,96 @@
+"""The moments of `optimizer.step()`: parameters, every gradient, the optimizer state,
+what is still alive of the forward (the batch and the loss), and the step's
+temporaries. A `for_loop` optimizer updates one parameter at a time (one moment per
+parameter shape: its temporaries and the previous parameter's `denom`); `foreach` holds
+the temporaries of every parameter at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+
+from memspec.config import TrainConfig
+from memspec.passes.peak.moments import Point
+from memspec.passes.results import CategoryResult, LineItem
+from memspec.symbolic.polys import Poly, add_into, scaled
+
+__all__ = ["step_moments"]
+
+
+def _update_order(params: tuple[LineItem, ...]) -> list[tuple[LineItem | None, LineItem]]:
+    """(previous parameter, parameter) pairs in the order torch.optim updates them:
+    module order, so each repetition of a region's parameters in turn, the last of one
+    repetition followed by the first of the next."""
+    pairs, previous = [], None
+    i = 0
+    while i < len(params):
+        group = [params[i]]
+        while i + len(group) < len(params) and params[i + len(group)].regions == group[0].regions:
+            group.append(params[i + len(group)])
+        for item in group:
+            pairs.append((previous, item))
+            previous = item
+        if group[0].regions and len(group) > 1:
+            pairs.append((group[-1], group[0]))  # into the next repetition
+        i += len(group)
+    return pairs
+
+
+def _temporaries(
+    config: TrainConfig,
+    categories: dict[str, CategoryResult],
+    impl: str,
+    measure: Callable[[sp.Expr], Poly],
+) -> list[tuple[str, Poly]]:
+    """(which parameter is being updated, the step's temporaries then), per moment."""
+    temps = config.optimizer.temps_of(impl)
+    params = categories["parameters"].items
+    if temps == 0 or not params:
+        return [("", {})]
+    if impl == "foreach":
+        every = scaled(measure(categories["parameters"].bytes), temps)
+        return [("every parameter at once", every)]
+    itemsize = config.precision.state.itemsize
+    moments, seen = [], set()
+    for before, item in _update_order(params):
+        # `denom`, the last temporary, is a local variable of the loop: the previous
+        # parameter's stays alive until this parameter's replaces it
+        size = item.elements * itemsize * temps
+        if before is not None:
+            size += before.elements * itemsize
+        size = measure(size)
+        key = tuple(sorted(size.items(), key=str))
+        if key not in seen:
+            seen.add(key)
+            moments.append((f"updating {item.path}", size))
+    return moments
+
+
+def step_moments(
+    config: TrainConfig,
+    categories: dict[str, CategoryResult],
+    impl: str,
+    point: Point,
+    fixed: dict[str, Poly],
+    state: Poly,
+    measure: Callable[[sp.Expr], Poly],
+) -> list[tuple[str, dict[str, Poly]]]:
+    """(where, memory by category) of each moment of the step; `point` is the replay's
+    moment after backward, `fixed` the parameters' and buffers' bytes, `state` the
+    optimizer state's."""
+    memory = dict(point.memory)
+    grads_all = measure(categories["gradients"].bytes)
+    out = []
+    for where, temp in _temporaries(config, categories, impl, measure):
+        opt = dict(state)
+        add_into(opt, temp)
+        parts = {
+            **fixed,
+            "gradients": dict(grads_all),
+            "optimizer_state": opt,
+            "activations": dict(memory["activations"]),
+            "temporaries": dict(memory["temporaries"]),
+        }
+        out.append((where, parts))
+    return out

@@ -1,0 +1,106 @@
+"""Lifetimes: one training step replayed tensor by tensor, for the true peak.
+
+The step is PyTorch's: forward (`passes.peak.forward`, the step interpreter read as
+memory, on the lowering's own schedule), loss, backward (`passes.peak.backward`),
+`optimizer.step()`. Memory is recorded at every op, after its allocations and before
+its frees: the only moments it can peak.
+
+Only what changes during the step is replayed: activations (every tensor made in the
+forward, inputs included), temporaries (gradients of activations, made in backward)
+and, when `zero_grad(set_to_none=True)` has freed them, parameter gradients.
+Parameters, buffers and optimizer state are added by the peak pass.
+
+A repeat region is replayed `min(count, 3)` times: its first, a middle and its last
+repetition (a nested region so within each replayed repetition of the outer one). The
+repetitions left out are added back at each point by `passes.peak.repeats`, which is
+exact because memory at a point of repetition k is affine in k: a repetition before the
+point holds what it saved, one after it holds its parameter gradients (`RegionShare`).
+
+Op-internal workspace (buffers a kernel allocates and frees within one op) is not
+modelled: its size is not part of any op's rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sympy as sp
+
+from memspec.ir.graph import Graph
+from memspec.ir.types import DType
+from memspec.passes.peak.backward import BackwardReplay
+from memspec.passes.peak.forward import ForwardReplay
+from memspec.passes.peak.ledger import Block, Ledger
+from memspec.passes.peak.moments import Phase, Point, Side
+from memspec.symbolic.polys import Poly, add_into, poly
+
+__all__ = ["PeakUnavailable", "RegionShare", "Replay", "replay"]
+
+
+class PeakUnavailable(Exception):
+    """The spec has a structure the lifetime replay does not model."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionShare:
+    """What one middle repetition of a region adds at a point it is far from.
+
+    `saved`: bytes it keeps from its forward until its backward (what it saved);
+    `gradients`: parameter-gradient bytes it leaves once its backward is done. Both as
+    replayed: a nested region's left-out repetitions are not in them.
+    """
+
+    region: int
+    saved: Poly
+    gradients: Poly
+
+
+@dataclass(frozen=True)
+class Replay:
+    points: tuple[Point, ...]
+    shares: tuple[RegionShare, ...]
+
+
+def replay(
+    graph: Graph,
+    repetitions: Mapping[int, int],
+    grad_dtype: DType,
+    grads_exist: bool,
+    measure: Callable[[sp.Expr], Poly] = poly,
+) -> Replay:
+    """Replay forward and backward; `repetitions[region]` is how many times to run each,
+    `measure` turns a byte count into a `Poly` (substituting dims' defaults).
+
+    `grads_exist`: parameter gradients exist before backward (zero_grad without
+    set_to_none, or a later micro-batch of gradient accumulation); backward then adds
+    into them, and they are counted by the caller, not here.
+    """
+    ledger = Ledger()
+    forward = ForwardReplay(graph, ledger, repetitions, measure, PeakUnavailable)
+    loss = forward.step()
+    alive = [b for b in ledger.blocks.values() if b.category == "activations"]
+    backward = BackwardReplay(forward, grad_dtype, grads_exist)
+    backward.run(loss)
+    ledger.mark(Phase.OPTIMIZER_STEP, "", tuple((r.id, Side.AFTER) for r in graph.regions))
+    grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]
+    shares = tuple(
+        _share(graph, region.id, alive, grads)
+        for region in graph.regions
+        if repetitions[region.id] >= 3
+    )
+    return Replay(tuple(ledger.points), shares)
+
+
+def _share(graph: Graph, region: int, alive: list[Block], grads: list[Block]) -> RegionShare:
+    """One middle repetition, inside the middle repetition of each enclosing region."""
+    path = tuple((c.id, 1) for c in graph.region_chain(region))
+    saved: Poly = {}
+    for block in alive:
+        if block.born[: len(path)] == path:
+            add_into(saved, block.size)
+    gradients: Poly = {}
+    for block in grads:
+        if block.born[: len(path)] == path:
+            add_into(gradients, block.size)
+    return RegionShare(region, saved, gradients)

@@ -1,0 +1,127 @@
+"""The true peak of a training step: the largest memory at any moment, as a formula.
+
+`passes.peak.replay` replays the step and records the replayed categories at every
+moment; this pass adds what does not change during it (parameters, buffers, optimizer
+state, and gradients when they outlive `zero_grad`), adds back the repetitions of each
+repeat region the replay left out (`passes.peak.repeats`), adds the optimizer step's
+moments (`passes.peak.optimizer_step`), and keeps the candidates that no other one
+dominates for all positive sizes (`symbolic.dominance`). The peak is their `Max`; with
+every size bound, the largest candidate is the phase where the step peaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sympy as sp
+
+from memspec.config import TrainConfig
+from memspec.ir.graph import Graph
+from memspec.passes.peak import repeats
+from memspec.passes.peak.moments import Phase
+from memspec.passes.peak.optimizer_step import step_moments
+from memspec.passes.peak.replay import Replay, replay
+from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, StepOptions
+from memspec.passes.results import CategoryResult
+from memspec.policies import IMPLEMENTATIONS
+from memspec.symbolic.dominance import undominated
+from memspec.symbolic.polys import Poly, add_into, evaluate, poly, substitute, to_expr
+
+__all__ = ["peak_memory"]
+
+
+@dataclass
+class _Moment:
+    phase: Phase
+    where: str
+    micro_batch: str
+    parts: dict[str, Poly]
+
+    def total(self) -> Poly:
+        out: Poly = {}
+        for p in self.parts.values():
+            add_into(out, p)
+        return out
+
+
+def peak_memory(
+    graph: Graph,
+    config: TrainConfig,
+    categories: dict[str, CategoryResult],
+    options: StepOptions,
+    bindings: Mapping[sp.Symbol, int],
+    resolve: Callable[[sp.Expr], sp.Expr],
+) -> PeakResult:
+    """The step's peak; `resolve` substitutes dims' defaults (F -> 4*D) into a formula."""
+    if options.optimizer_impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown optimizer implementation {options.optimizer_impl!r}")
+    p = repeats.plan(graph, bindings)
+    cache: dict[sp.Expr, Poly] = {}
+
+    def measure(expr: sp.Expr) -> Poly:
+        if expr not in cache:
+            cache[expr] = poly(resolve(expr))
+        return cache[expr]
+
+    fixed = {c: measure(categories[c].bytes) for c in ("parameters", "buffers")}
+    state = measure(categories["optimizer_state"].bytes)
+    # (micro-batches, whether gradients exist before their backward): a fresh model's
+    # first step has none whatever zero_grad does
+    kept = not options.set_to_none and not options.first_step
+    runs = [("", kept)]
+    if options.grad_accum > 1:
+        runs = [("micro-batch 1", kept), (f"micro-batches 2..{options.grad_accum}", True)]
+    moments: list[_Moment] = []
+    last: Replay | None = None
+    for micro_batch, grads_exist in runs:
+        last = replay(graph, p.repetitions, config.precision.grad, grads_exist, measure)
+        grads = measure(categories["gradients"].bytes) if grads_exist else {}
+        region_shares = repeats.shares(graph, last, p)
+        for point in last.points:
+            if point.phase is Phase.OPTIMIZER_STEP:
+                continue
+            memory = dict(point.memory)
+            for reading in repeats.readings(point, region_shares):
+                parts = {**fixed, "gradients": dict(memory["gradients"])}
+                add_into(parts["gradients"], grads)
+                add_into(parts["gradients"], reading.gradients)
+                parts["optimizer_state"] = {} if options.first_step else dict(state)
+                parts["activations"] = dict(memory["activations"])
+                add_into(parts["activations"], reading.saved)
+                parts["temporaries"] = dict(memory["temporaries"])
+                where = repeats.label(graph, point, reading, p)
+                moments.append(_Moment(point.phase, where, micro_batch, parts))
+    (after,) = [q for q in last.points if q.phase is Phase.OPTIMIZER_STEP]
+    for where, parts in step_moments(
+        config, categories, options.optimizer_impl, after, fixed, state, measure
+    ):
+        moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
+    return _result(graph, moments, p, options, bindings, measure)
+
+
+def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, measure):
+    """The moments no other one dominates, with the left-out repetitions' symbols
+    replaced by their counts, and their values where every size is bound."""
+    counts = {p.extra[r]: measure(e) for r, e in p.counts.items()}
+    candidates, totals = [], []
+    for i in undominated([m.total() for m in moments]):
+        m = moments[i]
+        parts = {k: substitute(m.parts[k], counts) for k in CATEGORIES}
+        total: Poly = {}
+        for part in parts.values():
+            add_into(total, part)
+        totals.append(total)
+        breakdown = tuple((k, to_expr(parts[k])) for k in CATEGORIES)
+        candidates.append(PeakCandidate(m.phase, m.where, m.micro_batch, breakdown, to_expr(total)))
+    values = [evaluate(t, dict(bindings)) for t in totals]
+    bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
+    limit = repeats.REPLAY_LIMIT
+    assumptions = tuple(
+        f"{graph.regions[r].count} >= {limit}: the peak formula replays the first, "
+        f"a middle and the last repetition of {graph.regions[r].path} and counts the other "
+        f"{graph.regions[r].count} - {limit} like the middle one"
+        for r, e in p.counts.items()
+        if not e.is_Integer
+    )
+    return PeakResult(options, tuple(candidates), assumptions, bound)

@@ -1,0 +1,147 @@
+"""Which of several byte counts can be the largest: proofs of dominance on polynomials.
+
+`dominates(a, b)` is a proof, not a test at sample points: every coefficient of `a - b`
+is non-negative and every monomial is a product of sizes, all positive, so `a >= b` for
+every admissible value of the symbols. `undominated` keeps the sums no other one
+dominates; values at a few sample sizes only order them and skip proofs that must fail.
+The peak pass prunes its moments with it, and `solve` the moments left once the other
+dims are bound.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import lru_cache
+
+import sympy as sp
+
+from memspec.symbolic.polys import Poly, add_into
+
+__all__ = ["dominates", "undominated"]
+
+
+@lru_cache(maxsize=65536)
+def _powers(monomial: sp.Expr) -> tuple[tuple[sp.Expr, sp.Expr], ...]:
+    return tuple(monomial.as_powers_dict().items())
+
+
+@lru_cache(maxsize=65536)
+def _factor_at_least_one(small: sp.Expr, big: sp.Expr) -> bool:
+    """Whether big / small is a product of dims (positive integers, so >= 1)."""
+    have = dict(_powers(big))
+    for base, exponent in _powers(small):
+        if base == 1:
+            continue
+        extra = have.pop(base, 0) - exponent
+        if extra != 0 and not (extra > 0 and _is_dim(base)):
+            return False
+    return all(_is_dim(base) and exponent > 0 for base, exponent in have.items() if base != 1)
+
+
+@lru_cache(maxsize=65536)
+def _key(monomial: sp.Expr) -> str:
+    return sp.srepr(monomial)
+
+
+def _is_dim(base: sp.Expr) -> bool:
+    return isinstance(base, sp.Symbol) and not isinstance(base, sp.Dummy)
+
+
+def dominates(a: Poly, b: Poly) -> bool:
+    """Whether a >= b for every value of the dims (integers >= 1) and of the dummies
+    (integers >= 0): each negative term of a - b is paid for by positive terms on
+    monomials it divides with a quotient of dims, which are at least as large."""
+    diff: Poly = dict(a)
+    add_into(diff, b, -1)
+    owed = [(m, -c) for m, c in diff.items() if c < 0]
+    if not owed:
+        return True
+    spare = {m: c for m, c in diff.items() if c > 0}
+    for monomial, need in owed:
+        for other in sorted(spare, key=_key):
+            if spare[other] <= 0 or not _factor_at_least_one(monomial, other):
+                continue
+            take = min(need, spare[other])
+            spare[other] -= take
+            need -= take
+            if need == 0:
+                break
+        if need > 0:
+            return False
+    return True
+
+
+def undominated(totals: list[Poly]) -> list[int]:
+    """Indices of the sums no other one dominates, largest (at a reference size) first.
+
+    Values at a few sizes (every dim 1; every dim near 2^10; mixed) only order them and
+    skip proofs that must fail: a sum smaller somewhere cannot dominate. Dominance
+    itself is proved by `polys.dominates`; of equal sums the first is kept.
+    """
+    samples = _sample_values(totals)
+    order = sorted(range(len(totals)), key=lambda i: -samples[i][0])
+    kept: list[int] = []
+    recent: list[int] = []  # kept ones, the latest to dominate another first
+    for i in order:
+        for n, j in enumerate(recent):
+            if all(
+                x >= y - 1e-9 * abs(y) for x, y in zip(samples[j], samples[i], strict=True)
+            ) and dominates(totals[j], totals[i]):
+                recent.insert(0, recent.pop(n))
+                break
+        else:
+            kept.append(i)
+            recent.append(i)
+    return kept
+
+
+def _sample_values(totals: list[Poly]) -> list[tuple[float, ...]]:
+    """Each candidate's value at a few sizes: the first (every symbol 2^10 + its rank)
+    orders them; all of them rule dominance out where it cannot hold."""
+    symbols = sorted({s for t in totals for m in t for s in m.free_symbols}, key=str)
+    rng = random.Random(0)  # fixed: the same spec gives the same order, byte for byte
+    points = [
+        {s: sp.Integer(1024 + i) for i, s in enumerate(symbols)},
+        {s: sp.Integer(1) for s in symbols},
+    ]
+    for _ in range(30):
+        points.append({s: sp.Integer(int(2 ** rng.uniform(0, 13))) for s in symbols})
+    cache: dict = {}
+
+    bases: dict = {}
+
+    def base_values(base: sp.Expr) -> tuple[float, ...]:
+        if base not in bases:
+            if isinstance(base, sp.Symbol):
+                bases[base] = tuple(float(pt[base]) for pt in points)
+            else:  # floor(...) of sizes and the like
+                bases[base] = tuple(float(base.xreplace(pt)) for pt in points)
+        return bases[base]
+
+    def monomial_values(monomial: sp.Expr) -> tuple[float, ...]:
+        if monomial not in cache:
+            values = [1.0] * len(points)
+            for base, exponent in monomial.as_powers_dict().items():
+                if base == 1:
+                    continue
+                power = float(exponent)
+                for k, v in enumerate(base_values(base)):
+                    if v:
+                        values[k] *= v**power
+                    elif power > 0:  # a floor(...) that is 0 at a sample size
+                        values[k] = 0.0
+                    elif power < 0:
+                        values[k] = math.inf
+            cache[monomial] = tuple(values)
+        return cache[monomial]
+
+    def value(p: Poly) -> tuple[float, ...]:
+        out = [0.0] * len(points)
+        for monomial, coefficient in p.items():
+            c = float(coefficient)
+            for k, v in enumerate(monomial_values(monomial)):
+                out[k] += c * v
+        return tuple(out)
+
+    return [value(t) for t in totals]
