@@ -202,14 +202,14 @@ def test_peak_of_the_nested_expert_bank_is_exact(monkeypatch):
     """The experts are a repeat inside the layers' repeat: both are replayed three times
     and their left-out repetitions added back, which equals replaying all of them, here
     where the step peaks inside an expert's backward."""
-    from memspec.passes import peak as peak_pass
+    from memspec.passes.peak import repeats as peak_repeats
     from memspec.passes.peak import StepOptions
 
     sizes = {"B": 4, "L": 16, "V": 16, "D": 8, "N": 4, "H": 2, "KV": 1, "F": 256, "E": 4,
              "k": 2}
     for options in (StepOptions(), StepOptions(set_to_none=False)):
         short = compile_spec(SPECS / "mixtral.mspec", set=sizes, use=["math"], step=options)
-        monkeypatch.setattr(peak_pass, "REPLAY_LIMIT", 10)
+        monkeypatch.setattr(peak_repeats, "REPLAY_LIMIT", 10)
         full = compile_spec(SPECS / "mixtral.mspec", set=sizes, use=["math"], step=options)
         monkeypatch.undo()
         assert short.peak.value == full.peak.value

@@ -8,6 +8,11 @@ computes torch tensors; `passes.peak.replay.ForwardReplay` allocates and frees m
 blocks. A new reading of the step (recomputation, sharding, inference) is a new
 subclass, or a subclass of one of those.
 
+An expert bank (`route(experts, ...)`) is a region like any other: its loop runs each
+expert in turn, its parameters are instances per repetition, and the ops inside read the
+expert they serve from a `RepetitionIndex` attribute (the torch reading binds it from
+`enter_region`).
+
 Extension points, in the order the walk calls them:
 
 - `repetitions(region)`: how many times to run a region's loop.
