@@ -34,6 +34,7 @@ CASES = {
     "unknown_layer": (errors.NameResolutionError, 4, 5),
     "unknown_name": (errors.NameResolutionError, 7, 20),
     "unknown_name_suggestion": (errors.NameResolutionError, 5, 18),
+    "unknown_op_kind": (errors.SpecValueError, 3, 5),
     "unknown_policy": (errors.UsageError, 7, 9),
     "wrong_arg_count": (errors.SpecValueError, 4, 30),
     "empty": (errors.NameResolutionError, 1, 1),

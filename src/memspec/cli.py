@@ -1,4 +1,4 @@
-"""The command line: `memspec compile SPEC ...`.
+"""The command line: `memspec compile SPEC ...`, `solve`, `verify` and `ops`.
 
 This is the only place that turns errors into exit codes: a `MemspecError` (a problem
 with the user's input) prints its located diagnostic and exits 2; a `verify` whose
@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the real training step (for sizes too large to allocate)",
     )
+    o = sub.add_parser("ops", help="list the primitive ops and their rules in words")
+    o.add_argument("--format", choices=("text", "md"), default="text")
     return parser
 
 
@@ -250,8 +252,17 @@ def _solve(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ops(args: argparse.Namespace) -> str:
+    from memspec.ops.catalog import catalog_markdown, catalog_text
+
+    return catalog_markdown() if args.format == "md" else catalog_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ops":
+        sys.stdout.write(_ops(args))
+        return 0
     try:
         if args.command == "solve":
             with _time_limit(COMPILE_SECONDS, args.spec):

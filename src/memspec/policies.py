@@ -7,15 +7,19 @@ checks them and gives them types.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from memspec.errors import SpecValueError
 from memspec.ir.types import DType
+from memspec.ops import lookup
+from memspec.ops.registry import OpKind
 from memspec.syntax import nodes as n
 
 __all__ = [
     "IMPLEMENTATIONS",
     "Convention",
+    "CountRule",
     "Optimizer",
     "Precision",
     "read_convention",
@@ -78,30 +82,52 @@ class Optimizer:
 
 
 @dataclass(frozen=True, slots=True)
-class Convention:
-    """Which tensors count as activations: rules `(kind, names)`, kind 'output' or 'saved'.
+class CountRule:
+    """One rule of a convention: `what` is 'output' or 'saved'; it picks ops (and, by
+    name, layer and fn calls) by name or ops by kind; with neither, every op."""
 
-    `names == ()` means every op. Output rules count the value a listed layer, fn or op
-    returns; saved rules count what the listed ops keep for backward (PyTorch's autograd).
-    """
+    what: str
+    names: tuple[str, ...] = ()
+    kinds: tuple[OpKind, ...] = ()
+
+    def picks(self, op: str, *calls: str) -> bool:
+        """Whether the rule picks primitive `op`, applied inside the calls `calls`."""
+        if not self.names and not self.kinds:
+            return True
+        return any(c in self.names for c in (op, *calls)) or lookup(op).kind in self.kinds
+
+    def picks_call(self, callee: str) -> bool:
+        """Whether the rule picks a call of layer or fn `callee` (kinds pick only ops)."""
+        return (not self.names and not self.kinds) or callee in self.names
+
+    def describe(self) -> str:
+        if self.kinds:
+            kinds = ", ".join(k.value for k in self.kinds)
+            if self.what == "output":
+                return f"the output of each op of kind {kinds}, once per value"
+            listed = f"the ops of kind {kinds}"
+        else:
+            listed = ", ".join(self.names) if self.names else "every op"
+            if self.what == "output":
+                return f"the output of each call of {listed}, once per value"
+        return (
+            f"every tensor that PyTorch's autograd saves for backward in {listed}, once per storage"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Convention:
+    """Which tensors count as activations. Output rules count the value a picked layer,
+    fn or op returns; saved rules count what the picked ops keep for backward (PyTorch's
+    autograd)."""
 
     name: str
     description: str
-    rules: tuple[tuple[str, tuple[str, ...]], ...]
+    rules: tuple[CountRule, ...]
 
     def describe(self) -> str:
         """What the convention counts, as a sentence."""
-        parts = []
-        for kind, names in self.rules:
-            listed = ", ".join(names) if names else "every op"
-            if kind == "output":
-                parts.append(f"the output of each call of {listed}, once per value")
-            else:
-                parts.append(
-                    f"every tensor that PyTorch's autograd saves for backward in "
-                    f"{listed}, once per storage"
-                )
-        return "Counts " + "; and ".join(parts)
+        return "Counts " + "; and ".join(rule.describe() for rule in self.rules)
 
 
 def read_precision(decl: n.DeclPrecision) -> Precision:
@@ -164,7 +190,21 @@ def read_optimizer(decl: n.DeclOptimizer) -> Optimizer:
 
 
 def read_convention(decl: n.DeclConvention) -> Convention:
-    for kind, _names, span in decl.rules:
-        if kind not in ("output", "saved"):
-            raise SpecValueError(f"a convention counts 'output' or 'saved', not {kind!r}", span)
-    return Convention(decl.name, decl.description, tuple((k, names) for k, names, _ in decl.rules))
+    rules = []
+    for what, names, kinds, span in decl.rules:
+        if what not in ("output", "saved"):
+            raise SpecValueError(f"a convention counts 'output' or 'saved', not {what!r}", span)
+        rules.append(CountRule(what, names, tuple(_op_kind(k, span) for k in kinds)))
+    return Convention(decl.name, decl.description, tuple(rules))
+
+
+def _op_kind(name: str, span) -> OpKind:
+    try:
+        return OpKind(name)
+    except ValueError:
+        kinds = [k.value for k in OpKind]
+        close = difflib.get_close_matches(name, kinds, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecValueError(
+            f"unknown op kind {name!r}; {hint}kinds are {', '.join(kinds)}", span
+        ) from None

@@ -104,3 +104,30 @@ def test_course_counts_each_value_once():
     }
     """, convention="course")
     assert sp.expand(total - 2 * B * D) == 0
+
+
+def test_course_counts_a_users_own_norm_layer_like_rmsnorm():
+    # `course` picks ops by kind: a norm layer of the user's own, named nowhere in the
+    # convention, is counted because it calls a norm op, as the std RMSNorm is.
+    mine, total = activations("""
+    layer ScaleNorm(d) {
+        param gain: [d]
+        forward(x: [..., d]) -> [..., d] { return rms_norm(x, gain, 1e-6) }
+    }
+    model M {
+        norm = ScaleNorm(D)
+        forward(x: [B, D]) { return norm(x) }
+    }
+    """, convention="course")
+    std, std_total = activations("""
+    model M {
+        norm = RMSNorm(D)
+        forward(x: [B, D]) { return norm(x) }
+    }
+    """, convention="course")
+    assert sp.expand(total - B * D) == 0 and sp.expand(std_total - B * D) == 0
+    (item,) = mine.categories["activations"].items
+    (std_item,) = std.categories["activations"].items
+    assert item.path == std_item.path
+    # The note names the op, or the layer when the convention names it (RMSNorm).
+    assert (item.note, std_item.note) == ("output of rms_norm", "output of RMSNorm")

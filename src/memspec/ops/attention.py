@@ -9,6 +9,7 @@ from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -56,6 +57,11 @@ def _flash_flops(op: OpApply, graph: Graph) -> sp.Expr:
     return 4 * numel(q.shape) * k.shape[-2]
 
 
+def _flash_backward_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """The gradients of both products' operands, as in the unfused math: two forwards."""
+    return _flash_flops(op, graph) * 2
+
+
 def _flash_lower(tensors, attrs):
     """torch's CPU flash kernel wants [batch, heads, seq, dim]; other ranks are viewed so.
 
@@ -84,5 +90,10 @@ register(
         attrs=(("causal", True), ("window", 0), ("dropout_p", 0), ("scale", True)),
         lower=_flash_lower,
         flops=_flash_flops,
+        backward_flops=_flash_backward_flops,
+        kind=OpKind.ATTENTION,
+        shape_doc="q [..., s, d], k [..., t, d], v [..., t, e] -> [..., s, e], in q's dim "
+        "order; window and dropout_p must be 0",
+        saved_doc="q, k, v, the output and a float32 logsumexp [..., s]",
     )
 )

@@ -13,6 +13,7 @@ from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -149,6 +150,10 @@ register(
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
         lower=_conv_lower("conv2d"),
         flops=_conv_flops,
+        kind=OpKind.CONV,
+        shape_doc="input [B, C, H, W], weight [O, C/groups, kh, kw], bias [O] -> "
+        "[B, O, H', W'], H' = floor((H + 2 padding - kh) / stride) + 1",
+        saved_doc="input and weight",
     )
 )
 register(
@@ -161,6 +166,10 @@ register(
         attrs=(("stride", 1), ("padding", 0), ("groups", 1)),
         lower=_conv_lower("conv1d"),
         flops=_conv_flops,
+        kind=OpKind.CONV,
+        shape_doc="input [B, C, L], weight [O, C/groups, k], bias [O] -> [B, O, L'], "
+        "L' = floor((L + 2 padding - k) / stride) + 1",
+        saved_doc="input and weight",
     )
 )
 register(
@@ -172,6 +181,10 @@ register(
         _max_pool_saved,
         attrs=(("kernel", None), ("stride", None), ("padding", 0)),
         lower=_max_pool_lower,
+        kind=OpKind.POOLING,
+        shape_doc="[B, C, H, W] -> [B, C, H', W'], "
+        "H' = floor((H + 2 padding - kernel) / stride) + 1",
+        saved_doc="input, and int64 argmax indices of the output's shape",
     )
 )
 register(
@@ -181,6 +194,9 @@ register(
         ("x",),
         _global_pool_infer,
         lower=lambda t, a: torch_functional()[1].adaptive_avg_pool2d(t[0], 1),
+        kind=OpKind.REDUCTION,
+        shape_doc="[B, C, H, W] -> [B, C, 1, 1]",
+        saved_doc="nothing",
     )
 )
 register(
@@ -192,5 +208,9 @@ register(
         _bn_saved,
         attrs=(("momentum", sp.Rational(1, 10)), ("eps", sp.Rational(1, 10**5))),
         lower=_bn_lower,
+        kind=OpKind.NORM,
+        shape_doc="x [B, C, ...] and four per-channel [C] tensors -> x's shape",
+        saved_doc="input, weight, running_mean, running_var, and float32 save_mean and "
+        "save_invstd [C]",
     )
 )

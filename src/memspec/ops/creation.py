@@ -7,7 +7,14 @@ import math
 import sympy as sp
 
 from memspec.ir.types import DType
-from memspec.ops.registry import InferContext, OpDef, OutputSpec, register, torch_functional
+from memspec.ops.registry import (
+    InferContext,
+    OpDef,
+    OpKind,
+    OutputSpec,
+    register,
+    torch_functional,
+)
 
 
 def _arange_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -25,6 +32,9 @@ register(
         _arange_infer,
         attrs=(("n", None),),
         lower=lambda t, a: torch_functional()[0].arange(a["n"]),
+        kind=OpKind.CREATION,
+        shape_doc="int64 [n]",
+        saved_doc="nothing",
     )
 )
 
@@ -75,5 +85,8 @@ register(
             ("bidirectional", True),
         ),
         lower=_buckets_lower,
+        kind=OpKind.CREATION,
+        shape_doc="int64 [n_q, n_k]",
+        saved_doc="nothing",
     )
 )

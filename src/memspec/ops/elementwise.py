@@ -13,6 +13,7 @@ from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -134,6 +135,28 @@ def _f(name: str):
     return lambda tensors, attrs: getattr(torch_functional()[1], name)(*tensors)
 
 
+def _pointwise(name: str, doc: str, kind: OpKind, saved, saved_doc: str, lower, **rules) -> None:
+    """Register a one-tensor op whose output has its input's shape (None: saves nothing)."""
+    if saved is not None:
+        rules["saved"] = saved
+    register(
+        OpDef(
+            name,
+            doc,
+            ("x",),
+            rules.pop("infer", _unary),
+            lower=lower,
+            kind=kind,
+            shape_doc=rules.pop("shape_doc", "x's shape"),
+            saved_doc=saved_doc,
+            **rules,
+        )
+    )
+
+
+_BROADCAST = "a and b broadcast together (NumPy's rule)"
+_NOTHING = "nothing"
+_ELEMENTWISE, _ACTIVATION = OpKind.ELEMENTWISE, OpKind.ACTIVATION
 register(
     OpDef(
         "add",
@@ -142,6 +165,11 @@ register(
         _binary,
         lower=lambda t, a: t[0] + t[1],
         grads=through_if_same_shape,
+        grads_doc="the output's gradient itself for an input of its shape; a new, summed one "
+        "for a broadcast input",
+        kind=_ELEMENTWISE,
+        shape_doc=_BROADCAST,
+        saved_doc=_NOTHING,
     )
 )
 register(
@@ -151,8 +179,11 @@ register(
         ("a", "b"),
         _binary,
         lower=lambda t, a: t[0] - t[1],
-        # the gradient of b is negated: a new tensor
         grads=lambda op, graph: (through_if_same_shape(op, graph)[0], "new"),
+        grads_doc="a's as for add; a new, negated one for b",
+        kind=_ELEMENTWISE,
+        shape_doc=_BROADCAST,
+        saved_doc=_NOTHING,
     )
 )
 register(
@@ -163,6 +194,9 @@ register(
         _binary,
         _mul_saved,
         lower=lambda t, a: t[0] * t[1],
+        kind=_ELEMENTWISE,
+        shape_doc=_BROADCAST,
+        saved_doc="b when a needs a gradient, a when b does",
     )
 )
 register(
@@ -173,87 +207,83 @@ register(
         _binary,
         _div_saved,
         lower=lambda t, a: t[0] / t[1],
+        kind=_ELEMENTWISE,
+        shape_doc=_BROADCAST,
+        saved_doc="b when either needs a gradient, a when b does",
     )
 )
-register(
-    OpDef(
-        "scale",
-        "x times a constant: saves nothing",
-        ("x",),
-        _unary,
-        attrs=(("factor", 1),),
-        lower=lambda t, a: t[0] * a["factor"],
-    )
+_pointwise(
+    "scale",
+    "x times a constant: saves nothing",
+    _ELEMENTWISE,
+    None,
+    _NOTHING,
+    lambda t, a: t[0] * a["factor"],
+    attrs=(("factor", 1),),
 )
-register(
-    OpDef(
-        "shift",
-        "x plus a constant: saves nothing",
-        ("x",),
-        _unary,
-        attrs=(("offset", 0),),
-        lower=lambda t, a: t[0] + a["offset"],
-        grads=lambda op, graph: ("through",),
-    )
+_pointwise(
+    "shift",
+    "x plus a constant: saves nothing",
+    _ELEMENTWISE,
+    None,
+    _NOTHING,
+    lambda t, a: t[0] + a["offset"],
+    attrs=(("offset", 0),),
+    grads=lambda op, graph: ("through",),
+    grads_doc="the output's gradient itself",
 )
-register(OpDef("neg", "-x", ("x",), _unary, lower=lambda t, a: -t[0]))
-register(OpDef("silu", "x * sigmoid(x)", ("x",), _unary, _saves_input, lower=_f("silu")))
-register(
-    OpDef(
-        "gelu",
-        "GELU, exact (erf) or tanh approximation",
-        ("x",),
-        _unary,
-        _saves_input,
-        attrs=(("approximate", "none"),),
-        lower=lambda t, a: torch_functional()[1].gelu(t[0], approximate=a["approximate"]),
-    )
+_pointwise("neg", "-x", _ELEMENTWISE, None, _NOTHING, lambda t, a: -t[0])
+_pointwise("silu", "x * sigmoid(x)", _ACTIVATION, _saves_input, "the input", _f("silu"))
+_pointwise(
+    "gelu",
+    "GELU, exact (erf) or tanh approximation",
+    _ACTIVATION,
+    _saves_input,
+    "the input",
+    lambda t, a: torch_functional()[1].gelu(t[0], approximate=a["approximate"]),
+    attrs=(("approximate", "none"),),
 )
-register(OpDef("relu", "max(x, 0)", ("x",), _unary, _saves_output, lower=_f("relu")))
-register(
-    OpDef(
-        "relu_",
-        "max(x, 0) in place: the output is x's storage",
-        ("x",),
-        _inplace,
-        _saves_output,
-        lower=lambda t, a: torch_functional()[1].relu(t[0], inplace=True),
-    )
+_pointwise("relu", "max(x, 0)", _ACTIVATION, _saves_output, "the output", _f("relu"))
+_pointwise(
+    "relu_",
+    "max(x, 0) in place: the output is x's storage",
+    _ACTIVATION,
+    _saves_output,
+    "the output (x's storage)",
+    lambda t, a: torch_functional()[1].relu(t[0], inplace=True),
+    infer=_inplace,
+    shape_doc="x's shape, in x's storage",
 )
-register(OpDef("softplus", "log(1 + exp(x))", ("x",), _unary, _saves_input, lower=_f("softplus")))
-register(
-    OpDef(
-        "exp",
-        "exp(x)",
-        ("x",),
-        _unary,
-        _saves_output,
-        lower=lambda t, a: torch_functional()[0].exp(t[0]),
-    )
+_pointwise("softplus", "log(1 + exp(x))", _ACTIVATION, _saves_input, "the input", _f("softplus"))
+_pointwise(
+    "exp",
+    "exp(x)",
+    _ELEMENTWISE,
+    _saves_output,
+    "the output",
+    lambda t, a: torch_functional()[0].exp(t[0]),
 )
-register(OpDef("sigmoid", "1 / (1 + exp(-x))", ("x",), _unary, _saves_output, lower=_f("sigmoid")))
-register(OpDef("tanh", "tanh(x)", ("x",), _unary, _saves_output, lower=_f("tanh")))
-register(
-    OpDef(
-        "dropout",
-        "training-mode dropout",
-        ("x",),
-        _unary,
-        _dropout_saved,
-        attrs=(("p", 0),),
-        lower=lambda t, a: torch_functional()[1].dropout(t[0], a["p"], training=True),
-    )
+_pointwise("sigmoid", "1 / (1 + exp(-x))", _ELEMENTWISE, _saves_output, "the output", _f("sigmoid"))
+_pointwise("tanh", "tanh(x)", _ELEMENTWISE, _saves_output, "the output", _f("tanh"))
+_pointwise(
+    "dropout",
+    "training-mode dropout",
+    _ELEMENTWISE,
+    _dropout_saved,
+    "a scaled mask of x's shape and dtype",
+    lambda t, a: torch_functional()[1].dropout(t[0], a["p"], training=True),
+    attrs=(("p", 0),),
 )
-register(
-    OpDef(
-        "causal_mask",
-        "fill future positions (and, with a window, distant past ones) with -inf",
-        ("x",),
-        _mask_infer,
-        _mask_saved,
-        attrs=(("window", 0),),
-        lower=_mask_lower,
-    )
+_pointwise(
+    "causal_mask",
+    "fill future positions (and, with a window, distant past ones) with -inf",
+    _ELEMENTWISE,
+    _mask_saved,
+    "a bool mask [Lq, Lk]",
+    _mask_lower,
+    infer=_mask_infer,
+    attrs=(("window", 0),),
+    shape_doc="x [..., Lq, Lk] -> x's shape",
 )
 # Lowered as a pairwise rotation by [max_len, d_k/2] tables: each product saves only a
 # slice of a buffer table (excluded from activations), and stack/flatten save nothing.
@@ -264,5 +294,8 @@ register(
         ("x", "cos", "sin"),
         _rope_infer,
         lower=_rope_lower,
+        kind=_ELEMENTWISE,
+        shape_doc="x [..., seq, d_k], cos and sin tables [max_len, d_k/2] -> x's shape",
+        saved_doc="nothing but slices of the cos and sin buffers",
     )
 )

@@ -10,6 +10,7 @@ from memspec.ops.patterns import parse_pattern
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -199,6 +200,10 @@ register(
         _linear_saved,
         lower=lambda t, a: torch_functional()[1].linear(*t),
         flops=_linear_flops,
+        kind=OpKind.MATMUL,
+        shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",
+        saved_doc="input when weight needs a gradient (a copy when its leading dims cannot "
+        "be viewed as one), weight when input does",
     )
 )
 register(
@@ -210,6 +215,9 @@ register(
         _two_operand_saved,
         lower=lambda t, a: t[0] @ t[1],
         flops=_matmul_flops,
+        kind=OpKind.MATMUL,
+        shape_doc="a [..., m, k], b [..., k, n] or [k, n] -> [..., m, n]",
+        saved_doc="each operand when the other needs a gradient (a copy of a permuted batched one)",
     )
 )
 register(
@@ -222,6 +230,10 @@ register(
         attrs=(("pattern", None),),
         lower=_einsum_lower,
         flops=_einsum_flops,
+        kind=OpKind.MATMUL,
+        shape_doc="operands matching the pattern's left side -> its right side's axes",
+        saved_doc="of two operands, each when the other needs a gradient (a copy of a "
+        "permuted batched one); of three or more, all",
     )
 )
 register(
@@ -232,5 +244,8 @@ register(
         _embedding_infer,
         _embedding_saved,
         lower=lambda t, a: torch_functional()[1].embedding(*t),
+        kind=OpKind.INDEXING,
+        shape_doc="integer indices [...], weight [num, dim] -> [..., dim]",
+        saved_doc="the indices when weight needs a gradient",
     )
 )

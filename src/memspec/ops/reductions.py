@@ -8,6 +8,7 @@ from memspec.ops.elementwise import _saves_output
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -114,6 +115,9 @@ register(
         _same_shape,
         _saves_output,
         lower=lambda t, a: t[0].softmax(-1),
+        kind=OpKind.SOFTMAX,
+        shape_doc="x's shape",
+        saved_doc="the output",
     )
 )
 register(
@@ -124,6 +128,9 @@ register(
         _same_shape,
         _saves_output,
         lower=lambda t, a: t[0].log_softmax(-1),
+        kind=OpKind.SOFTMAX,
+        shape_doc="x's shape",
+        saved_doc="the output",
     )
 )
 register(
@@ -135,6 +142,9 @@ register(
         _layer_norm_saved,
         attrs=(("eps", 0),),
         lower=_norm_lower("layer_norm"),
+        kind=OpKind.NORM,
+        shape_doc="x [..., D], weight and bias [D] -> x's shape",
+        saved_doc="input, weight, bias, and float32 mean and rstd [..., 1]",
     )
 )
 register(
@@ -146,6 +156,10 @@ register(
         _rms_norm_saved,
         attrs=(("eps", 0),),
         lower=_norm_lower("rms_norm"),
+        kind=OpKind.NORM,
+        shape_doc="x [..., D], weight [D] -> x's shape",
+        saved_doc="when x needs a gradient: x, rsqrt [..., 1] and the weight; when the "
+        "weight does: x * rsqrt",
     )
 )
 register(
@@ -156,5 +170,8 @@ register(
         _nll_infer,
         _nll_saved,
         lower=_nll_lower,
+        kind=OpKind.LOSS,
+        shape_doc="log_probs [..., C], integer targets [...] -> float32 []",
+        saved_doc="input, targets and a float32 scalar total_weight",
     )
 )

@@ -3,11 +3,14 @@
 An `OpDef` holds every rule about one op (xdsl's ops, micrograd's `_backward` beside the
 op): how spec arguments map to tensor inputs and constant attributes, the output shape
 and dtype (with a clear error on mismatch), and what PyTorch's autograd saves for
-backward. Registering a second op of the same name is an error (torch's flop_counter).
+backward, its FLOPs forward and backward, its kind (which activation conventions name),
+and the words `memspec ops` prints about it. Registering a second op of the same name is
+an error (torch's flop_counter).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ __all__ = [
     "InferContext",
     "Lowering",
     "OpDef",
+    "OpKind",
     "OpShapeError",
     "OutputSpec",
     "Saved",
@@ -138,12 +142,35 @@ def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return ()
 
 
+class OpKind(enum.Enum):
+    """What an op does, in the words an activation convention uses to pick ops
+    (`count output of kind norm, matmul`), so a user's own layer that calls a norm op is
+    counted like RMSNorm without being named."""
+
+    MATMUL = "matmul"  # matrix products: linear, matmul, einsum
+    ATTENTION = "attention"  # fused attention kernels
+    CONV = "conv"  # convolutions
+    POOLING = "pooling"  # windowed pooling
+    NORM = "norm"  # normalization layers' ops
+    ACTIVATION = "activation"  # the nonlinearities between projections
+    SOFTMAX = "softmax"  # softmax and log-softmax
+    ELEMENTWISE = "elementwise"  # arithmetic, pointwise functions, masks, dropout, rotations
+    REDUCTION = "reduction"  # means and sums over whole dims
+    LOSS = "loss"  # losses of integer targets
+    SCAN = "scan"  # recurrences over a sequence
+    INDEXING = "indexing"  # lookups, gathers, scatters and top-k by integer indices
+    LAYOUT = "layout"  # reshapes, permutations, slices and joins: no arithmetic
+    CREATION = "creation"  # tensors made from sizes alone
+
+
 @dataclass(frozen=True, slots=True)
 class OpDef:
     """One primitive op.
 
     `tensors` names the tensor arguments in order (a trailing `?` marks an optional one,
     a leading `*` any number); `attrs` names constant arguments with their defaults.
+    `shape_doc` and `saved_doc` say in words what `infer` and `saved` compute, for
+    `memspec ops` and the README's table of ops.
     """
 
     name: str
@@ -161,9 +188,36 @@ class OpDef:
     differentiable: bool = True
     # None: every input that requires grad gets a new gradient tensor (most formulas).
     grads: GradRule | None = None
+    grads_doc: str | None = None  # `grads` in words; required with it
     # Bytes a composite op's backward holds beside its inputs' gradients (the autograd
     # nodes inside it); None: nothing beyond them, as for one kernel.
     backward_temporaries: FlopRule | None = None
+    # Backward FLOPs; None: one forward per product operand among the first two inputs
+    # that needs a gradient (x @ W^T makes W's gradient, and x's when x needs one).
+    backward_flops: FlopRule | None = None
+    kind: OpKind = field(kw_only=True)
+    shape_doc: str = field(kw_only=True)
+    saved_doc: str = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        if (self.grads is None) != (self.grads_doc is None):
+            raise ValueError(f"op {self.name!r}: give grads and grads_doc together")
+
+    @property
+    def gradient_doc(self) -> str:
+        """How backward makes the inputs' gradients, in words."""
+        if not self.differentiable:
+            return "none: autograd does not record it"
+        return self.grads_doc or "a new tensor for each input that needs one"
+
+    def backward_flops_of(self, op: OpApply, graph: Graph) -> sp.Expr:
+        """The op's backward FLOPs (zero for an op without a FLOP rule)."""
+        if self.flops is None:
+            return sp.Integer(0)
+        if self.backward_flops is not None:
+            return self.backward_flops(op, graph)
+        needed = sum(1 for vid in op.inputs[:2] if graph.value(vid).requires_grad)
+        return self.flops(op, graph) * needed
 
     def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[str, ...]:
         if self.grads is None:

@@ -20,6 +20,7 @@ from memspec.ir.types import DType, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -150,6 +151,9 @@ register(
         _topk_saved,
         attrs=(("k", None),),
         lower=_topk_lower,
+        kind=OpKind.INDEXING,
+        shape_doc="x [..., n] -> values [..., k] and int64 indices [..., k]",
+        saved_doc="the indices",
     )
 )
 register(
@@ -161,6 +165,10 @@ register(
         attrs=(("expert", None), ("num_experts", None), ("balanced", True)),
         lower=_slots_lower,
         differentiable=False,
+        kind=OpKind.INDEXING,
+        shape_doc="integer selected [T, k] -> int64 [2, k*T/num_experts], assuming "
+        "num_experts divides k*T",
+        saved_doc="nothing",
     )
 )
 register(
@@ -171,6 +179,10 @@ register(
         _index_infer,
         _index_saved,
         lower=_index_lower,
+        kind=OpKind.INDEXING,
+        shape_doc="x [n, ...] and int64 rows [r] -> [r, ...]; with cols [r] too, "
+        "x [n, m, ...] -> [r, ...]",
+        saved_doc="the index tensors",
     )
 )
 register(
@@ -181,8 +193,11 @@ register(
         _index_add_infer,
         _index_add_saved,
         lower=lambda t, a: t[0].index_add_(0, t[1], t[2]),
-        # acc's gradient is the output's; src's is its rows gathered (a new tensor)
         grads=lambda op, graph: ("through", "new", "new"),
+        grads_doc="acc's is the output's gradient itself; src's is new (its rows gathered)",
+        kind=OpKind.INDEXING,
+        shape_doc="acc [n, ...], int64 index [r], src [r, ...] -> acc's shape, in acc's storage",
+        saved_doc="index and src when src needs a gradient",
     )
 )
 register(
@@ -193,5 +208,8 @@ register(
         _zeros_like_infer,
         lower=lambda t, a: torch_functional()[0].zeros_like(t[0]),
         differentiable=False,
+        kind=OpKind.CREATION,
+        shape_doc="x's shape and dtype",
+        saved_doc="nothing",
     )
 )

@@ -20,6 +20,7 @@ from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     Saved,
     register,
@@ -165,6 +166,11 @@ register(
         lower=_recurrence_lower,
         flops=_recurrence_flops,
         backward_temporaries=_recurrence_backward_temporaries,
+        kind=OpKind.SCAN,
+        shape_doc="dA and dBu [B, E, L, S], C [B, L, S] -> [B, E, L]",
+        saved_doc="when dA or dBu needs a gradient, dA (if L > 1) and C; when dA does, the "
+        "zero initial state; the states [B, E, S] that the L steps' products keep for "
+        "dA's and C's gradients",
     )
 )
 register(
@@ -177,5 +183,10 @@ register(
         _fused_saved,
         lower=None,
         flops=_fused_flops,
+        kind=OpKind.SCAN,
+        shape_doc="u, delta, z [B, E, L], A [E, S], B and C [B, S, L], D and delta_bias "
+        "[E] -> u's shape",
+        saved_doc="its eight inputs (copies of u, delta, B, C and z when their last stride "
+        "is not 1), float32 checkpoints [B, E, ceil(L/2048), 2S] and the un-gated output",
     )
 )

@@ -20,6 +20,7 @@ from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.registry import (
     InferContext,
     OpDef,
+    OpKind,
     OutputSpec,
     TensorType,
     register,
@@ -226,6 +227,11 @@ register(
         attrs=(("pattern", None), ("axes", ())),
         lower=_shape_op_lower,
         grads=_rearrange_grads,
+        grads_doc="the output's gradient viewed back; a new copy when the forward was a "
+        "permuted view",
+        kind=OpKind.LAYOUT,
+        shape_doc="the pattern's right side; a view unless it merges axes a permutation separated",
+        saved_doc="nothing",
     )
 )
 register(
@@ -236,6 +242,10 @@ register(
         lambda ctx: _shape_op(ctx, repeat=True),
         attrs=(("pattern", None), ("axes", ())),
         lower=_shape_op_lower,
+        kind=OpKind.LAYOUT,
+        shape_doc="the pattern's right side, new axes sized by keyword; a view unless a "
+        "new axis is merged",
+        saved_doc="nothing",
     )
 )
 register(
@@ -246,6 +256,9 @@ register(
         _narrow_infer,
         attrs=(("dim", None), ("start", None), ("length", None)),
         lower=lambda t, a: t[0].narrow(a["dim"], a["start"], a["length"]),
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape with dim's size = length; a view",
+        saved_doc="nothing",
     )
 )
 register(
@@ -256,6 +269,9 @@ register(
         _select_infer,
         attrs=(("dim", None), ("index", None)),
         lower=lambda t, a: t[0].select(a["dim"], a["index"]),
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape without dim; a view",
+        saved_doc="nothing",
     )
 )
 register(
@@ -267,5 +283,9 @@ register(
         attrs=(("dim", -1),),
         lower=_cat_lower,
         grads=lambda op, graph: ("through",) * len(op.inputs),  # narrowed views of it
+        grads_doc="narrowed views of the output's gradient",
+        kind=OpKind.LAYOUT,
+        shape_doc="the inputs' common shape with dim's sizes summed; new storage",
+        saved_doc="nothing",
     )
 )

@@ -1,11 +1,12 @@
 """Activations: the tensors a training step keeps for backward, under a convention.
 
-Two kinds of convention rule (see `policies.Convention`):
+Two kinds of convention rule (see `policies.CountRule`), each picking ops by name, by
+kind (`kind norm, matmul`: what the op's `OpDef` says it does) or all of them (`*`):
 
-- `count output of NAMES`: the value each call of a listed layer, fn or op returns,
-  counted once per value (a Linear's output and the `linear` op inside it are one value).
-  This is the CS336 question's convention.
-- `count saved of NAMES|*`: what each op's saved-tensor rule says PyTorch's autograd
+- `count output of ...`: the value each picked layer, fn or op call returns, counted
+  once per value (a Linear's output and the `linear` op inside it are one value). This
+  is the CS336 question's convention.
+- `count saved of ...`: what each op's saved-tensor rule says PyTorch's autograd
   keeps, counted once per storage (views share their base's storage); parameters and
   buffers are not activations, and ops none of whose inputs need a gradient save
   nothing, as in PyTorch.
@@ -31,7 +32,7 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import Role
 from memspec.ops import lookup
 from memspec.passes.results import CategoryResult, LineItem, regions_of
-from memspec.policies import Convention
+from memspec.policies import Convention, CountRule
 
 __all__ = ["count_activations", "count_activations_under"]
 
@@ -43,29 +44,27 @@ def count_activations(graph: Graph, config: TrainConfig) -> CategoryResult:
 
 def count_activations_under(graph: Graph, convention: Convention) -> CategoryResult:
     items: dict[tuple, LineItem] = {}
-    for kind, names in convention.rules:
-        if kind == "output":
-            _count_outputs(graph, set(names), items)
-        else:
-            _count_saved(graph, set(names), items)
+    outputs = tuple(rule for rule in convention.rules if rule.what == "output")
+    for rule in convention.rules:
+        if rule.what == "saved":
+            _count_saved(graph, rule, items)
+        elif rule is outputs[0]:
+            # All output rules at once: each value is one item, named by its outermost pick.
+            _count_outputs(graph, outputs, items)
     # Insertion order follows the graph (ops in execution order): deterministic.
     return CategoryResult("activations", tuple(items.values()), convention.describe())
 
 
-def _matches(names: set[str], *candidates: str) -> bool:
-    return not names or any(c in names for c in candidates)
-
-
-def _count_outputs(graph: Graph, names: set[str], items: dict) -> None:
-    # The note names the outermost listed call that returned the value: a Linear's output
-    # reads "output of Linear", not of the `linear` op inside it (it is one value).
+def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict) -> None:
+    # The note names the outermost call a rule names that returned the value: a Linear's
+    # output reads "output of Linear", not of the `linear` op inside it (it is one value).
     notes: dict[int, str] = {}
     for op in graph.ops:
-        if _matches(names, op.op):
+        if any(rule.picks(op.op) for rule in rules):
             for vid in op.outputs:
                 notes[vid] = op.op
     for call in graph.call_outputs:  # inner calls return first, so outer ones overwrite
-        if _matches(names, call.callee):
+        if any(rule.picks_call(call.callee) for rule in rules):
             notes[call.value] = call.callee
     for vid, producer in sorted(notes.items()):
         v = graph.value(vid)
@@ -85,11 +84,11 @@ def _common_regions(graph: Graph, a: int | None, b: int | None):
     return tuple(common)
 
 
-def _count_saved(graph: Graph, names: set[str], items: dict) -> None:
+def _count_saved(graph: Graph, rule: CountRule, items: dict) -> None:
     carried_inputs = {inp: (region, out) for region, inp, out in graph.carried}
     savers: dict[tuple, list[str]] = {}
     for op in graph.ops:
-        if not _matches(names, op.op, *op.calls):
+        if not rule.picks(op.op, *op.calls):
             continue
         if not any(graph.value(v).requires_grad for v in op.inputs):
             continue  # PyTorch records no backward node, so nothing is saved

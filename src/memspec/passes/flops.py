@@ -4,9 +4,10 @@ Each primitive's FLOP rule counts its products at 2 FLOPs per multiply-add (`lin
 `matmul`, `einsum`, `conv2d`, fused attention); elementwise work is not counted, as in
 the 6 * parameters * tokens rule and torch's FlopCounterMode. The optimizer's step is
 counted apart: its elementwise FLOPs per parameter element are declared with the
-optimizer (`flops 14 per element` for AdamW in `std/train.mspec`). Backward runs one product
-of the forward's size per operand that needs a gradient (two for a hidden linear, one
-for a linear whose input is data).
+optimizer (`flops 14 per element` for AdamW in `std/train.mspec`). Backward FLOPs are
+the op's rule too (`OpDef.backward_flops_of`): by default one product of the forward's
+size per operand that needs a gradient (two for a hidden linear, one for a linear whose
+input is data).
 
 Example: `y = linear(x, W)` with x [B, D] from the data and W [F, D] inside `repeat N`:
 forward 2*B*D*F, backward 2*B*D*F (only W's gradient), N copies.
@@ -86,27 +87,20 @@ class FlopsResult:
         return total
 
 
-def _backward_factor(graph: Graph, op) -> int:
-    if op.op == "flash_attention":
-        return 2  # gradients of both products' operands, as in the unfused math
-    return sum(1 for vid in op.inputs[:2] if graph.value(vid).requires_grad)
-
-
 def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Zero) -> FlopsResult:
     """One item per op that multiplies matrices, in execution order; and the optimizer's
     step on `parameters` elements, at its declared FLOPs per element."""
     items = []
     for op in graph.ops:
-        rule = lookup(op.op).flops
-        if rule is None:
+        opdef = lookup(op.op)
+        if opdef.flops is None:
             continue
-        forward = rule(op, graph)
         items.append(
             FlopItem(
                 op.path,
                 op.op,
-                forward,
-                forward * _backward_factor(graph, op),
+                opdef.flops(op, graph),
+                opdef.backward_flops_of(op, graph),
                 regions_of(graph, op.region),
             )
         )

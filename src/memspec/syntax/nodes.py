@@ -356,11 +356,14 @@ class DeclOptimizer:
 
 @dataclass(frozen=True, slots=True)
 class DeclConvention:
-    """`count output of A, B` / `count saved of *`; `names == ()` means every op."""
+    """`count output of A, B` / `count output of kind norm, matmul` / `count saved of *`.
+
+    A rule is (what, names, kinds, span); empty names and kinds mean every op.
+    """
 
     name: str
     description: str
-    rules: tuple[tuple[str, tuple[str, ...], Span | None], ...]
+    rules: tuple[tuple[str, tuple[str, ...], tuple[str, ...], Span | None], ...]
     span: Span | None = span_field()
 
 

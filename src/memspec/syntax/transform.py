@@ -155,13 +155,17 @@ class ToAst(Transformer_NonRecursive):
         return n.DeclConvention(str(name), description, tuple(rest), span=self.span(meta))
 
     def convention_count(self, meta, children):
-        return (str(children[0]), children[1], self.span(meta))
+        names, kinds = children[1]
+        return (str(children[0]), names, kinds, self.span(meta))
 
     def names_all(self, meta, children):
-        return ()
+        return ((), ())
 
     def names_some(self, meta, children):
-        return tuple(str(c) for c in children)
+        return (tuple(str(c) for c in children), ())
+
+    def names_kinds(self, meta, children):
+        return ((), tuple(str(c) for c in children))
 
     # Layers ------------------------------------------------------------------------------
 
