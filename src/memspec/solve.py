@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from memspec.compile import CompileResult
 from memspec.errors import UsageError
 from memspec.passes.peak import undominated
+from memspec.result import CompileResult
 from memspec.symbolic.bind import resolve_defaults
 from memspec.symbolic.polys import poly
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from memspec.compile import CATEGORY_TITLES, CompileResult
 from memspec.passes.peak import CATEGORIES as PEAK_CATEGORIES
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.report.model import (
@@ -26,6 +25,7 @@ from memspec.report.model import (
     SummaryRow,
     SymbolRow,
 )
+from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.symbolic.bind import format_bytes, resolve_defaults
 from memspec.symbolic.printers import latex, latex_int, latex_shape
 

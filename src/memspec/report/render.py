@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import json
 
-from memspec.compile import CompileResult
 from memspec.report.build import build_report
+from memspec.result import CompileResult
 from memspec.symbolic.printers import text
 
 __all__ = ["render_json", "render_latex", "render_markdown"]
