@@ -64,11 +64,15 @@ class AnalysisContext:
 
 @dataclass(frozen=True, slots=True)
 class Analysis:
+    """One stage: its name (the key of its result) and what it runs."""
+
     name: str
     run: Callable[[AnalysisContext], object]
 
 
-def _category(count: Callable[[Graph, TrainConfig], CategoryResult]):
+def _category(
+    count: Callable[[Graph, TrainConfig], CategoryResult],
+) -> Callable[[AnalysisContext], CategoryResult]:
     """A memory category's stage: its pass reads only the graph and the configuration."""
     return lambda context: count(context.graph, context.config)
 

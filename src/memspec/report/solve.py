@@ -18,6 +18,8 @@ __all__ = ["SolveReport", "build_solve", "render_solve_json", "render_solve_text
 
 @dataclass(frozen=True, slots=True)
 class SolveReport:
+    """What `memspec solve` says, every expression already printed."""
+
     symbol: str
     objective: str  # "peak" or "sum"
     what: str  # what the bytes count, in words
@@ -53,6 +55,7 @@ def build_solve(
 
 
 def render_solve_text(report: SolveReport) -> str:
+    """The expression, the closed form, the largest value: one line each."""
     s = report.symbol
     lines = [f"bytes({s}) = {report.expression}  ({report.what})"]
     if report.formula is not None:
