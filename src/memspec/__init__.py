@@ -11,8 +11,9 @@ A spec file states a model's symbolic dims, layers and parameters; memspec parse
 
 from __future__ import annotations
 
-from memspec.compile import CompileResult, compile_spec
+from memspec.compile import compile_spec
 from memspec.errors import MemspecError
+from memspec.result import CompileResult
 
 __all__ = ["CompileResult", "MemspecError", "compile_spec"]
 __version__ = "0.1.0"

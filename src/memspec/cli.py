@@ -213,8 +213,7 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
 
 def _solve(args: argparse.Namespace) -> str:
-    import json
-
+    from memspec.report.solve import build_solve, render_solve_json, render_solve_text
     from memspec.solve import parse_budget, solve_max
 
     result = _result(args)
@@ -223,33 +222,8 @@ def _solve(args: argparse.Namespace) -> str:
         from memspec.plot import plot_memory
 
         plot_memory(result, s, Path(args.plot))
-    if args.format == "json":
-        doc = {
-            "symbol": s.symbol.name,
-            "max": s.maximum,
-            "objective": args.objective,
-            "budget_bytes": s.budget,
-            "expression": str(s.expression),
-        }
-        if s.formula is not None:
-            doc["formula"] = str(s.formula)
-        if s.moment is not None:
-            doc["phase"] = s.moment
-        return json.dumps(doc, indent=2) + "\n"
-    what = "the true peak of a training step"
-    if args.objective == "sum":
-        what = f"the sum of the categories, {result.config.convention.name} convention"
-    lines = [f"bytes({s.symbol}) = {s.expression}  ({what})"]
-    if s.formula is not None:
-        lines.append(f"largest {s.symbol} = {s.formula}")
-    if s.maximum is not None:
-        at = f"; the peak is at {s.moment}" if s.moment else ""
-        lines.append(f"largest {s.symbol} within {s.budget:,} bytes: {s.maximum}{at}")
-    elif not (s.expression.free_symbols - {s.symbol}):
-        lines.append(f"even {s.symbol} = 1 needs more than {s.budget:,} bytes")
-    if args.plot:
-        lines.append(f"plot written to {args.plot}")
-    return "\n".join(lines) + "\n"
+    report = build_solve(result, s, args.objective, args.plot)
+    return render_solve_json(report) if args.format == "json" else render_solve_text(report)
 
 
 def _ops(args: argparse.Namespace) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import sympy as sp
 
-from memspec.compile import CATEGORY_TITLES, CompileResult
 from memspec.errors import UsageError
+from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.solve import Solution
 from memspec.symbolic.bind import resolve_defaults
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from memspec.compile import CompileResult
 from memspec.errors import UsageError
+from memspec.result import CompileResult
 from memspec.symbolic.bind import resolve_defaults
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import poly

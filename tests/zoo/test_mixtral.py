@@ -202,8 +202,8 @@ def test_peak_of_the_nested_expert_bank_is_exact(monkeypatch):
     """The experts are a repeat inside the layers' repeat: both are replayed three times
     and their left-out repetitions added back, which equals replaying all of them, here
     where the step peaks inside an expert's backward."""
-    from memspec.passes.peak import repeats as peak_repeats
     from memspec.passes.peak import StepOptions
+    from memspec.passes.peak import repeats as peak_repeats
 
     sizes = {"B": 4, "L": 16, "V": 16, "D": 8, "N": 4, "H": 2, "KV": 1, "F": 256, "E": 4,
              "k": 2}

@@ -1,34 +1,149 @@
-"""Passes over the IR, in pipeline order; each returns one memory category.
+"""Every analysis of a compile, in order: the pipeline a report tells.
 
-Reading `PIPELINE` tells the story of a report: parameters, buffers, gradients,
-optimizer state, activations. Each pass is a pure function `(graph, config) ->
-CategoryResult` in a module of its own.
+Reading `PIPELINE` tells the story of a report: the five memory categories (parameters,
+gradients, optimizer state, activations, buffers), activations under every declared
+convention, FLOPs, the parameters one token uses (mixtures of experts), the spec's
+`expect` checks, and the true peak of a training step. Every analysis has one signature,
+`run(context) -> result`: the context holds the IR, the configuration, the bindings and
+what the earlier analyses returned, by name (the peak starts from the categories). The
+passes themselves are pure functions in modules of their own; the stages here only say
+what each one reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
-from memspec.passes.activations import count_activations
+from memspec.passes.activations import count_activations, count_activations_under
+from memspec.passes.active_parameters import count_active_parameters
 from memspec.passes.buffers import count_buffers
+from memspec.passes.expects import ExpectResult, check_expects
+from memspec.passes.flops import FlopsResult, count_flops
 from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters
-from memspec.passes.results import CategoryResult
+from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
+from memspec.passes.results import CATEGORY_TITLES, CategoryResult
+from memspec.policies import Convention
+from memspec.symbolic.bind import Bindings, resolve_defaults
+from memspec.symbolic.symbols import SymbolTable
+from memspec.syntax.imports import Program
+from memspec.syntax.nodes import Expr
 
-__all__ = ["PIPELINE", "run_pipeline"]
+__all__ = ["PIPELINE", "Analysis", "AnalysisContext", "run_pipeline"]
 
-PIPELINE: tuple[tuple[str, Callable[[Graph, TrainConfig], CategoryResult]], ...] = (
-    ("parameters", count_parameters),
-    ("gradients", count_gradients),
-    ("optimizer_state", count_optimizer_state),
-    ("activations", count_activations),
-    ("buffers", count_buffers),
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisContext:
+    """What an analysis may read: the program, its IR and bindings, and earlier results."""
+
+    graph: Graph
+    config: TrainConfig
+    program: Program
+    symbols: SymbolTable
+    bindings: Bindings
+    evaluate: Callable[[Expr], sp.Expr]  # a spec expression in the global scope
+    conventions: Mapping[str, Convention]  # every declared convention, by name
+    step: StepOptions  # the training loop whose peak is modelled
+    earlier: Mapping[str, object] = field(default_factory=dict)  # by analysis name
+
+    def resolve(self, expr: sp.Expr) -> sp.Expr:
+        """`expr` with unbound defaults substituted (F -> 4*D), expanded."""
+        return sp.expand(resolve_defaults(expr, self.symbols, self.bindings))
+
+    def categories(self) -> dict[str, CategoryResult]:
+        """The memory categories counted so far, in pipeline order."""
+        return {k: self.earlier[k] for k in CATEGORY_TITLES if k in self.earlier}
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """One stage: its name (the key of its result) and what it runs."""
+
+    name: str
+    run: Callable[[AnalysisContext], object]
+
+
+def _category(
+    count: Callable[[Graph, TrainConfig], CategoryResult],
+) -> Callable[[AnalysisContext], CategoryResult]:
+    """A memory category's stage: its pass reads only the graph and the configuration."""
+    return lambda context: count(context.graph, context.config)
+
+
+def _conventions(context: AnalysisContext) -> dict[str, CategoryResult]:
+    """Activations under every declared convention, for the side-by-side comparison."""
+    return {
+        name: count_activations_under(context.graph, policy)
+        for name, policy in context.conventions.items()
+    }
+
+
+def _flops(context: AnalysisContext) -> FlopsResult:
+    return count_flops(context.graph, context.config, context.earlier["parameters"].elements)
+
+
+def _active_parameters(context: AnalysisContext) -> CategoryResult | None:
+    """Only with an expert bank do they differ from the parameters; none otherwise."""
+    if all(r.active is None for r in context.graph.regions):
+        return None
+    return count_active_parameters(context.graph)
+
+
+def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
+    categories = context.categories()
+    active = context.earlier["active_parameters"] or count_active_parameters(context.graph)
+    quantities = {
+        **{k: c.elements for k, c in categories.items()},
+        "total": sp.Add(*(c.elements for c in categories.values())),
+        "active_parameters": active.elements,
+    }
+    program = context.program
+    return check_expects(
+        program.expects, quantities, context.symbols, program.presets, context.evaluate
+    )
+
+
+def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
+    """The true peak, or None and why the replay cannot model this step."""
+    try:
+        peak = peak_memory(
+            context.graph,
+            context.config,
+            context.categories(),
+            context.step,
+            context.bindings,
+            context.resolve,
+        )
+    except PeakUnavailable as err:
+        return None, str(err)
+    return peak, None
+
+
+PIPELINE: tuple[Analysis, ...] = (
+    Analysis("parameters", _category(count_parameters)),
+    Analysis("gradients", _category(count_gradients)),
+    Analysis("optimizer_state", _category(count_optimizer_state)),
+    Analysis("activations", _category(count_activations)),
+    Analysis("buffers", _category(count_buffers)),
+    Analysis("conventions", _conventions),
+    Analysis("flops", _flops),
+    Analysis("active_parameters", _active_parameters),
+    Analysis("expects", _expects),
+    Analysis("peak", _peak),
 )
 
 
-def run_pipeline(graph: Graph, config: TrainConfig) -> dict[str, CategoryResult]:
-    """Every category, in pipeline order."""
-    return {name: run(graph, config) for name, run in PIPELINE}
+def run_pipeline(context: AnalysisContext) -> dict[str, object]:
+    """Every analysis's result, by name, in pipeline order; each sees the earlier ones."""
+    results: dict[str, object] = {}
+    for analysis in PIPELINE:
+        earlier = MappingProxyType(dict(results))
+        results[analysis.name] = analysis.run(replace(context, earlier=earlier))
+    return results

@@ -17,8 +17,16 @@ from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Shape, numel
 from memspec.source import Span
 
-__all__ = ["CategoryResult", "LineItem", "Regions", "regions_of"]
+__all__ = ["CATEGORY_TITLES", "CategoryResult", "LineItem", "Regions", "regions_of"]
 
+# The memory categories the textbook sum adds up, in pipeline order, with their titles.
+CATEGORY_TITLES = {
+    "parameters": "Parameters",
+    "gradients": "Gradients",
+    "optimizer_state": "Optimizer state",
+    "activations": "Activations",
+    "buffers": "Buffers",
+}
 Regions = tuple[tuple[str, sp.Expr], ...]
 
 

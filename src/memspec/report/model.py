@@ -1,7 +1,9 @@
 """The report model: everything a report says, as frozen data with math pre-rendered.
 
 Math strings are LaTeX (GitHub's Markdown math is LaTeX too); names are raw and each
-template escapes them for its format. Only `report/build.py` creates these.
+template escapes them for its format. What the JSON report carries as well is a `Math`:
+the expression's text (sympy's `str`), its LaTeX and, where the JSON lists it, its exact
+value. Only `report/build.py` (and the section builders it calls) creates these.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AssumptionRow",
     "Comparison",
     "ComparisonRow",
     "FlopRow",
     "Flops",
     "Group",
+    "Math",
     "Peak",
     "PeakMoment",
     "PeakRow",
@@ -26,14 +30,24 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
+class Math:
+    """One expression, printed for JSON (`text`) and for Markdown and LaTeX (`latex`)."""
+
+    text: str
+    latex: str
+    value: int | None = None  # its exact integer under the bindings, where JSON lists it
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     """One line item: a tensor (or class of tensors) and its count."""
 
     name: str
     shape: str
+    dims: tuple[str, ...]  # the shape's dims as text, for JSON
     dtype: str
-    elements: str  # of one copy
-    copies: str
+    elements: Math  # of one copy
+    copies: Math
     note: str
     value: str | None  # total elements of all copies, when bound
 
@@ -53,11 +67,12 @@ class Section:
     key: str
     title: str
     description: str
-    groups: tuple[Group, ...]
+    rows: tuple[Row, ...]  # in the category's order
+    groups: tuple[Group, ...]  # the same rows, grouped by repeat region
     structured: str
-    expanded: str
+    expanded: Math  # the elements
     bytes_terms: tuple[tuple[str, int, str], ...]  # (dtype, bytes per element, elements)
-    bytes: str
+    bytes: Math
     value_elements: str | None
     value_bytes: str | None
     value_human: str | None
@@ -65,7 +80,7 @@ class Section:
 
 @dataclass(frozen=True, slots=True)
 class SymbolRow:
-    symbol: str  # math
+    symbol: Math
     name: str
     value: str  # "", a bound integer, or "default ..." as math-bearing text
 
@@ -73,10 +88,19 @@ class SymbolRow:
 @dataclass(frozen=True, slots=True)
 class SummaryRow:
     title: str
-    elements: str
-    bytes: str
+    elements: Math
+    bytes: Math
     value_bytes: str | None
     value_human: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssumptionRow:
+    """A shape assumption (`H divides D`): as math, where it arises, and as plain text."""
+
+    math: str  # text with embedded `$math$`
+    where: str  # the location, or ""
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +124,9 @@ class Comparison:
 class FlopRow:
     name: str
     op: str
-    forward: str
-    backward: str
-    copies: str
+    forward: Math
+    backward: Math
+    copies: Math
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +135,26 @@ class Flops:
 
     rows: tuple[FlopRow, ...]
     structured: str
-    forward: str
-    backward: str
-    total: str
+    forward: Math
+    backward: Math
+    total: Math
+    optimizer: Math  # the optimizer step's FLOPs
+    step: Math  # forward + backward + optimizer
     values: tuple[str, str, str] | None  # forward, backward, total, formatted
+    step_value: str | None
+    optimizer_rule: str | None  # how many per element, in words; None: no rule
     training: str | None
-    optimizer: str | None = None  # the optimizer step's FLOPs, as math
-    optimizer_rule: str | None = None  # how many per element, in words
-    step: str | None = None  # forward + backward + optimizer, as math
-    step_value: str | None = None
+    training_seconds: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class PeakRow:
     """One category: the textbook sum's term, the peak's, and why they differ."""
 
+    key: str
     title: str
     summed: str  # math; "" for a category the sum has none of (temporaries)
-    at_peak: str  # math, or "" when the peak's moment depends on the sizes
+    at_peak: Math | None  # None when the peak's moment depends on the sizes
     value_summed: str | None
     value_at_peak: str | None
     why: str
@@ -139,27 +165,30 @@ class PeakRow:
 @dataclass(frozen=True, slots=True)
 class PeakMoment:
     label: str
-    bytes: str  # math
+    bytes: Math
     value: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class Peak:
-    """The true peak of a training step beside the textbook sum."""
+    """The true peak of a training step beside the textbook sum, or why there is none."""
 
-    options: str
-    moment: str | None  # where the step peaks, when known
-    rows: tuple[PeakRow, ...]
-    total_summed: str
-    total_at_peak: str
-    value_summed: str | None
-    value_at_peak: str | None
-    gap: str | None  # the sum minus the peak, in words, with the values
-    total_difference: str
-    moments: tuple[PeakMoment, ...]  # the candidates, largest first
-    more: int  # candidates not listed
-    assumptions: tuple[str, ...]
     unavailable: str | None
+    options: str = ""
+    step: tuple[tuple[str, bool | int | str], ...] = ()  # the step's options, by name
+    moment: str | None = None  # where the step peaks, when known
+    rows: tuple[PeakRow, ...] = ()
+    total_summed: str = ""
+    total_at_peak: str = ""
+    value_summed: str | None = None
+    value_at_peak: str | None = None
+    gap: str | None = None  # the sum minus the peak, in words, with the values
+    total_difference: str = ""
+    candidates: tuple[PeakMoment, ...] = ()  # every moment that can be the peak
+    moments: tuple[PeakMoment, ...] = ()  # those a report lists, largest first
+    more: int = 0  # candidates not listed
+    assumptions: tuple[str, ...] = ()
+    value: int | None = None  # the peak's bytes, when every size is bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +204,10 @@ class Report:
     convention_rules: str
     variants: tuple[tuple[str, str], ...]
     preset: str | None
+    bound: bool  # some dim has a value (JSON then lists the values it can)
     symbols: tuple[SymbolRow, ...]
     notes: tuple[str, ...]  # the spec's own `assume "..."` statements, plain text
-    assumptions: tuple[tuple[str, str], ...]  # (math text, location)
+    assumptions: tuple[AssumptionRow, ...]
     expects: tuple[str, ...]
     summary: tuple[SummaryRow, ...]
     total: SummaryRow
@@ -185,5 +215,5 @@ class Report:
     comparison: Comparison
     flops: Flops
     peak: Peak
-    # parameters one token uses (mixtures of experts): (elements as math, value or None)
-    active: tuple[str, str | None] | None = None
+    # parameters one token uses (mixtures of experts): (elements, formatted value or None)
+    active: tuple[Math, str | None] | None = None

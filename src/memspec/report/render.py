@@ -1,5 +1,8 @@
 """Report model -> text: jinja2 templates for Markdown and LaTeX, `json` for JSON.
 
+All three render the same `Report`; JSON reads the text form of each expression, the
+reports its LaTeX.
+
 One jinja2 Environment per format (StrictUndefined, so a missing field is an error).
 The LaTeX environment uses brace-free delimiters (`<< >>`, `<% %>`), as Sphinx does, so
 TeX's braces need no escaping in the template, and an `e` filter escapes TeX specials in
@@ -11,9 +14,9 @@ from __future__ import annotations
 import functools
 import json
 
-from memspec.compile import CompileResult
 from memspec.report.build import build_report
-from memspec.symbolic.printers import text
+from memspec.report.model import Flops, Peak, Report, Row
+from memspec.result import CompileResult
 
 __all__ = ["render_json", "render_latex", "render_markdown"]
 
@@ -99,110 +102,102 @@ def render_latex(result: CompileResult) -> str:
     return _environment("tex").get_template("report.tex.j2").render(r=build_report(result))
 
 
-def _items(result: CompileResult, category) -> list[dict]:
-    return [
-        {
-            "name": item.path,
-            "shape": [text(d) for d in item.shape],
-            "dtype": item.dtype.value,
-            "elements": text(result.resolve(item.elements)),
-            "multiplicity": text(item.multiplicity),
-        }
-        for item in category.items
-    ]
+def _item(row: Row) -> dict:
+    return {
+        "name": row.name,
+        "shape": list(row.dims),
+        "dtype": row.dtype,
+        "elements": row.elements.text,
+        "multiplicity": row.copies.text,
+    }
 
 
-def _peak_json(result: CompileResult) -> dict | None:
+def _flops(flops: Flops) -> dict:
+    return {
+        "forward": flops.forward.text,
+        "backward": flops.backward.text,
+        "total": flops.total.text,
+        "optimizer": flops.optimizer.text,
+        "step": flops.step.text,
+        "items": [
+            {
+                "name": row.name,
+                "op": row.op,
+                "forward": row.forward.text,
+                "backward": row.backward.text,
+                "multiplicity": row.copies.text,
+            }
+            for row in flops.rows
+        ],
+    }
+
+
+def _peak(peak: Peak) -> dict:
     """The true peak: its bytes (a Max over the moments that can be largest), and the
     moment and breakdown where the sizes decide it (every symbol bound, or one moment)."""
-    peak = result.peak
-    if peak is None:
-        return {"unavailable": result.peak_unavailable}
-    options = peak.options
-    winner = peak.winner()
-    totals = [text(c.bytes) for c in peak.candidates]
+    if peak.unavailable is not None:
+        return {"unavailable": peak.unavailable}
+    totals = [m.bytes.text for m in peak.candidates]
+    known = peak.moment is not None
     return {
         # a Max over the candidates below, in their order
         "bytes": totals[0] if len(totals) == 1 else f"Max({', '.join(totals)})",
-        "phase": winner.label() if winner else None,
-        "breakdown": {k: text(e) for k, e in winner.breakdown} if winner else None,
-        "step": {
-            "first_step": options.first_step,
-            "set_to_none": options.set_to_none,
-            "grad_accum": options.grad_accum,
-            "optimizer_impl": options.optimizer_impl,
-        },
-        "candidates": [
-            {"phase": c.label(), "bytes": t} for c, t in zip(peak.candidates, totals, strict=True)
-        ],
+        "phase": peak.moment,
+        "breakdown": {row.key: row.at_peak.text for row in peak.rows} if known else None,
+        "step": dict(peak.step),
+        "candidates": [{"phase": m.label, "bytes": m.bytes.text} for m in peak.candidates],
         "assumptions": list(peak.assumptions),
     }
 
 
+def _values(r: Report) -> dict:
+    """The exact numbers, for whatever the bindings determine."""
+    values = {}
+    for name, elements, nbytes in [
+        *((s.key, s.expanded, s.bytes) for s in r.sections),
+        ("total", r.total.elements, r.total.bytes),
+    ]:
+        if elements.value is not None and nbytes.value is not None:
+            values[name] = {"elements": elements.value, "bytes": nbytes.value}
+    f = r.flops
+    flops = {k: getattr(f, k).value for k in ("forward", "backward", "total", "optimizer", "step")}
+    if None not in flops.values():
+        values["flops"] = flops
+    if f.training_seconds is not None:
+        values["training_seconds"] = f.training_seconds
+    if r.active is not None and r.active[0].value is not None:
+        values["active_parameters"] = {"elements": r.active[0].value}
+    if r.peak.value is not None:
+        values["peak"] = r.peak.value
+    return values
+
+
 def render_json(result: CompileResult) -> str:
     """The JSON contract of DESIGN.md, keys in its order."""
-    categories = {
-        name: {
-            "elements": text(result.resolve(c.elements)),
-            "bytes": text(result.resolve(c.bytes)),
-            "items": _items(result, c),
-        }
-        for name, c in result.categories.items()
-    }
+    r = build_report(result)
     doc = {
-        "model": result.model,
-        "spec": result.spec,
-        "convention": result.config.convention.name,
-        "optimizer": result.config.optimizer.name,
-        "precision": result.config.precision.name,
-        "symbols": {d.symbol.name: d.long_name for d in result.symbols.ordered()},
-        "categories": categories,
-        "total": {
-            "elements": text(result.resolve(result.total_elements)),
-            "bytes": text(result.resolve(result.total_bytes)),
+        "model": r.model,
+        "spec": r.spec,
+        "convention": r.convention,
+        "optimizer": r.optimizer,
+        "precision": r.precision,
+        "symbols": {s.symbol.text: s.name for s in r.symbols},
+        "categories": {
+            s.key: {
+                "elements": s.expanded.text,
+                "bytes": s.bytes.text,
+                "items": [_item(row) for row in s.rows],
+            }
+            for s in r.sections
         },
+        "total": {"elements": r.total.elements.text, "bytes": r.total.bytes.text},
         # Beyond the contract's keys: the spec's stated choices and its shape assumptions.
-        "assumptions": [*result.notes, *(a.text for a in result.graph.assumptions)],
-        "flops": {
-            "forward": text(result.resolve(result.flops.forward)),
-            "backward": text(result.resolve(result.flops.backward)),
-            "total": text(result.resolve(result.flops.total)),
-            "optimizer": text(result.resolve(result.flops.optimizer)),
-            "step": text(result.resolve(result.flops.step)),
-            "items": [
-                {
-                    "name": i.path,
-                    "op": i.op,
-                    "forward": text(result.resolve(i.forward)),
-                    "backward": text(result.resolve(i.backward)),
-                    "multiplicity": text(i.multiplicity),
-                }
-                for i in result.flops.items
-            ],
-        },
-        "peak": _peak_json(result),
+        "assumptions": [*r.notes, *(a.text for a in r.assumptions)],
+        "flops": _flops(r.flops),
+        "peak": _peak(r.peak),
     }
-    if result.active is not None:
-        doc["active_parameters"] = {"elements": text(result.resolve(result.active.elements))}
-    if result.bindings:
-        values = {}
-        for name, c in [*result.categories.items(), ("total", None)]:
-            elements = result.total_elements if c is None else c.elements
-            nbytes = result.total_bytes if c is None else c.bytes
-            e, b = result.value(elements), result.value(nbytes)
-            if e is not None and b is not None:
-                values[name] = {"elements": e, "bytes": b}
-        flops = {
-            k: result.value(getattr(result.flops, k))
-            for k in ("forward", "backward", "total", "optimizer", "step")
-        }
-        if None not in flops.values():
-            values["flops"] = flops
-        if result.training_seconds() is not None:
-            values["training_seconds"] = result.training_seconds()
-        if result.active is not None and result.value(result.active.elements) is not None:
-            values["active_parameters"] = {"elements": result.value(result.active.elements)}
-        if result.peak is not None and result.peak.value is not None:
-            values["peak"] = result.peak.value
-        doc["values"] = values
+    if r.active is not None:
+        doc["active_parameters"] = {"elements": r.active[0].text}
+    if r.bound:
+        doc["values"] = _values(r)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

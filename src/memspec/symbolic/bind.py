@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import sympy as sp
 
@@ -11,12 +13,16 @@ from memspec.ir.graph import Assumption
 from memspec.source import Span
 from memspec.symbolic.symbols import SymbolTable
 
+if TYPE_CHECKING:
+    from memspec.syntax.nodes import DeclPreset, Expr
+
 __all__ = [
     "Bindings",
     "check_assumptions",
     "evaluate",
     "format_bytes",
     "parse_set",
+    "preset_bindings",
     "resolve_defaults",
 ]
 
@@ -62,6 +68,27 @@ def parse_set(table: SymbolTable, items: list[str]) -> Bindings:
         if not (text.lstrip("-").isdigit()):
             raise UsageError(f"--set {item}: {name} must be an integer, got {text!r}")
         bindings[symbol] = check_value(name, sp.Integer(int(text)), None, f"--set {item}")
+    return bindings
+
+
+def preset_bindings(
+    presets: Mapping[str, DeclPreset],
+    table: SymbolTable,
+    name: str | None,
+    evaluate: Callable[[Expr], sp.Expr],
+) -> Bindings:
+    """The values preset `name` gives its dims (none for no preset); `evaluate` reads them."""
+    if name is None:
+        return {}
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise UsageError(f"unknown preset {name!r} (this spec has: {known})")
+    bindings: Bindings = {}
+    for key, expr, span in presets[name].bindings:
+        dim = table.lookup(key)
+        if dim is None:
+            raise UsageError(f"preset {name}: {key!r} is not a dim", span)
+        bindings[dim.symbol] = check_value(key, evaluate(expr), span, f"preset {name}")
     return bindings
 
 

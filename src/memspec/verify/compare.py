@@ -6,9 +6,9 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from memspec.compile import CompileResult
 from memspec.lower.values import concrete, indexed_path
 from memspec.passes.results import CategoryResult, LineItem
+from memspec.result import CompileResult
 from memspec.verify.measure import Measurement
 
 __all__ = ["Row", "Table", "compare"]

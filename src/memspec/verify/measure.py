@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memspec.compile import CompileResult
 from memspec.ir.graph import Graph, OpApply
 from memspec.lower.module import LoweredModel
+from memspec.result import CompileResult
 
 __all__ = ["Measurement", "activation_key", "measure_step"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memspec.compile import CompileResult
 from memspec.errors import UsageError
 from memspec.lower.module import LoweredModel
 from memspec.passes.peak import StepOptions
+from memspec.result import CompileResult
 from memspec.verify.measure import _optimizer
 
 __all__ = ["CATEGORIES", "PeakComparison", "PeakMeasurement", "compare_peak", "measure_peak"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memspec.compile import CATEGORY_TITLES, CompileResult
+from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.symbolic.bind import format_bytes
 from memspec.verify.compare import Table
 from memspec.verify.measure import Measurement

@@ -1,0 +1,87 @@
+"""The answer of `memspec solve`, as a small report model rendered as text or JSON.
+
+Both outputs render one `SolveReport`, built from the `Solution` (`memspec/solve.py`):
+the bytes as a function of the symbol, the closed form when there is one, the largest
+value that fits and, for the true peak, the moment where the step peaks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from memspec.result import CompileResult
+from memspec.solve import Solution
+
+__all__ = ["SolveReport", "build_solve", "render_solve_json", "render_solve_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class SolveReport:
+    """What `memspec solve` says, every expression already printed."""
+
+    symbol: str
+    objective: str  # "peak" or "sum"
+    what: str  # what the bytes count, in words
+    budget: int  # bytes
+    expression: str  # the bytes as a function of the symbol, as text
+    formula: str | None  # the closed form of the largest value, as text
+    maximum: int | None
+    moment: str | None  # where the step peaks at the maximum
+    nothing_fits: bool  # every other dim is bound and even 1 needs more than the budget
+    plot: str | None  # where the plot was written
+
+
+def build_solve(
+    result: CompileResult, solution: Solution, objective: str, plot: str | None = None
+) -> SolveReport:
+    """The report of `solution`, the largest value under `objective` for `result`."""
+    what = "the true peak of a training step"
+    if objective == "sum":
+        what = f"the sum of the categories, {result.config.convention.name} convention"
+    others = solution.expression.free_symbols - {solution.symbol}
+    return SolveReport(
+        symbol=solution.symbol.name,
+        objective=objective,
+        what=what,
+        budget=solution.budget,
+        expression=str(solution.expression),
+        formula=None if solution.formula is None else str(solution.formula),
+        maximum=solution.maximum,
+        moment=solution.moment,
+        nothing_fits=solution.maximum is None and not others,
+        plot=plot,
+    )
+
+
+def render_solve_text(report: SolveReport) -> str:
+    """The expression, the closed form, the largest value: one line each."""
+    s = report.symbol
+    lines = [f"bytes({s}) = {report.expression}  ({report.what})"]
+    if report.formula is not None:
+        lines.append(f"largest {s} = {report.formula}")
+    if report.maximum is not None:
+        at = f"; the peak is at {report.moment}" if report.moment else ""
+        lines.append(f"largest {s} within {report.budget:,} bytes: {report.maximum}{at}")
+    elif report.nothing_fits:
+        lines.append(f"even {s} = 1 needs more than {report.budget:,} bytes")
+    if report.plot:
+        lines.append(f"plot written to {report.plot}")
+    return "\n".join(lines) + "\n"
+
+
+def render_solve_json(report: SolveReport) -> str:
+    """`symbol`, `max`, `objective`, `budget_bytes`, `expression`, then `formula` and
+    `phase` when known."""
+    doc = {
+        "symbol": report.symbol,
+        "max": report.maximum,
+        "objective": report.objective,
+        "budget_bytes": report.budget,
+        "expression": report.expression,
+    }
+    if report.formula is not None:
+        doc["formula"] = report.formula
+    if report.moment is not None:
+        doc["phase"] = report.moment
+    return json.dumps(doc, indent=2) + "\n"
