@@ -14,23 +14,29 @@ import statistics
 import time
 from pathlib import Path
 
-from memspec import compile as compile_module
-from memspec import compile_spec
+from memspec import compile_spec, passes
+from memspec.passes import Analysis
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def stages(path: Path) -> tuple[float, float, float, float, int]:
     replay = []
-    original = compile_module.peak_memory
+    original = passes.PIPELINE
 
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        result = original(*args, **kwargs)
-        replay.append(time.perf_counter() - start)
-        return result
+    def timed(run):
+        def wrapper(context):
+            start = time.perf_counter()
+            result = run(context)
+            replay.append(time.perf_counter() - start)
+            return result
 
-    compile_module.peak_memory = timed
+        return wrapper
+
+    # the pipeline's peak stage, timed where run_pipeline finds it
+    passes.PIPELINE = tuple(
+        Analysis(a.name, timed(a.run)) if a.name == "peak" else a for a in original
+    )
     try:
         start = time.perf_counter()
         result = compile_spec(path)
@@ -40,7 +46,7 @@ def stages(path: Path) -> tuple[float, float, float, float, int]:
         result.to_json()
         done = time.perf_counter()
     finally:
-        compile_module.peak_memory = original
+        passes.PIPELINE = original
     moments = len(result.peak.candidates) if result.peak else 0
     return compiled - start, replay[0], markdown - compiled, done - markdown, moments
 
