@@ -201,8 +201,11 @@ class ExprEvaluator:
         if callee == ROUTE:
             return self.route(args, kwargs, expr.span, frame)
         if isinstance(callee, OpDef):
-            if callee.name in ("rearrange", "repeat"):
-                kwargs = self.rearrange_axes(args, kwargs, scope, expr.span)
+            if callee.bind_scope is not None:
+                try:
+                    kwargs = callee.bind_scope(args, kwargs, scope.find)
+                except ValueError as err:
+                    raise SpecValueError(str(err), expr.span) from None
             return self.apply(callee.name, args, kwargs, expr.span, frame, hint)
         # A call assigned to a name (`q = rope(...)`) names the value it returns after it.
         result_name = ".".join(p for p in (frame.path, hint) if p) if hint else None
@@ -259,25 +262,6 @@ class ExprEvaluator:
             if isinstance(a, bool) or not isinstance(a, sp.Basic):
                 raise SpecValueError(f"{name} needs numbers, got {_kind(a)}", span)
         return func(*args)
-
-    def rearrange_axes(self, args, kwargs, scope: Scope, span) -> dict[str, object]:
-        """Pattern axes named like a size in scope are bound to it (einops keywords too)."""
-        if len(args) < 2 or not isinstance(args[1], str):
-            raise SpecValueError(
-                "rearrange needs a tensor and a pattern string, e.g. "
-                'rearrange(x, "B L (H K) -> B H L K")',
-                span,
-            )
-        axes: dict[str, sp.Expr] = {}
-        for token in args[1].replace("(", " ").replace(")", " ").replace("->", " ").split():
-            known = scope.find(token)
-            if isinstance(known, sp.Basic) and not isinstance(known, bool):
-                axes[token] = known
-        for key, value in kwargs.items():
-            if not isinstance(value, sp.Basic) or isinstance(value, bool):
-                raise SpecValueError(f"axis size {key}= must be a size", span)
-            axes[key] = value
-        return {"axes": tuple(sorted(axes.items()))}
 
     def apply(
         self, op_name: str, args: tuple, kwargs: dict, span: Span | None, frame, hint

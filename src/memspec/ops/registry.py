@@ -144,6 +144,12 @@ class OpDef:
 
     `tensors` names the tensor arguments in order (a trailing `?` marks an optional one,
     a leading `*` any number); `attrs` names constant arguments with their defaults.
+
+    `bind_scope` says how an op's constant arguments are completed from the names in
+    scope at the call: given the call's positional and keyword arguments and a lookup of
+    a name in scope, it returns the keyword arguments, or raises ValueError with the
+    user's message (the elaborator locates it at the call). einops' `rearrange` binds
+    the pattern's axes that are named like a size in scope. None: the call's own.
     """
 
     name: str
@@ -164,6 +170,7 @@ class OpDef:
     # Bytes a composite op's backward holds beside its inputs' gradients (the autograd
     # nodes inside it); None: nothing beyond them, as for one kernel.
     backward_temporaries: FlopRule | None = None
+    bind_scope: Callable[[tuple, dict, Callable[[str], object]], dict] | None = None
 
     def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[str, ...]:
         if self.grads is None:
