@@ -20,9 +20,13 @@ records `active = k`, from which the active-parameter count follows.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import sympy as sp
 
+from memspec.elaborate.apply import OpApplier
+from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.frames import Frame, expanding
 from memspec.elaborate.scope import Instance, Tensor
 from memspec.errors import ShapeError, SpecValueError
 from memspec.ir.graph import RepetitionIndex
@@ -30,16 +34,31 @@ from memspec.ir.types import shape_str
 from memspec.ops.registry import same_dim
 from memspec.source import Span
 
-__all__ = ["ROUTE", "RouteForm"]
+__all__ = ["ROUTE", "Forwards", "RouteForm"]
 
 ROUTE = "route"
 _SIGNATURE = "route(experts, hidden, routing_weights, selected_experts)"
 
 
-class RouteForm:
-    """The `route` form, mixed into the elaborator (it needs `apply` and `run_body`)."""
+class Forwards(Protocol):
+    """How the route form runs an expert: the elaborator runs a layer's `forward`."""
 
-    def route(self, args: tuple, kwargs: dict, span: Span | None, frame) -> Tensor:
+    def run_forward(
+        self, inst: Instance, args: tuple, span: Span | None, calls: tuple[str, ...]
+    ) -> object:
+        """Run `inst`'s forward on `args` in its own region, with the call stack `calls`."""
+        ...
+
+
+class RouteForm:
+    """Expands `route(...)` into ops, running the bank's layer through `forwards`."""
+
+    def __init__(self, builder: GraphBuilder, ops: OpApplier, forwards: Forwards):
+        self.builder = builder
+        self.ops = ops
+        self.forwards = forwards
+
+    def route(self, args: tuple, kwargs: dict, span: Span | None, frame: Frame) -> Tensor:
         if kwargs or len(args) != 4:
             raise SpecValueError(f"route takes four arguments: {_SIGNATURE}", span)
         bank, hidden, weights, selected = args
@@ -57,23 +76,26 @@ class RouteForm:
         inner = dataclasses.replace(
             frame, path=bank.path, region=bank.region, calls=(*frame.calls, ROUTE)
         )
-        acc = self.apply("zeros_like", (hidden,), {}, span, frame, "final_hidden_states")
+        apply = self.ops.apply
+        acc = apply("zeros_like", (hidden,), {}, span, frame, "final_hidden_states")
         expert = {"expert": RepetitionIndex(bank.region), "num_experts": count}
-        slots = self.apply("expert_slots", (selected,), expert, span, inner, "slots")
+        slots = apply("expert_slots", (selected,), expert, span, inner, "slots")
         idx, top_x = (
-            self.apply("select", (slots,), {"dim": 0, "index": i}, span, inner, name)
+            apply("select", (slots,), {"dim": 0, "index": i}, span, inner, name)
             for i, name in ((sp.Integer(0), "idx"), (sp.Integer(1), "top_x"))
         )
-        current = self.apply("index", (hidden, top_x), {}, span, inner, "current_state")
+        current = apply("index", (hidden, top_x), {}, span, inner, "current_state")
         out = self._run_expert(bank, current, span, frame)
-        weight = self.apply("index", (weights, top_x, idx), {}, span, inner, "routing_weight")
-        column = self.apply(
+        weight = apply("index", (weights, top_x, idx), {}, span, inner, "routing_weight")
+        column = apply(
             "rearrange", (weight, "t -> t 1"), {"axes": ()}, span, inner, "routing_weight"
         )
-        scaled = self.apply("mul", (out, column), {}, span, inner, "current_hidden_states")
-        return self.apply("index_add", (acc, top_x, scaled), {}, span, inner, "final_hidden_states")
+        scaled = apply("mul", (out, column), {}, span, inner, "current_hidden_states")
+        return apply("index_add", (acc, top_x, scaled), {}, span, inner, "final_hidden_states")
 
-    def _check_routing(self, hidden, weights, selected, span: Span | None) -> None:
+    def _check_routing(
+        self, hidden: object, weights: object, selected: object, span: Span | None
+    ) -> None:
         names = ("hidden", "routing_weights", "selected_experts")
         for name, value in zip(names, (hidden, weights, selected), strict=True):
             if not isinstance(value, Tensor):
@@ -104,25 +126,15 @@ class RouteForm:
             raise SpecValueError(f"{bank.path} is routed with two different k", span)
         self.builder.regions[bank.region] = dataclasses.replace(region, active=k)
 
-    def _run_expert(self, bank: Instance, current: Tensor, span: Span | None, frame) -> Tensor:
+    def _run_expert(
+        self, bank: Instance, current: Tensor, span: Span | None, frame: Frame
+    ) -> Tensor:
         """One call of the bank's layer, in its region, not carried into a next repetition."""
-        forward = bank.forward
-        if forward is None:
+        if bank.forward is None:
             raise SpecValueError(f"layer {bank.decl.name} has no forward", span)
-        return self.nested(
-            lambda: self.run_body(
-                bank.decl.name,
-                forward.params,
-                forward.returns,
-                forward.body,
-                bank.scope,
-                (current,),
-                {},
-                bank.path,
-                bank.region,
-                (*frame.calls, ROUTE, bank.decl.name),
-                span,
-            ),
+        calls = (*frame.calls, ROUTE, bank.decl.name)
+        return expanding(
+            lambda: self.forwards.run_forward(bank, (current,), span, calls),
             bank.decl.name,
             bank.path,
             span,

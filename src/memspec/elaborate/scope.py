@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+import sympy as sp
+
 from memspec.errors import NameResolutionError
 from memspec.ir.types import Shape
+from memspec.ops.registry import OpDef
 from memspec.source import Span
 from memspec.syntax import nodes as n
 
-__all__ = ["FnRef", "Instance", "LayerRef", "Scope", "Tensor"]
+__all__ = ["FnRef", "Instance", "LayerRef", "Scope", "Tensor", "describe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +92,26 @@ class Scope:
     def suggest(self, name: str) -> str:
         close = difflib.get_close_matches(name, sorted(set(self.all_names())), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def describe(value: object) -> str:
+    """What a value is, in the words of messages ("a tensor", "layer Linear")."""
+    if isinstance(value, tuple):
+        return f"{len(value)} tensors"
+    if isinstance(value, Tensor):
+        return "a tensor"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Instance):
+        return f"layer {value.decl.name}"
+    if isinstance(value, LayerRef):
+        return f"layer definition {value.decl.name}"
+    if isinstance(value, FnRef):
+        return f"fn {value.decl.name}"
+    if isinstance(value, OpDef):
+        return f"op {value.name}"
+    if isinstance(value, sp.Basic):
+        return "a number"
+    return type(value).__name__

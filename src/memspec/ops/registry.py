@@ -171,6 +171,12 @@ class OpDef:
     a leading `*` any number); `attrs` names constant arguments with their defaults.
     `shape_doc` and `saved_doc` say in words what `infer` and `saved` compute, for
     `memspec ops` and the README's table of ops.
+
+    `bind_scope` says how an op's constant arguments are completed from the names in
+    scope at the call: given the call's positional and keyword arguments and a lookup of
+    a name in scope, it returns the keyword arguments, or raises ValueError with the
+    user's message (the elaborator locates it at the call). einops' `rearrange` binds
+    the pattern's axes that are named like a size in scope. None: the call's own.
     """
 
     name: str
@@ -192,6 +198,7 @@ class OpDef:
     # Bytes a composite op's backward holds beside its inputs' gradients (the autograd
     # nodes inside it); None: nothing beyond them, as for one kernel.
     backward_temporaries: FlopRule | None = None
+    bind_scope: Callable[[tuple, dict, Callable[[str], object]], dict] | None = None
     # Backward FLOPs; None: one forward per product operand among the first two inputs
     # that needs a gradient (x @ W^T makes W's gradient, and x's when x needs one).
     backward_flops: FlopRule | None = None

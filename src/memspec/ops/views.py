@@ -10,6 +10,7 @@ None of them saves anything for backward.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import reduce
 
 import sympy as sp
@@ -210,6 +211,25 @@ def _cat_lower(tensors, attrs):
     return torch.cat(tensors, dim=attrs["dim"])
 
 
+def _bind_axes(args: tuple, kwargs: dict, lookup: Callable[[str], object]) -> dict:
+    """Pattern axes named like a size in scope are bound to it (einops keywords too)."""
+    if len(args) < 2 or not isinstance(args[1], str):
+        raise ValueError(
+            "rearrange needs a tensor and a pattern string, e.g. "
+            'rearrange(x, "B L (H K) -> B H L K")'
+        )
+    axes: dict[str, sp.Expr] = {}
+    for token in args[1].replace("(", " ").replace(")", " ").replace("->", " ").split():
+        known = lookup(token)
+        if isinstance(known, sp.Basic) and not isinstance(known, bool):
+            axes[token] = known
+    for key, value in kwargs.items():
+        if not isinstance(value, sp.Basic) or isinstance(value, bool):
+            raise ValueError(f"axis size {key}= must be a size")
+        axes[key] = value
+    return {"axes": tuple(sorted(axes.items()))}
+
+
 def _rearrange_grads(op: OpApply, graph: Graph) -> tuple[str, ...]:
     """Backward reshapes the output's (contiguous) gradient back to the input's shape: a
     view, unless the forward was a permuted view, whose inverse must copy."""
@@ -225,6 +245,7 @@ register(
         ("x",),
         lambda ctx: _shape_op(ctx, repeat=False),
         attrs=(("pattern", None), ("axes", ())),
+        bind_scope=_bind_axes,
         lower=_shape_op_lower,
         grads=_rearrange_grads,
         grads_doc="the output's gradient viewed back; a new copy when the forward was a "
@@ -241,6 +262,7 @@ register(
         ("x",),
         lambda ctx: _shape_op(ctx, repeat=True),
         attrs=(("pattern", None), ("axes", ())),
+        bind_scope=_bind_axes,
         lower=_shape_op_lower,
         kind=OpKind.LAYOUT,
         shape_doc="the pattern's right side, new axes sized by keyword; a view unless a "

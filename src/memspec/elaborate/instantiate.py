@@ -1,0 +1,166 @@
+"""Instantiating layers, as PyTorch does: members are created before any `forward` runs.
+
+A layer's sublayers, `param`s and `buffer`s are created when it is instantiated (so
+unused parameters still count), with hierarchical names equal to `state_dict` keys.
+`name = repeat N of Block(...)` makes one region of multiplicity N and instantiates
+Block once inside it.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.config import TrainConfig
+from memspec.elaborate.binding import Argument, bind_arguments
+from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.exprs import ExprEvaluator
+from memspec.elaborate.scope import Instance, LayerRef, Scope, Tensor
+from memspec.elaborate.shapes import divisibility_text, type_dims
+from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
+from memspec.ir.types import DType, Role, Shape
+from memspec.source import Span
+from memspec.syntax import nodes as n
+
+__all__ = ["MAX_INSTANCE_DEPTH", "Instantiator"]
+
+MAX_INSTANCE_DEPTH = 64  # layers nest a handful deep; more is a runaway definition
+
+
+class Instantiator:
+    """Creates layer instances with their members, evaluating through `exprs`."""
+
+    def __init__(
+        self, exprs: ExprEvaluator, builder: GraphBuilder, config: TrainConfig, globals_: Scope
+    ):
+        self.exprs = exprs
+        self.builder = builder
+        self.config = config
+        self.globals = globals_
+        self.stack: list[str] = []  # layer names being instantiated, for recursion checks
+
+    def instantiate(
+        self,
+        decl: n.DeclLayer,
+        args: dict[str, object],
+        path: str,
+        region: int | None,
+        span: Span | None,
+    ) -> Instance:
+        if decl.name in self.stack:
+            chain = " -> ".join([*self.stack, decl.name])
+            raise SpecValueError(f"recursive layer definition: {chain}", span)
+        if len(self.stack) >= MAX_INSTANCE_DEPTH:
+            raise SpecValueError(f"layers nest more than {MAX_INSTANCE_DEPTH} deep", span)
+        scope = self.globals.child()
+        scope.names.update(args)
+        inst = Instance(decl, path, region, scope, span=span)
+        inst.arguments = set(args)
+        self.stack.append(decl.name)
+        try:
+            self.layer_stmts(inst, decl.body)
+        except MemspecError as err:
+            if not path:  # the model itself: the error's own span says it all
+                raise
+            raise err.with_note(f"while instantiating {decl.name} as {path}", span) from None
+        finally:
+            self.stack.pop()
+        return inst
+
+    def layer_stmts(self, inst: Instance, stmts: tuple[n.LayerStmt, ...]) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, n.LayerLet):
+                value = self.exprs.evaluate(stmt.value, inst.scope)
+                self.define(inst, stmt.name, value, stmt.span)
+            elif isinstance(stmt, n.LayerSub):
+                self.define(inst, stmt.name, self.sublayer(inst, stmt), stmt.span)
+            elif isinstance(stmt, (n.LayerParam, n.LayerBuffer)):
+                self.define(inst, stmt.name, self.tensor_state(inst, stmt), stmt.span)
+            elif isinstance(stmt, n.LayerForward):
+                if inst.forward is not None:
+                    raise NameResolutionError(f"{inst.decl.name} has two forwards", stmt.span)
+                inst.forward = stmt
+            elif isinstance(stmt, n.LayerIf):
+                taken = stmt.orelse
+                if self.exprs.condition(stmt.condition, inst.scope):
+                    taken = stmt.then
+                self.layer_stmts(inst, taken)
+
+    def define(self, inst: Instance, name: str, thing: object, span: Span | None) -> None:
+        """Add a member; it may shadow a layer argument of the same name (`bias`), once."""
+        if name in inst.arguments:
+            inst.arguments.discard(name)
+        elif name in inst.scope.names:
+            raise NameResolutionError(f"{name!r} is defined twice in this layer", span)
+        inst.scope.names[name] = thing
+
+    def sublayer(self, inst: Instance, stmt: n.LayerSub) -> Instance:
+        ref = inst.scope.find(stmt.layer)
+        if not isinstance(ref, LayerRef):
+            raise NameResolutionError(
+                f"unknown layer {stmt.layer!r}{self.globals.suggest(stmt.layer)}", stmt.span
+            )
+        path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
+        region = inst.region
+        if stmt.count is not None:
+            count = self.exprs.scalar(stmt.count, inst.scope)
+            if count.is_number and (not count.is_Integer or count < 1):
+                raise SpecValueError(
+                    f"repeat count must be a positive integer, got {count}", stmt.count.span
+                )
+            region = self.builder.add_region(path, count, inst.region, stmt.span)
+        args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
+        sub = self.instantiate(ref.decl, args, path, region, stmt.span)
+        sub.repeated = stmt.count is not None
+        return sub
+
+    def layer_arguments(
+        self, decl: n.DeclLayer, args: tuple[n.Arg, ...], caller: Scope, span: Span | None
+    ) -> dict[str, object]:
+        """Layer arguments: sizes and constants, evaluated in the caller's scope.
+
+        A default sees the layer's other arguments (`d_ff = 4 * d_model`) and the globals,
+        not the caller's names.
+        """
+
+        def constant(arg: n.Arg) -> object:
+            value = self.exprs.evaluate(arg.value, caller)
+            if isinstance(value, Tensor):
+                raise SpecValueError(
+                    "layer arguments are sizes or constants, not tensors", arg.span
+                )
+            return value
+
+        def default(expr: n.Expr, bound: dict[str, object]) -> object:
+            scope = self.globals.child()
+            scope.names.update(bound)
+            return self.exprs.evaluate(expr, scope)
+
+        written = [Argument(a.name, lambda a=a: constant(a), a.span) for a in args]
+        return bind_arguments(decl.name, decl.params, written, span, default, member="parameter")
+
+    def tensor_state(self, inst: Instance, stmt: n.LayerParam | n.LayerBuffer) -> Tensor:
+        shape = type_dims(stmt.type, lambda e: self.exprs.scalar(e, inst.scope))
+        self.check_sizes(shape, stmt.type.span)
+        is_param = isinstance(stmt, n.LayerParam)
+        precision = self.config.precision
+        dtype = DType.parse(stmt.type.dtype) if stmt.type.dtype else None
+        if stmt.type.dtype and dtype is None:
+            raise ShapeError(f"unknown dtype {stmt.type.dtype!r}", stmt.type.span)
+        dtype = dtype or (precision.param if is_param else precision.buffer)
+        path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
+        vid = self.builder.add_value(
+            path,
+            shape,
+            dtype,
+            Role.PARAMETER if is_param else Role.BUFFER,
+            inst.region,
+            requires_grad=is_param,
+            span=stmt.span,
+        )
+        return Tensor(vid)
+
+    def check_sizes(self, shape: Shape, span: Span | None) -> None:
+        for dim in shape:
+            if not isinstance(dim, sp.Expr) or (dim.is_number and (not dim.is_Integer or dim < 0)):
+                raise ShapeError(f"a tensor size must be a non-negative integer, got {dim}", span)
+            self.builder.assume_integer(dim, divisibility_text(dim), span)
