@@ -11,6 +11,7 @@ import sympy as sp
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -179,7 +180,7 @@ register(
         ("a", "b"),
         _binary,
         lower=lambda t, a: t[0] - t[1],
-        grads=lambda op, graph: (through_if_same_shape(op, graph)[0], "new"),
+        grads=lambda op, graph: (through_if_same_shape(op, graph)[0], Grad.NEW),
         grads_doc="a's as for add; a new, negated one for b",
         kind=_ELEMENTWISE,
         shape_doc=_BROADCAST,
@@ -229,7 +230,7 @@ _pointwise(
     _NOTHING,
     lambda t, a: t[0] + a["offset"],
     attrs=(("offset", 0),),
-    grads=lambda op, graph: ("through",),
+    grads=lambda op, graph: (Grad.THROUGH,),
     grads_doc="the output's gradient itself",
 )
 _pointwise("neg", "-x", _ELEMENTWISE, None, _NOTHING, lambda t, a: -t[0])

@@ -21,6 +21,7 @@ from memspec.ir.types import DType, Shape, shape_str
 
 __all__ = [
     "REGISTRY",
+    "Grad",
     "InferContext",
     "Lowering",
     "OpDef",
@@ -133,9 +134,16 @@ SavedRule = Callable[[OpApply, Graph], tuple[Saved, ...]]
 # Python number; imports torch itself, so that memspec never imports it unless asked to.
 Lowering = Callable[[tuple, dict], object]
 FlopRule = Callable[[OpApply, Graph], sp.Expr]
-# How backward makes each input's gradient: "new" (a fresh tensor shaped like the input)
-# or "through" (the output's gradient itself or a view of it, no new memory).
-GradRule = Callable[[OpApply, Graph], tuple[str, ...]]
+
+
+class Grad(enum.Enum):
+    """How backward makes one input's gradient."""
+
+    NEW = "new"  # a fresh tensor shaped like the input
+    THROUGH = "through"  # the output's gradient itself or a view of it: no new memory
+
+
+GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]
 
 
 def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -226,9 +234,9 @@ class OpDef:
         needed = sum(1 for vid in op.inputs[:2] if graph.value(vid).requires_grad)
         return self.flops(op, graph) * needed
 
-    def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[str, ...]:
+    def gradient_kinds(self, op: OpApply, graph: Graph) -> tuple[Grad, ...]:
         if self.grads is None:
-            return ("new",) * len(op.inputs)
+            return (Grad.NEW,) * len(op.inputs)
         return self.grads(op, graph)
 
 
@@ -247,15 +255,15 @@ def lookup(name: str) -> OpDef | None:
     return REGISTRY.get(name)
 
 
-def through_if_same_shape(op: OpApply, graph: Graph) -> tuple[str, ...]:
+def through_if_same_shape(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
     """add's backward hands its output's gradient to each input of the output's shape;
     a broadcast input gets a new, summed gradient."""
     out = graph.value(op.outputs[0]).shape
     return tuple(
-        "through"
+        Grad.THROUGH
         if len(graph.value(v).shape) == len(out)
         and all(same_dim(a, b) for a, b in zip(graph.value(v).shape, out, strict=True))
-        else "new"
+        else Grad.NEW
         for v in op.inputs
     )
 

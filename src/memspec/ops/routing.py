@@ -18,6 +18,7 @@ import sympy as sp
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, shape_str
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -193,7 +194,7 @@ register(
         _index_add_infer,
         _index_add_saved,
         lower=lambda t, a: t[0].index_add_(0, t[1], t[2]),
-        grads=lambda op, graph: ("through", "new", "new"),
+        grads=lambda op, graph: (Grad.THROUGH, Grad.NEW, Grad.NEW),
         grads_doc="acc's is the output's gradient itself; src's is new (its rows gathered)",
         kind=OpKind.INDEXING,
         shape_doc="acc [n, ...], int64 index [r], src [r, ...] -> acc's shape, in acc's storage",

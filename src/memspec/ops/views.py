@@ -19,6 +19,7 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -235,7 +236,7 @@ def _rearrange_grads(op: OpApply, graph: Graph) -> tuple[str, ...]:
     view, unless the forward was a permuted view, whose inverse must copy."""
     out = graph.value(op.outputs[0])
     permuted_view = out.storage != out.id and not out.contiguous
-    return ("new",) if permuted_view else ("through",)
+    return (Grad.NEW,) if permuted_view else (Grad.THROUGH,)
 
 
 register(
@@ -304,7 +305,7 @@ register(
         _cat_infer,
         attrs=(("dim", -1),),
         lower=_cat_lower,
-        grads=lambda op, graph: ("through",) * len(op.inputs),  # narrowed views of it
+        grads=lambda op, graph: (Grad.THROUGH,) * len(op.inputs),  # narrowed views of it
         grads_doc="narrowed views of the output's gradient",
         kind=OpKind.LAYOUT,
         shape_doc="the inputs' common shape with dim's sizes summed; new storage",

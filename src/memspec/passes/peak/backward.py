@@ -13,6 +13,7 @@ from __future__ import annotations
 from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Role
 from memspec.ops import lookup
+from memspec.ops.registry import Grad
 from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
 from memspec.passes.peak.moments import Phase
 
@@ -69,7 +70,7 @@ class BackwardReplay:
             if v.role is Role.PARAMETER:
                 self._param_grad(vid, key, transient, finished)
                 continue
-            if kind == "through":
+            if kind is Grad.THROUGH:
                 if grads_out[0] is None:
                     continue
                 grad = ledger.ref(grads_out[0])
