@@ -14,7 +14,7 @@ from memspec.errors import SpecValueError
 from memspec.ir.types import DType
 from memspec.ops import lookup
 from memspec.ops.registry import OpKind
-from memspec.syntax import nodes as n
+from memspec.syntax import decls as d
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -130,7 +130,7 @@ class Convention:
         return "Counts " + "; and ".join(rule.describe() for rule in self.rules)
 
 
-def read_precision(decl: n.DeclPrecision) -> Precision:
+def read_precision(decl: d.DeclPrecision) -> Precision:
     dtypes: dict[str, DType] = {}
     for role, dtype_name, span in decl.rules:
         if role not in _PRECISION_ROLES:
@@ -158,7 +158,7 @@ def read_precision(decl: n.DeclPrecision) -> Precision:
     )
 
 
-def read_optimizer(decl: n.DeclOptimizer) -> Optimizer:
+def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
     for _state, like, span in decl.states:
         if like != "param":
             raise SpecValueError(f"optimizer state can only be 'like param', not {like!r}", span)
@@ -189,7 +189,7 @@ def read_optimizer(decl: n.DeclOptimizer) -> Optimizer:
     )
 
 
-def read_convention(decl: n.DeclConvention) -> Convention:
+def read_convention(decl: d.DeclConvention) -> Convention:
     rules = []
     for what, names, kinds, span in decl.rules:
         if what not in ("output", "saved"):

@@ -6,9 +6,10 @@ import pytest
 
 from memspec import compile_spec, errors
 from memspec.elaborate.binding import Argument, bind_arguments
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
-PARAMS = (n.Param("d_in"), n.Param("d_out"), n.Param("bias", n.ExprBool(True)))
+PARAMS = (d.Param("d_in"), d.Param("d_out"), d.Param("bias", n.ExprBool(True)))
 
 
 def _bind(*args: Argument, **options):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.symbolic.build import number
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 from memspec.syntax.grammar import parser
 from memspec.syntax.parse import parse
@@ -18,9 +19,9 @@ def test_grammar_builds_in_strict_mode():
 def test_dim_let_and_arithmetic():
     module = parse("dim d_ff as F = 4 * D\nlet eps = 1e-5\ndim vocab_size")
     assert module.decls == (
-        n.DeclDim("d_ff", "F", n.ExprBinary("*", n.ExprInt(4), n.ExprName("D"))),
-        n.DeclLet("eps", n.ExprFloat("1e-5")),
-        n.DeclDim("vocab_size", "vocab_size"),
+        d.DeclDim("d_ff", "F", n.ExprBinary("*", n.ExprInt(4), n.ExprName("D"))),
+        d.DeclLet("eps", n.ExprFloat("1e-5")),
+        d.DeclDim("vocab_size", "vocab_size"),
     )
     assert number("1e-5") == sp.Rational(1, 100_000)  # exact, never a float
 

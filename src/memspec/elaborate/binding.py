@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from memspec.errors import NameResolutionError, SpecValueError
 from memspec.source import Span
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
 __all__ = ["Argument", "bind_arguments"]
@@ -34,7 +35,7 @@ class Argument:
 
 def bind_arguments(
     owner: str,
-    params: Sequence[n.Param | n.SigParam],
+    params: Sequence[d.Param | n.SigParam],
     args: Sequence[Argument],
     span: Span | None,
     default: Callable[[n.Expr, dict[str, object]], object],

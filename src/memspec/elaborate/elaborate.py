@@ -32,6 +32,7 @@ from memspec.ir.graph import CallOutput, Graph
 from memspec.ir.types import DType, Role, shape_str
 from memspec.source import Span
 from memspec.symbolic.symbols import Dim, SymbolTable, dim_symbol
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 from memspec.syntax.imports import Program
 
@@ -186,7 +187,7 @@ class Elaborator:
     def run_body(
         self,
         name: str,
-        sig: n.LayerForward | n.DeclFn,
+        sig: d.LayerForward | d.DeclFn,
         outer: Scope,
         args: tuple,
         kwargs: dict[str, object],

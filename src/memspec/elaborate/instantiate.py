@@ -19,6 +19,7 @@ from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
 __all__ = ["MAX_INSTANCE_DEPTH", "Instantiator"]
@@ -40,7 +41,7 @@ class Instantiator:
 
     def instantiate(
         self,
-        decl: n.DeclLayer,
+        decl: d.DeclLayer,
         args: dict[str, object],
         path: str,
         region: int | None,
@@ -66,20 +67,20 @@ class Instantiator:
             self.stack.pop()
         return inst
 
-    def layer_stmts(self, inst: Instance, stmts: tuple[n.LayerStmt, ...]) -> None:
+    def layer_stmts(self, inst: Instance, stmts: tuple[d.LayerStmt, ...]) -> None:
         for stmt in stmts:
-            if isinstance(stmt, n.LayerLet):
+            if isinstance(stmt, d.LayerLet):
                 value = self.exprs.evaluate(stmt.value, inst.scope)
                 self.define(inst, stmt.name, value, stmt.span)
-            elif isinstance(stmt, n.LayerSub):
+            elif isinstance(stmt, d.LayerSub):
                 self.define(inst, stmt.name, self.sublayer(inst, stmt), stmt.span)
-            elif isinstance(stmt, (n.LayerParam, n.LayerBuffer)):
+            elif isinstance(stmt, (d.LayerParam, d.LayerBuffer)):
                 self.define(inst, stmt.name, self.tensor_state(inst, stmt), stmt.span)
-            elif isinstance(stmt, n.LayerForward):
+            elif isinstance(stmt, d.LayerForward):
                 if inst.forward is not None:
                     raise NameResolutionError(f"{inst.decl.name} has two forwards", stmt.span)
                 inst.forward = stmt
-            elif isinstance(stmt, n.LayerIf):
+            elif isinstance(stmt, d.LayerIf):
                 taken = stmt.orelse
                 if self.exprs.condition(stmt.condition, inst.scope):
                     taken = stmt.then
@@ -93,7 +94,7 @@ class Instantiator:
             raise NameResolutionError(f"{name!r} is defined twice in this layer", span)
         inst.scope.names[name] = thing
 
-    def sublayer(self, inst: Instance, stmt: n.LayerSub) -> Instance:
+    def sublayer(self, inst: Instance, stmt: d.LayerSub) -> Instance:
         ref = inst.scope.find(stmt.layer)
         if not isinstance(ref, LayerRef):
             raise NameResolutionError(
@@ -114,7 +115,7 @@ class Instantiator:
         return sub
 
     def layer_arguments(
-        self, decl: n.DeclLayer, args: tuple[n.Arg, ...], caller: Scope, span: Span | None
+        self, decl: d.DeclLayer, args: tuple[n.Arg, ...], caller: Scope, span: Span | None
     ) -> dict[str, object]:
         """Layer arguments: sizes and constants, evaluated in the caller's scope.
 
@@ -138,10 +139,10 @@ class Instantiator:
         written = [Argument(a.name, lambda a=a: constant(a), a.span) for a in args]
         return bind_arguments(decl.name, decl.params, written, span, default, member="parameter")
 
-    def tensor_state(self, inst: Instance, stmt: n.LayerParam | n.LayerBuffer) -> Tensor:
+    def tensor_state(self, inst: Instance, stmt: d.LayerParam | d.LayerBuffer) -> Tensor:
         shape = type_dims(stmt.type, lambda e: self.exprs.scalar(e, inst.scope))
         self.check_sizes(shape, stmt.type.span)
-        is_param = isinstance(stmt, n.LayerParam)
+        is_param = isinstance(stmt, d.LayerParam)
         precision = self.config.precision
         dtype = DType.parse(stmt.type.dtype) if stmt.type.dtype else None
         if stmt.type.dtype and dtype is None:

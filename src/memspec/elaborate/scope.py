@@ -11,7 +11,7 @@ from memspec.errors import NameResolutionError
 from memspec.ir.types import Shape
 from memspec.ops.registry import OpDef
 from memspec.source import Span
-from memspec.syntax import nodes as n
+from memspec.syntax import decls as d
 
 __all__ = ["FnRef", "Instance", "LayerRef", "Scope", "Tensor", "describe"]
 
@@ -25,23 +25,23 @@ class Tensor:
 
 @dataclass(frozen=True, slots=True)
 class LayerRef:
-    decl: n.DeclLayer
+    decl: d.DeclLayer
 
 
 @dataclass(frozen=True, slots=True)
 class FnRef:
-    decl: n.DeclFn
+    decl: d.DeclFn
 
 
 @dataclass(eq=False)
 class Instance:
     """One instantiated layer: its state_dict prefix, region, and its own scope."""
 
-    decl: n.DeclLayer
+    decl: d.DeclLayer
     path: str
     region: int | None
     scope: Scope
-    forward: n.LayerForward | None = None
+    forward: d.LayerForward | None = None
     repeated: bool = False
     span: Span | None = None
     arguments: set[str] = field(default_factory=set)  # argument names a member may shadow

@@ -17,7 +17,8 @@ from memspec.errors import ExpectError, UsageError
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.symbolic import bind
 from memspec.symbolic.symbols import SymbolTable
-from memspec.syntax.nodes import DeclExpect, DeclPreset, Expr
+from memspec.syntax.decls import DeclExpect, DeclPreset
+from memspec.syntax.nodes import Expr
 
 __all__ = ["QUANTITIES", "ExpectResult", "check_expects"]
 

@@ -14,7 +14,8 @@ from memspec.source import Span
 from memspec.symbolic.symbols import SymbolTable
 
 if TYPE_CHECKING:
-    from memspec.syntax.nodes import DeclPreset, Expr
+    from memspec.syntax.decls import DeclPreset
+    from memspec.syntax.nodes import Expr
 
 __all__ = [
     "Bindings",

@@ -14,7 +14,7 @@ from pathlib import Path
 from memspec.errors import NameResolutionError, SpecImportError
 from memspec.resources import std_dir
 from memspec.source import SourceFile, Span
-from memspec.syntax import nodes as n
+from memspec.syntax import decls as d
 from memspec.syntax.parse import parse
 
 __all__ = ["MAX_FILE_BYTES", "Program", "load_program", "read_source"]
@@ -27,18 +27,18 @@ class Program:
     """All definitions visible to the model, by kind and name, in load order."""
 
     entry: SourceFile
-    dims: dict[str, n.DeclDim] = field(default_factory=dict)
-    lets: dict[str, n.DeclLet] = field(default_factory=dict)
-    layers: dict[str, n.DeclLayer] = field(default_factory=dict)
-    fns: dict[str, n.DeclFn] = field(default_factory=dict)
-    presets: dict[str, n.DeclPreset] = field(default_factory=dict)
-    precisions: dict[str, n.DeclPrecision] = field(default_factory=dict)
-    optimizers: dict[str, n.DeclOptimizer] = field(default_factory=dict)
-    conventions: dict[str, n.DeclConvention] = field(default_factory=dict)
-    models: list[n.DeclLayer] = field(default_factory=list)
-    expects: list[n.DeclExpect] = field(default_factory=list)
-    assumes: list[n.DeclAssume] = field(default_factory=list)
-    trains: list[n.DeclTrain] = field(default_factory=list)
+    dims: dict[str, d.DeclDim] = field(default_factory=dict)
+    lets: dict[str, d.DeclLet] = field(default_factory=dict)
+    layers: dict[str, d.DeclLayer] = field(default_factory=dict)
+    fns: dict[str, d.DeclFn] = field(default_factory=dict)
+    presets: dict[str, d.DeclPreset] = field(default_factory=dict)
+    precisions: dict[str, d.DeclPrecision] = field(default_factory=dict)
+    optimizers: dict[str, d.DeclOptimizer] = field(default_factory=dict)
+    conventions: dict[str, d.DeclConvention] = field(default_factory=dict)
+    models: list[d.DeclLayer] = field(default_factory=list)
+    expects: list[d.DeclExpect] = field(default_factory=list)
+    assumes: list[d.DeclAssume] = field(default_factory=list)
+    trains: list[d.DeclTrain] = field(default_factory=list)
 
     def top_level_names(self) -> dict[str, Span | None]:
         names: dict[str, Span | None] = {}
@@ -75,13 +75,13 @@ def read_source(path: Path, display: str, span: Span | None = None) -> SourceFil
 
 
 _TABLES = {
-    n.DeclDim: "dims",
-    n.DeclLet: "lets",
-    n.DeclFn: "fns",
-    n.DeclPreset: "presets",
-    n.DeclPrecision: "precisions",
-    n.DeclOptimizer: "optimizers",
-    n.DeclConvention: "conventions",
+    d.DeclDim: "dims",
+    d.DeclLet: "lets",
+    d.DeclFn: "fns",
+    d.DeclPreset: "presets",
+    d.DeclPrecision: "precisions",
+    d.DeclOptimizer: "optimizers",
+    d.DeclConvention: "conventions",
 }
 
 
@@ -96,7 +96,7 @@ class _Loader:
         if path is not None:
             self.stack.append(path)
         for decl in module.decls:
-            if isinstance(decl, n.DeclUse):
+            if isinstance(decl, d.DeclUse):
                 self.use(decl, path, source.name)
             else:
                 self.define(decl, is_entry)
@@ -104,7 +104,7 @@ class _Loader:
             self.stack.pop()
             self.loaded.add(path)
 
-    def use(self, decl: n.DeclUse, current: Path | None, current_name: str) -> None:
+    def use(self, decl: d.DeclUse, current: Path | None, current_name: str) -> None:
         for path, display in self.resolve(decl, current, current_name):
             if path in self.stack:
                 chain = " -> ".join(p.name for p in [*self.stack, path])
@@ -113,7 +113,7 @@ class _Loader:
                 self.load(read_source(path, display, decl.span), path, is_entry=False)
 
     def resolve(
-        self, decl: n.DeclUse, current: Path | None, current_name: str
+        self, decl: d.DeclUse, current: Path | None, current_name: str
     ) -> list[tuple[Path, str]]:
         if decl.path is not None:
             base = current.parent if current else Path.cwd()
@@ -134,29 +134,29 @@ class _Loader:
             return [(path.resolve(), f"std/{member}.mspec")]
         return [(p.resolve(), f"std/{p.name}") for p in sorted(root.glob("*.mspec"))]
 
-    def define(self, decl: n.Decl, is_entry: bool) -> None:
+    def define(self, decl: d.Decl, is_entry: bool) -> None:
         program = self.program
-        if isinstance(decl, n.DeclLayer):
+        if isinstance(decl, d.DeclLayer):
             if decl.is_model:
                 if is_entry:
                     program.models.append(decl)
                 return
             self.check_new(decl.name, decl.span)
             program.layers[decl.name] = decl
-        elif isinstance(decl, n.DeclExpect):
+        elif isinstance(decl, d.DeclExpect):
             if is_entry:
                 program.expects.append(decl)
-        elif isinstance(decl, n.DeclAssume):
+        elif isinstance(decl, d.DeclAssume):
             if is_entry:
                 program.assumes.append(decl)
-        elif isinstance(decl, n.DeclTrain):
+        elif isinstance(decl, d.DeclTrain):
             if is_entry:
                 program.trains.append(decl)
         else:
             table = getattr(program, _TABLES[type(decl)])
-            if isinstance(decl, (n.DeclDim, n.DeclLet, n.DeclFn)):
+            if isinstance(decl, (d.DeclDim, d.DeclLet, d.DeclFn)):
                 self.check_new(decl.name, decl.span)
-                if isinstance(decl, n.DeclDim) and decl.symbol != decl.name:
+                if isinstance(decl, d.DeclDim) and decl.symbol != decl.name:
                     self.check_new(decl.symbol, decl.span)
             elif decl.name in table:
                 first = table[decl.name].span

@@ -18,8 +18,8 @@ from lark.exceptions import (
 
 from memspec.errors import MemspecError, SpecSyntaxError
 from memspec.source import SourceFile, Span
+from memspec.syntax.decls import Module
 from memspec.syntax.grammar import parser
-from memspec.syntax.nodes import Module
 from memspec.syntax.transform import ToAst
 
 __all__ = ["parse"]

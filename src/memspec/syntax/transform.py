@@ -11,6 +11,7 @@ from lark.visitors import Transformer_NonRecursive
 
 from memspec.errors import SpecValueError
 from memspec.source import SourceFile, Span
+from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
 __all__ = ["MAX_LITERAL_DIGITS", "ToAst"]
@@ -57,43 +58,43 @@ class ToAst(Transformer_NonRecursive):
     # Module and declarations ---------------------------------------------------------------
 
     def start(self, meta, children):
-        return n.Module(tuple(children), span=self.span(meta))
+        return d.Module(tuple(children), span=self.span(meta))
 
     def dotted_name(self, meta, names):
         return ".".join(str(x) for x in names)
 
     def decl_use_lib(self, meta, children):
-        return n.DeclUse(library=children[0], span=self.span(meta))
+        return d.DeclUse(library=children[0], span=self.span(meta))
 
     def decl_use_file(self, meta, children):
-        return n.DeclUse(path=_unquote(children[0]), span=self.span(meta))
+        return d.DeclUse(path=_unquote(children[0]), span=self.span(meta))
 
     def decl_dim(self, meta, children):
         name, symbol, default = children
-        return n.DeclDim(str(name), str(symbol or name), default, span=self.span(meta))
+        return d.DeclDim(str(name), str(symbol or name), default, span=self.span(meta))
 
     def decl_let(self, meta, children):
-        return n.DeclLet(str(children[0]), children[1], span=self.span(meta))
+        return d.DeclLet(str(children[0]), children[1], span=self.span(meta))
 
     def params(self, meta, children):
         return tuple(children)
 
     def param_def(self, meta, children):
-        return n.Param(
+        return d.Param(
             str(children[0]), children[1] if len(children) > 1 else None, span=self.span(meta)
         )
 
     def decl_layer(self, meta, children):
         name, params, *body = children
-        return n.DeclLayer(str(name), params or (), tuple(body), span=self.span(meta))
+        return d.DeclLayer(str(name), params or (), tuple(body), span=self.span(meta))
 
     def decl_model(self, meta, children):
         name, *body = children
-        return n.DeclLayer(str(name), (), tuple(body), is_model=True, span=self.span(meta))
+        return d.DeclLayer(str(name), (), tuple(body), is_model=True, span=self.span(meta))
 
     def decl_fn(self, meta, children):
         name, params, returns, body = children
-        return n.DeclFn(str(name), params or (), returns, body, span=self.span(meta))
+        return d.DeclFn(str(name), params or (), returns, body, span=self.span(meta))
 
     def bindings(self, meta, children):
         return tuple(children)
@@ -102,21 +103,21 @@ class ToAst(Transformer_NonRecursive):
         return (str(children[0]), children[1], self.token_span(children[0]))
 
     def decl_preset(self, meta, children):
-        return n.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
+        return d.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
 
     def decl_assume(self, meta, children):
-        return n.DeclAssume(_unquote(children[0]), span=self.span(meta))
+        return d.DeclAssume(_unquote(children[0]), span=self.span(meta))
 
     def decl_expect(self, meta, children):
         quantity, value, preset = children
-        return n.DeclExpect(
+        return d.DeclExpect(
             str(quantity), value, str(preset) if preset else None, span=self.span(meta)
         )
 
     def decl_train(self, meta, children):
         settings = tuple(c for c in children if c[0] != "use")
         variants = tuple(v for c in children if c[0] == "use" for v in c[1])
-        return n.DeclTrain(settings, variants, span=self.span(meta))
+        return d.DeclTrain(settings, variants, span=self.span(meta))
 
     def train_setting(self, meta, children):
         return (str(children[0]), str(children[1]), self.span(meta))
@@ -125,7 +126,7 @@ class ToAst(Transformer_NonRecursive):
         return ("use", tuple(str(c) for c in children), self.span(meta))
 
     def decl_precision(self, meta, children):
-        return n.DeclPrecision(str(children[0]), tuple(children[1:]), span=self.span(meta))
+        return d.DeclPrecision(str(children[0]), tuple(children[1:]), span=self.span(meta))
 
     def precision_rule(self, meta, children):
         return (str(children[0]), str(children[1]), self.span(meta))
@@ -136,7 +137,7 @@ class ToAst(Transformer_NonRecursive):
         states = tuple(item[1:] for item in rest if item[0] == "state")
         temps = tuple(item[1:] for item in rest if item[0] == "temp")
         flops = tuple(item[1:] for item in rest if item[0] == "flops")
-        return n.DeclOptimizer(str(name), description, states, temps, flops, span=self.span(meta))
+        return d.DeclOptimizer(str(name), description, states, temps, flops, span=self.span(meta))
 
     def optimizer_state(self, meta, children):
         return ("state", str(children[0]), str(children[1]), self.span(meta))
@@ -152,7 +153,7 @@ class ToAst(Transformer_NonRecursive):
     def decl_convention(self, meta, children):
         name, *rest = children
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
-        return n.DeclConvention(str(name), description, tuple(rest), span=self.span(meta))
+        return d.DeclConvention(str(name), description, tuple(rest), span=self.span(meta))
 
     def convention_count(self, meta, children):
         names, kinds = children[1]
@@ -170,29 +171,29 @@ class ToAst(Transformer_NonRecursive):
     # Layers ------------------------------------------------------------------------------
 
     def layer_let(self, meta, children):
-        return n.LayerLet(str(children[0]), children[1], span=self.span(meta))
+        return d.LayerLet(str(children[0]), children[1], span=self.span(meta))
 
     def layer_sub(self, meta, children):
         name, layer, args = children
-        return n.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
+        return d.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
 
     def layer_repeat(self, meta, children):
         name, count, layer, args = children
-        return n.LayerSub(str(name), str(layer), args or (), count=count, span=self.span(meta))
+        return d.LayerSub(str(name), str(layer), args or (), count=count, span=self.span(meta))
 
     def layer_param(self, meta, children):
-        return n.LayerParam(str(children[0]), children[1], span=self.span(meta))
+        return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
 
     def layer_buffer(self, meta, children):
-        return n.LayerBuffer(str(children[0]), children[1], span=self.span(meta))
+        return d.LayerBuffer(str(children[0]), children[1], span=self.span(meta))
 
     def layer_forward(self, meta, children):
         params, returns, body = children
-        return n.LayerForward(params or (), returns, body, span=self.span(meta))
+        return d.LayerForward(params or (), returns, body, span=self.span(meta))
 
     def layer_if(self, meta, children):
         condition, *then, orelse = children  # maybe_placeholders: `orelse` is None if absent
-        return n.LayerIf(condition, tuple(then), tuple(orelse or ()), span=self.span(meta))
+        return d.LayerIf(condition, tuple(then), tuple(orelse or ()), span=self.span(meta))
 
     def layer_else(self, meta, children):
         return list(children)

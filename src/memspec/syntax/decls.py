@@ -1,0 +1,215 @@
+"""The AST's declarations: what a spec file declares at top level (dims, lets, layers,
+fns, presets, expectations, `train` and its policies) and the statements of a layer's
+body. The expressions and statements inside them are in `syntax/nodes.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memspec.source import Span
+from memspec.syntax.nodes import Arg, Body, Expr, SigParam, TypeTensor, span_field
+
+__all__ = [
+    "Decl",
+    "DeclAssume",
+    "DeclConvention",
+    "DeclDim",
+    "DeclExpect",
+    "DeclFn",
+    "DeclLayer",
+    "DeclLet",
+    "DeclOptimizer",
+    "DeclPrecision",
+    "DeclPreset",
+    "DeclTrain",
+    "DeclUse",
+    "LayerBuffer",
+    "LayerForward",
+    "LayerIf",
+    "LayerLet",
+    "LayerParam",
+    "LayerStmt",
+    "LayerSub",
+    "Module",
+    "Param",
+]
+
+
+# Layer statements --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLet:
+    name: str
+    value: Expr
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSub:
+    """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set."""
+
+    name: str
+    layer: str
+    args: tuple[Arg, ...]
+    count: Expr | None = None
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerParam:
+    name: str
+    type: TypeTensor
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBuffer:
+    name: str
+    type: TypeTensor
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerForward:
+    params: tuple[SigParam, ...]
+    returns: TypeTensor | None
+    body: Body
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerIf:
+    condition: Expr
+    then: tuple[LayerStmt, ...]
+    orelse: tuple[LayerStmt, ...] = ()
+    span: Span | None = span_field()
+
+
+LayerStmt = LayerLet | LayerSub | LayerParam | LayerBuffer | LayerForward | LayerIf
+
+
+# Declarations ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeclUse:
+    """`use std`, `use std.layers` (`library` set) or `use "file.mspec"` (`path` set)."""
+
+    library: str | None = None
+    path: str | None = None
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclDim:
+    name: str
+    symbol: str
+    default: Expr | None = None
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclLet:
+    name: str
+    value: Expr
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    default: Expr | None = None
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclLayer:
+    """A layer; a `model` is a layer without parameters (`is_model`)."""
+
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[LayerStmt, ...]
+    is_model: bool = False
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclFn:
+    name: str
+    params: tuple[SigParam, ...]
+    returns: TypeTensor | None
+    body: Body
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclPreset:
+    name: str
+    bindings: tuple[tuple[str, Expr, Span | None], ...]
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclAssume:
+    text: str
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclExpect:
+    quantity: str
+    value: Expr
+    preset: str | None = None
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclTrain:
+    settings: tuple[tuple[str, str, Span | None], ...]
+    variants: tuple[str, ...] = ()
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclPrecision:
+    name: str
+    rules: tuple[tuple[str, str, Span | None], ...]
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclOptimizer:
+    name: str
+    description: str
+    states: tuple[tuple[str, str, Span | None], ...]  # (state name, "like" target)
+    # (implementation, count, "like" target): tensors a step holds at once besides state
+    temps: tuple[tuple[str, int, str, Span | None], ...] = ()
+    flops: tuple[tuple[int, str, Span | None], ...] = ()  # (count, "element")
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class DeclConvention:
+    """`count output of A, B` / `count output of kind norm, matmul` / `count saved of *`.
+
+    A rule is (what, names, kinds, span); empty names and kinds mean every op.
+    """
+
+    name: str
+    description: str
+    rules: tuple[tuple[str, tuple[str, ...], tuple[str, ...], Span | None], ...]
+    span: Span | None = span_field()
+
+
+Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
+Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One parsed spec file."""
+
+    decls: tuple[Decl, ...]
+    span: Span | None = span_field()
