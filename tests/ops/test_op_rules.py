@@ -359,6 +359,20 @@ def test_index_index_add_and_zeros_like(n, m, d, rx, rs, cols):
     run_op("zeros_like", [((n, d), F32, rx)], {})
 
 
+@settings(max_examples=20, deadline=None)
+@given(lead=shapes(0, 2), i=dims, o=dims, rx=roles, rw=roles, rb=roles)
+def test_addmm(lead, i, o, rx, rw, rb):
+    run_op("addmm", [((o,), F32, rb), ((*lead, i), F32, rx), ((i, o), F32, rw)], {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes(), exponent=st.sampled_from([sp.Integer(2), sp.Integer(3)]), s=dims,
+       window=st.integers(0, 3))
+def test_pow_and_additive_causal_mask(shape, exponent, s, window):
+    run_op("pow", [(shape, F32, "grad")], {"exponent": exponent})
+    run_op("add_causal_mask", [((2, s, s), F32, "grad")], {"window": sp.Integer(window)})
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
@@ -366,5 +380,6 @@ def test_every_op_is_covered():
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
                "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused",
-               "topk", "expert_slots", "index", "index_add", "zeros_like"}
+               "topk", "expert_slots", "index", "index_add", "zeros_like", "addmm", "pow",
+               "add_causal_mask"}
     assert covered == set(REGISTRY)

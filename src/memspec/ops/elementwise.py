@@ -131,6 +131,19 @@ def _mask_lower(tensors, attrs):
     return x.masked_fill(mask, float("-inf"))
 
 
+def _additive_mask_lower(tensors, attrs):
+    """`x + mask` with the mask 0 where attended and -inf elsewhere, as a float tensor
+    that needs no gradient: the add saves nothing."""
+    torch, _ = torch_functional()
+    (x,) = tensors
+    ones = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device)
+    hidden = ones.triu(1)
+    if attrs["window"]:
+        hidden = hidden | ones.tril(-attrs["window"])
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return x + torch.where(hidden, float("-inf"), zero)
+
+
 def _f(name: str):
     """Lowering to `torch.nn.functional.<name>(x)`."""
     return lambda tensors, attrs: getattr(torch_functional()[1], name)(*tensors)
@@ -285,6 +298,29 @@ _pointwise(
     infer=_mask_infer,
     attrs=(("window", 0),),
     shape_doc="x [..., Lq, Lk] -> x's shape",
+)
+_pointwise(
+    "add_causal_mask",
+    "add a 0 / -inf causal mask made inside the op (SDPA's math path, Hugging Face's "
+    "additive mask): autograd keeps nothing for it",
+    _ELEMENTWISE,
+    None,
+    _NOTHING,
+    _additive_mask_lower,
+    infer=_mask_infer,
+    attrs=(("window", 0),),
+    grads=lambda op, graph: (Grad.THROUGH,),
+    grads_doc="the output's gradient itself",
+    shape_doc="x [..., Lq, Lk] -> x's shape",
+)
+_pointwise(
+    "pow",
+    "x ** exponent, a constant exponent (torch.pow(x, 3.0) in Hugging Face's gelu_new)",
+    _ELEMENTWISE,
+    _saves_input,
+    "the input",
+    lambda tensors, attrs: tensors[0].pow(attrs["exponent"]),
+    attrs=(("exponent", None),),
 )
 # Lowered as a pairwise rotation by [max_len, d_k/2] tables: each product saves only a
 # slice of a buffer table (excluded from activations), and stack/flatten save nothing.

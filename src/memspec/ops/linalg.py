@@ -171,6 +171,47 @@ def _linear_flops(op: OpApply, graph: Graph) -> sp.Expr:
     return 2 * numel(out.shape) * weight.shape[1]
 
 
+def _addmm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    b, _, w = ctx.inputs
+    shape = ctx.expect_rank(1, 1)
+    if len(w.shape) != 2:
+        raise ctx.fail(f"weight must be [in, out], got {shape_str(w.shape)}")
+    ctx.expect_same(
+        shape[-1], w.shape[0], f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in"
+    )
+    if len(b.shape) != 1 or not _eq(b.shape[0], w.shape[1]):
+        raise ctx.fail(f"bias must be [{w.shape[1]}], got {shape_str(b.shape)}")
+    x = ctx.inputs[1]
+    if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1]) is None:
+        raise ctx.fail("the input's leading dims cannot be viewed as one (torch's view fails)")
+    return (OutputSpec((*shape[:-1], w.shape[1]), ctx.float_dtype()),)
+
+
+def _addmm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """Saved tensors of addmm(b, x, W): x (a view of its storage) when W needs a
+    gradient, W when x does; nothing for b, whose gradient is a sum."""
+    return (*saved_if(graph, op, 1, (2,), "input"), *saved_if(graph, op, 2, (1,), "weight"))
+
+
+def _addmm_lower(tensors, attrs):
+    torch, _ = torch_functional()
+    bias, x, weight = tensors
+    out = torch.addmm(bias, x.view(-1, x.shape[-1]), weight)
+    return out.view(*x.shape[:-1], weight.shape[-1])
+
+
+def _addmm_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """x @ W: 2 * (output elements) * in; the bias add is not a product."""
+    out, weight = graph.value(op.outputs[0]), graph.value(op.inputs[2])
+    return 2 * numel(out.shape) * weight.shape[0]
+
+
+def _addmm_backward_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """One product per operand of the product (x, W) that needs a gradient."""
+    needed = sum(1 for vid in op.inputs[1:] if graph.value(vid).requires_grad)
+    return _addmm_flops(op, graph) * needed
+
+
 def _matmul_flops(op: OpApply, graph: Graph) -> sp.Expr:
     """a @ b: 2 m n k per batch element."""
     out, a = graph.value(op.outputs[0]), graph.value(op.inputs[0])
@@ -204,6 +245,23 @@ register(
         shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",
         saved_doc="input when weight needs a gradient (a copy when its leading dims cannot "
         "be viewed as one), weight when input does",
+    )
+)
+register(
+    OpDef(
+        "addmm",
+        "b + x @ W with W stored [in, out], one torch.addmm over x viewed as [rows, in] "
+        "(Hugging Face's Conv1D)",
+        ("bias", "input", "weight"),
+        _addmm_infer,
+        _addmm_saved,
+        lower=_addmm_lower,
+        flops=_addmm_flops,
+        backward_flops=_addmm_backward_flops,
+        kind=OpKind.MATMUL,
+        shape_doc="bias [out], input [..., in], weight [in, out] -> [..., out]",
+        saved_doc="input (viewed, the same storage) when weight needs a gradient, weight "
+        "when input does; the bias's gradient is made in the same backward node",
     )
 )
 register(
