@@ -1,7 +1,9 @@
-# GPT-2 (Hugging Face GPT2LMHeadModel, OpenAI weights): learned positions, pre-LN blocks,
-# LayerNorm with bias, biases on every linear (HF's Conv1D: weight stored [in, out]),
-# fused QKV, GELU (tanh) MLP of width 4D, final LayerNorm, LM head tied to the token
-# embedding, dropout 0.1. Compile with:
+# GPT-2 (Hugging Face GPT2LMHeadModel, OpenAI weights, as transformers 5.x trains it by
+# default): learned positions, pre-LN blocks, LayerNorm with bias, biases on every linear
+# (HF's Conv1D: weight stored [in, out]), fused QKV, HF's `gelu_new` MLP of width 4D,
+# attention through SDPA, final LayerNorm, LM head tied to the token embedding, dropout
+# 0.1. Variants: `--use gelu_tanh` (F.gelu(approximate="tanh"), the fused activation),
+# `--use eager` / `--use math` (attention). Compile with:
 #   memspec compile specs/gpt2.mspec --format md --preset small --set B=1
 use std
 
@@ -14,12 +16,13 @@ dim num_layers              as N
 dim num_heads               as H
 dim d_ff                    as F = 4 * D          # HF n_inner = None: 4 * n_embd
 
-# HF's Conv1D(nf, nx): y = x @ W + b with W stored [nx, nf] (transposed against nn.Linear).
+# HF's Conv1D(nf, nx): y = x @ W + b with W stored [nx, nf] (transposed against nn.Linear),
+# one torch.addmm over x viewed as [rows, nx].
 layer Conv1D(nf, nx) {
     param weight: [nx, nf]
     param bias: [nf]
     forward(x: [..., nx]) -> [..., nf] {
-        return matmul(x, weight) + bias
+        return addmm(bias, x, weight)
     }
 }
 
@@ -39,11 +42,20 @@ layer GPT2Attention(d_model, num_heads, dropout_p) {
     }
 }
 
+# config.activation_function: "gelu_new" (GPT-2's, HF's default) or "gelu_pytorch_tanh"
+fn gpt2_activation(x: [..., f]) -> [..., f]
+variant gelu_new {
+    return gelu_new(x)
+}
+variant gelu_tanh {
+    return gelu(x, "tanh")
+}
+
 layer GPT2MLP(d_model, d_ff, dropout_p) {
     c_fc   = Conv1D(d_ff, d_model)
     c_proj = Conv1D(d_model, d_ff)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        return dropout(c_proj(gelu(c_fc(x), "tanh")), dropout_p)   # gelu_new
+        return dropout(c_proj(gpt2_activation(c_fc(x))), dropout_p)
     }
 }
 
@@ -79,9 +91,9 @@ expect params == 124_439_808 at small
 
 assume "LM head tied to wte (no bias): one parameter, one gradient, one optimizer state for two uses"
 assume "every linear is HF's Conv1D with a bias (weight stored [in, out], x @ W + b); LayerNorm eps 1e-5 with bias"
-assume "pre-LN blocks; GELU tanh approximation; d_ff = 4 d_model"
+assume "pre-LN blocks; d_ff = 4 d_model; gelu_new as HF writes it (its tanh approximation in Python ops)"
 assume "dropout 0.1 after wte + wpe, on the attention probabilities, after attn.c_proj and after mlp.c_proj: each saves its mask"
-assume "attention in the math variant (HF eager: QK^T / sqrt(d), causal mask, softmax, dropout); flash is not offered because it models no dropout on probabilities"
+assume "attention through SDPA on the CPU (HF's default): with dropout its math path, QK^T / sqrt(d), an additive causal mask (not saved), softmax, dropout"
 assume "no causal-mask buffer (recent HF versions register none); positions arange(L), L <= max_position_embeddings"
 assume "targets are the next tokens, given already shifted: logits stay [B, L, V] (HF pads the labels instead of slicing the logits)"
-train { use math }
+train { use sdpa; use gelu_new }

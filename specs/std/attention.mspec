@@ -1,7 +1,13 @@
-# Attention. `attention` has two implementations, picked with `use math` / `use flash`
-# in a spec's train block or with --use:
-#   math:  scores = Q K^T, scaled, causally masked, softmax, weighted sum of V; the
-#          [seq, seq] scores and probabilities are materialized (and saved for backward);
+# Attention. `attention` has four implementations, picked with `use math`, `use eager`,
+# `use sdpa` or `use flash` in a spec's train block or with --use:
+#   math:  scores = Q K^T, scaled, causally masked (masked_fill: saves a bool mask),
+#          softmax, weighted sum of V; the [seq, seq] scores and probabilities are
+#          materialized (and saved for backward);
+#   eager: the same with the causal mask added as a 0 / -inf float tensor, which autograd
+#          does not keep (Hugging Face's eager attention, and SDPA's math path);
+#   sdpa:  torch's scaled_dot_product_attention on the CPU, as Hugging Face calls it by
+#          default: its math path (as eager) when it drops probabilities or masks a
+#          window, else its fused kernel (as flash);
 #   flash: one fused kernel (torch's scaled_dot_product_attention) that stores no
 #          [seq, seq] tensor.
 
@@ -20,8 +26,28 @@ variant math {
     if dropout_p > 0 { probs = dropout(probs, dropout_p) }
     return einsum(probs, v, "... s t, ... t d -> ... s d")
 }
+variant eager {
+    return eager_attention(q, k, v, causal, window, dropout_p, scale)
+}
+variant sdpa {
+    if dropout_p > 0 or window > 0 {
+        return eager_attention(q, k, v, causal, window, dropout_p, scale)
+    }
+    return flash_attention(q, k, v, causal, window, dropout_p, scale)
+}
 variant flash {
     return flash_attention(q, k, v, causal, window, dropout_p, scale)
+}
+
+# Attention with an additive causal mask, which autograd does not save.
+fn eager_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, window, dropout_p,
+                   scale) -> [..., s, d] {
+    scores = einsum(q, k, "... s d, ... t d -> ... s t")
+    if scale { scores = scores / sqrt(d) }
+    if causal { scores = add_causal_mask(scores, window) }
+    probs = softmax(scores)
+    if dropout_p > 0 { probs = dropout(probs, dropout_p) }
+    return einsum(probs, v, "... s t, ... t d -> ... s d")
 }
 
 # Causal multi-head self-attention with RoPE on queries and keys (CS336 assignment 1).

@@ -50,10 +50,11 @@ optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
 # selective scan, whose output plays the part of attention's weighted sum). Ops are
 # picked by kind (`memspec ops` lists each op's), so a user's own norm layer is counted
 # like RMSNorm; the second line names the layers whose outputs are noted by the layer's
-# name rather than its op's, and the scan, a fn whose output is no single op's.
+# name rather than its op's, and the scan and Hugging Face's gelu_new, fns whose output
+# is no single activation op's.
 convention course "CS336 A1 AdamW accounting: the outputs of the listed components" {
     count output of kind norm, matmul, attention, softmax, activation, conv, pooling
-    count output of RMSNorm, LayerNorm, Linear, Conv2d, BatchNorm2d, Conv1d, selective_scan
+    count output of RMSNorm, LayerNorm, Linear, Conv2d, BatchNorm2d, Conv1d, selective_scan, gelu_new
 }
 # autograd: every tensor PyTorch's autograd saves for backward, each storage once.
 convention autograd "what PyTorch keeps for backward, each storage counted once" {
