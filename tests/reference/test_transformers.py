@@ -1,0 +1,84 @@
+"""The zoo against Hugging Face transformers: the library's own model, built from a
+config, one real CPU step, compared with memspec to the byte.
+
+Parameters and buffers (elements), the bytes autograd saves (each storage once), and
+the peak of a steady-state AdamW step under PyTorch's MemTracker on fake tensors,
+category by category. The one difference is a named, computed term: AdamW's `step`
+counters, a 4-byte tensor per parameter tensor, which the tracker counts in OPT and
+memspec leaves out (they are CPU tensors when training on a GPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from memspec import compile_spec
+from tests.conftest import SPECS
+from tests.reference.harness import measure_library
+
+# memspec's peak categories, as MemTracker names them
+TRACKER = {
+    "parameters": "PARAM",
+    "buffers": "BUFFER",
+    "gradients": "GRAD",
+    "activations": "ACT",
+    "temporaries": "TEMP",
+    "optimizer_state": "OPT",
+}
+
+
+def assert_same_step(result, measured) -> None:
+    """memspec's compile `result` against the library's `measured` step, to the byte."""
+    value = result.value
+    assert value(result.categories["parameters"].elements) == measured.parameters
+    assert value(result.categories["buffers"].elements) == measured.buffers
+    assert value(result.categories["activations"].bytes) == measured.saved
+    tracker = dict(measured.peak_by_category)
+    moment = result.peak.winner()
+    for category, expr in moment.breakdown:
+        named = measured.optimizer_scalars if category == "optimizer_state" else 0
+        assert value(expr) + named == tracker[TRACKER[category]], category
+    assert result.peak.value + measured.optimizer_scalars == measured.peak
+
+
+GPT2_SIZES = [
+    {"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "P": 16},
+    {"B": 3, "L": 16, "V": 64, "D": 32, "N": 3, "H": 2, "P": 32},
+    {"B": 4, "L": 4, "V": 48, "D": 24, "N": 1, "H": 3, "P": 8},
+]
+# (memspec --use, the config's attn_implementation and activation_function)
+GPT2_PATHS = [
+    ((), "sdpa", "gelu_new"),  # transformers' defaults
+    (("eager",), "eager", "gelu_new"),
+    (("gelu_tanh",), "sdpa", "gelu_pytorch_tanh"),
+]
+
+
+@pytest.mark.parametrize("sizes", GPT2_SIZES, ids=lambda s: "B{B}-L{L}-D{D}-N{N}".format(**s))
+@pytest.mark.parametrize(("use", "attention", "activation"), GPT2_PATHS, ids=lambda p: str(p))
+def test_gpt2_step_equals_transformers(sizes, use, attention, activation):
+    config = GPT2Config(
+        vocab_size=sizes["V"],
+        n_positions=sizes["P"],
+        n_embd=sizes["D"],
+        n_layer=sizes["N"],
+        n_head=sizes["H"],
+        attn_implementation=attention,
+        activation_function=activation,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    batch_shape = (sizes["B"], sizes["L"])
+
+    def batch() -> tuple:
+        tokens = torch.randint(0, sizes["V"], batch_shape)
+        return tokens, tokens.clone()
+
+    def step(model, b) -> torch.Tensor:
+        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
+
+    measured = measure_library(lambda: GPT2LMHeadModel(config), batch, step)
+    result = compile_spec(SPECS / "gpt2.mspec", set=sizes, use=use, convention="autograd")
+    assert_same_step(result, measured)
