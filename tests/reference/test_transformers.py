@@ -56,9 +56,8 @@ GPT2_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("sizes", GPT2_SIZES, ids=lambda s: "B{B}-L{L}-D{D}-N{N}".format(**s))
-@pytest.mark.parametrize(("use", "attention", "activation"), GPT2_PATHS, ids=lambda p: str(p))
-def test_gpt2_step_equals_transformers(sizes, use, attention, activation):
+def gpt2_step(sizes: dict, use: tuple, attention: str, activation: str):
+    """(the library's step, memspec's compile) of GPT-2 at `sizes` on one path."""
     config = GPT2Config(
         vocab_size=sizes["V"],
         n_positions=sizes["P"],
@@ -81,4 +80,10 @@ def test_gpt2_step_equals_transformers(sizes, use, attention, activation):
 
     measured = measure_library(lambda: GPT2LMHeadModel(config), batch, step)
     result = compile_spec(SPECS / "gpt2.mspec", set=sizes, use=use, convention="autograd")
-    assert_same_step(result, measured)
+    return measured, result
+
+
+@pytest.mark.parametrize("sizes", GPT2_SIZES, ids=lambda s: "B{B}-L{L}-D{D}-N{N}".format(**s))
+@pytest.mark.parametrize(("use", "attention", "activation"), GPT2_PATHS, ids=lambda p: str(p))
+def test_gpt2_step_equals_transformers(sizes, use, attention, activation):
+    assert_same_step(*reversed(gpt2_step(sizes, use, attention, activation)))
