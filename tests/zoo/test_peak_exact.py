@@ -25,7 +25,8 @@ CASES = [
     ("mlp.mspec", {"B": 2, "I": 4, "F": 8, "C": 3}, []),
     ("vit.mspec", {"B": 2, "I": 8, "p": 4, "D": 8, "N": 2, "H": 2, "F": 16, "C": 5}, ["math"]),
     ("vit.mspec", {"B": 2, "I": 8, "p": 4, "D": 8, "N": 3, "H": 2, "F": 16, "C": 5}, ["flash"]),
-    ("resnet18.mspec", {"B": 2, "I": 32, "C": 10}, []),
+    ("resnet18.mspec", {"B": 2, "I": 32, "C": 10}, []),  # peaks in the optimizer step
+    ("resnet18.mspec", {"B": 16, "I": 64, "C": 10}, []),  # in backward, at a block's input
     ("gpt2.mspec", {"B": 2, "L": 8, "P": 16, "V": 32, "D": 16, "N": 2, "H": 4, "F": 64},
      ["math"]),
     ("bert.mspec", {"B": 1, "L": 4, "P": 8, "V": 64, "D": 8, "N": 3, "H": 2, "F": 16, "T": 2},
@@ -58,3 +59,15 @@ def test_verify_peak_is_exact(spec, sizes, use):
 def test_the_cases_cover_the_zoo():
     covered = {case.values[0] if hasattr(case, "values") else case[0] for case in CASES}
     assert covered | {"mixtral.mspec"} == {p.name for p in SPECS.glob("*.mspec")}
+
+
+def test_resnet_block_input_gradients_are_summed_out_of_place_under_the_tracker():
+    """layer3.b0's input gets two gradients (conv1's and the downsample's); the tracker
+    adds them out of place, a [16, 128, 16, 16] float32 sum, 262,144 bytes, named."""
+    result = compile_spec(SPECS / "resnet18.mspec", set={"B": 16, "I": 64, "C": 10},
+                          convention="autograd")
+    comparison = compare_peak(result, measure_peak(result))
+    assert comparison.moment == "backward: layer3.b0.conv1"
+    assert [(t.name, t.bytes) for t in comparison.terms] == [
+        ("AdamW step counters", 4 * 62), ("gradient sums out of place", 262_144)]
+    assert comparison.ok
