@@ -26,12 +26,19 @@ class BackwardReplay:
     them, and they are counted by the caller, not here. `param_grads` ends holding the
     block of each `.grad` that backward made."""
 
-    def __init__(self, forward: ForwardReplay, grad_dtype: DType, grads_exist: bool):
+    def __init__(
+        self,
+        forward: ForwardReplay,
+        grad_dtype: DType,
+        grads_exist: bool,
+        sums_in_place: bool = True,
+    ):
         self.forward = forward
         self.graph: Graph = forward.graph
         self.ledger = forward.ledger
         self.grad_dtype = grad_dtype
         self.grads_exist = grads_exist
+        self.sums_in_place = sums_in_place
         self.adjoint: dict[object, int] = {}  # instance key -> the block of its gradient
         self.in_flight: dict[object, int] = {}  # parameter instance -> its summed gradient
         self.param_grads: dict[object, int] = {}
@@ -62,39 +69,38 @@ class BackwardReplay:
             return
         kinds = lookup(op.op).gradient_kinds(op, graph)
         transient: list[int] = []  # freed once the op's backward is done
-        finished: list[tuple[int, bool]] = []  # parameter gradients accumulated now
+        sums: list[tuple[dict, object, int]] = []  # (buffer, key, gradient) added after it
+        finished: list[object] = []  # parameters whose last gradient this op gives
         for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
             v = graph.value(vid)
             if not v.requires_grad:
                 continue
             if v.role is Role.PARAMETER:
-                self._param_grad(vid, key, transient, finished)
-                continue
-            if kind is Grad.THROUGH:
+                chain = graph.region_chain(v.region)
+                born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
+                size = self.forward.size_of(vid, self.grad_dtype)
+                grad = ledger.alloc(size, "temporaries", born)
+                self.uses[key] -= 1
+                if self.uses[key] == 0:
+                    finished.append(key)
+                buffer = self.in_flight
+            elif kind is Grad.THROUGH:
                 if grads_out[0] is None:
                     continue
-                grad = ledger.ref(grads_out[0])
+                grad, buffer = ledger.ref(grads_out[0]), self.adjoint
             else:
                 grad = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
-            old = self.adjoint.get(key)
-            if old is None:
-                self.adjoint[key] = grad
-            elif not ledger.shared(old):
-                transient.append(grad)  # added in place into the existing gradient
+                buffer = self.adjoint
+            if key in buffer:
+                sums.append((buffer, key, grad))
             else:
-                # shared with another tensor's gradient: old + new, out of place
-                self.adjoint[key] = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
-                transient += [grad, old]
+                buffer[key] = grad
         rule = lookup(op.op).backward_temporaries
         if rule is not None:
             size = self.forward.measure(rule(op, graph))
             transient.append(ledger.alloc(size, "temporaries", ()))
         ledger.mark(Phase.BACKWARD, op.path, record.where)
-        for bid, kept in finished:
-            if kept:
-                ledger.recategorize(bid, "gradients")
-            else:
-                ledger.unref(bid)
+        # the node returns: its temporaries, its inputs' gradients and what it saved go
         for bid in transient:
             ledger.unref(bid)
         for key in record.outputs:
@@ -102,25 +108,36 @@ class BackwardReplay:
         for bid in record.held:
             ledger.unref(bid)
         record.held.clear()
+        # then the engine adds each gradient into the one its tensor already has
+        for buffer, key, grad in sums:
+            self._add(buffer, key, grad, op.path, record.where)
+        for key in finished:
+            self._accumulate_grad(key)
 
-    def _param_grad(self, vid: int, key: object, transient: list, finished: list) -> None:
-        """A parameter's gradient from one op. Autograd sums the gradients of a parameter
-        used by several ops (tied weights) in its AccumulateGrad node's input buffer, and
-        that node runs once, after the last of them: until then the sum is a gradient
-        in flight (what PyTorch's memory tracker reports as well), then it becomes the
-        parameter's .grad, or is added into the .grad that already exists."""
-        chain = self.graph.region_chain(self.graph.value(vid).region)
-        born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
-        grad = self.ledger.alloc(self.forward.size_of(vid, self.grad_dtype), "temporaries", born)
-        if key not in self.in_flight:
-            self.in_flight[key] = grad
+    def _add(self, buffer: dict, key: object, grad: int, path: str, where) -> None:
+        """Autograd's InputBuffer: a second gradient for the same tensor is added into the
+        first in place when the engine holds the only reference to it, else old + new
+        is a new tensor, and both are freed after it. Under a TorchDispatchMode (PyTorch's
+        memory tracker is one) every tensor counts as a subclass and every sum is out of
+        place: `sums_in_place=False` replays that."""
+        ledger, old = self.ledger, buffer[key]
+        if self.sums_in_place and not ledger.shared(old):
+            ledger.unref(grad)
+            return
+        block = ledger.blocks[old]
+        buffer[key] = ledger.alloc(block.size, "temporaries", block.born)
+        ledger.mark(Phase.BACKWARD, path, where)
+        ledger.unref(old)
+        ledger.unref(grad)
+
+    def _accumulate_grad(self, key: object) -> None:
+        """A parameter's summed gradient, once its last user has given its part (tied
+        weights are used by several ops, summed in the AccumulateGrad node's input
+        buffer): it becomes the parameter's .grad, or is added into the .grad that
+        exists and freed."""
+        grad = self.in_flight.pop(key)
+        if self.grads_exist:
+            self.ledger.unref(grad)
         else:
-            transient.append(grad)  # added in place into the input buffer
-        self.uses[key] -= 1
-        if self.uses[key] == 0:
-            grad = self.in_flight.pop(key)
-            if self.grads_exist:
-                finished.append((grad, False))  # added into .grad, then freed
-            else:
-                self.param_grads[key] = grad  # set_to_none: it becomes .grad
-                finished.append((grad, True))
+            self.param_grads[key] = grad  # set_to_none: it becomes .grad
+            self.ledger.recategorize(grad, "gradients")

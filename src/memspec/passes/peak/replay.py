@@ -68,19 +68,22 @@ def replay(
     grad_dtype: DType,
     grads_exist: bool,
     measure: Callable[[sp.Expr], Poly] = poly,
+    sums_in_place: bool = True,
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
 
     `grads_exist`: parameter gradients exist before backward (zero_grad without
     set_to_none, or a later micro-batch of gradient accumulation); backward then adds
-    into them, and they are counted by the caller, not here.
+    into them, and they are counted by the caller, not here. `sums_in_place`: autograd
+    adds a second gradient into the first in place where it can (False: never, as under
+    a TorchDispatchMode such as PyTorch's memory tracker).
     """
     ledger = Ledger()
     forward = ForwardReplay(graph, ledger, repetitions, measure, PeakUnavailable)
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
-    backward = BackwardReplay(forward, grad_dtype, grads_exist)
+    backward = BackwardReplay(forward, grad_dtype, grads_exist, sums_in_place)
     backward.run(loss)
     ledger.mark(Phase.OPTIMIZER_STEP, "", tuple((r.id, Side.AFTER) for r in graph.regions))
     grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]

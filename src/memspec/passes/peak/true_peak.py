@@ -52,8 +52,11 @@ def peak_memory(
     options: StepOptions,
     bindings: Mapping[sp.Symbol, int],
     resolve: Callable[[sp.Expr], sp.Expr],
+    sums_in_place: bool = True,
 ) -> PeakResult:
-    """The step's peak; `resolve` substitutes dims' defaults (F -> 4*D) into a formula."""
+    """The step's peak; `resolve` substitutes dims' defaults (F -> 4*D) into a formula.
+    `sums_in_place=False` replays autograd under a TorchDispatchMode, which adds every
+    second gradient of a tensor out of place (what `memspec verify --peak` measures)."""
     if options.optimizer_impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown optimizer implementation {options.optimizer_impl!r}")
     p = repeats.plan(graph, bindings)
@@ -75,7 +78,9 @@ def peak_memory(
     moments: list[_Moment] = []
     last: Replay | None = None
     for micro_batch, grads_exist in runs:
-        last = replay(graph, p.repetitions, config.precision.grad, grads_exist, measure)
+        last = replay(
+            graph, p.repetitions, config.precision.grad, grads_exist, measure, sums_in_place
+        )
         grads = measure(categories["gradients"].bytes) if grads_exist else {}
         region_shares = repeats.shares(graph, last, p)
         for point in last.points:
