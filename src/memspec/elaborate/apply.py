@@ -120,6 +120,9 @@ class OpApplier:
             return tuple(Tensor(i) for i in ids)
         return Tensor(ids[0])
 
+    def is_float(self, tensor: Tensor) -> bool:
+        return self.builder.values[tensor.id].dtype.is_float
+
     def split_args(
         self, op: OpDef, args: tuple, kwargs: dict[str, object], span: Span | None
     ) -> tuple[list[Tensor], dict[str, object]]:
