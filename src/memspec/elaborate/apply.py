@@ -18,6 +18,7 @@ from memspec.elaborate.scope import Tensor
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.graph import OpApply
 from memspec.ir.types import Role
+from memspec.names import name_hint
 from memspec.ops import REGISTRY, OpDef
 from memspec.ops.registry import InferContext, OpShapeError, TensorType
 from memspec.source import Span
@@ -149,7 +150,8 @@ class OpApplier:
         attrs.update(zip(names, constants, strict=False))
         for key, value in kwargs.items():
             if key not in attrs:
-                raise NameResolutionError(f"{op.name} has no argument {key!r}", span)
+                hint = name_hint(key, names, "its arguments are")
+                raise NameResolutionError(f"{op.name} has no argument {key!r}{hint}", span)
             attrs[key] = value
         for key, value in attrs.items():
             if value is None:

@@ -18,6 +18,7 @@ from memspec.elaborate.scope import Instance, LayerRef, Scope, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.types import DType, Role, Shape
+from memspec.names import name_hint
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -97,8 +98,10 @@ class Instantiator:
     def sublayer(self, inst: Instance, stmt: d.LayerSub) -> Instance:
         ref = inst.scope.find(stmt.layer)
         if not isinstance(ref, LayerRef):
+            layers = [k for k, v in self.globals.names.items() if isinstance(v, LayerRef)]
             raise NameResolutionError(
-                f"unknown layer {stmt.layer!r}{self.globals.suggest(stmt.layer)}", stmt.span
+                f"unknown layer {stmt.layer!r}{name_hint(stmt.layer, layers, 'layers')}",
+                stmt.span,
             )
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
         region = inst.region
@@ -146,7 +149,7 @@ class Instantiator:
         precision = self.config.precision
         dtype = DType.parse(stmt.type.dtype) if stmt.type.dtype else None
         if stmt.type.dtype and dtype is None:
-            raise ShapeError(f"unknown dtype {stmt.type.dtype!r}", stmt.type.span)
+            raise ShapeError(DType.unknown(stmt.type.dtype), stmt.type.span)
         dtype = dtype or (precision.param if is_param else precision.buffer)
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
         vid = self.builder.add_value(
