@@ -107,10 +107,15 @@ class Instantiator:
         region = inst.region
         if stmt.count is not None:
             count = self.exprs.scalar(stmt.count, inst.scope)
-            if count.is_number and (not count.is_Integer or count < 1):
+            if count.is_number and (not count.is_Integer or count < 0):
                 raise SpecValueError(
-                    f"repeat count must be a positive integer, got {count}", stmt.count.span
+                    f"repeat count must be a non-negative integer, got {count}", stmt.count.span
                 )
+            if count == 0:  # no copies: no parameters, and a call hands its input on
+                self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
+                empty = Instance(ref.decl, path, region, self.globals.child(), span=stmt.span)
+                empty.repeated = empty.passthrough = True
+                return empty
             region = self.builder.add_region(path, count, inst.region, stmt.span)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
         sub = self.instantiate(ref.decl, args, path, region, stmt.span)

@@ -44,6 +44,7 @@ class Instance:
     scope: Scope
     forward: d.LayerForward | None = None
     repeated: bool = False
+    passthrough: bool = False  # `repeat 0`: calling it returns its input
     span: Span | None = None
     arguments: set[str] = field(default_factory=set)  # argument names a member may shadow
 
