@@ -47,6 +47,8 @@ CASES = {
     "not_a_tensor": (errors.ShapeError, 5, 21),
     "route_not_a_bank": (errors.SpecValueError, 6, 62),
     "unpack_needed": (errors.SpecValueError, 6, 15),
+    "unknown_function": (errors.NameResolutionError, 7, 20),
+    "unknown_op_argument": (errors.NameResolutionError, 7, 20),
 }
 
 
@@ -90,6 +92,7 @@ def test_error_class_and_location(kind, monkeypatch):
         (["--set", "B=2.5"], "memspec: error: --set B=2.5: B must be an integer, got '2.5'"),
         (["--set", "B"], "memspec: error: --set 'B': expected NAME=VALUE"),
         (["--preset", "nope"], "memspec: error: unknown preset 'nope' (this spec has: gpt2_xl)"),
+        (["--preset", "gpt2_x"], "unknown preset 'gpt2_x'; did you mean 'gpt2_xl'?"),
         (["--convention", "corse"], "unknown convention 'corse'; did you mean 'course'?"),
         (["--set", "H=7"], "the spec assumes 2*H divides D, which fails with these values"),
     ],

@@ -82,3 +82,15 @@ layer BatchNorm2d(num_features, eps = 1e-5, momentum = 0.1) {
         return batch_norm(x, weight, bias, running_mean, running_var, momentum, eps)
     }
 }
+
+# torchvision's LayerNorm2d (ConvNeXt): LayerNorm over the channels of [B, C, H, W], run
+# channels-last by a permuted view and permuted back, as torchvision does; layer_norm
+# saves the permuted view (the input's own storage), its output is new.
+layer LayerNorm2d(num_channels, eps = 1e-5) {
+    param weight: [num_channels]
+    param bias: [num_channels]
+    forward(x: [b, num_channels, h, w]) -> [b, num_channels, h, w] {
+        y = layer_norm(rearrange(x, "b c h w -> b h w c"), weight, bias, eps)
+        return rearrange(y, "b h w c -> b c h w")
+    }
+}

@@ -1,4 +1,4 @@
-"""The command line: `memspec compile SPEC ...`, `solve`, `verify` and `ops`.
+"""The command line: `memspec compile SPEC ...`, `solve`, `verify`, `info` and `ops`.
 
 This is the only place that turns errors into exit codes: a `MemspecError` (a problem
 with the user's input) prints its located diagnostic and exits 2; a `verify` whose
@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the real training step (for sizes too large to allocate)",
     )
+    i = sub.add_parser(
+        "info", help="what a spec declares: dims, presets, variants, policies, expects"
+    )
+    i.add_argument("spec", help="the .mspec file")
+    i.add_argument("--format", choices=("text", "json"), default="text")
+    i.add_argument("--use", action="append", default=[], metavar="VARIANT", help="as for compile")
     o = sub.add_parser("ops", help="list the primitive ops and their rules in words")
     o.add_argument("--format", choices=("text", "md"), default="text")
     return parser
@@ -226,6 +232,13 @@ def _solve(args: argparse.Namespace) -> str:
     return render_solve_json(report) if args.format == "json" else render_solve_text(report)
 
 
+def _info(args: argparse.Namespace) -> str:
+    from memspec.info import render_info_json, render_info_text, spec_info
+
+    info = spec_info(args.spec, tuple(args.use))
+    return render_info_json(info) if args.format == "json" else render_info_text(info)
+
+
 def _ops(args: argparse.Namespace) -> str:
     from memspec.ops.catalog import catalog_markdown, catalog_text
 
@@ -241,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "solve":
             with _time_limit(COMPILE_SECONDS, args.spec):
                 sys.stdout.write(_solve(args))
+            return 0
+        if args.command == "info":
+            with _time_limit(COMPILE_SECONDS, args.spec):
+                sys.stdout.write(_info(args))
             return 0
         if args.command == "verify":
             output, ok = _verify(args)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
+from memspec.names import did_you_mean
 from memspec.policies import (
     Convention,
     Optimizer,
@@ -31,8 +31,7 @@ class TrainConfig:
 
 def _pick(kind: str, name: str, table: dict, span) -> object:
     if name not in table:
-        close = difflib.get_close_matches(name, sorted(table), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, sorted(table))
         known = ", ".join(sorted(table)) or "none declared"
         raise UsageError(f"unknown {kind} {name!r}{hint} (known: {known})", span)
     return table[name]

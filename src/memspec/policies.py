@@ -7,11 +7,11 @@ checks them and gives them types.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from memspec.errors import SpecValueError
 from memspec.ir.types import DType
+from memspec.names import did_you_mean
 from memspec.ops import lookup
 from memspec.ops.registry import OpKind
 from memspec.syntax import decls as d
@@ -140,7 +140,7 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
             )
         dtype = DType.parse(dtype_name)
         if dtype is None:
-            raise SpecValueError(f"unknown dtype {dtype_name!r}", span)
+            raise SpecValueError(DType.unknown(dtype_name), span)
         dtypes[role] = dtype
     for role in ("param", "grad", "state", "activation"):
         if role not in dtypes:
@@ -203,8 +203,7 @@ def _op_kind(name: str, span) -> OpKind:
         return OpKind(name)
     except ValueError:
         kinds = [k.value for k in OpKind]
-        close = difflib.get_close_matches(name, kinds, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, kinds)
         raise SpecValueError(
-            f"unknown op kind {name!r}; {hint}kinds are {', '.join(kinds)}", span
+            f"unknown op kind {name!r}{hint} (kinds: {', '.join(kinds)})", span
         ) from None

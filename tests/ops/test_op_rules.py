@@ -373,6 +373,73 @@ def test_pow_and_additive_causal_mask(shape, exponent, s, window):
     run_op("add_causal_mask", [((2, s, s), F32, "grad")], {"window": sp.Integer(window)})
 
 
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes(), name=st.sampled_from(
+    ["relu6", "relu6_", "hardtanh", "hardtanh_", "sin", "cos", "contiguous"]))
+def test_clamps_and_trigonometry(shape, name):
+    run_op(name, [(shape, F32, "grad")],
+           {"min_val": sp.Integer(-2), "max_val": sp.Rational(1, 2)} if "hardtanh" in name else {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes(), low=st.sampled_from([-sp.oo, sp.Integer(-1), sp.Rational(1, 3)]),
+       high=st.sampled_from([sp.oo, sp.Integer(2)]))
+def test_clamp(shape, low, high):
+    if low == -sp.oo and high == sp.oo:
+        return  # torch and memspec refuse a clamp without bounds
+    run_op("clamp", [(shape, F32, "grad")], {"min": low, "max": high})
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes(2, 4), p=st.sampled_from([sp.Integer(0), sp.Rational(1, 5), sp.Integer(1)]),
+       mode=st.sampled_from(["row", "batch"]))
+def test_drop_path(shape, p, mode):
+    run_op("drop_path", [(shape, F32, "grad")], {"p": p, "mode": mode})
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes(1, 3), data=st.data(), r=roles)
+def test_chunk_and_split(shape, data, r):
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    n = shape[dim]
+    run_op("chunk", [(shape, F32, r)], {"chunks": sp.Integer(data.draw(st.integers(1, n + 1))),
+                                        "dim": sp.Integer(dim)})
+    run_op("split", [(shape, F32, r)], {"split_size": sp.Integer(data.draw(st.integers(1, n))),
+                                        "dim": sp.Integer(dim)})
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes(), r1=roles, r2=roles)
+def test_mse_loss(shape, r1, r2):
+    run_op("mse_loss", [(shape, F32, r1), (shape, F32, r2)], {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, h=dims, w=dims, pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       transposed=st.booleans())
+def test_pad_and_contiguous(b, c, h, w, pads, transposed):
+    attrs = dict(zip(("left", "right", "top", "bottom"), map(sp.Integer, pads), strict=True))
+    run_op("pad", [((b, c, h, w), F32, "grad")], attrs)
+    order = (0, 1, 3, 2) if transposed else None
+    run_op("contiguous", [((b, c, h, w), F32, "grad", order)], {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=dims, g=dims, per_group=dims, hw=st.integers(2, 3), affine=st.integers(0, 2), rx=roles,
+       rw=roles)
+def test_group_norm(b, g, per_group, hw, affine, rx, rw):
+    c = g * per_group
+    inputs = [((b, c, hw, hw), F32, rx)] + [((c,), F32, rw)] * affine
+    run_op("group_norm", inputs, {"num_groups": sp.Integer(g)})
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, h=dims, w=dims, mode=st.sampled_from(["nearest", "bilinear"]),
+       scale=st.sampled_from([sp.Integer(2), sp.Integer(3), sp.Rational(3, 2)]))
+def test_interpolate(b, c, h, w, mode, scale):
+    run_op("interpolate", [((b, c, h, w), F32, "grad")], {"scale_factor": scale, "mode": mode})
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
@@ -380,6 +447,8 @@ def test_every_op_is_covered():
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
                "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused",
-               "topk", "expert_slots", "index", "index_add", "zeros_like", "addmm", "pow",
+               "topk", "expert_slots", "index", "index_add", "zeros_like", "relu6", "relu6_",
+               "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
+               "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask"}
     assert covered == set(REGISTRY)

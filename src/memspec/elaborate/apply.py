@@ -18,6 +18,7 @@ from memspec.elaborate.scope import Tensor
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.graph import OpApply
 from memspec.ir.types import Role
+from memspec.names import name_hint
 from memspec.ops import REGISTRY, OpDef
 from memspec.ops.registry import InferContext, OpShapeError, TensorType
 from memspec.source import Span
@@ -120,6 +121,9 @@ class OpApplier:
             return tuple(Tensor(i) for i in ids)
         return Tensor(ids[0])
 
+    def is_float(self, tensor: Tensor) -> bool:
+        return self.builder.values[tensor.id].dtype.is_float
+
     def split_args(
         self, op: OpDef, args: tuple, kwargs: dict[str, object], span: Span | None
     ) -> tuple[list[Tensor], dict[str, object]]:
@@ -146,7 +150,8 @@ class OpApplier:
         attrs.update(zip(names, constants, strict=False))
         for key, value in kwargs.items():
             if key not in attrs:
-                raise NameResolutionError(f"{op.name} has no argument {key!r}", span)
+                hint = name_hint(key, names, "its arguments are")
+                raise NameResolutionError(f"{op.name} has no argument {key!r}{hint}", span)
             attrs[key] = value
         for key, value in attrs.items():
             if value is None:

@@ -59,7 +59,8 @@ def resolve_callee(name: str, scope: Scope, span: Span | None) -> object:
         arity, func = spec
         found = ScalarFunction(name, arity, func)
     if found is None:
-        scope.lookup(name, span)  # raises, suggesting a close name
+        also = [ROUTE, *REGISTRY, *build.scalar_functions()]
+        scope.lookup(name, span, also)  # raises, suggesting a close name
     return found
 
 

@@ -126,6 +126,10 @@ class Elaborator:
         result_name: str | None = None,
     ) -> object:
         """Run `inst`'s forward; a repeated layer's output is carried into its next copy."""
+        if inst.passthrough:
+            if not (args and isinstance(args[0], Tensor)):
+                raise ShapeError(f"repeat of {inst.decl.name} needs a tensor in and out", span)
+            return args[0]
         if inst.forward is None:
             raise NameResolutionError(f"layer {inst.decl.name} has no forward", span)
         first = args[0] if args else None

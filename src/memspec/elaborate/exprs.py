@@ -162,11 +162,22 @@ class ExprEvaluator:
             raise SpecValueError(
                 f"cannot combine a tensor with {describe(other)} by '{op}'", expr.span
             )
+        literal = expr.right if tensor is left else expr.left
+        if isinstance(literal, n.ExprFloat) and other.is_Integer and not self.ops.is_float(tensor):
+            # `2.0` is a float to torch: x * 2.0 of an integer x is float32.
+            other = sp.Float(other)
         if op == "*":
             return apply("scale", (tensor,), {"factor": other}, span, frame, hint)
         if op == "/" and tensor is left:
             if other == 0:
                 raise SpecValueError("division by zero", expr.span)
+            if sp.Pow(other, -1).is_integer and not self.ops.is_float(tensor):
+                # x * (1/c) would keep x's integer dtype where torch's x / c is float.
+                raise SpecValueError(
+                    f"an integer tensor divided by {other} is a float32 copy in torch, "
+                    "which a constant factor cannot express; leave the division out",
+                    expr.span,
+                )
             return apply("scale", (tensor,), {"factor": sp.Pow(other, -1)}, span, frame, hint)
         if op in ("+", "-"):
             if op == "-" and tensor is right:  # c - x = (-x) + c

@@ -18,6 +18,7 @@ from memspec.elaborate.scope import Instance, LayerRef, Scope, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.types import DType, Role, Shape
+from memspec.names import name_hint
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -97,17 +98,24 @@ class Instantiator:
     def sublayer(self, inst: Instance, stmt: d.LayerSub) -> Instance:
         ref = inst.scope.find(stmt.layer)
         if not isinstance(ref, LayerRef):
+            layers = [k for k, v in self.globals.names.items() if isinstance(v, LayerRef)]
             raise NameResolutionError(
-                f"unknown layer {stmt.layer!r}{self.globals.suggest(stmt.layer)}", stmt.span
+                f"unknown layer {stmt.layer!r}{name_hint(stmt.layer, layers, 'layers')}",
+                stmt.span,
             )
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
         region = inst.region
         if stmt.count is not None:
             count = self.exprs.scalar(stmt.count, inst.scope)
-            if count.is_number and (not count.is_Integer or count < 1):
+            if count.is_number and (not count.is_Integer or count < 0):
                 raise SpecValueError(
-                    f"repeat count must be a positive integer, got {count}", stmt.count.span
+                    f"repeat count must be a non-negative integer, got {count}", stmt.count.span
                 )
+            if count == 0:  # no copies: no parameters, and a call hands its input on
+                self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
+                empty = Instance(ref.decl, path, region, self.globals.child(), span=stmt.span)
+                empty.repeated = empty.passthrough = True
+                return empty
             region = self.builder.add_region(path, count, inst.region, stmt.span)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
         sub = self.instantiate(ref.decl, args, path, region, stmt.span)
@@ -146,7 +154,7 @@ class Instantiator:
         precision = self.config.precision
         dtype = DType.parse(stmt.type.dtype) if stmt.type.dtype else None
         if stmt.type.dtype and dtype is None:
-            raise ShapeError(f"unknown dtype {stmt.type.dtype!r}", stmt.type.span)
+            raise ShapeError(DType.unknown(stmt.type.dtype), stmt.type.span)
         dtype = dtype or (precision.param if is_param else precision.buffer)
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
         vid = self.builder.add_value(

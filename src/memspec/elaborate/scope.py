@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import sympy as sp
 
 from memspec.errors import NameResolutionError
 from memspec.ir.types import Shape
+from memspec.names import name_hint
 from memspec.ops.registry import OpDef
 from memspec.source import Span
 from memspec.syntax import decls as d
@@ -43,6 +44,7 @@ class Instance:
     scope: Scope
     forward: d.LayerForward | None = None
     repeated: bool = False
+    passthrough: bool = False  # `repeat 0`: calling it returns its input
     span: Span | None = None
     arguments: set[str] = field(default_factory=set)  # argument names a member may shadow
 
@@ -83,15 +85,23 @@ class Scope:
             scope = scope.parent
         return names
 
-    def lookup(self, name: str, span: Span | None) -> object:
+    def lookup(self, name: str, span: Span | None, also: Iterable[str] = ()) -> object:
+        """The value of `name`; unknown, the error names the nearest names in scope (and
+        in `also`: the ops and functions a call could name)."""
         found = self.find(name)
         if found is None:
-            raise NameResolutionError(f"unknown name {name!r}{self.suggest(name)}", span)
+            raise NameResolutionError(f"unknown name {name!r}{self.suggest(name, also)}", span)
         return found
 
-    def suggest(self, name: str) -> str:
-        close = difflib.get_close_matches(name, sorted(set(self.all_names())), n=1)
-        return f"; did you mean {close[0]!r}?" if close else ""
+    def suggest(self, name: str, also: Iterable[str] = ()) -> str:
+        """The nearest names in scope; else the names in scope, tensors and members
+        before sizes and definitions, the innermost first within each."""
+        names = dict.fromkeys(self.all_names())
+        ranked = sorted(names, key=lambda k: _LISTING_ORDER.get(type(self.find(k)), 3))
+        return name_hint(name, [*ranked, *also])
+
+
+_LISTING_ORDER = {Tensor: 0, tuple: 0, Instance: 1, FnRef: 4, LayerRef: 5}
 
 
 def describe(value: object) -> str:

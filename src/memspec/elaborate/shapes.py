@@ -48,7 +48,7 @@ def bind_type(
     variable bound to the actual size, as einops does.
     """
     if t.dtype is not None and DType.parse(t.dtype) is None:
-        raise ShapeError(f"unknown dtype {t.dtype!r}", t.span)
+        raise ShapeError(DType.unknown(t.dtype), t.span)
     if t.dtype is not None and DType.parse(t.dtype) is not dtype:
         raise ShapeError(f"{what}: expected dtype {t.dtype}, got {dtype.value}", t.span)
     has_ellipsis = None in t.dims

@@ -7,6 +7,8 @@ from functools import reduce
 
 import sympy as sp
 
+from memspec.names import name_hint
+
 __all__ = ["DType", "Role", "Shape", "numel", "shape_str"]
 
 Shape = tuple[sp.Expr, ...]
@@ -36,6 +38,11 @@ class DType(enum.Enum):
     @classmethod
     def parse(cls, name: str) -> DType | None:
         return cls.__members__.get(name)
+
+    @classmethod
+    def unknown(cls, name: str) -> str:
+        """The message for a dtype name that is not one, with the nearest that are."""
+        return f"unknown dtype {name!r}{name_hint(name, cls.__members__, 'dtypes')}"
 
 
 _ITEMSIZE = {

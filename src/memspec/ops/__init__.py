@@ -8,10 +8,13 @@ from memspec.ops import (  # noqa: F401  (importing registers the ops)
     conv,
     creation,
     elementwise,
+    layout,
     linalg,
+    pointwise,
     reductions,
     routing,
     scan,
+    splits,
     views,
 )
 from memspec.ops.registry import REGISTRY, OpDef, lookup

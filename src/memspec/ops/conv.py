@@ -214,3 +214,55 @@ register(
         "save_invstd [C]",
     )
 )
+
+
+def _gn_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, *affine = ctx.inputs
+    if len(x.shape) < 2:
+        raise ctx.fail(f"needs [B, C, ...], got {shape_str(x.shape)}")
+    groups = ctx.attrs["num_groups"]
+    if not isinstance(groups, sp.Expr) or (
+        groups.is_number and (not groups.is_Integer or groups < 1)
+    ):
+        raise ctx.fail(f"num_groups must be a positive integer, got {groups}")
+    for t in affine:
+        if len(t.shape) != 1:
+            raise ctx.fail(f"weight and bias must be [C], got {shape_str(t.shape)}")
+        ctx.expect_same(t.shape[0], x.shape[1], "channels")
+    ctx.assume_integer(x.shape[1] / groups, f"{groups} divides {x.shape[1]}")
+    return (OutputSpec(x.shape, ctx.float_dtype()),)
+
+
+def _gn_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """native_group_norm saves input, weight (not bias), and mean and rstd [B, groups]
+    in the input's dtype, whichever input needs the gradient."""
+    x = graph.value(op.inputs[0])
+    stat = (x.shape[0], dict(op.attrs)["num_groups"])
+    return (
+        Saved("input", op.inputs[0]),
+        *(Saved("weight", v) for v in op.inputs[1:2]),
+        Saved("mean", shape=stat, dtype=x.dtype),
+        Saved("rstd", shape=stat, dtype=x.dtype),
+    )
+
+
+def _gn_lower(tensors, attrs):
+    _, F = torch_functional()
+    x, weight, bias = (*tensors, None, None)[:3]
+    return F.group_norm(x, attrs["num_groups"], weight, bias, eps=attrs["eps"])
+
+
+register(
+    OpDef(
+        "group_norm",
+        "GroupNorm: channels (dim 1) in num_groups groups",
+        ("x", "weight?", "bias?"),
+        _gn_infer,
+        _gn_saved,
+        attrs=(("num_groups", None), ("eps", sp.Rational(1, 10**5))),
+        lower=_gn_lower,
+        kind=OpKind.NORM,
+        shape_doc="x [B, C, ...], weight and bias [C] -> x's shape; num_groups divides C",
+        saved_doc="input, weight, and mean and rstd [B, num_groups] in x's dtype",
+    )
+)

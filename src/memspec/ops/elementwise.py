@@ -10,6 +10,7 @@ import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, Shape, shape_str
+from memspec.ops.promotion import DEFAULT_FLOAT, result_type
 from memspec.ops.registry import (
     Grad,
     InferContext,
@@ -42,9 +43,40 @@ def broadcast(ctx: InferContext, a: Shape, b: Shape) -> Shape:
     return tuple(reversed(out))
 
 
+def _promoted(ctx: InferContext, *numbers: sp.Expr) -> DType:
+    """torch's result dtype of the op's tensors and numbers (see `promotion`)."""
+    try:
+        return result_type(((t.dtype, len(t.shape)) for t in ctx.inputs), numbers)
+    except ValueError as err:
+        raise ctx.fail(str(err)) from None
+
+
 def _binary(ctx: InferContext) -> tuple[OutputSpec, ...]:
     a, b = ctx.inputs
-    return (OutputSpec(broadcast(ctx, a.shape, b.shape), ctx.float_dtype()),)
+    return (OutputSpec(broadcast(ctx, a.shape, b.shape), _promoted(ctx)),)
+
+
+def _true_divide(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    """`/` of integers is true division: the default float dtype."""
+    (out,) = _binary(ctx)
+    return (out if out.dtype.is_float else OutputSpec(out.shape, DEFAULT_FLOAT),)
+
+
+def _with_number(attr: str):
+    """The shape rule of x op number: x's shape, torch's promoted dtype."""
+
+    def infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+        (x,) = ctx.inputs
+        return (OutputSpec(x.shape, _promoted(ctx, sp.sympify(ctx.attrs[attr]))),)
+
+    return infer
+
+
+def _neg_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    if x.dtype is DType.bool:
+        raise ctx.fail("cannot negate a bool tensor")
+    return (OutputSpec(x.shape, x.dtype),)
 
 
 def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -168,8 +200,9 @@ def _pointwise(name: str, doc: str, kind: OpKind, saved, saved_doc: str, lower, 
     )
 
 
-_BROADCAST = "a and b broadcast together (NumPy's rule)"
+_BROADCAST = "a and b broadcast together (NumPy's rule); torch's dtype promotion"
 _NOTHING = "nothing"
+_NUMBER = "x's shape; an integer x stays integer when the constant is an integer"
 _ELEMENTWISE, _ACTIVATION = OpKind.ELEMENTWISE, OpKind.ACTIVATION
 register(
     OpDef(
@@ -218,11 +251,11 @@ register(
         "div",
         "a / b of two tensors, broadcasting",
         ("a", "b"),
-        _binary,
+        _true_divide,
         _div_saved,
         lower=lambda t, a: t[0] / t[1],
         kind=_ELEMENTWISE,
-        shape_doc=_BROADCAST,
+        shape_doc=f"{_BROADCAST}; integers divide to float32",
         saved_doc="b when either needs a gradient, a when b does",
     )
 )
@@ -233,6 +266,8 @@ _pointwise(
     None,
     _NOTHING,
     lambda t, a: t[0] * a["factor"],
+    infer=_with_number("factor"),
+    shape_doc=_NUMBER,
     attrs=(("factor", 1),),
 )
 _pointwise(
@@ -242,11 +277,13 @@ _pointwise(
     None,
     _NOTHING,
     lambda t, a: t[0] + a["offset"],
+    infer=_with_number("offset"),
+    shape_doc=_NUMBER,
     attrs=(("offset", 0),),
     grads=lambda op, graph: (Grad.THROUGH,),
     grads_doc="the output's gradient itself",
 )
-_pointwise("neg", "-x", _ELEMENTWISE, None, _NOTHING, lambda t, a: -t[0])
+_pointwise("neg", "-x", _ELEMENTWISE, None, _NOTHING, lambda t, a: -t[0], infer=_neg_infer)
 _pointwise("silu", "x * sigmoid(x)", _ACTIVATION, _saves_input, "the input", _f("silu"))
 _pointwise(
     "gelu",

@@ -1,10 +1,11 @@
-"""Ops that reduce over the last dim: softmax, log-softmax, norms, the NLL loss."""
+"""Ops that reduce over the last dim: softmax, log-softmax, norms; the losses."""
 
 from __future__ import annotations
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, shape_str
 from memspec.ops.elementwise import _saves_output
+from memspec.ops.promotion import promote_types
 from memspec.ops.registry import (
     InferContext,
     OpDef,
@@ -12,6 +13,7 @@ from memspec.ops.registry import (
     OutputSpec,
     Saved,
     register,
+    same_dim,
     torch_functional,
 )
 
@@ -173,5 +175,33 @@ register(
         kind=OpKind.LOSS,
         shape_doc="log_probs [..., C], integer targets [...] -> float32 []",
         saved_doc="input, targets and a float32 scalar total_weight",
+    )
+)
+
+
+def _mse_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, target = ctx.inputs
+    if len(x.shape) != len(target.shape) or not all(
+        same_dim(a, b) for a, b in zip(x.shape, target.shape, strict=True)
+    ):
+        raise ctx.fail(
+            f"input {shape_str(x.shape)} and target {shape_str(target.shape)} differ in shape"
+        )
+    if not (x.dtype.is_float and target.dtype.is_float):
+        raise ctx.fail("input and target must be floating-point tensors")
+    return (OutputSpec((), promote_types(x.dtype, target.dtype)),)
+
+
+register(
+    OpDef(
+        "mse_loss",
+        "mean squared error of two tensors of one shape",
+        ("input", "target"),
+        _mse_infer,
+        lambda op, graph: (Saved("input", op.inputs[0]), Saved("target", op.inputs[1])),
+        lower=lambda t, a: torch_functional()[1].mse_loss(t[0], t[1]),
+        kind=OpKind.LOSS,
+        shape_doc="input and target of one shape -> []",
+        saved_doc="input and target",
     )
 )

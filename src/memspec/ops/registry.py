@@ -164,9 +164,10 @@ class OpKind(enum.Enum):
     SOFTMAX = "softmax"  # softmax and log-softmax
     ELEMENTWISE = "elementwise"  # arithmetic, pointwise functions, masks, dropout, rotations
     REDUCTION = "reduction"  # means and sums over whole dims
-    LOSS = "loss"  # losses of integer targets
+    LOSS = "loss"  # losses: of integer targets, mean squared error
     SCAN = "scan"  # recurrences over a sequence
     INDEXING = "indexing"  # lookups, gathers, scatters and top-k by integer indices
+    RESAMPLE = "resample"  # interpolation to another size
     LAYOUT = "layout"  # reshapes, permutations, slices and joins: no arithmetic
     CREATION = "creation"  # tensors made from sizes alone
 

@@ -189,6 +189,8 @@ class Peak:
     more: int = 0  # candidates not listed
     assumptions: tuple[str, ...] = ()
     value: int | None = None  # the peak's bytes, when every size is bound
+    # math: the Max over the candidates when the sizes decide among a few (the summary's)
+    max_formula: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,9 @@ from memspec.symbolic.printers import latex
 __all__ = ["PEAK_MOMENTS", "peak"]
 
 PEAK_MOMENTS = 12  # moments a report lists; JSON lists them all
+# A summary writes the peak as a Max over at most this many moments; over more, a Max
+# would bury the summary (the peak section lists them, JSON has the Max in full).
+SUMMARY_MOMENTS = 4
 _TITLES = {**CATEGORY_TITLES, "temporaries": "Temporaries"}
 
 
@@ -148,4 +151,9 @@ def peak(result: CompileResult) -> Peak:
         more=len(candidates) - len(moments),
         assumptions=found.assumptions,
         value=found.value,
+        max_formula=(
+            latex(found.bytes)
+            if winner is None and len(found.candidates) <= SUMMARY_MOMENTS
+            else ""
+        ),
     )

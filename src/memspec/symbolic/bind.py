@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -10,6 +9,7 @@ import sympy as sp
 
 from memspec.errors import UsageError
 from memspec.ir.graph import Assumption
+from memspec.names import did_you_mean
 from memspec.source import Span
 from memspec.symbolic.symbols import SymbolTable
 
@@ -35,8 +35,7 @@ def _symbol(table: SymbolTable, name: str, span: Span | None, where: str) -> sp.
     dim = table.lookup(name)
     if dim is None:
         names = sorted([*table.dims, *table.long_names])
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, names)
         raise UsageError(
             f"{where}: unknown symbol {name!r}{hint} (known: {', '.join(table.dims)})", span
         )
@@ -83,7 +82,8 @@ def preset_bindings(
         return {}
     if name not in presets:
         known = ", ".join(sorted(presets)) or "none"
-        raise UsageError(f"unknown preset {name!r} (this spec has: {known})")
+        hint = did_you_mean(name, sorted(presets))
+        raise UsageError(f"unknown preset {name!r}{hint} (this spec has: {known})")
     bindings: Bindings = {}
     for key, expr, span in presets[name].bindings:
         dim = table.lookup(key)

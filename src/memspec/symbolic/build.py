@@ -15,7 +15,15 @@ import sympy as sp
 from memspec.errors import SpecValueError
 from memspec.source import Span
 
-__all__ = ["MAX_CONSTANT_BITS", "binary", "compare", "integer", "number", "scalar_function"]
+__all__ = [
+    "MAX_CONSTANT_BITS",
+    "binary",
+    "compare",
+    "integer",
+    "number",
+    "scalar_function",
+    "scalar_functions",
+]
 
 MAX_CONSTANT_BITS = 4096  # constants above 2**4096 are certainly a mistake in a model spec
 MAX_SYMBOLIC_EXPONENT = 16
@@ -110,6 +118,11 @@ _FUNCTIONS = {
     "min": (2, sp.Min),
     "max": (2, sp.Max),
 }
+
+
+def scalar_functions() -> tuple[str, ...]:
+    """The names of the built-in scalar functions."""
+    return tuple(_FUNCTIONS)
 
 
 def scalar_function(name: str) -> tuple[int, object] | None:
