@@ -20,7 +20,7 @@ def test_text_lists_what_the_spec_offers(capsys, monkeypatch):
     assert "  B  batch_size      no default\n" in text
     assert "  F  d_ff            default 4*D\n" in text
     assert "  gpt2_xl: V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400\n" in text
-    assert "  attention: math (by the train block); also use flash\n" in text
+    assert "  attention: math (by the train block); also use eager, use sdpa, use flash\n" in text
     assert "  * fp32        param float32;" in text
     assert "    mixed_bf16  param bfloat16; master float32;" in text
     assert "  * adamw         AdamW" in text
@@ -30,7 +30,7 @@ def test_text_lists_what_the_spec_offers(capsys, monkeypatch):
 
 def test_use_picks_a_variant(capsys, monkeypatch):
     text = _info(capsys, monkeypatch, "specs/cs336_lm.mspec", "--use", "flash")
-    assert "  attention: flash (by --use); also use math\n" in text
+    assert "  attention: flash (by --use); also use math, use eager, use sdpa\n" in text
 
 
 def test_json(capsys, monkeypatch):
