@@ -85,9 +85,10 @@ def _autograd_bytes(flash: bool, rotary_per_forward: bool = True) -> sp.Expr:
     x * rsqrt and the output of post_attention_layernorm: 10 [B, L, D]; two rsqrt
     [B, L, 1]; gate_proj, up_proj, silu and their product: 4 [B, L, F]. Math adds the
     probabilities [B, H, L, L] and the bool causal mask [L, L]; flash adds its logsumexp
-    [B, H, L] (its output, laid out in q's [B, L, H, d] order, is the merged heads). Outside: the last layer's output, x * rsqrt and
-    the output of model.norm, one rsqrt, the log-probabilities [B, L, V], the int64
-    tokens and targets, and nll_loss's float32 total_weight; LLaMA's rotary cos and sin
+    [B, H, L] (its output, laid out in q's [B, L, H, d] order, is the merged heads).
+    Outside: the last layer's output, x * rsqrt and the output of model.norm, one
+    rsqrt, the log-probabilities [B, L, V], the int64 tokens and targets, and
+    nll_loss's float32 total_weight; LLaMA's rotary cos and sin
     [1, L, D/H], made once per forward and saved by every layer (Mistral's spec keeps
     rotary tables as buffers).
     """
