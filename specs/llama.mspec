@@ -17,8 +17,43 @@ dim num_kv_heads   as KV
 # D = 4096, 13824 at D = 5120). LLaMA-2 70B scales by ffn_dim_multiplier; its preset binds F.
 dim d_ff           as F = 256 * ceil(floor(8 * D / 3) / 256)     # multiple_of = 256
 
-# HF LlamaAttention (eager): q, k, v projections viewed as heads, RoPE on q and k, K and V
-# repeated to num_heads heads (repeat_kv), softmax(q k^T / sqrt(d)) v, o_proj.
+# HF's rotate_half and apply_rotary_pos_emb: x * cos + rotate_half(x) * sin, with cos and
+# sin [1, 1, s, d] made once per forward; each product saves cos or sin (the same two
+# tensors in every layer), nothing else.
+fn rotate_half(x: [..., d]) -> [..., d] {
+    return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
+}
+
+fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
+    return x * cos + rotate_half(x) * sin
+}
+
+# The attention interface (config._attn_implementation): `sdpa` (transformers' default)
+# calls scaled_dot_product_attention with enable_gqa, so K and V keep their KV heads
+# (torch's CPU flash kernel); `eager` repeats K and V to H heads (repeat_kv) and adds a
+# float causal mask; `math` and `flash` repeat K and V and use std's attention.
+fn llama_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep) -> [b, h, s, d]
+variant sdpa {
+    return flash_attention(q, k, v, true)
+}
+variant eager {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
+}
+variant math {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return attention(q, k_rep, v_rep, causal = true)
+}
+variant flash {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return attention(q, k_rep, v_rep, causal = true)
+}
+
+# HF LlamaAttention: q, k, v projections viewed as heads, rotary on q and k, attention,
+# heads merged back, o_proj.
 layer LlamaAttention(d_model, num_heads, num_kv_heads) {
     let head_dim = d_model / num_heads
     let n_rep = num_heads / num_kv_heads
@@ -26,16 +61,14 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    # cos, sin: the model's rotary tables (LlamaModel.rotary_emb), shared by every layer.
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
-        q = rope(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = rope(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos, sin)
+    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+            -> [b, s, d_model] {
+        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
+        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
+                         sin)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        # repeat_kv: expand + reshape, a real copy when n_rep > 1 (a view when n_rep = 1).
-        k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        o = attention(q, k_rep, v_rep, causal = true)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose + reshape: a copy
+        o = llama_attention(q, k, v, n_rep)
+        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
     }
 }
 
@@ -54,28 +87,43 @@ layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
     self_attn                = LlamaAttention(d_model, num_heads, num_kv_heads)
     post_attention_layernorm = RMSNorm(d_model, eps)
     mlp                      = LlamaMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
         x = x + self_attn(input_layernorm(x), cos, sin)
         return x + mlp(post_attention_layernorm(x))
     }
 }
 
-# HF LlamaModel: embeddings, the decoder stack, the final norm, one rotary embedding.
-layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff, max_len,
+# HF LlamaRotaryEmbedding: the inverse frequencies (and a copy kept for dynamic rope
+# types) are buffers; cos and sin are made from them in every forward, without gradient.
+layer LlamaRotaryEmbedding(head_dim, theta = 10000) {
+    buffer inv_freq: [head_dim / 2]
+    buffer original_inv_freq: [head_dim / 2]
+}
+
+# HF LlamaModel: embeddings, one rotary table per forward, the decoder stack, the norm.
+layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
                  eps = 1e-5, theta = 10000) {
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of LlamaDecoderLayer(d_model, num_heads, num_kv_heads,
                                                           d_ff, eps)
     norm         = RMSNorm(d_model, eps)
-    rotary_emb   = RoPE(d_model / num_heads, max_len, theta)
+    rotary_emb   = LlamaRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        x = layers(embed_tokens(tokens), rotary_emb.cos, rotary_emb.sin)
+        # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
+        positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
+        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
+        emb = cat(freqs, freqs, dim = -1)
+        # cos() * attention_scaling (1 for the default rope), unsqueezed for the heads
+        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
+        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
         return norm(x)
     }
 }
 
 model LlamaForCausalLM {
-    model   = LlamaModel(V, D, N, H, KV, F, L)
+    model   = LlamaModel(V, D, N, H, KV, F)
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
@@ -97,12 +145,9 @@ expect params == 13_015_864_320 at llama2_13b
 expect params == 68_976_648_192 at llama2_70b
 
 assume "HF LlamaForCausalLM: no biases anywhere (attention_bias = mlp_bias = false); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
-assume "GQA: k_proj and v_proj are D x KV*D/H, smaller than q_proj by H/KV; eager repeat_kv copies K and V to H heads, and the score and value matmuls save those expanded copies"
-assume "at KV = H (7B, 13B) repeat_kv is a no-op, yet the math products still save [B, H, L, d_k] K and V (the value product copies the transposed V): the same bytes; memspec decides the copy on symbolic sizes, so with KV = 1 (MQA, not a LLaMA-2 shape) and --use flash it over-counts K and V by a factor H"
-assume "RoPE (theta 10000): one std RoPE layer at model.rotary_emb whose cos/sin tables [L, d_k/2] are a buffer shared by all layers; HF keeps only inv_freq [d_k/2] and recomputes cos/sin [1, L, d_k] each forward (saved by its rope multiplications); memspec's rope pairs features (even, odd) where HF rotates halves: the same memory"
-assume "attention variant math is HF's eager path (scores and probabilities [B, H, L, L] materialized and saved); --use flash is torch's fused scaled_dot_product_attention, which stores neither"
-assume "the causal mask is a bool [L, L] per layer saved by masked_fill; HF adds one float [B, 1, L, L] mask built per forward, which autograd does not save"
+assume "GQA: k_proj and v_proj are D x KV*D/H, smaller than q_proj by H/KV; attention through SDPA (transformers' default) with enable_gqa: torch's CPU flash kernel keeps K and V at KV heads and stores no [L, L] scores; --use eager repeats K and V to H heads (repeat_kv) and materializes scores and probabilities; --use math / flash are std's attention after repeat_kv"
+assume "rotary embedding as HF computes it: inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products; rotate_half is cat(-x2, x1)"
 assume "no dropout (attention_dropout = 0); targets are the next tokens, given pre-shifted: HF shifts the labels inside its loss and ignores the last position, the same memory"
 assume "the weights ship in fp16/bf16, but the spec trains in fp32 unless --precision says otherwise; under bf16 HF's eager path upcasts RMSNorm, softmax and the logits to fp32, which the spec does not model"
 
-train { precision fp32; optimizer adamw; use math }
+train { precision fp32; optimizer adamw; use sdpa }

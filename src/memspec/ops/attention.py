@@ -13,6 +13,7 @@ from memspec.ops.registry import (
     OutputSpec,
     Saved,
     register,
+    same_dim,
     torch_functional,
 )
 from memspec.ops.strides import dense_like
@@ -24,9 +25,14 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         raise ctx.fail(f"q, k, v ranks differ: {shape_str(q)}, {shape_str(k)}, {shape_str(v)}")
     ctx.expect_same(q[-1], k[-1], "q and k head dims")
     ctx.expect_same(k[-2], v[-2], "k and v lengths")
-    for a, b, c in zip(q[:-2], k[:-2], v[:-2], strict=True):
+    for a, b, c in zip(q[:-3], k[:-3], v[:-3], strict=True):
         ctx.expect_same(a, b, "batch dims of q and k")
         ctx.expect_same(b, c, "batch dims of k and v")
+    if len(q) >= 3:
+        # grouped-query attention (enable_gqa): q's heads are k's and v's repeated
+        ctx.expect_same(k[-3], v[-3], "k and v heads")
+        if not same_dim(q[-3], k[-3]):
+            ctx.assume_integer(q[-3] / k[-3], "the k and v heads divide q's heads")
     for name in ("window", "dropout_p"):
         if ctx.attrs[name] != 0:
             raise ctx.fail(f"the fused kernel is modelled without {name}; use variant math")
@@ -76,7 +82,10 @@ def _flash_lower(tensors, attrs):
     else:
         four = tuple(t.flatten(0, -4) for t in tensors)
     scale = None if attrs["scale"] else 1.0
-    out = F.scaled_dot_product_attention(*four, is_causal=bool(attrs["causal"]), scale=scale)
+    gqa = four[0].shape[-3] != four[1].shape[-3]
+    out = F.scaled_dot_product_attention(
+        *four, is_causal=bool(attrs["causal"]), scale=scale, enable_gqa=gqa
+    )
     return out.reshape(*shape[:-1], tensors[2].shape[-1])
 
 
@@ -92,8 +101,9 @@ register(
         flops=_flash_flops,
         backward_flops=_flash_backward_flops,
         kind=OpKind.ATTENTION,
-        shape_doc="q [..., s, d], k [..., t, d], v [..., t, e] -> [..., s, e], in q's dim "
-        "order; window and dropout_p must be 0",
+        shape_doc="q [..., h, s, d], k [..., g, t, d], v [..., g, t, e] -> [..., h, s, e], "
+        "in q's dim order; g divides h (grouped-query attention: K and V are not repeated); "
+        "window and dropout_p must be 0",
         saved_doc="q, k, v, the output and a float32 logsumexp [..., s]",
     )
 )

@@ -24,6 +24,7 @@ from memspec.ops.registry import (
     through_if_same_shape,
     torch_functional,
 )
+from memspec.ops.strides import iterated
 
 __all__ = ["broadcast"]
 
@@ -51,9 +52,15 @@ def _promoted(ctx: InferContext, *numbers: sp.Expr) -> DType:
         raise ctx.fail(str(err)) from None
 
 
+def _layout(ctx: InferContext, shape) -> tuple:
+    """An elementwise output's strides: the inputs' memory order (TensorIterator's)."""
+    return iterated(shape, [(t.shape, t.strides) for t in ctx.inputs])
+
+
 def _binary(ctx: InferContext) -> tuple[OutputSpec, ...]:
     a, b = ctx.inputs
-    return (OutputSpec(broadcast(ctx, a.shape, b.shape), _promoted(ctx)),)
+    shape = broadcast(ctx, a.shape, b.shape)
+    return (OutputSpec(shape, _promoted(ctx), strides=_layout(ctx, shape)),)
 
 
 def _true_divide(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -67,7 +74,8 @@ def _with_number(attr: str):
 
     def infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         (x,) = ctx.inputs
-        return (OutputSpec(x.shape, _promoted(ctx, sp.sympify(ctx.attrs[attr]))),)
+        dtype = _promoted(ctx, sp.sympify(ctx.attrs[attr]))
+        return (OutputSpec(x.shape, dtype, strides=_layout(ctx, x.shape)),)
 
     return infer
 
@@ -76,12 +84,12 @@ def _neg_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     if x.dtype is DType.bool:
         raise ctx.fail("cannot negate a bool tensor")
-    return (OutputSpec(x.shape, x.dtype),)
+    return (OutputSpec(x.shape, x.dtype, strides=_layout(ctx, x.shape)),)
 
 
 def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
-    return (OutputSpec(x.shape, ctx.float_dtype()),)
+    return (OutputSpec(x.shape, ctx.float_dtype(), strides=_layout(ctx, x.shape)),)
 
 
 def _inplace(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -121,7 +129,7 @@ def _dropout_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
 def _mask_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     ctx.expect_rank(0, 2)
-    return (OutputSpec(x.shape, ctx.float_dtype()),)
+    return (OutputSpec(x.shape, ctx.float_dtype(), strides=_layout(ctx, x.shape)),)
 
 
 def _mask_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

@@ -15,7 +15,7 @@ import sympy as sp
 
 from memspec.ir.types import Shape
 
-__all__ = ["actual", "dense_like", "merge", "normalize", "standard"]
+__all__ = ["actual", "dense_like", "iterated", "merge", "normalize", "standard"]
 
 Strides = tuple[sp.Expr, ...]
 
@@ -72,6 +72,46 @@ def _outer_first(a: sp.Expr, b: sp.Expr) -> int:
     return -1 if float(a.xreplace(subs)) > float(b.xreplace(subs)) else 1
 
 
+def _dense(shape: Shape, order: list[int]) -> Strides | None:
+    """Dense strides with dims laid out outermost first in `order`."""
+    strides: list[sp.Expr] = [sp.Integer(0)] * len(shape)
+    running = sp.Integer(1)
+    for i in reversed(order):
+        strides[i] = running
+        running = running * shape[i]
+    return normalize(shape, tuple(strides))
+
+
+def iterated(shape: Shape, operands: list[tuple[Shape, Strides | None]]) -> Strides | None:
+    """Strides of an elementwise op's output (torch's TensorIterator): dense, its dims in
+    the order the operands' strides give them, the first operand that tells two dims
+    apart deciding; broadcast and size-1 dims tell nothing. So `x.transpose(1, 2) * y`
+    keeps x's memory order, and the result of `a + b` follows `a`."""
+    if all(strides is None for _, strides in operands):
+        return None
+    n = len(shape)
+    aligned = []
+    for sizes, strides in operands:
+        full = actual(sizes, strides)
+        pad = [sp.Integer(0)] * (n - len(sizes))
+        aligned.append(
+            (
+                *pad,
+                *(sp.Integer(0) if size == 1 else st for size, st in zip(sizes, full, strict=True)),
+            )
+        )
+
+    def outer_first(i: int, j: int) -> int:
+        for strides in aligned:
+            if strides[i] != 0 and strides[j] != 0:
+                order = _outer_first(strides[i], strides[j])
+                if order:
+                    return order
+        return i - j
+
+    return _dense(shape, sorted(range(n), key=functools.cmp_to_key(outer_first)))
+
+
 def dense_like(shape: Shape, like: Strides) -> Strides | None:
     """Strides of a new dense tensor laid out in the same dim order as `like` (torch's
     empty_like-style allocation, used by kernels that follow their input's layout)."""
@@ -79,9 +119,4 @@ def dense_like(shape: Shape, like: Strides) -> Strides | None:
         range(len(shape)),
         key=functools.cmp_to_key(lambda i, j: _outer_first(like[i], like[j]) or i - j),
     )
-    strides: list[sp.Expr] = [sp.Integer(0)] * len(shape)
-    running = sp.Integer(1)
-    for i in reversed(order):
-        strides[i] = running
-        running = running * shape[i]
-    return normalize(shape, tuple(strides))
+    return _dense(shape, order)

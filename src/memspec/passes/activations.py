@@ -68,6 +68,8 @@ def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict) -> N
             notes[call.value] = call.callee
     for vid, producer in sorted(notes.items()):
         v = graph.value(vid)
+        if not v.requires_grad:
+            continue  # made without gradient (position tables): no activation of backward's
         note = f"output of {producer}"
         items[("value", vid, 0)] = LineItem(
             v.path, v.shape, v.dtype, regions_of(graph, v.region), note, span=v.span
