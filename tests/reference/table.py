@@ -15,6 +15,11 @@ def rows():
             measured, result = t.gpt2_step(sizes, use, attention, activation)
             path = f"attn_implementation={attention}, activation_function={activation}"
             yield "gpt2", sizes, ", ".join(use) or "(default)", path, measured, result
+    for use, attention in t.LLAMA_PATHS:
+        for sizes in t.LLAMA_SIZES:
+            measured, result = t.llama_step(sizes, use, attention)
+            path = f"attn_implementation={attention}"
+            yield "llama", sizes, ", ".join(use) or "(default)", path, measured, result
 
 
 def main() -> None:
@@ -31,7 +36,7 @@ def main() -> None:
             f"0, but AdamW's step counters: {m.optimizer_scalars} B"
             if same
             else f"params {m.parameters - params}, saved {m.saved - saved}, "
-            f"peak {m.peak - peak}"
+            f"peak {m.peak - peak - m.optimizer_scalars:+,} B beyond the step counters (open)"
         )
         print(f"| {spec} | {size} | {use} | {path} | {params:,} = {m.parameters:,} "
               f"| {saved:,} = {m.saved:,} | {peak:,} + {m.optimizer_scalars} = {m.peak:,} "
