@@ -3,7 +3,8 @@
 A value's `strides` are None when it is contiguous (row-major); views keep the strides
 torch would give them. `merge` is torch's rule for viewing several dims as one: each
 dim's stride must equal the next one's stride times the next one's size (size-1 dims
-aside); when it fails, `reshape` copies.
+aside); when it fails, `reshape` copies. Both rules decide at the bound sizes (`bound`):
+torch decides on concrete sizes, where B = 1 makes a dim of any stride.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 
 import sympy as sp
 
+from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import Shape
 
 __all__ = ["actual", "dense_like", "iterated", "merge", "normalize", "standard"]
@@ -38,19 +40,22 @@ def actual(shape: Shape, strides: Strides | None) -> Strides:
     return standard(shape) if strides is None else strides
 
 
-def normalize(shape: Shape, strides: Strides) -> Strides | None:
+def normalize(shape: Shape, strides: Strides, bound: BoundSizes = GENERAL) -> Strides | None:
     """None when `strides` are the contiguous ones (size-1 dims do not matter)."""
-    ok = all(n == 1 or _eq(s, t) for n, s, t in zip(shape, strides, standard(shape), strict=True))
+    ok = all(
+        bound.is_one(n) or bound.equal(s, t)
+        for n, s, t in zip(shape, strides, standard(shape), strict=True)
+    )
     return None if ok else tuple(strides)
 
 
-def merge(sizes: Shape, strides: Strides) -> sp.Expr | None:
+def merge(sizes: Shape, strides: Strides, bound: BoundSizes = GENERAL) -> sp.Expr | None:
     """The stride of `sizes` viewed as one dim, or None when that needs a copy."""
-    dims = [(n, s) for n, s in zip(sizes, strides, strict=True) if n != 1]
+    dims = [(n, s) for n, s in zip(sizes, strides, strict=True) if not bound.is_one(n)]
     if not dims:
         return sp.Integer(1)
     for (_, outer), (size, inner) in itertools.pairwise(dims):
-        if not _eq(outer, inner * size):
+        if not bound.equal(outer, inner * size):
             return None
     return dims[-1][1]
 
