@@ -184,7 +184,7 @@ def _addmm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if len(b.shape) != 1 or not _eq(b.shape[0], w.shape[1]):
         raise ctx.fail(f"bias must be [{w.shape[1]}], got {shape_str(b.shape)}")
     x = ctx.inputs[1]
-    if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1]) is None:
+    if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1], ctx.bound) is None:
         raise ctx.fail("the input's leading dims cannot be viewed as one (torch's view fails)")
     return (OutputSpec((*shape[:-1], w.shape[1]), ctx.float_dtype()),)
 
