@@ -91,3 +91,16 @@ def test_a_decision_names_the_size_it_turns_on():
     }
     rep = next(d for d in result.graph.decisions if d.subject.endswith("k_rep"))
     assert (rep.outcome, rep.general) == ("is a view of its input", "a copy")
+
+
+def test_mamba_folds_its_transposed_scan_input_without_a_copy_at_b_1():
+    """x_proj and out_proj read [B, I, L] tensors transposed; at B = 1 torch views them as
+    rows. (The true peak keeps test_peak_exact.py's known scan-backward gap.)"""
+    sizes = {"B": 1, "L": 5, "V": 30, "D": 20, "N": 2, "S": 3, "K": 4, "E": 2}
+    result = compile_spec(SPECS / "mamba.mspec", set=sizes, use=["slow"], convention="autograd")
+    tables = compare(result, measure_step(result))
+    assert [(t.category, r.name) for t in tables for r in t.rows if r.difference] == []
+    assert {d.subject for d in result.graph.decisions} == {
+        "backbone.layers.mixer.ssm",
+        "backbone.layers.mixer.out_proj",
+    }
