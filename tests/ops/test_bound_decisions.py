@@ -57,3 +57,12 @@ def test_a_chunk_is_contiguous_when_the_dims_before_it_are_1():
     attrs = {"chunks": sp.Integer(2), "dim": sp.Integer(-1)}
     assert _infer("chunk", (x,), attrs, GENERAL)[0].strides is not None
     assert _infer("chunk", (x,), attrs, _at(B=1, L=1))[0].strides is None
+
+
+def test_an_elementwise_output_follows_no_order_of_a_size_1_dim():
+    """TensorIterator: x [B, L, D] transposed from [L, B, D] lays `x * y` out as [L, B, D];
+    at B = 1 the B dim tells nothing and the output is contiguous."""
+    x = TensorType((B, L, D), F32, True, (D, B * D, sp.Integer(1)))
+    y = TensorType((B, L, D), F32, True)
+    assert _infer("mul", (x, y), {}, GENERAL)[0].strides is not None
+    assert _infer("mul", (x, y), {}, _at(B=1))[0].strides is None
