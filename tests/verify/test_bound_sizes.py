@@ -32,8 +32,9 @@ CASES = [
     (FUSED, FUSED_SIZES, ["math"]),
     (FUSED, FUSED_SIZES, ["flash"]),
     (FUSED, {**FUSED_SIZES, "B": 2}, ["math"]),  # the general decision, still exact
-    (SPECS / "llama.mspec", LLAMA, ["math"]),  # MQA
+    (SPECS / "llama.mspec", LLAMA, ["math"]),  # MQA: repeat_kv a stride-0 view
     (SPECS / "llama.mspec", LLAMA, ["flash"]),
+    (SPECS / "llama.mspec", LLAMA, ["eager"]),
     (SPECS / "llama.mspec", {**LLAMA, "B": 1}, ["math"]),  # both at once
 ]
 
@@ -82,12 +83,12 @@ def test_the_report_says_which_decisions_hold_only_at_the_bound_sizes():
 
 def test_a_decision_names_the_size_it_turns_on():
     """repeat_kv is a view at H = KV (llama2_7b): H/KV = 1, whatever B is."""
-    result = compile_spec(SPECS / "llama.mspec", preset="llama2_7b", set={"B": 1})
+    result = compile_spec(SPECS / "llama.mspec", preset="llama2_7b", set={"B": 1}, use=["eager"])
     H, KV = (sp.Symbol(s, integer=True, positive=True) for s in ("H", "KV"))
     facts = {d.subject: d.facts for d in result.graph.decisions if d.subject.endswith("_rep")}
     assert facts == {
-        "model.layers.self_attn.k_rep": ((H / KV, 1),),
-        "model.layers.self_attn.v_rep": ((H / KV, 1),),
+        "model.layers.self_attn.llama_attention.k_rep": ((H / KV, 1),),
+        "model.layers.self_attn.llama_attention.v_rep": ((H / KV, 1),),
     }
     rep = next(d for d in result.graph.decisions if d.subject.endswith("k_rep"))
     assert (rep.outcome, rep.general) == ("is a view of its input", "a copy")
