@@ -8,7 +8,10 @@ what they returned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import sympy as sp
 
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
@@ -20,7 +23,9 @@ from memspec.policies import read_convention
 from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.symbolic import bind
+from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax.imports import load_program, read_source
+from memspec.syntax.nodes import Expr
 
 __all__ = ["compile_spec"]
 
@@ -73,11 +78,16 @@ def compile_spec(
     source, path = _source(spec)
     program = load_program(source, path)
     config = resolve_config(program, precision, optimizer, convention, tuple(use))
-    elab = elaborate(program, config)
-    symbols, graph = elab.symbols, elab.graph
-    bindings = bind.preset_bindings(program.presets, symbols, preset, elab.evaluate)
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
-    bindings.update(bind.parse_set(symbols, items))
+
+    def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
+        # Bound before the model is elaborated: views and copies are decided at them.
+        bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
+        bindings.update(bind.parse_set(symbols, items))
+        return bindings
+
+    elab = elaborate(program, config, sizes)
+    symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
     bind.check_assumptions(graph.assumptions, symbols, bindings)
     policies = {name: read_convention(decl) for name, decl in program.conventions.items()}
     done = run_pipeline(

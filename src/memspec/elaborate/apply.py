@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from memspec.config import TrainConfig
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.decisions import layout_decisions
 from memspec.elaborate.frames import Frame, Hint
 from memspec.elaborate.scope import Tensor
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
@@ -67,16 +68,18 @@ class OpApplier:
             TensorType(v.shape, v.dtype, v.requires_grad, v.strides)
             for v in (self.builder.values[t.id] for t in tensors)
         )
-        ctx = InferContext(op_name, types, attrs, self.config.precision.activation)
+        ctx = InferContext(
+            op_name, types, attrs, self.config.precision.activation, bound=self.builder.bound
+        )
         try:
-            outputs = op.infer(ctx)
+            inferred = op.infer(ctx)
         except OpShapeError as err:
             raise ShapeError(str(err), span) from None
         for expr, text in ctx.assumptions:
             self.builder.assume_integer(expr, text, span)
         outputs = tuple(
             dataclasses.replace(o, shape=tuple(self.builder.drop_floors(d) for d in o.shape))
-            for o in outputs
+            for o in inferred
         )
         requires_grad = op.differentiable and any(t.requires_grad for t in types)
         # The op an assignment or return produces is named after its target (or, for a
@@ -104,6 +107,8 @@ class OpApplier:
                     span,
                 )
             )
+        paths = [self.builder.values[i].path for i in ids]
+        self.builder.decisions.extend(layout_decisions(op, ctx, inferred, paths, span))
         self.builder.add_op(
             OpApply(
                 len(self.builder.ops),

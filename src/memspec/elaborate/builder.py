@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from memspec.ir.graph import Assumption, CallOutput, Graph, OpApply, Region, Value
+from memspec.ir.graph import Assumption, CallOutput, Graph, OpApply, Region, SizeDecision, Value
+from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
 
@@ -14,7 +15,9 @@ __all__ = ["GraphBuilder"]
 class GraphBuilder:
     """Mutable staging area for the frozen IR types; ids are list positions."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound: BoundSizes = GENERAL) -> None:
+        self.bound = bound  # the sizes views and copies are decided at
+        self.decisions: list[SizeDecision] = []
         self.values: list[Value] = []
         self.ops: list[OpApply] = []
         self.regions: list[Region] = []
@@ -100,6 +103,8 @@ class GraphBuilder:
             outputs=outputs,
             assumptions=tuple(self.assumptions.values()),
             carried=tuple(self.carried),
+            bound=self.bound,
+            decisions=tuple(self.decisions),
         )
 
 

@@ -11,6 +11,7 @@ knows it only as `Forwards`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from memspec.config import TrainConfig
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.binding import Argument, bind_arguments
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.decisions import rule_decisions
 from memspec.elaborate.exprs import MAX_EXPR_DEPTH, ExprEvaluator
 from memspec.elaborate.frames import Frame
 from memspec.elaborate.instantiate import MAX_INSTANCE_DEPTH, Instantiator
@@ -29,8 +31,10 @@ from memspec.elaborate.shapes import bind_type, same_shape, type_dims
 from memspec.elaborate.statements import StatementRunner
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.graph import CallOutput, Graph
+from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, shape_str
 from memspec.source import Span
+from memspec.symbolic.bind import Bindings
 from memspec.symbolic.symbols import Dim, SymbolTable, dim_symbol
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -47,6 +51,12 @@ class Elaboration:
     symbols: SymbolTable
     variants_used: tuple[tuple[str, str], ...]
     evaluate: Callable[[n.Expr], sp.Expr]  # in the global scope (for presets and expects)
+    bindings: Bindings  # the sizes the user bound, which the graph's decisions follow
+
+
+# The sizes the user bound, read against the declared dims (the evaluator reads a preset's
+# expressions in the global scope).
+BindSizes = Callable[[SymbolTable, Callable[[n.Expr], sp.Expr]], Bindings]
 
 
 class Elaborator:
@@ -82,7 +92,9 @@ class Elaborator:
         for decl in self.program.lets.values():
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
 
-    def model(self) -> Graph:
+    def model(self, bound: BoundSizes = GENERAL) -> Graph:
+        """The model's graph, its views and copies decided at the `bound` sizes."""
+        self.builder.bound = bound
         models = self.program.models
         if not models:
             entry = self.program.entry
@@ -112,7 +124,8 @@ class Elaborator:
             args.append(Tensor(vid))
         result = self.call_layer(inst, tuple(args), {}, decl.span, calls=())
         outputs = (result.id,) if isinstance(result, Tensor) else ()
-        return self.builder.freeze(decl.name, outputs)
+        graph = self.builder.freeze(decl.name, outputs)
+        return dataclasses.replace(graph, decisions=graph.decisions + rule_decisions(graph))
 
     # Callees (for the evaluator) and Forwards (for the route form) -----------------------
 
@@ -272,15 +285,20 @@ class Elaborator:
         return variants[chosen]
 
 
-def elaborate(program: Program, config: TrainConfig) -> Elaboration:
-    """Build the IR graph of `program`'s model under `config` (dtypes, variants)."""
+def elaborate(program: Program, config: TrainConfig, bind: BindSizes | None = None) -> Elaboration:
+    """Build the IR graph of `program`'s model under `config` (dtypes, variants).
+
+    `bind` gives the sizes the user bound (a preset, `--set`) once the dims are declared
+    and before the model is elaborated: torch decides views and copies on concrete sizes
+    (B = 1 merges any stride), so the graph decides them at these.
+    """
     elaborator = Elaborator(program, config)
     elaborator.declare_globals()
-    graph = elaborator.model()
+
+    def evaluate(expr: n.Expr) -> sp.Expr:
+        return elaborator.exprs.scalar(expr, elaborator.globals)
+
+    bindings = bind(elaborator.symbols, evaluate) if bind is not None else {}
+    graph = elaborator.model(BoundSizes.of(bindings, elaborator.symbols.defaults()))
     used = tuple(sorted(elaborator.variants_used.items()))
-    return Elaboration(
-        graph,
-        elaborator.symbols,
-        used,
-        lambda expr: elaborator.exprs.scalar(expr, elaborator.globals),
-    )
+    return Elaboration(graph, elaborator.symbols, used, evaluate, bindings)

@@ -25,6 +25,10 @@ Vocabulary, in the manner of torch.fx's Node docstring:
   that flows from one repetition into the next. A tensor saved inside the region that is
   the region's input exists once as `input` and `count - 1` times as earlier outputs.
 - An `Assumption` is a fact the spec relies on for its shapes (`H divides D`).
+- `bound` are the sizes the graph was elaborated at (`ir/sizes.py`): views, saved copies
+  and gradients follow torch's decisions at them. A `SizeDecision` records one decision
+  that holds at those sizes and not for general ones (at B = 1 a matmul saves its
+  operands without copying them), so that no formula passes for general when it is not.
 """
 
 from __future__ import annotations
@@ -34,10 +38,20 @@ from functools import reduce
 
 import sympy as sp
 
+from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
 
-__all__ = ["Assumption", "CallOutput", "Graph", "OpApply", "Region", "RepetitionIndex", "Value"]
+__all__ = [
+    "Assumption",
+    "CallOutput",
+    "Graph",
+    "OpApply",
+    "Region",
+    "RepetitionIndex",
+    "SizeDecision",
+    "Value",
+]
 
 
 def _span() -> Span | None:
@@ -116,6 +130,19 @@ class Assumption:
 
 
 @dataclass(frozen=True, slots=True)
+class SizeDecision:
+    """What `subject` (a value or op path) does at the bound sizes (`outcome`) and does
+    not for general ones (`general`), and why: `facts` are (size, value) pairs that hold
+    there (`B = 1`)."""
+
+    facts: tuple[tuple[sp.Expr, sp.Expr], ...]
+    subject: str
+    outcome: str
+    general: str
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class Graph:
     model: str
     values: tuple[Value, ...]
@@ -126,6 +153,8 @@ class Graph:
     outputs: tuple[int, ...]
     assumptions: tuple[Assumption, ...] = ()
     carried: tuple[tuple[int, int, int], ...] = ()
+    bound: BoundSizes = GENERAL
+    decisions: tuple[SizeDecision, ...] = ()
 
     def value(self, value_id: int) -> Value:
         return self.values[value_id]

@@ -41,7 +41,7 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     out = (*q[:-1], v[-1])
     strides = None
     if not ctx.inputs[0].contiguous:
-        strides = dense_like(out, ctx.inputs[0].strides)
+        strides = dense_like(out, ctx.inputs[0].strides, ctx.bound)
     return (OutputSpec(out, ctx.float_dtype(), strides=strides),)
 
 

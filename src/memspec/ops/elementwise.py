@@ -54,7 +54,7 @@ def _promoted(ctx: InferContext, *numbers: sp.Expr) -> DType:
 
 def _layout(ctx: InferContext, shape) -> tuple:
     """An elementwise output's strides: the inputs' memory order (TensorIterator's)."""
-    return iterated(shape, [(t.shape, t.strides) for t in ctx.inputs])
+    return iterated(shape, [(t.shape, t.strides) for t in ctx.inputs], ctx.bound)
 
 
 def _binary(ctx: InferContext) -> tuple[OutputSpec, ...]:

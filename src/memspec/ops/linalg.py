@@ -50,7 +50,7 @@ def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     x = graph.value(op.inputs[0])
     if inputs and len(x.shape) >= 3 and not x.contiguous:
         strides = actual(x.shape, x.strides)
-        if merge(x.shape[:-1], strides[:-1]) is None:
+        if merge(x.shape[:-1], strides[:-1], graph.bound) is None:
             inputs = (Saved("input copy", shape=x.shape, dtype=x.dtype),)
     return (*inputs, *saved_if(graph, op, 1, (0,), "weight"))
 
@@ -73,8 +73,10 @@ def _copy_if_strided(graph: Graph, saved: Saved) -> Saved:
     value = graph.value(saved.value)
     if value.contiguous or len(value.shape) < 3:
         return saved
-    strides = actual(value.shape, value.strides)
-    if merge(value.shape[:-2], strides[:-2]) is not None and any(s == 1 for s in strides[-2:]):
+    strides, bound = actual(value.shape, value.strides), graph.bound
+    if merge(value.shape[:-2], strides[:-2], bound) is not None and any(
+        bound.is_one(s) for s in strides[-2:]
+    ):
         return saved  # batch dims fold into one and the matrix is row- or column-major
     return Saved(f"{saved.label} copy", shape=value.shape, dtype=value.dtype)
 
@@ -182,7 +184,7 @@ def _addmm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if len(b.shape) != 1 or not _eq(b.shape[0], w.shape[1]):
         raise ctx.fail(f"bias must be [{w.shape[1]}], got {shape_str(b.shape)}")
     x = ctx.inputs[1]
-    if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1]) is None:
+    if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1], ctx.bound) is None:
         raise ctx.fail("the input's leading dims cannot be viewed as one (torch's view fails)")
     return (OutputSpec((*shape[:-1], w.shape[1]), ctx.float_dtype()),)
 

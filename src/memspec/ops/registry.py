@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Shape, shape_str
 
 __all__ = [
@@ -90,13 +91,15 @@ class Saved:
 
 @dataclass
 class InferContext:
-    """What a shape rule sees: input types, attributes, the activation dtype."""
+    """What a shape rule sees: input types, attributes, the activation dtype, and the
+    sizes the user bound, at which views and copies are decided (as torch does)."""
 
     op: str
     inputs: tuple[TensorType, ...]
     attrs: dict[str, object]
     act_dtype: DType
     assumptions: list[tuple[sp.Expr, str]] = field(default_factory=list)
+    bound: BoundSizes = GENERAL
 
     def fail(self, message: str) -> OpShapeError:
         return OpShapeError(f"{self.op}: {message}")
@@ -258,12 +261,13 @@ def lookup(name: str) -> OpDef | None:
 
 def through_if_same_shape(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
     """add's backward hands its output's gradient to each input of the output's shape;
-    a broadcast input gets a new, summed gradient."""
+    a broadcast input gets a new, summed gradient. The shapes are compared at the bound
+    sizes: at B = 1 a [1, L, D] input has the output's shape and gets its gradient."""
     out = graph.value(op.outputs[0]).shape
     return tuple(
         Grad.THROUGH
         if len(graph.value(v).shape) == len(out)
-        and all(same_dim(a, b) for a, b in zip(graph.value(v).shape, out, strict=True))
+        and all(graph.bound.equal(a, b) for a, b in zip(graph.value(v).shape, out, strict=True))
         else Grad.NEW
         for v in op.inputs
     )

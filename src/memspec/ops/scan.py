@@ -120,7 +120,7 @@ def _as_contiguous(graph: Graph, vid: int, label: str) -> Saved:
     stride is not 1: a copy, unless the tensor is contiguous already (size-1 dims aside)."""
     v = graph.value(vid)
     strides = actual(v.shape, v.strides)
-    if strides[-1] == 1 or normalize(v.shape, strides) is None:
+    if graph.bound.is_one(strides[-1]) or normalize(v.shape, strides, graph.bound) is None:
         return Saved(label, vid)
     return Saved(f"{label} copy", shape=v.shape, dtype=v.dtype)
 

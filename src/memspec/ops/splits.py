@@ -23,7 +23,8 @@ def _pieces(ctx: InferContext, x_shape: Shape, dim: int, sizes: list[sp.Expr]):
     out = []
     for size in sizes:
         shape = (*x_shape[:dim], size, *x_shape[dim + 1 :])
-        out.append(OutputSpec(shape, x.dtype, view_of=0, strides=normalize(shape, strides)))
+        strides_out = normalize(shape, strides, ctx.bound)
+        out.append(OutputSpec(shape, x.dtype, view_of=0, strides=strides_out))
     return tuple(out)
 
 

@@ -16,6 +16,7 @@ from functools import reduce
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import BoundSizes
 from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.registry import (
@@ -62,11 +63,13 @@ def _bind_left(ctx: InferContext, groups, shape: Shape, sizes: dict[str, object]
     return ellipsis
 
 
-def _view_strides(pattern: Pattern, x: TensorType, sizes: dict, ellipsis: Shape):
-    """(is a view, output strides or None if contiguous), by torch's view rule.
+def _view_strides(pattern: Pattern, x: TensorType, sizes: dict, ellipsis: Shape, bound: BoundSizes):
+    """(is a view, output strides or None if contiguous), by torch's view rule at the
+    bound sizes.
 
     Splitting a dim is always a view; permuting is a view; a new axis is an expand
-    (stride 0); merging a group is a view only when its strides chain (`merge`).
+    (stride 0); merging a group is a view only when its strides chain (`merge`), which
+    a size-1 member never prevents (at KV = 1 repeat_kv's merge is a stride-0 view).
     """
     in_strides = actual(x.shape, x.strides)
     atoms: dict[str, list[tuple[sp.Expr, sp.Expr]]] = {}  # axis -> [(size, stride)]
@@ -87,12 +90,12 @@ def _view_strides(pattern: Pattern, x: TensorType, sizes: dict, ellipsis: Shape)
             strides.extend(s for _, s in atoms["..."])
             continue
         members = [atoms.get(a, [(sizes[a], sp.Integer(0))])[0] for a in group]
-        merged = merge(tuple(n for n, _ in members), tuple(s for _, s in members))
+        merged = merge(tuple(n for n, _ in members), tuple(s for _, s in members), bound)
         if merged is None:
             return False, None
         shape.append(reduce(sp.Mul, (n for n, _ in members), sp.Integer(1)))
         strides.append(merged)
-    return True, normalize(tuple(shape), tuple(strides))
+    return True, normalize(tuple(shape), tuple(strides), bound)
 
 
 def _shape_op(ctx: InferContext, repeat: bool) -> tuple[OutputSpec, ...]:
@@ -117,7 +120,7 @@ def _shape_op(ctx: InferContext, repeat: bool) -> tuple[OutputSpec, ...]:
             out.extend(ellipsis)
         else:
             out.append(reduce(sp.Mul, (sizes[a] for a in group), sp.Integer(1)))
-    view, strides = _view_strides(pattern, x, sizes, ellipsis)
+    view, strides = _view_strides(pattern, x, sizes, ellipsis, ctx.bound)
     return (OutputSpec(tuple(out), x.dtype, view_of=0 if view else None, strides=strides),)
 
 
@@ -167,7 +170,7 @@ def _narrow_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         raise ctx.fail(f"narrow [{start}, {start} + {length}) exceeds size {x.shape[dim]}")
     shape = list(x.shape)
     shape[dim] = length
-    strides = normalize(tuple(shape), actual(x.shape, x.strides))  # a narrow keeps strides
+    strides = normalize(tuple(shape), actual(x.shape, x.strides), ctx.bound)  # keeps strides
     return (OutputSpec(tuple(shape), x.dtype, view_of=0, strides=strides),)
 
 
@@ -178,7 +181,10 @@ def _select_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     strides = actual(x.shape, x.strides)
     return (
         OutputSpec(
-            shape, x.dtype, view_of=0, strides=normalize(shape, strides[:dim] + strides[dim + 1 :])
+            shape,
+            x.dtype,
+            view_of=0,
+            strides=normalize(shape, strides[:dim] + strides[dim + 1 :], ctx.bound),
         ),
     )
 

@@ -12,7 +12,7 @@ import sympy as sp
 
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.report.flops import flops
-from memspec.report.model import AssumptionRow, Math, Report, SymbolRow
+from memspec.report.model import AssumptionRow, DecisionRow, Math, Report, SymbolRow
 from memspec.report.peak import peak
 from memspec.report.quantities import quantity
 from memspec.report.sections import comparison, section, summary
@@ -41,6 +41,16 @@ def _assumption_math(expr: sp.Expr) -> str:
     if den != 1:
         return f"${latex(den)}$ divides ${latex(num)}$"
     return f"${latex(expr)}$ is an integer"
+
+
+def _decisions(result: CompileResult) -> tuple[DecisionRow, ...]:
+    rows = []
+    for d in result.graph.decisions:
+        math = ", ".join(f"${latex(k)} = {latex(v)}$" for k, v in d.facts)
+        text = ", ".join(f"{k} = {v}" for k, v in d.facts)
+        where = str(d.span) if d.span else ""
+        rows.append(DecisionRow(math, text, d.subject, d.outcome, d.general, where))
+    return tuple(rows)
 
 
 def _active(result: CompileResult) -> tuple[Math, str | None] | None:
@@ -83,4 +93,5 @@ def build_report(result: CompileResult) -> Report:
         flops=flops(result),
         peak=peak(result),
         active=_active(result),
+        decisions=_decisions(result),
     )

@@ -104,6 +104,23 @@ class AssumptionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A view, saved copy or gradient decided at the bound sizes that differs for general
+    ones: the sizes as math and as text, the value or op, both outcomes, the location."""
+
+    math: str  # `$B = 1$`
+    text: str  # `B = 1`
+    subject: str
+    outcome: str
+    general: str
+    where: str
+
+    @property
+    def plain(self) -> str:
+        return f"at {self.text}, {self.subject} {self.outcome}; for general sizes, {self.general}"
+
+
+@dataclass(frozen=True, slots=True)
 class ComparisonRow:
     name: str
     cells: tuple[tuple[str, str], ...]  # per convention: (elements of all copies, note)
@@ -219,3 +236,5 @@ class Report:
     peak: Peak
     # parameters one token uses (mixtures of experts): (elements, formatted value or None)
     active: tuple[Math, str | None] | None = None
+    # decisions taken at the bound sizes that differ from the general ones
+    decisions: tuple[DecisionRow, ...] = ()

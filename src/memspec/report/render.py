@@ -192,7 +192,11 @@ def render_json(result: CompileResult) -> str:
         },
         "total": {"elements": r.total.elements.text, "bytes": r.total.bytes.text},
         # Beyond the contract's keys: the spec's stated choices and its shape assumptions.
-        "assumptions": [*r.notes, *(a.text for a in r.assumptions)],
+        "assumptions": [
+            *r.notes,
+            *(a.text for a in r.assumptions),
+            *(d.plain for d in r.decisions),
+        ],
         "flops": _flops(r.flops),
         "peak": _peak(r.peak),
     }
