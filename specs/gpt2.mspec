@@ -80,7 +80,7 @@ model GPT2LMHeadModel {
         x = dropout(wte(tokens) + wpe(positions), 0.1)             : [B, L, D]
         x = h(x)
         logits = linear(ln_f(x), wte.weight)                       : [B, L, V]
-        return cross_entropy(logits, targets)     # targets: the tokens shifted by one
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
 
@@ -95,5 +95,5 @@ assume "pre-LN blocks; d_ff = 4 d_model; gelu_new as HF writes it (its tanh appr
 assume "dropout 0.1 after wte + wpe, on the attention probabilities, after attn.c_proj and after mlp.c_proj: each saves its mask"
 assume "attention through SDPA on the CPU (HF's default): with dropout its math path, QK^T / sqrt(d), an additive causal mask (not saved), softmax, dropout"
 assume "no causal-mask buffer (recent HF versions register none); positions arange(L), L <= max_position_embeddings"
-assume "targets are the next tokens, given already shifted: logits stay [B, L, V] (HF pads the labels instead of slicing the logits)"
+assume "targets are HF's labels (the input ids): the loss pads them by one ignored position and shifts them, a contiguous copy saved by nll_loss (a view of the padded labels at B = 1); logits stay [B, L, V]"
 train { use sdpa; use gelu_new }

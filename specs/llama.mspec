@@ -127,7 +127,7 @@ model LlamaForCausalLM {
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
-        return cross_entropy(logits, targets)
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
 
@@ -147,7 +147,7 @@ expect params == 68_976_648_192 at llama2_70b
 assume "HF LlamaForCausalLM: no biases anywhere (attention_bias = mlp_bias = false); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
 assume "GQA: k_proj and v_proj are D x KV*D/H, smaller than q_proj by H/KV; attention through SDPA (transformers' default) with enable_gqa: torch's CPU flash kernel keeps K and V at KV heads and stores no [L, L] scores; --use eager repeats K and V to H heads (repeat_kv) and materializes scores and probabilities; --use math / flash are std's attention after repeat_kv"
 assume "rotary embedding as HF computes it: inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products; rotate_half is cat(-x2, x1)"
-assume "no dropout (attention_dropout = 0); targets are the next tokens, given pre-shifted: HF shifts the labels inside its loss and ignores the last position, the same memory"
+assume "no dropout (attention_dropout = 0); targets are HF's labels (the input ids): the loss pads them by one ignored position and shifts them, a contiguous copy saved by nll_loss (a view of the padded labels at B = 1)"
 assume "the weights ship in fp16/bf16, but the spec trains in fp32 unless --precision says otherwise; under bf16 HF's eager path upcasts RMSNorm, softmax and the logits to fp32, which the spec does not model"
 
 train { precision fp32; optimizer adamw; use sdpa }

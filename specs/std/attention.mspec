@@ -31,7 +31,7 @@ variant eager {
 }
 variant sdpa {
     if dropout_p > 0 or window > 0 {
-        return eager_attention(q, k, v, causal, window, dropout_p, scale)
+        return sdpa_math_attention(q, k, v, causal, window, dropout_p, scale)
     }
     return flash_attention(q, k, v, causal, window, dropout_p, scale)
 }
@@ -66,4 +66,24 @@ layer MultiHeadSelfAttention(d_model, num_heads, max_len, theta = 10000) {
         merged = rearrange(o, "... h s d -> ... s (h d)")   # a copy: h and d are not adjacent
         return output_proj(merged)
     }
+}
+
+# SDPA's math path (torch takes it on the CPU for dropout or a window): eager attention,
+# but q and k are each multiplied by the square root of the scale before their product,
+# so the product saves those scaled tensors (at B = 1 folded views of them, where eager
+# attention saves views of q and k themselves).
+fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, window,
+                       dropout_p, scale) -> [..., s, d] {
+    if scale {
+        q = q / sqrt(sqrt(d))
+        k = k / sqrt(sqrt(d))
+    } else {
+        q = q * 1.0
+        k = k * 1.0
+    }
+    scores = einsum(q, k, "... s d, ... t d -> ... s t")
+    if causal { scores = add_causal_mask(scores, window) }
+    probs = softmax(scores)
+    if dropout_p > 0 { probs = dropout(probs, dropout_p) }
+    return einsum(probs, v, "... s t, ... t d -> ... s d")
 }

@@ -63,17 +63,17 @@ def test_the_report_says_which_decisions_hold_only_at_the_bound_sizes():
     decided = {(d.subject, d.facts) for d in result.graph.decisions}
     assert decided == {
         ("add", ((B, 1),)),  # wpe's [1, L, D] output gets the sum's gradient itself
-        ("h.attn.attention.eager_attention.scores", ((B, 1),)),  # q and k saved as views
-        ("h.attn.attention.eager_attention", ((B, 1),)),  # v saved as a view
+        ("h.attn.attention.sdpa_math_attention.scores", ((B, 1),)),  # the scaled q and k saved as views
+        ("h.attn.attention.sdpa_math_attention", ((B, 1),)),  # v saved as a view
     }
     markdown = result.to_markdown()
     assert "## Decided at the bound sizes" in markdown
     assert (
-        "- at $B = 1$, `h.attn.attention.eager_attention.scores` saves (left operand, right "
+        "- at $B = 1$, `h.attn.attention.sdpa_math_attention.scores` saves (left operand, right "
         "operand); for general sizes, (left operand copy, right operand copy)" in markdown
     )
     assumptions = json.loads(result.to_json())["assumptions"]
-    at_b1 = "at B = 1, h.attn.attention.eager_attention saves"
+    at_b1 = "at B = 1, h.attn.attention.sdpa_math_attention saves"
     assert any(a.startswith(at_b1) for a in assumptions)
     for sizes in ({}, {"B": 2}):
         general = compile_spec(SPECS / "gpt2.mspec", set=sizes)

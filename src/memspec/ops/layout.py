@@ -29,6 +29,8 @@ def _contiguous_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 def _size(ctx: InferContext, name: str) -> sp.Expr:
     value = ctx.attrs[name]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = sp.Integer(value)  # an attribute's default, not given at the call
     if not isinstance(value, sp.Expr) or (value.is_number and (not value.is_Integer or value < 0)):
         raise ctx.fail(f"{name} must be a size (0 or more), got {value}")
     return value
