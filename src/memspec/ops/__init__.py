@@ -11,6 +11,7 @@ from memspec.ops import (  # noqa: F401  (importing registers the ops)
     layout,
     linalg,
     pointwise,
+    positional,
     reductions,
     routing,
     scan,
