@@ -43,6 +43,22 @@ def assert_same_step(result, measured) -> None:
     assert result.peak.value + measured.optimizer_scalars == measured.peak
 
 
+def causal_lm_step(make_model, spec: str, sizes: dict, use: tuple):
+    """(the library's step, memspec's compile): a causal LM trained on [B, L] token ids
+    with `labels=input_ids`, the library's own loss, as a Trainer runs it."""
+
+    def batch() -> tuple:
+        tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
+        return tokens, tokens.clone()
+
+    def step(model, b) -> torch.Tensor:
+        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
+
+    measured = measure_library(make_model, batch, step)
+    result = compile_spec(SPECS / spec, set=sizes, use=use, convention="autograd")
+    return measured, result
+
+
 GPT2_SIZES = [
     {"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "P": 16},
     {"B": 3, "L": 16, "V": 64, "D": 32, "N": 3, "H": 2, "P": 32},
@@ -70,18 +86,7 @@ def gpt2_step(sizes: dict, use: tuple, attention: str, activation: str):
         bos_token_id=0,
         eos_token_id=0,
     )
-    batch_shape = (sizes["B"], sizes["L"])
-
-    def batch() -> tuple:
-        tokens = torch.randint(0, sizes["V"], batch_shape)
-        return tokens, tokens.clone()
-
-    def step(model, b) -> torch.Tensor:
-        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
-
-    measured = measure_library(lambda: GPT2LMHeadModel(config), batch, step)
-    result = compile_spec(SPECS / "gpt2.mspec", set=sizes, use=use, convention="autograd")
-    return measured, result
+    return causal_lm_step(lambda: GPT2LMHeadModel(config), "gpt2.mspec", sizes, use)
 
 
 @pytest.mark.parametrize("sizes", GPT2_SIZES, ids=lambda s: "B{B}-L{L}-D{D}-N{N}".format(**s))
@@ -113,17 +118,7 @@ def llama_step(sizes: dict, use: tuple, attention: str):
         eos_token_id=0,
         pad_token_id=0,
     )
-
-    def batch() -> tuple:
-        tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
-        return tokens, tokens.clone()
-
-    def step(model, b) -> torch.Tensor:
-        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
-
-    measured = measure_library(lambda: LlamaForCausalLM(config), batch, step)
-    result = compile_spec(SPECS / "llama.mspec", set=sizes, use=use, convention="autograd")
-    return measured, result
+    return causal_lm_step(lambda: LlamaForCausalLM(config), "llama.mspec", sizes, use)
 
 
 LLAMA_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default first
