@@ -18,8 +18,41 @@ dim num_kv_heads   as KV
 dim d_ff           as F                  # intermediate_size, set by the config (14336)
 dim sliding_window as W
 
-# HF MistralAttention (eager): LLaMA's attention, with keys more than W - 1 positions back
-# masked out (query i sees keys i - W < j <= i).
+# HF's rotate_half and apply_rotary_pos_emb, as in llama.mspec: cos and sin [1, 1, s, d]
+# made once per forward, saved by each product, the same two tensors in every layer.
+fn rotate_half(x: [..., d]) -> [..., d] {
+    return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
+}
+
+fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
+    return x * cos + rotate_half(x) * sin
+}
+
+# The attention interface with a sliding window (L > W, so transformers builds the window
+# mask): `sdpa` (the default) repeats K and V to H heads (with a mask SDPA is called
+# without enable_gqa) and passes the mask to torch's CPU flash kernel, which saves it as
+# a float [B, 1, L, L]; `eager` repeats K and V, adds the mask as floats and materializes
+# scores and probabilities; `math` is std's masked_fill attention.
+fn mistral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep, window)
+    -> [b, h, s, d]
+variant sdpa {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return flash_attention(q, k_rep, v_rep, true, window)
+}
+variant eager {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return eager_attention(q, k_rep, v_rep, true, window, 0, true)
+}
+variant math {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return attention(q, k_rep, v_rep, causal = true, window = window)
+}
+
+# HF MistralAttention: LLaMA's attention, with keys W or more positions back masked out
+# (query i sees keys i - W < j <= i).
 layer MistralAttention(d_model, num_heads, num_kv_heads, sliding_window) {
     let head_dim = d_model / num_heads
     let n_rep = num_heads / num_kv_heads
@@ -27,16 +60,14 @@ layer MistralAttention(d_model, num_heads, num_kv_heads, sliding_window) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    # cos, sin: the model's rotary tables (MistralModel.rotary_emb), shared by every layer.
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
-        q = rope(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = rope(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos, sin)
+    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+            -> [b, s, d_model] {
+        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
+        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
+                         sin)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        # repeat_kv: expand + reshape, a real copy of K and V (n_rep = 4 at Mistral 7B).
-        k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        o = attention(q, k_rep, v_rep, causal = true, window = sliding_window)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose + reshape: a copy
+        o = mistral_attention(q, k, v, n_rep, sliding_window)
+        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
     }
 }
 
@@ -55,31 +86,44 @@ layer MistralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, sliding_window
     self_attn                = MistralAttention(d_model, num_heads, num_kv_heads, sliding_window)
     post_attention_layernorm = RMSNorm(d_model, eps)
     mlp                      = MistralMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
         x = x + self_attn(input_layernorm(x), cos, sin)
         return x + mlp(post_attention_layernorm(x))
     }
 }
 
+# HF's rotary embedding: inv_freq and original_inv_freq buffers; cos and sin made from them
+# in every forward, without gradient (as in llama.mspec).
+layer MistralRotaryEmbedding(head_dim, theta = 10000) {
+    buffer inv_freq: [head_dim / 2]
+    buffer original_inv_freq: [head_dim / 2]
+}
+
 layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
-                   sliding_window, max_len, eps = 1e-5, theta = 10000) {
+                   sliding_window, eps = 1e-5, theta = 10000) {
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of MistralDecoderLayer(d_model, num_heads, num_kv_heads,
                                                             d_ff, sliding_window, eps)
     norm         = RMSNorm(d_model, eps)
-    rotary_emb   = RoPE(d_model / num_heads, max_len, theta)
+    rotary_emb   = MistralRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        x = layers(embed_tokens(tokens), rotary_emb.cos, rotary_emb.sin)
+        positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
+        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
+        emb = cat(freqs, freqs, dim = -1)
+        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
+        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
         return norm(x)
     }
 }
 
 model MistralForCausalLM {
-    model   = MistralModel(V, D, N, H, KV, F, W, L)
+    model   = MistralModel(V, D, N, H, KV, F, W)
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
-        return cross_entropy(logits, targets)
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
 
@@ -95,12 +139,10 @@ expect params == 2*V*D + D + N*(2*D**2 + 2*D*KV*(D/H) + 3*D*F + 2*D)
 expect params == 7_241_732_096 at mistral_7b
 
 assume "HF MistralForCausalLM: the LLaMA block; no biases anywhere; pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
-assume "GQA 32/8 at mistral_7b: k_proj and v_proj are D x KV*D/H, a quarter of q_proj; eager repeat_kv copies K and V to H heads, and the score and value matmuls save those expanded copies"
-assume "sliding window W: a mask on the [L, L] scores (query i sees keys i - W < j <= i, HF's sliding_window_overlay); no parameter depends on W, and the scores and probabilities stay [B, H, L, L] in memory"
-assume "attention variant math only (HF's eager path): memspec's fused flash_attention takes no window, so --use flash is refused; HF's sdpa and flash-attn paths, which handle the window, are not modelled"
-assume "RoPE (theta 10000): one std RoPE layer at model.rotary_emb whose cos/sin tables [L, d_k/2] are a buffer shared by all layers; HF keeps only inv_freq [d_k/2] and recomputes cos/sin [1, L, d_k] each forward (saved by its rope multiplications); memspec's rope pairs features (even, odd) where HF rotates halves: the same memory"
-assume "the sliding-window causal mask is a bool [L, L] per layer saved by masked_fill; HF adds one float [B, 1, L, L] mask built per forward, which autograd does not save"
-assume "no dropout (attention_dropout = 0); targets are the next tokens, given pre-shifted: HF shifts the labels inside its loss and ignores the last position, the same memory"
+assume "GQA 32/8 at mistral_7b: k_proj and v_proj are D x KV*D/H, a quarter of q_proj; with the window mask transformers' SDPA call does not use enable_gqa, so repeat_kv copies K and V to H heads"
+assume "sliding window W < L (the preset's 4096 < 8192): transformers builds the mask (query i sees keys i - W < j <= i) and SDPA's CPU flash kernel saves it as a float [B, 1, L, L] per layer; at L <= W it skips the mask and the step is LLaMA's (SDPA with enable_gqa); --use eager / math materialize the [B, H, L, L] scores"
+assume "rotary embedding as HF computes it: inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products"
+assume "no dropout (attention_dropout = 0); targets are HF's labels (the input ids): the loss pads them by one ignored position and shifts them, a contiguous copy saved by nll_loss (a view of the padded labels at B = 1)"
 assume "the weights ship in bf16, but the spec trains in fp32 unless --precision says otherwise; under bf16 HF's eager path upcasts RMSNorm, softmax and the logits to fp32, which the spec does not model"
 
-train { precision fp32; optimizer adamw; use math }
+train { precision fp32; optimizer adamw; use sdpa }

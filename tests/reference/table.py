@@ -20,6 +20,11 @@ def rows():
             measured, result = t.llama_step(sizes, use, attention)
             path = f"attn_implementation={attention}"
             yield "llama", sizes, ", ".join(use) or "(default)", path, measured, result
+    for use, attention in t.MISTRAL_PATHS:
+        for sizes in t.MISTRAL_SIZES:
+            measured, result = t.mistral_step(sizes, use, attention)
+            path = f"attn_implementation={attention}, sliding_window={sizes['W']}"
+            yield "mistral", sizes, ", ".join(use) or "(default)", path, measured, result
 
 
 def main() -> None:

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 
 from memspec import compile_spec
 from tests.conftest import SPECS
@@ -128,3 +135,39 @@ LLAMA_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default fir
 @pytest.mark.parametrize(("use", "attention"), LLAMA_PATHS, ids=lambda p: str(p))
 def test_llama_step_equals_transformers(sizes, use, attention):
     assert_same_step(*reversed(llama_step(sizes, use, attention)))
+
+
+# The window shorter than the context, as at Mistral 7B's preset (4096 < 8192): transformers
+# then builds the mask (at L <= W the step is LLaMA's).
+MISTRAL_SIZES = [
+    {"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 32, "W": 3},
+    {"B": 3, "L": 6, "V": 48, "D": 24, "N": 1, "H": 6, "KV": 3, "F": 40, "W": 4},
+    {"B": 1, "L": 8, "V": 64, "D": 32, "N": 3, "H": 4, "KV": 1, "F": 48, "W": 5},
+]
+MISTRAL_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default first
+
+
+def mistral_step(sizes: dict, use: tuple, attention: str):
+    """(the library's step, memspec's compile) of Mistral at `sizes` on one path."""
+    config = MistralConfig(
+        vocab_size=sizes["V"],
+        hidden_size=sizes["D"],
+        intermediate_size=sizes["F"],
+        num_hidden_layers=sizes["N"],
+        num_attention_heads=sizes["H"],
+        num_key_value_heads=sizes["KV"],
+        max_position_embeddings=sizes["L"],
+        sliding_window=sizes["W"],
+        attn_implementation=attention,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return causal_lm_step(lambda: MistralForCausalLM(config), "mistral.mspec", sizes, use)
+
+
+@pytest.mark.parametrize("sizes", MISTRAL_SIZES, ids=lambda s: "B{B}-L{L}-W{W}-KV{KV}".format(**s))
+@pytest.mark.parametrize(("use", "attention"), MISTRAL_PATHS, ids=lambda p: str(p))
+def test_mistral_step_equals_transformers(sizes, use, attention):
+    assert_same_step(*reversed(mistral_step(sizes, use, attention)))
+

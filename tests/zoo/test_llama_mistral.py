@@ -15,7 +15,6 @@ import pytest
 import sympy as sp
 
 from memspec import compile_spec
-from memspec.errors import MemspecError
 from memspec.verify.compare import compare
 from memspec.verify.measure import measure_step
 from tests.conftest import SPECS
@@ -67,17 +66,17 @@ def test_gqa_shrinks_the_kv_projections_but_not_the_saved_keys():
     for name, rows in [("q_proj", 4096), ("k_proj", 1024), ("v_proj", 1024), ("o_proj", 4096)]:
         item = params[f"model.layers.self_attn.{name}.weight"]
         assert tuple(result.value(s) for s in item.shape) == (rows, 4096)
-    # repeat_kv copies K and V to all 32 heads; the score and value products save the copies.
+    # with the window mask, repeat_kv copies K and V to all 32 heads; SDPA saves the copies.
     acts = {i.path: i for i in result.categories["activations"].items}
     for name in ("k_rep", "v_rep"):
-        item = acts[f"model.layers.self_attn.{name}"]
+        item = acts[f"model.layers.self_attn.mistral_attention.{name}"]
         assert tuple(result.value(s) for s in item.shape) == (1, 32, 8192, 128)
 
 
 # --- activations by hand ----------------------------------------------------------------
 
 
-def _autograd_bytes(flash: bool, rotary_per_forward: bool = True) -> sp.Expr:
+def _autograd_bytes(flash: bool) -> sp.Expr:
     """fp32 bytes autograd saves, counted tensor by tensor.
 
     Per layer: the layer input, x * rsqrt and the output of input_layernorm; RoPE'd q,
@@ -88,15 +87,13 @@ def _autograd_bytes(flash: bool, rotary_per_forward: bool = True) -> sp.Expr:
     [B, H, L] (its output, laid out in q's [B, L, H, d] order, is the merged heads).
     Outside: the last layer's output, x * rsqrt and the output of model.norm, one
     rsqrt, the log-probabilities [B, L, V], the int64 tokens and targets, and
-    nll_loss's float32 total_weight; LLaMA's rotary cos and sin
-    [1, L, D/H], made once per forward and saved by every layer (Mistral's spec keeps
-    rotary tables as buffers).
+    nll_loss's float32 total_weight; the rotary cos and sin [1, L, D/H], made once per
+    forward and saved by every layer.
     """
     per_layer = 10 * B * L * D + 2 * B * L + 4 * B * L * F
     per_layer += B * H * L if flash else B * H * L**2
     outside = 4 * (3 * B * L * D + B * L + B * L * V) + 2 * 8 * B * L + 4
-    if rotary_per_forward:
-        outside += 2 * 4 * L * D / H
+    outside += 2 * 4 * L * D / H
     return N * (4 * per_layer + (0 if flash else L**2)) + outside
 
 
@@ -106,7 +103,7 @@ def _autograd_bytes(flash: bool, rotary_per_forward: bool = True) -> sp.Expr:
 def test_autograd_activations_by_hand(spec, variant):
     result = compile_spec(SPECS / spec, convention="autograd", use=[variant])
     got = result.resolve(result.categories["activations"].bytes)
-    expected = _autograd_bytes(variant == "flash", rotary_per_forward=spec == LLAMA)
+    expected = _autograd_bytes(variant == "flash")
     assert sp.expand(got - result.resolve(expected)) == 0
 
 
@@ -121,10 +118,13 @@ def test_the_window_changes_no_memory():
             assert wide.value(category.bytes) == narrow.value(narrow.categories[name].bytes)
 
 
-def test_mistral_refuses_the_fused_kernel():
-    # memspec's flash_attention models torch's fused kernel, which takes no window.
-    with pytest.raises(MemspecError, match="without window"):
-        compile_spec(SPECS / MISTRAL, use=["flash"])
+def test_the_window_is_a_mask_the_fused_kernel_saves():
+    """transformers passes the window as a mask to SDPA, whose CPU flash kernel saves it as
+    a float [B, 1, L, L] per layer, whatever W is."""
+    result = compile_spec(SPECS / MISTRAL, convention="autograd")
+    items = {i.path: i for i in result.categories["activations"].items}
+    mask = items["model.layers.self_attn.o.mask"]
+    assert mask.shape == (B, 1, L, L) and mask.multiplicity == N
 
 
 # --- verify at small sizes --------------------------------------------------------------

@@ -33,9 +33,8 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         ctx.expect_same(k[-3], v[-3], "k and v heads")
         if not same_dim(q[-3], k[-3]):
             ctx.assume_integer(q[-3] / k[-3], "the k and v heads divide q's heads")
-    for name in ("window", "dropout_p"):
-        if ctx.attrs[name] != 0:
-            raise ctx.fail(f"the fused kernel is modelled without {name}; use variant math")
+    if ctx.attrs["dropout_p"] != 0:
+        raise ctx.fail("the fused kernel is modelled without dropout_p; use variant math")
     # The CPU kernel allocates its output in q's dim order (a permuted q gives a permuted
     # output, whose heads then merge back without a copy).
     out = (*q[:-1], v[-1])
@@ -46,15 +45,20 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 
 def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """scaled_dot_product_attention (CPU flash kernel) saves q, k, v, output, logsumexp."""
-    q = graph.value(op.inputs[0])
-    return (
+    """scaled_dot_product_attention (CPU flash kernel) saves q, k, v, output, logsumexp;
+    given a mask (a window), the float mask it converts it to, [..., 1, s, t]."""
+    q, k = graph.value(op.inputs[0]), graph.value(op.inputs[1])
+    saved = (
         Saved("q", op.inputs[0]),
         Saved("k", op.inputs[1]),
         Saved("v", op.inputs[2]),
         Saved("output", op.outputs[0]),
         Saved("logsumexp", shape=q.shape[:-1], dtype=DType.float32),
     )
+    if op.attr("window", 0) != 0:
+        mask = (*q.shape[:-3], sp.Integer(1), q.shape[-2], k.shape[-2])
+        saved += (Saved("mask", shape=mask, dtype=q.dtype),)
+    return saved
 
 
 def _flash_flops(op: OpApply, graph: Graph) -> sp.Expr:
@@ -83,9 +87,20 @@ def _flash_lower(tensors, attrs):
         four = tuple(t.flatten(0, -4) for t in tensors)
     scale = None if attrs["scale"] else 1.0
     gqa = four[0].shape[-3] != four[1].shape[-3]
-    out = F.scaled_dot_product_attention(
-        *four, is_causal=bool(attrs["causal"]), scale=scale, enable_gqa=gqa
-    )
+    if attrs["window"]:
+        # a sliding window is a mask, [batch, 1, s, t] expanded as transformers builds it
+        torch, _ = torch_functional()
+        s, t = four[0].shape[-2], four[1].shape[-2]
+        ones = torch.ones(s, t, dtype=torch.bool, device=four[0].device)
+        hidden = ones.tril(-attrs["window"])
+        if attrs["causal"]:
+            hidden = hidden | ones.triu(1)
+        mask = (~hidden).expand(four[0].shape[0], 1, s, t)
+        out = F.scaled_dot_product_attention(*four, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(
+            *four, is_causal=bool(attrs["causal"]), scale=scale, enable_gqa=gqa
+        )
     return out.reshape(*shape[:-1], tensors[2].shape[-1])
 
 
@@ -103,7 +118,8 @@ register(
         kind=OpKind.ATTENTION,
         shape_doc="q [..., h, s, d], k [..., g, t, d], v [..., g, t, e] -> [..., h, s, e], "
         "in q's dim order; g divides h (grouped-query attention: K and V are not repeated); "
-        "window and dropout_p must be 0",
-        saved_doc="q, k, v, the output and a float32 logsumexp [..., s]",
+        "dropout_p must be 0; a window is passed as a mask",
+        saved_doc="q, k, v, the output and a float32 logsumexp [..., s]; with a window, the "
+        "float mask [..., 1, s, t] it converts the mask to",
     )
 )
