@@ -89,12 +89,11 @@ def _flash_lower(tensors, attrs):
     gqa = four[0].shape[-3] != four[1].shape[-3]
     if attrs["window"]:
         # a sliding window is a mask, [batch, 1, s, t] expanded as transformers builds it
-        torch, _ = torch_functional()
+        # (imported here: importing positional.py first would reorder the registry)
+        from memspec.ops.positional import hidden_positions
+
         s, t = four[0].shape[-2], four[1].shape[-2]
-        ones = torch.ones(s, t, dtype=torch.bool, device=four[0].device)
-        hidden = ones.tril(-attrs["window"])
-        if attrs["causal"]:
-            hidden = hidden | ones.triu(1)
+        hidden = hidden_positions(s, t, attrs["window"], bool(attrs["causal"]), four[0].device)
         mask = (~hidden).expand(four[0].shape[0], 1, s, t)
         out = F.scaled_dot_product_attention(*four, attn_mask=mask, scale=scale, enable_gqa=gqa)
     else:

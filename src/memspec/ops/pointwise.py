@@ -11,16 +11,14 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ops.elementwise import _inplace, _saves_input, _unary
+from memspec.ops.elementwise import _inplace, _pointwise, _saves_input, _unary
 from memspec.ops.promotion import result_type
 from memspec.ops.registry import (
     Grad,
     InferContext,
-    OpDef,
     OpKind,
     OutputSpec,
     Saved,
-    register,
     torch_functional,
 )
 
@@ -119,20 +117,8 @@ def _drop_path_lower(tensors, attrs):
 
 
 def _op(name: str, doc: str, kind: OpKind, infer, saved, saved_doc: str, lower, **rules) -> None:
-    register(
-        OpDef(
-            name,
-            doc,
-            ("x",),
-            infer,
-            saved,
-            lower=lower,
-            kind=kind,
-            shape_doc=rules.pop("shape_doc", "x's shape"),
-            saved_doc=saved_doc,
-            **rules,
-        )
-    )
+    """`elementwise._pointwise` with the shape rule given in line."""
+    _pointwise(name, doc, kind, saved, saved_doc, lower, infer=infer, **rules)
 
 
 _INPLACE_DOC = "x's shape, in x's storage"

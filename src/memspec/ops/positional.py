@@ -57,15 +57,22 @@ def _rope_lower(tensors, attrs):
     return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2)
 
 
+def hidden_positions(s: int, t: int, window: int, causal: bool, device=None):
+    """The bool [s, t] mask of the keys a query may not see: later ones when causal, and
+    with `window` > 0 those `window` or more positions back."""
+    torch, _ = torch_functional()
+    ones = torch.ones(s, t, dtype=torch.bool, device=device)
+    hidden = ones.triu(1) if causal else torch.zeros_like(ones)
+    if window:
+        hidden = hidden | ones.tril(-window)
+    return hidden
+
+
 def _mask_lower(tensors, attrs):
     """Mask future positions, and with `window` > 0 also those `window` or more behind."""
-    torch, _ = torch_functional()
     (x,) = tensors
-    ones = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device)
-    mask = ones.triu(1)
-    if attrs["window"]:
-        mask = mask | ones.tril(-attrs["window"])
-    return x.masked_fill(mask, float("-inf"))
+    hidden = hidden_positions(x.shape[-2], x.shape[-1], attrs["window"], True, x.device)
+    return x.masked_fill(hidden, float("-inf"))
 
 
 def _additive_mask_lower(tensors, attrs):
@@ -73,10 +80,7 @@ def _additive_mask_lower(tensors, attrs):
     that needs no gradient: the add saves nothing."""
     torch, _ = torch_functional()
     (x,) = tensors
-    ones = torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool, device=x.device)
-    hidden = ones.triu(1)
-    if attrs["window"]:
-        hidden = hidden | ones.tril(-attrs["window"])
+    hidden = hidden_positions(x.shape[-2], x.shape[-1], attrs["window"], True, x.device)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     return x + torch.where(hidden, float("-inf"), zero)
 
