@@ -15,16 +15,17 @@ def rows():
             measured, result = t.gpt2_step(sizes, use, attention, activation)
             path = f"attn_implementation={attention}, activation_function={activation}"
             yield "gpt2", sizes, ", ".join(use) or "(default)", path, measured, result
-    for use, attention in t.LLAMA_PATHS:
-        for sizes in t.LLAMA_SIZES:
-            measured, result = t.llama_step(sizes, use, attention)
-            path = f"attn_implementation={attention}"
-            yield "llama", sizes, ", ".join(use) or "(default)", path, measured, result
-    for use, attention in t.MISTRAL_PATHS:
-        for sizes in t.MISTRAL_SIZES:
-            measured, result = t.mistral_step(sizes, use, attention)
-            path = f"attn_implementation={attention}, sliding_window={sizes['W']}"
-            yield "mistral", sizes, ", ".join(use) or "(default)", path, measured, result
+    for family, paths, all_sizes in (
+        ("llama", t.LLAMA_PATHS, t.LLAMA_SIZES),
+        ("mistral", t.MISTRAL_PATHS, t.MISTRAL_SIZES),
+    ):
+        for use, attention in paths:
+            for sizes in all_sizes:
+                measured, result = t.decoder_step(family, sizes, use, attention)
+                path = f"attn_implementation={attention}"
+                if "W" in sizes:
+                    path += f", sliding_window={sizes['W']}"
+                yield family, sizes, ", ".join(use) or "(default)", path, measured, result
 
 
 def main() -> None:

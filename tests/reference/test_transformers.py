@@ -3,9 +3,9 @@ config, one real CPU step, compared with memspec to the byte.
 
 Parameters and buffers (elements), the bytes autograd saves (each storage once), and
 the peak of a steady-state AdamW step under PyTorch's MemTracker (real tensors: the
-sizes are small), category by category. The one difference is a named, computed term: AdamW's `step`
-counters, a 4-byte tensor per parameter tensor, which the tracker counts in OPT and
-memspec leaves out (they are CPU tensors when training on a GPU).
+sizes are small), category by category. The one difference is a named, computed term:
+AdamW's `step` counters, a 4-byte tensor per parameter tensor, which the tracker counts
+in OPT and memspec leaves out (they are CPU tensors when training on a GPU).
 """
 
 from __future__ import annotations
@@ -22,18 +22,9 @@ from transformers import (
 )
 
 from memspec import compile_spec
+from memspec.verify.peak import TRACKER_NAMES
 from tests.conftest import SPECS
 from tests.reference.harness import measure_library
-
-# memspec's peak categories, as MemTracker names them
-TRACKER = {
-    "parameters": "PARAM",
-    "buffers": "BUFFER",
-    "gradients": "GRAD",
-    "activations": "ACT",
-    "temporaries": "TEMP",
-    "optimizer_state": "OPT",
-}
 
 
 def assert_same_step(result, measured) -> None:
@@ -46,7 +37,7 @@ def assert_same_step(result, measured) -> None:
     moment = result.peak.winner()
     for category, expr in moment.breakdown:
         named = measured.optimizer_scalars if category == "optimizer_state" else 0
-        assert value(expr) + named == tracker[TRACKER[category]], category
+        assert value(expr) + named == tracker[TRACKER_NAMES[category]], category
     assert result.peak.value + measured.optimizer_scalars == measured.peak
 
 
@@ -110,9 +101,18 @@ LLAMA_SIZES = [
 ]
 
 
-def llama_step(sizes: dict, use: tuple, attention: str):
-    """(the library's step, memspec's compile) of LLaMA at `sizes` on one path."""
-    config = LlamaConfig(
+# LLaMA and Mistral take the same config fields; Mistral adds its window W.
+DECODERS = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def decoder_step(family: str, sizes: dict, use: tuple, attention: str):
+    """(the library's step, memspec's compile) of LLaMA or Mistral at `sizes` on one path."""
+    config_class, model_class = DECODERS[family]
+    window = {"sliding_window": sizes["W"]} if "W" in sizes else {}
+    config = config_class(
         vocab_size=sizes["V"],
         hidden_size=sizes["D"],
         intermediate_size=sizes["F"],
@@ -124,8 +124,9 @@ def llama_step(sizes: dict, use: tuple, attention: str):
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        **window,
     )
-    return causal_lm_step(lambda: LlamaForCausalLM(config), "llama.mspec", sizes, use)
+    return causal_lm_step(lambda: model_class(config), f"{family}.mspec", sizes, use)
 
 
 LLAMA_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default first
@@ -134,7 +135,7 @@ LLAMA_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default fir
 @pytest.mark.parametrize("sizes", LLAMA_SIZES, ids=lambda s: "B{B}-L{L}-D{D}-KV{KV}".format(**s))
 @pytest.mark.parametrize(("use", "attention"), LLAMA_PATHS, ids=lambda p: str(p))
 def test_llama_step_equals_transformers(sizes, use, attention):
-    assert_same_step(*reversed(llama_step(sizes, use, attention)))
+    assert_same_step(*reversed(decoder_step("llama", sizes, use, attention)))
 
 
 # The window shorter than the context, as at Mistral 7B's preset (4096 < 8192): transformers
@@ -147,27 +148,8 @@ MISTRAL_SIZES = [
 MISTRAL_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default first
 
 
-def mistral_step(sizes: dict, use: tuple, attention: str):
-    """(the library's step, memspec's compile) of Mistral at `sizes` on one path."""
-    config = MistralConfig(
-        vocab_size=sizes["V"],
-        hidden_size=sizes["D"],
-        intermediate_size=sizes["F"],
-        num_hidden_layers=sizes["N"],
-        num_attention_heads=sizes["H"],
-        num_key_value_heads=sizes["KV"],
-        max_position_embeddings=sizes["L"],
-        sliding_window=sizes["W"],
-        attn_implementation=attention,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return causal_lm_step(lambda: MistralForCausalLM(config), "mistral.mspec", sizes, use)
-
-
 @pytest.mark.parametrize("sizes", MISTRAL_SIZES, ids=lambda s: "B{B}-L{L}-W{W}-KV{KV}".format(**s))
 @pytest.mark.parametrize(("use", "attention"), MISTRAL_PATHS, ids=lambda p: str(p))
 def test_mistral_step_equals_transformers(sizes, use, attention):
-    assert_same_step(*reversed(mistral_step(sizes, use, attention)))
+    assert_same_step(*reversed(decoder_step("mistral", sizes, use, attention)))
 
