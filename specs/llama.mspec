@@ -17,17 +17,6 @@ dim num_kv_heads   as KV
 # D = 4096, 13824 at D = 5120). LLaMA-2 70B scales by ffn_dim_multiplier; its preset binds F.
 dim d_ff           as F = 256 * ceil(floor(8 * D / 3) / 256)     # multiple_of = 256
 
-# HF's rotate_half and apply_rotary_pos_emb: x * cos + rotate_half(x) * sin, with cos and
-# sin [1, 1, s, d] made once per forward; each product saves cos or sin (the same two
-# tensors in every layer), nothing else.
-fn rotate_half(x: [..., d]) -> [..., d] {
-    return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
-}
-
-fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
-    return x * cos + rotate_half(x) * sin
-}
-
 # The attention interface (config._attn_implementation): `sdpa` (transformers' default)
 # calls scaled_dot_product_attention with enable_gqa, so K and V keep their KV heads
 # (torch's CPU flash kernel); `eager` repeats K and V to H heads (repeat_kv) and adds a
@@ -93,13 +82,6 @@ layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
     }
 }
 
-# HF LlamaRotaryEmbedding: the inverse frequencies (and a copy kept for dynamic rope
-# types) are buffers; cos and sin are made from them in every forward, without gradient.
-layer LlamaRotaryEmbedding(head_dim, theta = 10000) {
-    buffer inv_freq: [head_dim / 2]
-    buffer original_inv_freq: [head_dim / 2]
-}
-
 # HF LlamaModel: embeddings, one rotary table per forward, the decoder stack, the norm.
 layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
                  eps = 1e-5, theta = 10000) {
@@ -107,7 +89,7 @@ layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
     layers       = repeat num_layers of LlamaDecoderLayer(d_model, num_heads, num_kv_heads,
                                                           d_ff, eps)
     norm         = RMSNorm(d_model, eps)
-    rotary_emb   = LlamaRotaryEmbedding(d_model / num_heads, theta)
+    rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
         positions = rearrange(arange(s), "s -> 1 1 s") * 1.0

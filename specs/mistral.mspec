@@ -3,7 +3,8 @@
 # 14336, and a 4096-token sliding window. The window is a mask: it changes no parameter and,
 # in the eager (math) attention that materializes [L, L] scores, no memory either. Member
 # names follow HF's state_dict (model.layers.0.self_attn.k_proj.weight, lm_head.weight).
-# The layers repeat those of llama.mspec so that this file stands alone: `use "llama.mspec"`
+# The layers repeat those of llama.mspec (the rotary pieces are std's HFRotaryEmbedding and
+# apply_rotary) so that this file stands alone: `use "llama.mspec"`
 # would also bring LLaMA's d_ff default (Meta's 8D/3 rule), which is not Mistral's. Compile:
 #   memspec compile specs/mistral.mspec --format md --preset mistral_7b --set B=1
 use std
@@ -17,16 +18,6 @@ dim num_heads      as H
 dim num_kv_heads   as KV
 dim d_ff           as F                  # intermediate_size, set by the config (14336)
 dim sliding_window as W
-
-# HF's rotate_half and apply_rotary_pos_emb, as in llama.mspec: cos and sin [1, 1, s, d]
-# made once per forward, saved by each product, the same two tensors in every layer.
-fn rotate_half(x: [..., d]) -> [..., d] {
-    return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
-}
-
-fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
-    return x * cos + rotate_half(x) * sin
-}
 
 # The attention interface with a sliding window (L > W, so transformers builds the window
 # mask): `sdpa` (the default) repeats K and V to H heads (with a mask SDPA is called
@@ -92,20 +83,13 @@ layer MistralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, sliding_window
     }
 }
 
-# HF's rotary embedding: inv_freq and original_inv_freq buffers; cos and sin made from them
-# in every forward, without gradient (as in llama.mspec).
-layer MistralRotaryEmbedding(head_dim, theta = 10000) {
-    buffer inv_freq: [head_dim / 2]
-    buffer original_inv_freq: [head_dim / 2]
-}
-
 layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
                    sliding_window, eps = 1e-5, theta = 10000) {
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of MistralDecoderLayer(d_model, num_heads, num_kv_heads,
                                                             d_ff, sliding_window, eps)
     norm         = RMSNorm(d_model, eps)
-    rotary_emb   = MistralRotaryEmbedding(d_model / num_heads, theta)
+    rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
         inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")

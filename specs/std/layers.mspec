@@ -94,3 +94,20 @@ layer LayerNorm2d(num_channels, eps = 1e-5) {
         return rearrange(y, "b h w c -> b c h w")
     }
 }
+
+# Hugging Face's rotary embedding (LLaMA, Mistral): the inverse frequencies, and a copy
+# kept for dynamic rope types, are buffers; a model makes cos and sin [1, 1, s, d] from
+# them once per forward, without gradient. apply_rotary is apply_rotary_pos_emb: each
+# product saves cos or sin (the same two tensors in every layer), nothing else.
+layer HFRotaryEmbedding(head_dim, theta = 10000) {
+    buffer inv_freq: [head_dim / 2]
+    buffer original_inv_freq: [head_dim / 2]
+}
+
+fn rotate_half(x: [..., d]) -> [..., d] {
+    return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
+}
+
+fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
+    return x * cos + rotate_half(x) * sin
+}
