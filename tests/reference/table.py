@@ -6,26 +6,16 @@ difference (0, or the named term)."""
 
 from __future__ import annotations
 
-from tests.reference import test_transformers as t
+import importlib
+
+# Each module's `table_rows()` yields (spec, sizes, memspec --use, library config, the
+# library's measurement, memspec's compile), one row per case its tests check.
+MODULES = ("test_transformers", "test_plain_torch")
 
 
 def rows():
-    for use, attention, activation in t.GPT2_PATHS:
-        for sizes in t.GPT2_SIZES:
-            measured, result = t.gpt2_step(sizes, use, attention, activation)
-            path = f"attn_implementation={attention}, activation_function={activation}"
-            yield "gpt2", sizes, ", ".join(use) or "(default)", path, measured, result
-    for family, paths, all_sizes in (
-        ("llama", t.LLAMA_PATHS, t.LLAMA_SIZES),
-        ("mistral", t.MISTRAL_PATHS, t.MISTRAL_SIZES),
-    ):
-        for use, attention in paths:
-            for sizes in all_sizes:
-                measured, result = t.decoder_step(family, sizes, use, attention)
-                path = f"attn_implementation={attention}"
-                if "W" in sizes:
-                    path += f", sliding_window={sizes['W']}"
-                yield family, sizes, ", ".join(use) or "(default)", path, measured, result
+    for name in MODULES:
+        yield from importlib.import_module(f"tests.reference.{name}").table_rows()
 
 
 def main() -> None:

@@ -153,3 +153,22 @@ MISTRAL_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default f
 def test_mistral_step_equals_transformers(sizes, use, attention):
     assert_same_step(*reversed(decoder_step("mistral", sizes, use, attention)))
 
+
+
+def table_rows():
+    for use, attention, activation in GPT2_PATHS:
+        for sizes in GPT2_SIZES:
+            measured, result = gpt2_step(sizes, use, attention, activation)
+            path = f"attn_implementation={attention}, activation_function={activation}"
+            yield "gpt2", sizes, ", ".join(use) or "(default)", path, measured, result
+    for family, paths, all_sizes in (
+        ("llama", LLAMA_PATHS, LLAMA_SIZES),
+        ("mistral", MISTRAL_PATHS, MISTRAL_SIZES),
+    ):
+        for use, attention in paths:
+            for sizes in all_sizes:
+                measured, result = decoder_step(family, sizes, use, attention)
+                path = f"attn_implementation={attention}"
+                if "W" in sizes:
+                    path += f", sliding_window={sizes['W']}"
+                yield family, sizes, ", ".join(use) or "(default)", path, measured, result
