@@ -139,3 +139,14 @@ def test_autograd_adds_into_a_linear_weight_gradient_out_of_place():
 
     assert sums(linear_first=True) == ["aten::add"]
     assert sums(linear_first=False) == ["aten::add_"]
+
+
+def table_rows():
+    """Rows of the README's reference table, as tests/reference/table.py::rows() yields them:
+    (spec, sizes, memspec --use, the library's config, measured, result)."""
+    for use, attention in BERT_PATHS:
+        for sizes in BERT_SIZES:
+            measured, result = bert_step(sizes, use, attention)
+            path = f"BertModel, attn_implementation={attention}, peak without MemTracker's "
+            path += "two-input gradient buffering"
+            yield "bert", sizes, ", ".join(use) or "(default)", path, measured, result
