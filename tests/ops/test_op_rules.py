@@ -447,7 +447,8 @@ def test_every_op_is_covered():
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
                "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused",
-               "topk", "expert_slots", "index", "index_add", "zeros_like", "gather", "relu6", "relu6_",
+               "topk", "expert_slots", "index", "index_add", "zeros_like", "gather",
+               "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask"}
