@@ -1,7 +1,8 @@
-# BERT (Hugging Face BertModel, bert-base-uncased): word + token-type + position
-# embeddings, LayerNorm and dropout; post-LN encoder blocks with biases everywhere and
-# exact GELU; the pooler (dense + tanh on [CLS]). BertModel has no head, so the training
-# loss below reuses the word embeddings as a tied decoder. Compile with:
+# BERT (Hugging Face BertModel as transformers 5.x trains it, bert-base-uncased): word +
+# token-type + position embeddings, LayerNorm and dropout; post-LN encoder blocks with
+# biases everywhere and exact GELU; the pooler (dense + tanh on [CLS]). BertModel has no
+# head, so the training loss below reuses the word embeddings as a tied decoder.
+# Attention: transformers' default `sdpa`; `--use eager`, `--use math`. Compile with:
 #   memspec compile specs/bert.mspec --format md --preset base --set B=1
 use std
 
@@ -23,10 +24,13 @@ layer BertEmbeddings(vocab, max_len, types, d_model, seq) {
     buffer position_ids:   int64[1, max_len]     # HF: arange(P).expand(1, -1), non-persistent
     buffer token_type_ids: int64[1, max_len]     # HF: zeros, non-persistent
     forward(tokens: [b, s]) -> [b, s, d_model] {
-        # token types default to the buffer's zeros, expanded to [b, s] (a view)
-        type_ids = repeat(narrow(token_type_ids, 1, 0, seq), "1 s -> b s", b = b)
+        positions = narrow(position_ids, 1, 0, seq)                       # a view of the buffer
+        # token types default to the buffer's zeros gathered at the positions (transformers
+        # 5.x): a new [1, s] int64 tensor per forward, expanded to [b, s], which the
+        # token-type embedding saves
+        type_ids = repeat(gather(token_type_ids, positions, dim = 1), "1 s -> b s", b = b)
         x = word_embeddings(tokens) + token_type_embeddings(type_ids)
-        x = x + position_embeddings(narrow(position_ids, 1, 0, seq))     # [1, s, d] broadcast
+        x = x + position_embeddings(positions)                            # [1, s, d] broadcast
         return dropout(LayerNorm(x), 0.1)
     }
 }
@@ -114,8 +118,8 @@ expect params == 109_482_240 at base
 
 assume "post-LN blocks: LayerNorm(x + dropout(sublayer(x))); LayerNorm eps 1e-12 with bias; biases on every linear"
 assume "GELU exact (erf); dropout 0.1 after the embedding LayerNorm, on the attention probabilities and on both residual branches: each saves its mask"
-assume "position_ids and token_type_ids are int64 buffers [1, P] (HF registers them non-persistent); token types all zero, expanded from the buffer"
-assume "no attention mask (every token attends to every token); HF's eager path adds an all-zero [B, 1, 1, L] mask, which autograd does not save"
+assume "position_ids and token_type_ids are int64 buffers [1, P] (HF registers them non-persistent); token types all zero, gathered from the buffer at the positions each forward ([1, L] int64, saved by the token-type embedding)"
+assume "no attention mask (every token attends to every token): transformers builds none for an unpadded bidirectional batch, under sdpa and eager alike"
 assume "BertModel has no head: the training loss is masked-LM cross-entropy of the sequence output through the word embeddings (tied decoder, no bias) plus cross-entropy of the pooled output through the same tied weights, summed; it adds no parameters"
-assume "bidirectional attention in the math variant (HF eager: QK^T / sqrt(d), softmax, dropout); flash is not offered because the fused kernel is modelled without dropout on the probabilities"
-train { use math }
+assume "attention as transformers runs it by default (sdpa: with dropout on the probabilities torch takes SDPA's math path on the CPU, scaling q and k before their product); `--use eager` is HF's eager attention (QK^T / sqrt(d), softmax, dropout), `--use math` the same written out; flash is not offered because the fused kernel is modelled without dropout on the probabilities"
+train { use sdpa }

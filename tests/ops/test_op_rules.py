@@ -447,8 +447,19 @@ def test_every_op_is_covered():
                "flash_attention", "rearrange", "repeat", "narrow", "select", "cat", "arange",
                "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm", "relu_", "softplus",
                "exp", "position_buckets", "conv1d", "ssm_recurrence", "selective_scan_fused",
-               "topk", "expert_slots", "index", "index_add", "zeros_like", "relu6", "relu6_",
+               "topk", "expert_slots", "index", "index_add", "zeros_like", "gather",
+               "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask"}
     assert covered == set(REGISTRY)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes(1, 3), data=st.data(), rx=roles)
+def test_gather(shape, data, rx):
+    """BertEmbeddings' token types: the buffer gathered at the positions (new storage)."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    index = tuple(data.draw(st.integers(1, n)) for n in shape)  # index zeros: in range
+    run_op("gather", [(shape, F32, rx), (index, I64, "const")], {"dim": sp.Integer(dim)})
+    run_op("gather", [(shape, I64, "buffer"), (index, I64, "const")], {"dim": sp.Integer(dim)})

@@ -93,7 +93,7 @@ def test_bert_buffers_are_position_and_token_type_ids():
     ("spec", "variants"),
     [
         ("gpt2.mspec", (("attention", "sdpa"), ("gpt2_activation", "gelu_new"))),
-        ("bert.mspec", (("attention", "math"),)),
+        ("bert.mspec", (("attention", "sdpa"),)),
     ],
 )
 def test_reports_state_the_variants_and_the_tying(spec, variants):

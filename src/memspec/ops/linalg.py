@@ -8,6 +8,7 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import numel, shape_str
 from memspec.ops.patterns import parse_pattern
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -242,6 +243,9 @@ register(
         _linear_infer,
         _linear_saved,
         lower=lambda t, a: torch_functional()[1].linear(*t),
+        grads=lambda op, graph: (Grad.NEW, Grad.VIEW, Grad.NEW)[: len(op.inputs)],
+        grads_doc="new tensors; the weight's is the transpose of a new tensor (TBackward), "
+        "into which autograd adds no later gradient of a tied weight in place",
         flops=_linear_flops,
         kind=OpKind.MATMUL,
         shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",

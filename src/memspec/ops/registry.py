@@ -144,6 +144,10 @@ class Grad(enum.Enum):
 
     NEW = "new"  # a fresh tensor shaped like the input
     THROUGH = "through"  # the output's gradient itself or a view of it: no new memory
+    # a fresh tensor handed on as a view of itself (nn.Linear's weight gradient comes out
+    # of TBackward transposed): the view keeps its base, so autograd cannot add a later
+    # gradient of the same tensor into it in place
+    VIEW = "view"
 
 
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]

@@ -138,6 +138,25 @@ def _index_add_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return (Saved("index", op.inputs[1]), Saved("source", op.inputs[2]))
 
 
+def _gather_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, index = ctx.inputs
+    _integer_input(ctx, 1, "the index")
+    dim = ctx.attrs["dim"]
+    rank = len(x.shape)
+    if len(index.shape) != rank or not isinstance(dim, sp.Integer) or not -rank <= dim < rank:
+        raise ctx.fail(
+            f"cannot gather {shape_str(index.shape)} along dim {dim} of {shape_str(x.shape)}"
+        )
+    return (OutputSpec(index.shape, x.dtype),)
+
+
+def _gather_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """`x.gather(dim, index)` saves the index and x itself when x needs a gradient."""
+    if not graph.value(op.inputs[0]).requires_grad:
+        return ()
+    return (Saved("index", op.inputs[1]), Saved("input", op.inputs[0]))
+
+
 def _zeros_like_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     return (OutputSpec(x.shape, x.dtype),)
@@ -184,6 +203,20 @@ register(
         shape_doc="x [n, ...] and int64 rows [r] -> [r, ...]; with cols [r] too, "
         "x [n, m, ...] -> [r, ...]",
         saved_doc="the index tensors",
+    )
+)
+register(
+    OpDef(
+        "gather",
+        "x.gather(dim, index): x's entries picked along dim by an index of x's rank",
+        ("x", "index"),
+        _gather_infer,
+        _gather_saved,
+        attrs=(("dim", None),),
+        lower=lambda t, a: t[0].gather(int(a["dim"]), t[1]),
+        kind=OpKind.INDEXING,
+        shape_doc="x [...] and int64 index of x's rank -> index's shape, x's dtype; new storage",
+        saved_doc="the index and x when x needs a gradient",
     )
 )
 register(

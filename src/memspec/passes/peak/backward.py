@@ -43,6 +43,7 @@ class BackwardReplay:
         self.in_flight: dict[object, int] = {}  # parameter instance -> its summed gradient
         self.param_grads: dict[object, int] = {}
         self.uses = dict(forward.uses)  # backward nodes still to give a parameter gradient
+        self.views: set[int] = set()  # gradient blocks handed on as views (Grad.VIEW)
 
     def run(self, loss: Entry) -> None:
         graph, ledger = self.graph, self.ledger
@@ -80,6 +81,8 @@ class BackwardReplay:
                 born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
                 size = self.forward.size_of(vid, self.grad_dtype)
                 grad = ledger.alloc(size, "temporaries", born)
+                if kind is Grad.VIEW:
+                    self.views.add(grad)
                 self.uses[key] -= 1
                 if self.uses[key] == 0:
                     finished.append(key)
@@ -90,6 +93,8 @@ class BackwardReplay:
                 grad, buffer = ledger.ref(grads_out[0]), self.adjoint
             else:
                 grad = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
+                if kind is Grad.VIEW:
+                    self.views.add(grad)
                 buffer = self.adjoint
             if key in buffer:
                 sums.append((buffer, key, grad))
@@ -119,9 +124,11 @@ class BackwardReplay:
         first in place when the engine holds the only reference to it, else old + new
         is a new tensor, and both are freed after it. Under a TorchDispatchMode (PyTorch's
         memory tracker is one) every tensor counts as a subclass and every sum is out of
-        place: `sums_in_place=False` replays that."""
+        place: `sums_in_place=False` replays that. A first gradient that is a view (its
+        base alive with it) is never summed into in place, nor is the second one used
+        instead (torch 2.13)."""
         ledger, old = self.ledger, buffer[key]
-        if self.sums_in_place and not ledger.shared(old):
+        if self.sums_in_place and not ledger.shared(old) and old not in self.views:
             ledger.unref(grad)
             return
         block = ledger.blocks[old]
