@@ -1,7 +1,9 @@
 # ViT-B/16 (torchvision.models.vit_b_16, Dosovitskiy et al., 2021): a strided-conv patch
 # embedding, a class token, learned positions, pre-LN encoder blocks (LayerNorm eps 1e-6,
 # nn.MultiheadAttention, an exact-GELU MLP, biases everywhere), a final LayerNorm and a
-# linear classification head on the class token. Compile with:
+# linear classification head on the class token. Attention is torch's
+# scaled_dot_product_attention, as torchvision trains it (the default, `sdpa`); `--use math`
+# and `--use eager` are the explicit-softmax paths. Compile with:
 #   memspec compile specs/vit.mspec --format md --preset b16 --set B=1
 use std
 
@@ -88,8 +90,8 @@ expect params == 86_567_656 at b16
 assume "patch embedding: Conv2d(3, D, kernel p, stride p) with bias; p divides the image size"
 assume "pre-LN encoder blocks; LayerNorm eps 1e-6 with weight and bias; biases on every linear; exact (erf) GELU"
 assume "no dropout: torchvision's dropout and attention_dropout default to 0"
-assume "attention: nn.MultiheadAttention's packed in_proj applied once, narrowed into q, k, v; bidirectional; math materializes the [S, S] scores and probabilities, flash (torch's scaled_dot_product_attention, what nn.MultiheadAttention calls with need_weights=False) does not"
+assume "attention: nn.MultiheadAttention's packed in_proj applied once, narrowed into q, k, v; bidirectional; by default (sdpa) as torchvision trains it: nn.MultiheadAttention with need_weights=False calls scaled_dot_product_attention, whose CPU kernel without dropout is the fused one (the same step as --use flash), storing no [S, S] tensor; --use math and --use eager materialize the scores and probabilities"
 assume "torchvision's nn.MultiheadAttention copies the packed projection (unflatten, transpose, contiguous) before splitting it; this spec splits it by views, so autograd-saved bytes follow this spec's lowering, not torchvision's internals"
 assume "state_dict names: encoder.layers.K stands for encoder.layers.encoder_layer_K and mlp.fc1, mlp.fc2 for mlp.0, mlp.3; the rest match torchvision"
 
-train { precision fp32; optimizer adamw; convention course; use math }
+train { precision fp32; optimizer adamw; convention course; use sdpa }

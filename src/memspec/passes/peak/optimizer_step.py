@@ -18,10 +18,30 @@ from memspec.symbolic.polys import Poly, add_into, scaled
 __all__ = ["step_moments"]
 
 
+def module_order(params: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
+    """The parameters (listed as declared) in `nn.Module.parameters()` order: modules in
+    pre-order, each module's own parameters before its submodules' (torchvision's ViT
+    declares `class_token` after `conv_proj`, and updates it first)."""
+    first: dict[str, int] = {}  # a module path -> when it first appeared among its siblings
+    for position, item in enumerate(params):
+        parts = item.path.split(".")
+        for depth in range(1, len(parts)):
+            first.setdefault(".".join(parts[:depth]), position)
+
+    def key(pair: tuple[int, LineItem]) -> tuple[tuple[int, int], ...]:
+        position, item = pair
+        parts = item.path.split(".")
+        modules = tuple((1, first[".".join(parts[: depth + 1])]) for depth in range(len(parts) - 1))
+        return (*modules, (0, position))  # own tensors (0) before submodules (1)
+
+    return tuple(item for _, item in sorted(enumerate(params), key=key))
+
+
 def _update_order(params: tuple[LineItem, ...]) -> list[tuple[LineItem | None, LineItem]]:
     """(previous parameter, parameter) pairs in the order torch.optim updates them:
     module order, so each repetition of a region's parameters in turn, the last of one
     repetition followed by the first of the next."""
+    params = module_order(params)
     pairs, previous = [], None
     i = 0
     while i < len(params):
