@@ -25,6 +25,7 @@ __all__ = [
     "ExprInt",
     "ExprName",
     "ExprString",
+    "ExprTuple",
     "ExprUnary",
     "SigParam",
     "Stmt",
@@ -110,8 +111,16 @@ class ExprCall:
     span: Span | None = span_field()
 
 
+@dataclass(frozen=True, slots=True)
+class ExprTuple:
+    """`return cos, sin`: several values, which the caller unpacks (`cos, sin = f(...)`)."""
+
+    items: tuple[Expr, ...]
+    span: Span | None = span_field()
+
+
 Expr = ExprInt | ExprFloat | ExprString | ExprBool | ExprName | ExprAttr | ExprUnary | ExprBinary
-Expr = Expr | ExprCall
+Expr = Expr | ExprCall | ExprTuple
 
 
 # Shapes --------------------------------------------------------------------------------------

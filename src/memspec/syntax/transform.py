@@ -229,6 +229,16 @@ class ToAst(Transformer_NonRecursive):
         value, annotation = children
         return n.StmtReturn(value, annotation, span=self.span(meta))
 
+    def stmt_return_tuple(self, meta, children):
+        first, last = children[0].span, children[-1].span
+        span = (
+            first
+            and last
+            and Span(first.source, first.line, first.col, last.end_line, last.end_col)
+        )
+        values = n.ExprTuple(tuple(children), span=span)
+        return n.StmtReturn(values, span=self.span(meta))
+
     def stmt_if(self, meta, children):
         condition, then, orelse = children
         return n.StmtIf(condition, then, orelse or (), span=self.span(meta))
