@@ -288,6 +288,13 @@ class ToAst(Transformer_NonRecursive):
     def expr_attr(self, meta, children):
         return n.ExprAttr(children[0], str(children[1]), span=self.span(meta))
 
+    def expr_index(self, meta, children):
+        return n.ExprIndex(children[0], children[1], span=self.span(meta))
+
+    def expr_list(self, meta, children):
+        items = tuple(c for c in children if c is not None)  # `[]` gives one None
+        return n.ExprList(items, span=self.span(meta))
+
     def expr_int(self, meta, children):
         return n.ExprInt(self._int(children[0]), span=self.span(meta))
 
