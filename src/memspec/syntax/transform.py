@@ -184,6 +184,9 @@ class ToAst(Transformer_NonRecursive):
     def layer_param(self, meta, children):
         return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
 
+    def layer_param_frozen(self, meta, children):
+        return d.LayerParam(str(children[0]), children[1], frozen=True, span=self.span(meta))
+
     def layer_buffer(self, meta, children):
         return d.LayerBuffer(str(children[0]), children[1], span=self.span(meta))
 
