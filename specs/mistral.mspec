@@ -91,12 +91,7 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     norm         = RMSNorm(d_model, eps)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
-        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
-        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
-        emb = cat(freqs, freqs, dim = -1)
-        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
-        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, s)
         x = layers(embed_tokens(tokens), rope_cos, rope_sin)
         return norm(x)
     }

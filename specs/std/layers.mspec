@@ -108,6 +108,19 @@ fn rotate_half(x: [..., d]) -> [..., d] {
     return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
 }
 
+# HF's rotary_emb(x, position_ids) with positions 0..s-1: cos and sin of the angles
+# [1, s, d], made once per forward without gradient (inv_freq is a buffer), unsqueezed
+# to [1, 1, s, d] for the heads as apply_rotary_pos_emb does. `cos, sin = ...` unpacks them.
+fn hf_rotary_tables(inv_freq: [f], s) {
+    # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
+    positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+    freqs = rearrange(matmul(rearrange(inv_freq, "f -> 1 f 1"), positions), "o f s -> o s f")
+    emb = cat(freqs, freqs, dim = -1)
+    # cos() * attention_scaling (1 for the default rope)
+    return rearrange(cos(emb) * 1.0, "o s d -> o 1 s d"),
+           rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+}
+
 fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
     return x * cos + rotate_half(x) * sin
 }

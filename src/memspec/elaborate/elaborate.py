@@ -123,6 +123,12 @@ class Elaborator:
             )
             args.append(Tensor(vid))
         result = self.call_layer(inst, tuple(args), {}, decl.span, calls=())
+        if isinstance(result, tuple):
+            raise SpecValueError(
+                f"model {decl.name}'s forward returns {len(result)} values; it returns one "
+                "(the loss, or the output torch would sum)",
+                forward.body.span or decl.span,
+            )
         outputs = (result.id,) if isinstance(result, Tensor) else ()
         graph = self.builder.freeze(decl.name, outputs)
         return dataclasses.replace(graph, decisions=graph.decisions + rule_decisions(graph))
@@ -218,6 +224,12 @@ class Elaborator:
         result = self.statements.run(self.pick_variant(name, sig.body), scope, frame)
         if result is None:
             raise SpecValueError(f"{name}: forward ends without `return`", sig.body.span or span)
+        if sig.returns is not None and isinstance(result, tuple):
+            raise ShapeError(
+                f"{name} returns {len(result)} values, but its signature declares one type; "
+                "leave out `-> [...]`",
+                sig.returns.span or span,
+            )
         if sig.returns is not None and isinstance(result, Tensor):
             v = self.builder.values[result.id]
             bind_type(
@@ -230,8 +242,10 @@ class Elaborator:
                 scope.ellipsis,
                 f"{name}: return value",
             )
-        if isinstance(result, Tensor):
-            self.builder.call_outputs.append(CallOutput(frame.calls[-1], frame.path, result.id))
+        for value in result if isinstance(result, tuple) else (result,):
+            if isinstance(value, Tensor):
+                call = CallOutput(frame.calls[-1], frame.path, value.id)
+                self.builder.call_outputs.append(call)
         return result
 
     def bind_params(

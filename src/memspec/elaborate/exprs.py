@@ -13,7 +13,7 @@ import sympy as sp
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.callees import Callees, Route, ScalarFunction, resolve_callee
 from memspec.elaborate.frames import Frame, Hint, expanding
-from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor, describe
+from memspec.elaborate.scope import FnRef, Instance, LayerRef, ListValue, Scope, Tensor, describe
 from memspec.errors import NameResolutionError, SpecValueError
 from memspec.ops import REGISTRY, OpDef
 from memspec.symbolic import build
@@ -95,6 +95,10 @@ class ExprEvaluator:
             return self.binary(expr, scope, frame, hint)
         if isinstance(expr, n.ExprCall):
             return self.call(expr, scope, frame, hint)
+        if isinstance(expr, n.ExprList):
+            return ListValue(tuple(self.evaluate(i, scope, frame) for i in expr.items))
+        if isinstance(expr, n.ExprIndex):
+            return self.index(expr, scope, frame)
         raise TypeError(f"unknown expression node {type(expr).__name__}")
 
     def attribute(self, expr: n.ExprAttr, scope: Scope, frame: Frame | None) -> object:
@@ -111,6 +115,24 @@ class ExprEvaluator:
                 expr.span,
             )
         return found
+
+    def index(self, expr: n.ExprIndex, scope: Scope, frame: Frame | None) -> object:
+        """`xs[i]`: i must be an integer (a literal or a name bound to one), in range;
+        negative counts from the end, as in Python."""
+        base = self.evaluate(expr.base, scope, frame)
+        if not isinstance(base, ListValue):
+            raise SpecValueError(f"only lists can be indexed; this is {describe(base)}", expr.span)
+        i = self.evaluate(expr.index, scope, frame)
+        if isinstance(i, bool) or not (isinstance(i, sp.Basic) and i.is_Integer):
+            raise SpecValueError(
+                f"a list index must be an integer, got {describe(i)}"
+                + (f" ({i})" if isinstance(i, sp.Basic) and not isinstance(i, bool) else ""),
+                expr.index.span,
+            )
+        count = len(base.items)
+        if not -count <= int(i) < count:
+            raise SpecValueError(f"index {i} is out of range for a list of {count}", expr.span)
+        return base.items[int(i)]
 
     def unary(self, expr: n.ExprUnary, scope: Scope, frame: Frame | None, hint: Hint) -> object:
         value = self.evaluate(expr.operand, scope, frame)

@@ -163,7 +163,7 @@ class Instantiator:
             dtype,
             Role.PARAMETER if is_param else Role.BUFFER,
             inst.region,
-            requires_grad=is_param,
+            requires_grad=is_param and not stmt.frozen,
             span=stmt.span,
         )
         return Tensor(vid)

@@ -14,7 +14,7 @@ from memspec.ops.registry import OpDef
 from memspec.source import Span
 from memspec.syntax import decls as d
 
-__all__ = ["FnRef", "Instance", "LayerRef", "Scope", "Tensor", "describe"]
+__all__ = ["FnRef", "Instance", "LayerRef", "ListValue", "Scope", "Tensor", "describe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,13 @@ class Tensor:
     """A tensor value of the graph being built."""
 
     id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListValue:
+    """A list literal's values (`[2, 2, 6, 2]`); a tuple stays a multi-output's."""
+
+    items: tuple[object, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,8 @@ def describe(value: object) -> str:
         return f"{len(value)} tensors"
     if isinstance(value, Tensor):
         return "a tensor"
+    if isinstance(value, ListValue):
+        return f"a list of {len(value.items)}"
     if isinstance(value, bool):
         return "true/false"
     if isinstance(value, str):

@@ -44,6 +44,12 @@ class StatementRunner:
                         stmt.value.span,
                     )
                 scope.names.update(zip(stmt.targets, value, strict=True))
+            elif isinstance(stmt, n.StmtReturn) and isinstance(stmt.value, n.ExprTuple):
+                values = []
+                for item in stmt.value.items:  # `return cos, sin`: the caller unpacks them
+                    values.append(evaluate(item, scope, frame, hint=""))
+                    _single(values[-1], item)
+                return tuple(values)
             elif isinstance(stmt, n.StmtReturn):
                 value = evaluate(stmt.value, scope, frame, hint="")
                 _single(value, stmt.value)

@@ -93,8 +93,6 @@ class Value:
         return self.strides is None
 
     def __post_init__(self) -> None:
-        if self.role is Role.PARAMETER and not self.requires_grad:
-            raise ValueError(f"parameter {self.path} must require grad")
         if self.storage > self.id:
             raise ValueError(f"value {self.path} is a view of a later value")
 

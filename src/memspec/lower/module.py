@@ -74,7 +74,7 @@ class LoweredModel(nn.Module):
             else:
                 data = torch.zeros(shape, dtype=dtype)
             if v.role is Role.PARAMETER:
-                tensor = nn.Parameter(data)
+                tensor = nn.Parameter(data).requires_grad_(v.requires_grad)  # frozen
                 owner.register_parameter(name, tensor)
             else:
                 owner.register_buffer(name, data)

@@ -92,6 +92,14 @@ def _unary(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec(x.shape, ctx.float_dtype(), strides=_layout(ctx, x.shape)),)
 
 
+def _to_float(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    """exp, sin, sigmoid, ...: torch computes them in a float dtype, and an integer (or
+    bool) x promotes to the default float dtype, whatever the activations' dtype is."""
+    (x,) = ctx.inputs
+    dtype = x.dtype if x.dtype.is_float else DEFAULT_FLOAT
+    return (OutputSpec(x.shape, dtype, strides=_layout(ctx, x.shape)),)
+
+
 def _inplace(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
@@ -152,6 +160,7 @@ def _pointwise(name: str, doc: str, kind: OpKind, saved, saved_doc: str, lower, 
 
 _BROADCAST = "a and b broadcast together (NumPy's rule); torch's dtype promotion"
 _NOTHING = "nothing"
+_TO_FLOAT = "x's shape; an integer x gives float32 (torch's default dtype)"
 _NUMBER = "x's shape; an integer x stays integer when the constant is an integer"
 _ELEMENTWISE, _ACTIVATION = OpKind.ELEMENTWISE, OpKind.ACTIVATION
 register(
@@ -263,9 +272,20 @@ _pointwise(
     _saves_output,
     "the output",
     lambda t, a: torch_functional()[0].exp(t[0]),
+    infer=_to_float,
+    shape_doc=_TO_FLOAT,
 )
-_pointwise("sigmoid", "1 / (1 + exp(-x))", _ELEMENTWISE, _saves_output, "the output", _f("sigmoid"))
-_pointwise("tanh", "tanh(x)", _ELEMENTWISE, _saves_output, "the output", _f("tanh"))
+for _name, _doc in (("sigmoid", "1 / (1 + exp(-x))"), ("tanh", "tanh(x)")):
+    _pointwise(
+        _name,
+        _doc,
+        _ELEMENTWISE,
+        _saves_output,
+        "the output",
+        _f(_name),
+        infer=_to_float,
+        shape_doc=_TO_FLOAT,
+    )
 _pointwise(
     "dropout",
     "training-mode dropout",

@@ -11,7 +11,14 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ops.elementwise import _inplace, _pointwise, _saves_input, _unary
+from memspec.ops.elementwise import (
+    _TO_FLOAT,
+    _inplace,
+    _pointwise,
+    _saves_input,
+    _to_float,
+    _unary,
+)
 from memspec.ops.promotion import result_type
 from memspec.ops.registry import (
     Grad,
@@ -172,19 +179,21 @@ _op(
     "sin",
     "sin(x)",
     OpKind.ELEMENTWISE,
-    _unary,
+    _to_float,
     _saves_input,
     "the input",
     lambda t, a: torch_functional()[0].sin(t[0]),
+    shape_doc=_TO_FLOAT,
 )
 _op(
     "cos",
     "cos(x)",
     OpKind.ELEMENTWISE,
-    _unary,
+    _to_float,
     _saves_input,
     "the input",
     lambda t, a: torch_functional()[0].cos(t[0]),
+    shape_doc=_TO_FLOAT,
 )
 _op(
     "drop_path",

@@ -19,6 +19,7 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.sizes import BoundSizes
 from memspec.ir.types import DType, Shape, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
+from memspec.ops.promotion import promote_types
 from memspec.ops.registry import (
     Grad,
     InferContext,
@@ -210,7 +211,12 @@ def _cat_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
                 f"cannot concatenate {shape_str(t.shape)} with {shape_str(first)} along dim {dim}"
             )
         total += t.shape[dim]
-    return (OutputSpec((*first[:dim], total, *first[dim + 1 :]), ctx.float_dtype()),)
+    # torch.cat promotes its inputs' dtypes: integers stay integer (positions), a float
+    # input makes the result float
+    dtype = ctx.inputs[0].dtype
+    for t in ctx.inputs[1:]:
+        dtype = promote_types(dtype, t.dtype)
+    return (OutputSpec((*first[:dim], total, *first[dim + 1 :]), dtype),)
 
 
 def _cat_lower(tensors, attrs):
@@ -314,7 +320,8 @@ register(
         grads=lambda op, graph: (Grad.THROUGH,) * len(op.inputs),  # narrowed views of it
         grads_doc="narrowed views of the output's gradient",
         kind=OpKind.LAYOUT,
-        shape_doc="the inputs' common shape with dim's sizes summed; new storage",
+        shape_doc="the inputs' common shape with dim's sizes summed; new storage; torch's "
+        "promoted dtype (integers stay integer)",
         saved_doc="nothing",
     )
 )

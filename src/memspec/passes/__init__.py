@@ -27,7 +27,7 @@ from memspec.passes.expects import ExpectResult, check_expects
 from memspec.passes.flops import FlopsResult, count_flops
 from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
-from memspec.passes.parameters import count_parameters
+from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
@@ -86,7 +86,10 @@ def _conventions(context: AnalysisContext) -> dict[str, CategoryResult]:
 
 
 def _flops(context: AnalysisContext) -> FlopsResult:
-    return count_flops(context.graph, context.config, context.earlier["parameters"].elements)
+    # the optimizer updates the trained parameters only (a frozen one has no gradient)
+    trained = trained_items(context.earlier["parameters"].items)
+    elements = sp.expand(sum((i.total_elements for i in trained), sp.Integer(0)))
+    return count_flops(context.graph, context.config, elements)
 
 
 def _active_parameters(context: AnalysisContext) -> CategoryResult | None:

@@ -61,6 +61,7 @@ class LayerSub:
 class LayerParam:
     name: str
     type: TypeTensor
+    frozen: bool = False  # `param table: [P, D] frozen`: requires_grad=False
     span: Span | None = span_field()
 
 

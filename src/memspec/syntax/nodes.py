@@ -22,9 +22,12 @@ __all__ = [
     "ExprBool",
     "ExprCall",
     "ExprFloat",
+    "ExprIndex",
     "ExprInt",
+    "ExprList",
     "ExprName",
     "ExprString",
+    "ExprTuple",
     "ExprUnary",
     "SigParam",
     "Stmt",
@@ -110,8 +113,33 @@ class ExprCall:
     span: Span | None = span_field()
 
 
+@dataclass(frozen=True, slots=True)
+class ExprTuple:
+    """`return cos, sin`: several values, which the caller unpacks (`cos, sin = f(...)`)."""
+
+    items: tuple[Expr, ...]
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class ExprList:
+    """`[2, 2, 6, 2]`: per-stage values (depths, widths), indexed by an integer."""
+
+    items: tuple[Expr, ...]
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
+class ExprIndex:
+    """`depths[i]`: an item of a list, `i` an integer literal or a name bound to one."""
+
+    base: Expr
+    index: Expr
+    span: Span | None = span_field()
+
+
 Expr = ExprInt | ExprFloat | ExprString | ExprBool | ExprName | ExprAttr | ExprUnary | ExprBinary
-Expr = Expr | ExprCall
+Expr = Expr | ExprCall | ExprTuple | ExprList | ExprIndex
 
 
 # Shapes --------------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ class ToAst(Transformer_NonRecursive):
     def layer_param(self, meta, children):
         return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
 
+    def layer_param_frozen(self, meta, children):
+        return d.LayerParam(str(children[0]), children[1], frozen=True, span=self.span(meta))
+
     def layer_buffer(self, meta, children):
         return d.LayerBuffer(str(children[0]), children[1], span=self.span(meta))
 
@@ -228,6 +231,16 @@ class ToAst(Transformer_NonRecursive):
     def stmt_return(self, meta, children):
         value, annotation = children
         return n.StmtReturn(value, annotation, span=self.span(meta))
+
+    def stmt_return_tuple(self, meta, children):
+        first, last = children[0].span, children[-1].span
+        span = (
+            first
+            and last
+            and Span(first.source, first.line, first.col, last.end_line, last.end_col)
+        )
+        values = n.ExprTuple(tuple(children), span=span)
+        return n.StmtReturn(values, span=self.span(meta))
 
     def stmt_if(self, meta, children):
         condition, then, orelse = children
@@ -277,6 +290,13 @@ class ToAst(Transformer_NonRecursive):
 
     def expr_attr(self, meta, children):
         return n.ExprAttr(children[0], str(children[1]), span=self.span(meta))
+
+    def expr_index(self, meta, children):
+        return n.ExprIndex(children[0], children[1], span=self.span(meta))
+
+    def expr_list(self, meta, children):
+        items = tuple(c for c in children if c is not None)  # `[]` gives one None
+        return n.ExprList(items, span=self.span(meta))
 
     def expr_int(self, meta, children):
         return n.ExprInt(self._int(children[0]), span=self.span(meta))

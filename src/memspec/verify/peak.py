@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from memspec.errors import UsageError
 from memspec.lower.module import LoweredModel
+from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
 from memspec.result import CompileResult
 from memspec.verify.measure import _optimizer
@@ -56,12 +57,30 @@ def measure_peak(result: CompileResult, options: StepOptions | None = None) -> P
         ) from None
 
 
+class _NoHook:
+    """A removable handle of no hook."""
+
+    def remove(self) -> None:
+        pass
+
+
+_NO_HOOK = _NoHook()
+
+
 def _phase_tracker():
     """MemTracker, noting the phase of the step when it records a new peak."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class PhaseTracker(MemTracker):
         peak_phase = ""
+
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            # torch's tracker hooks every parameter's gradient, which a frozen one
+            # (requires_grad=False) refuses: it gets a handle that holds no hook
+            for param in module.parameters():
+                if not param.requires_grad and param not in self._param_to_grad_hook_handles:
+                    self._param_to_grad_hook_handles[param] = (_NO_HOOK, _NO_HOOK)
+            return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
         def _update_peak_stats(self, peak_state) -> None:
             before = dict(self._peak_mem)
@@ -164,7 +183,8 @@ def step_counters(result: CompileResult) -> tuple[int, int]:
     tensor, made by the first `step()`."""
     if result.config.optimizer.name not in ("adamw", "adam"):
         return 0, 0
-    count = sum(result.value(i.multiplicity) for i in result.categories["parameters"].items)
+    items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
+    count = sum(result.value(i.multiplicity) for i in items)
     return count, 4 * count
 
 

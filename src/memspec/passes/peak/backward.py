@@ -10,12 +10,14 @@ its own temporaries and what it saved are freed.
 
 from __future__ import annotations
 
+import sympy as sp
+
 from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Role
 from memspec.ops import lookup
 from memspec.ops.registry import Grad
 from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
-from memspec.passes.peak.moments import Phase
+from memspec.passes.peak.moments import Phase, Side
 
 __all__ = ["BackwardReplay"]
 
@@ -49,9 +51,18 @@ class BackwardReplay:
         graph, ledger = self.graph, self.ledger
         # backward()'s grad_tensors (ones like the loss) are made before the engine runs,
         # so they are no gradient of backward's, and live until it returns
-        itemsize = graph.value(graph.outputs[0]).dtype.itemsize
-        seed = ledger.alloc(self.forward.measure(itemsize), "activations", ())
-        self.adjoint[loss.key] = ledger.ref(seed)
+        out = graph.value(graph.outputs[0])
+        itemsize = DType.float32.itemsize if out.shape else out.dtype.itemsize
+        seed = ledger.alloc(self.forward.measure(sp.Integer(itemsize)), "activations", ())
+        if not out.shape or out.dtype is DType.float32:
+            # a scalar's gradient is the seed; sum's backward expands it, a view
+            self.adjoint[loss.key] = ledger.ref(seed)
+        else:
+            # `.float()`'s backward casts the expanded seed back to out's dtype: new storage
+            size = self.forward.size_of(out.id)
+            self.adjoint[loss.key] = ledger.alloc(size, "temporaries", ())
+            after = tuple((r.id, Side.AFTER) for r in graph.regions)
+            ledger.mark(Phase.BACKWARD, "out.float()", after)
         for record in reversed(self.forward.records):
             self._op(record)
         # autograd frees the rest of the graph (nodes backward never reached)

@@ -91,7 +91,24 @@ class ForwardReplay(Interpreter[Entry]):
         for entry in self.env.values():
             ledger.unref(entry.block)
         self.env = {}
+        self._sum_output()
         return loss
+
+    def _sum_output(self) -> None:
+        """A non-scalar output is summed into the loss as `out.float().sum()` (what
+        `memspec verify` runs): a float32 copy unless it is float32 already, freed once
+        the scalar is made (sum saves no input), and the scalar, held like the output."""
+        vid = self.graph.outputs[0]
+        out = self.graph.value(vid)
+        if not out.shape:
+            return
+        ledger = self.ledger
+        copy = None
+        if out.dtype is not DType.float32:
+            copy = ledger.alloc(self.size_of(vid, DType.float32), "activations", ())
+        ledger.alloc(self.measure(sp.Integer(DType.float32.itemsize)), "activations", ())
+        ledger.mark(Phase.FORWARD, "out.float().sum()", tuple(self.where.items()))
+        ledger.unref(copy)
 
     # -- the interpreter's events ----------------------------------------------------
     def repetitions(self, region: Region) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from memspec.config import TrainConfig
+from memspec.passes.parameters import trained_items
 from memspec.passes.peak.moments import Point
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.symbolic.polys import Poly, add_into, scaled
@@ -65,11 +66,11 @@ def _temporaries(
 ) -> list[tuple[str, Poly]]:
     """(which parameter is being updated, the step's temporaries then), per moment."""
     temps = config.optimizer.temps_of(impl)
-    params = categories["parameters"].items
+    params = trained_items(categories["parameters"].items)  # frozen ones are skipped
     if temps == 0 or not params:
         return [("", {})]
     if impl == "foreach":
-        every = scaled(measure(categories["parameters"].bytes), temps)
+        every = scaled(measure(sp.expand(sum((i.bytes for i in params), sp.Integer(0)))), temps)
         return [("every parameter at once", every)]
     itemsize = config.precision.state.itemsize
     moments, seen = [], set()
