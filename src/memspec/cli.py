@@ -233,10 +233,17 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
 def _solve(args: argparse.Namespace) -> str:
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
-    from memspec.solve import parse_budget, solve_max
+    from memspec.solve import check_bound, parse_budget, solve_max
 
     result = _result(args)
     s = solve_max(result, args.symbol, parse_budget(args.budget), args.objective)
+    if not s.expression.free_symbols - {s.symbol}:  # a number to check
+
+        def compile_at(value: int):
+            bound = [*args.bindings, f"{args.symbol}={value}"]
+            return _result(argparse.Namespace(**{**vars(args), "bindings": bound}))
+
+        s = check_bound(s, args.objective, compile_at)
     if args.plot:
         from memspec.plot import plot_memory
 
