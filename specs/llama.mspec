@@ -108,7 +108,8 @@ model LlamaForCausalLM {
     model   = LlamaModel(V, D, N, H, KV, F)
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
-        logits = returned(lm_head(model(tokens)))   : [B, L, V]
+        logits = lm_head(model(tokens))        : [B, L, V]
+        logits = returned(logits)              # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
