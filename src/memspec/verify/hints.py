@@ -11,31 +11,14 @@ ratio of two dtypes' sizes. Nothing is guessed: a relation is printed only when 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 from memspec.ir.types import DType, shape_str
 from memspec.result import CompileResult
+from memspec.verify.compare import Row, Table
+from memspec.verify.measure import SavedTensor
 
-if TYPE_CHECKING:  # compare imports measure, which imports SavedTensor from here
-    from memspec.verify.compare import Row, Table
-
-__all__ = ["SavedTensor", "activation_hints", "element_hints", "peak_hints"]
-
-
-@dataclass(frozen=True, slots=True)
-class SavedTensor:
-    """A storage torch's autograd saved in the measured step, first seen in `op`."""
-
-    op: str
-    shape: tuple[int, ...]
-    dtype: str
-    bytes: int
-
-    def describe(self) -> str:
-        shape = "[" + ", ".join(map(str, self.shape)) + "]"
-        return f"{shape} {self.dtype}, {self.bytes:,} B (saved in {self.op})"
+__all__ = ["activation_hints", "element_hints", "peak_hints"]
 
 
 def _ratio(predicted: int, measured: int) -> str | None:

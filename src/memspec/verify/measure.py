@@ -16,9 +16,22 @@ import torch
 from memspec.ir.graph import Graph, OpApply
 from memspec.lower.module import LoweredModel
 from memspec.result import CompileResult
-from memspec.verify.hints import SavedTensor
 
-__all__ = ["Measurement", "activation_key", "measure_step"]
+__all__ = ["Measurement", "SavedTensor", "activation_key", "measure_step"]
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTensor:
+    """A storage torch's autograd saved in the measured step, first seen in `op`."""
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+    def describe(self) -> str:
+        shape = "[" + ", ".join(map(str, self.shape)) + "]"
+        return f"{shape} {self.dtype}, {self.bytes:,} B (saved in {self.op})"
 
 
 @dataclass
