@@ -36,7 +36,7 @@ layer GPT2Attention(d_model, num_heads, dropout_p) {
         k = rearrange(narrow(qkv, -1, d_model, d_model), "b s (h d) -> b h s d", h = num_heads)
         v = rearrange(narrow(qkv, -1, 2 * d_model, d_model), "b s (h d) -> b h s d",
                       h = num_heads)
-        o = attention(q, k, v, causal = true, dropout_p = dropout_p)     # attn_dropout
+        o = attention(q, kv_cache(k), kv_cache(v), causal = true, dropout_p = dropout_p)
         merged = rearrange(o, "b h s d -> b s (h d)")   # transpose + reshape: a copy
         return dropout(c_proj(merged), dropout_p)       # resid_dropout
     }
@@ -80,6 +80,7 @@ model GPT2LMHeadModel {
         x = dropout(wte(tokens) + wpe(positions), 0.1)             : [B, L, D]
         x = h(x)
         logits = linear(ln_f(x), wte.weight)                       : [B, L, V]
+        logits = returned(logits)                   # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }

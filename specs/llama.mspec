@@ -56,7 +56,7 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
         k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
                          sin)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        o = llama_attention(q, k, v, n_rep)
+        o = llama_attention(q, kv_cache(k), kv_cache(v), n_rep)
         return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
     }
 }
@@ -102,6 +102,7 @@ model LlamaForCausalLM {
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
+        logits = returned(logits)              # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }

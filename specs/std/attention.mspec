@@ -87,3 +87,17 @@ fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, w
     if dropout_p > 0 { probs = dropout(probs, dropout_p) }
     return einsum(probs, v, "... s t, ... t d -> ... s d")
 }
+
+# transformers' `use_cache`: with True, each attention layer's K and V go through a
+# DynamicCache, whose update is torch.cat([empty, k], dim=-2): attention reads those
+# copies, and the model returns them in its outputs (`past_key_values`). A Trainer sets
+# use_cache = False (TrainingArguments.use_cache), the default here; `--use cache` is a
+# hand-written loop on the config's default, True. The copies outlive backward only when
+# the loop keeps the outputs object (--keep-outputs).
+fn kv_cache(x: [b, h, s, d]) -> [b, h, s, d]
+variant no_cache {
+    return x
+}
+variant cache {
+    return returned(cat(x, dim = -2))
+}

@@ -165,6 +165,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="how torch.optim runs the step: for_loop (CPU default), foreach (CUDA "
         "default) or fused",
     )
+    step.add_argument(
+        "--keep-outputs",
+        action="store_true",
+        help="the loop keeps the model's outputs (out = model(...); out.loss.backward()): "
+        "what the spec returns beside the loss (logits, a K/V cache) lives until the step "
+        "ends; a Trainer keeps only the loss",
+    )
 
 
 def _result(args: argparse.Namespace, **options):
@@ -173,7 +180,13 @@ def _result(args: argparse.Namespace, **options):
     from memspec.passes.peak import StepOptions
 
     flags = {name: getattr(args, name, None) for name in ("convention", "precision")}
-    step = StepOptions(args.first_step, args.set_to_none, args.grad_accum, args.optimizer_impl)
+    step = StepOptions(
+        args.first_step,
+        args.set_to_none,
+        args.grad_accum,
+        args.optimizer_impl,
+        args.keep_outputs,
+    )
     return compile_spec(
         Path(args.spec),
         set=args.bindings,
@@ -220,10 +233,17 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
 def _solve(args: argparse.Namespace) -> str:
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
-    from memspec.solve import parse_budget, solve_max
+    from memspec.solve import check_bound, parse_budget, solve_max
 
     result = _result(args)
     s = solve_max(result, args.symbol, parse_budget(args.budget), args.objective)
+    if not s.expression.free_symbols - {s.symbol}:  # a number to check
+
+        def compile_at(value: int):
+            bound = [*args.bindings, f"{args.symbol}={value}"]
+            return _result(argparse.Namespace(**{**vars(args), "bindings": bound}))
+
+        s = check_bound(s, args.objective, compile_at)
     if args.plot:
         from memspec.plot import plot_memory
 

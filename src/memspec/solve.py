@@ -7,12 +7,19 @@ bound, the moments that another one dominates for every value of the symbol are
 dropped. Memory grows with every size, so the answer is exact: a closed form when each
 remaining expression is linear in the symbol (the smallest of their solutions), a
 bisection over integers otherwise.
+
+The expression is compiled with the symbol unbound, so PyTorch's size-dependent choices
+(a view or a copy, which a size of 1 changes: a fused QKV's heads at B = 1) are those of
+general sizes. `check_bound` recompiles at the answer and the value above it with the
+symbol bound, where those choices are torch's at that size, and moves the answer until
+it fits there and the next value does not.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -59,6 +66,9 @@ class Solution:
     expression: sp.Expr  # bytes as a function of the symbol (others bound)
     formula: sp.Expr | None  # the closed form when everything else stays symbolic
     moment: str | None = None  # where the step peaks at the maximum (objective peak)
+    # (value, bytes) compiled with the symbol bound to each value, by `check_bound`
+    checked: tuple[tuple[int, int], ...] = ()
+    general: int | None = None  # the answer at general sizes, where `check_bound` moved it
 
 
 def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str]]:
@@ -130,3 +140,50 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
     values = at(low)
     moment = terms[values.index(max(values))][1] or None
     return Solution(x, low, budget, expression, formula, moment)
+
+
+def _bytes(result: CompileResult, objective: str) -> int:
+    """The memory of a result whose every dim is bound."""
+    return max(int(result.value(e)) for e, _ in _objective(result, objective))
+
+
+def check_bound(
+    solution: Solution, objective: str, compile_at: Callable[[int], CompileResult]
+) -> Solution:
+    """`solution` re-checked with the symbol bound: `compile_at(v)` compiles the spec at
+    that value. The answer is the largest value that fits at its own bound sizes with the
+    value above it not fitting at its own. Sizes of 2 and more decide as general sizes
+    do, so the answer moves by at most a step or two; the moves are capped all the same."""
+    checked: dict[int, int] = {}
+
+    def fits(v: int) -> bool:
+        if v not in checked:
+            checked[v] = _bytes(compile_at(v), objective)
+        return checked[v] <= solution.budget
+
+    answer = solution.maximum or 0
+    for _ in range(8):
+        if answer >= 1 and not fits(answer):
+            answer -= 1
+        elif fits(answer + 1):
+            answer += 1
+        else:
+            break
+    else:
+        raise UsageError(
+            f"the largest {solution.symbol} moved more than 8 times when checked at bound "
+            "sizes; the memory is not monotone in it"
+        )
+    moment = solution.moment
+    if answer != solution.maximum:
+        moment = None
+        if answer >= 1 and objective == "peak":
+            winner = compile_at(answer).peak.winner()
+            moment = winner.label() if winner else None
+    return replace(
+        solution,
+        maximum=answer or None,
+        moment=moment,
+        checked=tuple(sorted(checked.items())),
+        general=solution.maximum if answer != (solution.maximum or 0) else None,
+    )

@@ -422,6 +422,7 @@ def test_pad_and_contiguous(b, c, h, w, pads, transposed):
     run_op("pad", [((b, c, h, w), F32, "grad")], attrs)
     order = (0, 1, 3, 2) if transposed else None
     run_op("contiguous", [((b, c, h, w), F32, "grad", order)], {})
+    run_op("returned", [((b, c, h, w), F32, "grad", order)], {})
 
 
 @settings(max_examples=15, deadline=None)
@@ -451,7 +452,7 @@ def test_every_op_is_covered():
                "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
-               "add_causal_mask"}
+               "add_causal_mask", "returned"}
     assert covered == set(REGISTRY)
 
 

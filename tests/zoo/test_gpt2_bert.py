@@ -92,7 +92,8 @@ def test_bert_buffers_are_position_and_token_type_ids():
 @pytest.mark.parametrize(
     ("spec", "variants"),
     [
-        ("gpt2.mspec", (("attention", "sdpa"), ("gpt2_activation", "gelu_new"))),
+        ("gpt2.mspec", (("attention", "sdpa"), ("gpt2_activation", "gelu_new"),
+                        ("kv_cache", "no_cache"))),
         ("bert.mspec", (("attention", "sdpa"),)),
     ],
 )

@@ -11,6 +11,7 @@ from memspec.ir.interpreter import Index, Interpreter
 from memspec.ir.schedule import Schedule
 from memspec.lower.values import concrete
 from memspec.ops import lookup
+from memspec.ops.outputs import RETURNED
 
 __all__ = ["OpHook", "TorchInterpreter"]
 
@@ -38,6 +39,10 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         self.on_op_start = on_op_start
         self.on_op_end = on_op_end
         self.iteration: dict[int, int] = {}  # region id -> the repetition running now
+        # what the model returns beside the loss, held only when the loop keeps it: held
+        # otherwise, it would outlive its last use inside the forward
+        self.keep_returned = False
+        self.returned: list[torch.Tensor] = []
 
     def repetitions(self, region: Region) -> int:
         return concrete(region.count, self.subs)
@@ -59,6 +64,8 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         return list(out) if isinstance(out, tuple) else [out]
 
     def op_done(self, op: OpApply, inputs: list, outputs: list) -> None:
+        if op.op == RETURNED and self.keep_returned:
+            self.returned.extend(outputs)
         if self.on_op_end:
             self.on_op_end(op, inputs, outputs, self.env)
 

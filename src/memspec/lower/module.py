@@ -53,6 +53,10 @@ class LoweredModel(nn.Module):
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
         self._running: TorchInterpreter | None = None
+        # the loop keeps the outputs object: what the spec marks `returned` is held here
+        # from the forward until the caller clears it (`memspec verify --keep-outputs`)
+        self.keep_outputs = False
+        self.returned: list[torch.Tensor] = []
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
@@ -103,9 +107,12 @@ class LoweredModel(nn.Module):
         run = TorchInterpreter(
             self.graph, self.plan, self.subs, self.state, self.on_op_start, self.on_op_end
         )
+        run.keep_returned = self.keep_outputs
         self._running = run
         try:
             outputs = run.run(inputs)
         finally:
             self._running = None
+        if self.keep_outputs:
+            self.returned = run.returned
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -10,6 +10,7 @@ from memspec.ops import (  # noqa: F401  (importing registers the ops)
     elementwise,
     layout,
     linalg,
+    outputs,
     pointwise,
     positional,
     reductions,

@@ -137,6 +137,8 @@ def peak(result: CompileResult) -> Peak:
             ("set_to_none", options.set_to_none),
             ("grad_accum", options.grad_accum),
             ("optimizer_impl", options.optimizer_impl),
+            # named only when set, so the reports of a Trainer's step stay as they were
+            *((("keep_outputs", True),) if options.keep_outputs else ()),
         ),
         moment=winner.label() if winner else None,
         rows=_rows(result, winner, _why(result, options)),

@@ -30,6 +30,8 @@ class SolveReport:
     moment: str | None  # where the step peaks at the maximum
     nothing_fits: bool  # every other dim is bound and even 1 needs more than the budget
     plot: str | None  # where the plot was written
+    checked: tuple[tuple[int, int], ...] = ()  # (value, bytes) compiled with it bound
+    general: int | None = None  # the answer at general sizes, where the check moved it
 
 
 def build_solve(
@@ -51,6 +53,8 @@ def build_solve(
         moment=solution.moment,
         nothing_fits=solution.maximum is None and not others,
         plot=plot,
+        checked=solution.checked,
+        general=solution.general,
     )
 
 
@@ -65,6 +69,17 @@ def render_solve_text(report: SolveReport) -> str:
         lines.append(f"largest {s} within {report.budget:,} bytes: {report.maximum}{at}")
     elif report.nothing_fits:
         lines.append(f"even {s} = 1 needs more than {report.budget:,} bytes")
+    if report.checked:
+        each = ", ".join(
+            f"{s} = {v}: {b:,} bytes ({'fits' if b <= report.budget else 'does not fit'})"
+            for v, b in report.checked
+        )
+        lines.append(f"checked with {s} bound, as torch decides views at that size: {each}")
+        if report.general is not None:
+            lines.append(
+                f"at general sizes the answer would be {report.general}: torch decides views "
+                f"and copies differently at {s} = {report.general}"
+            )
     if report.plot:
         lines.append(f"plot written to {report.plot}")
     return "\n".join(lines) + "\n"
@@ -84,4 +99,8 @@ def render_solve_json(report: SolveReport) -> str:
         doc["formula"] = report.formula
     if report.moment is not None:
         doc["phase"] = report.moment
+    if report.checked:
+        doc["checked"] = [{"value": v, "bytes": b} for v, b in report.checked]
+    if report.general is not None:
+        doc["general"] = report.general
     return json.dumps(doc, indent=2) + "\n"

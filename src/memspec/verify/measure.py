@@ -17,7 +17,21 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.lower.module import LoweredModel
 from memspec.result import CompileResult
 
-__all__ = ["Measurement", "activation_key", "measure_step"]
+__all__ = ["Measurement", "SavedTensor", "activation_key", "measure_step"]
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTensor:
+    """A storage torch's autograd saved in the measured step, first seen in `op`."""
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+    def describe(self) -> str:
+        shape = "[" + ", ".join(map(str, self.shape)) + "]"
+        return f"{shape} {self.dtype}, {self.bytes:,} B (saved in {self.op})"
 
 
 @dataclass
@@ -30,6 +44,8 @@ class Measurement:
     optimizer_state: dict[str, int] = field(default_factory=dict)
     optimizer_scalars: dict[str, int] = field(default_factory=dict)
     activation_bytes: dict[str, int] = field(default_factory=dict)
+    # each saved storage under its key, for the hints on a mismatch
+    activation_tensors: dict[str, list[SavedTensor]] = field(default_factory=dict)
     loss: float = 0.0
 
 
@@ -70,6 +86,7 @@ class _SavedTracker:
         self.pending: list[torch.Tensor] = []
         self.seen: set[int] = set()
         self.bytes: dict[str, int] = defaultdict(int)
+        self.tensors: dict[str, list[SavedTensor]] = defaultdict(list)
         # region input's storage -> (region, region output's storage)
         self.carried_inputs = {
             self.graph.value(i).storage: (r, self.graph.value(o).storage)
@@ -100,7 +117,12 @@ class _SavedTracker:
             if ptr in self.excluded or ptr in self.seen:
                 continue
             self.seen.add(ptr)
-            self.bytes[by_storage.get(ptr, internal_key(op))] += storage.nbytes()
+            key = by_storage.get(ptr, internal_key(op))
+            self.bytes[key] += storage.nbytes()
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            self.tensors[key].append(
+                SavedTensor(op.path, tuple(tensor.shape), dtype, storage.nbytes())
+            )
         self.pending = []
 
 
@@ -127,6 +149,7 @@ def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
     optimizer.step()
     measured.loss = float(loss.detach())
     measured.activation_bytes = dict(tracker.bytes)
+    measured.activation_tensors = dict(tracker.tensors)
     names = {id(p): n for n, p in model.named_parameters()}
     for p in model.parameters():
         if p.grad is not None:

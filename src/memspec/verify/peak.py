@@ -99,6 +99,7 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
 
     with FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
+        model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(
             result.config.optimizer.name, model.parameters(), options.optimizer_impl
         )
@@ -115,6 +116,7 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
                 loss = out if out.dim() == 0 else out.float().sum()
                 loss.backward()
             optimizer.step()
+            model.returned = []  # the loop's outputs object goes with the step
 
         if not options.first_step:
             step()

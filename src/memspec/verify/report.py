@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.symbolic.bind import format_bytes
-from memspec.verify.compare import Table
+from memspec.verify.compare import Row, Table
+from memspec.verify.hints import activation_hints, element_hints, peak_hints
 from memspec.verify.measure import Measurement
 from memspec.verify.peak import PeakComparison
 
@@ -18,7 +19,16 @@ def _cell(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def _table(table: Table, width: int) -> list[str]:
+def _hints(result: CompileResult, measured: Measurement, table: Table, row: Row) -> list[str]:
+    """The computed hints under a mismatched row, indented below it."""
+    if table.category == "activations":
+        found = activation_hints(result, row, measured.activation_tensors.get(row.name, []))
+    else:
+        found = element_hints(table, row)
+    return [f"      hint: {line}" for line in found]
+
+
+def _table(table: Table, width: int, hints=lambda table, row: []) -> list[str]:
     lines = [
         f"{_TITLES[table.category]} ({table.unit})",
         f"  {'item':<{width}} {'predicted':>15} {'measured':>15} {'difference':>12}",
@@ -29,6 +39,8 @@ def _table(table: Table, width: int) -> list[str]:
             f"  {row.name:<{width}} {_cell(row.predicted):>15} {_cell(row.measured):>15}"
             f" {row.difference:>12,}{mark}"
         )
+        if row.difference:
+            lines += hints(table, row)
     verdict = "ok" if table.ok else "MISMATCH"
     lines.append(
         f"  {'total':<{width}} {table.predicted:>15,} {table.measured:>15,} "
@@ -61,8 +73,12 @@ def _peak_lines(result: CompileResult, peak: PeakComparison) -> list[str]:
         f"{peak.expected - peak.measured:>12,}   {format_bytes(peak.measured)}"
     )
     measured_phase, phase = peak.phases
+    lines.append(
+        f"  phase: the tracker peaks in {measured_phase or 'no phase'}, memspec in {phase}"
+    )
+    if not peak.ok:
+        lines += [f"  hint: {h}" for h in peak_hints(result, peak.rows, peak.phases)]
     lines += [
-        f"  phase: the tracker peaks in {measured_phase or 'no phase'}, memspec in {phase}",
         "",
         "verify --peak: equal to the byte in every category and in total, at the same phase"
         if peak.ok
@@ -99,7 +115,10 @@ def render_verify(
         )
         width = max(24, *(len(r.name) for t in tables for r in t.rows))
         for table in tables:
-            lines += ["", *_table(table, width)]
+            lines += [
+                "",
+                *_table(table, width, lambda t, r: _hints(result, measured, t, r)),
+            ]
         if measured.optimizer_scalars:
             count = len(measured.optimizer_scalars)
             total = sum(measured.optimizer_scalars.values())

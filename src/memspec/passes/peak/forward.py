@@ -3,7 +3,8 @@
 Each op's outputs get new blocks (a view shares its input's), each activation is freed
 after its last reader unless an op saved it for backward, and a saved tensor is held by
 the op's record until backward has passed it (`passes.peak.backward`). The batch is
-made by the caller before the step and lives through all of it.
+made by the caller before the step and lives through all of it; so does what the model
+returns beside the loss (`returned`) when the loop keeps the outputs object.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from memspec.ir.graph import Graph, OpApply, Region, Value
 from memspec.ir.interpreter import Index, Interpreter
 from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
+from memspec.ops.outputs import RETURNED
 from memspec.passes.peak.ledger import Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
 from memspec.symbolic.polys import Poly
@@ -63,6 +65,7 @@ class ForwardReplay(Interpreter[Entry]):
         repetitions: Mapping[int, int],
         measure: Callable[[sp.Expr], Poly],
         refuse: Callable[[str], Exception],
+        keep_outputs: bool = False,
     ):
         super().__init__(graph)
         self.ledger = ledger
@@ -73,6 +76,8 @@ class ForwardReplay(Interpreter[Entry]):
         self.records: list[Record] = []
         self.uses: dict[object, int] = {}  # parameter instance -> backward nodes using it
         self._keys = itertools.count()
+        self.keep_outputs = keep_outputs
+        self.kept: list[int] = []  # blocks the loop's outputs object holds to the step's end
 
     def size_of(self, vid: int, dtype: DType | None = None) -> Poly:
         v = self.graph.value(vid)
@@ -177,6 +182,8 @@ class ForwardReplay(Interpreter[Entry]):
         )
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
+        if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:
+            self.kept.append(ledger.ref(outputs[0].block))
         self.records.append(record)
         return outputs
 

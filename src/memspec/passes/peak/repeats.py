@@ -3,10 +3,11 @@
 The replay runs a region's first, a middle and its last repetition (`REPLAY_LIMIT`).
 Memory at a moment of repetition k is affine in k: each left-out middle repetition
 before the moment (in the step's order) holds what it saved; after it, in backward, the
-parameter gradients it left. So each moment is read once per way its replayed middle
-repetition can stand for a real one (the second, or the next-to-last), with the
-left-out repetitions' share added as the moment's position says. Nested regions: a
-region's share includes its nested regions' left-out repetitions, per replayed copy.
+parameter gradients it left (and what the loop's outputs object holds of it). So each
+moment is read once per way its replayed middle repetition can stand for a real one
+(the second, or the next-to-last), with the left-out repetitions' share added as the
+moment's position says. Nested regions: a region's share includes its nested regions'
+left-out repetitions, per replayed copy.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Share:
     region: int
     saved: Poly
     gradients: Poly
+    kept: Poly  # the part of `saved` still held after its backward (`keep_outputs`)
     instances: tuple[tuple[tuple[int, int], ...], ...]
 
 
@@ -89,37 +91,39 @@ def shares(graph: Graph, rep: Replay, p: Plan) -> list[Share]:
     """Per region with left-out repetitions: S(R) = replayed(R) + sum over regions D
     nested in it of (replayed copies of D in one repetition of R) * e_D * S(D)."""
     replayed = {s.region: s for s in rep.shares}
-    totals: dict[int, tuple[Poly, Poly]] = {}
+    totals: dict[int, tuple[Poly, Poly, Poly]] = {}
 
-    def total(region_id: int) -> tuple[Poly, Poly]:
+    def total(region_id: int) -> tuple[Poly, Poly, Poly]:
         if region_id not in totals:
             saved = dict(replayed[region_id].saved)
             grads = dict(replayed[region_id].gradients)
+            kept = dict(replayed[region_id].kept)
             for inner in graph.regions:
                 chain = [r.id for r in graph.region_chain(inner.id)]
                 if inner.id not in p.extra or region_id not in chain[:-1]:
                     continue
                 between = chain[chain.index(region_id) + 1 : -1]
                 copies = math.prod(p.repetitions[m] for m in between)
-                inner_saved, inner_grads = total(inner.id)
+                inner_saved, inner_grads, inner_kept = total(inner.id)
                 factor = copies * p.extra[inner.id]
                 add_into(saved, scaled(inner_saved, factor))
                 add_into(grads, scaled(inner_grads, factor))
-            totals[region_id] = (saved, grads)
+                add_into(kept, scaled(inner_kept, factor))
+            totals[region_id] = (saved, grads, kept)
         return totals[region_id]
 
     out = []
     for region in graph.regions:
         if region.id not in p.extra:
             continue
-        saved, grads = total(region.id)
+        saved, grads, kept = total(region.id)
         e = p.extra[region.id]
         outer = [r.id for r in graph.region_chain(region.id)[:-1]]
         instances = tuple(
             tuple(zip(outer, index, strict=True))
             for index in itertools.product(*(range(p.repetitions[o]) for o in outer))
         )
-        out.append(Share(region.id, scaled(saved, e), scaled(grads, e), instances))
+        out.append(Share(region.id, scaled(saved, e), scaled(grads, e), scaled(kept, e), instances))
     return out
 
 
@@ -159,8 +163,10 @@ _OTHERWISE = {
 
 @dataclass(frozen=True)
 class Reading:
-    """A point read with left-out repetitions added: the saved and gradient bytes they
-    add, and which real repetition each region's replayed middle one stands for."""
+    """A point read with left-out repetitions added: the activation bytes they add
+    (what they saved, or after their backward what the loop's outputs hold) and the
+    gradient bytes, and which real repetition each region's replayed middle one stands
+    for."""
 
     saved: Poly
     gradients: Poly
@@ -184,6 +190,7 @@ def readings(point: Point, region_shares: list[Share]) -> list[Reading]:
                         add_into(saved, share.saved)
                     elif adds is Adds.GRADIENTS:
                         add_into(grads, share.gradients)
+                        add_into(saved, share.kept)
                     middles = view.middles
                     if middle is not None:
                         middles = tuple({**dict(middles), share.region: middle}.items())

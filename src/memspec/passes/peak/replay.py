@@ -47,13 +47,15 @@ class RegionShare:
     """What one middle repetition of a region adds at a point it is far from.
 
     `saved`: bytes it keeps from its forward until its backward (what it saved);
-    `gradients`: parameter-gradient bytes it leaves once its backward is done. Both as
-    replayed: a nested region's left-out repetitions are not in them.
+    `gradients`: parameter-gradient bytes it leaves once its backward is done; `kept`:
+    the part of `saved` the loop's outputs object still holds then (`keep_outputs`).
+    All as replayed: a nested region's left-out repetitions are not in them.
     """
 
     region: int
     saved: Poly
     gradients: Poly
+    kept: Poly
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def replay(
     grads_exist: bool,
     measure: Callable[[sp.Expr], Poly] = poly,
     sums_in_place: bool = True,
+    keep_outputs: bool = False,
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -77,33 +80,37 @@ def replay(
     set_to_none, or a later micro-batch of gradient accumulation); backward then adds
     into them, and they are counted by the caller, not here. `sums_in_place`: autograd
     adds a second gradient into the first in place where it can (False: never, as under
-    a TorchDispatchMode such as PyTorch's memory tracker).
+    a TorchDispatchMode such as PyTorch's memory tracker). `keep_outputs`: the loop
+    holds what the model returns beside the loss until the step ends.
     """
     ledger = Ledger()
-    forward = ForwardReplay(graph, ledger, repetitions, measure, PeakUnavailable)
+    forward = ForwardReplay(graph, ledger, repetitions, measure, PeakUnavailable, keep_outputs)
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
     backward = BackwardReplay(forward, grad_dtype, grads_exist, sums_in_place)
     backward.run(loss)
     ledger.mark(Phase.OPTIMIZER_STEP, "", tuple((r.id, Side.AFTER) for r in graph.regions))
     grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]
+    kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
     shares = tuple(
-        _share(graph, region.id, alive, grads)
+        _share(graph, region.id, alive, grads, kept)
         for region in graph.regions
         if repetitions[region.id] >= 3
     )
     return Replay(tuple(ledger.points), shares)
 
 
-def _share(graph: Graph, region: int, alive: list[Block], grads: list[Block]) -> RegionShare:
+def _share(
+    graph: Graph, region: int, alive: list[Block], grads: list[Block], kept: list[Block]
+) -> RegionShare:
     """One middle repetition, inside the middle repetition of each enclosing region."""
     path = tuple((c.id, 1) for c in graph.region_chain(region))
-    saved: Poly = {}
-    for block in alive:
-        if block.born[: len(path)] == path:
-            add_into(saved, block.size)
-    gradients: Poly = {}
-    for block in grads:
-        if block.born[: len(path)] == path:
-            add_into(gradients, block.size)
-    return RegionShare(region, saved, gradients)
+
+    def born_there(blocks: list[Block]) -> Poly:
+        total: Poly = {}
+        for block in blocks:
+            if block.born[: len(path)] == path:
+                add_into(total, block.size)
+        return total
+
+    return RegionShare(region, born_there(alive), born_there(grads), born_there(kept))

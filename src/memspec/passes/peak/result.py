@@ -34,12 +34,16 @@ class StepOptions:
       and backward with the gradients of the earlier ones allocated.
     - `optimizer_impl`: how torch.optim runs the step (for_loop, foreach, fused), which
       sets the step's temporaries (declared per optimizer in `std/train.mspec`).
+    - `keep_outputs`: the loop keeps the model's outputs object (`out = model(...);
+      out.loss.backward()`), so what the spec marks `returned` (logits, a K/V cache)
+      lives until the step ends; a Trainer keeps only the loss (False).
     """
 
     first_step: bool = False
     set_to_none: bool = True
     grad_accum: int = 1
     optimizer_impl: str = "for_loop"
+    keep_outputs: bool = False
 
     def describe(self) -> str:
         step = (
@@ -56,7 +60,8 @@ class StepOptions:
             else "no gradient accumulation"
         )
         impl = f"{self.optimizer_impl} optimizer ({IMPLEMENTATIONS[self.optimizer_impl]})"
-        return f"{step}; {zero}; {accum}; {impl}"
+        kept = "; the model's outputs kept until the step ends" if self.keep_outputs else ""
+        return f"{step}; {zero}; {accum}; {impl}{kept}"
 
 
 @dataclass(frozen=True, slots=True)

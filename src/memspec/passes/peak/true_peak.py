@@ -79,7 +79,13 @@ def peak_memory(
     last: Replay | None = None
     for micro_batch, grads_exist in runs:
         last = replay(
-            graph, p.repetitions, config.precision.grad, grads_exist, measure, sums_in_place
+            graph,
+            p.repetitions,
+            config.precision.grad,
+            grads_exist,
+            measure,
+            sums_in_place,
+            options.keep_outputs,
         )
         grads = measure(categories["gradients"].bytes) if grads_exist else {}
         region_shares = repeats.shares(graph, last, p)
@@ -98,9 +104,12 @@ def peak_memory(
                 where = repeats.label(graph, point, reading, p)
                 moments.append(_Moment(point.phase, where, micro_batch, parts))
     (after,) = [q for q in last.points if q.phase is Phase.OPTIMIZER_STEP]
+    # what the loop's outputs object still holds of the left-out repetitions
+    (left_out,) = repeats.readings(after, repeats.shares(graph, last, p))
     for where, parts in step_moments(
         config, categories, options.optimizer_impl, after, fixed, state, measure
     ):
+        add_into(parts["activations"], left_out.saved)
         moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
     return _result(graph, moments, p, options, bindings, measure)
 
