@@ -71,7 +71,7 @@ model MambaForCausalLM {
     backbone = MambaModel(padded_vocab, D, N, E * D, S, K, R)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = linear(backbone(tokens), backbone.embeddings.weight)   # tied lm_head
-        return cross_entropy(logits, targets)
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
 
@@ -92,6 +92,6 @@ assume "no biases except conv1d's and dt_proj's (use_bias = false, use_conv_bias
 assume "scan variant slow = HF MambaMixer.slow_forward with use_mambapy = false (the path without the CUDA kernels): dA and dB*u [B, E*D, L, S] materialized, L + 1 states [B, E*D, S] kept by the Python loop"
 assume "scan variant fused = mamba_ssm selective_scan_fn (CUDA, z given, delta_softplus): inputs (contiguous copies of the strided B, C and z), fp32 checkpoints [B, E*D, ceil(L/2048), 2S] and the un-gated output; the conv stays torch's conv1d + SiLU (HF would call causal_conv1d_fn, which keeps no [B, E*D, L + K - 1] output) and the projections stay as in the slow path; not verifiable on the CPU (memspec verify refuses it)"
 assume "HF's CUDA training path calls mamba_inner_fn instead, which also fuses the conv and the projections and recomputes the conv output and delta in backward: not modelled"
-assume "fp32 throughout (residual_in_fp32 is then a no-op); no dropout; targets are the next tokens, given pre-shifted"
+assume "fp32 throughout (residual_in_fp32 is then a no-op); no dropout; targets are HF's labels (the input ids): the loss pads them by one ignored position and shifts them, a contiguous copy saved by nll_loss (a view of the padded labels at B = 1)"
 
 train { precision fp32; optimizer adamw; use slow }

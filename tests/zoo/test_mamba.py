@@ -51,7 +51,7 @@ def _activation_bytes(variant: str, b_is_1: bool = False) -> sp.Expr:
     [B, I, L] each.
     fused: delta [B, I, L]; contiguous copies of B, C [B, S, L] and z [B, I, L]; the fp32
     checkpoints [B, I, ceil(L / 2048), 2S]; the un-gated output [B, I, L].
-    Outside: the int64 tokens and targets, the last layer's output, norm_f's rsqrt,
+    Outside: the int64 tokens and shifted labels, the last layer's output, norm_f's rsqrt,
     x * rsqrt and output, the log-probabilities [B, L, VP], nll_loss's total_weight.
     """
     shared = (
@@ -73,6 +73,8 @@ def _activation_bytes(variant: str, b_is_1: bool = False) -> sp.Expr:
         scan = B * I * L + 2 * B * S_ * L + B * I * L + 2 * B * I * sp.ceiling(L / 2048) * S_
         scan += B * I * L
     outside = 4 * (3 * B * L * D + B * L + B * L * VP + 1) + 2 * 8 * B * L
+    if b_is_1:
+        outside += 8  # HF's shifted labels: a view of the padded [1, L + 1] labels
     return N * 4 * (shared + scan) + outside
 
 
@@ -123,7 +125,7 @@ def test_the_scan_variants_at_mamba_130m():
         assert got[variant] == _activation_bytes(variant, b_is_1=True).xreplace(values)
     # 301,989,888 less each than for general B: at B = 1 x_proj folds its transposed
     # input h without a copy (issue #11)
-    assert got == {"slow": 18_120_663_044, "fused": 3_331_809_284}
+    assert got == {"slow": 18_120_663_052, "fused": 3_331_809_292}
 
 
 def test_verify_at_small_sizes():
@@ -149,12 +151,12 @@ def test_verify_refuses_the_fused_kernel():
     {"B": 2, "L": 64, "V": 256, "D": 64, "N": 3, "S": 16, "K": 4, "E": 2},
     {"B": 3, "L": 16, "V": 64, "D": 32, "N": 3, "S": 4, "K": 4, "E": 2},
 ])
-def test_slow_path_peak_is_within_two_percent_of_the_tracker(sizes):
-    """The scan's backward runs L small nodes whose temporaries memspec states in bulk
-    (ssm_recurrence's backward_temporaries): never under, at most 2% over."""
+def test_slow_path_peak_equals_the_tracker(sizes):
+    """The scan's backward runs 6L small nodes, later steps first, freeing the states as
+    it goes (ssm_recurrence's backward_moments): the peak is the tracker's to the byte."""
     from memspec.verify.peak import compare_peak, measure_peak
 
     result = compile_spec(SPECS / "mamba.mspec", set=sizes, convention="autograd")
     comparison = compare_peak(result, measure_peak(result))
     assert comparison.moment.startswith("backward: backbone.layers.mixer.selective_scan")
-    assert comparison.measured <= comparison.predicted <= 1.02 * comparison.measured
+    assert comparison.ok

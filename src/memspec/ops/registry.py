@@ -22,6 +22,7 @@ from memspec.ir.types import DType, Shape, shape_str
 
 __all__ = [
     "REGISTRY",
+    "BackwardMoment",
     "Grad",
     "InferContext",
     "Lowering",
@@ -153,6 +154,24 @@ class Grad(enum.Enum):
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class BackwardMoment:
+    """One moment inside a composite op's backward, before its inputs' gradients are
+    complete: the bytes of the temporaries alive then (the partial sums of its inputs'
+    gradients among them); by their `Saved` labels, the bytes freed of internal saved
+    tensors that hold several (a scan's states) and the saved tensors the op holds no
+    more; and whether it holds the gradient of its output no more."""
+
+    temporaries: sp.Expr
+    freed: tuple[tuple[str, sp.Expr], ...] = ()
+    dropped: tuple[str, ...] = ()
+    output_grad_dropped: bool = False
+
+
+# (op, graph, whether autograd adds a second gradient into the first in place)
+MomentsRule = Callable[[OpApply, Graph, bool], tuple[BackwardMoment, ...]]
+
+
 def _saves_nothing(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return ()
 
@@ -211,9 +230,9 @@ class OpDef:
     # None: every input that requires grad gets a new gradient tensor (most formulas).
     grads: GradRule | None = None
     grads_doc: str | None = None  # `grads` in words; required with it
-    # Bytes a composite op's backward holds beside its inputs' gradients (the autograd
-    # nodes inside it); None: nothing beyond them, as for one kernel.
-    backward_temporaries: FlopRule | None = None
+    # A composite op's backward (many small autograd nodes): the moments at which it can
+    # peak; None: one kernel, whose moment is its inputs' gradients beside what it saved.
+    backward_moments: MomentsRule | None = None
     bind_scope: Callable[[tuple, dict, Callable[[str], object]], dict] | None = None
     # Backward FLOPs; None: one forward per product operand among the first two inputs
     # that needs a gradient (x @ W^T makes W's gradient, and x's when x needs one).

@@ -18,6 +18,7 @@ import sympy as sp
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
+    BackwardMoment,
     InferContext,
     OpDef,
     OpKind,
@@ -143,17 +144,136 @@ def _fused_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     )
 
 
-def _recurrence_backward_temporaries(op: OpApply, graph: Graph) -> sp.Expr:
-    """The loop's backward is L small autograd nodes: each step's select backward makes a
-    zero-filled tensor of dA's (and C's) full size and adds it into the gradient being
-    summed. PyTorch's memory tracker on fake tensors (torch 2.13, CPU) sees two such
-    tensors of dA and two of C beside the summed gradients at the op's peak: within 2%
-    of its total, a little over (the peak falls mid-loop, with a few states freed), at
-    B, L, S, E*D = (2, 64, 16, 128), (1, 32, 8, 64) and (3, 16, 4, 64)."""
-    da, c = graph.value(op.inputs[0]), graph.value(op.inputs[2])
-    if not (da.requires_grad or graph.value(op.inputs[1]).requires_grad):
-        return sp.Integer(0)
-    return 2 * (numel(da.shape) * da.dtype.itemsize + numel(c.shape) * c.dtype.itemsize)
+class _Engine:
+    """Memory of the loop's backward as autograd's engine runs it, node by node: the
+    temporaries alive (by name), the bytes of the internal saved tensors freed, and the
+    moments at which it can peak (each allocation followed by a free)."""
+
+    def __init__(self, sums_in_place: bool):
+        self.sums_in_place = sums_in_place
+        self.live: dict[str, sp.Expr] = {}
+        self.freed: dict[str, sp.Expr] = {}
+        self.dropped: list[str] = []
+        self.output_grad_dropped = False
+        self.moments: list[BackwardMoment] = []
+        self._grew = False
+
+    def alloc(self, name: str, size: sp.Expr) -> None:
+        self.live[name] = size
+        self._grew = True
+
+    def free(self, name: str) -> None:
+        self._moment()
+        del self.live[name]
+
+    def release(self, label: str, size: sp.Expr) -> None:
+        """A node that saved an internal tensor has run, and nothing else holds it."""
+        self._moment()
+        self.freed[label] = self.freed.get(label, 0) + size
+
+    def drop(self, label: str) -> None:
+        """The last node that saved this tensor has run."""
+        self._moment()
+        self.dropped.append(label)
+
+    def drop_output_grad(self) -> None:
+        self._moment()
+        self.output_grad_dropped = True
+
+    def accumulate(self, total: str, new: str) -> None:
+        """The engine's InputBuffer: the first gradient of a tensor is kept; a second is
+        added into it in place (then freed), or, under a TorchDispatchMode, old + new
+        is a new tensor and both are freed."""
+        if total not in self.live:
+            self.live[total] = self.live.pop(new)
+        elif self.sums_in_place:
+            self.free(new)
+        else:
+            self.alloc(total + " + " + new, self.live[total])
+            self.free(total)
+            self.free(new)
+            self.live[total] = self.live.pop(total + " + " + new)
+
+    def close(self) -> None:
+        self._moment()
+
+    def _moment(self) -> None:
+        if self._grew:
+            freed = tuple((k, sp.sympify(v)) for k, v in self.freed.items())
+            self.moments.append(
+                BackwardMoment(
+                    sp.Add(*self.live.values()),
+                    freed,
+                    tuple(self.dropped),
+                    self.output_grad_dropped,
+                )
+            )
+            self._grew = False
+
+
+def _recurrence_backward_moments(
+    op: OpApply, graph: Graph, sums_in_place: bool
+) -> tuple[BackwardMoment, ...]:
+    """Autograd runs the loop's nodes backward step by step, later steps first (the
+    engine picks the ready node created last). Step i: y_i's select_backward makes a
+    zero-filled [B, E, 1]; the bmm makes C_i's and the state's gradients and frees
+    state i; the state's gradient is summed with the one from step i + 1; C_i's, dBu_i's
+    and dA_i's select_backward each make a zero-filled tensor of the whole input's size,
+    summed into that input's gradient; the mul makes the previous state's and dA_i's
+    gradients and frees what it saved. Each step after the second ends as the second
+    does with one state fewer, so the first two steps processed hold every moment that
+    can be the peak (checked against PyTorch by tests/zoo/test_peak_exact.py)."""
+    da, dbu, c = (graph.value(v) for v in op.inputs)
+    b, e, length, s = da.shape
+    ga, gb, gc = da.requires_grad, dbu.requires_grad, c.requires_grad
+    gs = ga or gb  # the states require grad
+    state, item = b * e * s * da.dtype.itemsize, da.dtype.itemsize
+    engine = _Engine(sums_in_place)
+    steps = [1] if graph.bound.is_one(length) else [2, 1]  # i = L - step
+    for back in reversed(steps):
+        i0 = graph.bound.equal(length, back)  # whether this step is the first, i = 0
+        i1 = graph.bound.equal(length, back + 1)  # the second: its mul is dA's last holder
+        engine.alloc("dy_i", b * e * item)
+        if i0:
+            engine.drop_output_grad()  # unbind's last view of the output's gradient
+        if gc:
+            engine.alloc("dC_i", b * s * c.dtype.itemsize)
+        if gs:
+            engine.alloc("ds_new", state)
+        engine.free("dy_i")
+        if gc:
+            engine.release("states", state)  # state i, saved by the bmm (and mul i + 1)
+        if gs and i0:
+            engine.drop("C")  # the first bmm is the last that saved a view of C
+        if gs:
+            engine.accumulate("ds", "ds_new")
+        if gc:
+            engine.alloc("dC_sel", numel(c.shape) * c.dtype.itemsize)
+            engine.free("dC_i")
+            engine.accumulate("dC", "dC_sel")
+        if gb:
+            engine.alloc("dBu_sel", numel(dbu.shape) * dbu.dtype.itemsize)
+            engine.accumulate("dBu", "dBu_sel")
+        if gs and not i0:
+            engine.alloc("ds_prev", state)
+        if ga:
+            engine.alloc("dA_i", state)
+        if gs:
+            engine.free("ds")
+        if i0 and ga:
+            engine.drop("initial state")
+        elif not gc and ga:
+            engine.release("states", state)  # state i - 1, saved by mul i only
+        if gs and i1:
+            engine.drop("dA")  # mul 1 is the last that saved a view of dA
+        if ga:
+            engine.alloc("dA_sel", numel(da.shape) * da.dtype.itemsize)
+            engine.free("dA_i")
+            engine.accumulate("dA", "dA_sel")
+        if gs and not i0:
+            engine.live["ds"] = engine.live.pop("ds_prev")
+    engine.close()
+    return tuple(engine.moments)
 
 
 register(
@@ -165,7 +285,7 @@ register(
         _recurrence_saved,
         lower=_recurrence_lower,
         flops=_recurrence_flops,
-        backward_temporaries=_recurrence_backward_temporaries,
+        backward_moments=_recurrence_backward_moments,
         kind=OpKind.SCAN,
         shape_doc="dA and dBu [B, E, L, S], C [B, L, S] -> [B, E, L]",
         saved_doc="when dA or dBu needs a gradient, dA (if L > 1) and C; when dA does, the "

@@ -15,9 +15,10 @@ import sympy as sp
 from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Role
 from memspec.ops import lookup
-from memspec.ops.registry import Grad
+from memspec.ops.registry import BackwardMoment, Grad
 from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
 from memspec.passes.peak.moments import Phase, Side
+from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["BackwardReplay"]
 
@@ -80,7 +81,9 @@ class BackwardReplay:
         if not differentiable(graph, op) or all(g is None for g in grads_out):
             return
         kinds = lookup(op.op).gradient_kinds(op, graph)
-        transient: list[int] = []  # freed once the op's backward is done
+        moments = lookup(op.op).backward_moments
+        if moments is not None:
+            self._moments(moments(op, graph, self.sums_in_place), record)
         sums: list[tuple[dict, object, int]] = []  # (buffer, key, gradient) added after it
         finished: list[object] = []  # parameters whose last gradient this op gives
         for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
@@ -111,14 +114,9 @@ class BackwardReplay:
                 sums.append((buffer, key, grad))
             else:
                 buffer[key] = grad
-        rule = lookup(op.op).backward_temporaries
-        if rule is not None:
-            size = self.forward.measure(rule(op, graph))
-            transient.append(ledger.alloc(size, "temporaries", ()))
-        ledger.mark(Phase.BACKWARD, op.path, record.where)
-        # the node returns: its temporaries, its inputs' gradients and what it saved go
-        for bid in transient:
-            ledger.unref(bid)
+        if moments is None:  # one kernel: its inputs' gradients beside what it saved
+            ledger.mark(Phase.BACKWARD, op.path, record.where)
+        # the node returns: its outputs' gradients and what it saved go
         for key in record.outputs:
             ledger.unref(self.adjoint.pop(key, None))
         for bid in record.held:
@@ -129,6 +127,42 @@ class BackwardReplay:
             self._add(buffer, key, grad, op.path, record.where)
         for key in finished:
             self._accumulate_grad(key)
+
+    def _moments(self, moments: tuple[BackwardMoment, ...], record: Record) -> None:
+        """A composite op's backward, moment by moment, before its inputs' gradients are
+        complete (they are made after, without a moment of their own): its temporaries
+        then, less what it saved and its output's gradient as far as freed by then."""
+        ledger, op = self.ledger, self.graph.ops[record.op_id]
+        freed: dict[str, sp.Expr] = {}
+        for moment in moments:
+            for label, size in moment.freed:
+                step = sp.expand(size - freed.get(label, 0))
+                if step != 0:
+                    self._shrink(record, label, self.forward.measure(step))
+                    freed[label] = size
+            for label in moment.dropped:
+                if label in record.saved:
+                    bid = record.saved.pop(label)
+                    record.held.remove(bid)
+                    ledger.unref(bid)
+            if moment.output_grad_dropped:
+                for key in record.outputs:
+                    ledger.unref(self.adjoint.pop(key, None))
+            block = ledger.alloc(self.forward.measure(moment.temporaries), "temporaries", ())
+            ledger.mark(Phase.BACKWARD, op.path, record.where)
+            ledger.unref(block)
+
+    def _shrink(self, record: Record, label: str, size: Poly) -> None:
+        """Part of a saved block that holds several tensors is freed: a new, smaller block
+        replaces it (the forward's blocks keep their sizes, which the repeats read)."""
+        ledger, old = self.ledger, record.saved[label]
+        block = ledger.blocks[old]
+        remaining = dict(block.size)
+        add_into(remaining, size, -1)
+        new = ledger.alloc(remaining, block.category, block.born)
+        record.held[record.held.index(old)] = new
+        record.saved[label] = new
+        ledger.unref(old)
 
     def _add(self, buffer: dict, key: object, grad: int, path: str, where) -> None:
         """Autograd's InputBuffer: a second gradient for the same tensor is added into the

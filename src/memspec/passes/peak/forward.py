@@ -46,6 +46,7 @@ class Record:
     outputs: tuple[object, ...]
     where: tuple[tuple[int, Position], ...]
     held: list[int] = field(default_factory=list)  # blocks its saved tensors keep alive
+    saved: dict[str, int] = field(default_factory=dict)  # Saved label -> a block in held
 
 
 def differentiable(graph: Graph, op: OpApply) -> bool:
@@ -198,11 +199,14 @@ class ForwardReplay(Interpreter[Entry]):
         for saved in lookup(op.op).saved(op, graph):
             if saved.value is None:
                 size = numel(saved.shape) * saved.dtype.itemsize * saved.count
-                record.held.append(ledger.alloc(self.measure(size), "activations", self.running))
+                bid = ledger.alloc(self.measure(size), "activations", self.running)
+                record.held.append(bid)
+                record.saved[saved.label] = bid
                 continue
             bid = entries[saved.value].block
             if bid is not None and bid not in record.held:
                 record.held.append(ledger.ref(bid))  # one reference per saving node
+                record.saved[saved.label] = bid
 
     def op_done(self, op: OpApply, inputs: list[Entry], outputs: list[Entry]) -> None:
         for entry in outputs:
