@@ -108,4 +108,8 @@ def table_rows():
     """(spec, sizes, --use label, library config label, measured, result) per row."""
     for sizes in SIZES:
         measured, result = mamba_step(sizes)
-        yield "mamba.mspec", sizes, "default", "MambaForCausalLM (CPU slow path)", measured, result
+        state = sizes["B"] * sizes["E"] * sizes["D"] * sizes["S"] * 4
+        terms = (("(L - 1) [B, E*D, S] scan states the real-tensor tracker sees (open)",
+                  (sizes["L"] - 1) * state),)
+        config = "MambaForCausalLM (CPU slow path)"
+        yield "mamba", sizes, "(default)", config, measured, result, terms
