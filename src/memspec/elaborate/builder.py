@@ -72,6 +72,23 @@ class GraphBuilder:
         self.regions.append(Region(rid, path, count, parent, span=span))
         return rid
 
+    def checkpoint(self) -> tuple:
+        """What `rollback` restores: the graph as it is now."""
+        lists = (self.values, self.ops, self.regions, self.call_outputs, self.inputs)
+        return (
+            tuple(len(x) for x in (*lists, self.carried, self.decisions)),
+            dict(self.assumptions),
+            dict(self.paths),
+        )
+
+    def rollback(self, mark: tuple) -> None:
+        """Forget everything added since `checkpoint` (a repeat split that is redone)."""
+        lengths, assumptions, paths = mark
+        lists = (self.values, self.ops, self.regions, self.call_outputs, self.inputs)
+        for items, n in zip((*lists, self.carried, self.decisions), lengths, strict=True):
+            del items[n:]
+        self.assumptions, self.paths = assumptions, paths
+
     def assume_integer(self, expr: sp.Expr, text: str, span: Span | None) -> None:
         if expr.is_integer is not True and expr not in self.assumptions:
             self.assumptions[expr] = Assumption(text, expr, span=span)

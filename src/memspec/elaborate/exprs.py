@@ -13,7 +13,7 @@ import sympy as sp
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.callees import Callees, Route, ScalarFunction, resolve_callee
 from memspec.elaborate.frames import Frame, Hint, expanding
-from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor, describe
+from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Stack, Tensor, describe
 from memspec.errors import NameResolutionError, SpecValueError
 from memspec.ops import REGISTRY, OpDef
 from memspec.symbolic import build
@@ -226,7 +226,7 @@ class ExprEvaluator:
             return self.ops.call(callee, args, kwargs, scope.find, span, frame, hint)
         # A call assigned to a name (`q = rope(...)`) names the value it returns after it.
         result_name = frame.member(hint) if isinstance(hint, str) and hint else None
-        if isinstance(callee, Instance):
+        if isinstance(callee, (Instance, Stack)):
             name, path = callee.decl.name, callee.path
             return expanding(
                 lambda: callees.call_layer(callee, args, kwargs, span, frame.calls, result_name),

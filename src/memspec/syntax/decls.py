@@ -48,12 +48,14 @@ class LayerLet:
 
 @dataclass(frozen=True, slots=True)
 class LayerSub:
-    """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set."""
+    """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set;
+    `repeat count as index of Layer(args)` names the repetition (0, 1, ...) for `args`."""
 
     name: str
     layer: str
     args: tuple[Arg, ...]
     count: Expr | None = None
+    index: str | None = None
     span: Span | None = span_field()
 
 

@@ -178,8 +178,15 @@ class ToAst(Transformer_NonRecursive):
         return d.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
 
     def layer_repeat(self, meta, children):
-        name, count, layer, args = children
-        return d.LayerSub(str(name), str(layer), args or (), count=count, span=self.span(meta))
+        name, count, index, layer, args = children
+        return d.LayerSub(
+            str(name),
+            str(layer),
+            args or (),
+            count=count,
+            index=str(index) if index else None,
+            span=self.span(meta),
+        )
 
     def layer_param(self, meta, children):
         return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
