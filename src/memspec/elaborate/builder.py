@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sympy as sp
 
-from memspec.ir.graph import Assumption, CallOutput, Graph, OpApply, Region, SizeDecision, Value
+from memspec.ir.graph import (
+    Assumption,
+    CallOutput,
+    Graph,
+    OpApply,
+    Region,
+    SizeCondition,
+    SizeDecision,
+    Value,
+)
 from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
@@ -18,6 +27,7 @@ class GraphBuilder:
     def __init__(self, bound: BoundSizes = GENERAL) -> None:
         self.bound = bound  # the sizes views and copies are decided at
         self.decisions: list[SizeDecision] = []
+        self.conditions: dict[sp.Basic, SizeCondition] = {}
         self.values: list[Value] = []
         self.ops: list[OpApply] = []
         self.regions: list[Region] = []
@@ -79,15 +89,24 @@ class GraphBuilder:
             tuple(len(x) for x in (*lists, self.carried, self.decisions)),
             dict(self.assumptions),
             dict(self.paths),
+            dict(self.conditions),
         )
 
     def rollback(self, mark: tuple) -> None:
         """Forget everything added since `checkpoint` (a repeat split that is redone)."""
-        lengths, assumptions, paths = mark
+        lengths, assumptions, paths, conditions = mark
         lists = (self.values, self.ops, self.regions, self.call_outputs, self.inputs)
         for items, n in zip((*lists, self.carried, self.decisions), lengths, strict=True):
             del items[n:]
-        self.assumptions, self.paths = assumptions, paths
+        self.assumptions, self.paths, self.conditions = assumptions, paths, conditions
+
+    def decide(self, decision: SizeDecision) -> None:
+        """Record a decision at the bound sizes, once however often it is taken."""
+        if decision not in self.decisions:
+            self.decisions.append(decision)
+
+    def assume_condition(self, condition: SizeCondition) -> None:
+        self.conditions.setdefault(condition.relation, condition)
 
     def assume_integer(self, expr: sp.Expr, text: str, span: Span | None) -> None:
         if expr.is_integer is not True and expr not in self.assumptions:
@@ -122,6 +141,7 @@ class GraphBuilder:
             carried=tuple(self.carried),
             bound=self.bound,
             decisions=tuple(self.decisions),
+            conditions=tuple(self.conditions.values()),
         )
 
 

@@ -12,6 +12,7 @@ import sympy as sp
 
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.callees import Callees, Route, ScalarFunction, resolve_callee
+from memspec.elaborate.conditions import decide
 from memspec.elaborate.frames import Frame, Hint, expanding
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Stack, Tensor, describe
 from memspec.errors import NameResolutionError, SpecValueError
@@ -148,7 +149,10 @@ class ExprEvaluator:
                 expr.span,
             )
         if op in ("==", "!=", "<", "<=", ">", ">="):
-            return build.compare(op, left, right, expr.span)
+            try:
+                return build.compare(op, left, right, expr.span)
+            except build.Undecided:
+                return decide(self.ops.builder, op, left, right, expr.span)
         return build.binary(op, left, right, expr.span)
 
     def tensor_binary(

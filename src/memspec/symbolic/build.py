@@ -18,6 +18,7 @@ from memspec.symbolic.index import IndexSplit, index_symbols
 
 __all__ = [
     "MAX_CONSTANT_BITS",
+    "Undecided",
     "binary",
     "compare",
     "integer",
@@ -28,6 +29,10 @@ __all__ = [
 
 MAX_CONSTANT_BITS = 4096  # constants above 2**4096 are certainly a mistake in a model spec
 MAX_SYMBOLIC_EXPONENT = 16
+
+
+class Undecided(SpecValueError):
+    """A comparison of sizes that holds for some of them and not for others."""
 
 
 def integer(value: int, span: Span | None) -> sp.Integer:
@@ -119,7 +124,7 @@ def _undecided(a: sp.Expr, op: str, b: sp.Expr, diff: sp.Expr, span: Span | None
     indices = index_symbols(diff)
     if indices:
         raise IndexSplit(min(indices, key=str), diff, span)
-    raise SpecValueError(f"cannot decide {a} {op} {b} for all sizes", span)
+    raise Undecided(f"cannot decide {a} {op} {b} for all sizes", span)
 
 
 _FUNCTIONS = {
