@@ -123,9 +123,13 @@ class GraphBuilder:
         known = [a.expr for a in self.assumptions.values()]
         replacements = {}
         for f in expr.atoms(sp.floor):
-            arg = f.args[0]
-            if any(_implies_integer(k, arg) for k in known):
-                replacements[f] = arg
+            arg = sp.expand(f.args[0])
+            # floor(q + c) = q + floor(c) for a whole q: a stride-2 conv's floor(I/2 - 1/2)
+            offset, whole = arg.as_coeff_Add() if arg.is_Add else (sp.Integer(0), arg)
+            if not offset.is_Rational:
+                offset, whole = sp.Integer(0), arg
+            if any(_implies_integer(k, whole) for k in known):
+                replacements[f] = whole + sp.floor(offset)
         return sp.expand(expr.xreplace(replacements)) if replacements else expr
 
     def freeze(self, model: str, outputs: tuple[int, ...]) -> Graph:
@@ -153,6 +157,8 @@ def _implies_integer(known: sp.Expr, arg: sp.Expr) -> bool:
     theorem). So `(I/p)**2 + 1` whole, with I and p integers, means `p divides I`.
     """
     if sp.expand(arg - known).is_Integer:
+        return True
+    if sp.cancel(arg / known).is_Integer:  # 16 (I/32) is whole when I/32 is
         return True
     num, den = sp.fraction(sp.together(arg))
     if not isinstance(num, sp.Symbol) or den.has(num):

@@ -6,17 +6,26 @@ window), and so does memspec: at the bound sizes the condition is decided, and t
 report lists it under "Decided at the bound sizes" (the formulas hold where it does).
 Where the sizes it needs are not bound, the condition is assumed to hold, as written,
 and the report lists it among the assumptions: never a silent pick.
+
+`assume I % 32 == 0` states a fact instead: shapes may rely on it (a stride-2 conv of I
+is I/2, not floor((I - 1)/2) + 1) and bound values must meet it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.shapes import divisibility_text
+from memspec.errors import SpecValueError
 from memspec.ir.graph import SizeCondition, SizeDecision
 from memspec.source import Span
+from memspec.syntax import decls as d
+from memspec.syntax import nodes as n
 
-__all__ = ["decide"]
+__all__ = ["decide", "declare_fact"]
 
 _RELATIONS = {"==": sp.Eq, "!=": sp.Ne, "<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}
 _NEGATION = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
@@ -57,3 +66,29 @@ def decide(builder: GraphBuilder, op: str, a: sp.Expr, b: sp.Expr, span: Span | 
         )
     )
     return holds
+
+
+def declare_fact(
+    builder: GraphBuilder, scalar: Callable[[n.Expr], sp.Expr], decl: d.DeclAssumeSize
+) -> None:
+    """`assume SIZE % k == 0`: the shape assumption that SIZE/k is whole."""
+    fact = decl.fact
+    if not (
+        isinstance(fact, n.ExprBinary)
+        and fact.op == "=="
+        and isinstance(fact.left, n.ExprBinary)
+        and fact.left.op == "%"
+        and isinstance(fact.right, n.ExprInt)
+        and fact.right.value == 0
+    ):
+        raise SpecValueError(
+            'a fact about sizes reads `assume SIZE % k == 0` (a note reads `assume "text"`)',
+            fact.span,
+        )
+    size, k = scalar(fact.left.left), scalar(fact.left.right)
+    if not (k.is_Integer and k > 0):
+        raise SpecValueError(f"divisible by {k}: a positive whole number", fact.left.right.span)
+    ratio = sp.Mul(size, sp.Pow(k, -1))
+    if ratio.is_integer is not True and not size.free_symbols:
+        raise SpecValueError(f"{size} is not divisible by {k}", fact.span)
+    builder.assume_integer(ratio, divisibility_text(ratio), decl.span)

@@ -21,6 +21,7 @@ from memspec.config import TrainConfig
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.binding import Argument, bind_arguments
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.conditions import declare_fact
 from memspec.elaborate.decisions import rule_decisions
 from memspec.elaborate.exprs import MAX_EXPR_DEPTH, ExprEvaluator
 from memspec.elaborate.frames import Frame
@@ -92,6 +93,8 @@ class Elaborator:
             self.globals.names[name] = FnRef(fn)
         for decl in self.program.lets.values():
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
+        for fact in self.program.size_facts:
+            declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 
     def model(self, bound: BoundSizes = GENERAL) -> Graph:
         """The model's graph, its views and copies decided at the `bound` sizes."""

@@ -13,6 +13,7 @@ from memspec.syntax.nodes import Arg, Body, Expr, SigParam, TypeTensor, span_fie
 __all__ = [
     "Decl",
     "DeclAssume",
+    "DeclAssumeSize",
     "DeclConvention",
     "DeclDim",
     "DeclExpect",
@@ -160,6 +161,15 @@ class DeclAssume:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclAssumeSize:
+    """`assume I % 32 == 0`: a size's divisibility, which shapes may rely on (a stride-2
+    conv of I is I/2) and bound values must meet."""
+
+    fact: Expr
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class DeclExpect:
     quantity: str
     value: Expr
@@ -206,7 +216,7 @@ class DeclConvention:
 
 
 Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
-Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume
+Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume | DeclAssumeSize
 
 
 @dataclass(frozen=True, slots=True)

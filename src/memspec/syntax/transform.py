@@ -106,7 +106,9 @@ class ToAst(Transformer_NonRecursive):
         return d.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
 
     def decl_assume(self, meta, children):
-        return d.DeclAssume(_unquote(children[0]), span=self.span(meta))
+        if isinstance(children[0], n.ExprString):
+            return d.DeclAssume(children[0].value, span=self.span(meta))
+        return d.DeclAssumeSize(children[0], span=self.span(meta))
 
     def decl_expect(self, meta, children):
         quantity, value, preset = children
