@@ -19,17 +19,22 @@ dim num_kv_heads   as KV
 dim d_ff           as F                  # intermediate_size, set by the config (14336)
 dim sliding_window as W
 
-# The attention interface with a sliding window (L > W, so transformers builds the window
-# mask): `sdpa` (the default) repeats K and V to H heads (with a mask SDPA is called
-# without enable_gqa) and passes the mask to torch's CPU flash kernel, which saves it as
-# a float [B, 1, L, L]; `eager` repeats K and V, adds the mask as floats and materializes
-# scores and probabilities; `math` is std's masked_fill attention.
+# The attention interface with a sliding window. transformers builds the window mask
+# when the sequence reaches the window (s >= W; masking_utils skips it below): then
+# `sdpa` (the default) repeats K and V to H heads (with a mask SDPA is called without
+# enable_gqa) and passes the mask to torch's CPU flash kernel, which saves it as a float
+# [B, 1, L, L]; below it, SDPA runs as LLaMA's, with enable_gqa and no mask. `eager`
+# repeats K and V, adds the mask as floats and materializes scores and probabilities;
+# `math` is std's masked_fill attention.
 fn mistral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep, window)
     -> [b, h, s, d]
 variant sdpa {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
-    return flash_attention(q, k_rep, v_rep, true, window)
+    if s >= window {
+        k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+        v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+        return flash_attention(q, k_rep, v_rep, true, window)
+    }
+    return flash_attention(q, k, v, true)
 }
 variant eager {
     k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
@@ -119,7 +124,7 @@ expect params == 7_241_732_096 at mistral_7b
 
 assume "HF MistralForCausalLM: the LLaMA block; no biases anywhere; pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
 assume "GQA 32/8 at mistral_7b: k_proj and v_proj are D x KV*D/H, a quarter of q_proj; with the window mask transformers' SDPA call does not use enable_gqa, so repeat_kv copies K and V to H heads"
-assume "sliding window W < L (the preset's 4096 < 8192): transformers builds the mask (query i sees keys i - W < j <= i) and SDPA's CPU flash kernel saves it as a float [B, 1, L, L] per layer; at L <= W it skips the mask and the step is LLaMA's (SDPA with enable_gqa); --use eager / math materialize the [B, H, L, L] scores"
+assume "sliding window: at L >= W (the preset's 8192 >= 4096) transformers builds the mask (query i sees keys i - W < j <= i) and SDPA's CPU flash kernel saves it as a float [B, 1, L, L] per layer; at L < W it skips the mask and the step is LLaMA's (SDPA with enable_gqa); --use eager / math materialize the [B, H, L, L] scores"
 assume "rotary embedding as HF computes it: inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products"
 assume "no dropout (attention_dropout = 0); targets are HF's labels (the input ids): the loss pads them by one ignored position and shifts them, a contiguous copy saved by nll_loss (a view of the padded labels at B = 1)"
 assume "the weights ship in bf16, but the spec trains in fp32 unless --precision says otherwise; under bf16 HF's eager path upcasts RMSNorm, softmax and the logits to fp32, which the spec does not model"

@@ -144,6 +144,10 @@ MISTRAL_SIZES = [
     {"B": 2, "L": 8, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 32, "W": 3},
     {"B": 3, "L": 6, "V": 48, "D": 24, "N": 1, "H": 6, "KV": 3, "F": 40, "W": 4},
     {"B": 1, "L": 8, "V": 64, "D": 32, "N": 3, "H": 4, "KV": 1, "F": 48, "W": 5},
+    # L <= W: below W transformers skips the window mask and the step is LLaMA's; at L = W
+    # it builds the mask still
+    {"B": 2, "L": 6, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 2, "F": 32, "W": 8},
+    {"B": 1, "L": 6, "V": 32, "D": 16, "N": 2, "H": 4, "KV": 1, "F": 32, "W": 6},
 ]
 MISTRAL_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default first
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sympy as sp
 
-from memspec.ir.graph import Assumption, CallOutput, Graph, OpApply, Region, SizeDecision, Value
+from memspec.ir.graph import (
+    Assumption,
+    CallOutput,
+    Graph,
+    OpApply,
+    Region,
+    SizeCondition,
+    SizeDecision,
+    Value,
+)
 from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, Shape
 from memspec.source import Span
@@ -18,6 +27,7 @@ class GraphBuilder:
     def __init__(self, bound: BoundSizes = GENERAL) -> None:
         self.bound = bound  # the sizes views and copies are decided at
         self.decisions: list[SizeDecision] = []
+        self.conditions: dict[sp.Basic, SizeCondition] = {}
         self.values: list[Value] = []
         self.ops: list[OpApply] = []
         self.regions: list[Region] = []
@@ -72,6 +82,32 @@ class GraphBuilder:
         self.regions.append(Region(rid, path, count, parent, span=span))
         return rid
 
+    def checkpoint(self) -> tuple:
+        """What `rollback` restores: the graph as it is now."""
+        lists = (self.values, self.ops, self.regions, self.call_outputs, self.inputs)
+        return (
+            tuple(len(x) for x in (*lists, self.carried, self.decisions)),
+            dict(self.assumptions),
+            dict(self.paths),
+            dict(self.conditions),
+        )
+
+    def rollback(self, mark: tuple) -> None:
+        """Forget everything added since `checkpoint` (a repeat split that is redone)."""
+        lengths, assumptions, paths, conditions = mark
+        lists = (self.values, self.ops, self.regions, self.call_outputs, self.inputs)
+        for items, n in zip((*lists, self.carried, self.decisions), lengths, strict=True):
+            del items[n:]
+        self.assumptions, self.paths, self.conditions = assumptions, paths, conditions
+
+    def decide(self, decision: SizeDecision) -> None:
+        """Record a decision at the bound sizes, once however often it is taken."""
+        if decision not in self.decisions:
+            self.decisions.append(decision)
+
+    def assume_condition(self, condition: SizeCondition) -> None:
+        self.conditions.setdefault(condition.relation, condition)
+
     def assume_integer(self, expr: sp.Expr, text: str, span: Span | None) -> None:
         if expr.is_integer is not True and expr not in self.assumptions:
             self.assumptions[expr] = Assumption(text, expr, span=span)
@@ -87,9 +123,13 @@ class GraphBuilder:
         known = [a.expr for a in self.assumptions.values()]
         replacements = {}
         for f in expr.atoms(sp.floor):
-            arg = f.args[0]
-            if any(_implies_integer(k, arg) for k in known):
-                replacements[f] = arg
+            arg = sp.expand(f.args[0])
+            # floor(q + c) = q + floor(c) for a whole q: a stride-2 conv's floor(I/2 - 1/2)
+            offset, whole = arg.as_coeff_Add() if arg.is_Add else (sp.Integer(0), arg)
+            if not offset.is_Rational:
+                offset, whole = sp.Integer(0), arg
+            if any(_implies_integer(k, whole) for k in known):
+                replacements[f] = whole + sp.floor(offset)
         return sp.expand(expr.xreplace(replacements)) if replacements else expr
 
     def freeze(self, model: str, outputs: tuple[int, ...]) -> Graph:
@@ -105,6 +145,7 @@ class GraphBuilder:
             carried=tuple(self.carried),
             bound=self.bound,
             decisions=tuple(self.decisions),
+            conditions=tuple(self.conditions.values()),
         )
 
 
@@ -116,6 +157,8 @@ def _implies_integer(known: sp.Expr, arg: sp.Expr) -> bool:
     theorem). So `(I/p)**2 + 1` whole, with I and p integers, means `p divides I`.
     """
     if sp.expand(arg - known).is_Integer:
+        return True
+    if sp.cancel(arg / known).is_Integer:  # 16 (I/32) is whole when I/32 is
         return True
     num, den = sp.fraction(sp.together(arg))
     if not isinstance(num, sp.Symbol) or den.has(num):

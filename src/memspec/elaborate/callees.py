@@ -16,7 +16,7 @@ import sympy as sp
 
 from memspec.elaborate.frames import Frame
 from memspec.elaborate.route import ROUTE
-from memspec.elaborate.scope import FnRef, Instance, Scope, Tensor, describe
+from memspec.elaborate.scope import FnRef, Instance, Scope, Stack, Tensor, describe
 from memspec.errors import SpecValueError
 from memspec.ops import REGISTRY
 from memspec.source import Span
@@ -69,14 +69,14 @@ class Callees(Protocol):
 
     def call_layer(
         self,
-        inst: Instance,
+        inst: Instance | Stack,
         args: tuple,
         kwargs: dict[str, object],
         span: Span | None,
         calls: tuple[str, ...],
         result_name: str | None = None,
     ) -> object:
-        """Run the `forward` of a layer instance."""
+        """Run the `forward` of a layer instance (of each, in turn, of a `Stack`)."""
         ...
 
     def call_fn(

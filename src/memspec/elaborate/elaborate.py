@@ -21,12 +21,14 @@ from memspec.config import TrainConfig
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.binding import Argument, bind_arguments
 from memspec.elaborate.builder import GraphBuilder
+from memspec.elaborate.conditions import declare_fact
 from memspec.elaborate.decisions import rule_decisions
 from memspec.elaborate.exprs import MAX_EXPR_DEPTH, ExprEvaluator
 from memspec.elaborate.frames import Frame
 from memspec.elaborate.instantiate import MAX_INSTANCE_DEPTH, Instantiator
+from memspec.elaborate.repeat_index import check_no_index
 from memspec.elaborate.route import RouteForm
-from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Tensor
+from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import bind_type, same_shape, type_dims
 from memspec.elaborate.statements import StatementRunner
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
@@ -91,6 +93,8 @@ class Elaborator:
             self.globals.names[name] = FnRef(fn)
         for decl in self.program.lets.values():
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
+        for fact in self.program.size_facts:
+            declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 
     def model(self, bound: BoundSizes = GENERAL) -> Graph:
         """The model's graph, its views and copies decided at the `bound` sizes."""
@@ -131,13 +135,14 @@ class Elaborator:
             )
         outputs = (result.id,) if isinstance(result, Tensor) else ()
         graph = self.builder.freeze(decl.name, outputs)
+        check_no_index(graph)
         return dataclasses.replace(graph, decisions=graph.decisions + rule_decisions(graph))
 
     # Callees (for the evaluator) and Forwards (for the route form) -----------------------
 
     def call_layer(
         self,
-        inst: Instance,
+        inst: Instance | Stack,
         args: tuple,
         kwargs: dict[str, object],
         span: Span | None,
@@ -145,6 +150,8 @@ class Elaborator:
         result_name: str | None = None,
     ) -> object:
         """Run `inst`'s forward; a repeated layer's output is carried into its next copy."""
+        if isinstance(inst, Stack):
+            return self.call_stack(inst, args, kwargs, span, calls, result_name)
         if inst.passthrough:
             if not (args and isinstance(args[0], Tensor)):
                 raise ShapeError(f"repeat of {inst.decl.name} needs a tensor in and out", span)
@@ -157,6 +164,27 @@ class Elaborator:
             self.check_repeat(inst, first, result, span)
             self.builder.carried.append((inst.region, first.id, result.id))
         return result
+
+    def call_stack(
+        self,
+        stack: Stack,
+        args: tuple,
+        kwargs: dict[str, object],
+        span: Span | None,
+        calls: tuple[str, ...],
+        result_name: str | None,
+    ) -> object:
+        """Each part in turn, the output of one the first argument of the next; a
+        repeated part's output is carried into its next repetition."""
+        x = args[0] if args else None
+        for region, layers in stack.parts:
+            first = x
+            for layer in layers:
+                x = self.call_layer(layer, (x, *args[1:]), kwargs, span, calls, result_name)
+            if region is not None:
+                self.check_repeat(layers[-1], first, x, span)
+                self.builder.carried.append((region, first.id, x.id))
+        return x
 
     def check_repeat(
         self, inst: Instance, first: object, result: object, span: Span | None

@@ -12,8 +12,18 @@ import sympy as sp
 
 from memspec.elaborate.apply import OpApplier
 from memspec.elaborate.callees import Callees, Route, ScalarFunction, resolve_callee
+from memspec.elaborate.conditions import decide
 from memspec.elaborate.frames import Frame, Hint, expanding
-from memspec.elaborate.scope import FnRef, Instance, LayerRef, ListValue, Scope, Tensor, describe
+from memspec.elaborate.scope import (
+    FnRef,
+    Instance,
+    LayerRef,
+    ListValue,
+    Scope,
+    Stack,
+    Tensor,
+    describe,
+)
 from memspec.errors import NameResolutionError, SpecValueError
 from memspec.ops import REGISTRY, OpDef
 from memspec.symbolic import build
@@ -170,7 +180,10 @@ class ExprEvaluator:
                 expr.span,
             )
         if op in ("==", "!=", "<", "<=", ">", ">="):
-            return build.compare(op, left, right, expr.span)
+            try:
+                return build.compare(op, left, right, expr.span)
+            except build.Undecided:
+                return decide(self.ops.builder, op, left, right, expr.span)
         return build.binary(op, left, right, expr.span)
 
     def tensor_binary(
@@ -248,7 +261,7 @@ class ExprEvaluator:
             return self.ops.call(callee, args, kwargs, scope.find, span, frame, hint)
         # A call assigned to a name (`q = rope(...)`) names the value it returns after it.
         result_name = frame.member(hint) if isinstance(hint, str) and hint else None
-        if isinstance(callee, Instance):
+        if isinstance(callee, (Instance, Stack)):
             name, path = callee.decl.name, callee.path
             return expanding(
                 lambda: callees.call_layer(callee, args, kwargs, span, frame.calls, result_name),

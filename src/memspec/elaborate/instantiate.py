@@ -14,7 +14,8 @@ from memspec.config import TrainConfig
 from memspec.elaborate.binding import Argument, bind_arguments
 from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.exprs import ExprEvaluator
-from memspec.elaborate.scope import Instance, LayerRef, Scope, Tensor
+from memspec.elaborate.repeat_index import split_repeat
+from memspec.elaborate.scope import Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.types import DType, Role, Shape
@@ -95,7 +96,7 @@ class Instantiator:
             raise NameResolutionError(f"{name!r} is defined twice in this layer", span)
         inst.scope.names[name] = thing
 
-    def sublayer(self, inst: Instance, stmt: d.LayerSub) -> Instance:
+    def sublayer(self, inst: Instance, stmt: d.LayerSub) -> Instance | Stack:
         ref = inst.scope.find(stmt.layer)
         if not isinstance(ref, LayerRef):
             layers = [k for k, v in self.globals.names.items() if isinstance(v, LayerRef)]
@@ -116,6 +117,8 @@ class Instantiator:
                 empty = Instance(ref.decl, path, region, self.globals.child(), span=stmt.span)
                 empty.repeated = empty.passthrough = True
                 return empty
+            if stmt.index is not None:
+                return split_repeat(self, inst, stmt, ref.decl, path, count)
             region = self.builder.add_region(path, count, inst.region, stmt.span)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
         sub = self.instantiate(ref.decl, args, path, region, stmt.span)

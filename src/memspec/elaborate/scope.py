@@ -14,7 +14,7 @@ from memspec.ops.registry import OpDef
 from memspec.source import Span
 from memspec.syntax import decls as d
 
-__all__ = ["FnRef", "Instance", "LayerRef", "ListValue", "Scope", "Tensor", "describe"]
+__all__ = ["FnRef", "Instance", "LayerRef", "ListValue", "Scope", "Stack", "Tensor", "describe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,19 @@ class Instance:
     passthrough: bool = False  # `repeat 0`: calling it returns its input
     span: Span | None = None
     arguments: set[str] = field(default_factory=set)  # argument names a member may shadow
+
+
+@dataclass(eq=False)
+class Stack:
+    """`repeat N as i of Layer(...)` whose layers differ by index: uniform parts, called
+    in sequence like an nn.Sequential. A part is (region, layers of one repetition): a
+    leading layer stands alone (`layers.0`, region None), the rest repeat (`layers[1:]`),
+    alternating layers repeat as one pattern (`layers[0::2]`, `layers[1::2]`)."""
+
+    decl: d.DeclLayer
+    path: str
+    parts: tuple[tuple[int | None, tuple[Instance, ...]], ...]
+    span: Span | None = None
 
 
 @dataclass(eq=False)
@@ -108,7 +121,7 @@ class Scope:
         return name_hint(name, [*ranked, *also])
 
 
-_LISTING_ORDER = {Tensor: 0, tuple: 0, Instance: 1, FnRef: 4, LayerRef: 5}
+_LISTING_ORDER = {Tensor: 0, tuple: 0, Instance: 1, Stack: 1, FnRef: 4, LayerRef: 5}
 
 
 def describe(value: object) -> str:
@@ -125,6 +138,8 @@ def describe(value: object) -> str:
         return "a string"
     if isinstance(value, Instance):
         return f"layer {value.decl.name}"
+    if isinstance(value, Stack):
+        return f"repeated layers {value.decl.name}"
     if isinstance(value, LayerRef):
         return f"layer definition {value.decl.name}"
     if isinstance(value, FnRef):

@@ -29,6 +29,8 @@ Vocabulary, in the manner of torch.fx's Node docstring:
   and gradients follow torch's decisions at them. A `SizeDecision` records one decision
   that holds at those sizes and not for general ones (at B = 1 a matmul saves its
   operands without copying them), so that no formula passes for general when it is not.
+  A `SizeCondition` is a comparison of sizes (`L >= W`) that the sizes left unbound do
+  not decide: the graph assumes it holds (`elaborate/conditions.py`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "OpApply",
     "Region",
     "RepetitionIndex",
+    "SizeCondition",
     "SizeDecision",
     "Value",
 ]
@@ -141,6 +144,14 @@ class SizeDecision:
 
 
 @dataclass(frozen=True, slots=True)
+class SizeCondition:
+    """A comparison of sizes the graph assumes (`L >= W`), as a sympy relation."""
+
+    relation: sp.Basic
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True, slots=True)
 class Graph:
     model: str
     values: tuple[Value, ...]
@@ -153,6 +164,7 @@ class Graph:
     carried: tuple[tuple[int, int, int], ...] = ()
     bound: BoundSizes = GENERAL
     decisions: tuple[SizeDecision, ...] = ()
+    conditions: tuple[SizeCondition, ...] = ()
 
     def value(self, value_id: int) -> Value:
         return self.values[value_id]

@@ -43,6 +43,17 @@ def _assumption_math(expr: sp.Expr) -> str:
     return f"${latex(expr)}$ is an integer"
 
 
+def _conditions(result: CompileResult) -> tuple[AssumptionRow, ...]:
+    """The size conditions the graph assumes because the sizes they need are unbound."""
+    why = "assumed: the sizes it needs are not bound (bind them to decide it)"
+    return tuple(
+        AssumptionRow(
+            f"${latex(c.relation)}$, {why}", str(c.span) if c.span else "", f"{c.relation}, {why}"
+        )
+        for c in result.graph.conditions
+    )
+
+
 def _decisions(result: CompileResult) -> tuple[DecisionRow, ...]:
     rows = []
     for d in result.graph.decisions:
@@ -82,7 +93,8 @@ def build_report(result: CompileResult) -> Report:
         assumptions=tuple(
             AssumptionRow(_assumption_math(a.expr), str(a.span) if a.span else "", a.text)
             for a in result.graph.assumptions
-        ),
+        )
+        + _conditions(result),
         expects=tuple(e.text for e in result.expects),
         summary=tuple(
             summary(result, CATEGORY_TITLES[k], c.elements, c.bytes) for k, c in categories.items()

@@ -14,9 +14,11 @@ import sympy as sp
 
 from memspec.errors import SpecValueError
 from memspec.source import Span
+from memspec.symbolic.index import IndexSplit, index_symbols
 
 __all__ = [
     "MAX_CONSTANT_BITS",
+    "Undecided",
     "binary",
     "compare",
     "integer",
@@ -27,6 +29,10 @@ __all__ = [
 
 MAX_CONSTANT_BITS = 4096  # constants above 2**4096 are certainly a mistake in a model spec
 MAX_SYMBOLIC_EXPONENT = 16
+
+
+class Undecided(SpecValueError):
+    """A comparison of sizes that holds for some of them and not for others."""
 
 
 def integer(value: int, span: Span | None) -> sp.Integer:
@@ -94,11 +100,14 @@ def binary(op: str, a: sp.Expr, b: sp.Expr, span: Span | None) -> sp.Expr:
 
 
 def compare(op: str, a: sp.Expr, b: sp.Expr, span: Span | None) -> bool:
-    """A comparison that must be decidable for all positive sizes (used by `if`)."""
+    """A comparison that must be decidable for all positive sizes (used by `if`).
+
+    Undecided on a repeat index, it asks for the repetitions to be split (`IndexSplit`).
+    """
     diff = sp.expand(a - b)
     if op in ("==", "!="):
         if diff.is_zero is None:
-            raise SpecValueError(f"cannot decide {a} {op} {b} for all sizes", span)
+            _undecided(a, op, b, diff, span)
         return bool(diff.is_zero) == (op == "==")
     decided = {
         "<": diff.is_negative,
@@ -107,8 +116,15 @@ def compare(op: str, a: sp.Expr, b: sp.Expr, span: Span | None) -> bool:
         ">=": diff.is_nonnegative,
     }[op]
     if decided is None:
-        raise SpecValueError(f"cannot decide {a} {op} {b} for all sizes", span)
+        _undecided(a, op, b, diff, span)
     return bool(decided)
+
+
+def _undecided(a: sp.Expr, op: str, b: sp.Expr, diff: sp.Expr, span: Span | None) -> None:
+    indices = index_symbols(diff)
+    if indices:
+        raise IndexSplit(min(indices, key=str), diff, span)
+    raise Undecided(f"cannot decide {a} {op} {b} for all sizes", span)
 
 
 _FUNCTIONS = {

@@ -13,6 +13,7 @@ from memspec.syntax.nodes import Arg, Body, Expr, SigParam, TypeTensor, span_fie
 __all__ = [
     "Decl",
     "DeclAssume",
+    "DeclAssumeSize",
     "DeclConvention",
     "DeclDim",
     "DeclExpect",
@@ -48,12 +49,14 @@ class LayerLet:
 
 @dataclass(frozen=True, slots=True)
 class LayerSub:
-    """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set."""
+    """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set;
+    `repeat count as index of Layer(args)` names the repetition (0, 1, ...) for `args`."""
 
     name: str
     layer: str
     args: tuple[Arg, ...]
     count: Expr | None = None
+    index: str | None = None
     span: Span | None = span_field()
 
 
@@ -159,6 +162,15 @@ class DeclAssume:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclAssumeSize:
+    """`assume I % 32 == 0`: a size's divisibility, which shapes may rely on (a stride-2
+    conv of I is I/2) and bound values must meet."""
+
+    fact: Expr
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class DeclExpect:
     quantity: str
     value: Expr
@@ -205,7 +217,7 @@ class DeclConvention:
 
 
 Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
-Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume
+Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume | DeclAssumeSize
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ class Program:
     models: list[d.DeclLayer] = field(default_factory=list)
     expects: list[d.DeclExpect] = field(default_factory=list)
     assumes: list[d.DeclAssume] = field(default_factory=list)
+    size_facts: list[d.DeclAssumeSize] = field(default_factory=list)  # from every file
     trains: list[d.DeclTrain] = field(default_factory=list)
 
     def top_level_names(self) -> dict[str, Span | None]:
@@ -149,6 +150,8 @@ class _Loader:
         elif isinstance(decl, d.DeclAssume):
             if is_entry:
                 program.assumes.append(decl)
+        elif isinstance(decl, d.DeclAssumeSize):
+            program.size_facts.append(decl)
         elif isinstance(decl, d.DeclTrain):
             if is_entry:
                 program.trains.append(decl)

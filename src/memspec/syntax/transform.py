@@ -106,7 +106,9 @@ class ToAst(Transformer_NonRecursive):
         return d.DeclPreset(str(children[0]), children[1] or (), span=self.span(meta))
 
     def decl_assume(self, meta, children):
-        return d.DeclAssume(_unquote(children[0]), span=self.span(meta))
+        if isinstance(children[0], n.ExprString):
+            return d.DeclAssume(children[0].value, span=self.span(meta))
+        return d.DeclAssumeSize(children[0], span=self.span(meta))
 
     def decl_expect(self, meta, children):
         quantity, value, preset = children
@@ -178,8 +180,15 @@ class ToAst(Transformer_NonRecursive):
         return d.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
 
     def layer_repeat(self, meta, children):
-        name, count, layer, args = children
-        return d.LayerSub(str(name), str(layer), args or (), count=count, span=self.span(meta))
+        name, count, index, layer, args = children
+        return d.LayerSub(
+            str(name),
+            str(layer),
+            args or (),
+            count=count,
+            index=str(index) if index else None,
+            span=self.span(meta),
+        )
 
     def layer_param(self, meta, children):
         return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
