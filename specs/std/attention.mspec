@@ -16,21 +16,23 @@
 # masks keys `window` or more positions back (Mistral's sliding window); dropout_p > 0
 # drops attention probabilities (GPT-2, BERT). The flash variant takes causal and scale,
 # not a window or dropout.
-fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal = true, window = 0,
-             dropout_p = 0, scale = true) -> [..., s, d]
+fn attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal = true, window = 0,
+             dropout_p = 0, scale = true) -> [..., s, e]
 variant math {
     scores = einsum(q, k, "... s d, ... t d -> ... s t")
     if scale { scores = scores / sqrt(d) }            # T5 folds the scale into its weights
     if causal { scores = causal_mask(scores, window) }
     probs = softmax(scores)
     if dropout_p > 0 { probs = dropout(probs, dropout_p) }
-    return einsum(probs, v, "... s t, ... t d -> ... s d")
+    return einsum(probs, v, "... s t, ... t e -> ... s e")
 }
 variant eager {
     return eager_attention(q, k, v, causal, window, dropout_p, scale)
 }
 variant sdpa {
-    if dropout_p > 0 or window > 0 {
+    # torch's CPU flash kernel needs one head size for q, k and v: with a value head
+    # size of its own (DeepSeek's MLA), SDPA takes its math path
+    if dropout_p > 0 or window > 0 or e != d {
         return sdpa_math_attention(q, k, v, causal, window, dropout_p, scale)
     }
     return flash_attention(q, k, v, causal, window, dropout_p, scale)
@@ -40,14 +42,14 @@ variant flash {
 }
 
 # Attention with an additive causal mask, which autograd does not save.
-fn eager_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, window, dropout_p,
-                   scale) -> [..., s, d] {
+fn eager_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, window, dropout_p,
+                   scale) -> [..., s, e] {
     scores = einsum(q, k, "... s d, ... t d -> ... s t")
     if scale { scores = scores / sqrt(d) }
     if causal { scores = add_causal_mask(scores, window) }
     probs = softmax(scores)
     if dropout_p > 0 { probs = dropout(probs, dropout_p) }
-    return einsum(probs, v, "... s t, ... t d -> ... s d")
+    return einsum(probs, v, "... s t, ... t e -> ... s e")
 }
 
 # Causal multi-head self-attention with RoPE on queries and keys (CS336 assignment 1).
@@ -72,8 +74,8 @@ layer MultiHeadSelfAttention(d_model, num_heads, max_len, theta = 10000) {
 # but q and k are each multiplied by the square root of the scale before their product,
 # so the product saves those scaled tensors (at B = 1 folded views of them, where eager
 # attention saves views of q and k themselves).
-fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, window,
-                       dropout_p, scale) -> [..., s, d] {
+fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, window,
+                       dropout_p, scale) -> [..., s, e] {
     if scale {
         q = q / sqrt(sqrt(d))
         k = k / sqrt(sqrt(d))
@@ -85,7 +87,7 @@ fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, d], causal, w
     if causal { scores = add_causal_mask(scores, window) }
     probs = softmax(scores)
     if dropout_p > 0 { probs = dropout(probs, dropout_p) }
-    return einsum(probs, v, "... s t, ... t d -> ... s d")
+    return einsum(probs, v, "... s t, ... t e -> ... s e")
 }
 
 # transformers' `use_cache`: with True, each attention layer's K and V go through a

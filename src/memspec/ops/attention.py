@@ -25,6 +25,11 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         raise ctx.fail(f"q, k, v ranks differ: {shape_str(q)}, {shape_str(k)}, {shape_str(v)}")
     ctx.expect_same(q[-1], k[-1], "q and k head dims")
     ctx.expect_same(k[-2], v[-2], "k and v lengths")
+    if not same_dim(ctx.bound.at(q[-1]), ctx.bound.at(v[-1])):
+        raise ctx.fail(
+            f"q's head size {q[-1]} and v's {v[-1]} differ: torch's CPU flash kernel needs "
+            "one head size (SDPA then takes its math path: use variant sdpa, eager or math)"
+        )
     for a, b, c in zip(q[:-3], k[:-3], v[:-3], strict=True):
         ctx.expect_same(a, b, "batch dims of q and k")
         ctx.expect_same(b, c, "batch dims of k and v")
