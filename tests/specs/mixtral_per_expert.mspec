@@ -1,4 +1,6 @@
-# Mixtral 8x7B v0.1 (Hugging Face MixtralForCausalLM): Mistral's decoder (pre-norm RMSNorm,
+# Mixtral 8x7B v0.1 as transformers 4.x wrote it (one nn.Module per expert, the eager loop):
+# specs/mixtral.mspec follows transformers 5.x (3-D experts, grouped_mm). A test fixture of
+# `route` over an expert bank. Mistral's decoder (pre-norm RMSNorm,
 # no biases, RoPE, grouped-query attention 32/8, untied LM head) in which every MLP is a
 # sparse mixture of experts: a router `gate` (D -> E, no bias), softmax over the E experts,
 # the top k = 2 weights renormalized, and E = 8 SwiGLU experts (w1 gate, w3 up, w2 down),
@@ -9,7 +11,7 @@
 # routing. Unlike Mistral 7B v0.1, Mixtral's config has no sliding window
 # (sliding_window: null): attention is plain causal. Member names follow HF's state_dict
 # (model.layers.0.block_sparse_moe.experts.3.w1.weight, lm_head.weight). Compile:
-#   memspec compile specs/mixtral.mspec --format md --preset mixtral_8x7b --set B=1
+#   memspec compile tests/specs/mixtral_per_expert.mspec --format md --preset mixtral_8x7b --set B=1
 use std
 
 dim batch_size     as B

@@ -1,0 +1,161 @@
+# Mixtral 8x7B v0.1 (Hugging Face MixtralForCausalLM, transformers 5.x): Mistral's decoder
+# (pre-norm RMSNorm, no biases, RoPE, grouped-query attention 32/8, untied LM head) in which
+# every MLP is a sparse mixture of experts: a router `gate` (D -> E, no bias), softmax over
+# the E experts, the top k = 2 weights renormalized, and E = 8 SwiGLU experts stored as two
+# 3-D parameters per layer (gate_up_proj [E, 2F, D]: w1 and w3 stacked; down_proj
+# [E, D, F]: w2). transformers runs them with `grouped_mm` by default: the k*B*L
+# (token, choice) pairs sorted by expert, one grouped product per projection, the weighted
+# outputs put back in token order and summed over the k choices. Every tensor it makes has
+# k*B*L, B*L or E rows whichever experts the router picks, so the memory does not depend on
+# the routing. Mixtral's config has no sliding window (sliding_window: null): attention is
+# plain causal. Member names follow HF's state_dict (model.layers.0.mlp.experts.gate_up_proj,
+# model.layers.0.mlp.gate.weight, lm_head.weight). Compile:
+#   memspec compile specs/mixtral.mspec --format md --preset mixtral_8x7b --set B=1
+use std
+
+dim batch_size     as B
+dim context_length as L
+dim vocab_size     as V
+dim d_model        as D
+dim num_layers     as N
+dim num_heads      as H
+dim num_kv_heads   as KV
+dim d_ff           as F                  # intermediate_size, each expert's width (14336)
+dim num_experts    as E                  # num_local_experts
+dim top_k          as k                  # num_experts_per_tok
+
+# The attention interface (config._attn_implementation), as in llama.mspec: `sdpa`
+# (transformers' default) with enable_gqa keeps K and V at KV heads (torch's CPU flash
+# kernel); `eager` repeats them to H heads and materializes the scores.
+fn mixtral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep)
+        -> [b, h, s, d]
+variant sdpa {
+    return flash_attention(q, k, v, true)
+}
+variant eager {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
+}
+
+# HF MixtralAttention: LLaMA's attention (no window at Mixtral's config).
+layer MixtralAttention(d_model, num_heads, num_kv_heads) {
+    let head_dim = d_model / num_heads
+    let n_rep = num_heads / num_kv_heads
+    q_proj = Linear(d_model, num_heads * head_dim)
+    k_proj = Linear(d_model, num_kv_heads * head_dim)
+    v_proj = Linear(d_model, num_kv_heads * head_dim)
+    o_proj = Linear(num_heads * head_dim, d_model)
+    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+            -> [b, s, d_model] {
+        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
+        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
+                         sin)
+        v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
+        o = mixtral_attention(q, k, v, n_rep)
+        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
+    }
+}
+
+# HF MixtralExperts with transformers' grouped_mm_experts_forward (integrations/moe.py).
+layer MixtralExperts(d_model, d_ff, num_experts) {
+    param gate_up_proj: [num_experts, 2 * d_ff, d_model]
+    param down_proj: [num_experts, d_model, d_ff]
+    forward(x: [t, d_model], top_k_index: int64[t, c], top_k_weights: [t, c]) -> [t, d_model] {
+        sample_weights = rearrange(top_k_weights, "t c -> (t c)")            # views
+        expert_ids = rearrange(top_k_index, "t c -> (t c)")
+        expert_ids_g, perm = sort(expert_ids)
+        selected = index(x, floor_divide(perm, c))                          # saves perm // k
+        sample_weights_g = index(sample_weights, perm)                      # saves perm
+        offsets = expert_offsets(expert_ids_g, num_experts)                 # int32 [E]
+        gate, up = chunk(grouped_mm(selected, gate_up_proj, offsets, c), 2, dim = -1)
+        out = grouped_mm(silu(gate) * up, down_proj, offsets, c)
+        weighted = out * rearrange(sample_weights_g, "s -> s 1")
+        restored = index(weighted, inverse_permutation(perm))               # saves inv_perm
+        return einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d")
+    }
+}
+
+# HF MixtralSparseMoeBlock: the router (MixtralTopKRouter: logits, softmax in float32, a
+# no-op under fp32 training; the top k, renormalized in place: div_ saves a clone of the
+# top values and the sum), then the experts on every (token, choice) pair.
+layer MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k) {
+    gate    = Linear(d_model, num_experts)                  # MixtralTopKRouter.weight [E, D]
+    experts = MixtralExperts(d_model, d_ff, num_experts)
+    forward(x: [b, s, d_model]) -> [b, s, d_model] {
+        hidden_states = rearrange(x, "b s d -> (b s) d")                # a view
+        probs = softmax(gate(hidden_states))                : [b * s, num_experts]
+        top_value, top_k_index = topk(probs, top_k)
+        weight_sum = einsum(top_value, "t c -> t")
+        top_k_weights = top_value / rearrange(weight_sum, "t -> t 1")
+        out = experts(hidden_states, top_k_index, top_k_weights)
+        return rearrange(out, "(b s) d -> b s d", b = b)                # a view
+    }
+}
+
+layer MixtralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, num_experts, top_k, eps) {
+    input_layernorm          = RMSNorm(d_model, eps)
+    self_attn                = MixtralAttention(d_model, num_heads, num_kv_heads)
+    post_attention_layernorm = RMSNorm(d_model, eps)
+    mlp                      = MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k)
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
+        x = x + self_attn(input_layernorm(x), cos, sin)
+        return x + mlp(post_attention_layernorm(x))
+    }
+}
+
+# HF MixtralModel: embeddings, one rotary table per forward, the decoder stack, the norm.
+layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
+                   num_experts, top_k, eps = 1e-5, theta = 1000000) {
+    embed_tokens = Embedding(vocab_size, d_model)
+    layers       = repeat num_layers of MixtralDecoderLayer(d_model, num_heads, num_kv_heads,
+                                                            d_ff, num_experts, top_k, eps)
+    norm         = RMSNorm(d_model, eps)
+    rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
+    forward(tokens: int64[b, s]) -> [b, s, d_model] {
+        # position_ids[..., None].float() * inv_freq: [1, s, d/2], no gradient
+        positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
+        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
+        emb = cat(freqs, freqs, dim = -1)
+        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
+        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
+        return norm(x)
+    }
+}
+
+model MixtralForCausalLM {
+    model   = MixtralModel(V, D, N, H, KV, F, E, k)
+    lm_head = Linear(D, V)
+    forward(tokens: int64[B, L], targets: int64[B, L]) {
+        logits = lm_head(model(tokens))        : [B, L, V]
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
+    }
+}
+
+# mistralai/Mixtral-8x7B-v0.1 config.json: num_local_experts 8, num_experts_per_tok 2,
+# max_position_embeddings 32768, the context the paper trains with ("a fully dense context
+# length of 32k tokens"). The counts are sum(p.numel() for p in model.parameters()) of the
+# HF model, and the same with only k of every layer's E experts.
+preset mixtral_8x7b { V = 32_000, L = 32_768, D = 4_096, N = 32, H = 32, KV = 8, F = 14_336,
+                      E = 8, k = 2 }
+
+# Embedding and head (2VD), final norm (D); per layer q and o (D^2 each), k and v
+# (D * KV * D/H each), the router (DE), E experts of three matrices (3DF each) and two norms.
+expect params == 2*V*D + D + N*(2*D**2 + 2*D*KV*(D/H) + D*E + 3*D*F*E + 2*D)
+expect params == 46_702_792_704 at mixtral_8x7b
+# Active: a token passes through k of the E experts; everything else it uses in full.
+expect active_params == 2*V*D + D + N*(2*D**2 + 2*D*KV*(D/H) + D*E + 3*D*F*k + 2*D)
+expect active_params == 12_879_925_248 at mixtral_8x7b
+
+assume "HF MixtralForCausalLM: Mistral's block with a sparse MoE MLP; no biases anywhere (router and experts included); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
+assume "experts as transformers 5.x stores and runs them by default: two 3-D parameters per layer and experts_implementation grouped_mm, whose tensors have k*B*L, B*L or E rows whatever the routing (the saved bytes and the peak do not depend on which experts the router picks); every expert's gradient and AdamW state exist in full"
+assume "no sliding window: Mixtral-8x7B-v0.1's config has sliding_window null, so attention is plain causal over L; SDPA (transformers' default) with enable_gqa keeps K and V at KV heads; --use eager repeats them and materializes the [B, H, L, L] scores"
+assume "the router's softmax in float32 as HF's router_logits.float(): the activation dtype under fp32 training; under bf16 precisions the spec keeps the router in the activation dtype"
+assume "no auxiliary load-balancing loss: output_router_logits is false by default, so router_aux_loss_coef (0.02) adds nothing to the loss and the router logits are not kept"
+assume "rotary embedding as HF computes it (rope_theta 1e6): inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products"
+assume "no dropout (attention_dropout = 0, router_jitter_noise = 0); targets are HF's labels (the input ids), padded by one ignored position and shifted by the loss"
+assume "the weights ship in bf16, but the spec trains in fp32 unless --precision says otherwise"
+
+train { precision fp32; optimizer adamw; use sdpa }
