@@ -38,6 +38,18 @@ variant eager {
     return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
 }
 
+# The mask MixtralModel makes once per forward (create_causal_mask) and holds until it
+# returns: none with sdpa (is_causal instead; the position ids stand in, no new memory);
+# with eager a float32 [b, 1, s, s] of 0 and the dtype's minimum (the attention op adds
+# its own, which autograd does not save).
+fn hf_causal_mask(position_ids: int64[s], b)
+variant sdpa {
+    return position_ids
+}
+variant eager {
+    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
+}
+
 # HF MixtralAttention: LLaMA's attention (no window at Mixtral's config).
 layer MixtralAttention(d_model, num_heads, num_kv_heads) {
     let head_dim = d_model / num_heads
@@ -57,7 +69,9 @@ layer MixtralAttention(d_model, num_heads, num_kv_heads) {
     }
 }
 
-# HF MixtralExperts with transformers' grouped_mm_experts_forward (integrations/moe.py).
+# HF MixtralExperts with transformers' grouped_mm_experts_forward (integrations/moe.py). Its
+# locals live until it returns: `hold` keeps the sorted ids and histc's float input and
+# counts to the end, as Python does.
 layer MixtralExperts(d_model, d_ff, num_experts) {
     param gate_up_proj: [num_experts, 2 * d_ff, d_model]
     param down_proj: [num_experts, d_model, d_ff]
@@ -67,12 +81,16 @@ layer MixtralExperts(d_model, d_ff, num_experts) {
         expert_ids_g, perm = sort(expert_ids)
         selected = index(x, floor_divide(perm, c))                          # saves perm // k
         sample_weights_g = index(sample_weights, perm)                      # saves perm
-        offsets = expert_offsets(expert_ids_g, num_experts)                 # int32 [E]
+        histc_input = expert_ids_g * 1.0                                    # .float()
+        tokens_per_expert = expert_counts(histc_input, num_experts)         # histc
+        offsets = expert_offsets(tokens_per_expert)                         # int32 cumsum
         gate, up = chunk(grouped_mm(selected, gate_up_proj, offsets, c), 2, dim = -1)
         out = grouped_mm(silu(gate) * up, down_proj, offsets, c)
         weighted = out * rearrange(sample_weights_g, "s -> s 1")
-        restored = index(weighted, inverse_permutation(perm))               # saves inv_perm
-        return einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d")
+        inv_perm = inverse_permutation(perm, arange(t * c))
+        restored = index(weighted, inv_perm)                                # saves inv_perm
+        final = einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d")
+        return hold(final, expert_ids_g, histc_input, tokens_per_expert)
     }
 }
 
@@ -84,11 +102,15 @@ layer MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k) {
     experts = MixtralExperts(d_model, d_ff, num_experts)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
         hidden_states = rearrange(x, "b s d -> (b s) d")                # a view
-        probs = softmax(gate(hidden_states))                : [b * s, num_experts]
+        router_logits = gate(hidden_states)                 : [b * s, num_experts]
+        probs = softmax(router_logits)
         top_value, top_k_index = topk(probs, top_k)
         weight_sum = einsum(top_value, "t c -> t")
         top_k_weights = top_value / rearrange(weight_sum, "t -> t 1")
         out = experts(hidden_states, top_k_index, top_k_weights)
+        # `_, top_k_weights, top_k_index = self.gate(...)`: the logits and the weights stay
+        # alive as locals until the block returns
+        out = hold(out, router_logits, top_k_weights)
         return rearrange(out, "(b s) d -> b s d", b = b)                # a view
     }
 }
@@ -114,14 +136,16 @@ layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         # position_ids[..., None].float() * inv_freq: [1, s, d/2], no gradient
-        positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+        position_ids = arange(s)                 # a local until the forward returns
+        mask = hf_causal_mask(position_ids, b)
+        positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
         inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
         freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
         emb = cat(freqs, freqs, dim = -1)
         rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
         rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
         x = layers(embed_tokens(tokens), rope_cos, rope_sin)
-        return norm(x)
+        return hold(norm(x), position_ids, mask)
     }
 }
 

@@ -456,8 +456,10 @@ def test_grouped_bookkeeping(n, experts, r):
     run_op("sort", [((n,), I64, "const")], {})
     run_op("sort", [((2, n), F32, r)], {})
     run_op("floor_divide", [((n,), I64, "const")], {"divisor": sp.Integer(2)})
-    run_op("expert_offsets", [((n,), I64, "const")], {"num_experts": sp.Integer(experts)})
-    run_op("inverse_permutation", [((n,), I64, "const")], {})
+    run_op("expert_counts", [((n,), F32, "const")], {"num_experts": sp.Integer(experts)})
+    run_op("expert_offsets", [((experts,), F32, "const")], {})
+    run_op("inverse_permutation", [((n,), I64, "const"), ((n,), I64, "const")], {})
+    run_op("hold", [((n, 2), F32, r), ((n,), I64, "const"), ((2, n), F32, r)], {})
 
 
 def test_grouped_bookkeeping_values():
@@ -465,9 +467,10 @@ def test_grouped_bookkeeping_values():
     group, and the inverse permutation puts the sorted rows back."""
     selected = torch.tensor([[2, 0], [1, 2], [0, 2]]).reshape(-1)
     ids, perm = REGISTRY["sort"].lower((selected,), {})
-    offsets = REGISTRY["expert_offsets"].lower((ids,), {"num_experts": 4})
+    counts = REGISTRY["expert_counts"].lower((ids.float(),), {"num_experts": 4})
+    offsets = REGISTRY["expert_offsets"].lower((counts,), {})
     assert offsets.tolist() == [2, 3, 6, 6] and offsets.dtype == torch.int32
-    inverse = REGISTRY["inverse_permutation"].lower((perm,), {})
+    inverse = REGISTRY["inverse_permutation"].lower((perm, torch.arange(6)), {})
     assert torch.equal(ids[inverse], selected)
     assert REGISTRY["floor_divide"].lower((perm,), {"divisor": 2}).tolist() == (perm // 2).tolist()
 
@@ -482,6 +485,6 @@ def test_every_op_is_covered():
                "topk", "expert_slots", "index", "index_add", "zeros_like", "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
-               "add_causal_mask", "grouped_mm", "sort", "floor_divide", "expert_offsets",
-               "inverse_permutation"}
+               "add_causal_mask", "grouped_mm", "sort", "floor_divide", "expert_counts",
+               "expert_offsets", "inverse_permutation", "hold"}
     assert covered == set(REGISTRY)

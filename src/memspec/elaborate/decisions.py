@@ -98,7 +98,11 @@ def _saved_text(saved: tuple[Saved, ...]) -> str:
     return f"({', '.join(s.label for s in saved)})" if saved else "nothing"
 
 
-_GRAD_WORDS = {Grad.NEW: "a new tensor", Grad.THROUGH: "its output's gradient itself"}
+_GRAD_WORDS = {
+    Grad.NEW: "a new tensor",
+    Grad.THROUGH: "its output's gradient itself",
+    Grad.NONE: "no gradient",
+}
 
 
 def _grads_text(graph: Graph, op: OpApply, kinds: tuple[Grad, ...], keep: list[int]) -> str:

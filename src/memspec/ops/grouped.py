@@ -6,7 +6,9 @@ transformers 5.x stores a layer's E experts as one parameter per projection
 `grouped_mm_experts_forward` (`integrations/moe.py`): the S = k*T (token, choice) pairs
 are sorted by expert (`torch.sort`), gathered, multiplied by `torch.nn.functional.grouped_mm`
 with per-expert row offsets (`histc` + `cumsum`, int32 [E]), weighted, put back in token
-order through the inverse permutation and summed over the k choices. Every tensor it
+order through the inverse permutation and summed over the k choices. `hold` keeps the
+function's locals (the sorted ids, histc's input and counts) alive until it returns, as
+Python does. Every tensor it
 makes has S, T or E rows, whatever the router picks: the memory is the same for every
 routing, only the offsets' values change. Saved tensors are as measured with
 `saved_tensors_hooks` (torch 2.13, CPU).
@@ -19,6 +21,7 @@ import sympy as sp
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -62,34 +65,56 @@ def _floor_divide_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec(x.shape, x.dtype),)
 
 
-def _offsets_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    _integer_vector(ctx, 0, "sorted expert ids")
+def _counts_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    ids = ctx.inputs[0]
+    if not ids.dtype.is_float or len(ids.shape) != 1:
+        raise ctx.fail(
+            f"expert ids must be a 1-d float tensor (histc's input on CPU), got "
+            f"{ids.dtype.value}{shape_str(ids.shape)}"
+        )
     experts = ctx.attrs["num_experts"]
     if not isinstance(experts, sp.Expr) or (experts.is_number and experts < 1):
         raise ctx.fail(f"num_experts must be a positive integer, got {experts}")
-    return (OutputSpec((experts,), DType.int32),)
+    return (OutputSpec((experts,), ids.dtype),)
+
+
+def _counts_lower(tensors, attrs):
+    torch, _ = torch_functional()
+    experts = attrs["num_experts"]
+    return torch.histc(tensors[0], bins=experts, min=0, max=experts - 1)
+
+
+def _offsets_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    counts = ctx.inputs[0]
+    if len(counts.shape) != 1:
+        raise ctx.fail(f"counts must be 1-d, got {shape_str(counts.shape)}")
+    return (OutputSpec(counts.shape, DType.int32),)
 
 
 def _offsets_lower(tensors, attrs):
-    """transformers' CPU offsets: histc over the float ids, then an int32 cumsum."""
     torch, _ = torch_functional()
-    experts = attrs["num_experts"]
-    counts = torch.histc(tensors[0].float(), bins=experts, min=0, max=experts - 1)
-    return torch.cumsum(counts, dim=0, dtype=torch.int32)
+    return torch.cumsum(tensors[0], dim=0, dtype=torch.int32)
 
 
 def _inverse_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     n = _integer_vector(ctx, 0, "a permutation")
+    ctx.expect_same(_integer_vector(ctx, 1, "positions"), n, "positions vs the permutation")
     return (OutputSpec((n,), DType.int64),)
 
 
 def _inverse_lower(tensors, attrs):
-    """`inv = torch.empty_like(perm); inv[perm] = torch.arange(n)`, as transformers does."""
+    """`inv = torch.empty_like(perm); inv[perm] = torch.arange(n)`, as transformers does
+    (the arange is the `positions` input)."""
     torch, _ = torch_functional()
-    (perm,) = tensors
+    perm, positions = tensors
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.size(0))
+    inverse[perm] = positions
     return inverse
+
+
+def _hold_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x = ctx.inputs[0]
+    return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
 
 
 def _grouped_mm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -165,29 +190,56 @@ register(
 )
 register(
     OpDef(
-        "expert_offsets",
-        "int32 [E]: the end row of each expert's group among ids sorted by expert "
-        "(histc, then cumsum)",
-        ("sorted_ids",),
-        _offsets_infer,
+        "expert_counts",
+        "float [E]: how many ids fall on each expert (torch.histc over bins 0..E-1)",
+        ("ids",),
+        _counts_infer,
         attrs=(("num_experts", None),),
+        lower=_counts_lower,
+        differentiable=False,
+        kind=OpKind.INDEXING,
+        shape_doc="float ids [S] -> [num_experts] of their dtype",
+        saved_doc="nothing",
+    )
+)
+register(
+    OpDef(
+        "expert_offsets",
+        "int32 cumulative sum of per-expert counts: the end row of each expert's group",
+        ("counts",),
+        _offsets_infer,
         lower=_offsets_lower,
         differentiable=False,
         kind=OpKind.INDEXING,
-        shape_doc="integer sorted ids [S] -> int32 [num_experts]",
+        shape_doc="counts [E] -> int32 [E]",
         saved_doc="nothing",
     )
 )
 register(
     OpDef(
         "inverse_permutation",
-        "int64 inv with inv[perm] = arange(n): the order that undoes perm",
-        ("perm",),
+        "int64 inv with inv[perm] = positions (an arange): the order that undoes perm",
+        ("perm", "positions"),
         _inverse_infer,
         lower=_inverse_lower,
         differentiable=False,
         kind=OpKind.INDEXING,
-        shape_doc="integer perm [n] -> int64 [n]",
+        shape_doc="integer perm [n], integer positions [n] -> int64 [n]",
+        saved_doc="nothing",
+    )
+)
+register(
+    OpDef(
+        "hold",
+        "x itself (a view), with the other tensors kept alive until here: a Python "
+        "function's locals, freed when it returns",
+        ("*tensors",),
+        _hold_infer,
+        lower=lambda t, a: t[0].view_as(t[0]),
+        grads=lambda op, graph: (Grad.THROUGH, *(Grad.NONE,) * (len(op.inputs) - 1)),
+        grads_doc="x's is the output's gradient itself; none flows to the held tensors",
+        kind=OpKind.LAYOUT,
+        shape_doc="x, then any tensors -> x's shape, a view of x",
         saved_doc="nothing",
     )
 )

@@ -144,6 +144,7 @@ class Grad(enum.Enum):
 
     NEW = "new"  # a fresh tensor shaped like the input
     THROUGH = "through"  # the output's gradient itself or a view of it: no new memory
+    NONE = "none"  # no gradient flows to this input through this op
 
 
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]
