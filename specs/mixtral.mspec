@@ -1,14 +1,15 @@
-# Mixtral 8x7B v0.1 (Hugging Face MixtralForCausalLM): Mistral's decoder (pre-norm RMSNorm,
-# no biases, RoPE, grouped-query attention 32/8, untied LM head) in which every MLP is a
-# sparse mixture of experts: a router `gate` (D -> E, no bias), softmax over the E experts,
-# the top k = 2 weights renormalized, and E = 8 SwiGLU experts (w1 gate, w3 up, w2 down),
-# each applied to the tokens routed to it, weighted and added back (HF's
-# MixtralSparseMoeBlock). The expert bank is an ordinary `repeat num_experts of ...`: one
-# region of multiplicity E, so the experts' parameters, gradients and optimizer state exist
-# E times; `route(...)` runs it on routed token slots, k*B*L/E per expert under balanced
-# routing. Unlike Mistral 7B v0.1, Mixtral's config has no sliding window
-# (sliding_window: null): attention is plain causal. Member names follow HF's state_dict
-# (model.layers.0.block_sparse_moe.experts.3.w1.weight, lm_head.weight). Compile:
+# Mixtral 8x7B v0.1 (Hugging Face MixtralForCausalLM, transformers 5.x): Mistral's decoder
+# (pre-norm RMSNorm, no biases, RoPE, grouped-query attention 32/8, untied LM head) in which
+# every MLP is a sparse mixture of experts: a router `gate` (D -> E, no bias), softmax over
+# the E experts, the top k = 2 weights renormalized, and E = 8 SwiGLU experts stored as two
+# 3-D parameters per layer (gate_up_proj [E, 2F, D]: w1 and w3 stacked; down_proj
+# [E, D, F]: w2). transformers runs them with `grouped_mm` by default: the k*B*L
+# (token, choice) pairs sorted by expert, one grouped product per projection, the weighted
+# outputs put back in token order and summed over the k choices. Every tensor it makes has
+# k*B*L, B*L or E rows whichever experts the router picks, so the memory does not depend on
+# the routing. Mixtral's config has no sliding window (sliding_window: null): attention is
+# plain causal. Member names follow HF's state_dict (model.layers.0.mlp.experts.gate_up_proj,
+# model.layers.0.mlp.gate.weight, lm_head.weight). Compile:
 #   memspec compile specs/mixtral.mspec --format md --preset mixtral_8x7b --set B=1
 use std
 
@@ -23,7 +24,33 @@ dim d_ff           as F                  # intermediate_size, each expert's widt
 dim num_experts    as E                  # num_local_experts
 dim top_k          as k                  # num_experts_per_tok
 
-# HF MixtralAttention (eager): Mistral's attention without a window.
+# The attention interface (config._attn_implementation), as in llama.mspec: `sdpa`
+# (transformers' default) with enable_gqa keeps K and V at KV heads (torch's CPU flash
+# kernel); `eager` repeats them to H heads and materializes the scores.
+fn mixtral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep)
+        -> [b, h, s, d]
+variant sdpa {
+    return flash_attention(q, k, v, true)
+}
+variant eager {
+    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
+    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
+}
+
+# The mask MixtralModel makes once per forward (create_causal_mask) and holds until it
+# returns: none with sdpa (is_causal instead; the position ids stand in, no new memory);
+# with eager a float32 [b, 1, s, s] of 0 and the dtype's minimum (the attention op adds
+# its own, which autograd does not save).
+fn hf_causal_mask(position_ids: int64[s], b)
+variant sdpa {
+    return position_ids
+}
+variant eager {
+    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
+}
+
+# HF MixtralAttention: LLaMA's attention (no window at Mixtral's config).
 layer MixtralAttention(d_model, num_heads, num_kv_heads) {
     let head_dim = d_model / num_heads
     let n_rep = num_heads / num_kv_heads
@@ -31,42 +58,59 @@ layer MixtralAttention(d_model, num_heads, num_kv_heads) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    # cos, sin: the model's rotary tables (MixtralModel.rotary_emb), shared by every layer.
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
-        q = rope(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = rope(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos, sin)
+    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+            -> [b, s, d_model] {
+        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
+        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
+                         sin)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        # repeat_kv: expand + reshape, a real copy of K and V (n_rep = 4 at Mixtral 8x7B).
-        k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)   : [b, num_heads, s, head_dim]
-        o = attention(q, k_rep, v_rep, causal = true)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose + reshape: a copy
+        o = mixtral_attention(q, k, v, n_rep)
+        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
     }
 }
 
-# HF MixtralBlockSparseTop2MLP, one expert: w2(silu(w1(x)) * w3(x)) on its routed tokens.
-layer MixtralBlockSparseTop2MLP(d_model, d_ff) {
-    w1 = Linear(d_model, d_ff)
-    w2 = Linear(d_ff, d_model)
-    w3 = Linear(d_model, d_ff)
-    forward(x: [t, d_model]) -> [t, d_model] {
-        return w2(silu(w1(x)) * w3(x))
+# HF MixtralExperts with transformers' grouped_mm_experts_forward (integrations/moe.py). Its
+# locals live until it returns: `hold` keeps the sorted ids and histc's float input and
+# counts to the end, as Python does.
+layer MixtralExperts(d_model, d_ff, num_experts) {
+    param gate_up_proj: [num_experts, 2 * d_ff, d_model]
+    param down_proj: [num_experts, d_model, d_ff]
+    forward(x: [t, d_model], top_k_index: int64[t, c], top_k_weights: [t, c]) -> [t, d_model] {
+        sample_weights = rearrange(top_k_weights, "t c -> (t c)")            # views
+        expert_ids = rearrange(top_k_index, "t c -> (t c)")
+        expert_ids_g, perm = sort(expert_ids)
+        selected = index(x, floor_divide(perm, c))                          # saves perm // k
+        sample_weights_g = index(sample_weights, perm)                      # saves perm
+        histc_input = expert_ids_g * 1.0                                    # .float()
+        tokens_per_expert = expert_counts(histc_input, num_experts)         # histc
+        offsets = expert_offsets(tokens_per_expert)                         # int32 cumsum
+        gate, up = chunk(grouped_mm(selected, gate_up_proj, offsets, c), 2, dim = -1)
+        out = grouped_mm(silu(gate) * up, down_proj, offsets, c)
+        weighted = out * rearrange(sample_weights_g, "s -> s 1")
+        inv_perm = inverse_permutation(perm, arange(t * c))
+        restored = index(weighted, inv_perm)                                # saves inv_perm
+        final = einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d")
+        return hold(final, expert_ids_g, histc_input, tokens_per_expert)
     }
 }
 
-# HF MixtralSparseMoeBlock: the router, then the experts on the tokens routed to them.
+# HF MixtralSparseMoeBlock: the router (MixtralTopKRouter: logits, softmax in float32, a
+# no-op under fp32 training; the top k, renormalized in place: div_ saves a clone of the
+# top values and the sum), then the experts on every (token, choice) pair.
 layer MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k) {
-    gate    = Linear(d_model, num_experts)
-    experts = repeat num_experts of MixtralBlockSparseTop2MLP(d_model, d_ff)
+    gate    = Linear(d_model, num_experts)                  # MixtralTopKRouter.weight [E, D]
+    experts = MixtralExperts(d_model, d_ff, num_experts)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
         hidden_states = rearrange(x, "b s d -> (b s) d")                # a view
         router_logits = gate(hidden_states)                 : [b * s, num_experts]
-        probs = softmax(router_logits)                      # F.softmax(..., dtype=float)
-        top_weights, selected_experts = topk(probs, top_k)
-        # routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
-        weight_sum = einsum(top_weights, "t c -> t")
-        routing_weights = top_weights / rearrange(weight_sum, "t -> t 1")
-        out = route(experts, hidden_states, routing_weights, selected_experts)
+        probs = softmax(router_logits)
+        top_value, top_k_index = topk(probs, top_k)
+        weight_sum = einsum(top_value, "t c -> t")
+        top_k_weights = top_value / rearrange(weight_sum, "t -> t 1")
+        out = experts(hidden_states, top_k_index, top_k_weights)
+        # `_, top_k_weights, top_k_index = self.gate(...)`: the logits and the weights stay
+        # alive as locals until the block returns
+        out = hold(out, router_logits, top_k_weights)
         return rearrange(out, "(b s) d -> b s d", b = b)                # a view
     }
 }
@@ -75,32 +119,42 @@ layer MixtralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, num_experts, t
     input_layernorm          = RMSNorm(d_model, eps)
     self_attn                = MixtralAttention(d_model, num_heads, num_kv_heads)
     post_attention_layernorm = RMSNorm(d_model, eps)
-    block_sparse_moe         = MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k)
-    forward(x: [b, s, d_model], cos: [t, half], sin: [t, half]) -> [b, s, d_model] {
+    mlp                      = MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k)
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
         x = x + self_attn(input_layernorm(x), cos, sin)
-        return x + block_sparse_moe(post_attention_layernorm(x))
+        return x + mlp(post_attention_layernorm(x))
     }
 }
 
+# HF MixtralModel: embeddings, one rotary table per forward, the decoder stack, the norm.
 layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
-                   num_experts, top_k, max_len, eps = 1e-5, theta = 1000000) {
+                   num_experts, top_k, eps = 1e-5, theta = 1000000) {
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of MixtralDecoderLayer(d_model, num_heads, num_kv_heads,
                                                             d_ff, num_experts, top_k, eps)
     norm         = RMSNorm(d_model, eps)
-    rotary_emb   = RoPE(d_model / num_heads, max_len, theta)
+    rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        x = layers(embed_tokens(tokens), rotary_emb.cos, rotary_emb.sin)
-        return norm(x)
+        # position_ids[..., None].float() * inv_freq: [1, s, d/2], no gradient
+        position_ids = arange(s)                 # a local until the forward returns
+        mask = hf_causal_mask(position_ids, b)
+        positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
+        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
+        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
+        emb = cat(freqs, freqs, dim = -1)
+        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
+        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
+        return hold(norm(x), position_ids, mask)
     }
 }
 
 model MixtralForCausalLM {
-    model   = MixtralModel(V, D, N, H, KV, F, E, k, L)
+    model   = MixtralModel(V, D, N, H, KV, F, E, k)
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
-        return cross_entropy(logits, targets)
+        return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }
 }
 
@@ -119,15 +173,13 @@ expect params == 46_702_792_704 at mixtral_8x7b
 expect active_params == 2*V*D + D + N*(2*D**2 + 2*D*KV*(D/H) + D*E + 3*D*F*k + 2*D)
 expect active_params == 12_879_925_248 at mixtral_8x7b
 
-assume "HF MixtralForCausalLM: Mistral's block with a sparse MoE MLP; no biases anywhere (gate and experts included); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
-assume "no sliding window: Mixtral-8x7B-v0.1's config has sliding_window null, so attention is plain causal over L and the fused (flash) variant applies"
-assume "balanced routing: every expert receives k*B*L/E of the k*B*L token slots (E divides k*B*L); no capacity factor, no token dropping, no padding; real routing is uneven and its per-expert sizes vary step to step"
-assume "verify's lowering keeps the router (gate, softmax, top-k, renormalization: their saved tensors exist) but replaces its choice of experts by the balanced assignment slot t*k + j -> expert (t*k + j) mod E, so measured sizes equal the prediction"
-assume "each expert runs HF's eager loop body: torch.where on the one-hot mask (idx and top_x, one int64 [2, k*B*L/E] storage), hidden_states[top_x] (a copy), the SwiGLU, times routing_weights[top_x, idx, None], index_add_ into a zeros [B*L, D] buffer (which saves top_x and its source)"
-assume "router softmax in fp32 as HF's dtype=torch.float: the activation dtype under fp32 training; under bf16 precisions the spec keeps the router in the activation dtype"
-assume "no auxiliary load-balancing loss: output_router_logits is false by default, so router_aux_loss_coef (0.02) adds nothing to the training step and the router logits are not kept beyond the softmax"
-assume "RoPE (rope_theta 1e6): one std RoPE layer at model.rotary_emb whose cos/sin tables [L, d_k/2] are a buffer shared by all layers; HF keeps only inv_freq and recomputes cos/sin each forward"
-assume "no dropout (attention_dropout = 0, router_jitter_noise = 0); targets are the next tokens, given pre-shifted"
+assume "HF MixtralForCausalLM: Mistral's block with a sparse MoE MLP; no biases anywhere (router and experts included); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
+assume "experts as transformers 5.x stores and runs them by default: two 3-D parameters per layer and experts_implementation grouped_mm, whose tensors have k*B*L, B*L or E rows whatever the routing (the saved bytes and the peak do not depend on which experts the router picks); every expert's gradient and AdamW state exist in full"
+assume "no sliding window: Mixtral-8x7B-v0.1's config has sliding_window null, so attention is plain causal over L; SDPA (transformers' default) with enable_gqa keeps K and V at KV heads; --use eager repeats them and materializes the [B, H, L, L] scores"
+assume "the router's softmax in float32 as HF's router_logits.float(): the activation dtype under fp32 training; under bf16 precisions the spec keeps the router in the activation dtype"
+assume "no auxiliary load-balancing loss: output_router_logits is false by default, so router_aux_loss_coef (0.02) adds nothing to the loss and the router logits are not kept"
+assume "rotary embedding as HF computes it (rope_theta 1e6): inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products"
+assume "no dropout (attention_dropout = 0, router_jitter_noise = 0); targets are HF's labels (the input ids), padded by one ignored position and shifted by the loss"
 assume "the weights ship in bf16, but the spec trains in fp32 unless --precision says otherwise"
 
-train { precision fp32; optimizer adamw; use math }
+train { precision fp32; optimizer adamw; use sdpa }

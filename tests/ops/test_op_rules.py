@@ -441,6 +441,41 @@ def test_interpolate(b, c, h, w, mode, scale):
     run_op("interpolate", [((b, c, h, w), F32, "grad")], {"scale_factor": scale, "mode": mode})
 
 
+@settings(max_examples=15, deadline=None)
+@given(rows=dims, experts=st.integers(1, 3), d_in=st.sampled_from([4, 8]),
+       d_out=st.sampled_from([4, 12]), rx=roles, rw=roles)
+def test_grouped_mm(rows, experts, d_in, d_out, rx, rw):
+    """fp32 rows of 16-byte multiples: torch's CPU grouped_mm requires them."""
+    inputs = [((rows, d_in), F32, rx), ((experts, d_out, d_in), F32, rw),
+              ((experts,), DType.int32, "const")]
+    run_op("grouped_mm", inputs, {"top_k": sp.Integer(1)})
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=dims, experts=st.integers(1, 4), r=roles)
+def test_grouped_bookkeeping(n, experts, r):
+    run_op("sort", [((n,), I64, "const")], {})
+    run_op("sort", [((2, n), F32, r)], {})
+    run_op("floor_divide", [((n,), I64, "const")], {"divisor": sp.Integer(2)})
+    run_op("expert_counts", [((n,), F32, "const")], {"num_experts": sp.Integer(experts)})
+    run_op("expert_offsets", [((experts,), F32, "const")], {})
+    run_op("inverse_permutation", [((n,), I64, "const"), ((n,), I64, "const")], {})
+    run_op("hold", [((n, 2), F32, r), ((n,), I64, "const"), ((2, n), F32, r)], {})
+
+
+def test_grouped_bookkeeping_values():
+    """transformers' grouped_mm_experts_forward on one routing: offsets end each expert's
+    group, and the inverse permutation puts the sorted rows back."""
+    selected = torch.tensor([[2, 0], [1, 2], [0, 2]]).reshape(-1)
+    ids, perm = REGISTRY["sort"].lower((selected,), {})
+    counts = REGISTRY["expert_counts"].lower((ids.float(),), {"num_experts": 4})
+    offsets = REGISTRY["expert_offsets"].lower((counts,), {})
+    assert offsets.tolist() == [2, 3, 6, 6] and offsets.dtype == torch.int32
+    inverse = REGISTRY["inverse_permutation"].lower((perm, torch.arange(6)), {})
+    assert torch.equal(ids[inverse], selected)
+    assert REGISTRY["floor_divide"].lower((perm,), {"divisor": 2}).tolist() == (perm // 2).tolist()
+
+
 def test_every_op_is_covered():
     covered = {"add", "sub", "mul", "div", "neg", "silu", "relu", "sigmoid", "tanh", "softmax",
                "log_softmax", "dropout", "gelu", "scale", "shift", "linear", "matmul", "einsum",
@@ -452,7 +487,8 @@ def test_every_op_is_covered():
                "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
-               "add_causal_mask", "returned"}
+               "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
+               "expert_counts", "expert_offsets", "inverse_permutation", "hold"}
     assert covered == set(REGISTRY)
 
 

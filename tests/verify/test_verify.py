@@ -86,11 +86,26 @@ def test_peak_on_fake_tensors_at_gpt2_xl_size(capsys, monkeypatch):
     assert "equal to the byte in every category and in total, at the same phase" in out
 
 
+MIXTRAL_SIZES = ["--set", "B=2", "--set", "L=8", "--set", "V=32", "--set", "D=16", "--set",
+                 "N=2", "--set", "H=4", "--set", "KV=2", "--set", "F=24", "--set", "E=4",
+                 "--set", "k=2"]
+
+
 def test_verify_peak_refuses_data_dependent_shapes_cleanly(capsys, monkeypatch):
-    """Mixtral's routing (nonzero) cannot run on fake tensors: a usage error, not a crash."""
+    """The per-expert loop's routing (nonzero) cannot run on fake tensors: a usage error,
+    not a crash."""
     monkeypatch.chdir(ROOT)
-    args = ["verify", "specs/mixtral.mspec", "--no-step", "--peak", "--set", "B=2",
-            "--set", "L=8", "--set", "V=32", "--set", "D=16", "--set", "N=2", "--set", "H=4",
-            "--set", "KV=2", "--set", "F=24", "--set", "E=4", "--set", "k=2"]
+    args = ["verify", "tests/specs/mixtral_per_expert.mspec", "--no-step", "--peak",
+            *MIXTRAL_SIZES]
     assert main(args) == 2
     assert "cannot run an op whose output shape depends on the data" in capsys.readouterr().err
+
+
+def test_verify_peak_refuses_float32_grouped_mm_cleanly(capsys, monkeypatch):
+    """torch's fake grouped_mm takes bfloat16 only: a usage error, not a traceback; the
+    real step verifies the same spec."""
+    monkeypatch.chdir(ROOT)
+    args = ["verify", "specs/mixtral.mspec", "--no-step", "--peak", *MIXTRAL_SIZES]
+    assert main(args) == 2
+    assert "whose grouped_mm takes bfloat16 only" in capsys.readouterr().err
+    assert main(["verify", "specs/mixtral.mspec", *MIXTRAL_SIZES]) == 0

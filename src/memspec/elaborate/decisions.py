@@ -108,6 +108,7 @@ _GRAD_WORDS = {
     Grad.NEW: "a new tensor",
     Grad.THROUGH: "its output's gradient itself",
     Grad.VIEW: "a view of a new tensor",
+    Grad.NONE: "no gradient",
 }
 
 

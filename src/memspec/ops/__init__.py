@@ -8,6 +8,7 @@ from memspec.ops import (  # noqa: F401  (importing registers the ops)
     conv,
     creation,
     elementwise,
+    grouped,
     layout,
     linalg,
     outputs,

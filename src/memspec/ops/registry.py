@@ -149,6 +149,7 @@ class Grad(enum.Enum):
     # of TBackward transposed): the view keeps its base, so autograd cannot add a later
     # gradient of the same tensor into it in place
     VIEW = "view"
+    NONE = "none"  # no gradient flows to this input through this op
 
 
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]

@@ -21,7 +21,7 @@ import sympy as sp
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
 from memspec.passes.activations import count_activations, count_activations_under
-from memspec.passes.active_parameters import count_active_parameters
+from memspec.passes.active_parameters import count_active_parameters, has_experts
 from memspec.passes.buffers import count_buffers
 from memspec.passes.expects import ExpectResult, check_expects
 from memspec.passes.flops import FlopsResult, count_flops
@@ -94,7 +94,7 @@ def _flops(context: AnalysisContext) -> FlopsResult:
 
 def _active_parameters(context: AnalysisContext) -> CategoryResult | None:
     """Only with an expert bank do they differ from the parameters; none otherwise."""
-    if all(r.active is None for r in context.graph.regions):
+    if not has_experts(context.graph):
         return None
     return count_active_parameters(context.graph)
 

@@ -88,7 +88,7 @@ class BackwardReplay:
         finished: list[object] = []  # parameters whose last gradient this op gives
         for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
             v = graph.value(vid)
-            if not v.requires_grad:
+            if not v.requires_grad or kind is Grad.NONE:
                 continue
             if v.role is Role.PARAMETER:
                 chain = graph.region_chain(v.region)
