@@ -3,6 +3,8 @@
 # bias (a [32 buckets, H] table in the first block of each stack, one [1, H, Lq, Lk] bias
 # reused by every block), cross-attention, one embedding shared by the encoder, the
 # decoder and the LM head. Inner attention width H * d_kv need not equal D.
+# Attention: transformers' default `sdpa`; `--use eager`. Compile with:
+#   memspec compile specs/t5.mspec --format md --preset small --set B=1
 use std
 
 dim batch_size  as B
@@ -16,10 +18,26 @@ dim d_ff        as F
 dim num_layers  as N
 dim relative_attention_num_buckets as R = 32
 
-# Scores are not scaled (T5 folds 1/sqrt(d) into its initialization); a bias is added.
-fn t5_attention(q: [b, h, s, d], k: [b, h, t, d], v: [b, h, t, d], bias, causal = false) {
-    scores = einsum(q, k, "b h s d, b h t d -> b h s t") + bias
-    if causal { scores = causal_mask(scores) }
+# Scores are not scaled (T5 folds 1/sqrt(d) into its initialization); the position bias
+# (self-attention) or a zero tensor (cross-attention) is added to them.
+fn t5_attention(q: [b, h, s, d], k: [b, h, t, d], v: [b, h, t, d], bias, causal)
+    -> [b, h, s, d]
+variant sdpa {
+    # sdpa_attention_forward: create_position_bias_mask turns the bias into SDPA's float
+    # mask, torch.where(causal, bias, min) in the decoder (a new tensor; saves the bool
+    # condition), else bias.contiguous() (a copy of the permuted bias, the zeros themselves).
+    # With dropout on the probabilities, the CPU runs SDPA's math path: q and k multiplied
+    # by sqrt(scale) = 1, their product, the mask added out of place, softmax, dropout.
+    if causal { mask = causal_mask(bias) } else { mask = contiguous(bias) }
+    scores = einsum(q * 1.0, k * 1.0, "b h s d, b h t d -> b h s t") + mask
+    probs = dropout(softmax(scores), 0.1)
+    return einsum(probs, v, "b h s t, b h t d -> b h s d")
+}
+variant eager {
+    # eager_attention_forward: (q k^T) * scaling (1.0, a new tensor), + position_bias, +
+    # the decoder's 0 / -inf float causal mask (autograd keeps neither), softmax, dropout.
+    scores = einsum(q, k, "b h s d, b h t d -> b h s t") * 1.0 + bias
+    if causal { scores = add_causal_mask(scores) }
     probs = dropout(softmax(scores), 0.1)
     return einsum(probs, v, "b h s t, b h t d -> b h s d")
 }
@@ -64,10 +82,10 @@ layer DecoderBlock(d_model, d_kv, num_heads, d_ff) {
     cross_layer_norm = RMSNorm(d_model, 1e-6)
     EncDecAttention = T5Attention(d_model, d_kv, num_heads, false)
     ff = T5FF(d_model, d_ff)
-    forward(x: [b, t, d_model], enc: [b, s, d_model], bias) -> [b, t, d_model] {
+    forward(x: [b, t, d_model], enc: [b, s, d_model], bias, zeros) -> [b, t, d_model] {
         h = layer_norm(x)
         x = x + dropout(SelfAttention(h, h, bias), 0.1)
-        x = x + dropout(EncDecAttention(cross_layer_norm(x), enc, 0), 0.1)
+        x = x + dropout(EncDecAttention(cross_layer_norm(x), enc, zeros), 0.1)
         return ff(x)
     }
 }
@@ -90,7 +108,10 @@ layer Decoder(d_model, d_kv, num_heads, d_ff, depth, buckets, seq) {
     forward(x: [b, seq, d_model], enc: [b, s, d_model]) -> [b, seq, d_model] {
         ids = position_buckets(seq, seq, buckets, 128, false)
         bias = rearrange(relative_attention_bias(ids), "qi kj nh -> 1 nh qi kj")
-        return dropout(final_layer_norm(block(dropout(x, 0.1), enc, bias)), 0.1)
+        # HF: the first block's cross-attention makes torch.zeros((1, H, T, S)) as its
+        # position bias and every later block reuses it (zeros of an expanded view)
+        zeros = zeros_like(repeat(narrow(bias, 3, 0, 1), "1 h q 1 -> 1 h q s", s = s))
+        return dropout(final_layer_norm(block(dropout(x, 0.1), enc, bias, zeros)), 0.1)
     }
 }
 
@@ -98,7 +119,9 @@ model T5ForConditionalGeneration {
     shared  = Embedding(V, D)
     encoder = Encoder(D, K, H, F, N, R, S)
     decoder = Decoder(D, K, H, F, N, R, T)
-    forward(input_ids: int64[B, S], decoder_input_ids: int64[B, T], labels: int64[B, T]) {
+    forward(input_ids: int64[B, S], labels: int64[B, T]) {
+        # HF's _shift_right(labels): a new [B, T] tensor, the start token (pad, 0) first
+        decoder_input_ids = pad(narrow(labels, 1, 0, T - 1), left = 1)
         enc = encoder(shared(input_ids))
         dec = decoder(shared(decoder_input_ids), enc)
         logits = linear(dec * D ** (-1/2), shared.weight)   # tied head, scaled (v1.0)
@@ -112,5 +135,8 @@ expect params == 60_506_624 at small
 
 assume "one embedding (shared) ties the encoder input, the decoder input and the LM head (v1.0)"
 assume "no biases; T5LayerNorm = RMS norm with gain only; ReLU feed-forward; dropout 0.1 everywhere HF has it"
-assume "the relative position bias table lives at the stack level (HF: in block 0) and its [1, H, Lq, Lk] bias is reused by every block; cross-attention has no position bias"
+assume "the relative position bias table lives at the stack level (HF: in block 0) and its [1, H, Lq, Lk] bias is reused by every block; cross-attention's position bias is a zero [1, H, T, S] tensor made once per decoder forward"
 assume "attention scores are not scaled by 1/sqrt(d_kv); source and target lengths are separate dims"
+assume "trained as T5ForConditionalGeneration(input_ids=..., labels=...): the decoder input is _shift_right(labels), a new tensor; the loss is CrossEntropyLoss over the flattened logits; no attention masks (an unpadded batch); use_cache=False"
+assume "attention as transformers runs it by default (sdpa: the position bias as SDPA's float mask, with dropout on the probabilities the CPU's math path); `--use eager` is HF's eager_attention_forward"
+train { use sdpa }

@@ -31,6 +31,7 @@ CASES = [
     ("mistral.mspec", {**LLAMA, "KV": 2, "W": 3}, ["math"]),
     ("t5.mspec", T5, []),
     ("t5.mspec", {**T5, "B": 1, "V": 128, "N": 3}, []),
+    ("t5.mspec", {**T5, "B": 1, "S": 3, "T": 6}, ["eager"]),
     ("cs336_lm.mspec", {"B": 2, "L": 8, "V": 32, "D": 16, "N": 3, "H": 4}, ["math"]),
     ("cs336_lm.mspec", {"B": 1, "L": 4, "V": 128, "D": 16, "N": 2, "H": 2}, ["flash"]),
     # the slow scan's backward frees its states step by step (ssm_recurrence's moments)
