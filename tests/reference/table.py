@@ -16,6 +16,8 @@ MODULES = (
     "test_transformers",
     "test_use_cache",
     "test_encoders",
+    "test_t5",
+    "test_mixtral",
     "test_mamba",
     "test_torchvision",
 )
