@@ -148,6 +148,14 @@ class Grad(enum.Enum):
     # of TBackward transposed): the view keeps its base, so autograd cannot add a later
     # gradient of the same tensor into it in place
     VIEW = "view"
+    # a narrowed view of the output's gradient (cat's backward): a tensor of its own over
+    # part of that gradient's storage, which it keeps alive. Its strides are the input's
+    # own on every dim of size > 1 (each dim before the narrowed one has size 1), so
+    # AccumulateGrad keeps it as a parameter's `.grad`, storage and all
+    PART = "part"
+    # a narrowed view whose strides are not the input's own (a dim of size > 1 before
+    # the narrowed one): AccumulateGrad copies it into a new tensor of the input's size
+    PART_STRIDED = "part, strided"
 
 
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]

@@ -15,9 +15,15 @@ from memspec.ir.types import DType, Role
 from memspec.ops import lookup
 from memspec.ops.registry import Grad
 from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
+from memspec.passes.peak.ledger import Born
 from memspec.passes.peak.moments import Phase
+from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["BackwardReplay"]
+
+# kinds that hand on (a view of) the output's gradient: no new memory
+_HANDED = (Grad.THROUGH, Grad.PART, Grad.PART_STRIDED)
+_PARTS = {Grad.PART: True, Grad.PART_STRIDED: False}
 
 
 class BackwardReplay:
@@ -44,6 +50,13 @@ class BackwardReplay:
         self.param_grads: dict[object, int] = {}
         self.uses = dict(forward.uses)  # backward nodes still to give a parameter gradient
         self.views: set[int] = set()  # gradient blocks handed on as views (Grad.VIEW)
+        # gradients that are narrowed views of a larger one -> whether in their own layout
+        self.parts: dict[object, bool] = {}
+        # parameter -> bytes beyond its size of the storage its view of a gradient keeps
+        self.stolen: dict[object, Poly] = {}
+        # (where born, bytes beyond the parameter's) of each `.grad` that is a view of a
+        # larger gradient: it keeps that storage until zero_grad(set_to_none=True)
+        self.beyond: list[tuple[Born, Poly]] = []
 
     def run(self, loss: Entry) -> None:
         graph, ledger = self.graph, self.ledger
@@ -69,6 +82,11 @@ class BackwardReplay:
         if not differentiable(graph, op) or all(g is None for g in grads_out):
             return
         kinds = lookup(op.op).gradient_kinds(op, graph)
+        # the same tensor handed to two inputs (add's): AccumulateGrad must copy it
+        shared = sum(
+            k is Grad.THROUGH and graph.value(v).requires_grad
+            for v, k in zip(op.inputs, kinds, strict=True)
+        )
         transient: list[int] = []  # freed once the op's backward is done
         sums: list[tuple[dict, object, int]] = []  # (buffer, key, gradient) added after it
         finished: list[object] = []  # parameters whose last gradient this op gives
@@ -76,21 +94,32 @@ class BackwardReplay:
             v = graph.value(vid)
             if not v.requires_grad:
                 continue
+            # a narrowed view of a larger gradient: whether in the input's own layout
+            part = self.parts.get(record.outputs[0]) if kind is Grad.THROUGH else _PARTS.get(kind)
+            handed = kind in _HANDED and grads_out[0] is not None
             if v.role is Role.PARAMETER:
                 chain = graph.region_chain(v.region)
                 born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
                 size = self.forward.size_of(vid, self.grad_dtype)
-                grad = ledger.alloc(size, "temporaries", born)
+                # a view handed to it alone, in its layout; the output's gradient itself
+                # only where nothing else holds it
+                alone = handed and shared < 2 and (part or not ledger.shared(grads_out[0]))
+                if alone and part is not False:
+                    grad = self._kept(key, ledger.ref(grads_out[0]), size, born, part)
+                else:
+                    grad = ledger.alloc(size, "temporaries", born)
                 if kind is Grad.VIEW:
                     self.views.add(grad)
                 self.uses[key] -= 1
                 if self.uses[key] == 0:
                     finished.append(key)
                 buffer = self.in_flight
-            elif kind is Grad.THROUGH:
-                if grads_out[0] is None:
-                    continue
+            elif handed:
                 grad, buffer = ledger.ref(grads_out[0]), self.adjoint
+                if part is not None and key not in buffer:
+                    self.parts[key] = part
+            elif kind in _HANDED:
+                continue
             else:
                 grad = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
                 if kind is Grad.VIEW:
@@ -128,14 +157,30 @@ class BackwardReplay:
         base alive with it) is never summed into in place, nor is the second one used
         instead (torch 2.13)."""
         ledger, old = self.ledger, buffer[key]
-        if self.sums_in_place and not ledger.shared(old) and old not in self.views:
+        view = old in self.views or key in self.parts or key in self.stolen
+        if self.sums_in_place and not ledger.shared(old) and not view:
             ledger.unref(grad)
             return
         block = ledger.blocks[old]
         buffer[key] = ledger.alloc(block.size, "temporaries", block.born)
+        self.parts.pop(key, None)  # the sum is a tensor of its own
+        self.stolen.pop(key, None)
         ledger.mark(Phase.BACKWARD, path, where)
         ledger.unref(old)
         ledger.unref(grad)
+
+    def _kept(self, key: object, grad: int, size: Poly, born: Born, part: bool | None) -> int:
+        """AccumulateGrad keeps the gradient it is handed as `.grad`, without a copy, when
+        nothing else holds that tensor and its strides are the parameter's on every dim
+        of size > 1 (torch's gradient layout contract): a narrowed view keeps the whole
+        storage of the gradient it is part of."""
+        block = self.ledger.blocks[grad]
+        block.born = born  # it is the parameter's gradient now, where the parameter is
+        if part:
+            beyond = dict(block.size)
+            add_into(beyond, size, -1)
+            self.stolen[key] = beyond
+        return grad
 
     def _accumulate_grad(self, key: object) -> None:
         """A parameter's summed gradient, once its last user has given its part (tied
@@ -143,6 +188,8 @@ class BackwardReplay:
         buffer): it becomes the parameter's .grad, or is added into the .grad that
         exists and freed."""
         grad = self.in_flight.pop(key)
+        if key in self.stolen:
+            self.beyond.append((self.ledger.blocks[grad].born, self.stolen.pop(key)))
         if self.grads_exist:
             self.ledger.unref(grad)
         else:
