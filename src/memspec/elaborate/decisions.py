@@ -102,6 +102,7 @@ _GRAD_WORDS = {
     Grad.NEW: "a new tensor",
     Grad.THROUGH: "its output's gradient itself",
     Grad.VIEW: "a view of a new tensor",
+    Grad.THROUGH_VIEW: "its output's gradient viewed",
     Grad.PART: "a narrowed view of its output's gradient in its own layout",
     Grad.PART_STRIDED: "a narrowed view of its output's gradient with other strides",
 }

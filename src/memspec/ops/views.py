@@ -224,11 +224,12 @@ def _cat_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
 
 
 def _repeat_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
-    """expand's backward sums the gradient over the new axes; where every new axis has
-    size 1 (at the bound sizes: `b 1 d` at B = 1) it sums nothing and hands the gradient
-    on, viewed back."""
+    """expand's backward sums the gradient over the new axes, and the sum is viewed back to
+    the input's shape; where every new axis has size 1 (at the bound sizes: `b 1 d` at
+    B = 1) it sums nothing and hands the gradient on, viewed back."""
     x, out = graph.value(op.inputs[0]), graph.value(op.outputs[0])
-    return (Grad.THROUGH if graph.bound.equal(numel(x.shape), numel(out.shape)) else Grad.NEW,)
+    same = graph.bound.equal(numel(x.shape), numel(out.shape))
+    return (Grad.THROUGH_VIEW if same else Grad.VIEW,)
 
 
 def _cat_lower(tensors, attrs):
@@ -257,10 +258,11 @@ def _bind_axes(args: tuple, kwargs: dict, lookup: Callable[[str], object]) -> di
 
 def _rearrange_grads(op: OpApply, graph: Graph) -> tuple[str, ...]:
     """Backward reshapes the output's (contiguous) gradient back to the input's shape: a
-    view, unless the forward was a permuted view, whose inverse must copy."""
+    view, unless the forward was a permuted view, whose inverse must copy; either way
+    the gradient handed on is a view (of the copy), never summed into in place."""
     out = graph.value(op.outputs[0])
     permuted_view = out.storage != out.id and not out.contiguous
-    return (Grad.NEW,) if permuted_view else (Grad.THROUGH,)
+    return (Grad.VIEW,) if permuted_view else (Grad.THROUGH_VIEW,)
 
 
 register(
@@ -273,8 +275,8 @@ register(
         bind_scope=_bind_axes,
         lower=_shape_op_lower,
         grads=_rearrange_grads,
-        grads_doc="the output's gradient viewed back; a new copy when the forward was a "
-        "permuted view",
+        grads_doc="the output's gradient viewed back; a view of a new copy when the forward "
+        "was a permuted view",
         kind=OpKind.LAYOUT,
         shape_doc="the pattern's right side; a view unless it merges axes a permutation separated",
         saved_doc="nothing",
@@ -290,8 +292,8 @@ register(
         bind_scope=_bind_axes,
         lower=_shape_op_lower,
         grads=_repeat_grads,
-        grads_doc="a new tensor (summed over the new axes); the output's gradient viewed "
-        "back where every new axis has size 1",
+        grads_doc="a view of a new tensor (summed over the new axes); the output's gradient "
+        "viewed back where every new axis has size 1",
         kind=OpKind.LAYOUT,
         shape_doc="the pattern's right side, new axes sized by keyword; a view unless a "
         "new axis is merged",

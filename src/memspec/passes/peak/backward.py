@@ -1,11 +1,13 @@
 """Backward, replayed from the forward's records in reverse, as autograd runs a chain.
 
 Each input that requires grad gets a gradient: a new tensor, or the output's gradient
-handed through, by the op's `grads` rule. A second gradient for the same tensor is added
-into the first (in place when nothing else holds it). A parameter's gradient is in
-flight until the last op using it has given its part (tied weights), then it becomes
-`.grad` or is added into the `.grad` that exists. After each op its outputs' gradients,
-its own temporaries and what it saved are freed.
+handed through, by the op's `grads` rule; either may be a view (`Grad`). A second
+gradient for the same tensor is added into the first: in place when nothing else holds
+it and it is no view, else out of place. A parameter's gradient is in flight until the
+last op using it has given its part (tied weights), then it becomes `.grad` (the very
+tensor handed on, a view of a larger gradient included, where AccumulateGrad keeps it)
+or is added into the `.grad` that exists. After each op its outputs' gradients, its own
+temporaries and what it saved are freed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from memspec.symbolic.polys import Poly, add_into
 __all__ = ["BackwardReplay"]
 
 # kinds that hand on (a view of) the output's gradient: no new memory
-_HANDED = (Grad.THROUGH, Grad.PART, Grad.PART_STRIDED)
+_HANDED = (Grad.THROUGH, Grad.THROUGH_VIEW, Grad.PART, Grad.PART_STRIDED)
 _PARTS = {Grad.PART: True, Grad.PART_STRIDED: False}
 
 
@@ -50,8 +52,9 @@ class BackwardReplay:
         self.param_grads: dict[object, int] = {}
         self.uses = dict(forward.uses)  # backward nodes still to give a parameter gradient
         self.views: set[int] = set()  # gradient blocks handed on as views (Grad.VIEW)
-        # gradients that are narrowed views of a larger one -> whether in their own layout
-        self.parts: dict[object, bool] = {}
+        # gradients that are views of another's -> None, or for a narrowed view whether
+        # its strides are its tensor's own
+        self.parts: dict[object, bool | None] = {}
         # parameter -> bytes beyond its size of the storage its view of a gradient keeps
         self.stolen: dict[object, Poly] = {}
         # (where born, bytes beyond the parameter's) of each `.grad` that is a view of a
@@ -94,18 +97,28 @@ class BackwardReplay:
             v = graph.value(vid)
             if not v.requires_grad:
                 continue
-            # a narrowed view of a larger gradient: whether in the input's own layout
-            part = self.parts.get(record.outputs[0]) if kind is Grad.THROUGH else _PARTS.get(kind)
             handed = kind in _HANDED and grads_out[0] is not None
+            view, part = self._view(kind, record.outputs[0])
             if v.role is Role.PARAMETER:
                 chain = graph.region_chain(v.region)
                 born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
                 size = self.forward.size_of(vid, self.grad_dtype)
-                # a view handed to it alone, in its layout; the output's gradient itself
-                # only where nothing else holds it
-                alone = handed and shared < 2 and (part or not ledger.shared(grads_out[0]))
-                if alone and part is not False:
+                # AccumulateGrad keeps a tensor that nothing else holds, in its layout:
+                # a view handed to it alone; the output's gradient itself only where no
+                # other input or earlier gradient holds it
+                alone = kind is not Grad.THROUGH or shared < 2
+                first = key not in self.in_flight
+                if handed and not first:  # added into the first (tied weights)
+                    grad = ledger.ref(grads_out[0])
+                elif (
+                    handed
+                    and alone
+                    and part is not False
+                    and (view or not ledger.shared(grads_out[0]))
+                ):
                     grad = self._kept(key, ledger.ref(grads_out[0]), size, born, part)
+                    if view:
+                        self.parts[key] = part
                 else:
                     grad = ledger.alloc(size, "temporaries", born)
                 if kind is Grad.VIEW:
@@ -116,7 +129,7 @@ class BackwardReplay:
                 buffer = self.in_flight
             elif handed:
                 grad, buffer = ledger.ref(grads_out[0]), self.adjoint
-                if part is not None and key not in buffer:
+                if view and key not in buffer:
                     self.parts[key] = part
             elif kind in _HANDED:
                 continue
@@ -157,7 +170,7 @@ class BackwardReplay:
         base alive with it) is never summed into in place, nor is the second one used
         instead (torch 2.13)."""
         ledger, old = self.ledger, buffer[key]
-        view = old in self.views or key in self.parts or key in self.stolen
+        view = old in self.views or key in self.parts
         if self.sums_in_place and not ledger.shared(old) and not view:
             ledger.unref(grad)
             return
@@ -168,6 +181,16 @@ class BackwardReplay:
         ledger.mark(Phase.BACKWARD, path, where)
         ledger.unref(old)
         ledger.unref(grad)
+
+    def _view(self, kind: Grad, output: object) -> tuple[bool, bool | None]:
+        """(whether an input's gradient handed on by `kind` is a view of the output's
+        gradient, and if it is a narrowed one, whether its strides are the input's own):
+        handed on as it is, the output's gradient stays what it was."""
+        if kind in _PARTS:
+            return True, _PARTS[kind]
+        if kind in (Grad.THROUGH, Grad.THROUGH_VIEW):
+            return kind is Grad.THROUGH_VIEW or output in self.parts, self.parts.get(output)
+        return False, None
 
     def _kept(self, key: object, grad: int, size: Poly, born: Born, part: bool | None) -> int:
         """AccumulateGrad keeps the gradient it is handed as `.grad`, without a copy, when
