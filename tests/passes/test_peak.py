@@ -114,6 +114,64 @@ def test_tied_embedding_gradients_are_summed_after_the_node_returns():
     assert comparison.measured == 70_252 and comparison.ok
 
 
+PREFIX_ROWS = """use std
+dim rows as R
+dim tokens as T
+dim width as D
+dim extra as E
+model Prefix {
+    param prefix: [R, D]
+    head = Linear(D, E, bias = false)
+    forward(x: [T, D], target: [R + T, E]) {
+        return mse_loss(head(cat(prefix, x, dim = 0)), target)
+    }
+}
+"""
+PREFIX_COLUMNS = """use std
+dim rows as R
+dim width as D
+dim extra as E
+model Side {
+    param prefix: [R, D]
+    head = Linear(D + E, E, bias = false)
+    forward(x: [R, E], target: [R, E]) {
+        return mse_loss(head(cat(prefix, x, dim = 1)), target)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "sizes", "beyond"),
+    [
+        # rows of a row-major gradient: the view's strides are the parameter's own
+        (PREFIX_ROWS, {"R": 2, "T": 6, "D": 16, "E": 16}, 4 * 6 * 16),
+        # columns of a single row: its only dim of size > 1 has stride 1, as the parameter's
+        (PREFIX_COLUMNS, {"R": 1, "D": 4, "E": 6}, 4 * 6),
+        # columns of 3 rows: row stride D + E, not D; AccumulateGrad copies the view
+        (PREFIX_COLUMNS, {"R": 3, "D": 4, "E": 6}, 0),
+    ],
+)
+def test_a_parameter_gradient_that_is_a_narrowed_view_keeps_its_whole_storage(
+    tmp_path, text, sizes, beyond
+):
+    """cat's backward hands each input a narrowed view of the output's gradient; a
+    parameter's AccumulateGrad keeps that view as `.grad` when nothing else holds it and
+    its strides obey the gradient layout contract (torch/csrc/autograd/functions/
+    accumulate_grad.h), so the whole gradient of the concatenation lives until zero_grad,
+    through the optimizer step; else it copies the view into a tensor of its own."""
+    spec = tmp_path / "prefix.mspec"
+    spec.write_text(text)
+    result = compile_spec(spec, set=sizes, convention="autograd")
+    moment = result.peak.winner()
+    assert moment.phase == "optimizer step"
+    own = result.value(result.categories["gradients"].bytes)
+    assert result.value(dict(moment.breakdown)["gradients"]) == own + beyond
+    comparison = compare_peak(result, measure_peak(result))
+    assert all(measured == expected for _, measured, expected in comparison.rows)
+    assert comparison.expected == comparison.measured and comparison.ok
+
+
 def test_first_step_peaks_in_the_optimizer_where_state_is_made():
     """Step 1 runs forward and backward without optimizer state; its peak is the step."""
     options = StepOptions(first_step=True)

@@ -48,35 +48,20 @@ def traced_peak(result):
     ).winner()
 
 
-def assert_same_traced_step(result, measured, gradients: int = 0) -> None:
+def assert_same_traced_step(result, measured) -> None:
     """assert_same_step, where the tracker's step adds a tensor's second gradient out
     of place: memspec's peak of that step, category by category, and its own peak plus
-    the named sum in total. `gradients`: bytes of parameter gradients beyond the
-    parameters' own size (class_token_gradient_view)."""
+    the named sum in total."""
     value = result.value
     assert value(result.categories["parameters"].elements) == measured.parameters
     assert value(result.categories["buffers"].elements) == measured.buffers
     assert value(result.categories["activations"].bytes) == measured.saved
     tracker = dict(measured.peak_by_category)
-    named = {"optimizer_state": measured.optimizer_scalars, "gradients": gradients}
+    named = {"optimizer_state": measured.optimizer_scalars}
     for category, expr in traced_peak(result).breakdown:
         assert value(expr) + named.get(category, 0) == tracker[TRACKER_NAMES[category]], category
-    total = result.peak.value + measured.optimizer_scalars + gradients
+    total = result.peak.value + measured.optimizer_scalars
     assert total + out_of_place_sums(result) == measured.peak
-
-
-def class_token_gradient_view(sizes: dict) -> int:
-    """The one open gap, named and computed: at B = 1, `class_token.expand(1, -1, -1)`'s
-    backward (sum_to_size to the same shape) hands on its incoming gradient, which is
-    cat's backward's narrowed view of the [1, S, D] gradient of the concatenation, and
-    AccumulateGrad keeps that view as `.grad` (its strides obey the layout contract on
-    the non-size-1 dims): the gradient holds the whole [1, S, D] storage, (S - 1) D
-    floats more than the [1, 1, D] parameter, until zero_grad. memspec's replay makes
-    every parameter gradient a new tensor of the parameter's size."""
-    if sizes["B"] != 1:
-        return 0
-    tokens = (sizes["I"] // sizes["p"]) ** 2  # S - 1
-    return 4 * tokens * sizes["D"]
 
 
 def image_step(make_model, spec: str, sizes: dict, use: tuple):
@@ -125,20 +110,26 @@ def vit_step(sizes: dict, use: tuple):
 @pytest.mark.parametrize("use", VIT_PATHS, ids=lambda u: ",".join(u) or "default")
 def test_vit_step_equals_torchvision(sizes, use):
     measured, result = vit_step(sizes, use)
-    assert_same_traced_step(result, measured, class_token_gradient_view(sizes))
-    if sizes["B"] > 1:
-        assert_same_step(result, measured)
+    assert_same_traced_step(result, measured)
+    assert_same_step(result, measured)
 
 
 def test_vit_class_token_gradient_at_batch_1_holds_the_whole_sequence():
-    """Pinned to the byte so that it cannot grow unseen; modelling a parameter gradient
-    that is a view of a larger gradient in the replay makes this fail: then drop the
-    term."""
-    measured, result = vit_step(VIT_SIZES[1], ())
+    """At B = 1, `class_token.expand(1, -1, -1)`'s backward hands on its incoming gradient,
+    cat's backward's narrowed view of the [1, S, D] gradient of the concatenation, and
+    AccumulateGrad keeps that view as `.grad` (its strides obey the layout contract on
+    the dims of size > 1): the gradient holds the whole [1, S, D] storage, (S - 1) D
+    floats more than the parameter, until zero_grad (at B > 1 expand's backward sums
+    into a new tensor: test_vit_step_equals_torchvision)."""
+    sizes = VIT_SIZES[1]
+    measured, result = vit_step(sizes, ())
     tracker = dict(measured.peak_by_category)
     own = result.value(result.categories["gradients"].bytes)
+    peak = dict(result.peak.winner().breakdown)
     assert result.peak.winner().phase.value == "optimizer step"
-    assert tracker["GRAD"] - own == 16 * 32 * 4 == class_token_gradient_view(VIT_SIZES[1])
+    tokens = (sizes["I"] // sizes["p"]) ** 2  # S - 1
+    assert result.value(peak["gradients"]) - own == 4 * tokens * sizes["D"] == 2048
+    assert result.value(peak["gradients"]) == tracker["GRAD"]
 
 
 RESNET_SIZES = [

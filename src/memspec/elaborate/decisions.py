@@ -109,6 +109,9 @@ _GRAD_WORDS = {
     Grad.THROUGH: "its output's gradient itself",
     Grad.VIEW: "a view of a new tensor",
     Grad.NONE: "no gradient",
+    Grad.THROUGH_VIEW: "its output's gradient viewed",
+    Grad.PART: "a narrowed view of its output's gradient in its own layout",
+    Grad.PART_STRIDED: "a narrowed view of its output's gradient with other strides",
 }
 
 

@@ -196,6 +196,22 @@ def _addmm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return (*saved_if(graph, op, 1, (2,), "input"), *saved_if(graph, op, 2, (1,), "weight"))
 
 
+def _linear_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
+    """Measured with torch.profiler (a later gradient added by `aten::add`, not `add_`):
+    every gradient of F.linear is a view but a 2-D input's."""
+    flat = len(graph.value(op.inputs[0]).shape) <= 2
+    return ((Grad.NEW if flat else Grad.VIEW), Grad.VIEW, Grad.VIEW)[: len(op.inputs)]
+
+
+def _matmul_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
+    """a @ b of two matrices is mm (new gradients); a batched b makes both gradients views
+    (expanded and reshaped to bmm), and a's is a view where a is folded to 2-D for mm."""
+    a, b = (len(graph.value(v).shape) for v in op.inputs)
+    if b > 2:
+        return (Grad.VIEW, Grad.VIEW)
+    return (Grad.NEW if a <= 2 else Grad.VIEW, Grad.NEW)
+
+
 def _addmm_lower(tensors, attrs):
     torch, _ = torch_functional()
     bias, x, weight = tensors
@@ -243,9 +259,10 @@ register(
         _linear_infer,
         _linear_saved,
         lower=lambda t, a: torch_functional()[1].linear(*t),
-        grads=lambda op, graph: (Grad.NEW, Grad.VIEW, Grad.NEW)[: len(op.inputs)],
-        grads_doc="new tensors; the weight's is the transpose of a new tensor (TBackward), "
-        "into which autograd adds no later gradient of a tied weight in place",
+        grads=_linear_grads,
+        grads_doc="views of new tensors (no later gradient is added into them in place): "
+        "the weight's a transpose (TBackward), the bias's a sum viewed, the input's mm's "
+        "result viewed back to its leading dims; a plain new tensor for a 2-D input",
         flops=_linear_flops,
         kind=OpKind.MATMUL,
         shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",
@@ -262,6 +279,9 @@ register(
         _addmm_infer,
         _addmm_saved,
         lower=_addmm_lower,
+        grads=lambda op, graph: (Grad.VIEW, Grad.VIEW, Grad.NEW),
+        grads_doc="the weight's a new tensor; the bias's (a sum) and the input's (x.view's "
+        "backward) views of new tensors, into which no later gradient is added in place",
         flops=_addmm_flops,
         backward_flops=_addmm_backward_flops,
         kind=OpKind.MATMUL,
@@ -278,6 +298,9 @@ register(
         _matmul_infer,
         _two_operand_saved,
         lower=lambda t, a: t[0] @ t[1],
+        grads=_matmul_grads,
+        grads_doc="new tensors for 2-D operands; where torch.matmul folds or batches an "
+        "operand (3 or more dims, or a 2-D a beside a batched b), a view of a new tensor",
         flops=_matmul_flops,
         kind=OpKind.MATMUL,
         shape_doc="a [..., m, k], b [..., k, n] or [k, n] -> [..., m, n]",
@@ -293,6 +316,9 @@ register(
         _einsum_saved,
         attrs=(("pattern", None),),
         lower=_einsum_lower,
+        grads=lambda op, graph: (Grad.VIEW,) * len(op.inputs),
+        grads_doc="views of new tensors (torch.einsum permutes and reshapes around bmm), into "
+        "which no later gradient is added in place",
         flops=_einsum_flops,
         kind=OpKind.MATMUL,
         shape_doc="operands matching the pattern's left side -> its right side's axes",

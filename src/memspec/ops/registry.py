@@ -144,12 +144,23 @@ class Grad(enum.Enum):
     """How backward makes one input's gradient."""
 
     NEW = "new"  # a fresh tensor shaped like the input
-    THROUGH = "through"  # the output's gradient itself or a view of it: no new memory
+    THROUGH = "through"  # the output's gradient itself: no new memory
     # a fresh tensor handed on as a view of itself (nn.Linear's weight gradient comes out
-    # of TBackward transposed): the view keeps its base, so autograd cannot add a later
-    # gradient of the same tensor into it in place
+    # of TBackward transposed, its input's of mm viewed back to 3-D): the view shares its
+    # base's storage, so autograd cannot add a later gradient into it in place
     VIEW = "view"
     NONE = "none"  # no gradient flows to this input through this op
+    # the output's gradient viewed (a reshape, a permutation): no new memory, but a view,
+    # which autograd never sums a later gradient into in place
+    THROUGH_VIEW = "through, a view"
+    # a narrowed view of the output's gradient (cat's backward): a tensor of its own over
+    # part of that gradient's storage, which it keeps alive. Its strides are the input's
+    # own on every dim of size > 1 (each dim before the narrowed one has size 1), so
+    # AccumulateGrad keeps it as a parameter's `.grad`, storage and all
+    PART = "part"
+    # a narrowed view whose strides are not the input's own (a dim of size > 1 before
+    # the narrowed one): AccumulateGrad copies it into a new tensor of the input's size
+    PART_STRIDED = "part, strided"
 
 
 GradRule = Callable[[OpApply, Graph], tuple[Grad, ...]]

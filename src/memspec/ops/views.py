@@ -17,7 +17,7 @@ import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.sizes import BoundSizes
-from memspec.ir.types import DType, Shape, shape_str
+from memspec.ir.types import DType, Shape, numel, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.promotion import promote_types
 from memspec.ops.registry import (
@@ -219,6 +219,25 @@ def _cat_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec((*first[:dim], total, *first[dim + 1 :]), dtype),)
 
 
+def _cat_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
+    """Each input's gradient is grad.narrow(dim, ...): its strides are the output's, which
+    equal the input's own on every dim but those before dim (at the bound sizes: at
+    B = 1 a [1, 1, D] class token's view obeys torch's gradient layout contract)."""
+    shape = graph.value(op.inputs[0]).shape
+    dim = int(dict(op.attrs)["dim"]) % len(shape)
+    dense = all(graph.bound.is_one(d) for d in shape[:dim])
+    return ((Grad.PART if dense else Grad.PART_STRIDED),) * len(op.inputs)
+
+
+def _repeat_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
+    """expand's backward sums the gradient over the new axes, and the sum is viewed back to
+    the input's shape; where every new axis has size 1 (at the bound sizes: `b 1 d` at
+    B = 1) it sums nothing and hands the gradient on, viewed back."""
+    x, out = graph.value(op.inputs[0]), graph.value(op.outputs[0])
+    same = graph.bound.equal(numel(x.shape), numel(out.shape))
+    return (Grad.THROUGH_VIEW if same else Grad.VIEW,)
+
+
 def _cat_lower(tensors, attrs):
     torch, _ = torch_functional()
     return torch.cat(tensors, dim=attrs["dim"])
@@ -245,10 +264,11 @@ def _bind_axes(args: tuple, kwargs: dict, lookup: Callable[[str], object]) -> di
 
 def _rearrange_grads(op: OpApply, graph: Graph) -> tuple[str, ...]:
     """Backward reshapes the output's (contiguous) gradient back to the input's shape: a
-    view, unless the forward was a permuted view, whose inverse must copy."""
+    view, unless the forward was a permuted view, whose inverse must copy; either way
+    the gradient handed on is a view (of the copy), never summed into in place."""
     out = graph.value(op.outputs[0])
     permuted_view = out.storage != out.id and not out.contiguous
-    return (Grad.NEW,) if permuted_view else (Grad.THROUGH,)
+    return (Grad.VIEW,) if permuted_view else (Grad.THROUGH_VIEW,)
 
 
 register(
@@ -261,8 +281,8 @@ register(
         bind_scope=_bind_axes,
         lower=_shape_op_lower,
         grads=_rearrange_grads,
-        grads_doc="the output's gradient viewed back; a new copy when the forward was a "
-        "permuted view",
+        grads_doc="the output's gradient viewed back; a view of a new copy when the forward "
+        "was a permuted view",
         kind=OpKind.LAYOUT,
         shape_doc="the pattern's right side; a view unless it merges axes a permutation separated",
         saved_doc="nothing",
@@ -277,6 +297,9 @@ register(
         attrs=(("pattern", None), ("axes", ())),
         bind_scope=_bind_axes,
         lower=_shape_op_lower,
+        grads=_repeat_grads,
+        grads_doc="a view of a new tensor (summed over the new axes); the output's gradient "
+        "viewed back where every new axis has size 1",
         kind=OpKind.LAYOUT,
         shape_doc="the pattern's right side, new axes sized by keyword; a view unless a "
         "new axis is merged",
@@ -317,8 +340,10 @@ register(
         _cat_infer,
         attrs=(("dim", -1),),
         lower=_cat_lower,
-        grads=lambda op, graph: (Grad.THROUGH,) * len(op.inputs),  # narrowed views of it
-        grads_doc="narrowed views of the output's gradient",
+        grads=_cat_grads,
+        grads_doc="narrowed views of the output's gradient (keeping all of it alive); a "
+        "parameter keeps its view as `.grad` when every dim before dim has size 1, else "
+        "AccumulateGrad copies it",
         kind=OpKind.LAYOUT,
         shape_doc="the inputs' common shape with dim's sizes summed; new storage; torch's "
         "promoted dtype (integers stay integer)",

@@ -1,11 +1,13 @@
 """Backward, replayed from the forward's records in reverse, as autograd runs a chain.
 
 Each input that requires grad gets a gradient: a new tensor, or the output's gradient
-handed through, by the op's `grads` rule. A second gradient for the same tensor is added
-into the first (in place when nothing else holds it). A parameter's gradient is in
-flight until the last op using it has given its part (tied weights), then it becomes
-`.grad` or is added into the `.grad` that exists. After each op its outputs' gradients,
-its own temporaries and what it saved are freed.
+handed through, by the op's `grads` rule; either may be a view (`Grad`). A second
+gradient for the same tensor is added into the first: in place when nothing else holds
+it and it is no view, else out of place. A parameter's gradient is in flight until the
+last op using it has given its part (tied weights), then it becomes `.grad` (the very
+tensor handed on, a view of a larger gradient included, where AccumulateGrad keeps it)
+or is added into the `.grad` that exists. After each op its outputs' gradients, its own
+temporaries and what it saved are freed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from memspec.ir.types import DType, Role
 from memspec.ops import lookup
 from memspec.ops.registry import BackwardMoment, Grad
 from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
+from memspec.passes.peak.ledger import Born
 from memspec.passes.peak.moments import Phase, Side
 from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["BackwardReplay"]
+
+# kinds that hand on (a view of) the output's gradient: no new memory
+_HANDED = (Grad.THROUGH, Grad.THROUGH_VIEW, Grad.PART, Grad.PART_STRIDED)
+_PARTS = {Grad.PART: True, Grad.PART_STRIDED: False}
 
 
 class BackwardReplay:
@@ -47,6 +54,14 @@ class BackwardReplay:
         self.param_grads: dict[object, int] = {}
         self.uses = dict(forward.uses)  # backward nodes still to give a parameter gradient
         self.views: set[int] = set()  # gradient blocks handed on as views (Grad.VIEW)
+        # gradients that are views of another's -> None, or for a narrowed view whether
+        # its strides are its tensor's own
+        self.parts: dict[object, bool | None] = {}
+        # parameter -> bytes beyond its size of the storage its view of a gradient keeps
+        self.stolen: dict[object, Poly] = {}
+        # (where born, bytes beyond the parameter's) of each `.grad` that is a view of a
+        # larger gradient: it keeps that storage until zero_grad(set_to_none=True)
+        self.beyond: list[tuple[Born, Poly]] = []
 
     def run(self, loss: Entry) -> None:
         graph, ledger = self.graph, self.ledger
@@ -84,27 +99,53 @@ class BackwardReplay:
         moments = lookup(op.op).backward_moments
         if moments is not None:
             self._moments(moments(op, graph, self.sums_in_place), record)
+        # the same tensor handed to two inputs (add's): AccumulateGrad must copy it
+        shared = sum(
+            k is Grad.THROUGH and graph.value(v).requires_grad
+            for v, k in zip(op.inputs, kinds, strict=True)
+        )
         sums: list[tuple[dict, object, int]] = []  # (buffer, key, gradient) added after it
         finished: list[object] = []  # parameters whose last gradient this op gives
         for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
             v = graph.value(vid)
             if not v.requires_grad or kind is Grad.NONE:
                 continue
+            handed = kind in _HANDED and grads_out[0] is not None
+            view, part = self._view(kind, record.outputs[0])
             if v.role is Role.PARAMETER:
                 chain = graph.region_chain(v.region)
                 born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
                 size = self.forward.size_of(vid, self.grad_dtype)
-                grad = ledger.alloc(size, "temporaries", born)
+                # AccumulateGrad keeps a tensor that nothing else holds, in its layout:
+                # a view handed to it alone; the output's gradient itself only where no
+                # other input or earlier gradient holds it
+                alone = kind is not Grad.THROUGH or shared < 2
+                first = key not in self.in_flight
+                if handed and not first:  # added into the first (tied weights)
+                    grad = ledger.ref(grads_out[0])
+                elif (
+                    handed
+                    and alone
+                    and part is not False
+                    and (view or not ledger.shared(grads_out[0]))
+                ):
+                    grad = self._kept(key, ledger.ref(grads_out[0]), size, born, part)
+                    if view:
+                        self.parts[key] = part
+                else:
+                    grad = ledger.alloc(size, "temporaries", born)
                 if kind is Grad.VIEW:
                     self.views.add(grad)
                 self.uses[key] -= 1
                 if self.uses[key] == 0:
                     finished.append(key)
                 buffer = self.in_flight
-            elif kind is Grad.THROUGH:
-                if grads_out[0] is None:
-                    continue
+            elif handed:
                 grad, buffer = ledger.ref(grads_out[0]), self.adjoint
+                if view and key not in buffer:
+                    self.parts[key] = part
+            elif kind in _HANDED:
+                continue
             else:
                 grad = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
                 if kind is Grad.VIEW:
@@ -173,14 +214,40 @@ class BackwardReplay:
         base alive with it) is never summed into in place, nor is the second one used
         instead (torch 2.13)."""
         ledger, old = self.ledger, buffer[key]
-        if self.sums_in_place and not ledger.shared(old) and old not in self.views:
+        view = old in self.views or key in self.parts
+        if self.sums_in_place and not ledger.shared(old) and not view:
             ledger.unref(grad)
             return
         block = ledger.blocks[old]
         buffer[key] = ledger.alloc(block.size, "temporaries", block.born)
+        self.parts.pop(key, None)  # the sum is a tensor of its own
+        self.stolen.pop(key, None)
         ledger.mark(Phase.BACKWARD, path, where)
         ledger.unref(old)
         ledger.unref(grad)
+
+    def _view(self, kind: Grad, output: object) -> tuple[bool, bool | None]:
+        """(whether an input's gradient handed on by `kind` is a view of the output's
+        gradient, and if it is a narrowed one, whether its strides are the input's own):
+        handed on as it is, the output's gradient stays what it was."""
+        if kind in _PARTS:
+            return True, _PARTS[kind]
+        if kind in (Grad.THROUGH, Grad.THROUGH_VIEW):
+            return kind is Grad.THROUGH_VIEW or output in self.parts, self.parts.get(output)
+        return False, None
+
+    def _kept(self, key: object, grad: int, size: Poly, born: Born, part: bool | None) -> int:
+        """AccumulateGrad keeps the gradient it is handed as `.grad`, without a copy, when
+        nothing else holds that tensor and its strides are the parameter's on every dim
+        of size > 1 (torch's gradient layout contract): a narrowed view keeps the whole
+        storage of the gradient it is part of."""
+        block = self.ledger.blocks[grad]
+        block.born = born  # it is the parameter's gradient now, where the parameter is
+        if part:
+            beyond = dict(block.size)
+            add_into(beyond, size, -1)
+            self.stolen[key] = beyond
+        return grad
 
     def _accumulate_grad(self, key: object) -> None:
         """A parameter's summed gradient, once its last user has given its part (tied
@@ -188,6 +255,8 @@ class BackwardReplay:
         buffer): it becomes the parameter's .grad, or is added into the .grad that
         exists and freed."""
         grad = self.in_flight.pop(key)
+        if key in self.stolen:
+            self.beyond.append((self.ledger.blocks[grad].born, self.stolen.pop(key)))
         if self.grads_exist:
             self.ledger.unref(grad)
         else:

@@ -96,12 +96,14 @@ def step_moments(
     fixed: dict[str, Poly],
     state: Poly,
     measure: Callable[[sp.Expr], Poly],
+    beyond: Poly,
 ) -> list[tuple[str, dict[str, Poly]]]:
     """(where, memory by category) of each moment of the step; `point` is the replay's
     moment after backward, `fixed` the parameters' and buffers' bytes, `state` the
-    optimizer state's."""
+    optimizer state's, `beyond` what gradients that are views of larger ones hold more."""
     memory = dict(point.memory)
-    grads_all = measure(categories["gradients"].bytes)
+    grads_all = dict(measure(categories["gradients"].bytes))
+    add_into(grads_all, beyond)
     out = []
     for where, temp in _temporaries(config, categories, impl, measure):
         opt = dict(state)

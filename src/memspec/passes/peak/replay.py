@@ -31,7 +31,7 @@ from memspec.ir.graph import Graph
 from memspec.ir.types import DType
 from memspec.passes.peak.backward import BackwardReplay
 from memspec.passes.peak.forward import ForwardReplay
-from memspec.passes.peak.ledger import Block, Ledger
+from memspec.passes.peak.ledger import Block, Born, Ledger
 from memspec.passes.peak.moments import Phase, Point, Side
 from memspec.symbolic.polys import Poly, add_into, poly
 
@@ -60,8 +60,13 @@ class RegionShare:
 
 @dataclass(frozen=True)
 class Replay:
+    """`beyond`: (where born, bytes) of each parameter `.grad` that is a view of a larger
+    gradient, beyond the parameter's own size: held from its backward until zero_grad
+    sets it to None, or for good when gradients are zeroed in place."""
+
     points: tuple[Point, ...]
     shares: tuple[RegionShare, ...]
+    beyond: tuple[tuple[Born, Poly], ...] = ()
 
 
 def replay(
@@ -97,7 +102,7 @@ def replay(
         for region in graph.regions
         if repetitions[region.id] >= 3
     )
-    return Replay(tuple(ledger.points), shares)
+    return Replay(tuple(ledger.points), shares, tuple(backward.beyond))
 
 
 def _share(

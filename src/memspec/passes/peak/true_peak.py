@@ -26,7 +26,7 @@ from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, St
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
 from memspec.symbolic.dominance import undominated
-from memspec.symbolic.polys import Poly, add_into, evaluate, poly, substitute, to_expr
+from memspec.symbolic.polys import Poly, add_into, evaluate, poly, scaled, substitute, to_expr
 
 __all__ = ["peak_memory"]
 
@@ -87,7 +87,10 @@ def peak_memory(
             sums_in_place,
             options.keep_outputs,
         )
-        grads = measure(categories["gradients"].bytes) if grads_exist else {}
+        beyond = _beyond(last, p)
+        grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
+        if grads_exist:
+            add_into(grads, beyond)
         region_shares = repeats.shares(graph, last, p)
         for point in last.points:
             if point.phase is Phase.OPTIMIZER_STEP:
@@ -107,11 +110,25 @@ def peak_memory(
     # what the loop's outputs object still holds of the left-out repetitions
     (left_out,) = repeats.readings(after, repeats.shares(graph, last, p))
     for where, parts in step_moments(
-        config, categories, options.optimizer_impl, after, fixed, state, measure
+        config, categories, options.optimizer_impl, after, fixed, state, measure, beyond
     ):
         add_into(parts["activations"], left_out.saved)
         moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
     return _result(graph, moments, p, options, bindings, measure)
+
+
+def _beyond(rep: Replay, p: repeats.Plan) -> Poly:
+    """The bytes of parameter gradients beyond the parameters' own size (views of larger
+    gradients), in every repetition: one born in a middle repetition stands for the
+    left-out ones too."""
+    out: Poly = {}
+    for born, size in rep.beyond:
+        total = dict(size)
+        for region, i in born:
+            if i == 1 and region in p.extra:
+                add_into(total, scaled(total, p.extra[region]))
+        add_into(out, total)
+    return out
 
 
 def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, measure):
