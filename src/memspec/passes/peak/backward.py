@@ -104,7 +104,8 @@ class BackwardReplay:
             k is Grad.THROUGH and graph.value(v).requires_grad
             for v, k in zip(op.inputs, kinds, strict=True)
         )
-        sums: list[tuple[dict, object, int]] = []  # (buffer, key, gradient) added after it
+        # (buffer, key, gradient, the tensor's bytes) added after it
+        sums: list[tuple[dict, object, int, Poly]] = []
         finished: list[object] = []  # parameters whose last gradient this op gives
         for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
             v = graph.value(vid)
@@ -152,7 +153,8 @@ class BackwardReplay:
                     self.views.add(grad)
                 buffer = self.adjoint
             if key in buffer:
-                sums.append((buffer, key, grad))
+                dtype = self.grad_dtype if v.role is Role.PARAMETER else None
+                sums.append((buffer, key, grad, self.forward.size_of(vid, dtype)))
             else:
                 buffer[key] = grad
         if moments is None:  # one kernel: its inputs' gradients beside what it saved
@@ -164,8 +166,8 @@ class BackwardReplay:
             ledger.unref(bid)
         record.held.clear()
         # then the engine adds each gradient into the one its tensor already has
-        for buffer, key, grad in sums:
-            self._add(buffer, key, grad, op.path, record.where)
+        for buffer, key, grad, size in sums:
+            self._add(buffer, key, grad, size, op.path, record.where)
         for key in finished:
             self._accumulate_grad(key)
 
@@ -205,21 +207,21 @@ class BackwardReplay:
         record.saved[label] = new
         ledger.unref(old)
 
-    def _add(self, buffer: dict, key: object, grad: int, path: str, where) -> None:
+    def _add(self, buffer: dict, key: object, grad: int, size: Poly, path: str, where) -> None:
         """Autograd's InputBuffer: a second gradient for the same tensor is added into the
         first in place when the engine holds the only reference to it, else old + new
         is a new tensor, and both are freed after it. Under a TorchDispatchMode (PyTorch's
         memory tracker is one) every tensor counts as a subclass and every sum is out of
         place: `sums_in_place=False` replays that. A first gradient that is a view (its
         base alive with it) is never summed into in place, nor is the second one used
-        instead (torch 2.13)."""
+        instead (torch 2.13). The sum is a tensor of the gradient's own `size`, also
+        where the first was a narrowed part of a larger gradient (cat's)."""
         ledger, old = self.ledger, buffer[key]
         view = old in self.views or key in self.parts
         if self.sums_in_place and not ledger.shared(old) and not view:
             ledger.unref(grad)
             return
-        block = ledger.blocks[old]
-        buffer[key] = ledger.alloc(block.size, "temporaries", block.born)
+        buffer[key] = ledger.alloc(size, "temporaries", ledger.blocks[old].born)
         self.parts.pop(key, None)  # the sum is a tensor of its own
         self.stolen.pop(key, None)
         ledger.mark(Phase.BACKWARD, path, where)
