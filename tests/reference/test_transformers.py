@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from memspec import compile_spec
+from memspec.passes.peak import peak_memory
 from memspec.verify.peak import TRACKER_NAMES
 from tests.conftest import SPECS
 from tests.reference.harness import measure_library
@@ -39,6 +40,42 @@ def assert_same_step(result, measured) -> None:
         named = measured.optimizer_scalars if category == "optimizer_state" else 0
         assert value(expr) + named == tracker[TRACKER_NAMES[category]], category
     assert result.peak.value + measured.optimizer_scalars == measured.peak
+
+
+def out_of_place_sums(result) -> int:
+    """Bytes the tracker's step holds beyond memspec's peak, at memspec's peak under the
+    tracker: the second gradients of a tensor, which autograd adds out of place under a
+    TorchDispatchMode (in place otherwise)."""
+    traced = traced_peak(result)
+    return result.value(traced.bytes) - result.peak.value
+
+
+def traced_peak(result):
+    return peak_memory(
+        result.graph,
+        result.config,
+        result.categories,
+        result.peak.options,
+        result.bindings,
+        result.resolve,
+        sums_in_place=False,
+    ).winner()
+
+
+def assert_same_traced_step(result, measured) -> None:
+    """assert_same_step, where the tracker's step adds a tensor's second gradient out
+    of place: memspec's peak of that step, category by category, and its own peak plus
+    the named sum in total."""
+    value = result.value
+    assert value(result.categories["parameters"].elements) == measured.parameters
+    assert value(result.categories["buffers"].elements) == measured.buffers
+    assert value(result.categories["activations"].bytes) == measured.saved
+    tracker = dict(measured.peak_by_category)
+    named = {"optimizer_state": measured.optimizer_scalars}
+    for category, expr in traced_peak(result).breakdown:
+        assert value(expr) + named.get(category, 0) == tracker[TRACKER_NAMES[category]], category
+    total = result.peak.value + measured.optimizer_scalars
+    assert total + out_of_place_sums(result) == measured.peak
 
 
 def causal_lm_step(make_model, spec: str, sizes: dict, use: tuple):
