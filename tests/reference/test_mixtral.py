@@ -16,7 +16,7 @@ import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral import modeling_mixtral
 
-from tests.reference.test_transformers import assert_same_step, causal_lm_step
+from tests.reference.test_transformers import assert_same_step, causal_lm_step, decoder_config
 
 # D and F multiples of 4: torch's CPU grouped_mm wants 16-byte row strides in fp32. The
 # step peaks in the optimizer step at the first three sizes; at the fourth in the experts'
@@ -34,21 +34,13 @@ MIXTRAL_PATHS = [((), "sdpa", "grouped_mm"), (("eager",), "eager", "grouped_mm")
 
 
 def mixtral_config(sizes: dict, attention: str, experts: str) -> MixtralConfig:
-    return MixtralConfig(
-        vocab_size=sizes["V"],
-        hidden_size=sizes["D"],
-        intermediate_size=sizes["F"],
-        num_hidden_layers=sizes["N"],
-        num_attention_heads=sizes["H"],
-        num_key_value_heads=sizes["KV"],
+    return decoder_config(
+        MixtralConfig,
+        sizes,
+        attention,
         num_local_experts=sizes["E"],
         num_experts_per_tok=sizes["k"],
-        max_position_embeddings=sizes["L"],
-        attn_implementation=attention,
         experts_implementation=experts,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
     )
 
 

@@ -108,9 +108,9 @@ GPT2_PATHS = [
 ]
 
 
-def gpt2_step(sizes: dict, use: tuple, attention: str, activation: str):
-    """(the library's step, memspec's compile) of GPT-2 at `sizes` on one path."""
-    config = GPT2Config(
+def gpt2_config(sizes: dict, attention: str | None = None, activation: str = "gelu_new"):
+    """GPT2Config at `sizes`; attention None is the library's own pick (sdpa here)."""
+    return GPT2Config(
         vocab_size=sizes["V"],
         n_positions=sizes["P"],
         n_embd=sizes["D"],
@@ -121,6 +121,11 @@ def gpt2_step(sizes: dict, use: tuple, attention: str, activation: str):
         bos_token_id=0,
         eos_token_id=0,
     )
+
+
+def gpt2_step(sizes: dict, use: tuple, attention: str, activation: str):
+    """(the library's step, memspec's compile) of GPT-2 at `sizes` on one path."""
+    config = gpt2_config(sizes, attention, activation)
     return causal_lm_step(lambda: GPT2LMHeadModel(config), "gpt2.mspec", sizes, use)
 
 
@@ -145,11 +150,11 @@ DECODERS = {
 }
 
 
-def decoder_step(family: str, sizes: dict, use: tuple, attention: str):
-    """(the library's step, memspec's compile) of LLaMA or Mistral at `sizes` on one path."""
-    config_class, model_class = DECODERS[family]
+def decoder_config(config_class, sizes: dict, attention: str | None = None, **extra):
+    """The config LLaMA, Mistral and Mixtral share at `sizes` (Mistral's window W where
+    given); `extra` adds a family's own fields."""
     window = {"sliding_window": sizes["W"]} if "W" in sizes else {}
-    config = config_class(
+    return config_class(
         vocab_size=sizes["V"],
         hidden_size=sizes["D"],
         intermediate_size=sizes["F"],
@@ -162,7 +167,14 @@ def decoder_step(family: str, sizes: dict, use: tuple, attention: str):
         eos_token_id=0,
         pad_token_id=0,
         **window,
+        **extra,
     )
+
+
+def decoder_step(family: str, sizes: dict, use: tuple, attention: str):
+    """(the library's step, memspec's compile) of LLaMA or Mistral at `sizes` on one path."""
+    config_class, model_class = DECODERS[family]
+    config = decoder_config(config_class, sizes, attention)
     return causal_lm_step(lambda: model_class(config), f"{family}.mspec", sizes, use)
 
 

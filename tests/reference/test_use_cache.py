@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from memspec import compile_spec
 from memspec.passes.peak import StepOptions
 from memspec.verify.measure import _optimizer
 from tests.conftest import SPECS
 from tests.reference.harness import LibraryMeasurement, saved_bytes
-from tests.reference.test_transformers import assert_same_step
+from tests.reference.test_transformers import assert_same_step, decoder_config, gpt2_config
 
 GPT2_SIZES = [
     {"B": 2, "L": 8, "V": 32, "D": 16, "N": 5, "H": 4, "P": 16},  # N > 3: left-out repetitions
@@ -42,34 +42,11 @@ LOOPS = [(True, True), (False, True), (True, False)]
 
 
 def _gpt2(sizes: dict) -> torch.nn.Module:
-    return GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=sizes["V"],
-            n_positions=sizes["P"],
-            n_embd=sizes["D"],
-            n_layer=sizes["N"],
-            n_head=sizes["H"],
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    )
+    return GPT2LMHeadModel(gpt2_config(sizes))
 
 
 def _llama(sizes: dict) -> torch.nn.Module:
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=sizes["V"],
-            hidden_size=sizes["D"],
-            intermediate_size=sizes["F"],
-            num_hidden_layers=sizes["N"],
-            num_attention_heads=sizes["H"],
-            num_key_value_heads=sizes["KV"],
-            max_position_embeddings=sizes["L"],
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-    )
+    return LlamaForCausalLM(decoder_config(LlamaConfig, sizes))
 
 
 MODELS = {"gpt2": (_gpt2, GPT2_SIZES), "llama": (_llama, LLAMA_SIZES)}
