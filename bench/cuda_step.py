@@ -120,47 +120,56 @@ def measure(make_model, make_batch, step_fn, autocast, device):
     return out
 
 
-def lowered_case(name, spec, sizes, use=()):
-    result = compile_spec(
-        spec,
-        set=sizes,
-        use=use,
-        convention="autograd",
-        step=StepOptions(optimizer_impl="foreach"),
-    )
+def compiled(spec, sizes, use=()):
+    """memspec's compile of the step measured here: foreach AdamW, as torch on CUDA."""
+    step = StepOptions(optimizer_impl="foreach")
+    return compile_spec(spec, set=sizes, use=use, convention="autograd", step=step)
+
+
+def memspec_entry(result, **about) -> dict:
     moment = result.peak.winner()
-    entry = {
-        "spec": spec,
-        "sizes": sizes,
-        "use": list(use),
+    return {
+        **about,
         "memspec_peak": int(result.peak.value),
         "memspec_moment": moment.label(),
         "memspec_breakdown": {c: int(result.value(e)) for c, e in moment.breakdown},
         "memspec_saved": int(result.value(result.categories["activations"].bytes)),
     }
+
+
+def measure_all(entry, make_model, make_batch, step_fn) -> None:
+    """The step on the CPU (fp32) and on CUDA (fp32, bf16 autocast), into `entry`;
+    `make_batch(device)`."""
+    for device in ("cpu", DEV) if DEV == "cuda" else ("cpu",):
+        for autocast in (False, True) if device == "cuda" else (False,):
+            key = f"{device}{'_autocast_bf16' if autocast else '_fp32'}"
+            t0 = time.time()
+            try:
+                entry[key] = measure(
+                    make_model, lambda d=device: make_batch(d), step_fn, autocast, device
+                )
+            except Exception:
+                entry[key] = {"error": traceback.format_exc()[-2000:]}
+            entry[key]["seconds"] = round(time.time() - t0, 2)
+
+
+def lowered_case(name, spec, sizes, use=()):
+    result = compiled(spec, sizes, use)
+    entry = memspec_entry(result, spec=spec, sizes=sizes, use=list(use))
     holder = {}
 
     def make_model():
         holder["m"] = LoweredModel(result.graph, result.substitutions())
         return holder["m"]
 
-    def make_batch():
-        device = next(holder["m"].parameters()).device
+    def make_batch(device):
         return [t.to(device) for t in holder["m"].make_inputs()]
 
     def step_fn(model, batch):
         out = model(*batch)
         return out if out.dim() == 0 else out.float().sum()
 
-    for device in ("cpu", DEV) if DEV == "cuda" else ("cpu",):
-        for autocast in (False, True) if device == "cuda" else (False,):
-            key = f"{device}{'_autocast_bf16' if autocast else '_fp32'}"
-            t0 = time.time()
-            try:
-                entry[key] = measure(make_model, make_batch, step_fn, autocast, device)
-            except Exception:
-                entry[key] = {"error": traceback.format_exc()[-2000:]}
-            entry[key]["seconds"] = round(time.time() - t0, 2)
+    measure_all(entry, make_model, make_batch, step_fn)
     report[name] = entry
 
 
@@ -177,40 +186,17 @@ def hf_gpt2_case(name, sizes, attention):
         bos_token_id=0,
         eos_token_id=0,
     )
-    result = compile_spec(
-        "specs/gpt2.mspec",
-        set=sizes,
-        use=() if attention == "sdpa" else ("eager",),
-        convention="autograd",
-        step=StepOptions(optimizer_impl="foreach"),
-    )
-    entry = {
-        "sizes": sizes,
-        "attention": attention,
-        "memspec_peak": int(result.peak.value),
-        "memspec_moment": result.peak.winner().label(),
-        "memspec_breakdown": {c: int(result.value(e)) for c, e in result.peak.winner().breakdown},
-        "memspec_saved": int(result.value(result.categories["activations"].bytes)),
-    }
-    dev_holder = {}
+    result = compiled("specs/gpt2.mspec", sizes, () if attention == "sdpa" else ("eager",))
+    entry = memspec_entry(result, sizes=sizes, attention=attention)
 
-    def make_batch():
-        t = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]), device=dev_holder["d"])
+    def make_batch(device):
+        t = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]), device=device)
         return t, t.clone()
 
     def step_fn(model, b):
         return model(input_ids=b[0], labels=b[1], use_cache=False).loss
 
-    for device in ("cpu", DEV) if DEV == "cuda" else ("cpu",):
-        for autocast in (False, True) if device == "cuda" else (False,):
-            dev_holder["d"] = device
-            key = f"{device}{'_autocast_bf16' if autocast else '_fp32'}"
-            try:
-                entry[key] = measure(
-                    lambda: GPT2LMHeadModel(config), make_batch, step_fn, autocast, device
-                )
-            except Exception:
-                entry[key] = {"error": traceback.format_exc()[-2000:]}
+    measure_all(entry, lambda: GPT2LMHeadModel(config), make_batch, step_fn)
     report[name] = entry
 
 
