@@ -16,6 +16,8 @@ precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation
 # parameter's temporaries are made. `flops K per element`: the step's
 # elementwise arithmetic per parameter element, one FLOP per operation (torch 2.13's
 # torch/optim/adam.py, _single_tensor_adam and _multi_tensor_adam).
+# `torch CLASS(KEY = VALUE, ...)`: the torch.optim class and constructor arguments (numbers,
+# true/false, tuples) that `memspec verify` runs the step with.
 optimizer adamw "AdamW: first and second moments per parameter" {
     state exp_avg: like param
     state exp_avg_sq: like param
@@ -25,6 +27,7 @@ optimizer adamw "AdamW: first and second moments per parameter" {
     # += (1 - beta2) g*g (3); sqrt (1); / sqrt(bias correction) (1); + eps (1);
     # p -= step_size * exp_avg / denom (3)
     flops 14 per element
+    torch AdamW(lr = 0.001)
 }
 optimizer adam "Adam: first and second moments per parameter (weight_decay 0)" {
     state exp_avg: like param
@@ -32,13 +35,16 @@ optimizer adam "Adam: first and second moments per parameter (weight_decay 0)" {
     temp for_loop: 2 like param
     temp foreach: 1 like param
     flops 13 per element            # AdamW's, without the decoupled decay
+    torch Adam(lr = 0.001)
 }
 optimizer sgd "SGD without momentum: no state" {
     flops 2 per element             # p -= lr * g
+    torch SGD(lr = 0.001)
 }
 optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
     state momentum_buffer: like param
     flops 5 per element             # buf = momentum*buf + g (3); p -= lr * buf (2)
+    torch SGD(lr = 0.001, momentum = 0.9)
 }
 
 # Which tensors count as activations.

@@ -27,6 +27,9 @@ __all__ = [
     "read_precision",
 ]
 
+# A constructor argument of a torch.optim class, as the declaration spells it.
+TorchValue = bool | int | float | tuple
+
 _PRECISION_ROLES = ("param", "master", "grad", "state", "activation", "buffer")
 
 
@@ -69,6 +72,8 @@ class Optimizer:
     `temps[impl]` is how many parameter-sized temporaries the step holds at once: of the
     parameter being updated for `for_loop`, of every parameter for `foreach`.
     `flops_per_element` counts the step's elementwise arithmetic, one FLOP per operation.
+    `torch_class` (a `torch.optim` class name) and `torch_args` (its keyword arguments) are
+    the real optimizer that verify runs.
     """
 
     name: str
@@ -76,6 +81,8 @@ class Optimizer:
     states: tuple[str, ...]
     temps: tuple[tuple[str, int], ...] = ()
     flops_per_element: int | None = None
+    torch_class: str | None = None
+    torch_args: tuple[tuple[str, TorchValue], ...] = ()
 
     def temps_of(self, implementation: str) -> int:
         return dict(self.temps).get(implementation, 0)
@@ -180,13 +187,43 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
         if flops is not None:
             raise SpecValueError(f"optimizer {decl.name} gives its flops twice", span)
         flops = count
+    torch_class, torch_args = None, ()
+    for cls, args, span in decl.torch:
+        if torch_class is not None:
+            raise SpecValueError(f"optimizer {decl.name} names its torch class twice", span)
+        torch_class, torch_args = cls, _torch_args(args, span)
     return Optimizer(
         decl.name,
         decl.description,
         tuple(s for s, _, _ in decl.states),
         tuple(temps),
         flops,
+        torch_class,
+        torch_args,
     )
+
+
+def _torch_args(args, span) -> tuple[tuple[str, TorchValue], ...]:
+    seen: set[str] = set()
+    out = []
+    for key, value in args:
+        if key in seen:
+            raise SpecValueError(f"torch argument {key!r} is given twice", span)
+        seen.add(key)
+        out.append((key, _torch_value(value, span)))
+    return tuple(out)
+
+
+def _torch_value(value, span) -> TorchValue:
+    if isinstance(value, tuple):
+        return tuple(_torch_value(v, span) for v in value)
+    if isinstance(value, str):  # a bare name: only the two booleans are values
+        if value not in ("true", "false"):
+            raise SpecValueError(
+                f"a torch argument is a number, true, false or a tuple, not {value!r}", span
+            )
+        return value == "true"
+    return value
 
 
 def read_convention(decl: d.DeclConvention) -> Convention:

@@ -200,6 +200,8 @@ class DeclOptimizer:
     # (implementation, count, "like" target): tensors a step holds at once besides state
     temps: tuple[tuple[str, int, str, Span | None], ...] = ()
     flops: tuple[tuple[int, str, Span | None], ...] = ()  # (count, "element")
+    # (torch.optim class, ((keyword, value), ...), span): what verify runs
+    torch: tuple[tuple[str, tuple[tuple[str, object], ...], Span | None], ...] = ()
     span: Span | None = span_field()
 
 

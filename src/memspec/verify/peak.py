@@ -109,9 +109,7 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
     with FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
         model.keep_outputs = options.keep_outputs
-        optimizer = _optimizer(
-            result.config.optimizer.name, model.parameters(), options.optimizer_impl
-        )
+        optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 
         tracker = _phase_tracker()
 
