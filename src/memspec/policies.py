@@ -73,7 +73,9 @@ class Optimizer:
     parameter being updated for `for_loop`, of every parameter for `foreach`.
     `flops_per_element` counts the step's elementwise arithmetic, one FLOP per operation.
     `torch_class` (a `torch.optim` class name) and `torch_args` (its keyword arguments) are
-    the real optimizer that verify runs.
+    the real optimizer that verify runs. `scalars` are state tensors of one float32 element
+    per parameter tensor (torch's `step` counters: CPU tensors when training on a GPU, so
+    not counted in the state; verify names them).
     """
 
     name: str
@@ -83,9 +85,16 @@ class Optimizer:
     flops_per_element: int | None = None
     torch_class: str | None = None
     torch_args: tuple[tuple[str, TorchValue], ...] = ()
+    scalars: tuple[str, ...] = ()  # 0-dim float32 state per parameter tensor (`step`)
+    frees_last: tuple[str, ...] = ()  # implementations whose loop frees its last temporary
 
     def temps_of(self, implementation: str) -> int:
         return dict(self.temps).get(implementation, 0)
+
+    def keeps_last(self, implementation: str) -> bool:
+        """Whether the previous parameter's last temporary (a loop variable such as
+        AdamW's `denom`) is alive while the next parameter's temporaries are made."""
+        return implementation not in self.frees_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +176,12 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
 
 def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
     for _state, like, span in decl.states:
-        if like != "param":
-            raise SpecValueError(f"optimizer state can only be 'like param', not {like!r}", span)
-    temps = []
-    for impl, count, like, span in decl.temps:
+        if like not in ("param", "scalar"):
+            raise SpecValueError(
+                f"optimizer state is 'like param' or 'scalar', not 'like {like}'", span
+            )
+    temps, freed = [], []
+    for impl, count, like, last, span in decl.temps:
         if impl not in IMPLEMENTATIONS:
             raise SpecValueError(
                 f"unknown optimizer implementation {impl!r}; expected one of "
@@ -179,7 +190,11 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
             )
         if like != "param":
             raise SpecValueError(f"step temporaries can only be 'like param', not {like!r}", span)
+        if last not in ("kept", "freed"):
+            raise SpecValueError(f"a step's last temporary is 'freed', not {last!r}", span)
         temps.append((impl, count))
+        if last == "freed":
+            freed.append(impl)
     flops = None
     for count, unit, span in decl.flops:
         if unit != "element":
@@ -195,11 +210,13 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
     return Optimizer(
         decl.name,
         decl.description,
-        tuple(s for s, _, _ in decl.states),
+        tuple(s for s, like, _ in decl.states if like == "param"),
         tuple(temps),
         flops,
         torch_class,
         torch_args,
+        tuple(s for s, like, _ in decl.states if like == "scalar"),
+        tuple(freed),
     )
 
 

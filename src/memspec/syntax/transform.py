@@ -147,9 +147,13 @@ class ToAst(Transformer_NonRecursive):
     def optimizer_state(self, meta, children):
         return ("state", str(children[0]), str(children[1]), self.span(meta))
 
+    def optimizer_scalar(self, meta, children):
+        return ("state", str(children[0]), "scalar", self.span(meta))
+
     def optimizer_temp(self, meta, children):
-        impl, count, like = children
-        return ("temp", str(impl), self._int(count), str(like), self.span(meta))
+        impl, count, like, last = children
+        last = str(last) if last is not None else "kept"
+        return ("temp", str(impl), self._int(count), str(like), last, self.span(meta))
 
     def optimizer_flops(self, meta, children):
         count, unit = children

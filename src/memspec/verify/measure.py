@@ -176,6 +176,7 @@ def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
         if p.grad is not None:
             measured.gradients[f"{names[id(p)]}.grad"] = p.grad.numel()
         for key, state in optimizer.state[p].items():
-            target = measured.optimizer_scalars if key == "step" else measured.optimizer_state
+            scalar = key in result.config.optimizer.scalars
+            target = measured.optimizer_scalars if scalar else measured.optimizer_state
             target[f"{names[id(p)]}.{key}"] = state.numel()
     return measured
