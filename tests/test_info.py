@@ -23,7 +23,7 @@ def test_text_lists_what_the_spec_offers(capsys, monkeypatch):
     assert "  attention: math (by the train block); also use eager, use sdpa, use flash\n" in text
     assert "  * fp32        param float32;" in text
     assert "    mixed_bf16  param bfloat16; master float32;" in text
-    assert "  * adamw         AdamW" in text
+    assert "  * adamw             AdamW" in text  # rmsprop_momentum sets the width
     assert "    autograd  what PyTorch keeps for backward" in text
     assert "  expect params == 1_635_537_600 at gpt2_xl\n" in text
 

@@ -13,32 +13,79 @@ precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation
 # shaped like a parameter at once: of the parameter being updated (for_loop), or of every
 # parameter (foreach); fused kernels hold none. The for_loop's last temporary is a local
 # variable (AdamW's `denom`): the previous parameter's stays alive while the next
-# parameter's temporaries are made. `flops K per element`: the step's
+# parameter's temporaries are made, unless the declaration ends `, freed` (the loop rebinds
+# it first). `state step: scalar`: a float32 0-dim tensor per parameter tensor (torch's
+# step counter; a CPU tensor when training on a GPU, so not counted in the state; verify
+# names it). `flops K per element`: the step's
 # elementwise arithmetic per parameter element, one FLOP per operation (torch 2.13's
 # torch/optim/adam.py, _single_tensor_adam and _multi_tensor_adam).
+# `torch CLASS(KEY = VALUE, ...)`: the torch.optim class and constructor arguments (numbers,
+# true/false, tuples) that `memspec verify` runs the step with.
 optimizer adamw "AdamW: first and second moments per parameter" {
     state exp_avg: like param
     state exp_avg_sq: like param
+    state step: scalar
     temp for_loop: 2 like param     # exp_avg_sq.sqrt(), then its quotient by sqrt(1 - beta2^t)
     temp foreach: 1 like param      # _foreach_sqrt(exp_avg_sqs), then divided in place
     # decay p *= 1 - lr*wd (1); exp_avg.lerp_(g, 1 - beta1) (3); exp_avg_sq *= beta2 (1);
     # += (1 - beta2) g*g (3); sqrt (1); / sqrt(bias correction) (1); + eps (1);
     # p -= step_size * exp_avg / denom (3)
     flops 14 per element
+    torch AdamW(lr = 0.001)
 }
 optimizer adam "Adam: first and second moments per parameter (weight_decay 0)" {
     state exp_avg: like param
     state exp_avg_sq: like param
+    state step: scalar
     temp for_loop: 2 like param
     temp foreach: 1 like param
     flops 13 per element            # AdamW's, without the decoupled decay
+    torch Adam(lr = 0.001)
 }
 optimizer sgd "SGD without momentum: no state" {
     flops 2 per element             # p -= lr * g
+    torch SGD(lr = 0.001)
 }
 optimizer sgd_momentum "SGD with momentum: one momentum buffer per parameter" {
     state momentum_buffer: like param
     flops 5 per element             # buf = momentum*buf + g (3); p -= lr * buf (2)
+    torch SGD(lr = 0.001, momentum = 0.9)
+}
+optimizer sgd_nesterov "SGD with Nesterov momentum: one momentum buffer per parameter" {
+    state momentum_buffer: like param
+    temp for_loop: 1 like param, freed  # grad.add(buf, alpha=momentum); `grad` is rebound first
+    # foreach adds into the gradients in place: no temporaries
+    flops 7 per element             # sgd_momentum's, plus g + momentum * buf (2)
+    torch SGD(lr = 0.001, momentum = 0.9, nesterov = true)
+}
+# Counted as for AdamW: addcmul_/addcdiv_ 3, add_ with alpha 2, mul_/sqrt/+ eps 1
+# (torch/optim/adagrad.py, rmsprop.py: _single_tensor_* and _multi_tensor_*).
+optimizer adagrad "Adagrad: a running sum of squared gradients per parameter" {
+    state sum: like param
+    state step: scalar
+    temp for_loop: 1 like param     # std = sum.sqrt().add_(eps)
+    temp foreach: 2 like param      # std = _foreach_sqrt(sums); numerator = _foreach_mul(grads, -clr)
+    flops 8 per element             # sum.addcmul_(g, g) (3); sqrt (1); + eps (1); p.addcdiv_ (3)
+    torch Adagrad(lr = 0.01)
+}
+optimizer rmsprop "RMSprop: a running average of squared gradients per parameter" {
+    state square_avg: like param
+    state step: scalar
+    temp for_loop: 1 like param     # avg = square_avg.sqrt().add_(eps)
+    temp foreach: 1 like param      # avg = _foreach_sqrt(square_avgs), then + eps in place
+    # square_avg *= alpha (1); .addcmul_(g, g) (3); sqrt (1); + eps (1); p.addcdiv_ (3)
+    flops 9 per element
+    torch RMSprop(lr = 0.01)
+}
+optimizer rmsprop_momentum "RMSprop with momentum: square average and momentum buffer per parameter" {
+    state square_avg: like param
+    state momentum_buffer: like param
+    state step: scalar
+    temp for_loop: 1 like param
+    temp foreach: 1 like param
+    # rmsprop's, but buf *= momentum (1); buf.addcdiv_(g, avg) (3); p.add_(buf, -lr) (2)
+    flops 12 per element
+    torch RMSprop(lr = 0.01, momentum = 0.9)
 }
 
 # Which tensors count as activations.

@@ -27,6 +27,9 @@ __all__ = [
     "read_precision",
 ]
 
+# A constructor argument of a torch.optim class, as the declaration spells it.
+TorchValue = bool | int | float | tuple
+
 _PRECISION_ROLES = ("param", "master", "grad", "state", "activation", "buffer")
 
 
@@ -69,6 +72,10 @@ class Optimizer:
     `temps[impl]` is how many parameter-sized temporaries the step holds at once: of the
     parameter being updated for `for_loop`, of every parameter for `foreach`.
     `flops_per_element` counts the step's elementwise arithmetic, one FLOP per operation.
+    `torch_class` (a `torch.optim` class name) and `torch_args` (its keyword arguments) are
+    the real optimizer that verify runs. `scalars` are state tensors of one float32 element
+    per parameter tensor (torch's `step` counters: CPU tensors when training on a GPU, so
+    not counted in the state; verify names them).
     """
 
     name: str
@@ -76,9 +83,18 @@ class Optimizer:
     states: tuple[str, ...]
     temps: tuple[tuple[str, int], ...] = ()
     flops_per_element: int | None = None
+    torch_class: str | None = None
+    torch_args: tuple[tuple[str, TorchValue], ...] = ()
+    scalars: tuple[str, ...] = ()  # 0-dim float32 state per parameter tensor (`step`)
+    frees_last: tuple[str, ...] = ()  # implementations whose loop frees its last temporary
 
     def temps_of(self, implementation: str) -> int:
         return dict(self.temps).get(implementation, 0)
+
+    def keeps_last(self, implementation: str) -> bool:
+        """Whether the previous parameter's last temporary (a loop variable such as
+        AdamW's `denom`) is alive while the next parameter's temporaries are made."""
+        return implementation not in self.frees_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +176,12 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
 
 def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
     for _state, like, span in decl.states:
-        if like != "param":
-            raise SpecValueError(f"optimizer state can only be 'like param', not {like!r}", span)
-    temps = []
-    for impl, count, like, span in decl.temps:
+        if like not in ("param", "scalar"):
+            raise SpecValueError(
+                f"optimizer state is 'like param' or 'scalar', not 'like {like}'", span
+            )
+    temps, freed = [], []
+    for impl, count, like, last, span in decl.temps:
         if impl not in IMPLEMENTATIONS:
             raise SpecValueError(
                 f"unknown optimizer implementation {impl!r}; expected one of "
@@ -172,7 +190,11 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
             )
         if like != "param":
             raise SpecValueError(f"step temporaries can only be 'like param', not {like!r}", span)
+        if last not in ("kept", "freed"):
+            raise SpecValueError(f"a step's last temporary is 'freed', not {last!r}", span)
         temps.append((impl, count))
+        if last == "freed":
+            freed.append(impl)
     flops = None
     for count, unit, span in decl.flops:
         if unit != "element":
@@ -180,13 +202,45 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
         if flops is not None:
             raise SpecValueError(f"optimizer {decl.name} gives its flops twice", span)
         flops = count
+    torch_class, torch_args = None, ()
+    for cls, args, span in decl.torch:
+        if torch_class is not None:
+            raise SpecValueError(f"optimizer {decl.name} names its torch class twice", span)
+        torch_class, torch_args = cls, _torch_args(args, span)
     return Optimizer(
         decl.name,
         decl.description,
-        tuple(s for s, _, _ in decl.states),
+        tuple(s for s, like, _ in decl.states if like == "param"),
         tuple(temps),
         flops,
+        torch_class,
+        torch_args,
+        tuple(s for s, like, _ in decl.states if like == "scalar"),
+        tuple(freed),
     )
+
+
+def _torch_args(args, span) -> tuple[tuple[str, TorchValue], ...]:
+    seen: set[str] = set()
+    out = []
+    for key, value in args:
+        if key in seen:
+            raise SpecValueError(f"torch argument {key!r} is given twice", span)
+        seen.add(key)
+        out.append((key, _torch_value(value, span)))
+    return tuple(out)
+
+
+def _torch_value(value, span) -> TorchValue:
+    if isinstance(value, tuple):
+        return tuple(_torch_value(v, span) for v in value)
+    if isinstance(value, str):  # a bare name: only the two booleans are values
+        if value not in ("true", "false"):
+            raise SpecValueError(
+                f"a torch argument is a number, true, false or a tuple, not {value!r}", span
+            )
+        return value == "true"
+    return value
 
 
 def read_convention(decl: d.DeclConvention) -> Convention:

@@ -196,10 +196,13 @@ class DeclPrecision:
 class DeclOptimizer:
     name: str
     description: str
-    states: tuple[tuple[str, str, Span | None], ...]  # (state name, "like" target)
-    # (implementation, count, "like" target): tensors a step holds at once besides state
-    temps: tuple[tuple[str, int, str, Span | None], ...] = ()
+    states: tuple[tuple[str, str, Span | None], ...]  # (state name, "like" target or "scalar")
+    # (implementation, count, "like" target, "kept" or "freed"): tensors a step holds at
+    # once besides state; whether the loop's last temporary outlives its iteration
+    temps: tuple[tuple[str, int, str, str, Span | None], ...] = ()
     flops: tuple[tuple[int, str, Span | None], ...] = ()  # (count, "element")
+    # (torch.optim class, ((keyword, value), ...), span): what verify runs
+    torch: tuple[tuple[str, tuple[tuple[str, object], ...], Span | None], ...] = ()
     span: Span | None = span_field()
 
 

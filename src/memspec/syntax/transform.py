@@ -139,18 +139,47 @@ class ToAst(Transformer_NonRecursive):
         states = tuple(item[1:] for item in rest if item[0] == "state")
         temps = tuple(item[1:] for item in rest if item[0] == "temp")
         flops = tuple(item[1:] for item in rest if item[0] == "flops")
-        return d.DeclOptimizer(str(name), description, states, temps, flops, span=self.span(meta))
+        torch = tuple(item[1:] for item in rest if item[0] == "torch")
+        return d.DeclOptimizer(
+            str(name), description, states, temps, flops, torch, span=self.span(meta)
+        )
 
     def optimizer_state(self, meta, children):
         return ("state", str(children[0]), str(children[1]), self.span(meta))
 
+    def optimizer_scalar(self, meta, children):
+        return ("state", str(children[0]), "scalar", self.span(meta))
+
     def optimizer_temp(self, meta, children):
-        impl, count, like = children
-        return ("temp", str(impl), self._int(count), str(like), self.span(meta))
+        impl, count, like, last = children
+        last = str(last) if last is not None else "kept"
+        return ("temp", str(impl), self._int(count), str(like), last, self.span(meta))
 
     def optimizer_flops(self, meta, children):
         count, unit = children
         return ("flops", self._int(count), str(unit), self.span(meta))
+
+    def optimizer_torch(self, meta, children):
+        cls, args = children
+        return ("torch", str(cls), args or (), self.span(meta))
+
+    def torch_args(self, meta, children):
+        return tuple(children)
+
+    def torch_arg(self, meta, children):
+        return (str(children[0]), children[1])
+
+    def torch_float(self, meta, children):
+        return float(str(children[0]).replace("_", ""))
+
+    def torch_int(self, meta, children):
+        return self._int(children[0])
+
+    def torch_name(self, meta, children):
+        return str(children[0])  # true/false, checked where the declaration is read
+
+    def torch_tuple(self, meta, children):
+        return tuple(children)
 
     def decl_convention(self, meta, children):
         name, *rest = children

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply
 from memspec.lower.module import LoweredModel
+from memspec.policies import Optimizer, read_optimizer
 from memspec.result import CompileResult
+from memspec.source import SourceFile
+from memspec.syntax.imports import load_program
 
 __all__ = ["Measurement", "SavedTensor", "activation_key", "measure_step"]
 
@@ -59,21 +63,38 @@ def internal_key(op: OpApply) -> str:
     return f"{op.path} [internal]"
 
 
-def _optimizer(name: str, params, implementation: str = "for_loop"):
-    """The torch optimizer of a policy, run the way `implementation` names."""
+def _optimizer(policy: Optimizer | str, params, implementation: str = "for_loop"):
+    """The torch optimizer a policy declares (`torch CLASS(ARGS)`), run the way
+    `implementation` names; a name is looked up among the standard policies."""
+    if isinstance(policy, str):
+        policy = standard_optimizer(policy)
     flags = {
         "for_loop": {"foreach": False},
         "foreach": {"foreach": True},
         "fused": {"fused": True},
     }[implementation]
-    if name in ("adamw", "adam"):
-        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return cls(params, lr=1e-3, **flags)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, **flags)
-    if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, **flags)
-    raise NotImplementedError(f"verify has no PyTorch optimizer for policy {name!r}")
+    if policy.torch_class is None:
+        raise UsageError(
+            f"optimizer {policy.name} names no torch class: add `torch CLASS(ARGS)` to its "
+            "declaration to verify it"
+        )
+    cls = getattr(torch.optim, policy.torch_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise UsageError(
+            f"optimizer {policy.name}: torch.optim has no optimizer class {policy.torch_class!r}"
+        )
+    try:
+        return cls(params, **dict(policy.torch_args), **flags)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UsageError(f"optimizer {policy.name}: torch.optim.{cls.__name__}: {e}") from None
+
+
+def standard_optimizer(name: str) -> Optimizer:
+    """A policy of the standard library (`std/train.mspec`) by name."""
+    program = load_program(SourceFile("<standard optimizers>", ""), None)
+    if name not in program.optimizers:
+        raise UsageError(f"no standard optimizer {name!r}")
+    return read_optimizer(program.optimizers[name])
 
 
 class _SavedTracker:
@@ -130,7 +151,7 @@ def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
     """Build the lowering at the result's bindings and run one training step."""
     torch.manual_seed(seed)
     model = LoweredModel(result.graph, result.substitutions())
-    optimizer = _optimizer(result.config.optimizer.name, model.parameters())
+    optimizer = _optimizer(result.config.optimizer, model.parameters())
     inputs = model.make_inputs()
     measured = Measurement()
     for name, p in model.named_parameters():
@@ -155,6 +176,7 @@ def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
         if p.grad is not None:
             measured.gradients[f"{names[id(p)]}.grad"] = p.grad.numel()
         for key, state in optimizer.state[p].items():
-            target = measured.optimizer_scalars if key == "step" else measured.optimizer_state
+            scalar = key in result.config.optimizer.scalars
+            target = measured.optimizer_scalars if scalar else measured.optimizer_state
             target[f"{names[id(p)]}.{key}"] = state.numel()
     return measured

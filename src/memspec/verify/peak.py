@@ -109,9 +109,7 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
     with FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
         model.keep_outputs = options.keep_outputs
-        optimizer = _optimizer(
-            result.config.optimizer.name, model.parameters(), options.optimizer_impl
-        )
+        optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 
         tracker = _phase_tracker()
 
@@ -190,12 +188,12 @@ class PeakComparison:
 
 
 def step_counters(result: CompileResult) -> tuple[int, int]:
-    """(tensors, bytes) of Adam's and AdamW's `step`: a float32 scalar per parameter
-    tensor, made by the first `step()`."""
-    if result.config.optimizer.name not in ("adamw", "adam"):
-        return 0, 0
+    """(tensors, bytes) of the optimizer's scalar state (`state step: scalar`: Adam's,
+    AdamW's, Adagrad's, RMSprop's `step`): a float32 scalar per parameter tensor each,
+    made by the first `step()`."""
+    scalars = len(result.config.optimizer.scalars)
     items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
-    count = sum(result.value(i.multiplicity) for i in items)
+    count = scalars * sum(result.value(i.multiplicity) for i in items)
     return count, 4 * count
 
 
@@ -221,7 +219,7 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
     if counters and not (options.first_step and traced.phase != "optimizer step"):
         terms.append(
             Term(
-                "AdamW step counters",
+                f"{result.config.optimizer.torch_class or 'optimizer'} step counters",
                 "OPT",
                 counters,
                 f"4 B x {tensors:,} parameter tensors; CPU tensors when training on a GPU "

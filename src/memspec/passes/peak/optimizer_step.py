@@ -78,7 +78,7 @@ def _temporaries(
         # `denom`, the last temporary, is a local variable of the loop: the previous
         # parameter's stays alive until this parameter's replaces it
         size = item.elements * itemsize * temps
-        if before is not None:
+        if before is not None and config.optimizer.keeps_last(impl):
             size += before.elements * itemsize
         size = measure(size)
         key = tuple(sorted(size.items(), key=str))
