@@ -21,10 +21,12 @@ def _json(capsys, *args) -> dict:
 def test_json_contract(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     doc = _json(capsys, "--convention", "course", *GPT2_XL)
-    assert list(doc) == ["model", "spec", "convention", "optimizer", "precision", "symbols",
-                         "categories", "total", "assumptions", "flops", "peak", "values"]
+    assert list(doc) == ["model", "spec", "convention", "optimizer", "precision", "config",
+                         "symbols", "categories", "total", "assumptions", "flops", "peak",
+                         "values"]
     assert list(doc["categories"]) == ["parameters", "gradients", "optimizer_state",
                                        "activations", "buffers"]
+    assert doc["config"] == {"recompute": "none"}
     assert doc["symbols"]["B"] == "batch_size"
     item = doc["categories"]["parameters"]["items"][2]
     assert item == {"name": "layers.attn.q_proj.weight", "shape": ["D", "D"],

@@ -36,6 +36,7 @@ CASES = {
     "unknown_name_suggestion": (errors.NameResolutionError, 5, 18),
     "unknown_op_kind": (errors.SpecValueError, 3, 5),
     "unknown_policy": (errors.UsageError, 7, 9),
+    "unknown_recompute": (errors.UsageError, 7, 9),
     "wrong_arg_count": (errors.SpecValueError, 4, 30),
     "empty": (errors.NameResolutionError, 1, 1),
     "undefined_dim_in_shape": (errors.NameResolutionError, 3, 18),

@@ -88,6 +88,20 @@ optimizer rmsprop_momentum "RMSprop with momentum: square average and momentum b
     torch RMSprop(lr = 0.01, momentum = 0.9)
 }
 
+# Activation recomputation, as torch.utils.checkpoint runs it (use_reentrant=False): a
+# checkpoint keeps its inputs instead of what its ops save; in backward, the first node
+# that needs a saved tensor runs the checkpoint's forward again, up to the last tensor it
+# saves (torch's early stop), and each recomputed tensor is freed once backward has used
+# it. `checkpoint each repeat`: every repetition of every repeated layer is one checkpoint
+# (Hugging Face's gradient_checkpointing_enable(); Megatron-LM's full recomputation with
+# the uniform method, one layer per chunk). Pick one with `recompute NAME` in `train { }`
+# or --recompute NAME.
+recompute none "no recomputation: every tensor saved for backward is kept until its backward" {
+}
+recompute full "every repetition of every repeated layer is a checkpoint" {
+    checkpoint each repeat
+}
+
 # Which tensors count as activations.
 # course: CS336 assignment 1 ("AdamW accounting"), which counts the outputs of RMSNorm,
 # the Q/K/V and output projections, Q^T K, softmax, the weighted sum of values, W1, SiLU,

@@ -58,7 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=FORMATS, default="md", help="report format (md)")
     _common(c)
     c.add_argument("--convention", help="activation convention (course, autograd, ...)")
-    c.add_argument("--precision", help="precision policy (fp32, mixed_bf16, bf16, ...)")
     c.add_argument(
         "--peak-flops",
         type=float,
@@ -93,7 +92,6 @@ def _parser() -> argparse.ArgumentParser:
         "true peak, to FILE (.png, .svg or .pdf; needs memspec[plot])",
     )
     s.add_argument("--convention", help="activation convention (course, autograd, ...)")
-    s.add_argument("--precision", help="precision policy")
     s.add_argument("--format", choices=("text", "json"), default="text")
     _common(s)
     v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
@@ -132,6 +130,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--preset", help="bind the symbols of one of the spec's presets")
     p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, sgd_momentum)")
+    p.add_argument("--precision", help="precision policy (fp32, mixed_bf16, bf16, ...)")
+    p.add_argument(
+        "--recompute",
+        metavar="POLICY",
+        help="activation recomputation policy: none (default), full (every repetition of "
+        "every repeated layer is a torch.utils.checkpoint), or one the spec declares",
+    )
     p.add_argument(
         "--use",
         action="append",
@@ -179,7 +184,7 @@ def _result(args: argparse.Namespace, **options):
     from memspec.compile import compile_spec
     from memspec.passes.peak import StepOptions
 
-    flags = {name: getattr(args, name, None) for name in ("convention", "precision")}
+    flags = {name: getattr(args, name, None) for name in ("convention", "precision", "recompute")}
     step = StepOptions(
         args.first_step,
         args.set_to_none,

@@ -57,6 +57,7 @@ def compile_spec(
     optimizer: str | None = None,
     precision: str | None = None,
     use: tuple[str, ...] | list[str] = (),
+    recompute: str | None = None,
     peak_flops: float | None = None,
     mfu: float = 0.5,
     steps: int | None = None,
@@ -77,7 +78,7 @@ def compile_spec(
     training = _training(peak_flops, mfu, steps)
     source, path = _source(spec)
     program = load_program(source, path)
-    config = resolve_config(program, precision, optimizer, convention, tuple(use))
+    config = resolve_config(program, precision, optimizer, convention, tuple(use), recompute)
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
 
     def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:

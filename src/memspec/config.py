@@ -14,11 +14,17 @@ from memspec.policies import (
     read_optimizer,
     read_precision,
 )
+from memspec.recompute import NONE, Recompute, read_recompute
 from memspec.syntax.imports import Program
 
 __all__ = ["DEFAULTS", "TrainConfig", "resolve_config"]
 
-DEFAULTS = {"precision": "fp32", "optimizer": "adamw", "convention": "course"}
+DEFAULTS = {
+    "precision": "fp32",
+    "optimizer": "adamw",
+    "convention": "course",
+    "recompute": "none",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,7 @@ class TrainConfig:
     optimizer: Optimizer
     convention: Convention
     variants: tuple[str, ...] = ()
+    recompute: Recompute = NONE
 
 
 def _pick(kind: str, name: str, table: dict, span) -> object:
@@ -43,6 +50,7 @@ def resolve_config(
     optimizer: str | None = None,
     convention: str | None = None,
     variants: tuple[str, ...] = (),
+    recompute: str | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -63,6 +71,7 @@ def resolve_config(
         ("precision", precision),
         ("optimizer", optimizer),
         ("convention", convention),
+        ("recompute", recompute),
     ):
         if value is not None:
             chosen[key], spans[key] = value, None
@@ -77,4 +86,9 @@ def resolve_config(
             _pick("convention", chosen["convention"], program.conventions, spans.get("convention"))
         ),
         variants=(*variants, *spec_variants),
+        recompute=read_recompute(
+            _pick(
+                "recompute policy", chosen["recompute"], program.recomputes, spans.get("recompute")
+            )
+        ),
     )

@@ -17,6 +17,10 @@ CASES = {
     "cs336_lm_swiglu.tinystories_b32": (
         "specs/cs336_lm_swiglu.mspec", {"preset": "tinystories", "set": ["B=32"],
                                         "convention": "autograd", "use": ["flash"]}),
+    # every layer a checkpoint: the kept inputs, the recomputation's moments and FLOPs
+    "cs336_lm_swiglu.gpt2_xl_b1_full": (
+        "specs/cs336_lm_swiglu.mspec", {"preset": "gpt2_xl", "set": ["B=1"],
+                                        "convention": "autograd", "recompute": "full"}),
 }
 
 

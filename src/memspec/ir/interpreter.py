@@ -18,6 +18,8 @@ Extension points, in the order the walk calls them:
 - `repetitions(region)`: how many times to run a region's loop.
 - `enter_region(region, repetition)` before each repetition; `exit_region(region)` after
   the last one.
+- `repetition(region, loop, index)`: run one repetition's body (a checkpointing reading
+  wraps it: `torch.utils.checkpoint` in the torch reading, a frame in the memory one).
 - `parameter(value, index)`: the item standing for one instance of a parameter or
   buffer (`index`: the repetition of each region it is in, outermost first).
 - `run_op(op, inputs, index)`: the op's outputs, one item per output value.
@@ -39,7 +41,7 @@ from memspec.ir.graph import Graph, OpApply, Region, Value
 from memspec.ir.schedule import Loop, Schedule, schedule
 from memspec.ir.types import Role
 
-__all__ = ["Index", "Interpreter"]
+__all__ = ["Index", "Interpreter", "Loop"]
 
 T = TypeVar("T")
 Index = tuple[int, ...]  # the current repetition of each enclosing region, outermost first
@@ -86,7 +88,7 @@ class Interpreter(Generic[T]):
             self.enter_region(region, i)
             if carried and i > 0:
                 self.carry(region, carried[0][0], self.env[carried[0][1]])
-            self._walk(loop.body, (*index, i))
+            self.repetition(region, loop, (*index, i))
         self.running = outer
         self.exit_region(region)
         if first is not None:
@@ -94,6 +96,10 @@ class Interpreter(Generic[T]):
             self.release(first)
         for vid in self.schedule.drop_after_loop.get(loop.number, ()):
             self.discard(vid)
+
+    def run_body(self, loop: Loop, index: Index) -> None:
+        """Run one repetition of `loop` on the values bound now (`index` ends with it)."""
+        self._walk(loop.body, index)
 
     def _op(self, op: OpApply, index: Index) -> None:
         inputs = [self._read(vid, index) for vid in op.inputs]
@@ -125,6 +131,10 @@ class Interpreter(Generic[T]):
 
     def enter_region(self, region: Region, repetition: int) -> None:
         """Called before each repetition of a region's loop."""
+
+    def repetition(self, region: Region, loop: Loop, index: Index) -> None:
+        """One repetition of a region's loop, its input bound (`index` ends with it)."""
+        self.run_body(loop, index)
 
     def exit_region(self, region: Region) -> None:
         """Called after the last repetition of a region's loop."""

@@ -35,13 +35,42 @@ class Schedule:
     items: tuple[int | Loop, ...]
     drop_after_op: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     drop_after_loop: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    # the activations each loop's body reads that are made outside it (its inputs, the
+    # value carried between repetitions among them): what a checkpoint of one
+    # repetition keeps to run it again
+    loop_inputs: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 def schedule(graph: Graph) -> Schedule:
     """The graph's schedule: op ids and `Loop`s, nested as the regions are."""
     items = _nest(graph)
     after_op, after_loop = _last_uses(graph, items)
-    return Schedule(items, after_op, after_loop)
+    return Schedule(items, after_op, after_loop, _loop_inputs(graph, items))
+
+
+def _loop_inputs(graph: Graph, items: tuple[int | Loop, ...]) -> dict[int, tuple[int, ...]]:
+    out: dict[int, tuple[int, ...]] = {}
+
+    def walk(body: tuple[int | Loop, ...]) -> list[int]:
+        ops: list[int] = []
+        for item in body:
+            if isinstance(item, Loop):
+                inner = walk(item.body)
+                made = {v for o in inner for v in graph.ops[o].outputs}
+                reads = dict.fromkeys(
+                    v
+                    for o in inner
+                    for v in graph.ops[o].inputs
+                    if v not in made and graph.value(v).role not in (Role.PARAMETER, Role.BUFFER)
+                )
+                out[item.number] = tuple(reads)
+                ops += inner
+            else:
+                ops.append(item)
+        return ops
+
+    walk(items)
+    return out
 
 
 def _nest(graph: Graph) -> tuple[int | Loop, ...]:

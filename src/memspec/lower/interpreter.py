@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from memspec.ir.graph import Graph, OpApply, Region, RepetitionIndex, Value
-from memspec.ir.interpreter import Index, Interpreter
+from memspec.ir.interpreter import Index, Interpreter, Loop
 from memspec.ir.schedule import Schedule
 from memspec.lower.values import concrete
 from memspec.ops import lookup
@@ -22,7 +22,18 @@ OpHook = Callable[[OpApply, list, list, dict], None]
 class TorchInterpreter(Interpreter[torch.Tensor]):
     """Runs the forward on torch tensors at concrete sizes `subs`; `state` holds each
     parameter and buffer instance by (value id, index). `on_op_start(op)` and
-    `on_op_end(op, inputs, outputs, env)` observe each op as it runs."""
+    `on_op_end(op, inputs, outputs, env)` observe each op as it runs (in the forward,
+    not when backward recomputes it). Each repetition of a region in `checkpointed`
+    runs under `torch.utils.checkpoint(use_reentrant=False)`, as a call of the module
+    `checkpointed[region]` (a layer, as users checkpoint them: trackers see the
+    recomputation as that module's forward run again in backward)."""
+
+    def run(self, inputs):
+        # a checkpoint's recomputation keeps this interpreter alive until backward
+        # reaches it; its bindings must not keep the forward's last values with it
+        outputs = super().run(inputs)
+        self.env = {}
+        return outputs
 
     def __init__(
         self,
@@ -32,8 +43,14 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         state: Mapping[tuple[int, Index], torch.Tensor],
         on_op_start: Callable[[OpApply], None] | None = None,
         on_op_end: OpHook | None = None,
+        checkpointed: Mapping[int, torch.nn.Module] | None = None,
     ):
         super().__init__(graph, plan)
+        self.checkpointed = checkpointed or {}
+        self._inside = False  # running a checkpoint's body
+        self._recomputing = False
+        # (region, value ids, tensors) a checkpoint keeps, once it has saved them
+        self.on_checkpoint: Callable[[int, list, list], None] | None = None
         self.subs = subs
         self.state = state
         self.on_op_start = on_op_start
@@ -53,17 +70,49 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
     def exit_region(self, region: Region) -> None:
         del self.iteration[region.id]
 
+    def repetition(self, region: Region, loop: Loop, index: Index) -> None:
+        if region.id not in self.checkpointed or self._inside:
+            self.run_body(loop, index)
+            return
+        from torch.utils.checkpoint import checkpoint
+
+        bound = [v for v in self.schedule.loop_inputs[loop.number] if v in self.env]
+        iteration = dict(self.iteration)
+        calls = []
+
+        def body(*tensors: torch.Tensor) -> dict:
+            # backward calls it again to recompute: on a scope of its own, as then
+            saved = (self.env, self.iteration, self._recomputing)
+            self.env, self.iteration = dict(zip(bound, tensors, strict=True)), dict(iteration)
+            self._inside, self._recomputing = True, bool(calls)
+            if not calls and self.on_checkpoint:
+                self.on_checkpoint(region.id, bound, list(tensors))
+            calls.append(1)
+            try:
+                self.run_body(loop, index)
+            finally:
+                made = self.env
+                self.env, self.iteration, self._recomputing = saved
+                self._inside = False
+            return {v: t for v, t in made.items() if v not in bound}
+
+        layer = self.checkpointed[region.id]
+        made = checkpoint(layer, body, *(self.env[v] for v in bound), use_reentrant=False)
+        self.env.update(made)
+
     def parameter(self, value: Value, index: Index) -> torch.Tensor:
         return self.state[(value.id, index)]
 
     def run_op(self, op: OpApply, inputs: list, index: Index) -> list:
         attrs = {k: self._attr(v) for k, v in op.attrs}
-        if self.on_op_start:
+        if self.on_op_start and not self._recomputing:
             self.on_op_start(op)
         out = lookup(op.op).lower(tuple(inputs), attrs)
         return list(out) if isinstance(out, tuple) else [out]
 
     def op_done(self, op: OpApply, inputs: list, outputs: list) -> None:
+        if self._recomputing:
+            return
         if op.op == RETURNED and self.keep_returned:
             self.returned.extend(outputs)
         if self.on_op_end:

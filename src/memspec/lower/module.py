@@ -38,10 +38,23 @@ def _check_lowerable(graph: Graph) -> None:
             )
 
 
+class _Checkpoint(nn.Module):
+    """A checkpointed repetition's body, run as a module's forward."""
+
+    def forward(self, body: Callable, *tensors: torch.Tensor):
+        return body(*tensors)
+
+
 class LoweredModel(nn.Module):
     """The spec's model as a torch module; `hooks` observe each op as it runs."""
 
-    def __init__(self, graph: Graph, subs: dict, init_std: float = 0.02):
+    def __init__(
+        self,
+        graph: Graph,
+        subs: dict,
+        init_std: float = 0.02,
+        checkpointed: frozenset[int] = frozenset(),
+    ):
         super().__init__()
         _check_lowerable(graph)
         self.graph = graph
@@ -52,11 +65,19 @@ class LoweredModel(nn.Module):
         self.state: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
+        # (region, value ids, tensors) a checkpoint keeps, as it starts in the forward
+        self.on_checkpoint: Callable[[int, list, list], None] | None = None
         self._running: TorchInterpreter | None = None
         # the loop keeps the outputs object: what the spec marks `returned` is held here
         # from the forward until the caller clears it (`memspec verify --keep-outputs`)
         self.keep_outputs = False
         self.returned: list[torch.Tensor] = []
+        # regions each repetition of which runs under torch.utils.checkpoint, as a call
+        # of a module of no parameters of its own
+        self.checkpointed = {}
+        for rid in sorted(checkpointed):
+            self.checkpointed[rid] = _Checkpoint()
+            self.add_module(f"checkpoint_{rid}", self.checkpointed[rid])
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
@@ -105,8 +126,15 @@ class LoweredModel(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         run = TorchInterpreter(
-            self.graph, self.plan, self.subs, self.state, self.on_op_start, self.on_op_end
+            self.graph,
+            self.plan,
+            self.subs,
+            self.state,
+            self.on_op_start,
+            self.on_op_end,
+            self.checkpointed,
         )
+        run.on_checkpoint = self.on_checkpoint
         run.keep_returned = self.keep_outputs
         self._running = run
         try:

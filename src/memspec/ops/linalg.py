@@ -263,6 +263,7 @@ register(
         grads_doc="views of new tensors (no later gradient is added into them in place): "
         "the weight's a transpose (TBackward), the bias's a sum viewed, the input's mm's "
         "result viewed back to its leading dims; a plain new tensor for a 2-D input",
+        summed=("bias?",),
         flops=_linear_flops,
         kind=OpKind.MATMUL,
         shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",
@@ -282,6 +283,7 @@ register(
         grads=lambda op, graph: (Grad.VIEW, Grad.VIEW, Grad.NEW),
         grads_doc="the weight's a new tensor; the bias's (a sum) and the input's (x.view's "
         "backward) views of new tensors, into which no later gradient is added in place",
+        summed=("bias",),
         flops=_addmm_flops,
         backward_flops=_addmm_backward_flops,
         kind=OpKind.MATMUL,

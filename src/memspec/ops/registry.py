@@ -249,6 +249,10 @@ class OpDef:
     # Backward FLOPs; None: one forward per product operand among the first two inputs
     # that needs a gradient (x @ W^T makes W's gradient, and x's when x needs one).
     backward_flops: FlopRule | None = None
+    # inputs (by name) whose gradient autograd's engine makes after the node returns, by
+    # summing the output's gradient to the input's shape (validate_outputs' sum_to: a
+    # bias broadcast over rows)
+    summed: tuple[str, ...] = ()
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)
@@ -256,6 +260,12 @@ class OpDef:
     def __post_init__(self) -> None:
         if (self.grads is None) != (self.grads_doc is None):
             raise ValueError(f"op {self.name!r}: give grads and grads_doc together")
+
+    def summed_inputs(self, op: OpApply) -> tuple[int, ...]:
+        """Positions among `op`'s inputs of those in `summed`."""
+        return tuple(
+            i for i, name in enumerate(self.tensors[: len(op.inputs)]) if name in self.summed
+        )
 
     @property
     def gradient_doc(self) -> str:

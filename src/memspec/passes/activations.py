@@ -33,29 +33,87 @@ from memspec.ir.types import Role
 from memspec.ops import lookup
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 from memspec.policies import Convention, CountRule
+from memspec.recompute import checkpointed_regions
 
 __all__ = ["count_activations", "count_activations_under"]
 
 
 def count_activations(graph: Graph, config: TrainConfig) -> CategoryResult:
-    """Activations under the configured convention."""
-    return count_activations_under(graph, config.convention)
+    """Activations under the configured convention and recomputation."""
+    return count_activations_under(
+        graph, config.convention, checkpointed_regions(graph, config.recompute)
+    )
 
 
-def count_activations_under(graph: Graph, convention: Convention) -> CategoryResult:
+def count_activations_under(
+    graph: Graph, convention: Convention, checkpointed: frozenset[int] = frozenset()
+) -> CategoryResult:
+    """What the convention counts, but what runs in a checkpoint (each repetition of a
+    region in `checkpointed`): that is recomputed in backward; what each one keeps
+    instead, its inputs, is counted (`checkpoint_inputs`)."""
     items: dict[tuple, LineItem] = {}
     outputs = tuple(rule for rule in convention.rules if rule.what == "output")
+
+    def kept(region: int | None) -> bool:
+        return not any(r.id in checkpointed for r in graph.region_chain(region))
+
     for rule in convention.rules:
         if rule.what == "saved":
-            _count_saved(graph, rule, items)
+            _count_saved(graph, rule, items, kept)
         elif rule is outputs[0]:
             # All output rules at once: each value is one item, named by its outermost pick.
-            _count_outputs(graph, outputs, items)
+            _count_outputs(graph, outputs, items, kept)
+    for region in sorted(checkpointed):
+        checkpoint_inputs(graph, region, items)
     # Insertion order follows the graph (ops in execution order): deterministic.
-    return CategoryResult("activations", tuple(items.values()), convention.describe())
+    description = convention.describe()
+    if checkpointed:
+        description += "; what runs in a checkpoint is recomputed, and its inputs are kept"
+    return CategoryResult("activations", tuple(items.values()), description)
 
 
-def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict) -> None:
+def checkpoint_inputs(graph: Graph, region_id: int, items: dict) -> None:
+    """What each checkpointed repetition of a region keeps to run again: the values its
+    body reads from outside, each storage once (a value read by every repetition is one
+    tensor), and the value carried into it (the region's input for the first
+    repetition, the previous one's output for the others)."""
+    region = graph.regions[region_id]
+    carried = {i: o for r, i, o in graph.carried if r == region_id}
+    inside = {o.id for o in graph.ops if region_id in (r.id for r in graph.region_chain(o.region))}
+    made = {v for o in graph.ops if o.id in inside for v in o.outputs}
+    reads = dict.fromkeys(
+        v
+        for o in graph.ops
+        if o.id in inside
+        for v in o.inputs
+        if v not in made and graph.value(v).role not in (Role.PARAMETER, Role.BUFFER)
+    )
+    note = f"kept by each checkpoint of {region.path} (recomputed in backward)"
+    outer = regions_of(graph, region.parent)
+    for vid in reads:
+        root = graph.value(graph.value(vid).storage)
+        if root.role in (Role.PARAMETER, Role.BUFFER) or (
+            not root.requires_grad and vid not in carried
+        ):
+            continue
+        key = ("storage", root.id, 0)
+        if key not in items:
+            items[key] = LineItem(root.path, root.shape, root.dtype, outer, note, span=root.span)
+        if vid in carried:
+            output = graph.value(graph.value(carried[vid]).storage)
+            items[("storage", output.id, 1)] = LineItem(
+                f"{output.path} (carried)",
+                output.shape,
+                output.dtype,
+                outer,
+                f"output of repetitions 1..{region.count}-1 of {region.path}, the next "
+                "checkpoint's input",
+                extra=sp.Add(region.count, -1),
+                span=output.span,
+            )
+
+
+def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict, kept) -> None:
     # The note names the outermost call a rule names that returned the value: a Linear's
     # output reads "output of Linear", not of the `linear` op inside it (it is one value).
     notes: dict[int, str] = {}
@@ -68,7 +126,7 @@ def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict) -> N
             notes[call.value] = call.callee
     for vid, producer in sorted(notes.items()):
         v = graph.value(vid)
-        if not v.requires_grad:
+        if not v.requires_grad or not kept(v.region):
             continue  # made without gradient (position tables): no activation of backward's
         note = f"output of {producer}"
         items[("value", vid, 0)] = LineItem(
@@ -86,11 +144,11 @@ def _common_regions(graph: Graph, a: int | None, b: int | None):
     return tuple(common)
 
 
-def _count_saved(graph: Graph, rule: CountRule, items: dict) -> None:
+def _count_saved(graph: Graph, rule: CountRule, items: dict, kept) -> None:
     carried_inputs = {inp: (region, out) for region, inp, out in graph.carried}
     savers: dict[tuple, list[str]] = {}
     for op in graph.ops:
-        if not rule.picks(op.op, *op.calls):
+        if not rule.picks(op.op, *op.calls) or not kept(op.region):
             continue
         if not any(graph.value(v).requires_grad for v in op.inputs):
             continue  # PyTorch records no backward node, so nothing is saved

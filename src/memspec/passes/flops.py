@@ -7,7 +7,8 @@ counted apart: its elementwise FLOPs per parameter element are declared with the
 optimizer (`flops 14 per element` for AdamW in `std/train.mspec`). Backward FLOPs are
 the op's rule too (`OpDef.backward_flops_of`): by default one product of the forward's
 size per operand that needs a gradient (two for a hidden linear, one for a linear whose
-input is data).
+input is data). With recomputation, the forward FLOPs of the ops backward runs again
+are counted apart (`recompute`), as MFU tables need both totals.
 
 Example: `y = linear(x, W)` with x [B, D] from the data and W [F, D] inside `repeat N`:
 forward 2*B*D*F, backward 2*B*D*F (only W's gradient), N copies.
@@ -24,6 +25,7 @@ from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
 from memspec.ops import lookup
 from memspec.passes.results import Regions, regions_of
+from memspec.recompute import checkpointed_regions, recomputed_ops
 
 __all__ = ["FlopItem", "FlopsResult", "count_flops"]
 
@@ -35,6 +37,7 @@ class FlopItem:
     forward: sp.Expr  # one copy
     backward: sp.Expr  # one copy
     regions: Regions = ()
+    recomputed: bool = False  # its forward runs again in backward (a checkpoint's)
 
     @property
     def multiplicity(self) -> sp.Expr:
@@ -74,6 +77,19 @@ class FlopsResult:
     def total(self) -> sp.Expr:
         return sp.expand(self.forward + self.backward)
 
+    @property
+    def recompute(self) -> sp.Expr:
+        """The forward FLOPs backward runs again (checkpoints' recomputation)."""
+        return sp.expand(
+            sum((i.forward * i.multiplicity for i in self.items if i.recomputed), sp.Integer(0))
+        )
+
+    @property
+    def with_recompute(self) -> sp.Expr:
+        """Forward, backward and the recomputation: what the hardware runs (the FLOPs
+        of hardware FLOPs utilization; model FLOPs utilization counts `total`)."""
+        return sp.expand(self.total + self.recompute)
+
     def structured(self) -> sp.Expr:
         """Forward plus backward, with each repeat region's subtotal times its count."""
         total = sp.Integer(0)
@@ -90,6 +106,7 @@ class FlopsResult:
 def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Zero) -> FlopsResult:
     """One item per op that multiplies matrices, in execution order; and the optimizer's
     step on `parameters` elements, at its declared FLOPs per element."""
+    again = recomputed_ops(graph, checkpointed_regions(graph, config.recompute))
     items = []
     for op in graph.ops:
         opdef = lookup(op.op)
@@ -102,6 +119,7 @@ def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Ze
                 opdef.flops(op, graph),
                 opdef.backward_flops_of(op, graph),
                 regions_of(graph, op.region),
+                op.id in again,
             )
         )
     return FlopsResult(tuple(items), config.optimizer.flops_per_element, parameters)

@@ -85,6 +85,8 @@ def build_report(result: CompileResult) -> Report:
         convention=config.convention.name,
         convention_description=config.convention.description,
         convention_rules=config.convention.describe(),
+        recompute=config.recompute.name,
+        recompute_rules=config.recompute.describe() if config.recompute.active else "",
         variants=result.variants_used,
         preset=result.preset,
         bound=bool(result.bindings),

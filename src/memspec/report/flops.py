@@ -54,4 +54,6 @@ def flops(result: CompileResult) -> Flops:
         optimizer_rule=rule,
         training=None if seconds is None else _training(result, seconds, step.value),
         training_seconds=seconds,
+        recompute=quantity(result, f.recompute) if f.recompute != 0 else None,
+        with_recompute=quantity(result, f.with_recompute) if f.recompute != 0 else None,
     )

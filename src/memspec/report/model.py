@@ -162,6 +162,9 @@ class Flops:
     optimizer_rule: str | None  # how many per element, in words; None: no rule
     training: str | None
     training_seconds: float | None
+    # the forward FLOPs backward runs again, and the total with them; None: none
+    recompute: Math | None = None
+    with_recompute: Math | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,8 @@ class Report:
     convention: str
     convention_description: str
     convention_rules: str
+    recompute: str
+    recompute_rules: str  # "" without recomputation
     variants: tuple[tuple[str, str], ...]
     preset: str | None
     bound: bool  # some dim has a value (JSON then lists the values it can)

@@ -119,6 +119,8 @@ def _flops(flops: Flops) -> dict:
         "total": flops.total.text,
         "optimizer": flops.optimizer.text,
         "step": flops.step.text,
+        "recompute": flops.recompute.text if flops.recompute else "0",
+        "with_recompute": (flops.with_recompute or flops.total).text,
         "items": [
             {
                 "name": row.name,
@@ -161,6 +163,8 @@ def _values(r: Report) -> dict:
             values[name] = {"elements": elements.value, "bytes": nbytes.value}
     f = r.flops
     flops = {k: getattr(f, k).value for k in ("forward", "backward", "total", "optimizer", "step")}
+    flops["recompute"] = f.recompute.value if f.recompute else 0
+    flops["with_recompute"] = (f.with_recompute or f.total).value
     if None not in flops.values():
         values["flops"] = flops
     if f.training_seconds is not None:
@@ -181,6 +185,7 @@ def render_json(result: CompileResult) -> str:
         "convention": r.convention,
         "optimizer": r.optimizer,
         "precision": r.precision,
+        "config": {"recompute": r.recompute},
         "symbols": {s.symbol.text: s.name for s in r.symbols},
         "categories": {
             s.key: {

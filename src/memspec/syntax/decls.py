@@ -23,6 +23,7 @@ __all__ = [
     "DeclOptimizer",
     "DeclPrecision",
     "DeclPreset",
+    "DeclRecompute",
     "DeclTrain",
     "DeclUse",
     "LayerBuffer",
@@ -219,8 +220,28 @@ class DeclConvention:
     span: Span | None = span_field()
 
 
+@dataclass(frozen=True, slots=True)
+class DeclRecompute:
+    """`recompute full "..." { checkpoint each repeat }`: which parts of the forward run
+    again in backward. A rule is (what, span); `repeat` checkpoints every repetition of
+    every repeated layer."""
+
+    name: str
+    description: str
+    rules: tuple[tuple[str, Span | None], ...]
+    span: Span | None = span_field()
+
+
 Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
-Decl = Decl | DeclPrecision | DeclOptimizer | DeclConvention | DeclAssume | DeclAssumeSize
+Decl = (
+    Decl
+    | DeclPrecision
+    | DeclOptimizer
+    | DeclConvention
+    | DeclRecompute
+    | DeclAssume
+    | DeclAssumeSize
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ class Program:
     precisions: dict[str, d.DeclPrecision] = field(default_factory=dict)
     optimizers: dict[str, d.DeclOptimizer] = field(default_factory=dict)
     conventions: dict[str, d.DeclConvention] = field(default_factory=dict)
+    recomputes: dict[str, d.DeclRecompute] = field(default_factory=dict)
     models: list[d.DeclLayer] = field(default_factory=list)
     expects: list[d.DeclExpect] = field(default_factory=list)
     assumes: list[d.DeclAssume] = field(default_factory=list)
@@ -83,6 +84,7 @@ _TABLES = {
     d.DeclPrecision: "precisions",
     d.DeclOptimizer: "optimizers",
     d.DeclConvention: "conventions",
+    d.DeclRecompute: "recomputes",
 }
 
 

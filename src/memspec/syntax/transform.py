@@ -186,6 +186,14 @@ class ToAst(Transformer_NonRecursive):
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
         return d.DeclConvention(str(name), description, tuple(rest), span=self.span(meta))
 
+    def decl_recompute(self, meta, children):
+        name, *rest = children
+        description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
+        return d.DeclRecompute(str(name), description, tuple(rest), span=self.span(meta))
+
+    def recompute_repeats(self, meta, children):
+        return ("repeat", self.span(meta))
+
     def convention_count(self, meta, children):
         names, kinds = children[1]
         return (str(children[0]), names, kinds, self.span(meta))

@@ -17,6 +17,7 @@ from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply
 from memspec.lower.module import LoweredModel
 from memspec.policies import Optimizer, read_optimizer
+from memspec.recompute import checkpointed_regions
 from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.syntax.imports import load_program
@@ -121,6 +122,18 @@ class _SavedTracker:
     def op_start(self, op: OpApply) -> None:
         self.pending = []
 
+    def checkpoint(self, region: int, vids: list[int], tensors: list) -> None:
+        """A checkpoint has saved the values its body reads from outside (torch keeps
+        them in its frame instead of what the body's ops save)."""
+        by_storage: dict[int, str] = {}
+        for vid, tensor in zip(vids, tensors, strict=True):
+            key = activation_key(self.graph, vid)
+            carried = self.carried_inputs.get(self.graph.value(vid).storage)
+            if carried is not None and carried[0] == region and self.model.iteration[region] > 0:
+                key = activation_key(self.graph, carried[1], carried=True)
+            by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
+        self._attribute(by_storage, f"checkpoint of {self.graph.regions[region].path}")
+
     def op_end(self, op: OpApply, inputs: list, outputs: list, env: dict) -> None:
         by_storage: dict[int, str] = {}
         for vid, tensor in zip(op.outputs, outputs, strict=True):
@@ -132,17 +145,21 @@ class _SavedTracker:
                 # Repetition i > 0 reads repetition i - 1's output, not the region's input.
                 key = activation_key(self.graph, carried[1], carried=True)
             by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
+        self._attribute(by_storage, op.path, internal_key(op))
+
+    def _attribute(self, by_storage: dict[int, str], where: str, internal: str = "") -> None:
+        """Count each storage saved since the last attribution once, under its key."""
         for tensor in self.pending:
             storage = tensor.untyped_storage()
             ptr = storage.data_ptr()
             if ptr in self.excluded or ptr in self.seen:
                 continue
             self.seen.add(ptr)
-            key = by_storage.get(ptr, internal_key(op))
+            key = by_storage.get(ptr, internal or where)
             self.bytes[key] += storage.nbytes()
             dtype = str(tensor.dtype).removeprefix("torch.")
             self.tensors[key].append(
-                SavedTensor(op.path, tuple(tensor.shape), dtype, storage.nbytes())
+                SavedTensor(where, tuple(tensor.shape), dtype, storage.nbytes())
             )
         self.pending = []
 
@@ -150,7 +167,11 @@ class _SavedTracker:
 def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
     """Build the lowering at the result's bindings and run one training step."""
     torch.manual_seed(seed)
-    model = LoweredModel(result.graph, result.substitutions())
+    model = LoweredModel(
+        result.graph,
+        result.substitutions(),
+        checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+    )
     optimizer = _optimizer(result.config.optimizer, model.parameters())
     inputs = model.make_inputs()
     measured = Measurement()
@@ -161,6 +182,7 @@ def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
     excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     tracker = _SavedTracker(model, excluded)
     model.on_op_start, model.on_op_end = tracker.op_start, tracker.op_end
+    model.on_checkpoint = tracker.checkpoint
     optimizer.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
         out = model(*inputs)

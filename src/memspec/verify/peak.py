@@ -16,6 +16,7 @@ from memspec.errors import UsageError
 from memspec.lower.module import LoweredModel
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
+from memspec.recompute import checkpointed_regions
 from memspec.result import CompileResult
 from memspec.verify.measure import _optimizer
 
@@ -107,7 +108,11 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        model = LoweredModel(result.graph, result.substitutions())
+        model = LoweredModel(
+            result.graph,
+            result.substitutions(),
+            checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+        )
         model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 

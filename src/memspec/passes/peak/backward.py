@@ -18,9 +18,10 @@ from memspec.ir.graph import Graph
 from memspec.ir.types import DType, Role
 from memspec.ops import lookup
 from memspec.ops.registry import BackwardMoment, Grad
-from memspec.passes.peak.forward import Entry, ForwardReplay, Record, differentiable
+from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, Record, differentiable
 from memspec.passes.peak.ledger import Born
 from memspec.passes.peak.moments import Phase, Side
+from memspec.passes.peak.recompute import recompute
 from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["BackwardReplay"]
@@ -85,6 +86,8 @@ class BackwardReplay:
         for record in self.forward.records:
             for bid in record.held:
                 ledger.unref(bid)
+        for frame in self.forward.frames:
+            self._release(frame)
         for bid in self.adjoint.values():
             ledger.unref(bid)
         ledger.unref(seed)
@@ -95,6 +98,10 @@ class BackwardReplay:
         grads_out = [self.adjoint.get(k) for k in record.outputs]
         if not differentiable(graph, op) or all(g is None for g in grads_out):
             return
+        if record.frame is not None:
+            frame = self.forward.frames[record.frame]
+            if not frame.recomputed and record.number in frame.waiting:
+                recompute(self.forward, frame)  # the first unpack of a saved tensor
         kinds = lookup(op.op).gradient_kinds(op, graph)
         moments = lookup(op.op).backward_moments
         if moments is not None:
@@ -107,10 +114,16 @@ class BackwardReplay:
         # (buffer, key, gradient, the tensor's bytes) added after it
         sums: list[tuple[dict, object, int, Poly]] = []
         finished: list[object] = []  # parameters whose last gradient this op gives
-        for vid, key, kind in zip(op.inputs, record.inputs, kinds, strict=True):
+        # in a checkpoint the node's saved tensors are the recomputation's, which its
+        # apply holds alone: they go when it returns, before the engine sums a gradient
+        # to its input's shape (addmm's bias: validate_outputs' sum_to)
+        summed = lookup(op.op).summed_inputs(op) if record.frame is not None else ()
+        later = []
+
+        def give(vid: int, key: object, kind: Grad) -> None:
             v = graph.value(vid)
             if not v.requires_grad or kind is Grad.NONE:
-                continue
+                return
             handed = kind in _HANDED and grads_out[0] is not None
             view, part = self._view(kind, record.outputs[0])
             if v.role is Role.PARAMETER:
@@ -146,7 +159,7 @@ class BackwardReplay:
                 if view and key not in buffer:
                     self.parts[key] = part
             elif kind in _HANDED:
-                continue
+                return
             else:
                 grad = ledger.alloc(self.forward.size_of(vid), "temporaries", ())
                 if kind is Grad.VIEW:
@@ -157,19 +170,49 @@ class BackwardReplay:
                 sums.append((buffer, key, grad, self.forward.size_of(vid, dtype)))
             else:
                 buffer[key] = grad
+
+        for position, (vid, key, kind) in enumerate(
+            zip(op.inputs, record.inputs, kinds, strict=True)
+        ):
+            if position in summed:
+                later.append((vid, key, kind))
+            else:
+                give(vid, key, kind)
         if moments is None:  # one kernel: its inputs' gradients beside what it saved
+            ledger.mark(Phase.BACKWARD, op.path, record.where)
+        if later:
+            self._unhold(record)
+            for vid, key, kind in later:
+                give(vid, key, kind)
             ledger.mark(Phase.BACKWARD, op.path, record.where)
         # the node returns: its outputs' gradients and what it saved go
         for key in record.outputs:
             ledger.unref(self.adjoint.pop(key, None))
-        for bid in record.held:
-            ledger.unref(bid)
-        record.held.clear()
+        self._unhold(record)
         # then the engine adds each gradient into the one its tensor already has
         for buffer, key, grad, size in sums:
             self._add(buffer, key, grad, size, op.path, record.where)
         for key in finished:
             self._accumulate_grad(key)
+
+    def _unhold(self, record: Record) -> None:
+        """The node's saved tensors go; in a checkpoint, the frame with its last one."""
+        for bid in record.held:
+            self.ledger.unref(bid)
+        record.held.clear()
+        if record.frame is not None:
+            frame = self.forward.frames[record.frame]
+            frame.waiting.discard(record.number)
+            if not frame.waiting:
+                self._release(frame)
+
+    def _release(self, frame: Frame) -> None:
+        """A checkpoint's last node holding a saved-tensor placeholder is gone, and with
+        it the frame and the inputs it kept."""
+        if not frame.released:
+            for _, entry in frame.inputs:
+                self.ledger.unref(entry.block)
+            frame.released = True
 
     def _moments(self, moments: tuple[BackwardMoment, ...], record: Record) -> None:
         """A composite op's backward, moment by moment, before its inputs' gradients are

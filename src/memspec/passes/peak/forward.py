@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply, Region, Value
-from memspec.ir.interpreter import Index, Interpreter
+from memspec.ir.interpreter import Index, Interpreter, Loop
+from memspec.ir.schedule import Schedule
 from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
 from memspec.ops.outputs import RETURNED
@@ -24,7 +25,7 @@ from memspec.passes.peak.ledger import Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
 from memspec.symbolic.polys import Poly
 
-__all__ = ["Entry", "ForwardReplay", "Record", "differentiable"]
+__all__ = ["Entry", "ForwardReplay", "Frame", "Record", "differentiable", "packs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,8 @@ class Entry:
 
 @dataclass(slots=True)
 class Record:
-    """One op run in the forward: what backward needs to replay it."""
+    """One op run in the forward: what backward needs to replay it. `frame`: the
+    checkpoint it ran in (its number), whose recomputation fills `held` in backward."""
 
     op_id: int
     inputs: tuple[object, ...]  # instance keys
@@ -47,6 +49,25 @@ class Record:
     where: tuple[tuple[int, Position], ...]
     held: list[int] = field(default_factory=list)  # blocks its saved tensors keep alive
     saved: dict[str, int] = field(default_factory=dict)  # Saved label -> a block in held
+    frame: int | None = None
+    number: int = 0  # its place among the forward's records
+
+
+@dataclass(slots=True)
+class Frame:
+    """One checkpointed repetition (torch's `_CheckpointFrame`): it holds the entries of
+    the values its body reads from outside (`inputs`) until the last of its nodes that
+    saved a tensor (`waiting`, record numbers) has run in backward."""
+
+    number: int
+    loop: Loop
+    index: Index
+    running: tuple[tuple[int, int], ...]
+    inputs: tuple[tuple[int, Entry], ...]
+    records: list[int] = field(default_factory=list)
+    waiting: set[int] = field(default_factory=set)
+    recomputed: bool = False
+    released: bool = False
 
 
 def differentiable(graph: Graph, op: OpApply) -> bool:
@@ -55,9 +76,20 @@ def differentiable(graph: Graph, op: OpApply) -> bool:
     return lookup(op.op).differentiable and any(graph.value(v).requires_grad for v in op.inputs)
 
 
+def packs(graph: Graph, op: OpApply) -> bool:
+    """Whether autograd's node for `op` saves a tensor (a parameter included): under a
+    checkpoint, each one is a placeholder that backward unpacks."""
+    return differentiable(graph, op) and bool(lookup(op.op).saved(op, graph))
+
+
 class ForwardReplay(Interpreter[Entry]):
     """Runs the forward on `ledger`, `repetitions[region]` times per region loop;
-    `measure` turns a byte count into a `Poly`."""
+    `measure` turns a byte count into a `Poly`. Each repetition of a region in
+    `checkpointed` is a checkpoint (`Frame`): its ops save nothing; what they would
+    save exists only while the op runs, and backward recomputes it
+    (`passes.peak.recompute`)."""
+
+    category = "activations"  # of what the ops make
 
     def __init__(
         self,
@@ -67,18 +99,24 @@ class ForwardReplay(Interpreter[Entry]):
         measure: Callable[[sp.Expr], Poly],
         refuse: Callable[[str], Exception],
         keep_outputs: bool = False,
+        checkpointed: frozenset[int] = frozenset(),
+        plan: Schedule | None = None,
     ):
-        super().__init__(graph)
+        super().__init__(graph, plan)
         self.ledger = ledger
         self.measure = measure
-        self._repetitions = repetitions
-        self._refusal = refuse
+        self.repetitions_of = repetitions
+        self.refusal = refuse
         self.where: dict[int, Position] = {r.id: Side.BEFORE for r in graph.regions}
         self.records: list[Record] = []
         self.uses: dict[object, int] = {}  # parameter instance -> backward nodes using it
         self._keys = itertools.count()
         self.keep_outputs = keep_outputs
         self.kept: list[int] = []  # blocks the loop's outputs object holds to the step's end
+        self.checkpointed = checkpointed
+        self.frames: list[Frame] = []
+        self._frame: Frame | None = None  # the checkpoint running now
+        self._transient: list[int] = []  # what a checkpointed op saves, while it runs
 
     def size_of(self, vid: int, dtype: DType | None = None) -> Poly:
         v = self.graph.value(vid)
@@ -118,7 +156,7 @@ class ForwardReplay(Interpreter[Entry]):
 
     # -- the interpreter's events ----------------------------------------------------
     def repetitions(self, region: Region) -> int:
-        return self._repetitions[region.id]
+        return self.repetitions_of[region.id]
 
     def enter_region(self, region: Region, repetition: int) -> None:
         self.where[region.id] = repetition
@@ -128,6 +166,27 @@ class ForwardReplay(Interpreter[Entry]):
 
     def exit_region(self, region: Region) -> None:
         self.where[region.id] = Side.AFTER
+
+    def repetition(self, region: Region, loop: Loop, index: Index) -> None:
+        if region.id not in self.checkpointed or self._frame is not None:
+            self.run_body(loop, index)
+            return
+        # the frame holds what the body reads from outside: torch's saved args and the
+        # recompute function's keyword arguments
+        inputs = tuple(
+            (vid, self.env[vid])
+            for vid in self.schedule.loop_inputs[loop.number]
+            if vid in self.env
+        )
+        for _, entry in inputs:
+            if entry.block is not None:
+                self.ledger.ref(entry.block)
+        self._frame = Frame(len(self.frames), loop, index, self.running, inputs)
+        self.frames.append(self._frame)
+        try:
+            self.run_body(loop, index)
+        finally:
+            self._frame = None
 
     def parameter(self, value: Value, index: Index) -> Entry:
         return Entry(None, ("param", value.id, index))
@@ -153,7 +212,7 @@ class ForwardReplay(Interpreter[Entry]):
         self.ledger.unref(item.block)
 
     def refuse(self, message: str) -> None:
-        raise self._refusal(message)
+        raise self.refusal(message)
 
     def run_op(self, op: OpApply, inputs: list[Entry], index: Index) -> list[Entry]:
         graph, ledger = self.graph, self.ledger
@@ -173,14 +232,20 @@ class ForwardReplay(Interpreter[Entry]):
                     ledger.ref(base)
                 outputs.append(Entry(base, next(self._keys)))
             else:
-                bid = ledger.alloc(self.size_of(vid), "activations", self.running)
+                bid = ledger.alloc(self.size_of(vid), self.category, self.running)
                 outputs.append(Entry(bid, next(self._keys)))
         record = Record(
             op.id,
             tuple(e.key for e in inputs),
             tuple(e.key for e in outputs),
             tuple(self.where.items()),
+            number=len(self.records),
         )
+        if self._frame is not None:
+            record.frame = self._frame.number
+            self._frame.records.append(record.number)
+            if packs(graph, op):
+                self._frame.waiting.add(record.number)
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:
@@ -189,20 +254,38 @@ class ForwardReplay(Interpreter[Entry]):
         return outputs
 
     def _save(self, op: OpApply, inputs: list[Entry], outputs: list[Entry], record: Record):
-        """Count the op's uses of parameters, and hold what it saves for backward."""
-        graph, ledger = self.graph, self.ledger
+        """Count the op's uses of parameters, and hold what it saves for backward (in a
+        checkpoint, only while the op runs: what it made to save is freed after it)."""
+        graph = self.graph
         for vid, entry in zip(op.inputs, inputs, strict=True):
             if graph.value(vid).role is Role.PARAMETER:
                 self.uses[entry.key] = self.uses.get(entry.key, 0) + 1
-        entries = dict(zip(op.inputs, inputs, strict=True))
-        entries.update(zip(op.outputs, outputs, strict=True))
+        if record.frame is None:
+            self.hold(op, inputs, outputs, record)
+            return
         for saved in lookup(op.op).saved(op, graph):
             if saved.value is None:
                 size = numel(saved.shape) * saved.dtype.itemsize * saved.count
-                bid = ledger.alloc(self.measure(size), "activations", self.running)
+                self._transient.append(
+                    self.ledger.alloc(self.measure(size), self.category, self.running)
+                )
+
+    def hold(self, op: OpApply, inputs: list[Entry], outputs: list[Entry], record: Record):
+        """Hold what `op` saves for backward in `record` (the saved tensors of `outputs`
+        only where they are given)."""
+        graph, ledger = self.graph, self.ledger
+        entries = dict(zip(op.inputs, inputs, strict=True))
+        if outputs:
+            entries.update(zip(op.outputs, outputs, strict=True))
+        for saved in lookup(op.op).saved(op, graph):
+            if saved.value is None:
+                size = numel(saved.shape) * saved.dtype.itemsize * saved.count
+                bid = ledger.alloc(self.measure(size), self.category, self.running)
                 record.held.append(bid)
                 record.saved[saved.label] = bid
                 continue
+            if saved.value not in entries:
+                continue  # an output the op has not made (a recomputation stopped first)
             bid = entries[saved.value].block
             if bid is not None and bid not in record.held:
                 record.held.append(ledger.ref(bid))  # one reference per saving node
@@ -212,3 +295,6 @@ class ForwardReplay(Interpreter[Entry]):
         for entry in outputs:
             self.ledger.unref(entry.block)  # the env holds them now; drop run_op's own
         self.ledger.mark(Phase.FORWARD, op.path, tuple(self.where.items()))
+        for bid in self._transient:
+            self.ledger.unref(bid)
+        self._transient.clear()

@@ -77,6 +77,7 @@ def replay(
     measure: Callable[[sp.Expr], Poly] = poly,
     sums_in_place: bool = True,
     keep_outputs: bool = False,
+    checkpointed: frozenset[int] = frozenset(),
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -86,10 +87,13 @@ def replay(
     into them, and they are counted by the caller, not here. `sums_in_place`: autograd
     adds a second gradient into the first in place where it can (False: never, as under
     a TorchDispatchMode such as PyTorch's memory tracker). `keep_outputs`: the loop
-    holds what the model returns beside the loss until the step ends.
+    holds what the model returns beside the loss until the step ends. Each repetition
+    of a region in `checkpointed` is a checkpoint, recomputed in backward.
     """
     ledger = Ledger()
-    forward = ForwardReplay(graph, ledger, repetitions, measure, PeakUnavailable, keep_outputs)
+    forward = ForwardReplay(
+        graph, ledger, repetitions, measure, PeakUnavailable, keep_outputs, checkpointed
+    )
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
     backward = BackwardReplay(forward, grad_dtype, grads_exist, sums_in_place)

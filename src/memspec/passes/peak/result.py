@@ -73,6 +73,7 @@ class PeakCandidate:
     micro_batch: str  # "" or which micro-batches of gradient accumulation
     breakdown: tuple[tuple[str, sp.Expr], ...]  # CATEGORIES order
     bytes: sp.Expr  # their sum
+    moment: int = 0  # its place in the step: of equal candidates the step reaches first
 
     def part(self, category: str) -> sp.Expr:
         return dict(self.breakdown)[category]
@@ -104,4 +105,8 @@ class PeakResult:
             return self.candidates[0]
         if self.values is None:
             return None
-        return self.candidates[self.values.index(max(self.values))]
+        # the peak is reached first at the earliest moment of the largest value, as a
+        # tracker of the maximum records it
+        top = max(self.values)
+        tied = [c for c, v in zip(self.candidates, self.values, strict=True) if v == top]
+        return min(tied, key=lambda c: c.moment)

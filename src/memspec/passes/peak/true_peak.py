@@ -25,6 +25,7 @@ from memspec.passes.peak.replay import Replay, replay
 from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, StepOptions
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
+from memspec.recompute import checkpointed_regions
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import Poly, add_into, evaluate, poly, scaled, substitute, to_expr
 
@@ -86,6 +87,7 @@ def peak_memory(
             measure,
             sums_in_place,
             options.keep_outputs,
+            checkpointed_regions(graph, config.recompute),
         )
         beyond = _beyond(last, p)
         grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
@@ -144,7 +146,9 @@ def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, m
             add_into(total, part)
         totals.append(total)
         breakdown = tuple((k, to_expr(parts[k])) for k in CATEGORIES)
-        candidates.append(PeakCandidate(m.phase, m.where, m.micro_batch, breakdown, to_expr(total)))
+        candidates.append(
+            PeakCandidate(m.phase, m.where, m.micro_batch, breakdown, to_expr(total), i)
+        )
     values = [evaluate(t, dict(bindings)) for t in totals]
     bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
     limit = repeats.REPLAY_LIMIT

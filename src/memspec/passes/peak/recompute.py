@@ -1,0 +1,84 @@
+"""A checkpoint's forward run again in backward: the step interpreter read as memory
+once more, on the same ledger, as `torch.utils.checkpoint` (use_reentrant=False) runs it.
+
+When backward reaches the first node of a checkpoint that saved a tensor, torch runs the
+checkpoint's function again on the inputs its frame kept, under a saved-tensors hook
+that keeps each tensor saved, in order, for the node it stands for; once the last one is
+saved it stops (`_StopRecomputationError`: early stop), so the ops after it do not run
+again, and an op saving only its inputs stops before making its outputs. Each kept
+tensor is freed when its node has run, as a saved tensor is without checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from memspec.ir.graph import OpApply
+from memspec.ir.interpreter import Index
+from memspec.ops import lookup
+from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, packs
+from memspec.passes.peak.moments import Phase
+
+__all__ = ["recompute"]
+
+
+class _Stop(Exception):
+    """The last saved tensor is recomputed (torch's `_StopRecomputationError`)."""
+
+
+class _Recomputation(ForwardReplay):
+    def __init__(self, forward: ForwardReplay, frame: Frame):
+        super().__init__(
+            forward.graph,
+            forward.ledger,
+            forward.repetitions_of,
+            forward.measure,
+            forward.refusal,
+            plan=forward.schedule,
+        )
+        self.targets = [forward.records[n] for n in frame.records]
+        graph = forward.graph
+        self.last = max(k for k, r in enumerate(self.targets) if packs(graph, graph.ops[r.op_id]))
+        self.next = 0
+
+    def run_op(self, op: OpApply, inputs: list[Entry], index: Index) -> list[Entry]:
+        k = self.next
+        self.next += 1
+        target = self.targets[k]
+        saved = lookup(op.op).saved(op, self.graph)
+        if k == self.last and not any(s.value in op.outputs for s in saved):
+            # the last node saves only inputs (and what it makes to save): torch saves
+            # them before computing the op, and stops there
+            self.hold(op, inputs, [], target)
+            self._mark(op)
+            raise _Stop
+        return super().run_op(op, inputs, index)
+
+    def _save(self, op, inputs, outputs, record) -> None:
+        self.hold(op, inputs, outputs, self.targets[self.next - 1])
+
+    def op_done(self, op: OpApply, inputs: list[Entry], outputs: list[Entry]) -> None:
+        for entry in outputs:
+            self.ledger.unref(entry.block)
+        self._mark(op)
+        if self.next - 1 == self.last:
+            raise _Stop
+
+    def _mark(self, op: OpApply) -> None:
+        self.ledger.mark(Phase.BACKWARD, f"recompute {op.path}", tuple(self.where.items()))
+
+
+def recompute(forward: ForwardReplay, frame: Frame) -> None:
+    """Run `frame`'s forward again on `forward`'s ledger: each of its records holds what
+    its op saves again, and everything else the recomputation made is freed."""
+    run = _Recomputation(forward, frame)
+    run.running = frame.running
+    run.where = dict(forward.records[frame.records[0]].where)
+    for vid, entry in frame.inputs:
+        run.write(vid, entry)
+    with contextlib.suppress(_Stop):
+        run.run_body(frame.loop, frame.index)
+    for entry in run.env.values():
+        run.ledger.unref(entry.block)
+    run.env = {}
+    frame.recomputed = True

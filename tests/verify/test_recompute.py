@@ -1,0 +1,138 @@
+"""Activation recomputation (`--recompute full`) against the step torch runs with
+`torch.utils.checkpoint(use_reentrant=False)` around every repetition of every repeated
+layer: the peak under PyTorch's MemTracker and the tensors kept for backward, to the
+byte; the kept inputs and the recomputed FLOPs as exact formulas."""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from memspec import compile_spec
+from memspec.cli import main
+from memspec.passes.peak import StepOptions
+from memspec.verify.peak import compare_peak, measure_peak
+from tests.conftest import ROOT, SPECS
+
+SWIGLU = {"B": 2, "L": 16, "D": 32, "H": 4, "V": 64, "F": 64}
+
+# (spec, sizes, variants): each zoo family with a repeated layer, on its default path
+ZOO = [
+    ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 1}, ()),
+    ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 2}, ()),
+    ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 5}, ()),  # left-out repetitions
+    ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 3}, ("flash",)),
+    ("gpt2.mspec", {"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("llama.mspec", {"B": 2, "L": 8, "V": 32, "D": 16, "N": 3, "H": 4, "KV": 2, "F": 24}, ()),
+    ("bert.mspec", {"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("vit.mspec", {"B": 2, "I": 8, "p": 4, "D": 8, "N": 3, "H": 2, "C": 5}, ()),
+    ("mamba.mspec", {"B": 2, "L": 5, "V": 32, "D": 16, "N": 3, "S": 4, "K": 4, "E": 2}, ()),
+    (
+        "t5.mspec",
+        {"B": 1, "S": 6, "T": 8, "V": 40, "D": 16, "K": 4, "H": 4, "F": 32, "N": 3, "R": 8},
+        (),
+    ),
+]
+
+
+def _peak(spec: str, sizes: dict, use=(), options: StepOptions | None = None):
+    options = options or StepOptions()
+    result = compile_spec(SPECS / spec, set=sizes, use=use, recompute="full", step=options)
+    return result, compare_peak(result, measure_peak(result, options))
+
+
+@pytest.mark.parametrize(("spec", "sizes", "use"), ZOO, ids=lambda x: str(x))
+def test_full_recompute_peak_equals_the_tracker(spec, sizes, use):
+    result, comparison = _peak(spec, sizes, use)
+    assert comparison.ok, (comparison.rows, comparison.phases, comparison.moment)
+    # the recomputation is no free lunch only where the model has a repeated layer
+    plain = compile_spec(SPECS / spec, set=sizes, use=use)
+    assert result.peak.value <= plain.peak.value
+
+
+STEPS = [
+    StepOptions(first_step=True),
+    StepOptions(grad_accum=2),
+    StepOptions(optimizer_impl="foreach"),
+    StepOptions(set_to_none=False),
+    StepOptions(keep_outputs=True),
+]
+
+
+@pytest.mark.parametrize("options", STEPS, ids=lambda o: o.describe()[:40])
+def test_full_recompute_peak_for_each_training_loop(options):
+    """With gradients alive through backward the peak falls where a recomputed tensor
+    and a gradient tie; the tracker keeps the first such moment, and so does memspec."""
+    _, comparison = _peak("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 3}, (), options)
+    assert comparison.ok, (comparison.rows, comparison.phases, comparison.moment)
+
+
+@pytest.mark.parametrize(
+    ("spec", "sizes"),
+    [
+        ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 3}),
+        ("gpt2.mspec", {"B": 2, "L": 6, "P": 8, "V": 32, "D": 16, "N": 2, "H": 4}),
+    ],
+)
+def test_full_recompute_saved_tensors_equal_torch(spec, sizes, monkeypatch, capsys):
+    """`memspec verify`: what the real step saves (a checkpoint's inputs, not its ops'
+    tensors), storage by storage, and every other category."""
+    monkeypatch.chdir(ROOT)
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", f"specs/{spec}", "--recompute", "full", *args]) == 0
+    out = capsys.readouterr().out
+    assert "verify: every category matches exactly" in out
+    assert "(carried)" in out  # each later checkpoint keeps the previous layer's output
+
+
+def test_kept_activations_are_the_checkpoint_inputs():
+    """Under full recomputation the autograd convention keeps, of the layers, only what
+    each checkpoint holds: the layer's input, B*L*D floats per layer; the rest is the
+    head's (final norm, LM head, loss), exactly as without recomputation."""
+    full = compile_spec(SPECS / "cs336_lm_swiglu.mspec", convention="autograd", recompute="full")
+    B, L, D, V, N = (full.symbols.lookup(n).symbol for n in "BLDVN")
+    expected = (
+        4 * B * L * D * N  # token_embeddings, then N - 1 carried layer outputs
+        + 4 * B * L * D * 3  # x into the final norm, its x*rsqrt, its output into lm_head
+        + 4 * B * L  # the final norm's rsqrt
+        + 4 * B * L * V  # log-probabilities
+        + 8 * B * L * 2  # tokens and targets (int64)
+        + 4  # nll_loss's total_weight
+    )
+    assert sp.expand(full.categories["activations"].bytes - expected) == 0
+
+
+def test_recomputed_flops_stop_at_the_last_saved_tensor():
+    """Backward runs each layer's forward again up to down-projection's input (W2 saves
+    only its inputs, so torch stops before computing it): Q, K, V, O, both attention
+    products, W1 and W3."""
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", recompute="full")
+    B, L, D, F, N = (result.symbols.lookup(n).symbol for n in "BLDFN")
+    per_layer = 4 * 2 * B * L * D * D + 2 * 2 * B * L * L * D + 2 * 2 * B * L * D * F
+    assert sp.expand(result.flops.recompute - N * per_layer) == 0
+    assert sp.expand(result.flops.with_recompute - result.flops.total - N * per_layer) == 0
+    assert compile_spec(SPECS / "cs336_lm_swiglu.mspec").flops.recompute == 0
+
+
+def test_json_names_the_recomputation():
+    import json
+
+    result = compile_spec(
+        SPECS / "cs336_lm_swiglu.mspec", recompute="full", preset="gpt2_xl", set={"B": 1}
+    )
+    doc = json.loads(result.to_json())
+    assert doc["config"] == {"recompute": "full"}
+    assert doc["flops"]["recompute"] == "8*B*D**2*L*N + 4*B*D*F*L*N + 4*B*D*L**2*N"
+    # 48 * (8 * 1024 * 1600^2 + 4 * 1024 * 1600 * 6400 + 4 * 1024^2 * 1600)
+    assert doc["values"]["flops"]["recompute"] == 3_342_021_427_200
+    total = doc["values"]["flops"]["total"]
+    assert doc["values"]["flops"]["with_recompute"] == total + 3_342_021_427_200
+
+
+def test_unknown_recompute_policy_lists_the_ones_that_exist(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = main(["compile", "specs/cs336_lm_swiglu.mspec", "--recompute", "ful"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown recompute policy 'ful'; did you mean 'full'? (known: full, none)" in err
+    assert "Traceback" not in err
