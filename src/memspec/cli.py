@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=FORMATS, default="md", help="report format (md)")
     _common(c)
     c.add_argument("--convention", help="activation convention (course, autograd, ...)")
-    c.add_argument("--precision", help="precision policy (fp32, mixed_bf16, bf16, ...)")
+    c.add_argument(
+        "--precision", help="precision policy (fp32, mixed_bf16, bf16, autocast_bf16, ...)"
+    )
     c.add_argument(
         "--peak-flops",
         type=float,
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(s)
     v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
     v.add_argument("spec", help="the .mspec file")
+    v.add_argument("--precision", help="precision policy (autocast_bf16 runs under torch.autocast)")
     _common(v)
     v.add_argument(
         "--peak",

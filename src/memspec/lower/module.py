@@ -18,7 +18,7 @@ from torch import nn
 from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.schedule import schedule
-from memspec.ir.types import Role
+from memspec.ir.types import DType, Role
 from memspec.lower.interpreter import OpHook, TorchInterpreter
 from memspec.lower.values import concrete, indexed_path, torch_dtype
 from memspec.ops import lookup
@@ -41,7 +41,9 @@ def _check_lowerable(graph: Graph) -> None:
 class LoweredModel(nn.Module):
     """The spec's model as a torch module; `hooks` observe each op as it runs."""
 
-    def __init__(self, graph: Graph, subs: dict, init_std: float = 0.02):
+    def __init__(
+        self, graph: Graph, subs: dict, init_std: float = 0.02, autocast: DType | None = None
+    ):
         super().__init__()
         _check_lowerable(graph)
         self.graph = graph
@@ -57,6 +59,10 @@ class LoweredModel(nn.Module):
         # from the forward until the caller clears it (`memspec verify --keep-outputs`)
         self.keep_outputs = False
         self.returned: list[torch.Tensor] = []
+        # the forward runs under torch.autocast(device_type="cpu", dtype=autocast); the
+        # graph's cast ops are autocast's (explicit_casts=False leaves them to autocast)
+        self.autocast = autocast
+        self.explicit_casts = True
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
@@ -108,9 +114,14 @@ class LoweredModel(nn.Module):
             self.graph, self.plan, self.subs, self.state, self.on_op_start, self.on_op_end
         )
         run.keep_returned = self.keep_outputs
+        run.explicit_casts = self.explicit_casts
         self._running = run
         try:
-            outputs = run.run(inputs)
+            if self.autocast is None:
+                outputs = run.run(inputs)
+            else:
+                with torch.autocast("cpu", dtype=torch_dtype(self.autocast)):
+                    outputs = run.run(inputs)
         finally:
             self._running = None
         if self.keep_outputs:
