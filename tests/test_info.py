@@ -21,8 +21,8 @@ def test_text_lists_what_the_spec_offers(capsys, monkeypatch):
     assert "  F  d_ff            default 4*D\n" in text
     assert "  gpt2_xl: V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400\n" in text
     assert "  attention: math (by the train block); also use eager, use sdpa, use flash\n" in text
-    assert "  * fp32        param float32;" in text
-    assert "    mixed_bf16  param bfloat16; master float32;" in text
+    assert "  * fp32           param float32;" in text
+    assert "    mixed_bf16     param bfloat16; master float32;" in text
     assert "  * adamw             AdamW" in text  # rmsprop_momentum sets the width
     assert "    autograd  what PyTorch keeps for backward" in text
     assert "  expect params == 1_635_537_600 at gpt2_xl\n" in text

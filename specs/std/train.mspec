@@ -4,9 +4,31 @@
 
 # Dtypes per kind of tensor. `master` is a float32 copy of bf16/fp16 parameters that the
 # optimizer updates (counted with the optimizer state).
+# fp32: everything float32.
 precision fp32       { param float32; grad float32; state float32; activation float32 }
+# mixed_bf16: Megatron/DeepSpeed-style bf16 training: bfloat16 weights and activations,
+# a float32 master copy of the weights and float32 gradients and optimizer state.
 precision mixed_bf16 { param bfloat16; master float32; grad float32; state float32; activation bfloat16 }
+# bf16: pure bf16 training: every tensor bfloat16, no master copy.
 precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation bfloat16 }
+
+# PyTorch automatic mixed precision: float32 parameters, gradients and optimizer state;
+# the forward runs under torch.autocast(device_type="cpu", dtype=...). `cast DTYPE of OPS`
+# lists autocast's op lists for the CPU in torch 2.13 (autocast_mode.cpp, as
+# torch/testing/_internal/autocast_test_lists.py's AutocastCPUTestLists tests them), by the
+# memspec ops they lower to: the inputs of these ops are cast (a parameter's copy cached
+# for the forward); every other op runs in its inputs' dtype, with torch's type promotion.
+# On the CPU, softmax, log_softmax, layer_norm, rms_norm and group_norm are in neither
+# list (they run in bfloat16 when given bfloat16); CUDA's float32 list has them, so a
+# CUDA precision would be declared the same way with CUDA's lists. einsum runs bmm, which
+# is in the list; flash_attention lowers to scaled_dot_product_attention; mse_loss and
+# nll_loss (cross-entropy's second half) run in float32; cat in the widest.
+precision autocast_bf16 "torch.autocast on the CPU in bfloat16 (PyTorch AMP)" {
+    param float32; grad float32; state float32; activation float32
+    cast bfloat16 of linear, matmul, einsum, addmm, conv1d, conv2d, flash_attention
+    cast float32 of nll_loss, mse_loss
+    cast widest of cat
+}
 
 # Per-parameter state, named as in torch.optim's state dicts. `temp IMPL: K like param`:
 # the step of implementation IMPL (torch.optim's foreach/fused flags) holds K temporaries

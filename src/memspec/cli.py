@@ -130,7 +130,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--preset", help="bind the symbols of one of the spec's presets")
     p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, sgd_momentum)")
-    p.add_argument("--precision", help="precision policy (fp32, mixed_bf16, bf16, ...)")
+    p.add_argument(
+        "--precision",
+        help="precision policy (fp32, mixed_bf16, bf16, autocast_bf16 runs under torch.autocast)",
+    )
     p.add_argument(
         "--recompute",
         metavar="POLICY",

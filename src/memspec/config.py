@@ -75,7 +75,7 @@ def resolve_config(
     ):
         if value is not None:
             chosen[key], spans[key] = value, None
-    return TrainConfig(
+    config = TrainConfig(
         precision=read_precision(
             _pick("precision", chosen["precision"], program.precisions, spans.get("precision"))
         ),
@@ -92,3 +92,13 @@ def resolve_config(
             )
         ),
     )
+    if config.precision.autocast is not None and config.recompute.active:
+        # torch's recomputation re-enters autocast, whose cache makes the weights' copies
+        # again inside backward: not modelled yet, so refused rather than guessed
+        raise UsageError(
+            f"recompute policy {config.recompute.name!r} with precision "
+            f"{config.precision.name!r} (torch.autocast) is not modelled yet; "
+            "use one of them at a time",
+            spans.get("recompute") or spans.get("precision"),
+        )
+    return config

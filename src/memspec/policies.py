@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from memspec.errors import SpecValueError
 from memspec.ir.types import DType
 from memspec.names import did_you_mean
-from memspec.ops import lookup
+from memspec.ops import REGISTRY, lookup
 from memspec.ops.registry import OpKind
 from memspec.syntax import decls as d
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "CastRule",
     "Convention",
     "CountRule",
     "Optimizer",
@@ -34,8 +35,23 @@ _PRECISION_ROLES = ("param", "master", "grad", "state", "activation", "buffer")
 
 
 @dataclass(frozen=True, slots=True)
+class CastRule:
+    """Under torch.autocast, the float inputs of `ops` (op names) are cast to `dtype`;
+    None: to the widest float dtype among them (autocast's promote list)."""
+
+    dtype: DType | None
+    ops: tuple[str, ...]
+
+    def describe(self) -> str:
+        to = self.dtype.value if self.dtype else "the widest float dtype among them"
+        return f"inputs of {', '.join(self.ops)} cast to {to}"
+
+
+@dataclass(frozen=True, slots=True)
 class Precision:
-    """The dtype of each kind of tensor; `master` is a float32 copy kept by the optimizer."""
+    """The dtype of each kind of tensor; `master` is a float32 copy kept by the optimizer.
+    `casts`: autocast's op lists; with any, the forward runs under torch.autocast in
+    `autocast`, the 16-bit dtype they cast to."""
 
     name: str
     param: DType
@@ -44,9 +60,24 @@ class Precision:
     activation: DType
     buffer: DType
     master: DType | None = None
+    description: str = ""
+    casts: tuple[CastRule, ...] = ()
+
+    @property
+    def autocast(self) -> DType | None:
+        """The dtype torch.autocast runs in, or None without autocast."""
+        low = [r.dtype for r in self.casts if r.dtype is not None and r.dtype.itemsize == 2]
+        return low[0] if low else None
+
+    def cast_rule(self, op: str) -> CastRule | None:
+        return next((r for r in self.casts if op in r.ops), None)
 
     def describe(self) -> str:
-        parts = [f"param {self.param.value}"]
+        parts = [
+            f"{self.description}: param {self.param.value}"
+            if self.description
+            else (f"param {self.param.value}")
+        ]
         if self.master:
             parts.append(f"master {self.master.value}")
         parts += [
@@ -54,6 +85,7 @@ class Precision:
             f"state {self.state.value}",
             f"activation {self.activation.value}",
         ]
+        parts += [r.describe() for r in self.casts]
         return "; ".join(parts)
 
 
@@ -171,7 +203,39 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
         dtypes["activation"],
         dtypes.get("buffer", DType.float32),
         dtypes.get("master"),
+        decl.description,
+        _cast_rules(decl),
     )
+
+
+def _cast_rules(decl: d.DeclPrecision) -> tuple[CastRule, ...]:
+    """`cast DTYPE of OP, ...`: every op named exists and is listed once; one 16-bit dtype."""
+    rules, seen, low = [], set(), set()
+    for word, dtype_name, ops, span in decl.casts:
+        if word != "cast":
+            raise SpecValueError(f"expected `cast DTYPE of OP, ...`, not {word!r}", span)
+        dtype = None if dtype_name == "widest" else DType.parse(dtype_name)
+        if dtype_name != "widest" and (dtype is None or not dtype.is_float):
+            raise SpecValueError(
+                f"autocast casts to a float dtype or `widest`, not {dtype_name!r}", span
+            )
+        if dtype is not None and dtype.itemsize == 2:
+            low.add(dtype)
+        for op in ops:
+            if op not in REGISTRY:
+                hint = did_you_mean(op, sorted(REGISTRY))
+                raise SpecValueError(f"cast rule names no op {op!r}{hint}", span)
+            if op in seen:
+                raise SpecValueError(f"op {op!r} is in two cast rules", span)
+            seen.add(op)
+        rules.append(CastRule(dtype, ops))
+    if rules and len(low) != 1:
+        raise SpecValueError(
+            f"precision {decl.name}: autocast casts to one 16-bit dtype (bfloat16 or "
+            "float16) and float32",
+            decl.span,
+        )
+    return tuple(rules)
 
 
 def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:

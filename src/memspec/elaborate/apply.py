@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable
 
 from memspec.config import TrainConfig
+from memspec.elaborate.autocast import Autocast
 from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.decisions import layout_decisions
 from memspec.elaborate.frames import Frame, Hint
@@ -33,6 +34,14 @@ class OpApplier:
     def __init__(self, builder: GraphBuilder, config: TrainConfig):
         self.builder = builder
         self.config = config
+        self.autocast = None
+        if config.precision.casts:
+            self.autocast = Autocast(config.precision, builder.values, self._apply_at)
+
+    def _apply_at(self, op_name, tensors, attrs, span, frame, path) -> Tensor:
+        out = self.apply(op_name, tensors, attrs, span, frame, None, path=path)
+        assert isinstance(out, Tensor)
+        return out
 
     def call(
         self,
@@ -60,10 +69,14 @@ class OpApplier:
         span: Span | None,
         frame: Frame,
         hint: Hint,
+        path: str | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
-        """Apply a primitive op; an op with several outputs returns a tuple of them."""
+        """Apply a primitive op; an op with several outputs returns a tuple of them.
+        `path` names the output instead of the frame and hint (autocast's casts)."""
         op = REGISTRY[op_name]
         tensors, attrs = self.split_args(op, args, kwargs, span)
+        if self.autocast is not None:
+            tensors = self.autocast.inputs(op_name, tensors, span, frame)
         types = tuple(
             TensorType(v.shape, v.dtype, v.requires_grad, v.strides)
             for v in (self.builder.values[t.id] for t in tensors)
@@ -88,15 +101,15 @@ class OpApplier:
         locals_ = hint if isinstance(hint, tuple) else (op_name if hint is None else hint,)
         ids = []
         for k, out in enumerate(outputs):
-            path = frame.member(locals_[min(k, len(locals_) - 1)]) or op_name
-            if hint == "" and frame.result_name:
-                path = frame.result_name
+            name = path or frame.member(locals_[min(k, len(locals_) - 1)]) or op_name
+            if hint == "" and frame.result_name and path is None:
+                name = frame.result_name
             storage = None
             if out.view_of is not None:
                 storage = self.builder.values[tensors[out.view_of].id].storage
             ids.append(
                 self.builder.add_value(
-                    path,
+                    name,
                     out.shape,
                     out.dtype,
                     Role.ACTIVATION,

@@ -11,6 +11,7 @@ from memspec.ir.interpreter import Index, Interpreter, Loop
 from memspec.ir.schedule import Schedule
 from memspec.lower.values import concrete
 from memspec.ops import lookup
+from memspec.ops.casts import CAST
 from memspec.ops.outputs import RETURNED
 
 __all__ = ["OpHook", "TorchInterpreter"]
@@ -60,6 +61,10 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         # otherwise, it would outlive its last use inside the forward
         self.keep_returned = False
         self.returned: list[torch.Tensor] = []
+        # autocast's casts: run as the graph's cast ops (explicit), or left to
+        # torch.autocast inside the next op (False: each cast op passes its input on)
+        self.explicit_casts = True
+        self.cached: list[torch.Tensor] = []  # parameters' copies, held as autocast's cache
 
     def repetitions(self, region: Region) -> int:
         return concrete(region.count, self.subs)
@@ -107,6 +112,8 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         attrs = {k: self._attr(v) for k, v in op.attrs}
         if self.on_op_start and not self._recomputing:
             self.on_op_start(op)
+        if op.op == CAST and not self.explicit_casts:
+            return list(inputs)
         out = lookup(op.op).lower(tuple(inputs), attrs)
         return list(out) if isinstance(out, tuple) else [out]
 
@@ -115,6 +122,8 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
             return
         if op.op == RETURNED and self.keep_returned:
             self.returned.extend(outputs)
+        if op.op == CAST and self.explicit_casts and dict(op.attrs)["cached"]:
+            self.cached.extend(outputs)
         if self.on_op_end:
             self.on_op_end(op, inputs, outputs, self.env)
 

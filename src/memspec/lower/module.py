@@ -18,7 +18,7 @@ from torch import nn
 from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.schedule import schedule
-from memspec.ir.types import Role
+from memspec.ir.types import DType, Role
 from memspec.lower.interpreter import OpHook, TorchInterpreter
 from memspec.lower.values import concrete, indexed_path, torch_dtype
 from memspec.ops import lookup
@@ -54,6 +54,7 @@ class LoweredModel(nn.Module):
         subs: dict,
         init_std: float = 0.02,
         checkpointed: frozenset[int] = frozenset(),
+        autocast: DType | None = None,
     ):
         super().__init__()
         _check_lowerable(graph)
@@ -78,6 +79,10 @@ class LoweredModel(nn.Module):
         for rid in sorted(checkpointed):
             self.checkpointed[rid] = _Checkpoint()
             self.add_module(f"checkpoint_{rid}", self.checkpointed[rid])
+        # the forward runs under torch.autocast(device_type="cpu", dtype=autocast); the
+        # graph's cast ops are autocast's (explicit_casts=False leaves them to autocast)
+        self.autocast = autocast
+        self.explicit_casts = True
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
@@ -136,9 +141,14 @@ class LoweredModel(nn.Module):
         )
         run.on_checkpoint = self.on_checkpoint
         run.keep_returned = self.keep_outputs
+        run.explicit_casts = self.explicit_casts
         self._running = run
         try:
-            outputs = run.run(inputs)
+            if self.autocast is None:
+                outputs = run.run(inputs)
+            else:
+                with torch.autocast("cpu", dtype=torch_dtype(self.autocast)):
+                    outputs = run.run(inputs)
         finally:
             self._running = None
         if self.keep_outputs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, shape_str
 from memspec.ops.elementwise import _layout, _pointwise
+from memspec.ops.promotion import result_type
 from memspec.ops.registry import (
     Grad,
     InferContext,
@@ -45,7 +46,8 @@ def _rope_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
             )
         # Tables hold one angle per pair of features: [max_len, d_k / 2].
         ctx.expect_same(2 * table.shape[1], shape[-1], f"2 x {name} table width vs head dim")
-    return (OutputSpec(x.shape, ctx.float_dtype()),)
+    # x times the tables: torch promotes (bfloat16 x, float32 tables -> float32)
+    return (OutputSpec(x.shape, result_type((t.dtype, len(t.shape)) for t in ctx.inputs)),)
 
 
 def _rope_lower(tensors, attrs):

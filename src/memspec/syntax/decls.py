@@ -191,6 +191,9 @@ class DeclPrecision:
     name: str
     rules: tuple[tuple[str, str, Span | None], ...]
     span: Span | None = span_field()
+    description: str = ""
+    # ("cast", dtype or "widest", op names, span): autocast's op lists
+    casts: tuple[tuple[str, str, tuple[str, ...], Span | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

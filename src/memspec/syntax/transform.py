@@ -128,10 +128,22 @@ class ToAst(Transformer_NonRecursive):
         return ("use", tuple(str(c) for c in children), self.span(meta))
 
     def decl_precision(self, meta, children):
-        return d.DeclPrecision(str(children[0]), tuple(children[1:]), span=self.span(meta))
+        name, *rest = children
+        description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
+        return d.DeclPrecision(
+            str(name),
+            tuple(r for r in rest if len(r) == 3),
+            span=self.span(meta),
+            description=description,
+            casts=tuple(r for r in rest if len(r) == 4),
+        )
 
     def precision_rule(self, meta, children):
         return (str(children[0]), str(children[1]), self.span(meta))
+
+    def precision_cast(self, meta, children):
+        word, dtype, *ops = children
+        return (str(word), str(dtype), tuple(str(o) for o in ops), self.span(meta))
 
     def decl_optimizer(self, meta, children):
         name, *rest = children

@@ -164,14 +164,18 @@ class _SavedTracker:
         self.pending = []
 
 
-def measure_step(result: CompileResult, seed: int = 0) -> Measurement:
-    """Build the lowering at the result's bindings and run one training step."""
+def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = True) -> Measurement:
+    """Build the lowering at the result's bindings and run one training step (under
+    torch.autocast for an autocast precision; `explicit_casts=False` leaves its casts to
+    torch.autocast inside the ops instead of running the graph's cast ops)."""
     torch.manual_seed(seed)
     model = LoweredModel(
         result.graph,
         result.substitutions(),
         checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+        autocast=result.config.precision.autocast,
     )
+    model.explicit_casts = explicit_casts
     optimizer = _optimizer(result.config.optimizer, model.parameters())
     inputs = model.make_inputs()
     measured = Measurement()

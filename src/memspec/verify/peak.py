@@ -44,13 +44,16 @@ class PeakMeasurement:
         return dict(self.by_category)[category]
 
 
-def measure_peak(result: CompileResult, options: StepOptions | None = None) -> PeakMeasurement:
-    """Peak bytes of one training step under `options`, by MemTracker category."""
+def measure_peak(
+    result: CompileResult, options: StepOptions | None = None, explicit_casts: bool = True
+) -> PeakMeasurement:
+    """Peak bytes of one training step under `options`, by MemTracker category
+    (`explicit_casts`: as for `measure_step`)."""
     from torch._subclasses.fake_tensor import DynamicOutputShapeException
 
     options = options or StepOptions()
     try:
-        return _measure(result, options)
+        return _measure(result, options, explicit_casts)
     except DynamicOutputShapeException as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
@@ -104,7 +107,7 @@ def _phase_tracker():
     return PhaseTracker()
 
 
-def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
+def _measure(result: CompileResult, options: StepOptions, explicit_casts: bool) -> PeakMeasurement:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
@@ -112,7 +115,9 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
             result.graph,
             result.substitutions(),
             checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+            autocast=result.config.precision.autocast,
         )
+        model.explicit_casts = explicit_casts
         model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 

@@ -102,9 +102,12 @@ def render_verify(
 
     config = result.config
     variants = "".join(f", {k}={v}" for k, v in result.variants_used)
+    description = config.precision.description
+    framework = f" ({description})" if description else ""
     lines = [
         f"memspec verify {result.spec}: {result.model} at {_bindings(result)}",
-        f"precision {config.precision.name}, optimizer {config.optimizer.name}{variants}; "
+        f"precision {config.precision.name}{framework}, optimizer "
+        f"{config.optimizer.name}{variants}; "
         f"torch {torch.__version__} on the CPU",
     ]
     if tables is not None and measured is not None:

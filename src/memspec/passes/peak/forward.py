@@ -20,8 +20,9 @@ from memspec.ir.interpreter import Index, Interpreter, Loop
 from memspec.ir.schedule import Schedule
 from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
+from memspec.ops.casts import CAST
 from memspec.ops.outputs import RETURNED
-from memspec.passes.peak.ledger import Ledger
+from memspec.passes.peak.ledger import Block, Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
 from memspec.symbolic.polys import Poly
 
@@ -117,6 +118,8 @@ class ForwardReplay(Interpreter[Entry]):
         self.frames: list[Frame] = []
         self._frame: Frame | None = None  # the checkpoint running now
         self._transient: list[int] = []  # what a checkpointed op saves, while it runs
+        self.cached: list[tuple[int, OpApply]] = []  # autocast's cached parameter copies
+        self.released: list[Block] = []  # of those, the ones no op saved
 
     def size_of(self, vid: int, dtype: DType | None = None) -> Poly:
         v = self.graph.value(vid)
@@ -132,11 +135,22 @@ class ForwardReplay(Interpreter[Entry]):
             batch.append(Entry(bid, next(self._keys)))
         loss = self.run(batch)[0]
         ledger.ref(loss.block)  # the caller's `loss` outlives forward's locals
+        self._exit_autocast()
         for entry in self.env.values():
             ledger.unref(entry.block)
         self.env = {}
         self._sum_output()
         return loss
+
+    def _exit_autocast(self) -> None:
+        """autocast's cache lets go of its parameter copies as the forward returns; those
+        no op saved are freed then (`released`: what a repetition adds only while the
+        forward runs)."""
+        for bid, _op in self.cached:
+            if not self.ledger.shared(bid):
+                self.released.append(self.ledger.blocks[bid])
+            self.ledger.unref(bid)
+        self.cached = []
 
     def _sum_output(self) -> None:
         """A non-scalar output is summed into the loss as `out.float().sum()` (what
@@ -250,6 +264,9 @@ class ForwardReplay(Interpreter[Entry]):
             self._save(op, inputs, outputs, record)
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:
             self.kept.append(ledger.ref(outputs[0].block))
+        if op.op == CAST and dict(op.attrs)["cached"]:
+            # autocast's cache holds a parameter's copy until the forward returns
+            self.cached.append((ledger.ref(outputs[0].block), op))
         self.records.append(record)
         return outputs
 

@@ -85,45 +85,54 @@ class Share:
     gradients: Poly
     kept: Poly  # the part of `saved` still held after its backward (`keep_outputs`)
     instances: tuple[tuple[tuple[int, int], ...], ...]
+    cached: Poly  # autocast's unsaved parameter copies, alive until the forward ends
 
 
 def shares(graph: Graph, rep: Replay, p: Plan) -> list[Share]:
     """Per region with left-out repetitions: S(R) = replayed(R) + sum over regions D
     nested in it of (replayed copies of D in one repetition of R) * e_D * S(D)."""
     replayed = {s.region: s for s in rep.shares}
-    totals: dict[int, tuple[Poly, Poly, Poly]] = {}
+    totals: dict[int, tuple[Poly, Poly, Poly, Poly]] = {}
 
-    def total(region_id: int) -> tuple[Poly, Poly, Poly]:
+    def total(region_id: int) -> tuple[Poly, Poly, Poly, Poly]:
         if region_id not in totals:
             saved = dict(replayed[region_id].saved)
             grads = dict(replayed[region_id].gradients)
             kept = dict(replayed[region_id].kept)
+            cached = dict(replayed[region_id].cached)
             for inner in graph.regions:
                 chain = [r.id for r in graph.region_chain(inner.id)]
                 if inner.id not in p.extra or region_id not in chain[:-1]:
                     continue
                 between = chain[chain.index(region_id) + 1 : -1]
                 copies = math.prod(p.repetitions[m] for m in between)
-                inner_saved, inner_grads, inner_kept = total(inner.id)
                 factor = copies * p.extra[inner.id]
-                add_into(saved, scaled(inner_saved, factor))
-                add_into(grads, scaled(inner_grads, factor))
-                add_into(kept, scaled(inner_kept, factor))
-            totals[region_id] = (saved, grads, kept)
+                for mine, theirs in zip((saved, grads, kept, cached), total(inner.id), strict=True):
+                    add_into(mine, scaled(theirs, factor))
+            totals[region_id] = (saved, grads, kept, cached)
         return totals[region_id]
 
     out = []
     for region in graph.regions:
         if region.id not in p.extra:
             continue
-        saved, grads, kept = total(region.id)
+        saved, grads, kept, cached = total(region.id)
         e = p.extra[region.id]
         outer = [r.id for r in graph.region_chain(region.id)[:-1]]
         instances = tuple(
             tuple(zip(outer, index, strict=True))
             for index in itertools.product(*(range(p.repetitions[o]) for o in outer))
         )
-        out.append(Share(region.id, scaled(saved, e), scaled(grads, e), scaled(kept, e), instances))
+        out.append(
+            Share(
+                region.id,
+                scaled(saved, e),
+                scaled(grads, e),
+                scaled(kept, e),
+                instances,
+                scaled(cached, e),
+            )
+        )
     return out
 
 
@@ -188,6 +197,8 @@ def readings(point: Point, region_shares: list[Share]) -> list[Reading]:
                     saved, grads = dict(view.saved), dict(view.gradients)
                     if adds is Adds.SAVED:
                         add_into(saved, share.saved)
+                        if point.phase is Phase.FORWARD:  # autocast's cache, until it exits
+                            add_into(saved, share.cached)
                     elif adds is Adds.GRADIENTS:
                         add_into(grads, share.gradients)
                         add_into(saved, share.kept)

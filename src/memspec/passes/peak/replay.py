@@ -23,7 +23,7 @@ modelled: its size is not part of any op's rules.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -48,7 +48,8 @@ class RegionShare:
 
     `saved`: bytes it keeps from its forward until its backward (what it saved);
     `gradients`: parameter-gradient bytes it leaves once its backward is done; `kept`:
-    the part of `saved` the loop's outputs object still holds then (`keep_outputs`).
+    the part of `saved` the loop's outputs object still holds then (`keep_outputs`);
+    `cached`: autocast's parameter copies no op saved, held only until the forward ends.
     All as replayed: a nested region's left-out repetitions are not in them.
     """
 
@@ -56,6 +57,7 @@ class RegionShare:
     saved: Poly
     gradients: Poly
     kept: Poly
+    cached: Poly = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def replay(
     grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]
     kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
     shares = tuple(
-        _share(graph, region.id, alive, grads, kept)
+        _share(graph, region.id, alive, grads, kept, forward.released)
         for region in graph.regions
         if repetitions[region.id] >= 3
     )
@@ -110,7 +112,12 @@ def replay(
 
 
 def _share(
-    graph: Graph, region: int, alive: list[Block], grads: list[Block], kept: list[Block]
+    graph: Graph,
+    region: int,
+    alive: list[Block],
+    grads: list[Block],
+    kept: list[Block],
+    released: list[Block],
 ) -> RegionShare:
     """One middle repetition, inside the middle repetition of each enclosing region."""
     path = tuple((c.id, 1) for c in graph.region_chain(region))
@@ -122,4 +129,6 @@ def _share(
                 add_into(total, block.size)
         return total
 
-    return RegionShare(region, born_there(alive), born_there(grads), born_there(kept))
+    return RegionShare(
+        region, born_there(alive), born_there(grads), born_there(kept), born_there(released)
+    )
