@@ -10,6 +10,7 @@ untracked step runs first, so that the optimizer's state exists.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
@@ -43,17 +44,25 @@ class PeakMeasurement:
         return dict(self.by_category)[category]
 
 
-def measure_peak(result: CompileResult, options: StepOptions | None = None) -> PeakMeasurement:
-    """Peak bytes of one training step under `options`, by MemTracker category."""
-    from torch._subclasses.fake_tensor import DynamicOutputShapeException
+def measure_peak(
+    result: CompileResult, options: StepOptions | None = None, real: bool = False
+) -> PeakMeasurement:
+    """Peak bytes of one training step under `options`, by MemTracker category; on real
+    tensors (allocated: small sizes only) where `real`, for a step that reads values
+    (Adafactor's `.item()`)."""
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+    )
 
     options = options or StepOptions()
     try:
-        return _measure(result, options)
-    except DynamicOutputShapeException as err:
+        return _measure(result, options, real)
+    except (DynamicOutputShapeException, DataDependentOutputException) as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
-            f"shape depends on the data ({err.func}); this spec's step has one"
+            f"depends on the data ({err.func}); this spec's step has one (measure_peak "
+            "with real=True runs it on real tensors, at sizes that fit in memory)"
         ) from None
     except RuntimeError as err:
         # torch 2.13's fake (meta) grouped_mm accepts bfloat16 only; its CPU kernel, which
@@ -103,10 +112,10 @@ def _phase_tracker():
     return PhaseTracker()
 
 
-def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
+def _measure(result: CompileResult, options: StepOptions, real: bool) -> PeakMeasurement:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
+    with contextlib.nullcontext() if real else FakeTensorMode():
         model = LoweredModel(result.graph, result.substitutions())
         model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
@@ -127,7 +136,7 @@ def _measure(result: CompileResult, options: StepOptions) -> PeakMeasurement:
 
         if not options.first_step:
             step()
-        tracker.track_external(model, optimizer)
+        tracker.track_external(model, *getattr(optimizer, "optimizers", (optimizer,)))
         with tracker:
             step()
         snapshot = tracker.get_tracker_snapshot("peak")
@@ -191,10 +200,21 @@ def step_counters(result: CompileResult) -> tuple[int, int]:
     """(tensors, bytes) of the optimizer's scalar state (`state step: scalar`: Adam's,
     AdamW's, Adagrad's, RMSprop's `step`): a float32 scalar per parameter tensor each,
     made by the first `step()`."""
-    scalars = len(result.config.optimizer.scalars)
+    optimizer, bound = result.config.optimizer, result.graph.bound
     items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
-    count = scalars * sum(result.value(i.multiplicity) for i in items)
+    count = sum(
+        len(optimizer.owner(i.shape, bound).own_scalars) * result.value(i.multiplicity)
+        for i in items
+    )
     return count, 4 * count
+
+
+def _counting(optimizer) -> str:
+    """The torch class whose step counters these are (AdamW's, beside Muon)."""
+    for member in optimizer.chain():
+        if member.own_scalars:
+            return (member.torch_class or member.name).rsplit(":", 1)[-1]
+    return "optimizer"
 
 
 def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakComparison:
@@ -219,7 +239,7 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
     if counters and not (options.first_step and traced.phase != "optimizer step"):
         terms.append(
             Term(
-                f"{result.config.optimizer.torch_class or 'optimizer'} step counters",
+                f"{_counting(result.config.optimizer)} step counters",
                 "OPT",
                 counters,
                 f"4 B x {tensors:,} parameter tensors; CPU tensors when training on a GPU "
