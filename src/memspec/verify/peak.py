@@ -58,11 +58,16 @@ def measure_peak(
     options = options or StepOptions()
     try:
         return _measure(result, options, real)
-    except (DynamicOutputShapeException, DataDependentOutputException) as err:
+    except DynamicOutputShapeException as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
-            f"depends on the data ({err.func}); this spec's step has one (measure_peak "
-            "with real=True runs it on real tensors, at sizes that fit in memory)"
+            f"shape depends on the data ({err.func}); this spec's step has one"
+        ) from None
+    except DataDependentOutputException as err:
+        raise UsageError(
+            f"verify --peak runs on fake tensors, whose values cannot be read ({err.func}); "
+            "this optimizer's step reads them (Adafactor's .item()): measure_peak with "
+            "real=True runs it on real tensors, at sizes that fit in memory"
         ) from None
     except RuntimeError as err:
         # torch 2.13's fake (meta) grouped_mm accepts bfloat16 only; its CPU kernel, which
