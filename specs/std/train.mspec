@@ -42,7 +42,28 @@ precision autocast_bf16 "torch.autocast on the CPU in bfloat16 (PyTorch AMP)" {
 # elementwise arithmetic per parameter element, one FLOP per operation (torch 2.13's
 # torch/optim/adam.py, _single_tensor_adam and _multi_tensor_adam).
 # `torch CLASS(KEY = VALUE, ...)`: the torch.optim class and constructor arguments (numbers,
-# true/false, tuples) that `memspec verify` runs the step with.
+# true/false, tuples) that `memspec verify` runs the step with; `torch module.path:Class(...)`
+# names a class of any importable module (a user's own optimizer), and `torch foreach
+# CLASS(...)` another class for one implementation. verify passes `foreach=`/`fused=` to a
+# class whose constructor takes them; a class without them is its own for_loop.
+#
+# Shapes other than the parameter's, per state or temporary (`..., if COND` picks the
+# parameters that have it; COND is `rank OP N` or `numel OP N`, OP one of == != < <= > >=;
+# a numel condition is decided at the bound sizes, unbound parameters count as large):
+#   like param reduced over -1      the parameter's shape with dim -1 made 1 (a row's
+#                                   statistic); `reduced over (-2, -1)`: both
+#   blocks of 256 of param          one element per block of 256 parameter elements
+#   gram of param                   [m, m], m the smaller of a matrix's last two sides
+#   [256]                           a fixed number of elements
+#   ... as uint8                    a dtype other than the precision's state dtype
+#   ..., shared                     (state) one tensor per optimizer, not per parameter
+# A temporary's lifetime, after the shape (the last of K; the others are `freed`):
+# `freed` (dies within its parameter's update), `kept` (the default: a loop variable,
+# alive until the next parameter that makes it again has made it), `until first` /
+# `until last` (a loop variable that the next parameter rebinds once it has made its
+# first / last temporary). `params if COND` with `else OPTIMIZER`: this optimizer takes
+# only the parameters COND picks and the other optimizer the rest (a second torch
+# optimizer, stepped after the first).
 optimizer adamw "AdamW: first and second moments per parameter" {
     state exp_avg: like param
     state exp_avg_sq: like param
@@ -108,6 +129,84 @@ optimizer rmsprop_momentum "RMSprop with momentum: square average and momentum b
     # rmsprop's, but buf *= momentum (1); buf.addcdiv_(g, avg) (3); p.add_(buf, -lr) (2)
     flops 12 per element
     torch RMSprop(lr = 0.01, momentum = 0.9)
+}
+
+# Adafactor (torch/optim/_adafactor.py): a parameter of rank >= 2 keeps the row and
+# column means of its squared gradient, [..., R, 1] and [..., 1, C]; a vector a full
+# `variance`. The for_loop (torch's default: foreach=None) makes, per parameter, in order:
+optimizer adafactor "Adafactor: factored second moment (row and column means per matrix)" {
+    state row_var: like param reduced over -1 if rank >= 2
+    state col_var: like param reduced over -2 if rank >= 2
+    state variance: like param if rank < 2
+    state step: scalar
+    temp for_loop: 1 like param reduced over -1 if rank >= 2     # row_mean = norm(grad, dim=-1)...
+    temp for_loop: 1 like param reduced over -2 if rank >= 2     # col_mean: both loop variables
+    temp for_loop: 1 like param if rank < 2                      # grad_squared = grad * grad
+    # var_estimate = row_var @ col_var (or variance.clone()), bound to `update` after the
+    # next line: the previous parameter's `update` lives through this parameter's
+    temp for_loop: 1 like param, until last
+    temp for_loop: 1 like param reduced over (-2, -1) if rank >= 2, freed  # row_var.mean(-2).clamp_
+    # foreach groups the matrices first (when the first parameter is one), then the
+    # vectors: the matrices' var_estimates are still bound (`updates`) while the vectors'
+    # clones are made: every parameter's at once (the peak while the vectors outnumber,
+    # in elements, the matrices' [1, 1] means)
+    temp foreach: 1 like param
+    # per element of a matrix: param.norm (2); row and column norms (2 + 2); the outer
+    # product (1); / the row mean (1); clamp (1); rsqrt (1); * grad (1); update.norm (2);
+    # param.add_ with alpha (2). A vector's: 13 (grad * grad 1, lerp 3 for the norms 4)
+    flops 15 per element
+    torch Adafactor(lr = 0.01)
+}
+# Lion (Chen et al. 2023), as lucidrains' lion-pytorch runs it (lion_pytorch.py,
+# foreach.py): update = sign(beta1 m + (1 - beta1) g); p -= lr (update + wd p);
+# m = beta2 m + (1 - beta2) g.
+optimizer lion "Lion: one momentum per parameter, sign updates" {
+    state exp_avg: like param
+    temp for_loop: 2 like param, freed  # exp_avg.clone().mul_(beta1), then .add(grad): update_fn's local
+    temp foreach: 1 like param          # updates = [exp_avg.clone() ...], lerp_ and sign_ in place
+    # p.mul_(1 - lr wd) (1); mul_ beta1 (1); add with alpha (2); sign (1); p.add_ with
+    # alpha (2); exp_avg.mul_(beta2) (1); .add_ with alpha (2)
+    flops 10 per element
+    torch lion_pytorch:Lion(lr = 0.0001)
+    torch foreach lion_pytorch.foreach:Lion(lr = 0.0001)
+}
+# Muon (torch/optim/_muon.py) takes matrices only (its constructor refuses others): the
+# rest go to AdamW, as its documentation shows (two optimizers, Muon's stepped first).
+# Per matrix [A, B], Newton-Schulz on a bfloat16 copy, transposed to the wide side:
+optimizer muon "Muon for matrices (momentum, Newton-Schulz orthogonalized update), AdamW for the rest" {
+    params if rank == 2
+    state momentum_buffer: like param
+    temp for_loop: 1 like param, freed                  # update = grad.lerp(buf, momentum)
+    temp for_loop: 1 like param as bfloat16, freed      # X = update.bfloat16(), / its norm
+    # gram = X @ X.T, gram_update = addmm(gram, gram, gram): [m, m], m = min(A, B)
+    temp for_loop: 2 gram of param as bfloat16 if rank == 2, freed
+    # X = addmm(X, gram_update, X), returned as `update`: alive until the next
+    # parameter's grad.lerp rebinds it
+    temp for_loop: 1 like param as bfloat16, until first
+    # buf.lerp_ (3); grad.lerp (3); norm (2); / norm (1); p.mul_(1 - lr wd) (1); p.add_
+    # with alpha (2). The Newton-Schulz matrix products (ns_steps x (4 m^2 n + 2 m^3) per
+    # matrix, m <= n) are not elementwise and not counted here
+    flops 12 per element
+    torch Muon(lr = 0.02)
+    else adamw
+}
+# bitsandbytes' AdamW8bit (bitsandbytes/optim/optimizer.py, Optimizer2State.init_state):
+# each moment as one uint8 code per element and one float32 absmax per block of 256
+# elements, decoded through a 256-entry float32 map shared by every parameter; a
+# parameter under min_8bit_size (4096) elements keeps float32 moments instead. Its
+# CUDA kernels update in place, without temporaries (its CPU fallback dequantizes to
+# float32 first: not modelled). `step` is a Python int.
+optimizer adamw8bit "AdamW with 8-bit block-wise quantized moments (bitsandbytes AdamW8bit)" {
+    state state1: like param as uint8 if numel >= 4096
+    state state2: like param as uint8 if numel >= 4096
+    state absmax1: blocks of 256 of param as float32 if numel >= 4096
+    state absmax2: blocks of 256 of param as float32 if numel >= 4096
+    state qmap1: [256] as float32 if numel >= 4096, shared
+    state qmap2: [256] as float32 if numel >= 4096, shared
+    state state1: like param as float32 if numel < 4096
+    state state2: like param as float32 if numel < 4096
+    flops 18 per element            # AdamW's 14; decoding (x absmax) and encoding (/ absmax) each moment
+    torch bitsandbytes.optim:AdamW8bit(lr = 0.001)
 }
 
 # Activation recomputation, as torch.utils.checkpoint runs it (use_reentrant=False): a

@@ -129,7 +129,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="bind a symbol (B or batch_size) to an integer; repeatable",
     )
     p.add_argument("--preset", help="bind the symbols of one of the spec's presets")
-    p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, sgd_momentum)")
+    p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, ...: memspec info)")
     p.add_argument(
         "--precision",
         help="precision policy (fp32, mixed_bf16, bf16, autocast_bf16 runs under torch.autocast)",

@@ -80,7 +80,8 @@ def resolve_config(
             _pick("precision", chosen["precision"], program.precisions, spans.get("precision"))
         ),
         optimizer=read_optimizer(
-            _pick("optimizer", chosen["optimizer"], program.optimizers, spans.get("optimizer"))
+            _pick("optimizer", chosen["optimizer"], program.optimizers, spans.get("optimizer")),
+            program.optimizers,
         ),
         convention=read_convention(
             _pick("convention", chosen["convention"], program.conventions, spans.get("convention"))

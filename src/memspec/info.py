@@ -114,7 +114,9 @@ def spec_info(spec: str | Path, use: tuple[str, ...] = ()) -> SpecInfo:
             program.precisions, lambda p: read_precision(p).describe(), config.precision.name
         ),
         optimizers=choices(
-            program.optimizers, lambda o: read_optimizer(o).description, config.optimizer.name
+            program.optimizers,
+            lambda o: read_optimizer(o, program.optimizers).description,
+            config.optimizer.name,
         ),
         conventions=choices(
             program.conventions, lambda c: read_convention(c).description, config.convention.name

@@ -7,13 +7,24 @@ checks them and gives them types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from memspec.errors import SpecValueError
 from memspec.ir.types import DType
 from memspec.names import did_you_mean
 from memspec.ops import REGISTRY, lookup
 from memspec.ops.registry import OpKind
+from memspec.optimizers import (
+    LIFETIMES,
+    Optimizer,
+    StateRule,
+    TempRule,
+    TorchValue,
+    check_rank,
+    read_condition,
+    read_dtype,
+    read_extent,
+)
 from memspec.syntax import decls as d
 
 __all__ = [
@@ -27,9 +38,6 @@ __all__ = [
     "read_optimizer",
     "read_precision",
 ]
-
-# A constructor argument of a torch.optim class, as the declaration spells it.
-TorchValue = bool | int | float | tuple
 
 _PRECISION_ROLES = ("param", "master", "grad", "state", "activation", "buffer")
 
@@ -95,38 +103,6 @@ IMPLEMENTATIONS = {
     "foreach": "every parameter at once, with torch._foreach_* ops (torch's default on CUDA)",
     "fused": "one fused kernel per group, without temporaries",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Optimizer:
-    """Per-parameter state tensors, each shaped like the parameter; what a step costs.
-
-    `temps[impl]` is how many parameter-sized temporaries the step holds at once: of the
-    parameter being updated for `for_loop`, of every parameter for `foreach`.
-    `flops_per_element` counts the step's elementwise arithmetic, one FLOP per operation.
-    `torch_class` (a `torch.optim` class name) and `torch_args` (its keyword arguments) are
-    the real optimizer that verify runs. `scalars` are state tensors of one float32 element
-    per parameter tensor (torch's `step` counters: CPU tensors when training on a GPU, so
-    not counted in the state; verify names them).
-    """
-
-    name: str
-    description: str
-    states: tuple[str, ...]
-    temps: tuple[tuple[str, int], ...] = ()
-    flops_per_element: int | None = None
-    torch_class: str | None = None
-    torch_args: tuple[tuple[str, TorchValue], ...] = ()
-    scalars: tuple[str, ...] = ()  # 0-dim float32 state per parameter tensor (`step`)
-    frees_last: tuple[str, ...] = ()  # implementations whose loop frees its last temporary
-
-    def temps_of(self, implementation: str) -> int:
-        return dict(self.temps).get(implementation, 0)
-
-    def keeps_last(self, implementation: str) -> bool:
-        """Whether the previous parameter's last temporary (a loop variable such as
-        AdamW's `denom`) is alive while the next parameter's temporaries are made."""
-        return implementation not in self.frees_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,27 +214,35 @@ def _cast_rules(decl: d.DeclPrecision) -> tuple[CastRule, ...]:
     return tuple(rules)
 
 
-def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
-    for _state, like, span in decl.states:
-        if like not in ("param", "scalar"):
-            raise SpecValueError(
-                f"optimizer state is 'like param' or 'scalar', not 'like {like}'", span
-            )
-    temps, freed = [], []
-    for impl, count, like, last, span in decl.temps:
+def read_optimizer(decl: d.DeclOptimizer, table: dict | None = None) -> Optimizer:
+    """An optimizer from its declaration; `table` (the declared optimizers by name)
+    resolves `else NAME`."""
+    states = []
+    for name, shape, dtype, cond, flag, span in decl.states:
+        extent, when = read_extent(shape, span), read_condition(cond, span)
+        check_rank(extent, when, span)
+        if flag not in (None, "shared"):
+            raise SpecValueError(f"a state is 'shared' (one per optimizer), not {flag!r}", span)
+        if extent.kind == "scalar" and (dtype or when or flag):
+            raise SpecValueError("a scalar state is torch's float32 step counter, as it is", span)
+        states.append(StateRule(name, extent, read_dtype(dtype, span), when, flag == "shared"))
+    temps: dict[str, list[TempRule]] = {}
+    for impl, count, shape, dtype, cond, life, span in decl.temps:
         if impl not in IMPLEMENTATIONS:
             raise SpecValueError(
                 f"unknown optimizer implementation {impl!r}; expected one of "
                 f"{', '.join(IMPLEMENTATIONS)}",
                 span,
             )
-        if like != "param":
-            raise SpecValueError(f"step temporaries can only be 'like param', not {like!r}", span)
-        if last not in ("kept", "freed"):
-            raise SpecValueError(f"a step's last temporary is 'freed', not {last!r}", span)
-        temps.append((impl, count))
-        if last == "freed":
-            freed.append(impl)
+        if life not in LIFETIMES:
+            raise SpecValueError(
+                f"a step's last temporary is {', '.join(map(repr, LIFETIMES))}, not {life!r}",
+                span,
+            )
+        extent, when = read_extent(shape, span), read_condition(cond, span)
+        check_rank(extent, when, span)
+        rule = TempRule(extent, read_dtype(dtype, span), when)
+        temps.setdefault(impl, []).extend([rule] * (count - 1) + [replace(rule, lifetime=life)])
     flops = None
     for count, unit, span in decl.flops:
         if unit != "element":
@@ -266,21 +250,44 @@ def read_optimizer(decl: d.DeclOptimizer) -> Optimizer:
         if flops is not None:
             raise SpecValueError(f"optimizer {decl.name} gives its flops twice", span)
         flops = count
-    torch_class, torch_args = None, ()
-    for cls, args, span in decl.torch:
-        if torch_class is not None:
+    classes: dict[str | None, tuple[str, tuple]] = {}
+    for impl, cls, args, span in decl.torch:
+        if impl is not None and impl not in IMPLEMENTATIONS:
+            raise SpecValueError(f"unknown optimizer implementation {impl!r}", span)
+        if impl in classes:
             raise SpecValueError(f"optimizer {decl.name} names its torch class twice", span)
-        torch_class, torch_args = cls, _torch_args(args, span)
+        classes[impl] = (cls, _torch_args(args, span))
+    torch_class, torch_args = classes.pop(None, (None, ()))
+    takes = rest = None
+    for cond, span in decl.params:
+        if takes is not None:
+            raise SpecValueError(f"optimizer {decl.name} picks its parameters twice", span)
+        takes = read_condition(cond, span)
+    for name, span in decl.rest:
+        if rest is not None or table is None or name not in table or name == decl.name:
+            known = ", ".join(sorted(n for n in (table or {}) if n != decl.name))
+            raise SpecValueError(
+                f"optimizer {decl.name}: no other optimizer {name!r} for the rest of the "
+                f"parameters (known: {known})",
+                span,
+            )
+        rest = read_optimizer(table[name], {k: v for k, v in table.items() if k != decl.name})
+    if (takes is None) != (rest is None):
+        raise SpecValueError(
+            f"optimizer {decl.name}: `params if ...` and `else OPTIMIZER` come together",
+            decl.span,
+        )
     return Optimizer(
         decl.name,
         decl.description,
-        tuple(s for s, like, _ in decl.states if like == "param"),
-        tuple(temps),
+        tuple(states),
+        tuple((impl, tuple(rules)) for impl, rules in temps.items()),
         flops,
         torch_class,
         torch_args,
-        tuple(s for s, like, _ in decl.states if like == "scalar"),
-        tuple(freed),
+        tuple((impl, cls, args) for impl, (cls, args) in classes.items()),
+        takes,
+        rest,
     )
 
 

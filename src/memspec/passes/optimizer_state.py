@@ -16,14 +16,30 @@ __all__ = ["count_optimizer_state"]
 
 
 def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
-    """For each parameter: each optimizer state (state dtype), then its master copy."""
+    """For each parameter: each optimizer state its rules give it (in the state dtype
+    unless the rule names one; a shared one once, with the first parameter that has it),
+    then its master copy."""
     precision, optimizer = config.precision, config.optimizer
     items: list[LineItem] = []
+    shared: set[tuple[str, str]] = set()
     for v in trainable(graph):
         regions = regions_of(graph, v.region)
-        for state in optimizer.states:
+        owner = optimizer.owner(v.shape, graph.bound)
+        for rule in owner.state_rules:
+            if rule.extent.kind == "scalar" or not rule.applies(v.shape, graph.bound):
+                continue
+            if rule.shared and (owner.name, rule.name) in shared:
+                continue
+            shared.add((owner.name, rule.name))
             items.append(
-                LineItem(f"{v.path}.{state}", v.shape, precision.state, regions, span=v.span)
+                LineItem(
+                    f"{v.path}.{rule.name}",
+                    rule.extent.shape(v.shape, graph.bound),
+                    rule.dtype or precision.state,
+                    () if rule.shared else regions,
+                    note="one per optimizer" if rule.shared else "",
+                    span=v.span,
+                )
             )
         if precision.master is not None:
             items.append(
@@ -36,8 +52,13 @@ def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
                     span=v.span,
                 )
             )
-    states = ", ".join(optimizer.states) or "no state"
-    text = f"{optimizer.name} keeps per parameter: {states}, in {precision.state.value}"
+    text = f"{optimizer.name} keeps per parameter: {optimizer.describe_state()}"
+    text += f", in {precision.state.value}"
+    for other in optimizer.chain()[1:]:
+        text += (
+            f"; {other.name}, for the parameters {optimizer.name} does not take "
+            f"(it takes {optimizer.takes.describe()}): {other.describe_state()}"
+        )
     if precision.master is not None:
         text += f"; plus a {precision.master.value} master copy of each parameter"
     return CategoryResult("optimizer_state", tuple(items), text)

@@ -198,15 +198,22 @@ class DeclPrecision:
 
 @dataclass(frozen=True, slots=True)
 class DeclOptimizer:
+    """An optimizer's rules as written. A shape is ("like", target, dims reduced),
+    ("scalar",), ("blocks", size, target), ("gram", target) or ("fixed", elements); a
+    condition is (quantity, comparison, number) or None."""
+
     name: str
     description: str
-    states: tuple[tuple[str, str, Span | None], ...]  # (state name, "like" target or "scalar")
-    # (implementation, count, "like" target, "kept" or "freed"): tensors a step holds at
-    # once besides state; whether the loop's last temporary outlives its iteration
-    temps: tuple[tuple[str, int, str, str, Span | None], ...] = ()
+    # (state name, shape, dtype or None, condition, "shared" or None, span)
+    states: tuple[tuple, ...]
+    # (implementation, count, shape, dtype or None, condition, lifetime, span): tensors a
+    # step holds besides state, in the order it makes them; the last one's lifetime
+    temps: tuple[tuple, ...] = ()
     flops: tuple[tuple[int, str, Span | None], ...] = ()  # (count, "element")
-    # (torch.optim class, ((keyword, value), ...), span): what verify runs
-    torch: tuple[tuple[str, tuple[tuple[str, object], ...], Span | None], ...] = ()
+    # (implementation or None, class path, ((keyword, value), ...), span): what verify runs
+    torch: tuple[tuple, ...] = ()
+    params: tuple[tuple, ...] = ()  # (condition, span): the parameters it takes
+    rest: tuple[tuple[str, Span | None], ...] = ()  # (optimizer, span) for the others
     span: Span | None = span_field()
 
 

@@ -148,32 +148,82 @@ class ToAst(Transformer_NonRecursive):
     def decl_optimizer(self, meta, children):
         name, *rest = children
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
-        states = tuple(item[1:] for item in rest if item[0] == "state")
-        temps = tuple(item[1:] for item in rest if item[0] == "temp")
-        flops = tuple(item[1:] for item in rest if item[0] == "flops")
-        torch = tuple(item[1:] for item in rest if item[0] == "torch")
+
+        def items(kind: str) -> tuple:
+            return tuple(item[1:] for item in rest if item[0] == kind)
+
         return d.DeclOptimizer(
-            str(name), description, states, temps, flops, torch, span=self.span(meta)
+            str(name),
+            description,
+            items("state"),
+            items("temp"),
+            items("flops"),
+            items("torch"),
+            items("params"),
+            items("else"),
+            span=self.span(meta),
         )
 
     def optimizer_state(self, meta, children):
-        return ("state", str(children[0]), str(children[1]), self.span(meta))
-
-    def optimizer_scalar(self, meta, children):
-        return ("state", str(children[0]), "scalar", self.span(meta))
+        name, shape, dtype, cond, flag = children
+        flag = str(flag) if flag is not None else None
+        return ("state", str(name), shape, dtype, cond, flag, self.span(meta))
 
     def optimizer_temp(self, meta, children):
-        impl, count, like, last = children
-        last = str(last) if last is not None else "kept"
-        return ("temp", str(impl), self._int(count), str(like), last, self.span(meta))
+        impl, count, shape, dtype, cond, life, until = children
+        life = "kept" if life is None else " ".join(str(t) for t in (life, until) if t)
+        return ("temp", str(impl), self._int(count), shape, dtype, cond, life, self.span(meta))
+
+    def shape_like(self, meta, children):
+        target, dims = children
+        return ("like", str(target), dims or ())
+
+    def shape_scalar(self, meta, children):
+        return ("scalar",)
+
+    def shape_blocks(self, meta, children):
+        return ("blocks", self._int(children[0]), str(children[1]))
+
+    def shape_gram(self, meta, children):
+        return ("gram", str(children[0]))
+
+    def shape_fixed(self, meta, children):
+        return ("fixed", self._int(children[0]))
+
+    def opt_dims(self, meta, children):
+        return tuple(int(str(c)) for c in children)
+
+    def opt_as(self, meta, children):
+        return str(children[0]) if children and children[0] is not None else None
+
+    def opt_if(self, meta, children):
+        if not children or children[0] is None:
+            return None
+        quantity, op, number = children
+        return (str(quantity), str(op), self._int(number))
+
+    def optimizer_params(self, meta, children):
+        quantity, op, number = children
+        return ("params", (str(quantity), str(op), self._int(number)), self.span(meta))
+
+    def optimizer_else(self, meta, children):
+        return ("else", str(children[0]), self.span(meta))
 
     def optimizer_flops(self, meta, children):
         count, unit = children
         return ("flops", self._int(count), str(unit), self.span(meta))
 
     def optimizer_torch(self, meta, children):
-        cls, args = children
-        return ("torch", str(cls), args or (), self.span(meta))
+        impl, cls, args = children
+        impl = str(impl) if impl is not None else None
+        return ("torch", impl, cls, args or (), self.span(meta))
+
+    def torch_class(self, meta, children):
+        *module, name = children
+        if name is None:  # no colon: a torch.optim class, or the last dotted part
+            *module, name = module
+        path = ".".join(str(m) for m in module)
+        return f"{path}:{name}" if path else str(name)
 
     def torch_args(self, meta, children):
         return tuple(children)

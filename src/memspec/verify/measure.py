@@ -8,13 +8,17 @@ whose storage it is (an op's input or output) or to the op that created it (inte
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import sympy as sp
 import torch
 
 from memspec.errors import UsageError
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import GENERAL
 from memspec.lower.module import LoweredModel
 from memspec.policies import Optimizer, read_optimizer
 from memspec.recompute import checkpointed_regions
@@ -64,30 +68,92 @@ def internal_key(op: OpApply) -> str:
     return f"{op.path} [internal]"
 
 
+# The constructor flag that picks each implementation in torch.optim's classes.
+_FLAGS = {"for_loop": ("foreach", False), "foreach": ("foreach", True), "fused": ("fused", True)}
+
+
+class OptimizerChain:
+    """Optimizers stepped one after the other, each over its own parameters (Muon's
+    matrices, then AdamW's rest), used as one."""
+
+    def __init__(self, optimizers: list) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    @property
+    def state(self) -> dict:
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    @property
+    def param_groups(self) -> list:
+        return [g for optimizer in self.optimizers for g in optimizer.param_groups]
+
+
 def _optimizer(policy: Optimizer | str, params, implementation: str = "for_loop"):
-    """The torch optimizer a policy declares (`torch CLASS(ARGS)`), run the way
-    `implementation` names; a name is looked up among the standard policies."""
+    """The optimizer a policy declares (`torch CLASS(ARGS)`), run the way
+    `implementation` names; a name is looked up among the standard policies. A policy
+    with `else OTHER` is a chain: each parameter goes to the optimizer that takes it."""
     if isinstance(policy, str):
         policy = standard_optimizer(policy)
-    flags = {
-        "for_loop": {"foreach": False},
-        "foreach": {"foreach": True},
-        "fused": {"fused": True},
-    }[implementation]
-    if policy.torch_class is None:
+    params = list(params)
+    chain = policy.chain()
+    if len(chain) == 1:
+        return _one(policy, params, implementation)
+    groups: dict[str, list] = {o.name: [] for o in chain}
+    for p in params:
+        shape = tuple(sp.Integer(n) for n in p.shape)
+        groups[policy.owner(shape, GENERAL).name].append(p)
+    return OptimizerChain(
+        [_one(o, groups[o.name], implementation) for o in chain if groups[o.name]]
+    )
+
+
+def _one(policy: Optimizer, params: list, implementation: str):
+    path, args = policy.torch_for(implementation)
+    if path is None:
         raise UsageError(
             f"optimizer {policy.name} names no torch class: add `torch CLASS(ARGS)` to its "
             "declaration to verify it"
         )
-    cls = getattr(torch.optim, policy.torch_class, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+    cls = _torch_class(policy.name, path)
+    flag, value = _FLAGS[implementation]
+    flags = {}
+    if flag in inspect.signature(cls.__init__).parameters:
+        flags[flag] = value
+    elif implementation != "for_loop" and path == policy.torch_class:
         raise UsageError(
-            f"optimizer {policy.name}: torch.optim has no optimizer class {policy.torch_class!r}"
+            f"optimizer {policy.name}: {cls.__name__} takes no {flag!r} argument, so it has "
+            f"no {implementation} implementation (a class of its own is declared "
+            f"`torch {implementation} CLASS(...)`)"
         )
     try:
-        return cls(params, **dict(policy.torch_args), **flags)
+        return cls(params, **dict(args), **flags)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise UsageError(f"optimizer {policy.name}: torch.optim.{cls.__name__}: {e}") from None
+        raise UsageError(f"optimizer {policy.name}: {cls.__module__}.{cls.__name__}: {e}") from None
+
+
+def _torch_class(name: str, path: str) -> type:
+    """`torch.optim.PATH`, or `module:Class` from any importable module."""
+    if ":" in path:
+        module_name, class_name = path.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise UsageError(f"optimizer {name}: cannot import {module_name} ({e})") from None
+        cls, where = getattr(module, class_name, None), module_name
+    else:
+        cls, where = getattr(torch.optim, path, None), "torch.optim"
+        class_name = path
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise UsageError(f"optimizer {name}: {where} has no optimizer class {class_name!r}")
+    return cls
 
 
 def standard_optimizer(name: str) -> Optimizer:
@@ -95,7 +161,7 @@ def standard_optimizer(name: str) -> Optimizer:
     program = load_program(SourceFile("<standard optimizers>", ""), None)
     if name not in program.optimizers:
         raise UsageError(f"no standard optimizer {name!r}")
-    return read_optimizer(program.optimizers[name])
+    return read_optimizer(program.optimizers[name], program.optimizers)
 
 
 class _SavedTracker:
@@ -198,10 +264,17 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
     measured.activation_bytes = dict(tracker.bytes)
     measured.activation_tensors = dict(tracker.tensors)
     names = {id(p): n for n, p in model.named_parameters()}
+    states = optimizer.state
+    shared: set[int] = set()  # a state tensor held for every parameter counts once
     for p in model.parameters():
         if p.grad is not None:
             measured.gradients[f"{names[id(p)]}.grad"] = p.grad.numel()
-        for key, state in optimizer.state[p].items():
+        for key, state in states.get(p, {}).items():
+            if not isinstance(state, torch.Tensor):  # bitsandbytes' step is an int
+                continue
+            if state.untyped_storage().data_ptr() in shared:
+                continue
+            shared.add(state.untyped_storage().data_ptr())
             scalar = key in result.config.optimizer.scalars
             target = measured.optimizer_scalars if scalar else measured.optimizer_state
             target[f"{names[id(p)]}.{key}"] = state.numel()

@@ -10,6 +10,7 @@ untracked step runs first, so that the optimizer's state exists.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
@@ -45,19 +46,32 @@ class PeakMeasurement:
 
 
 def measure_peak(
-    result: CompileResult, options: StepOptions | None = None, explicit_casts: bool = True
+    result: CompileResult,
+    options: StepOptions | None = None,
+    explicit_casts: bool = True,
+    real: bool = False,
 ) -> PeakMeasurement:
     """Peak bytes of one training step under `options`, by MemTracker category
-    (`explicit_casts`: as for `measure_step`)."""
-    from torch._subclasses.fake_tensor import DynamicOutputShapeException
+    (`explicit_casts`: as for `measure_step`); on real tensors (allocated: small sizes
+    only) where `real`, for a step that reads values (Adafactor's `.item()`)."""
+    from torch._subclasses.fake_tensor import (
+        DataDependentOutputException,
+        DynamicOutputShapeException,
+    )
 
     options = options or StepOptions()
     try:
-        return _measure(result, options, explicit_casts)
+        return _measure(result, options, explicit_casts, real)
     except DynamicOutputShapeException as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
             f"shape depends on the data ({err.func}); this spec's step has one"
+        ) from None
+    except DataDependentOutputException as err:
+        raise UsageError(
+            f"verify --peak runs on fake tensors, whose values cannot be read ({err.func}); "
+            "this optimizer's step reads them (Adafactor's .item()): measure_peak with "
+            "real=True runs it on real tensors, at sizes that fit in memory"
         ) from None
     except RuntimeError as err:
         # torch 2.13's fake (meta) grouped_mm accepts bfloat16 only; its CPU kernel, which
@@ -107,10 +121,12 @@ def _phase_tracker():
     return PhaseTracker()
 
 
-def _measure(result: CompileResult, options: StepOptions, explicit_casts: bool) -> PeakMeasurement:
+def _measure(
+    result: CompileResult, options: StepOptions, explicit_casts: bool, real: bool
+) -> PeakMeasurement:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
+    with contextlib.nullcontext() if real else FakeTensorMode():
         model = LoweredModel(
             result.graph,
             result.substitutions(),
@@ -137,7 +153,7 @@ def _measure(result: CompileResult, options: StepOptions, explicit_casts: bool) 
 
         if not options.first_step:
             step()
-        tracker.track_external(model, optimizer)
+        tracker.track_external(model, *getattr(optimizer, "optimizers", (optimizer,)))
         with tracker:
             step()
         snapshot = tracker.get_tracker_snapshot("peak")
@@ -201,10 +217,21 @@ def step_counters(result: CompileResult) -> tuple[int, int]:
     """(tensors, bytes) of the optimizer's scalar state (`state step: scalar`: Adam's,
     AdamW's, Adagrad's, RMSprop's `step`): a float32 scalar per parameter tensor each,
     made by the first `step()`."""
-    scalars = len(result.config.optimizer.scalars)
+    optimizer, bound = result.config.optimizer, result.graph.bound
     items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
-    count = scalars * sum(result.value(i.multiplicity) for i in items)
+    count = sum(
+        len(optimizer.owner(i.shape, bound).own_scalars) * result.value(i.multiplicity)
+        for i in items
+    )
     return count, 4 * count
+
+
+def _counting(optimizer) -> str:
+    """The torch class whose step counters these are (AdamW's, beside Muon)."""
+    for member in optimizer.chain():
+        if member.own_scalars:
+            return (member.torch_class or member.name).rsplit(":", 1)[-1]
+    return "optimizer"
 
 
 def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakComparison:
@@ -229,7 +256,7 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
     if counters and not (options.first_step and traced.phase != "optimizer step"):
         terms.append(
             Term(
-                f"{result.config.optimizer.torch_class or 'optimizer'} step counters",
+                f"{_counting(result.config.optimizer)} step counters",
                 "OPT",
                 counters,
                 f"4 B x {tensors:,} parameter tensors; CPU tensors when training on a GPU "

@@ -11,10 +11,13 @@ from collections.abc import Callable
 import sympy as sp
 
 from memspec.config import TrainConfig
+from memspec.ir.sizes import BoundSizes
+from memspec.ir.types import DType, numel
+from memspec.optimizers import Optimizer
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak.moments import Point
 from memspec.passes.results import CategoryResult, LineItem
-from memspec.symbolic.polys import Poly, add_into, scaled
+from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["step_moments"]
 
@@ -38,54 +41,93 @@ def module_order(params: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
     return tuple(item for _, item in sorted(enumerate(params), key=key))
 
 
-def _update_order(params: tuple[LineItem, ...]) -> list[tuple[LineItem | None, LineItem]]:
-    """(previous parameter, parameter) pairs in the order torch.optim updates them:
-    module order, so each repetition of a region's parameters in turn, the last of one
-    repetition followed by the first of the next."""
+def _update_order(params: tuple[LineItem, ...]) -> list[LineItem]:
+    """The parameters in the order torch.optim updates them: module order, each run of a
+    repeated region's parameters twice (the first repetition, then one that follows a
+    repetition, as all the others do)."""
     params = module_order(params)
-    pairs, previous = [], None
+    order = []
     i = 0
     while i < len(params):
         group = [params[i]]
         while i + len(group) < len(params) and params[i + len(group)].regions == group[0].regions:
             group.append(params[i + len(group)])
-        for item in group:
-            pairs.append((previous, item))
-            previous = item
-        if group[0].regions and len(group) > 1:
-            pairs.append((group[-1], group[0]))  # into the next repetition
+        order += group * (2 if group[0].regions and len(group) > 1 else 1)
         i += len(group)
-    return pairs
+    return order
+
+
+def _loop(
+    optimizer: Optimizer,
+    params: list[LineItem],
+    impl: str,
+    bound: BoundSizes,
+    dtype: DType,
+    measure: Callable[[sp.Expr], Poly],
+) -> list[tuple[str, Poly]]:
+    """A loop over parameters (for_loop): at each temporary made, this parameter's so
+    far and the loop variables of earlier parameters not yet rebound."""
+    rules = optimizer.temps_of(impl)
+    carried: dict[int, sp.Expr] = {}  # rule index -> the bytes its variable still holds
+    moments = []
+    for item in params:
+        made = [k for k, rule in enumerate(rules) if rule.applies(item.shape, bound)]
+        free_after = {}  # a carried variable -> the position after which it is rebound
+        for k in carried:
+            if k in made:
+                life = rules[k].lifetime
+                position = {"until first": 0, "until last": len(made) - 1}
+                free_after[k] = position.get(life, made.index(k))
+        own = sp.Integer(0)
+        for position, k in enumerate(made):
+            rule = rules[k]
+            own += numel(rule.extent.shape(item.shape, bound)) * (rule.dtype or dtype).itemsize
+            alive = [size for j, size in carried.items() if free_after.get(j, position) >= position]
+            moments.append((f"updating {item.path}", measure(own + sum(alive, sp.Integer(0)))))
+        for k in free_after:
+            del carried[k]
+        for k in made:
+            if rules[k].lifetime != "freed":
+                rule = rules[k]
+                shape = rule.extent.shape(item.shape, bound)
+                carried[k] = numel(shape) * (rule.dtype or dtype).itemsize
+    return moments
 
 
 def _temporaries(
     config: TrainConfig,
     categories: dict[str, CategoryResult],
     impl: str,
+    bound: BoundSizes,
     measure: Callable[[sp.Expr], Poly],
 ) -> list[tuple[str, Poly]]:
-    """(which parameter is being updated, the step's temporaries then), per moment."""
-    temps = config.optimizer.temps_of(impl)
+    """(which parameter is being updated, the step's temporaries then), per moment; each
+    optimizer of a chain (Muon's, then AdamW's for the rest) steps in turn."""
     params = trained_items(categories["parameters"].items)  # frozen ones are skipped
-    if temps == 0 or not params:
-        return [("", {})]
-    if impl == "foreach":
-        every = scaled(measure(sp.expand(sum((i.bytes for i in params), sp.Integer(0)))), temps)
-        return [("every parameter at once", every)]
-    itemsize = config.precision.state.itemsize
+    dtype = config.precision.state
     moments, seen = [], set()
-    for before, item in _update_order(params):
-        # `denom`, the last temporary, is a local variable of the loop: the previous
-        # parameter's stays alive until this parameter's replaces it
-        size = item.elements * itemsize * temps
-        if before is not None and config.optimizer.keeps_last(impl):
-            size += before.elements * itemsize
-        size = measure(size)
-        key = tuple(sorted(size.items(), key=str))
-        if key not in seen:
-            seen.add(key)
-            moments.append((f"updating {item.path}", size))
-    return moments
+    for optimizer in config.optimizer.chain():
+        own = [i for i in params if config.optimizer.owner(i.shape, bound) is optimizer]
+        if not own or not optimizer.temps_of(impl):
+            continue
+        if impl == "foreach":
+            every = sp.Integer(0)
+            for item in own:
+                for rule in optimizer.temps_of(impl):
+                    if rule.applies(item.shape, bound):
+                        shape = rule.extent.shape(item.shape, bound)
+                        every += (
+                            item.multiplicity * numel(shape) * (rule.dtype or item.dtype).itemsize
+                        )
+            found = [("every parameter at once", measure(sp.expand(every)))]
+        else:
+            found = _loop(optimizer, _update_order(tuple(own)), impl, bound, dtype, measure)
+        for where, size in found:
+            key = tuple(sorted(size.items(), key=str))
+            if key not in seen:
+                seen.add(key)
+                moments.append((where, size))
+    return moments or [("", {})]
 
 
 def step_moments(
@@ -97,6 +139,7 @@ def step_moments(
     state: Poly,
     measure: Callable[[sp.Expr], Poly],
     beyond: Poly,
+    bound: BoundSizes,
 ) -> list[tuple[str, dict[str, Poly]]]:
     """(where, memory by category) of each moment of the step; `point` is the replay's
     moment after backward, `fixed` the parameters' and buffers' bytes, `state` the
@@ -105,7 +148,7 @@ def step_moments(
     grads_all = dict(measure(categories["gradients"].bytes))
     add_into(grads_all, beyond)
     out = []
-    for where, temp in _temporaries(config, categories, impl, measure):
+    for where, temp in _temporaries(config, categories, impl, bound, measure):
         opt = dict(state)
         add_into(opt, temp)
         parts = {

@@ -112,7 +112,15 @@ def peak_memory(
     # what the loop's outputs object still holds of the left-out repetitions
     (left_out,) = repeats.readings(after, repeats.shares(graph, last, p))
     for where, parts in step_moments(
-        config, categories, options.optimizer_impl, after, fixed, state, measure, beyond
+        config,
+        categories,
+        options.optimizer_impl,
+        after,
+        fixed,
+        state,
+        measure,
+        beyond,
+        graph.bound,
     ):
         add_into(parts["activations"], left_out.saved)
         moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
