@@ -222,6 +222,13 @@ recompute none "no recomputation: every tensor saved for backward is kept until 
 recompute full "every repetition of every repeated layer is a checkpoint" {
     checkpoint each repeat
 }
+# `checkpoint each call of NAMES`: each run of consecutive ops inside a call of the fns
+# or layers named, or of the ops named, is one checkpoint (its inputs kept: here Q, K and
+# V). Megatron-LM's selective recomputation (Korthikanti et al. 2022) recomputes the
+# attention core and keeps everything else; std's attention fns and the fused op are it.
+recompute selective "Megatron-LM's selective recomputation: the attention core (Q K^T, mask, softmax, dropout, probabilities x V) runs again in backward" {
+    checkpoint each call of attention, eager_attention, sdpa_math_attention, flash_attention
+}
 
 # Which tensors count as activations.
 # course: CS336 assignment 1 ("AdamW accounting"), which counts the outputs of RMSNorm,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
 from memspec.names import did_you_mean
+from memspec.ops.registry import REGISTRY
 from memspec.policies import (
     Convention,
     Optimizer,
@@ -15,7 +17,8 @@ from memspec.policies import (
     read_precision,
 )
 from memspec.recompute import NONE, Recompute, read_recompute
-from memspec.syntax.imports import Program
+from memspec.source import SourceFile
+from memspec.syntax.imports import Program, load_program
 
 __all__ = ["DEFAULTS", "TrainConfig", "resolve_config"]
 
@@ -34,6 +37,14 @@ class TrainConfig:
     convention: Convention
     variants: tuple[str, ...] = ()
     recompute: Recompute = NONE
+
+
+@functools.cache
+def standard_callables() -> frozenset[str]:
+    """The fns and layers of the whole standard library (a recompute policy may name
+    one that a spec does not use: it then picks nothing there)."""
+    program = load_program(SourceFile("<std>", "use std"), None)
+    return frozenset({*program.fns, *program.layers})
 
 
 def _pick(kind: str, name: str, table: dict, span) -> object:
@@ -75,6 +86,10 @@ def resolve_config(
     ):
         if value is not None:
             chosen[key], spans[key] = value, None
+
+    # every declared policy is checked, so that a misspelt name fails where it is written
+    names = {*program.fns, *program.layers, *standard_callables(), *REGISTRY}
+    recomputes = {name: read_recompute(d, names) for name, d in program.recomputes.items()}
     config = TrainConfig(
         precision=read_precision(
             _pick("precision", chosen["precision"], program.precisions, spans.get("precision"))
@@ -87,11 +102,11 @@ def resolve_config(
             _pick("convention", chosen["convention"], program.conventions, spans.get("convention"))
         ),
         variants=(*variants, *spec_variants),
-        recompute=read_recompute(
+        recompute=recomputes[
             _pick(
                 "recompute policy", chosen["recompute"], program.recomputes, spans.get("recompute")
-            )
-        ),
+            ).name
+        ],
     )
     if config.precision.autocast is not None and config.recompute.active:
         # torch's recomputation re-enters autocast, whose cache makes the weights' copies

@@ -54,6 +54,7 @@ class SpecInfo:
     optimizers: tuple[Choice, ...]
     conventions: tuple[Choice, ...]
     expects: tuple[str, ...]
+    recomputes: tuple[Choice, ...] = ()
 
 
 def span_text(span: Span | None) -> str:
@@ -122,6 +123,7 @@ def spec_info(spec: str | Path, use: tuple[str, ...] = ()) -> SpecInfo:
             program.conventions, lambda c: read_convention(c).description, config.convention.name
         ),
         expects=tuple(span_text(e.span) for e in program.expects),
+        recomputes=choices(program.recomputes, lambda r: r.description, config.recompute.name),
     )
 
 
@@ -152,6 +154,7 @@ def render_info_text(info: SpecInfo) -> str:
         ("precisions", "--precision", info.precisions),
         ("optimizers", "--optimizer", info.optimizers),
         ("conventions", "--convention", info.conventions),
+        ("recomputation", "--recompute", info.recomputes),
     ):
         out += ["", f"{title} (pick with {flag} NAME; * the spec's):"]
         out += _table([(("* " if c.chosen else "  ") + c.name, c.description) for c in options])

@@ -4,55 +4,86 @@ A policy is named data declared in the standard library (`specs/std/train.mspec`
 extensible by users, as `torch.utils.checkpoint` (use_reentrant=False) runs it: a
 checkpoint keeps only its inputs; in backward, the first node that needs a tensor it
 saved runs its forward again, up to the last tensor saved (torch's early stop), and the
-recomputed tensors are freed as backward uses them.
+recomputed tensors are freed as backward uses them. Two kinds of checkpoint:
+
+- `checkpoint each repeat`: each repetition of each repeated layer (full recomputation);
+- `checkpoint each call of NAMES`: each run of consecutive ops inside a call of the fns
+  or layers named, or of the ops named (selective recomputation: Megatron-LM's of the
+  attention core).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from memspec.errors import SpecValueError
-from memspec.ir.graph import Graph
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.schedule import ops_of, schedule, segments_of
+from memspec.names import did_you_mean
 from memspec.ops import lookup
 from memspec.syntax import decls as d
 
-__all__ = ["NONE", "Recompute", "checkpointed_regions", "read_recompute", "recomputed_ops"]
-
-_RULES = ("repeat",)
+__all__ = [
+    "NONE",
+    "Recompute",
+    "checkpointed_ops",
+    "checkpointed_regions",
+    "read_recompute",
+    "recomputed_ops",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Recompute:
-    """`repeats`: every repetition of every repeated layer is one checkpoint."""
+    """`repeats`: every repetition of every repeated layer is one checkpoint; `calls`:
+    each run of ops inside calls of these fns, layers or ops is one."""
 
     name: str
     description: str
     repeats: bool = False
+    calls: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
-        return self.repeats
+        return self.repeats or bool(self.calls)
 
     def describe(self) -> str:
         if not self.active:
             return "no recomputation: every tensor saved for backward is kept"
+        parts = []
+        if self.repeats:
+            parts.append("each repetition of each repeated layer is a checkpoint")
+        if self.calls:
+            parts.append(
+                f"each run of ops inside a call of {', '.join(self.calls)} is a checkpoint"
+            )
         return (
-            "each repetition of each repeated layer is a checkpoint "
-            "(torch.utils.checkpoint, use_reentrant=False): it keeps its inputs; backward "
-            "runs its forward again up to the last tensor it saves"
+            f"{'; '.join(parts)} (torch.utils.checkpoint, use_reentrant=False): it keeps "
+            "its inputs; backward runs its forward again up to the last tensor it saves"
         )
 
 
 NONE = Recompute("none", "no recomputation")
 
 
-def read_recompute(decl: d.DeclRecompute) -> Recompute:
-    repeats = False
-    for what, span in decl.rules:
-        if what not in _RULES:
-            raise SpecValueError(f"unknown recompute rule {what!r}", span)
-        repeats = True
-    return Recompute(decl.name, decl.description, repeats)
+def read_recompute(decl: d.DeclRecompute, known: Collection[str]) -> Recompute:
+    """A policy from its declaration; `known`: the names of the fns, layers and ops (a
+    policy naming none of them would silently recompute nothing)."""
+    repeats, calls = False, []
+    for what, names, span in decl.rules:
+        if what == "repeat":
+            repeats = True
+            continue
+        for name in names:
+            if name not in known:
+                hint = did_you_mean(name, sorted(known))
+                raise SpecValueError(
+                    f"recompute policy {decl.name}: no fn, layer or op is named {name!r}{hint}",
+                    span,
+                )
+            calls.append(name)
+    return Recompute(decl.name, decl.description, repeats, tuple(dict.fromkeys(calls)))
 
 
 def checkpointed_regions(graph: Graph, policy: Recompute) -> frozenset[int]:
@@ -63,14 +94,31 @@ def checkpointed_regions(graph: Graph, policy: Recompute) -> frozenset[int]:
     return frozenset(r.id for r in graph.regions if r.parent is None and r.active is None)
 
 
-def recomputed_ops(graph: Graph, checkpointed: frozenset[int]) -> frozenset[int]:
-    """The ops backward runs again: in each checkpointed region, those up to the last
-    one that saves a tensor (torch's early stop), that one only if it saves one of its
-    outputs (saving only inputs, it stops before computing). A stop inside a nested
-    region (an expert bank) is taken as after all of its repetitions."""
+def checkpointed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
+    """The ops of selective recomputation: inside a call of a name the policy lists (or
+    that op itself); consecutive ones form one checkpoint (`schedule`'s segments)."""
+    if not policy.calls or policy.repeats:
+        return frozenset()  # inside a layer's checkpoint, one frame holds everything
+    names = set(policy.calls)
+    return frozenset(op.id for op in graph.ops if names & {op.op, *op.calls})
+
+
+def recomputed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
+    """The ops backward runs again: in each checkpoint, those up to the last one that
+    saves a tensor (torch's early stop), that one only if it saves one of its outputs
+    (saving only inputs, it stops before computing). A stop inside a nested region (an
+    expert bank) is taken as after all of its repetitions."""
     out: set[int] = set()
-    for region in checkpointed:
-        body = [op for op in graph.ops if region in (r.id for r in graph.region_chain(op.region))]
+    bodies = []
+    for region in checkpointed_regions(graph, policy):
+        bodies.append(
+            [op for op in graph.ops if region in {r.id for r in graph.region_chain(op.region)}]
+        )
+    segments = checkpointed_ops(graph, policy)
+    if segments:
+        for item in segments_of(schedule(graph, segments).items):
+            bodies.append([graph.ops[o] for o in ops_of(item.body)])
+    for body in bodies:
         saving = [k for k, op in enumerate(body) if _packs(graph, op)]
         if not saving:
             continue
@@ -80,7 +128,7 @@ def recomputed_ops(graph: Graph, checkpointed: frozenset[int]) -> frozenset[int]
     return frozenset(out)
 
 
-def _packs(graph: Graph, op) -> bool:
+def _packs(graph: Graph, op: OpApply) -> bool:
     differentiable = lookup(op.op).differentiable and any(
         graph.value(v).requires_grad for v in op.inputs
     )

@@ -134,7 +134,7 @@ def test_unknown_recompute_policy_lists_the_ones_that_exist(capsys, monkeypatch)
     code = main(["compile", "specs/cs336_lm_swiglu.mspec", "--recompute", "ful"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "unknown recompute policy 'ful'; did you mean 'full'? (known: full, none)" in err
+    assert "unknown recompute policy 'ful'; did you mean 'full'? (known: full, none, selective)" in err
     assert "Traceback" not in err
 
 
@@ -147,3 +147,52 @@ def test_recompute_under_autocast_is_refused_not_guessed(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "recompute policy 'full' with precision 'autocast_bf16'" in err
     assert "not modelled yet" in err
+
+
+# Selective recomputation (Megatron-LM's, `--recompute selective`): each run of ops in a
+# call of std's attention fns (or the fused op) is one checkpoint, keeping Q, K and V.
+SELECTIVE = [
+    # the peak falls in the attention backward right after its recomputation
+    ("cs336_lm_swiglu.mspec", {"B": 2, "L": 64, "D": 16, "H": 8, "V": 64, "N": 3, "F": 32}, ()),
+    ("cs336_lm_swiglu.mspec", {"B": 2, "L": 64, "D": 16, "H": 8, "V": 64, "N": 3, "F": 32},
+     ("flash",)),
+    ("gpt2.mspec", {"B": 2, "L": 24, "P": 32, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("gpt2.mspec", {"B": 2, "L": 24, "P": 32, "V": 32, "D": 16, "N": 3, "H": 4}, ("eager",)),
+    ("llama.mspec", {"B": 2, "L": 32, "V": 32, "D": 16, "N": 3, "H": 4, "KV": 2, "F": 24}, ()),
+    ("llama.mspec", {"B": 2, "L": 32, "V": 32, "D": 16, "N": 3, "H": 4, "KV": 2, "F": 24},
+     ("eager",)),
+    ("bert.mspec", {"B": 2, "L": 24, "P": 32, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("t5.mspec",
+     {"B": 1, "S": 12, "T": 16, "V": 40, "D": 16, "K": 4, "H": 4, "F": 32, "N": 3, "R": 8}, ()),
+]
+
+
+@pytest.mark.parametrize(("spec", "sizes", "use"), SELECTIVE, ids=lambda x: str(x))
+def test_selective_recompute_peak_equals_the_tracker(spec, sizes, use):
+    result = compile_spec(SPECS / spec, set=sizes, use=use, recompute="selective")
+    comparison = compare_peak(result, measure_peak(result, StepOptions()))
+    assert comparison.ok, (comparison.rows, comparison.phases, comparison.moment)
+
+
+def test_selective_recompute_saved_tensors_equal_torch(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    sizes = ["--set=B=2", "--set=L=24", "--set=P=32", "--set=V=32", "--set=D=16",
+             "--set=N=2", "--set=H=4"]
+    assert main(["verify", "specs/gpt2.mspec", "--recompute", "selective", *sizes]) == 0
+
+
+def test_selective_recompute_drops_the_attention_core():
+    """Of each layer, the attention core's own tensors go (softmax's probabilities, the
+    causal mask); Q, K and V stay, kept by the checkpoint instead of the products."""
+    plain = compile_spec(SPECS / "cs336_lm_swiglu.mspec", convention="autograd")
+    selective = compile_spec(
+        SPECS / "cs336_lm_swiglu.mspec", convention="autograd", recompute="selective"
+    )
+    B, L, H, N = (plain.symbols.lookup(n).symbol for n in "BLHN")
+    dropped = N * (4 * B * H * L**2 + L**2)  # float32 probabilities, a bool [L, L] mask
+    before, after = (r.categories["activations"].bytes for r in (plain, selective))
+    assert sp.expand(before - after - dropped) == 0
+    # backward runs Q K^T again; the last product (probabilities x V) saves only its
+    # inputs, so torch stops before it
+    D = plain.symbols.lookup("D").symbol
+    assert sp.expand(selective.flops.recompute - N * 2 * B * L**2 * D) == 0

@@ -20,6 +20,8 @@ Extension points, in the order the walk calls them:
   the last one.
 - `repetition(region, loop, index)`: run one repetition's body (a checkpointing reading
   wraps it: `torch.utils.checkpoint` in the torch reading, a frame in the memory one).
+- `segment(segment, index)`: run a `Segment` of the schedule, ops grouped as one unit
+  (wrapped as a repetition is, for selective recomputation).
 - `parameter(value, index)`: the item standing for one instance of a parameter or
   buffer (`index`: the repetition of each region it is in, outermost first).
 - `run_op(op, inputs, index)`: the op's outputs, one item per output value.
@@ -38,10 +40,10 @@ from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from memspec.ir.graph import Graph, OpApply, Region, Value
-from memspec.ir.schedule import Loop, Schedule, schedule
+from memspec.ir.schedule import Loop, Schedule, Segment, schedule
 from memspec.ir.types import Role
 
-__all__ = ["Index", "Interpreter", "Loop"]
+__all__ = ["Index", "Interpreter", "Loop", "Segment"]
 
 T = TypeVar("T")
 Index = tuple[int, ...]  # the current repetition of each enclosing region, outermost first
@@ -64,10 +66,12 @@ class Interpreter(Generic[T]):
         self._walk(self.schedule.items, ())
         return [self.env[v] for v in self.graph.outputs]
 
-    def _walk(self, items: tuple[int | Loop, ...], index: Index) -> None:
+    def _walk(self, items: tuple[int | Loop | Segment, ...], index: Index) -> None:
         for item in items:
             if isinstance(item, Loop):
                 self._loop(item, index)
+            elif isinstance(item, Segment):
+                self.segment(item, index)
             else:
                 self._op(self.graph.ops[item], index)
 
@@ -100,6 +104,10 @@ class Interpreter(Generic[T]):
     def run_body(self, loop: Loop, index: Index) -> None:
         """Run one repetition of `loop` on the values bound now (`index` ends with it)."""
         self._walk(loop.body, index)
+
+    def run_items(self, items: tuple[int | Loop | Segment, ...], index: Index) -> None:
+        """Run schedule items (a loop's body, a segment's ops) on the values bound now."""
+        self._walk(items, index)
 
     def _op(self, op: OpApply, index: Index) -> None:
         inputs = [self._read(vid, index) for vid in op.inputs]
@@ -135,6 +143,10 @@ class Interpreter(Generic[T]):
     def repetition(self, region: Region, loop: Loop, index: Index) -> None:
         """One repetition of a region's loop, its input bound (`index` ends with it)."""
         self.run_body(loop, index)
+
+    def segment(self, segment: Segment, index: Index) -> None:
+        """A run of ops grouped by the schedule (a checkpoint of selective recomputation)."""
+        self.run_items(segment.body, index)
 
     def exit_region(self, region: Region) -> None:
         """Called after the last repetition of a region's loop."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from memspec.ir.graph import Graph
 from memspec.ir.types import Role
 
-__all__ = ["Loop", "Schedule", "schedule"]
+__all__ = ["Loop", "Schedule", "Segment", "ops_of", "schedule", "segments_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,49 +28,100 @@ class Loop:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive ops run as one unit (a checkpoint of selective recomputation), once
+    per pass of the body they are in; `number` tells segments apart."""
+
+    number: int
+    body: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """The forward as loops over op ids, and the activations dropped after each op and
     after each loop (by `Loop.number`), as eager PyTorch code drops its locals."""
 
-    items: tuple[int | Loop, ...]
+    items: tuple[int | Loop | Segment, ...]
     drop_after_op: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     drop_after_loop: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     # the activations each loop's body reads that are made outside it (its inputs, the
     # value carried between repetitions among them): what a checkpoint of one
     # repetition keeps to run it again
     loop_inputs: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    # the same for each segment (by `Segment.number`)
+    segment_inputs: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
 
-def schedule(graph: Graph) -> Schedule:
-    """The graph's schedule: op ids and `Loop`s, nested as the regions are."""
+def schedule(graph: Graph, segments: frozenset[int] = frozenset()) -> Schedule:
+    """The graph's schedule: op ids and `Loop`s, nested as the regions are; each run of
+    consecutive ops in `segments` (op ids) within one body is a `Segment`."""
     items = _nest(graph)
     after_op, after_loop = _last_uses(graph, items)
-    return Schedule(items, after_op, after_loop, _loop_inputs(graph, items))
+    if segments:
+        items = _segment(items, segments, iter(range(len(graph.ops) + 1)))
+    inputs = {seg.number: _reads(graph, list(seg.body)) for seg in _walk_items(items, Segment)}
+    return Schedule(items, after_op, after_loop, _loop_inputs(graph, items), inputs)
 
 
-def _loop_inputs(graph: Graph, items: tuple[int | Loop, ...]) -> dict[int, tuple[int, ...]]:
-    out: dict[int, tuple[int, ...]] = {}
+def _segment(items: tuple, picked: frozenset[int], numbers) -> tuple:
+    out: list = []
+    run: list[int] = []
+    for item in (*items, None):
+        if isinstance(item, int) and item in picked:
+            run.append(item)
+            continue
+        if run:
+            out.append(Segment(next(numbers), tuple(run)))
+            run = []
+        if isinstance(item, Loop):
+            out.append(Loop(item.region, item.number, _segment(item.body, picked, numbers)))
+        elif item is not None:
+            out.append(item)
+    return tuple(out)
 
-    def walk(body: tuple[int | Loop, ...]) -> list[int]:
-        ops: list[int] = []
-        for item in body:
-            if isinstance(item, Loop):
-                inner = walk(item.body)
-                made = {v for o in inner for v in graph.ops[o].outputs}
-                reads = dict.fromkeys(
-                    v
-                    for o in inner
-                    for v in graph.ops[o].inputs
-                    if v not in made and graph.value(v).role not in (Role.PARAMETER, Role.BUFFER)
-                )
-                out[item.number] = tuple(reads)
-                ops += inner
-            else:
-                ops.append(item)
-        return ops
 
-    walk(items)
-    return out
+def segments_of(items: tuple) -> list[Segment]:
+    """Every segment of the schedule, in walk order."""
+    return _walk_items(items, Segment)
+
+
+def _walk_items(items: tuple, kind: type) -> list:
+    """Every item of `kind` in the schedule, nested ones included, in walk order."""
+    found = []
+    for item in items:
+        if isinstance(item, kind):
+            found.append(item)
+        if isinstance(item, Loop):
+            found += _walk_items(item.body, kind)
+    return found
+
+
+def ops_of(items: tuple) -> list[int]:
+    """The op ids of `items`, through loops and segments, in walk order."""
+    ops: list[int] = []
+    for item in items:
+        if isinstance(item, (Loop, Segment)):
+            ops += ops_of(item.body)
+        else:
+            ops.append(item)
+    return ops
+
+
+def _reads(graph: Graph, ops: list[int]) -> tuple[int, ...]:
+    """The activations `ops` read that none of them makes."""
+    made = {v for o in ops for v in graph.ops[o].outputs}
+    return tuple(
+        dict.fromkeys(
+            v
+            for o in ops
+            for v in graph.ops[o].inputs
+            if v not in made and graph.value(v).role not in (Role.PARAMETER, Role.BUFFER)
+        )
+    )
+
+
+def _loop_inputs(graph: Graph, items: tuple) -> dict[int, tuple[int, ...]]:
+    return {loop.number: _reads(graph, ops_of(loop.body)) for loop in _walk_items(items, Loop)}
 
 
 def _nest(graph: Graph) -> tuple[int | Loop, ...]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from memspec.ir.graph import Graph, OpApply, Region, RepetitionIndex, Value
-from memspec.ir.interpreter import Index, Interpreter, Loop
+from memspec.ir.interpreter import Index, Interpreter, Loop, Segment
 from memspec.ir.schedule import Schedule
 from memspec.lower.values import concrete
 from memspec.ops import lookup
@@ -45,9 +45,12 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         on_op_start: Callable[[OpApply], None] | None = None,
         on_op_end: OpHook | None = None,
         checkpointed: Mapping[int, torch.nn.Module] | None = None,
+        segment_module: torch.nn.Module | None = None,
     ):
         super().__init__(graph, plan)
         self.checkpointed = checkpointed or {}
+        # the module each segment of the schedule runs in, under checkpoint; None: plain
+        self.segment_module = segment_module
         self._inside = False  # running a checkpoint's body
         self._recomputing = False
         # (region, value ids, tensors) a checkpoint keeps, once it has saved them
@@ -79,9 +82,20 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         if region.id not in self.checkpointed or self._inside:
             self.run_body(loop, index)
             return
+        reads = self.schedule.loop_inputs[loop.number]
+        self._checkpoint(self.checkpointed[region.id], loop.body, reads, index, region.id)
+
+    def segment(self, segment: Segment, index: Index) -> None:
+        if self.segment_module is None or self._inside:
+            self.run_items(segment.body, index)
+            return
+        reads = self.schedule.segment_inputs[segment.number]
+        self._checkpoint(self.segment_module, segment.body, reads, index, None)
+
+    def _checkpoint(self, layer, body_items: tuple, reads, index: Index, region) -> None:
         from torch.utils.checkpoint import checkpoint
 
-        bound = [v for v in self.schedule.loop_inputs[loop.number] if v in self.env]
+        bound = [v for v in reads if v in self.env]
         iteration = dict(self.iteration)
         calls = []
 
@@ -91,17 +105,16 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
             self.env, self.iteration = dict(zip(bound, tensors, strict=True)), dict(iteration)
             self._inside, self._recomputing = True, bool(calls)
             if not calls and self.on_checkpoint:
-                self.on_checkpoint(region.id, bound, list(tensors))
+                self.on_checkpoint(region, bound, list(tensors))
             calls.append(1)
             try:
-                self.run_body(loop, index)
+                self.run_items(body_items, index)
             finally:
                 made = self.env
                 self.env, self.iteration, self._recomputing = saved
                 self._inside = False
             return {v: t for v, t in made.items() if v not in bound}
 
-        layer = self.checkpointed[region.id]
         made = checkpoint(layer, body, *(self.env[v] for v in bound), use_reentrant=False)
         self.env.update(made)
 

@@ -55,6 +55,7 @@ class LoweredModel(nn.Module):
         init_std: float = 0.02,
         checkpointed: frozenset[int] = frozenset(),
         autocast: DType | None = None,
+        segments: frozenset[int] = frozenset(),
     ):
         super().__init__()
         _check_lowerable(graph)
@@ -62,11 +63,12 @@ class LoweredModel(nn.Module):
         self.subs = subs
         # Activations are dropped after their last use, as eager PyTorch code would, so
         # that memory measured on this module is that of an ordinary implementation.
-        self.plan = schedule(graph)
+        self.plan = schedule(graph, segments)
         self.state: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
-        # (region, value ids, tensors) a checkpoint keeps, as it starts in the forward
+        # (region or None for a segment, value ids, tensors) a checkpoint keeps, as it
+        # starts in the forward
         self.on_checkpoint: Callable[[int, list, list], None] | None = None
         self._running: TorchInterpreter | None = None
         # the loop keeps the outputs object: what the spec marks `returned` is held here
@@ -79,6 +81,10 @@ class LoweredModel(nn.Module):
         for rid in sorted(checkpointed):
             self.checkpointed[rid] = _Checkpoint()
             self.add_module(f"checkpoint_{rid}", self.checkpointed[rid])
+        # the runs of ops in `segments` (selective recomputation), each a checkpoint
+        self.segment_module = _Checkpoint() if segments else None
+        if segments:
+            self.add_module("checkpoint_segments", self.segment_module)
         # the forward runs under torch.autocast(device_type="cpu", dtype=autocast); the
         # graph's cast ops are autocast's (explicit_casts=False leaves them to autocast)
         self.autocast = autocast
@@ -138,6 +144,7 @@ class LoweredModel(nn.Module):
             self.on_op_start,
             self.on_op_end,
             self.checkpointed,
+            self.segment_module,
         )
         run.on_checkpoint = self.on_checkpoint
         run.keep_returned = self.keep_outputs

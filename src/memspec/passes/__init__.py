@@ -31,7 +31,6 @@ from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
-from memspec.recompute import checkpointed_regions
 from memspec.symbolic.bind import Bindings, resolve_defaults
 from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax.imports import Program
@@ -81,9 +80,8 @@ def _category(
 def _conventions(context: AnalysisContext) -> dict[str, CategoryResult]:
     """Activations under every declared convention, for the side-by-side comparison
     (with the configured recomputation)."""
-    checkpointed = checkpointed_regions(context.graph, context.config.recompute)
     return {
-        name: count_activations_under(context.graph, policy, checkpointed)
+        name: count_activations_under(context.graph, policy, context.config.recompute)
         for name, policy in context.conventions.items()
     }
 

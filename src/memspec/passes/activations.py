@@ -29,33 +29,35 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.schedule import schedule, segments_of
 from memspec.ir.types import Role
 from memspec.ops import lookup
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 from memspec.policies import Convention, CountRule
-from memspec.recompute import checkpointed_regions
+from memspec.recompute import NONE, Recompute, checkpointed_ops, checkpointed_regions
 
 __all__ = ["count_activations", "count_activations_under"]
 
 
 def count_activations(graph: Graph, config: TrainConfig) -> CategoryResult:
     """Activations under the configured convention and recomputation."""
-    return count_activations_under(
-        graph, config.convention, checkpointed_regions(graph, config.recompute)
-    )
+    return count_activations_under(graph, config.convention, config.recompute)
 
 
 def count_activations_under(
-    graph: Graph, convention: Convention, checkpointed: frozenset[int] = frozenset()
+    graph: Graph, convention: Convention, recompute: Recompute = NONE
 ) -> CategoryResult:
-    """What the convention counts, but what runs in a checkpoint (each repetition of a
-    region in `checkpointed`): that is recomputed in backward; what each one keeps
-    instead, its inputs, is counted (`checkpoint_inputs`)."""
+    """What the convention counts, but what runs in a checkpoint (a repetition of a
+    checkpointed region, a run of selectively recomputed ops): that is recomputed in
+    backward; what each one keeps instead, its inputs, is counted."""
     items: dict[tuple, LineItem] = {}
     outputs = tuple(rule for rule in convention.rules if rule.what == "output")
+    checkpointed = checkpointed_regions(graph, recompute)
+    segments = checkpointed_ops(graph, recompute)
 
-    def kept(region: int | None) -> bool:
-        return not any(r.id in checkpointed for r in graph.region_chain(region))
+    def kept(op: OpApply) -> bool:
+        chain = graph.region_chain(op.region)
+        return op.id not in segments and not any(r.id in checkpointed for r in chain)
 
     for rule in convention.rules:
         if rule.what == "saved":
@@ -65,9 +67,11 @@ def count_activations_under(
             _count_outputs(graph, outputs, items, kept)
     for region in sorted(checkpointed):
         checkpoint_inputs(graph, region, items)
+    if segments:
+        _segment_inputs(graph, segments, items)
     # Insertion order follows the graph (ops in execution order): deterministic.
     description = convention.describe()
-    if checkpointed:
+    if recompute.active:
         description += "; what runs in a checkpoint is recomputed, and its inputs are kept"
     return CategoryResult("activations", tuple(items.values()), description)
 
@@ -88,7 +92,7 @@ def checkpoint_inputs(graph: Graph, region_id: int, items: dict) -> None:
         for v in o.inputs
         if v not in made and graph.value(v).role not in (Role.PARAMETER, Role.BUFFER)
     )
-    note = f"kept by each checkpoint of {region.path} (recomputed in backward)"
+    note = f"input of each checkpoint of {region.path} (it runs again in backward)"
     outer = regions_of(graph, region.parent)
     for vid in reads:
         root = graph.value(graph.value(vid).storage)
@@ -113,6 +117,22 @@ def checkpoint_inputs(graph: Graph, region_id: int, items: dict) -> None:
             )
 
 
+def _segment_inputs(graph: Graph, segments: frozenset[int], items: dict) -> None:
+    """What each selectively recomputed run of ops keeps: the values it reads from
+    outside, each storage once per copy of the regions it runs in."""
+    plan = schedule(graph, segments)
+    for segment in segments_of(plan.items):
+        where = graph.ops[segment.body[0]]
+        note = f"input of each checkpoint at {where.path} (it runs again in backward)"
+        for vid in plan.segment_inputs[segment.number]:
+            root = graph.value(graph.value(vid).storage)
+            key = ("storage", root.id, 0)
+            if root.role in (Role.PARAMETER, Role.BUFFER) or key in items:
+                continue
+            regions = _common_regions(graph, root.region, where.region)
+            items[key] = LineItem(root.path, root.shape, root.dtype, regions, note, span=root.span)
+
+
 def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict, kept) -> None:
     # The note names the outermost call a rule names that returned the value: a Linear's
     # output reads "output of Linear", not of the `linear` op inside it (it is one value).
@@ -124,9 +144,10 @@ def _count_outputs(graph: Graph, rules: tuple[CountRule, ...], items: dict, kept
     for call in graph.call_outputs:  # inner calls return first, so outer ones overwrite
         if any(rule.picks_call(call.callee) for rule in rules):
             notes[call.value] = call.callee
+    producers = {vid: op for op in graph.ops for vid in op.outputs}
     for vid, producer in sorted(notes.items()):
         v = graph.value(vid)
-        if not v.requires_grad or not kept(v.region):
+        if not v.requires_grad or (vid in producers and not kept(producers[vid])):
             continue  # made without gradient (position tables): no activation of backward's
         note = f"output of {producer}"
         items[("value", vid, 0)] = LineItem(
@@ -148,7 +169,7 @@ def _count_saved(graph: Graph, rule: CountRule, items: dict, kept) -> None:
     carried_inputs = {inp: (region, out) for region, inp, out in graph.carried}
     savers: dict[tuple, list[str]] = {}
     for op in graph.ops:
-        if not rule.picks(op.op, *op.calls) or not kept(op.region):
+        if not rule.picks(op.op, *op.calls) or not kept(op):
             continue
         if not any(graph.value(v).requires_grad for v in op.inputs):
             continue  # PyTorch records no backward node, so nothing is saved

@@ -25,7 +25,7 @@ from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
 from memspec.ops import lookup
 from memspec.passes.results import Regions, regions_of
-from memspec.recompute import checkpointed_regions, recomputed_ops
+from memspec.recompute import recomputed_ops
 
 __all__ = ["FlopItem", "FlopsResult", "count_flops"]
 
@@ -106,7 +106,7 @@ class FlopsResult:
 def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Zero) -> FlopsResult:
     """One item per op that multiplies matrices, in execution order; and the optimizer's
     step on `parameters` elements, at its declared FLOPs per element."""
-    again = recomputed_ops(graph, checkpointed_regions(graph, config.recompute))
+    again = recomputed_ops(graph, config.recompute)
     items = []
     for op in graph.ops:
         opdef = lookup(op.op)

@@ -233,12 +233,12 @@ class DeclConvention:
 @dataclass(frozen=True, slots=True)
 class DeclRecompute:
     """`recompute full "..." { checkpoint each repeat }`: which parts of the forward run
-    again in backward. A rule is (what, span); `repeat` checkpoints every repetition of
-    every repeated layer."""
+    again in backward. A rule is (what, names, span): `repeat` checkpoints every
+    repetition of every repeated layer, `call` each run of ops inside calls of `names`."""
 
     name: str
     description: str
-    rules: tuple[tuple[str, Span | None], ...]
+    rules: tuple[tuple[str, tuple[str, ...], Span | None], ...]
     span: Span | None = span_field()
 
 

@@ -254,7 +254,10 @@ class ToAst(Transformer_NonRecursive):
         return d.DeclRecompute(str(name), description, tuple(rest), span=self.span(meta))
 
     def recompute_repeats(self, meta, children):
-        return ("repeat", self.span(meta))
+        return ("repeat", (), self.span(meta))
+
+    def recompute_calls(self, meta, children):
+        return ("call", tuple(str(c) for c in children), self.span(meta))
 
     def convention_count(self, meta, children):
         names, kinds = children[1]

@@ -21,7 +21,7 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.sizes import GENERAL
 from memspec.lower.module import LoweredModel
 from memspec.policies import Optimizer, read_optimizer
-from memspec.recompute import checkpointed_regions
+from memspec.recompute import checkpointed_ops, checkpointed_regions
 from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.syntax.imports import load_program
@@ -188,17 +188,19 @@ class _SavedTracker:
     def op_start(self, op: OpApply) -> None:
         self.pending = []
 
-    def checkpoint(self, region: int, vids: list[int], tensors: list) -> None:
-        """A checkpoint has saved the values its body reads from outside (torch keeps
-        them in its frame instead of what the body's ops save)."""
+    def checkpoint(self, region: int | None, vids: list[int], tensors: list) -> None:
+        """A checkpoint (of a region's repetition, or None: of a segment) has saved the
+        values its body reads from outside (torch keeps them in its frame instead of
+        what the body's ops save)."""
         by_storage: dict[int, str] = {}
         for vid, tensor in zip(vids, tensors, strict=True):
             key = activation_key(self.graph, vid)
             carried = self.carried_inputs.get(self.graph.value(vid).storage)
-            if carried is not None and carried[0] == region and self.model.iteration[region] > 0:
+            if carried is not None and self.model.iteration.get(carried[0], 0) > 0:
                 key = activation_key(self.graph, carried[1], carried=True)
             by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
-        self._attribute(by_storage, f"checkpoint of {self.graph.regions[region].path}")
+        where = "a segment" if region is None else self.graph.regions[region].path
+        self._attribute(by_storage, f"checkpoint of {where}")
 
     def op_end(self, op: OpApply, inputs: list, outputs: list, env: dict) -> None:
         by_storage: dict[int, str] = {}
@@ -239,6 +241,7 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
         result.graph,
         result.substitutions(),
         checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+        segments=checkpointed_ops(result.graph, result.config.recompute),
         autocast=result.config.precision.autocast,
     )
     model.explicit_casts = explicit_casts

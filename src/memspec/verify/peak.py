@@ -17,7 +17,7 @@ from memspec.errors import UsageError
 from memspec.lower.module import LoweredModel
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
-from memspec.recompute import checkpointed_regions
+from memspec.recompute import checkpointed_ops, checkpointed_regions
 from memspec.result import CompileResult
 from memspec.verify.measure import _optimizer
 
@@ -131,6 +131,7 @@ def _measure(
             result.graph,
             result.substitutions(),
             checkpointed=checkpointed_regions(result.graph, result.config.recompute),
+            segments=checkpointed_ops(result.graph, result.config.recompute),
             autocast=result.config.precision.autocast,
         )
         model.explicit_casts = explicit_casts

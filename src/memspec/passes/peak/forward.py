@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply, Region, Value
-from memspec.ir.interpreter import Index, Interpreter, Loop
+from memspec.ir.interpreter import Index, Interpreter, Loop, Segment
 from memspec.ir.schedule import Schedule
 from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
@@ -56,12 +56,13 @@ class Record:
 
 @dataclass(slots=True)
 class Frame:
-    """One checkpointed repetition (torch's `_CheckpointFrame`): it holds the entries of
-    the values its body reads from outside (`inputs`) until the last of its nodes that
-    saved a tensor (`waiting`, record numbers) has run in backward."""
+    """One checkpoint (torch's `_CheckpointFrame`): a repetition of a checkpointed
+    region, or a segment of selective recomputation. It holds the entries of the values
+    its `body` reads from outside (`inputs`) until the last of its nodes that saved a
+    tensor (`waiting`, record numbers) has run in backward."""
 
     number: int
-    loop: Loop
+    body: tuple
     index: Index
     running: tuple[tuple[int, int], ...]
     inputs: tuple[tuple[int, Entry], ...]
@@ -185,20 +186,25 @@ class ForwardReplay(Interpreter[Entry]):
         if region.id not in self.checkpointed or self._frame is not None:
             self.run_body(loop, index)
             return
+        self._checkpoint(loop.body, self.schedule.loop_inputs[loop.number], index)
+
+    def segment(self, segment: Segment, index: Index) -> None:
+        if self._frame is not None:  # inside a checkpoint already: one frame holds all
+            self.run_items(segment.body, index)
+            return
+        self._checkpoint(segment.body, self.schedule.segment_inputs[segment.number], index)
+
+    def _checkpoint(self, body: tuple, reads: tuple[int, ...], index: Index) -> None:
         # the frame holds what the body reads from outside: torch's saved args and the
         # recompute function's keyword arguments
-        inputs = tuple(
-            (vid, self.env[vid])
-            for vid in self.schedule.loop_inputs[loop.number]
-            if vid in self.env
-        )
+        inputs = tuple((vid, self.env[vid]) for vid in reads if vid in self.env)
         for _, entry in inputs:
             if entry.block is not None:
                 self.ledger.ref(entry.block)
-        self._frame = Frame(len(self.frames), loop, index, self.running, inputs)
+        self._frame = Frame(len(self.frames), body, index, self.running, inputs)
         self.frames.append(self._frame)
         try:
-            self.run_body(loop, index)
+            self.run_items(body, index)
         finally:
             self._frame = None
 

@@ -54,6 +54,9 @@ class _Recomputation(ForwardReplay):
             raise _Stop
         return super().run_op(op, inputs, index)
 
+    def segment(self, segment, index: Index) -> None:
+        self.run_items(segment.body, index)  # part of the frame run again
+
     def _save(self, op, inputs, outputs, record) -> None:
         self.hold(op, inputs, outputs, self.targets[self.next - 1])
 
@@ -77,7 +80,7 @@ def recompute(forward: ForwardReplay, frame: Frame) -> None:
     for vid, entry in frame.inputs:
         run.write(vid, entry)
     with contextlib.suppress(_Stop):
-        run.run_body(frame.loop, frame.index)
+        run.run_items(frame.body, frame.index)
     for entry in run.env.values():
         run.ledger.unref(entry.block)
     run.env = {}

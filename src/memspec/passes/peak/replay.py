@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from memspec.ir.graph import Graph
+from memspec.ir.schedule import schedule
 from memspec.ir.types import DType
 from memspec.passes.peak.backward import BackwardReplay
 from memspec.passes.peak.forward import ForwardReplay
@@ -80,6 +81,7 @@ def replay(
     sums_in_place: bool = True,
     keep_outputs: bool = False,
     checkpointed: frozenset[int] = frozenset(),
+    segments: frozenset[int] = frozenset(),
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -90,11 +92,19 @@ def replay(
     adds a second gradient into the first in place where it can (False: never, as under
     a TorchDispatchMode such as PyTorch's memory tracker). `keep_outputs`: the loop
     holds what the model returns beside the loss until the step ends. Each repetition
-    of a region in `checkpointed` is a checkpoint, recomputed in backward.
+    of a region in `checkpointed` is a checkpoint, recomputed in backward, and so is
+    each run of consecutive ops in `segments` (selective recomputation).
     """
     ledger = Ledger()
     forward = ForwardReplay(
-        graph, ledger, repetitions, measure, PeakUnavailable, keep_outputs, checkpointed
+        graph,
+        ledger,
+        repetitions,
+        measure,
+        PeakUnavailable,
+        keep_outputs,
+        checkpointed,
+        schedule(graph, segments) if segments else None,
     )
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
