@@ -52,6 +52,17 @@ fn eager_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, windo
     return einsum(probs, v, "... s t, ... t e -> ... s e")
 }
 
+# Megatron-LM's attention core (CoreAttention): Q K^T, scaled inside the fused
+# scale-mask-softmax with the causal mask added (not saved), softmax's output, dropout on
+# the probabilities as CUDA runs it (a 1-byte mask), then probabilities x V.
+fn megatron_core_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], dropout_p)
+        -> [..., s, e] {
+    scores = einsum(q, k, "... s d, ... t d -> ... s t") / sqrt(d)
+    probs = softmax(add_causal_mask(scores, 0))
+    if dropout_p > 0 { probs = native_dropout(probs, dropout_p) }
+    return einsum(probs, v, "... s t, ... t e -> ... s e")
+}
+
 # Causal multi-head self-attention with RoPE on queries and keys (CS336 assignment 1).
 layer MultiHeadSelfAttention(d_model, num_heads, max_len, theta = 10000) {
     let d_k = d_model / num_heads

@@ -227,7 +227,8 @@ recompute full "every repetition of every repeated layer is a checkpoint" {
 # V). Megatron-LM's selective recomputation (Korthikanti et al. 2022) recomputes the
 # attention core and keeps everything else; std's attention fns and the fused op are it.
 recompute selective "Megatron-LM's selective recomputation: the attention core (Q K^T, mask, softmax, dropout, probabilities x V) runs again in backward" {
-    checkpoint each call of attention, eager_attention, sdpa_math_attention, flash_attention
+    checkpoint each call of attention, eager_attention, sdpa_math_attention, flash_attention,
+        megatron_core_attention
 }
 
 # Which tensors count as activations.

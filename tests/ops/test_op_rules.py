@@ -130,9 +130,11 @@ def test_binary_elementwise(shape, r1, r2, name):
 
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes(), name=st.sampled_from(
-    ["neg", "silu", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout"]))
+    ["neg", "silu", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout",
+     "native_dropout"]))
 def test_unary(shape, name):
-    run_op(name, [(shape, F32, "grad")], {"p": sp.Rational(1, 10)} if name == "dropout" else {})
+    dropout = name in ("dropout", "native_dropout")
+    run_op(name, [(shape, F32, "grad")], {"p": sp.Rational(1, 10)} if dropout else {})
 
 
 @settings(max_examples=10, deadline=None)
@@ -489,7 +491,8 @@ def test_every_op_is_covered():
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
-               "autocast_cast"}  # tests/verify/test_autocast.py
+               "autocast_cast",  # tests/verify/test_autocast.py
+               "native_dropout"}
     assert covered == set(REGISTRY)
 
 

@@ -134,6 +134,12 @@ def _dropout_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return (Saved("mask", shape=x.shape, dtype=x.dtype),)
 
 
+def _native_dropout_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """torch.native_dropout (CUDA's dropout kernel; it runs on the CPU too) keeps the
+    mask as bool, one byte per element."""
+    return (Saved("mask", shape=graph.value(op.inputs[0]).shape, dtype=DType.bool),)
+
+
 def _f(name: str):
     """Lowering to `torch.nn.functional.<name>(x)`."""
     return lambda tensors, attrs: getattr(torch_functional()[1], name)(*tensors)
@@ -293,6 +299,16 @@ _pointwise(
     _dropout_saved,
     "a scaled mask of x's shape and dtype",
     lambda t, a: torch_functional()[1].dropout(t[0], a["p"], training=True),
+    attrs=(("p", 0),),
+)
+_pointwise(
+    "native_dropout",
+    "training-mode dropout as CUDA runs it (torch.native_dropout: Megatron-LM's and "
+    "F.dropout's kernel on a GPU)",
+    _ELEMENTWISE,
+    _native_dropout_saved,
+    "a bool mask of x's shape (1 byte per element)",
+    lambda t, a: torch_functional()[0].native_dropout(t[0], a["p"], True)[0],
     attrs=(("p", 0),),
 )
 _pointwise(

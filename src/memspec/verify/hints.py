@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 from fractions import Fraction
 
+import sympy as sp
+
 from memspec.ir.types import DType, shape_str
 from memspec.result import CompileResult
 from memspec.verify.compare import Row, Table
@@ -55,7 +57,10 @@ def activation_hints(result: CompileResult, row: Row, measured: list[SavedTensor
     items = [i for i in result.categories["activations"].items if (i.key or i.path) == row.name]
     sizes: list[tuple[int, str]] = []
     for item in items:
-        shape = [int(d.xreplace(subs)) for d in item.shape]
+        shape = [
+            int(sp.Integer(d).xreplace(subs) if isinstance(d, int) else d.xreplace(subs))
+            for d in item.shape
+        ]
         one = int(item.elements.xreplace(subs)) * item.dtype.itemsize
         count = int(item.multiplicity.xreplace(subs))
         what = f"[{', '.join(map(str, shape))}] {item.dtype.name} ({one:,} B)"
