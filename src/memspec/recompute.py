@@ -29,6 +29,7 @@ __all__ = [
     "Recompute",
     "checkpointed_ops",
     "checkpointed_regions",
+    "describe_checkpoints",
     "read_recompute",
     "recomputed_ops",
 ]
@@ -87,11 +88,30 @@ def read_recompute(decl: d.DeclRecompute, known: Collection[str]) -> Recompute:
 
 
 def checkpointed_regions(graph: Graph, policy: Recompute) -> frozenset[int]:
-    """The regions each repetition of which is a checkpoint: the outermost repeated
-    layers (an expert bank runs inside a layer's checkpoint, not as one of its own)."""
-    if not policy.repeats:
-        return frozenset()
-    return frozenset(r.id for r in graph.regions if r.parent is None and r.active is None)
+    """The regions each repetition of which is a checkpoint: those the spec marks
+    (`repeat N of checkpoint ...`), and under a policy that checkpoints repeats the
+    outermost repeated layers (an expert bank runs inside a layer's checkpoint, not as
+    one of its own). A marked region inside another checkpointed one is part of it."""
+    marked = {r.id for r in graph.regions if r.checkpoint}
+    if policy.repeats:
+        marked |= {r.id for r in graph.regions if r.parent is None and r.active is None}
+    return frozenset(
+        rid for rid in marked if not any(r.id in marked for r in graph.region_chain(rid)[:-1])
+    )
+
+
+def describe_checkpoints(graph: Graph, policy: Recompute) -> str:
+    """What runs as a checkpoint, in words ("" when nothing does)."""
+    if policy.active:
+        return policy.describe()
+    marked = [graph.regions[r].path for r in sorted(checkpointed_regions(graph, policy))]
+    if not marked:
+        return ""
+    return (
+        f"the spec makes each repetition of {', '.join(marked)} a checkpoint "
+        "(`repeat N of checkpoint ...`; torch.utils.checkpoint, use_reentrant=False): it "
+        "keeps its inputs; backward runs its forward again up to the last tensor it saves"
+    )
 
 
 def checkpointed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from memspec import compile_spec
+from memspec import compile_spec, errors
 from memspec.cli import main
 from memspec.passes.peak import StepOptions
 from memspec.verify.peak import compare_peak, measure_peak
@@ -197,3 +197,25 @@ def test_selective_recompute_drops_the_attention_core():
     # inputs, so torch stops before it
     D = plain.symbols.lookup("D").symbol
     assert sp.expand(selective.flops.recompute - N * 2 * B * L**2 * D) == 0
+
+
+SWIGLU_TEXT = (SPECS / "cs336_lm_swiglu.mspec").read_text()
+
+
+def test_a_spec_checkpoints_its_own_repeated_layer():
+    """`repeat N of checkpoint Block(...)` in the spec is the full policy, layer by
+    layer: the same peak formula, the report says so, and torch agrees to the byte."""
+    text = SWIGLU_TEXT.replace("repeat N of Block", "repeat N of checkpoint Block")
+    marked = compile_spec(text)
+    full = compile_spec(SPECS / "cs336_lm_swiglu.mspec", recompute="full")
+    assert sp.expand(marked.peak.bytes - full.peak.bytes) == 0
+    assert "the spec makes each repetition of layers a checkpoint" in marked.to_markdown()
+    sized = compile_spec(text, set={**SWIGLU, "N": 3})
+    comparison = compare_peak(sized, measure_peak(sized, StepOptions()))
+    assert comparison.ok, (comparison.rows, comparison.moment)
+
+
+def test_a_checkpointed_layer_under_autocast_is_refused():
+    text = SWIGLU_TEXT.replace("repeat N of Block", "repeat N of checkpoint Block")
+    with pytest.raises(errors.UsageError, match="checkpointed repetitions with precision"):
+        compile_spec(text, precision="autocast_bf16")

@@ -77,9 +77,16 @@ class GraphBuilder:
     def add_op(self, op: OpApply) -> None:
         self.ops.append(op)
 
-    def add_region(self, path: str, count: sp.Expr, parent: int | None, span: Span | None) -> int:
+    def add_region(
+        self,
+        path: str,
+        count: sp.Expr,
+        parent: int | None,
+        span: Span | None,
+        checkpoint: bool = False,
+    ) -> int:
         rid = len(self.regions)
-        self.regions.append(Region(rid, path, count, parent, span=span))
+        self.regions.append(Region(rid, path, count, parent, span=span, checkpoint=checkpoint))
         return rid
 
     def checkpoint(self) -> tuple:

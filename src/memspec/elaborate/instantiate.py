@@ -119,7 +119,7 @@ class Instantiator:
                 return empty
             if stmt.index is not None:
                 return split_repeat(self, inst, stmt, ref.decl, path, count)
-            region = self.builder.add_region(path, count, inst.region, stmt.span)
+            region = self.builder.add_region(path, count, inst.region, stmt.span, stmt.checkpoint)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
         sub = self.instantiate(ref.decl, args, path, region, stmt.span)
         sub.repeated = stmt.count is not None

@@ -134,7 +134,9 @@ def _build(
     ]
     if tail != 0:
         region_path = f"{path}[{prefix}:]" if prefix else path
-        region = builder.add_region(region_path, repetitions, inst.region, stmt.span)
+        region = builder.add_region(
+            region_path, repetitions, inst.region, stmt.span, stmt.checkpoint
+        )
         builder.assume_integer(repetitions, divisibility_text(repetitions), stmt.span)
         slots = tuple(
             layer(

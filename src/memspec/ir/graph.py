@@ -69,6 +69,7 @@ class Region:
     parent: int | None
     active: sp.Expr | None = None  # an expert bank: repetitions each token passes through
     span: Span | None = _span()
+    checkpoint: bool = False  # `repeat N of checkpoint ...`: each repetition a checkpoint
 
 
 @dataclass(frozen=True, slots=True)

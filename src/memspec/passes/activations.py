@@ -71,7 +71,7 @@ def count_activations_under(
         _segment_inputs(graph, segments, items)
     # Insertion order follows the graph (ops in execution order): deterministic.
     description = convention.describe()
-    if recompute.active:
+    if checkpointed or segments:
         description += "; what runs in a checkpoint is recomputed, and its inputs are kept"
     return CategoryResult("activations", tuple(items.values()), description)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.passes.results import CATEGORY_TITLES
+from memspec.recompute import describe_checkpoints
 from memspec.report.flops import flops
 from memspec.report.model import AssumptionRow, DecisionRow, Math, Report, SymbolRow
 from memspec.report.peak import peak
@@ -86,7 +87,7 @@ def build_report(result: CompileResult) -> Report:
         convention_description=config.convention.description,
         convention_rules=config.convention.describe(),
         recompute=config.recompute.name,
-        recompute_rules=config.recompute.describe() if config.recompute.active else "",
+        recompute_rules=describe_checkpoints(result.graph, config.recompute),
         variants=result.variants_used,
         preset=result.preset,
         bound=bool(result.bindings),

@@ -51,13 +51,15 @@ class LayerLet:
 @dataclass(frozen=True, slots=True)
 class LayerSub:
     """`name = Layer(args)`, or `name = repeat count of Layer(args)` when `count` is set;
-    `repeat count as index of Layer(args)` names the repetition (0, 1, ...) for `args`."""
+    `repeat count as index of Layer(args)` names the repetition (0, 1, ...) for `args`;
+    `repeat count of checkpoint Layer(args)` makes each repetition a checkpoint."""
 
     name: str
     layer: str
     args: tuple[Arg, ...]
     count: Expr | None = None
     index: str | None = None
+    checkpoint: bool = False
     span: Span | None = span_field()
 
 

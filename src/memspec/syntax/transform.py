@@ -282,15 +282,19 @@ class ToAst(Transformer_NonRecursive):
         return d.LayerSub(str(name), str(layer), args or (), span=self.span(meta))
 
     def layer_repeat(self, meta, children):
-        name, count, index, layer, args = children
+        name, count, index, checkpoint, layer, args = children
         return d.LayerSub(
             str(name),
             str(layer),
             args or (),
             count=count,
             index=str(index) if index else None,
+            checkpoint=checkpoint is not None,
             span=self.span(meta),
         )
+
+    def checkpoint_mark(self, meta, children):
+        return True
 
     def layer_param(self, meta, children):
         return d.LayerParam(str(children[0]), children[1], span=self.span(meta))
