@@ -38,6 +38,7 @@ CASES = {
     "unknown_policy": (errors.UsageError, 7, 9),
     "unknown_recompute": (errors.UsageError, 7, 9),
     "recompute_unknown_call": (errors.SpecValueError, 8, 5),
+    "recompute_unknown_aten": (errors.SpecValueError, 9, 5),
     "wrong_arg_count": (errors.SpecValueError, 4, 30),
     "empty": (errors.NameResolutionError, 1, 1),
     "undefined_dim_in_shape": (errors.NameResolutionError, 3, 18),

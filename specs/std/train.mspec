@@ -222,6 +222,17 @@ recompute none "no recomputation: every tensor saved for backward is kept until 
 recompute full "every repetition of every repeated layer is a checkpoint" {
     checkpoint each repeat
 }
+# `save aten NAMES`: PyTorch's selective activation checkpointing (torch.utils.checkpoint's
+# context_fn = create_selective_checkpoint_contexts(policy_fn)): inside each checkpoint
+# the outputs of those aten ops are kept from the forward (MUST_SAVE) and handed to the
+# recomputation, which does not compute them again (the others: PREFER_RECOMPUTE); a
+# kept output the early stop never reaches lives until the checkpoint is let go. Ops
+# declare the aten op that makes their output (`memspec ops`: linear mm/addmm, matmul
+# and einsum bmm/mm). `save_matmuls` is the policy PyTorch's documentation shows.
+recompute save_matmuls "every layer a checkpoint that keeps its matrix products' outputs (PyTorch's selective activation checkpointing)" {
+    checkpoint each repeat
+    save aten mm, addmm, bmm
+}
 # `checkpoint each call of NAMES`: each run of consecutive ops inside a call of the fns
 # or layers named, or of the ops named, is one checkpoint (its inputs kept: here Q, K and
 # V). Megatron-LM's selective recomputation (Korthikanti et al. 2022) recomputes the

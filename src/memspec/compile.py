@@ -16,10 +16,12 @@ import sympy as sp
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
+from memspec.ops import lookup
 from memspec.passes import AnalysisContext, run_pipeline
 from memspec.passes.peak import StepOptions
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.policies import read_convention
+from memspec.recompute import unmodelled_cache
 from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.symbolic import bind
@@ -89,6 +91,14 @@ def compile_spec(
 
     elab = elaborate(program, config, sizes)
     symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
+    conflict = unmodelled_cache(graph, config.recompute)
+    if conflict is not None:
+        raise UsageError(
+            f"recompute policy {config.recompute.name!r} saves aten ops that "
+            f"{conflict.op} at {conflict.path} runs for intermediates of its own "
+            f"({', '.join(lookup(conflict.op).aten_inside)}): not modelled yet",
+            conflict.span,
+        )
     marked = [r for r in graph.regions if r.checkpoint]
     if marked and config.precision.autocast is not None:
         raise UsageError(

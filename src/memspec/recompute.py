@@ -10,6 +10,11 @@ recomputed tensors are freed as backward uses them. Two kinds of checkpoint:
 - `checkpoint each call of NAMES`: each run of consecutive ops inside a call of the fns
   or layers named, or of the ops named (selective recomputation: Megatron-LM's of the
   attention core).
+
+`save aten NAMES` adds PyTorch's selective activation checkpointing
+(`create_selective_checkpoint_contexts`): inside a checkpoint the outputs of those aten
+ops are cached in the forward (MUST_SAVE) and handed to the recomputation instead of
+being computed again; ops declare the aten op that makes their output (`OpDef.aten`).
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.schedule import ops_of, schedule, segments_of
 from memspec.names import did_you_mean
 from memspec.ops import lookup
+from memspec.ops.registry import REGISTRY
 from memspec.syntax import decls as d
 
 __all__ = [
     "NONE",
     "Recompute",
+    "cached_ops",
     "checkpointed_ops",
     "checkpointed_regions",
     "describe_checkpoints",
     "read_recompute",
     "recomputed_ops",
+    "unmodelled_cache",
 ]
 
 
@@ -44,6 +52,7 @@ class Recompute:
     description: str
     repeats: bool = False
     calls: tuple[str, ...] = ()
+    save: tuple[str, ...] = ()  # aten ops whose outputs a checkpoint keeps (SAC)
 
     @property
     def active(self) -> bool:
@@ -59,10 +68,17 @@ class Recompute:
             parts.append(
                 f"each run of ops inside a call of {', '.join(self.calls)} is a checkpoint"
             )
-        return (
+        text = (
             f"{'; '.join(parts)} (torch.utils.checkpoint, use_reentrant=False): it keeps "
             "its inputs; backward runs its forward again up to the last tensor it saves"
         )
+        if self.save:
+            names = ", ".join(f"aten.{n}" for n in self.save)
+            text += (
+                f"; the outputs of {names} are kept instead of computed again (selective "
+                "activation checkpointing, MUST_SAVE)"
+            )
+        return text
 
 
 NONE = Recompute("none", "no recomputation")
@@ -71,10 +87,22 @@ NONE = Recompute("none", "no recomputation")
 def read_recompute(decl: d.DeclRecompute, known: Collection[str]) -> Recompute:
     """A policy from its declaration; `known`: the names of the fns, layers and ops (a
     policy naming none of them would silently recompute nothing)."""
-    repeats, calls = False, []
+    repeats, calls, save = False, [], []
+    aten = sorted({name for op in REGISTRY.values() for name in op.aten})
     for what, names, span in decl.rules:
         if what == "repeat":
             repeats = True
+            continue
+        if what == "save":
+            for name in names:
+                if name not in aten:
+                    hint = did_you_mean(name, aten)
+                    raise SpecValueError(
+                        f"recompute policy {decl.name}: no op makes its output with "
+                        f"aten.{name}{hint} (ops declare: {', '.join(aten)})",
+                        span,
+                    )
+                save.append(name)
             continue
         for name in names:
             if name not in known:
@@ -84,7 +112,13 @@ def read_recompute(decl: d.DeclRecompute, known: Collection[str]) -> Recompute:
                     span,
                 )
             calls.append(name)
-    return Recompute(decl.name, decl.description, repeats, tuple(dict.fromkeys(calls)))
+    return Recompute(
+        decl.name,
+        decl.description,
+        repeats,
+        tuple(dict.fromkeys(calls)),
+        tuple(dict.fromkeys(save)),
+    )
 
 
 def checkpointed_regions(graph: Graph, policy: Recompute) -> frozenset[int]:
@@ -123,11 +157,42 @@ def checkpointed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
     return frozenset(op.id for op in graph.ops if names & {op.op, *op.calls})
 
 
+def cached_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
+    """The ops inside checkpoints whose outputs selective activation checkpointing keeps
+    (an aten op the policy saves makes their output)."""
+    if not policy.save:
+        return frozenset()
+    regions = checkpointed_regions(graph, policy)
+    segments = checkpointed_ops(graph, policy)
+    names = set(policy.save)
+    return frozenset(
+        op.id
+        for op in graph.ops
+        if names & set(lookup(op.op).aten)
+        and (op.id in segments or any(r.id in regions for r in graph.region_chain(op.region)))
+    )
+
+
+def unmodelled_cache(graph: Graph, policy: Recompute) -> OpApply | None:
+    """An op inside a checkpoint that dispatches, for an intermediate of its own, an
+    aten op the policy saves (torch would keep those; memspec does not model them)."""
+    if not policy.save:
+        return None
+    regions = checkpointed_regions(graph, policy)
+    segments = checkpointed_ops(graph, policy)
+    for op in graph.ops:
+        inside = op.id in segments or any(r.id in regions for r in graph.region_chain(op.region))
+        if inside and set(policy.save) & set(lookup(op.op).aten_inside):
+            return op
+    return None
+
+
 def recomputed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
     """The ops backward runs again: in each checkpoint, those up to the last one that
     saves a tensor (torch's early stop), that one only if it saves one of its outputs
     (saving only inputs, it stops before computing). A stop inside a nested region (an
-    expert bank) is taken as after all of its repetitions."""
+    expert bank) is taken as after all of its repetitions. Ops whose outputs selective
+    activation checkpointing kept are not computed again."""
     out: set[int] = set()
     bodies = []
     for region in checkpointed_regions(graph, policy):
@@ -145,7 +210,7 @@ def recomputed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
         last = body[saving[-1]]
         made = any(s.value in last.outputs for s in lookup(last.op).saved(last, graph))
         out.update(op.id for op in body[: saving[-1] + (1 if made else 0)])
-    return frozenset(out)
+    return frozenset(out - cached_ops(graph, policy))
 
 
 def _packs(graph: Graph, op: OpApply) -> bool:

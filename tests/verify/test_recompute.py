@@ -134,7 +134,7 @@ def test_unknown_recompute_policy_lists_the_ones_that_exist(capsys, monkeypatch)
     code = main(["compile", "specs/cs336_lm_swiglu.mspec", "--recompute", "ful"])
     err = capsys.readouterr().err
     assert code == 2
-    known = "(known: full, none, selective)"
+    known = "(known: full, none, save_matmuls, selective)"
     assert f"unknown recompute policy 'ful'; did you mean 'full'? {known}" in err
     assert "Traceback" not in err
 
@@ -219,3 +219,51 @@ def test_a_checkpointed_layer_under_autocast_is_refused():
     text = SWIGLU_TEXT.replace("repeat N of Block", "repeat N of checkpoint Block")
     with pytest.raises(errors.UsageError, match="checkpointed repetitions with precision"):
         compile_spec(text, precision="autocast_bf16")
+
+
+# PyTorch's selective activation checkpointing (`save_matmuls`: every layer a
+# checkpoint whose matrix products' outputs are kept, MUST_SAVE, and handed to the
+# recomputation instead of being computed again)
+SAC = [
+    ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 3}, ()),
+    ("cs336_lm_swiglu.mspec", {"B": 2, "L": 64, "D": 16, "H": 8, "V": 64, "N": 3, "F": 32}, ()),
+    ("gpt2.mspec", {"B": 2, "L": 24, "P": 32, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("llama.mspec", {"B": 2, "L": 32, "V": 32, "D": 16, "N": 3, "H": 4, "KV": 2, "F": 24},
+     ("eager",)),
+    ("bert.mspec", {"B": 2, "L": 24, "P": 32, "V": 32, "D": 16, "N": 3, "H": 4}, ()),
+    ("t5.mspec",
+     {"B": 1, "S": 12, "T": 16, "V": 40, "D": 16, "K": 4, "H": 4, "F": 32, "N": 3, "R": 8}, ()),
+    ("vit.mspec", {"B": 2, "I": 8, "p": 4, "D": 8, "N": 3, "H": 2, "C": 5}, ()),
+]
+
+
+@pytest.mark.parametrize(("spec", "sizes", "use"), SAC, ids=lambda x: str(x))
+def test_selective_checkpointing_peak_equals_the_tracker(spec, sizes, use):
+    for options in (StepOptions(), StepOptions(set_to_none=False)):
+        result = compile_spec(
+            SPECS / spec, set=sizes, use=use, recompute="save_matmuls", step=options
+        )
+        comparison = compare_peak(result, measure_peak(result, options))
+        assert comparison.ok, (comparison.rows, comparison.phases, comparison.moment)
+
+
+def test_selective_checkpointing_keeps_the_products(monkeypatch, capsys):
+    """The kept outputs are what the real step holds for backward (read from the
+    caching mode's storage), and backward computes no matrix product again."""
+    monkeypatch.chdir(ROOT)
+    args = [f"--set={k}={v}" for k, v in {**SWIGLU, "N": 3}.items()]
+    assert main(["verify", "specs/cs336_lm_swiglu.mspec", "--recompute", "save_matmuls",
+                 *args]) == 0
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", recompute="save_matmuls")
+    assert result.flops.recompute == 0
+    notes = [i.note for i in result.categories["activations"].items]
+    assert "output of linear, kept by selective checkpointing (aten.mm, aten.addmm)" in notes
+
+
+def test_selective_checkpointing_of_an_ops_own_products_is_refused(capsys, monkeypatch):
+    """Mamba's scan runs a bmm per step for its own intermediates: a policy saving bmm
+    would keep them in torch, which memspec does not model, so it says so."""
+    monkeypatch.chdir(ROOT)
+    code = main(["compile", "specs/mamba.mspec", "--recompute", "save_matmuls"])
+    assert code == 2
+    assert "runs for intermediates of its own (bmm): not modelled yet" in capsys.readouterr().err

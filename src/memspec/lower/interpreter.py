@@ -46,11 +46,15 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         on_op_end: OpHook | None = None,
         checkpointed: Mapping[int, torch.nn.Module] | None = None,
         segment_module: torch.nn.Module | None = None,
+        sac_aten: tuple[str, ...] = (),
     ):
         super().__init__(graph, plan)
         self.checkpointed = checkpointed or {}
         # the module each segment of the schedule runs in, under checkpoint; None: plain
         self.segment_module = segment_module
+        # aten ops whose outputs each checkpoint keeps (selective activation checkpointing)
+        self.sac_aten = sac_aten
+        self.on_kept: Callable[[list], None] | None = None  # the tensors one kept
         self._inside = False  # running a checkpoint's body
         self._recomputing = False
         # (region, value ids, tensors) a checkpoint keeps, once it has saved them
@@ -115,7 +119,16 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
                 self._inside = False
             return {v: t for v, t in made.items() if v not in bound}
 
-        made = checkpoint(layer, body, *(self.env[v] for v in bound), use_reentrant=False)
+        modes: list = []  # the caching mode of selective checkpointing, once made
+        options = {"context_fn": _sac_contexts(self.sac_aten, modes)} if self.sac_aten else {}
+        made = checkpoint(
+            layer, body, *(self.env[v] for v in bound), use_reentrant=False, **options
+        )
+        if modes and self.on_kept:
+            # what the forward kept for the recomputation (each a detached alias)
+            leaves = torch.utils._pytree.tree_leaves(dict(modes[0].storage))
+            kept = [getattr(w, "val", None) for w in leaves]
+            self.on_kept([t for t in kept if isinstance(t, torch.Tensor)])
         self.env.update(made)
 
     def parameter(self, value: Value, index: Index) -> torch.Tensor:
@@ -145,3 +158,24 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         if isinstance(value, RepetitionIndex):
             return self.iteration[value.region]
         return concrete(value, self.subs)
+
+
+def _sac_contexts(names: tuple[str, ...], modes: list):
+    """`context_fn` of PyTorch's selective activation checkpointing: the outputs of the
+    aten ops `names` are saved (MUST_SAVE), everything else is recomputed. The forward's
+    caching mode is appended to `modes`, so that its storage can be read."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = {getattr(torch.ops.aten, name) for name in names}
+
+    def policy(ctx, op, *args, **kwargs):
+        if op.overloadpacket in saved:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    def contexts():
+        made = create_selective_checkpoint_contexts(policy)
+        modes.append(made[0])
+        return made
+
+    return contexts

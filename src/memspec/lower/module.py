@@ -56,6 +56,7 @@ class LoweredModel(nn.Module):
         checkpointed: frozenset[int] = frozenset(),
         autocast: DType | None = None,
         segments: frozenset[int] = frozenset(),
+        sac_aten: tuple[str, ...] = (),
     ):
         super().__init__()
         _check_lowerable(graph)
@@ -70,6 +71,8 @@ class LoweredModel(nn.Module):
         # (region or None for a segment, value ids, tensors) a checkpoint keeps, as it
         # starts in the forward
         self.on_checkpoint: Callable[[int, list, list], None] | None = None
+        # the tensors selective checkpointing kept, after each checkpoint's forward
+        self.on_kept: Callable[[list], None] | None = None
         self._running: TorchInterpreter | None = None
         # the loop keeps the outputs object: what the spec marks `returned` is held here
         # from the forward until the caller clears it (`memspec verify --keep-outputs`)
@@ -83,6 +86,7 @@ class LoweredModel(nn.Module):
             self.add_module(f"checkpoint_{rid}", self.checkpointed[rid])
         # the runs of ops in `segments` (selective recomputation), each a checkpoint
         self.segment_module = _Checkpoint() if segments else None
+        self.sac_aten = sac_aten
         if segments:
             self.add_module("checkpoint_segments", self.segment_module)
         # the forward runs under torch.autocast(device_type="cpu", dtype=autocast); the
@@ -145,8 +149,10 @@ class LoweredModel(nn.Module):
             self.on_op_end,
             self.checkpointed,
             self.segment_module,
+            self.sac_aten,
         )
         run.on_checkpoint = self.on_checkpoint
+        run.on_kept = self.on_kept
         run.keep_returned = self.keep_outputs
         run.explicit_casts = self.explicit_casts
         self._running = run

@@ -265,6 +265,7 @@ register(
         "result viewed back to its leading dims; a plain new tensor for a 2-D input",
         summed=("bias?",),
         flops=_linear_flops,
+        aten=("mm", "addmm"),
         kind=OpKind.MATMUL,
         shape_doc="input [..., in], weight [out, in], bias [out] -> [..., out]",
         saved_doc="input when weight needs a gradient (a copy when its leading dims cannot "
@@ -286,6 +287,7 @@ register(
         summed=("bias",),
         flops=_addmm_flops,
         backward_flops=_addmm_backward_flops,
+        aten=("addmm",),
         kind=OpKind.MATMUL,
         shape_doc="bias [out], input [..., in], weight [in, out] -> [..., out]",
         saved_doc="input (viewed, the same storage) when weight needs a gradient, weight "
@@ -304,6 +306,7 @@ register(
         grads_doc="new tensors for 2-D operands; where torch.matmul folds or batches an "
         "operand (3 or more dims, or a 2-D a beside a batched b), a view of a new tensor",
         flops=_matmul_flops,
+        aten=("mm", "bmm"),
         kind=OpKind.MATMUL,
         shape_doc="a [..., m, k], b [..., k, n] or [k, n] -> [..., m, n]",
         saved_doc="each operand when the other needs a gradient (a copy of a permuted batched one)",
@@ -322,6 +325,7 @@ register(
         grads_doc="views of new tensors (torch.einsum permutes and reshapes around bmm), into "
         "which no later gradient is added in place",
         flops=_einsum_flops,
+        aten=("bmm", "mm"),
         kind=OpKind.MATMUL,
         shape_doc="operands matching the pattern's left side -> its right side's axes",
         saved_doc="of two operands, each when the other needs a gradient (a copy of a "

@@ -253,6 +253,12 @@ class OpDef:
     # summing the output's gradient to the input's shape (validate_outputs' sum_to: a
     # bias broadcast over rows)
     summed: tuple[str, ...] = ()
+    # the aten ops whose output is this op's output (a view of it at most): what a
+    # selective-activation-checkpointing policy names (`save aten mm, bmm`)
+    aten: tuple[str, ...] = ()
+    # aten ops it dispatches for intermediates of its own (Mamba's scan: one bmm a step),
+    # which a selective-checkpointing policy saving them would keep, unmodelled
+    aten_inside: tuple[str, ...] = ()
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)

@@ -285,6 +285,7 @@ register(
         _recurrence_saved,
         lower=_recurrence_lower,
         flops=_recurrence_flops,
+        aten_inside=("bmm",),  # state @ C_i, each step
         backward_moments=_recurrence_backward_moments,
         kind=OpKind.SCAN,
         shape_doc="dA and dBu [B, E, L, S], C [B, L, S] -> [B, E, L]",

@@ -34,7 +34,13 @@ from memspec.ir.types import Role
 from memspec.ops import lookup
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 from memspec.policies import Convention, CountRule
-from memspec.recompute import NONE, Recompute, checkpointed_ops, checkpointed_regions
+from memspec.recompute import (
+    NONE,
+    Recompute,
+    cached_ops,
+    checkpointed_ops,
+    checkpointed_regions,
+)
 
 __all__ = ["count_activations", "count_activations_under"]
 
@@ -69,6 +75,8 @@ def count_activations_under(
         checkpoint_inputs(graph, region, items)
     if segments:
         _segment_inputs(graph, segments, items)
+    for op_id in sorted(cached_ops(graph, recompute)):
+        _kept_output(graph, graph.ops[op_id], recompute, items)
     # Insertion order follows the graph (ops in execution order): deterministic.
     description = convention.describe()
     if checkpointed or segments:
@@ -115,6 +123,19 @@ def checkpoint_inputs(graph: Graph, region_id: int, items: dict) -> None:
                 extra=sp.Add(region.count, -1),
                 span=output.span,
             )
+
+
+def _kept_output(graph: Graph, op: OpApply, recompute: Recompute, items: dict) -> None:
+    """An output selective activation checkpointing keeps from the forward for the
+    recomputation (each storage once)."""
+    saved = ", ".join(f"aten.{n}" for n in lookup(op.op).aten if n in recompute.save)
+    for vid in op.outputs:
+        root = graph.value(graph.value(vid).storage)
+        key = ("storage", root.id, 0)
+        if key not in items:
+            note = f"output of {op.op}, kept by selective checkpointing ({saved})"
+            regions = regions_of(graph, root.region)
+            items[key] = LineItem(root.path, root.shape, root.dtype, regions, note, span=root.span)
 
 
 def _segment_inputs(graph: Graph, segments: frozenset[int], items: dict) -> None:

@@ -259,6 +259,9 @@ class ToAst(Transformer_NonRecursive):
     def recompute_calls(self, meta, children):
         return ("call", tuple(str(c) for c in children), self.span(meta))
 
+    def recompute_save(self, meta, children):
+        return ("save", tuple(str(c) for c in children), self.span(meta))
+
     def convention_count(self, meta, children):
         names, kinds = children[1]
         return (str(children[0]), names, kinds, self.span(meta))

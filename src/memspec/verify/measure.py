@@ -172,6 +172,7 @@ class _SavedTracker:
         self.graph = model.graph
         self.excluded = excluded
         self.pending: list[torch.Tensor] = []
+        self.outputs: dict[int, str] = {}  # each output's storage -> its key, as made
         self.seen: set[int] = set()
         self.bytes: dict[str, int] = defaultdict(int)
         self.tensors: dict[str, list[SavedTensor]] = defaultdict(list)
@@ -202,10 +203,17 @@ class _SavedTracker:
         where = "a segment" if region is None else self.graph.regions[region].path
         self._attribute(by_storage, f"checkpoint of {where}")
 
+    def kept(self, tensors: list) -> None:
+        """Selective checkpointing kept these outputs for the recomputation: memory held
+        for backward as a saved tensor is, under the key of the value each one is."""
+        self.pending = list(tensors)
+        self._attribute(dict(self.outputs), "selective checkpointing")
+
     def op_end(self, op: OpApply, inputs: list, outputs: list, env: dict) -> None:
         by_storage: dict[int, str] = {}
         for vid, tensor in zip(op.outputs, outputs, strict=True):
             by_storage[tensor.untyped_storage().data_ptr()] = activation_key(self.graph, vid)
+        self.outputs.update(by_storage)
         for vid, tensor in zip(op.inputs, inputs, strict=True):
             key = activation_key(self.graph, vid)
             carried = self.carried_inputs.get(self.graph.value(vid).storage)
@@ -242,6 +250,7 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
         result.substitutions(),
         checkpointed=checkpointed_regions(result.graph, result.config.recompute),
         segments=checkpointed_ops(result.graph, result.config.recompute),
+        sac_aten=result.config.recompute.save,
         autocast=result.config.precision.autocast,
     )
     model.explicit_casts = explicit_casts
@@ -256,6 +265,7 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
     tracker = _SavedTracker(model, excluded)
     model.on_op_start, model.on_op_end = tracker.op_start, tracker.op_end
     model.on_checkpoint = tracker.checkpoint
+    model.on_kept = tracker.kept
     optimizer.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
         out = model(*inputs)

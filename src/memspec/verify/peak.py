@@ -132,6 +132,7 @@ def _measure(
             result.substitutions(),
             checkpointed=checkpointed_regions(result.graph, result.config.recompute),
             segments=checkpointed_ops(result.graph, result.config.recompute),
+            sac_aten=result.config.recompute.save,
             autocast=result.config.precision.autocast,
         )
         model.explicit_casts = explicit_casts

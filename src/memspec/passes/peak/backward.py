@@ -212,6 +212,9 @@ class BackwardReplay:
         if not frame.released:
             for _, entry in frame.inputs:
                 self.ledger.unref(entry.block)
+            for bid in frame.kept:  # kept outputs the recomputation never reached
+                self.ledger.unref(bid)
+            frame.kept.clear()
             frame.released = True
 
     def _moments(self, moments: tuple[BackwardMoment, ...], record: Record) -> None:

@@ -68,6 +68,8 @@ class Frame:
     inputs: tuple[tuple[int, Entry], ...]
     records: list[int] = field(default_factory=list)
     waiting: set[int] = field(default_factory=set)
+    # outputs selective activation checkpointing keeps for the recomputation, in order
+    kept: list[int] = field(default_factory=list)
     recomputed: bool = False
     released: bool = False
 
@@ -103,6 +105,7 @@ class ForwardReplay(Interpreter[Entry]):
         keep_outputs: bool = False,
         checkpointed: frozenset[int] = frozenset(),
         plan: Schedule | None = None,
+        sac: frozenset[int] = frozenset(),
     ):
         super().__init__(graph, plan)
         self.ledger = ledger
@@ -119,6 +122,7 @@ class ForwardReplay(Interpreter[Entry]):
         self.frames: list[Frame] = []
         self._frame: Frame | None = None  # the checkpoint running now
         self._transient: list[int] = []  # what a checkpointed op saves, while it runs
+        self.sac = sac  # ops whose outputs a checkpoint keeps (selective checkpointing)
         self.cached: list[tuple[int, OpApply]] = []  # autocast's cached parameter copies
         self.released: list[Block] = []  # of those, the ones no op saved
 
@@ -266,6 +270,8 @@ class ForwardReplay(Interpreter[Entry]):
             self._frame.records.append(record.number)
             if packs(graph, op):
                 self._frame.waiting.add(record.number)
+            if op.id in self.sac:  # SAC's caching mode keeps a detached alias
+                self._frame.kept += [ledger.ref(e.block) for e in outputs if e.block is not None]
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:

@@ -16,7 +16,7 @@ import contextlib
 from memspec.ir.graph import OpApply
 from memspec.ir.interpreter import Index
 from memspec.ops import lookup
-from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, packs
+from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, differentiable, packs
 from memspec.passes.peak.moments import Phase
 
 __all__ = ["recompute"]
@@ -37,6 +37,8 @@ class _Recomputation(ForwardReplay):
             plan=forward.schedule,
         )
         self.targets = [forward.records[n] for n in frame.records]
+        self.frame = frame
+        self.sac_ops = forward.sac
         graph = forward.graph
         self.last = max(k for k, r in enumerate(self.targets) if packs(graph, graph.ops[r.op_id]))
         self.next = 0
@@ -52,6 +54,13 @@ class _Recomputation(ForwardReplay):
             self.hold(op, inputs, [], target)
             self._mark(op)
             raise _Stop
+        if op.id in self.sac_ops:
+            # selective activation checkpointing hands over what the forward kept: the
+            # op is not computed again, its output is the kept tensor
+            outputs = [Entry(self.frame.kept.pop(0), next(self._keys)) for _ in op.outputs]
+            if differentiable(self.graph, op):
+                self.hold(op, inputs, outputs, target)
+            return outputs
         return super().run_op(op, inputs, index)
 
     def segment(self, segment, index: Index) -> None:

@@ -82,6 +82,7 @@ def replay(
     keep_outputs: bool = False,
     checkpointed: frozenset[int] = frozenset(),
     segments: frozenset[int] = frozenset(),
+    sac: frozenset[int] = frozenset(),
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -105,6 +106,7 @@ def replay(
         keep_outputs,
         checkpointed,
         schedule(graph, segments) if segments else None,
+        sac,
     )
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]

@@ -25,7 +25,7 @@ from memspec.passes.peak.replay import Replay, replay
 from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, StepOptions
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
-from memspec.recompute import checkpointed_ops, checkpointed_regions
+from memspec.recompute import cached_ops, checkpointed_ops, checkpointed_regions
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import Poly, add_into, evaluate, poly, scaled, substitute, to_expr
 
@@ -89,6 +89,7 @@ def peak_memory(
             options.keep_outputs,
             checkpointed_regions(graph, config.recompute),
             checkpointed_ops(graph, config.recompute),
+            cached_ops(graph, config.recompute),
         )
         beyond = _beyond(last, p)
         grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
