@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.types import DType, shape_str
+from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.elementwise import _saves_output
+from memspec.ops.engine import Engine
 from memspec.ops.promotion import promote_types
 from memspec.ops.registry import (
+    BackwardMoment,
     InferContext,
     OpDef,
     OpKind,
@@ -48,22 +50,115 @@ def _layer_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     )
 
 
-def _rms_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """CPU rms_norm is decomposed: out = (x * rsqrt(mean(x^2) + eps)) * weight.
+def _opmath(dtype: DType) -> DType:
+    """The dtype torch computes a norm in: float32 for 16-bit floats (toOpMathType)."""
+    return DType.float32 if dtype in (DType.float16, DType.bfloat16) else dtype
 
-    x^2 and x * rsqrt save x and rsqrt when x needs a gradient; the product with the
-    weight saves x * rsqrt when the weight needs one, and the weight when x does.
+
+def _rms_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """CPU rms_norm is decomposed (torch 2.13, at::rms_norm_symint): xf = x.to(opmath),
+    r = rsqrt(mean(xf^2) + eps), out = ((xf * r) * weight).type_as(x), in float32 for a
+    16-bit x (xf is then a copy).
+
+    xf^2 and xf * r save xf and r when x needs a gradient; the product with the weight
+    saves xf * r when the weight needs one, and the weight when x does.
     """
     x = graph.value(op.inputs[0])
     weight = graph.value(op.inputs[1]) if len(op.inputs) > 1 else None
+    opmath = _opmath(x.dtype)
     saved: list[Saved] = []
     if x.requires_grad:
-        saved += [Saved("input", x.id), Saved("rsqrt", shape=_stat(x.shape), dtype=x.dtype)]
+        xf = (
+            Saved("input", x.id)
+            if opmath is x.dtype
+            else Saved("input", shape=x.shape, dtype=opmath)
+        )
+        saved += [xf, Saved("rsqrt", shape=_stat(x.shape), dtype=opmath)]
     if weight is not None and weight.requires_grad:
-        saved.append(Saved("x*rsqrt", shape=x.shape, dtype=x.dtype))
+        saved.append(Saved("x*rsqrt", shape=x.shape, dtype=opmath))
     if weight is not None and x.requires_grad:
         saved.append(Saved("weight", weight.id))
     return tuple(saved)
+
+
+def _rms_norm_backward_moments(
+    op: OpApply, graph: Graph, sums_in_place: bool
+) -> tuple[BackwardMoment, ...]:
+    """The decomposition's nodes, last first (checked per aten op against MemTracker by
+    tests/verify/test_rms_norm_backward.py). A 16-bit out's gradient is cast to float32.
+    (xf * r) * w: g * w for xf * r, g * (xf * r) summed to the weight's [D] (cast to its
+    dtype), which AccumulateGrad takes as the node returns. xf * r: g1 * r, x's first
+    part; g1 * xf summed to r's [..., 1]. rsqrt: r^3, times -0.5, times the gradient.
+    mean: the gradient expanded and divided, [..., D]. xf^2: xf^1, times 2, times the
+    gradient: three [..., D] at once beside x's first part, x's second. A 16-bit x's
+    two parts are summed in xf's buffer and cast to x's dtype: one gradient; float32's
+    are x's own, each added into x's gradient as its node returns."""
+    x = graph.value(op.inputs[0])
+    weight = graph.value(op.inputs[1]) if len(op.inputs) > 1 else None
+    opmath = _opmath(x.dtype)
+    full, stat = numel(x.shape) * opmath.itemsize, numel(_stat(x.shape)) * opmath.itemsize
+    engine = Engine(sums_in_place)
+    grad = None  # None: the output's gradient, held by the replay
+
+    def done(name: str | None) -> None:
+        if name is None:
+            engine.drop_output_grad()
+        else:
+            engine.free(name)
+
+    if opmath is not x.dtype:  # type_as's backward
+        engine.alloc("g32", full)
+        engine.drop_output_grad()
+        grad = "g32"
+    if weight is not None:
+        if x.requires_grad:
+            engine.alloc("g1", full)
+        if weight.requires_grad:
+            summed = promote_types(opmath, weight.dtype)
+            engine.alloc("g*xr", numel(x.shape) * summed.itemsize)
+            engine.alloc("dw", weight.shape[0] * summed.itemsize)
+            engine.free("g*xr")
+            # the cast to the weight's dtype holds less than g * (xf * r) did
+            engine.live["dw"] = weight.shape[0] * weight.dtype.itemsize
+        done(grad)
+        engine.drop("x*rsqrt")
+        engine.drop("weight")
+        if weight.requires_grad:
+            engine.give(1, "dw")
+        grad = "g1"
+    if not x.requires_grad:
+        engine.close()
+        return tuple(engine.moments)
+    engine.alloc("ga", full)
+    engine.alloc("g*xf", full)
+    engine.alloc("dr", stat)
+    engine.free("g*xf")
+    done(grad)
+    first = "ga"
+    if opmath is x.dtype:
+        engine.give(0, "ga")
+    for name in ("r^3", "-0.5 r^3", "dm"):
+        engine.alloc(name, stat)
+    for name in ("r^3", "-0.5 r^3", "dr"):
+        engine.free(name)
+    engine.drop("rsqrt")
+    engine.alloc("dp", full)
+    engine.free("dm")
+    for name in ("xf^1", "2 xf", "gb"):
+        engine.alloc(name, full)
+    for name in ("xf^1", "2 xf", "dp"):
+        engine.free(name)
+    engine.drop("input")
+    if opmath is x.dtype:
+        engine.give(0, "gb")
+    else:
+        engine.accumulate(first, "gb")
+        # the cast to x's dtype, beside the sum, holds less than the sum's moment did
+        del engine.live[first]
+        engine.live["dx"] = numel(x.shape) * x.dtype.itemsize
+        engine.give(0, "dx")
+    engine.close()
+    return tuple(engine.moments)
 
 
 def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -158,6 +253,7 @@ register(
         _rms_norm_saved,
         attrs=(("eps", 0),),
         lower=_norm_lower("rms_norm"),
+        backward_moments=_rms_norm_backward_moments,
         kind=OpKind.NORM,
         shape_doc="x [..., D], weight [D] -> x's shape",
         saved_doc="when x needs a gradient: x, rsqrt [..., 1] and the weight; when the "

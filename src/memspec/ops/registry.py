@@ -172,12 +172,19 @@ class BackwardMoment:
     complete: the bytes of the temporaries alive then (the partial sums of its inputs'
     gradients among them); by their `Saved` labels, the bytes freed of internal saved
     tensors that hold several (a scan's states) and the saved tensors the op holds no
-    more; and whether it holds the gradient of its output no more."""
+    more; and whether it holds the gradient of its output no more.
+
+    A moment that `given`s positions of inputs is no peak of its own: a node inside the
+    op has returned, and autograd's engine adds the gradient it made for each of those
+    inputs (a new tensor of the input's size) into the one the input has, beside the
+    `temporaries` alive then (RMSNorm's x gets two parts, each as its node returns). An
+    input given by a moment gets no gradient after the moments."""
 
     temporaries: sp.Expr
     freed: tuple[tuple[str, sp.Expr], ...] = ()
     dropped: tuple[str, ...] = ()
     output_grad_dropped: bool = False
+    given: tuple[int, ...] = ()
 
 
 # (op, graph, whether autograd adds a second gradient into the first in place)

@@ -17,6 +17,7 @@ import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, numel, shape_str
+from memspec.ops.engine import Engine
 from memspec.ops.registry import (
     BackwardMoment,
     InferContext,
@@ -144,73 +145,6 @@ def _fused_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     )
 
 
-class _Engine:
-    """Memory of the loop's backward as autograd's engine runs it, node by node: the
-    temporaries alive (by name), the bytes of the internal saved tensors freed, and the
-    moments at which it can peak (each allocation followed by a free)."""
-
-    def __init__(self, sums_in_place: bool):
-        self.sums_in_place = sums_in_place
-        self.live: dict[str, sp.Expr] = {}
-        self.freed: dict[str, sp.Expr] = {}
-        self.dropped: list[str] = []
-        self.output_grad_dropped = False
-        self.moments: list[BackwardMoment] = []
-        self._grew = False
-
-    def alloc(self, name: str, size: sp.Expr) -> None:
-        self.live[name] = size
-        self._grew = True
-
-    def free(self, name: str) -> None:
-        self._moment()
-        del self.live[name]
-
-    def release(self, label: str, size: sp.Expr) -> None:
-        """A node that saved an internal tensor has run, and nothing else holds it."""
-        self._moment()
-        self.freed[label] = self.freed.get(label, 0) + size
-
-    def drop(self, label: str) -> None:
-        """The last node that saved this tensor has run."""
-        self._moment()
-        self.dropped.append(label)
-
-    def drop_output_grad(self) -> None:
-        self._moment()
-        self.output_grad_dropped = True
-
-    def accumulate(self, total: str, new: str) -> None:
-        """The engine's InputBuffer: the first gradient of a tensor is kept; a second is
-        added into it in place (then freed), or, under a TorchDispatchMode, old + new
-        is a new tensor and both are freed."""
-        if total not in self.live:
-            self.live[total] = self.live.pop(new)
-        elif self.sums_in_place:
-            self.free(new)
-        else:
-            self.alloc(total + " + " + new, self.live[total])
-            self.free(total)
-            self.free(new)
-            self.live[total] = self.live.pop(total + " + " + new)
-
-    def close(self) -> None:
-        self._moment()
-
-    def _moment(self) -> None:
-        if self._grew:
-            freed = tuple((k, sp.sympify(v)) for k, v in self.freed.items())
-            self.moments.append(
-                BackwardMoment(
-                    sp.Add(*self.live.values()),
-                    freed,
-                    tuple(self.dropped),
-                    self.output_grad_dropped,
-                )
-            )
-            self._grew = False
-
-
 def _recurrence_backward_moments(
     op: OpApply, graph: Graph, sums_in_place: bool
 ) -> tuple[BackwardMoment, ...]:
@@ -228,7 +162,7 @@ def _recurrence_backward_moments(
     ga, gb, gc = da.requires_grad, dbu.requires_grad, c.requires_grad
     gs = ga or gb  # the states require grad
     state, item = b * e * s * da.dtype.itemsize, da.dtype.itemsize
-    engine = _Engine(sums_in_place)
+    engine = Engine(sums_in_place)
     steps = [1] if graph.bound.is_one(length) else [2, 1]  # i = L - step
     for back in reversed(steps):
         i0 = graph.bound.equal(length, back)  # whether this step is the first, i = 0

@@ -12,6 +12,8 @@ temporaries and what it saved are freed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 
 from memspec.ir.graph import Graph
@@ -104,8 +106,6 @@ class BackwardReplay:
                 recompute(self.forward, frame)  # the first unpack of a saved tensor
         kinds = lookup(op.op).gradient_kinds(op, graph)
         moments = lookup(op.op).backward_moments
-        if moments is not None:
-            self._moments(moments(op, graph, self.sums_in_place), record)
         # the same tensor handed to two inputs (add's): AccumulateGrad must copy it
         shared = sum(
             k is Grad.THROUGH and graph.value(v).requires_grad
@@ -171,9 +171,20 @@ class BackwardReplay:
             else:
                 buffer[key] = grad
 
+        given: set[int] = set()  # inputs whose gradients the op's moments gave
+
+        def give_now(position: int) -> None:
+            given.add(position)
+            give(op.inputs[position], record.inputs[position], kinds[position])
+            self._settle(sums, finished, op.path, record.where)
+
+        if moments is not None:
+            self._moments(moments(op, graph, self.sums_in_place), record, give_now)
         for position, (vid, key, kind) in enumerate(
             zip(op.inputs, record.inputs, kinds, strict=True)
         ):
+            if position in given:
+                continue
             if position in summed:
                 later.append((vid, key, kind))
             else:
@@ -189,11 +200,17 @@ class BackwardReplay:
         for key in record.outputs:
             ledger.unref(self.adjoint.pop(key, None))
         self._unhold(record)
-        # then the engine adds each gradient into the one its tensor already has
+        self._settle(sums, finished, op.path, record.where)
+
+    def _settle(self, sums: list, finished: list, path: str, where) -> None:
+        """The engine adds each gradient given into the one its tensor already has, and
+        AccumulateGrad takes each parameter's whose last part it was."""
         for buffer, key, grad, size in sums:
-            self._add(buffer, key, grad, size, op.path, record.where)
+            self._add(buffer, key, grad, size, path, where)
         for key in finished:
             self._accumulate_grad(key)
+        sums.clear()
+        finished.clear()
 
     def _unhold(self, record: Record) -> None:
         """The node's saved tensors go; in a checkpoint, the frame with its last one."""
@@ -217,10 +234,13 @@ class BackwardReplay:
             frame.kept.clear()
             frame.released = True
 
-    def _moments(self, moments: tuple[BackwardMoment, ...], record: Record) -> None:
+    def _moments(
+        self, moments: tuple[BackwardMoment, ...], record: Record, give: Callable[[int], None]
+    ) -> None:
         """A composite op's backward, moment by moment, before its inputs' gradients are
-        complete (they are made after, without a moment of their own): its temporaries
-        then, less what it saved and its output's gradient as far as freed by then."""
+        complete (those no moment gives are made after, without a moment of their own):
+        its temporaries then, less what it saved and its output's gradient as far as
+        freed by then; at a moment that gives inputs' gradients, `give` hands each on."""
         ledger, op = self.ledger, self.graph.ops[record.op_id]
         freed: dict[str, sp.Expr] = {}
         for moment in moments:
@@ -238,7 +258,10 @@ class BackwardReplay:
                 for key in record.outputs:
                     ledger.unref(self.adjoint.pop(key, None))
             block = ledger.alloc(self.forward.measure(moment.temporaries), "temporaries", ())
-            ledger.mark(Phase.BACKWARD, op.path, record.where)
+            for position in moment.given:
+                give(position)
+            if not moment.given:
+                ledger.mark(Phase.BACKWARD, op.path, record.where)
             ledger.unref(block)
 
     def _shrink(self, record: Record, label: str, size: Poly) -> None:
