@@ -139,17 +139,6 @@ def test_unknown_recompute_policy_lists_the_ones_that_exist(capsys, monkeypatch)
     assert "Traceback" not in err
 
 
-def test_recompute_under_autocast_is_refused_not_guessed(capsys, monkeypatch):
-    """torch re-enters autocast for the recomputation, whose cache makes every weight's
-    16-bit copy again inside backward: until memspec models that, it says so."""
-    monkeypatch.chdir(ROOT)
-    args = ["--recompute", "full", "--precision", "autocast_bf16"]
-    assert main(["compile", "specs/cs336_lm_swiglu.mspec", *args]) == 2
-    err = capsys.readouterr().err
-    assert "recompute policy 'full' with precision 'autocast_bf16'" in err
-    assert "not modelled yet" in err
-
-
 # Selective recomputation (Megatron-LM's, `--recompute selective`): each run of ops in a
 # call of std's attention fns (or the fused op) is one checkpoint, keeping Q, K and V.
 SELECTIVE = [
