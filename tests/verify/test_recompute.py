@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from memspec import compile_spec, errors
+from memspec import compile_spec
 from memspec.cli import main
 from memspec.passes.peak import StepOptions
 from memspec.verify.peak import compare_peak, measure_peak
@@ -203,11 +203,6 @@ def test_a_spec_checkpoints_its_own_repeated_layer():
     comparison = compare_peak(sized, measure_peak(sized, StepOptions()))
     assert comparison.ok, (comparison.rows, comparison.moment)
 
-
-def test_a_checkpointed_layer_under_autocast_is_refused():
-    text = SWIGLU_TEXT.replace("repeat N of Block", "repeat N of checkpoint Block")
-    with pytest.raises(errors.UsageError, match="checkpointed repetitions with precision"):
-        compile_spec(text, precision="autocast_bf16")
 
 
 # PyTorch's selective activation checkpointing (`save_matmuls`: every layer a

@@ -8,6 +8,7 @@ itself (the cast ops left to autocast) and against the graph's explicit casts.""
 from __future__ import annotations
 
 import pytest
+import sympy as sp
 
 from memspec import compile_spec
 from memspec.cli import main
@@ -123,6 +124,20 @@ def test_a_conditioned_block_under_autocast_equals_torch(tmp_path, recompute):
     measured = measure_peak(result, explicit_casts=False)
     assert measure_peak(result) == measured
     assert compare_peak(result, measured).ok
+
+
+def test_a_checkpointed_layer_under_autocast_equals_torch():
+    """`repeat N of checkpoint Block(...)` in the spec, under autocast: its peak
+    formula is the full policy's, and torch agrees to the byte."""
+    text = (ROOT / "specs/cs336_lm_swiglu.mspec").read_text().replace(
+        "repeat N of Block", "repeat N of checkpoint Block")
+    marked = compile_spec(text, precision="autocast_bf16")
+    full = compile_spec(ROOT / "specs/cs336_lm_swiglu.mspec", precision="autocast_bf16",
+                        recompute="full")
+    assert sp.expand(marked.peak.bytes - full.peak.bytes) == 0
+    sized = compile_spec(text, set=SWIGLU, use=["math"], precision="autocast_bf16")
+    peak = compare_peak(sized, measure_peak(sized, explicit_casts=False))
+    assert peak.ok, (peak.rows, peak.moment)
 
 
 def test_cli_verifies_recomputation_under_autocast(capsys, monkeypatch):
