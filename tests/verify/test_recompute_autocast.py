@@ -69,10 +69,11 @@ def _compile(spec, sizes, variant, recompute):
                         convention="autograd", recompute=recompute)
 
 
-@pytest.mark.parametrize("recompute", ["full", "selective"])
+@pytest.mark.parametrize("recompute", ["full", "selective", "save_matmuls"])
 @pytest.mark.parametrize(("spec", "sizes", "variant"), CASES)
 def test_recomputation_under_autocast_equals_torch(spec, sizes, variant, recompute):
-    """Saved tensors and the peak, to the byte. Before the recomputation let go of its
+    """Saved tensors and the peak, to the byte (save_matmuls: PyTorch's selective
+    checkpointing, the 16-bit products kept). Before the recomputation let go of its
     cache, memspec held every recomputed layer's copies to the end of the step (cs336
     full: 45,056 B over at the peak)."""
     result = _compile(spec, sizes, variant, recompute)
