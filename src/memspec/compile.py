@@ -99,13 +99,6 @@ def compile_spec(
             f"({', '.join(lookup(conflict.op).aten_inside)}): not modelled yet",
             conflict.span,
         )
-    marked = [r for r in graph.regions if r.checkpoint]
-    if marked and config.precision.autocast is not None:
-        raise UsageError(
-            f"checkpointed repetitions with precision {config.precision.name!r} "
-            "(torch.autocast) are not modelled yet",
-            marked[0].span,
-        )
     bind.check_assumptions(graph.assumptions, symbols, bindings)
     policies = {name: read_convention(decl) for name, decl in program.conventions.items()}
     done = run_pipeline(

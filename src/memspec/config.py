@@ -108,13 +108,4 @@ def resolve_config(
             ).name
         ],
     )
-    if config.precision.autocast is not None and config.recompute.active:
-        # torch's recomputation re-enters autocast, whose cache makes the weights' copies
-        # again inside backward: not modelled yet, so refused rather than guessed
-        raise UsageError(
-            f"recompute policy {config.recompute.name!r} with precision "
-            f"{config.precision.name!r} (torch.autocast) is not modelled yet; "
-            "use one of them at a time",
-            spans.get("recompute") or spans.get("precision"),
-        )
     return config

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from memspec import compile_spec, errors
+from memspec import compile_spec
 from memspec.cli import main
 from memspec.passes.peak import StepOptions
 from memspec.verify.peak import compare_peak, measure_peak
@@ -139,17 +139,6 @@ def test_unknown_recompute_policy_lists_the_ones_that_exist(capsys, monkeypatch)
     assert "Traceback" not in err
 
 
-def test_recompute_under_autocast_is_refused_not_guessed(capsys, monkeypatch):
-    """torch re-enters autocast for the recomputation, whose cache makes every weight's
-    16-bit copy again inside backward: until memspec models that, it says so."""
-    monkeypatch.chdir(ROOT)
-    args = ["--recompute", "full", "--precision", "autocast_bf16"]
-    assert main(["compile", "specs/cs336_lm_swiglu.mspec", *args]) == 2
-    err = capsys.readouterr().err
-    assert "recompute policy 'full' with precision 'autocast_bf16'" in err
-    assert "not modelled yet" in err
-
-
 # Selective recomputation (Megatron-LM's, `--recompute selective`): each run of ops in a
 # call of std's attention fns (or the fused op) is one checkpoint, keeping Q, K and V.
 SELECTIVE = [
@@ -214,11 +203,6 @@ def test_a_spec_checkpoints_its_own_repeated_layer():
     comparison = compare_peak(sized, measure_peak(sized, StepOptions()))
     assert comparison.ok, (comparison.rows, comparison.moment)
 
-
-def test_a_checkpointed_layer_under_autocast_is_refused():
-    text = SWIGLU_TEXT.replace("repeat N of Block", "repeat N of checkpoint Block")
-    with pytest.raises(errors.UsageError, match="checkpointed repetitions with precision"):
-        compile_spec(text, precision="autocast_bf16")
 
 
 # PyTorch's selective activation checkpointing (`save_matmuls`: every layer a

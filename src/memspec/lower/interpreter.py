@@ -34,6 +34,7 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         # reaches it; its bindings must not keep the forward's last values with it
         outputs = super().run(inputs)
         self.env = {}
+        self.cached = []  # autocast's cache is cleared as the forward's context exits
         return outputs
 
     def __init__(
@@ -105,9 +106,13 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
 
         def body(*tensors: torch.Tensor) -> dict:
             # backward calls it again to recompute: on a scope of its own, as then
-            saved = (self.env, self.iteration, self._recomputing)
+            saved = (self.env, self.iteration, self._recomputing, self.cached)
             self.env, self.iteration = dict(zip(bound, tensors, strict=True)), dict(iteration)
             self._inside, self._recomputing = True, bool(calls)
+            if self._recomputing:
+                # torch re-enters autocast for the recomputation: a cache of its own,
+                # cleared as it stops (early) or ends
+                self.cached = []
             if not calls and self.on_checkpoint:
                 self.on_checkpoint(region, bound, list(tensors))
             calls.append(1)
@@ -115,7 +120,7 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
                 self.run_items(body_items, index)
             finally:
                 made = self.env
-                self.env, self.iteration, self._recomputing = saved
+                self.env, self.iteration, self._recomputing, self.cached = saved
                 self._inside = False
             return {v: t for v, t in made.items() if v not in bound}
 
@@ -144,12 +149,12 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         return list(out) if isinstance(out, tuple) else [out]
 
     def op_done(self, op: OpApply, inputs: list, outputs: list) -> None:
+        if op.op == CAST and self.explicit_casts and dict(op.attrs)["cached"]:
+            self.cached.extend(outputs)
         if self._recomputing:
             return
         if op.op == RETURNED and self.keep_returned:
             self.returned.extend(outputs)
-        if op.op == CAST and self.explicit_casts and dict(op.attrs)["cached"]:
-            self.cached.extend(outputs)
         if self.on_op_end:
             self.on_op_end(op, inputs, outputs, self.env)
 

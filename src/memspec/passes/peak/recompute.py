@@ -76,6 +76,13 @@ class _Recomputation(ForwardReplay):
         if self.next - 1 == self.last:
             raise _Stop
 
+    def exit_autocast(self) -> None:
+        """torch runs the recomputation under autocast entered afresh (the forward's
+        settings, its cache empty), so each parameter's cast is made again and cached
+        until that context exits, as the recomputation stops: then only the nodes that
+        saved a copy hold it."""
+        self._exit_autocast()
+
     def _mark(self, op: OpApply) -> None:
         self.ledger.mark(Phase.BACKWARD, f"recompute {op.path}", tuple(self.where.items()))
 
@@ -90,6 +97,7 @@ def recompute(forward: ForwardReplay, frame: Frame) -> None:
         run.write(vid, entry)
     with contextlib.suppress(_Stop):
         run.run_items(frame.body, frame.index)
+    run.exit_autocast()
     for entry in run.env.values():
         run.ledger.unref(entry.block)
     run.env = {}
