@@ -64,8 +64,11 @@ layer GPT2Block(d_model, num_heads, d_ff, dropout_p) {
     attn = GPT2Attention(d_model, num_heads, dropout_p)
     ln_2 = LayerNorm(d_model, 1e-5)
     mlp  = GPT2MLP(d_model, d_ff, dropout_p)
-    forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        x = x + attn(ln_1(x))                      # pre-LN
+    forward(x: [b, s, d_model], mask) -> [b, s, d_model] {
+        # GPT2Model passes the causal mask positionally: a checkpoint of the block saves it
+        # with its input
+        held = hold(x, mask)
+        x = held + attn(ln_1(held))                # pre-LN
         return x + mlp(ln_2(x))
     }
 }
@@ -76,10 +79,12 @@ model GPT2LMHeadModel {
     h    = repeat N of GPT2Block(D, H, F, 0.1)
     ln_f = LayerNorm(D, 1e-5)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
-        positions = rearrange(arange(L), "s -> 1 s")                 # position_ids [1, L]
-        x = dropout(wte(tokens) + wpe(positions), 0.1)             : [B, L, D]
-        x = h(x)
-        logits = linear(ln_f(x), wte.weight)                       : [B, L, V]
+        position_ids = arange(L)
+        embeds = wte(tokens) + wpe(rearrange(position_ids, "s -> 1 s"))   # position_ids [1, L]
+        mask = hf_causal_mask(position_ids, B)     # a local of GPT2Model's forward
+        x = dropout(embeds, 0.1)                                   : [B, L, D]
+        x = h(x, mask)
+        logits = linear(hold(ln_f(x), mask), wte.weight)           : [B, L, V]
         logits = returned(logits)                   # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
     }

@@ -76,13 +76,18 @@ layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
     self_attn                = LlamaAttention(d_model, num_heads, num_kv_heads)
     post_attention_layernorm = RMSNorm(d_model, eps)
     mlp                      = LlamaMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
-        x = x + self_attn(input_layernorm(x), cos, sin)
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd], position_ids: int64[s],
+            mask) -> [b, s, d_model] {
+        # the layer's keyword arguments (position_ids, attention_mask): a checkpoint of the
+        # layer keeps them with its inputs
+        held = hold(x, position_ids, mask)
+        x = held + self_attn(input_layernorm(held), cos, sin)
         return x + mlp(post_attention_layernorm(x))
     }
 }
 
-# HF LlamaModel: embeddings, one rotary table per forward, the decoder stack, the norm.
+# HF LlamaModel: embeddings, the position ids and the causal mask, one rotary table per
+# forward, the decoder stack, the norm; the ids and the mask are locals until it returns.
 layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
                  eps = 1e-5, theta = 10000) {
     embed_tokens = Embedding(vocab_size, d_model)
@@ -91,9 +96,12 @@ layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
     norm         = RMSNorm(d_model, eps)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, s)
-        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
-        return norm(x)
+        inputs_embeds = embed_tokens(tokens)
+        position_ids = arange(s)     # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+        mask = hf_causal_mask(position_ids, b)
+        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids)
+        x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
+        return hold(norm(x), position_ids, mask)
     }
 }
 

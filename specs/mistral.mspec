@@ -47,6 +47,22 @@ variant math {
     return attention(q, k_rep, v_rep, causal = true, window = window)
 }
 
+# The mask MistralModel makes once per forward (create_sliding_window_causal_mask), passes
+# to every layer and holds until it returns. With sdpa, from the window on (s >= W): the
+# bool mask of sdpa_mask, one [1, 1, s, s] expanded over the batch (a view); below it none
+# (the position ids stand in: no new memory). With eager a float32 [b, 1, s, s] of 0 and
+# the dtype's minimum.
+fn hf_window_mask(position_ids: int64[s], b, window)
+variant sdpa {
+    if s >= window {
+        return rearrange(visible(s, s, window), "q k -> 1 1 q k")
+    }
+    return position_ids
+}
+variant eager {
+    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
+}
+
 # HF MistralAttention: LLaMA's attention, with keys W or more positions back masked out
 # (query i sees keys i - W < j <= i).
 layer MistralAttention(d_model, num_heads, num_kv_heads, sliding_window) {
@@ -82,8 +98,12 @@ layer MistralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, sliding_window
     self_attn                = MistralAttention(d_model, num_heads, num_kv_heads, sliding_window)
     post_attention_layernorm = RMSNorm(d_model, eps)
     mlp                      = MistralMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
-        x = x + self_attn(input_layernorm(x), cos, sin)
+    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd], position_ids: int64[s],
+            mask) -> [b, s, d_model] {
+        # the layer's keyword arguments (position_ids, attention_mask): a checkpoint of the
+        # layer keeps them with its inputs
+        held = hold(x, position_ids, mask)
+        x = held + self_attn(input_layernorm(held), cos, sin)
         return x + mlp(post_attention_layernorm(x))
     }
 }
@@ -96,9 +116,12 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     norm         = RMSNorm(d_model, eps)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, s)
-        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
-        return norm(x)
+        inputs_embeds = embed_tokens(tokens)
+        position_ids = arange(s)     # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+        mask = hf_window_mask(position_ids, b, sliding_window)
+        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids)
+        x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
+        return hold(norm(x), position_ids, mask)   # locals until the forward returns
     }
 }
 

@@ -38,18 +38,6 @@ variant eager {
     return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
 }
 
-# The mask MixtralModel makes once per forward (create_causal_mask) and holds until it
-# returns: none with sdpa (is_causal instead; the position ids stand in, no new memory);
-# with eager a float32 [b, 1, s, s] of 0 and the dtype's minimum (the attention op adds
-# its own, which autograd does not save).
-fn hf_causal_mask(position_ids: int64[s], b)
-variant sdpa {
-    return position_ids
-}
-variant eager {
-    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
-}
-
 # HF MixtralAttention: LLaMA's attention (no window at Mixtral's config).
 layer MixtralAttention(d_model, num_heads, num_kv_heads) {
     let head_dim = d_model / num_heads

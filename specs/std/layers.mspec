@@ -108,17 +108,34 @@ fn rotate_half(x: [..., d]) -> [..., d] {
     return cat(-narrow(x, -1, d / 2, d / 2), narrow(x, -1, 0, d / 2), dim = -1)
 }
 
-# HF's rotary_emb(x, position_ids) with positions 0..s-1: cos and sin of the angles
-# [1, s, d], made once per forward without gradient (inv_freq is a buffer), unsqueezed
-# to [1, 1, s, d] for the heads as apply_rotary_pos_emb does. `cos, sin = ...` unpacks them.
-fn hf_rotary_tables(inv_freq: [f], s) {
+# HF's rotary_emb(x, position_ids) at the model's position ids (positions 0..s-1, made
+# by the model's forward, which also hands them to every layer): cos and sin of the
+# angles [1, s, d], made once per forward without gradient (inv_freq is a buffer),
+# unsqueezed to [1, 1, s, d] for the heads as apply_rotary_pos_emb does. `cos, sin = ...`
+# unpacks them.
+fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s]) {
     # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
-    positions = rearrange(arange(s), "s -> 1 1 s") * 1.0
+    positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
     freqs = rearrange(matmul(rearrange(inv_freq, "f -> 1 f 1"), positions), "o f s -> o s f")
     emb = cat(freqs, freqs, dim = -1)
     # cos() * attention_scaling (1 for the default rope)
     return rearrange(cos(emb) * 1.0, "o s d -> o 1 s d"),
            rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+}
+
+# The causal mask transformers' create_causal_mask makes once per forward from the
+# position ids: the model passes it to every layer and holds it until its forward
+# returns (under gradient checkpointing each layer's checkpoint keeps it too, until
+# that layer's backward). None with sdpa (is_causal instead; the position ids, which
+# the model holds anyway, stand in: no new memory); with eager a float32 [b, 1, s, s] of
+# 0 and the dtype's minimum (the attention op adds its own, which autograd does not
+# save).
+fn hf_causal_mask(position_ids: int64[s], b)
+variant sdpa {
+    return position_ids
+}
+variant eager {
+    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
 }
 
 fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {

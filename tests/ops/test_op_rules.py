@@ -226,6 +226,9 @@ def test_repeat_and_views(b, kv, r, s, d):
                                         "num_buckets": sp.Integer(8),
                                         "max_distance": sp.Integer(16),
                                         "bidirectional": bidirectional})
+    for window in (0, 2):
+        run_op("visible", [], {"n_q": sp.Integer(s), "n_k": sp.Integer(s),
+                               "window": sp.Integer(window)})
 
 
 @settings(max_examples=15, deadline=None)
@@ -492,7 +495,7 @@ def test_every_op_is_covered():
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
-               "native_dropout"}
+               "native_dropout", "visible"}
     assert covered == set(REGISTRY)
 
 

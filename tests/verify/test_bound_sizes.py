@@ -62,7 +62,7 @@ def test_the_report_says_which_decisions_hold_only_at_the_bound_sizes():
     B = sp.Symbol("B", integer=True, positive=True)
     decided = {(d.subject, d.facts) for d in result.graph.decisions}
     assert decided == {
-        ("add", ((B, 1),)),  # wpe's [1, L, D] output gets the sum's gradient itself
+        ("embeds", ((B, 1),)),  # wpe's [1, L, D] output gets the sum's gradient itself
         ("h.attn.attention.sdpa_math_attention.scores", ((B, 1),)),  # scaled q, k as views
         ("h.attn.attention.sdpa_math_attention", ((B, 1),)),  # v saved as a view
     }

@@ -93,7 +93,7 @@ def test_bert_buffers_are_position_and_token_type_ids():
     ("spec", "variants"),
     [
         ("gpt2.mspec", (("attention", "sdpa"), ("gpt2_activation", "gelu_new"),
-                        ("kv_cache", "no_cache"))),
+                        ("hf_causal_mask", "sdpa"), ("kv_cache", "no_cache"))),
         ("bert.mspec", (("attention", "sdpa"),)),
     ],
 )

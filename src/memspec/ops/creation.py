@@ -90,3 +90,38 @@ register(
         saved_doc="nothing",
     )
 )
+
+
+def _visible_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    for name in ("n_q", "n_k"):
+        value = ctx.attrs[name]
+        if not isinstance(value, sp.Expr) or (
+            value.is_number and (not value.is_Integer or value < 1)
+        ):
+            raise ctx.fail(f"{name} must be a positive integer, got {value}")
+    return (OutputSpec((ctx.attrs["n_q"], ctx.attrs["n_k"]), DType.bool),)
+
+
+def _visible_lower(tensors, attrs):
+    """transformers' sdpa_mask of causal_mask_function (and sliding_window_overlay)."""
+    torch, _ = torch_functional()
+    q = torch.arange(attrs["n_q"])[:, None]
+    k = torch.arange(attrs["n_k"])[None, :]
+    window = int(attrs["window"])
+    return (k <= q) & (k > q - window) if window else k <= q
+
+
+register(
+    OpDef(
+        "visible",
+        "bool [n_q, n_k]: whether query i sees key j (j <= i; with a window, also "
+        "j > i - window), the boolean mask transformers' sdpa_mask builds",
+        (),
+        _visible_infer,
+        attrs=(("n_q", None), ("n_k", None), ("window", 0)),
+        lower=_visible_lower,
+        kind=OpKind.CREATION,
+        shape_doc="bool [n_q, n_k]",
+        saved_doc="nothing",
+    )
+)
