@@ -18,12 +18,13 @@ Two differences are named and computed, neither a difference in memory:
   bytes: memspec's replay of the same step with the recomputed tensors of the ops called
   directly in the repeated layer (outside any sublayer; a `fn` is no module) counted as
   temporaries.
-- GPT-2's causal mask under `eager`: GPT2Model passes it to each block positionally,
-  and torch's checkpoint saves positional tensor arguments (`_CheckpointFrame.save_inputs`,
-  through the saved-tensor hooks), while keyword arguments (LLaMA's mask and position
-  ids) live in the recompute function's closure. Both are kept until the frame is
-  freed, so the peak is the same; memspec counts as kept activations the checkpoint
-  inputs that need a gradient, so the saved bytes differ by the mask's.
+- The checkpoint inputs LLaMA and Mistral pass by keyword: torch's checkpoint saves
+  positional tensor arguments (`_CheckpointFrame.save_inputs`, through the saved-tensor
+  hooks), while keyword arguments (the position ids, the rotary tables, the mask) live
+  in the recompute function's closure. Both are kept until the frame is freed, so the
+  peak is the same; memspec counts every checkpoint input as kept (its own lowering
+  passes them all positionally), so the saved bytes the hooks see differ by the
+  keyword ones' (`keyword_inputs`). GPT-2 and BERT pass theirs positionally.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from memspec import compile_spec
-from memspec.ir.types import DType, numel
 from memspec.passes.peak import peak_memory
 from memspec.passes.peak import recompute as recompute_pass
 from memspec.syntax.imports import load_program, read_source
@@ -159,25 +159,27 @@ def recomputed_in_temp(result) -> int:
     return result.value(result.peak.winner().part("activations") - moment.part("activations"))
 
 
-def positional_mask(result) -> int:
-    """Bytes of GPT-2's causal mask (the `mask` GPT2Model makes and hands to each block),
-    which torch's checkpoint saves as a positional argument: 0 where the path makes none
-    (sdpa: the position ids stand in, and the embedding saves them anyway)."""
+def keyword_inputs(result) -> int:
+    """Bytes of the checkpoint inputs (beside the hidden states) that LLaMA's and
+    Mistral's models pass to each layer by keyword: kept by the recompute closure, not
+    saved through the hooks."""
     graph = result.graph
-    (held,) = (op for op in graph.ops if op.op == "hold" and op.calls[-1] == "GPT2Block")
-    value = graph.value(held.inputs[1])
-    if value.dtype is DType.int64:
-        return 0
-    return result.value(numel(value.shape) * value.dtype.itemsize)
+    carried = {graph.value(graph.value(i).storage).path for _, i, _ in graph.carried}
+    kept = [
+        i
+        for i in result.categories["activations"].items
+        if i.note.startswith("input of each checkpoint") and i.path not in carried
+    ]
+    return sum(result.value(i.bytes) for i in kept)
 
 
-def assert_same_checkpointed_step(result, measured, saved_positional: int = 0) -> None:
-    """assert_same_step under checkpointing: the saved bytes plus the positional mask,
+def assert_same_checkpointed_step(result, measured, keyword: int = 0) -> None:
+    """assert_same_step under checkpointing: the saved bytes less the keyword inputs,
     the peak by category as the tracker splits it, and the peak in total."""
     value = result.value
     assert value(result.categories["parameters"].elements) == measured.parameters
     assert value(result.categories["buffers"].elements) == measured.buffers
-    assert value(result.categories["activations"].bytes) + saved_positional == measured.saved
+    assert value(result.categories["activations"].bytes) - keyword == measured.saved
     tracker = dict(measured.peak_by_category)
     for category, expr in tracker_split(result).breakdown:
         named = measured.optimizer_scalars if category == "optimizer_state" else 0
@@ -223,8 +225,8 @@ def case_id(case) -> str:
 def test_checkpointed_step_equals_transformers(case):
     family, sizes, use, attention = case
     measured, result = checkpointed_step(family, sizes, use, attention)
-    positional = positional_mask(result) if family == "gpt2" else 0
-    assert_same_checkpointed_step(result, measured, positional)
+    keyword = keyword_inputs(result) if family in ("llama", "mistral") else 0
+    assert_same_checkpointed_step(result, measured, keyword)
 
 
 def test_the_residual_sums_are_what_the_tracker_moves():
@@ -260,7 +262,8 @@ def test_visible_is_transformers_sliding_window_mask():
 def table_rows():
     """Rows of the README's reference table, as tests/reference/table.py::rows() yields
     them: (spec, sizes, memspec --use, the library's config, measured, result). The named
-    terms change no total (the tracker's split; GPT-2's mask, saved, not extra memory)."""
+    terms change no total (the tracker's split; LLaMA's and Mistral's keyword inputs,
+    kept by a closure, not saved through the hooks)."""
     for family, sizes, use, attention in CASES:
         measured, result = checkpointed_step(family, sizes, use, attention)
         path = "activation_checkpointing_enable(use_reentrant=False), "

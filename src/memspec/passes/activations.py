@@ -104,10 +104,8 @@ def checkpoint_inputs(graph: Graph, region_id: int, items: dict) -> None:
     outer = regions_of(graph, region.parent)
     for vid in reads:
         root = graph.value(graph.value(vid).storage)
-        if root.role in (Role.PARAMETER, Role.BUFFER) or (
-            not root.requires_grad and vid not in carried
-        ):
-            continue
+        if root.role in (Role.PARAMETER, Role.BUFFER):
+            continue  # a frame keeps every tensor it is called with, gradient or not
         key = ("storage", root.id, 0)
         if key not in items:
             items[key] = LineItem(root.path, root.shape, root.dtype, outer, note, span=root.span)
