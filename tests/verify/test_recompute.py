@@ -251,3 +251,16 @@ def test_selective_checkpointing_of_an_ops_own_products_is_refused(capsys, monke
     code = main(["compile", "specs/mamba.mspec", "--recompute", "save_matmuls"])
     assert code == 2
     assert "runs for intermediates of its own (bmm): not modelled yet" in capsys.readouterr().err
+
+
+def test_the_previous_micro_batchs_loss_lives_through_the_next_forward():
+    """`out = model(batch); loss = ...` in a loop: the previous micro-batch's loss is
+    bound until the next forward returns. Here the step peaks in micro-batch 2's forward
+    (every layer recomputed, so backward is small), where those 4 bytes count."""
+    sizes = {**SWIGLU, "N": 5}
+    options = StepOptions(grad_accum=2)
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=sizes, recompute="full",
+                          precision="autocast_bf16", step=options)
+    assert result.peak.winner().label() == "forward: cross_entropy (micro-batches 2..2)"
+    comparison = compare_peak(result, measure_peak(result, options, explicit_casts=False))
+    assert comparison.ok, (comparison.rows, comparison.moment)

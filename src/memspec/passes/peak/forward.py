@@ -26,7 +26,9 @@ from memspec.passes.peak.ledger import Block, Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
 from memspec.symbolic.polys import Poly
 
-__all__ = ["Entry", "ForwardReplay", "Frame", "Record", "differentiable", "packs"]
+__all__ = ["SUM_MOMENT", "Entry", "ForwardReplay", "Frame", "Record", "differentiable", "packs"]
+
+SUM_MOMENT = "out.float().sum()"  # a non-scalar output summed into the loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class ForwardReplay(Interpreter[Entry]):
         if out.dtype is not DType.float32:
             copy = ledger.alloc(self.size_of(vid, DType.float32), "activations", ())
         ledger.alloc(self.measure(sp.Integer(DType.float32.itemsize)), "activations", ())
-        ledger.mark(Phase.FORWARD, "out.float().sum()", tuple(self.where.items()))
+        ledger.mark(Phase.FORWARD, SUM_MOMENT, tuple(self.where.items()))
         ledger.unref(copy)
 
     # -- the interpreter's events ----------------------------------------------------

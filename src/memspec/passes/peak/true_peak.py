@@ -18,7 +18,9 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
+from memspec.ir.types import DType, numel
 from memspec.passes.peak import repeats
+from memspec.passes.peak.forward import SUM_MOMENT
 from memspec.passes.peak.moments import Phase
 from memspec.passes.peak.optimizer_step import step_moments
 from memspec.passes.peak.replay import Replay, replay
@@ -78,6 +80,7 @@ def peak_memory(
         runs = [("micro-batch 1", kept), (f"micro-batches 2..{options.grad_accum}", True)]
     moments: list[_Moment] = []
     last: Replay | None = None
+    previous = _previous_micro_batch(graph, measure)
     for micro_batch, grads_exist in runs:
         last = replay(
             graph,
@@ -107,6 +110,8 @@ def peak_memory(
                 parts["optimizer_state"] = {} if options.first_step else dict(state)
                 parts["activations"] = dict(memory["activations"])
                 add_into(parts["activations"], reading.saved)
+                if micro_batch.startswith("micro-batches 2") and point.phase is Phase.FORWARD:
+                    add_into(parts["activations"], previous[point.op_path == SUM_MOMENT])
                 parts["temporaries"] = dict(memory["temporaries"])
                 where = repeats.label(graph, point, reading, p)
                 moments.append(_Moment(point.phase, where, micro_batch, parts))
@@ -127,6 +132,21 @@ def peak_memory(
         add_into(parts["activations"], left_out.saved)
         moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
     return _result(graph, moments, p, options, bindings, measure)
+
+
+def _previous_micro_batch(graph: Graph, measure) -> tuple[Poly, Poly]:
+    """What the loop's variables still hold of the previous micro-batch during this
+    one's forward (`out = model(batch); loss = ...; loss.backward()` in a loop): its
+    output until `out` is bound again as the forward returns, its loss until `loss` is
+    (a scalar output is the loss). (during the forward, at the sum into the loss)"""
+    out = graph.value(graph.outputs[0])
+    size = measure(numel(out.shape) * out.dtype.itemsize)
+    if not out.shape:
+        return size, size
+    loss = measure(sp.Integer(DType.float32.itemsize))
+    both = dict(size)
+    add_into(both, loss)
+    return both, loss
 
 
 def _beyond(rep: Replay, p: repeats.Plan) -> Poly:
