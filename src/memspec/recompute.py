@@ -37,8 +37,10 @@ __all__ = [
     "checkpointed_ops",
     "checkpointed_regions",
     "describe_checkpoints",
+    "packs",
     "read_recompute",
     "recomputed_ops",
+    "saves_output",
     "unmodelled_cache",
 ]
 
@@ -162,14 +164,9 @@ def cached_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
     (an aten op the policy saves makes their output)."""
     if not policy.save:
         return frozenset()
-    regions = checkpointed_regions(graph, policy)
-    segments = checkpointed_ops(graph, policy)
     names = set(policy.save)
     return frozenset(
-        op.id
-        for op in graph.ops
-        if names & set(lookup(op.op).aten)
-        and (op.id in segments or any(r.id in regions for r in graph.region_chain(op.region)))
+        op.id for op in _in_checkpoints(graph, policy) if names & set(lookup(op.op).aten)
     )
 
 
@@ -178,13 +175,21 @@ def unmodelled_cache(graph: Graph, policy: Recompute) -> OpApply | None:
     aten op the policy saves (torch would keep those; memspec does not model them)."""
     if not policy.save:
         return None
-    regions = checkpointed_regions(graph, policy)
-    segments = checkpointed_ops(graph, policy)
-    for op in graph.ops:
-        inside = op.id in segments or any(r.id in regions for r in graph.region_chain(op.region))
-        if inside and set(policy.save) & set(lookup(op.op).aten_inside):
+    for op in _in_checkpoints(graph, policy):
+        if set(policy.save) & set(lookup(op.op).aten_inside):
             return op
     return None
+
+
+def _in_checkpoints(graph: Graph, policy: Recompute) -> list[OpApply]:
+    """The ops that run inside a checkpoint: of a checkpointed region, or a segment."""
+    regions = checkpointed_regions(graph, policy)
+    segments = checkpointed_ops(graph, policy)
+    return [
+        op
+        for op in graph.ops
+        if op.id in segments or any(r.id in regions for r in graph.region_chain(op.region))
+    ]
 
 
 def recomputed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
@@ -204,17 +209,24 @@ def recomputed_ops(graph: Graph, policy: Recompute) -> frozenset[int]:
         for item in segments_of(schedule(graph, segments).items):
             bodies.append([graph.ops[o] for o in ops_of(item.body)])
     for body in bodies:
-        saving = [k for k, op in enumerate(body) if _packs(graph, op)]
+        saving = [k for k, op in enumerate(body) if packs(graph, op)]
         if not saving:
             continue
-        last = body[saving[-1]]
-        made = any(s.value in last.outputs for s in lookup(last.op).saved(last, graph))
+        made = saves_output(graph, body[saving[-1]])
         out.update(op.id for op in body[: saving[-1] + (1 if made else 0)])
     return frozenset(out - cached_ops(graph, policy))
 
 
-def _packs(graph: Graph, op: OpApply) -> bool:
+def packs(graph: Graph, op: OpApply) -> bool:
+    """Whether autograd's node for `op` saves a tensor (a parameter included): under a
+    checkpoint, each one is a placeholder that backward unpacks."""
     differentiable = lookup(op.op).differentiable and any(
         graph.value(v).requires_grad for v in op.inputs
     )
     return differentiable and bool(lookup(op.op).saved(op, graph))
+
+
+def saves_output(graph: Graph, op: OpApply) -> bool:
+    """Whether `op` saves one of its outputs: the last saving op of a recomputation is
+    then computed before torch stops (saving only inputs, it stops before computing)."""
+    return any(s.value in op.outputs for s in lookup(op.op).saved(op, graph))

@@ -26,7 +26,7 @@ from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.syntax.imports import load_program
 
-__all__ = ["Measurement", "SavedTensor", "activation_key", "measure_step"]
+__all__ = ["Measurement", "SavedTensor", "activation_key", "lowered_model", "measure_step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,20 +240,29 @@ class _SavedTracker:
         self.pending = []
 
 
+def lowered_model(result: CompileResult, explicit_casts: bool = True) -> LoweredModel:
+    """The lowering of a result's step at its bindings, as its configuration runs it:
+    the checkpoints its recomputation makes, under its autocast precision
+    (`explicit_casts=False`: the casts left to torch.autocast inside the ops)."""
+    recompute = result.config.recompute
+    model = LoweredModel(
+        result.graph,
+        result.substitutions(),
+        checkpointed=checkpointed_regions(result.graph, recompute),
+        segments=checkpointed_ops(result.graph, recompute),
+        sac_aten=recompute.save,
+        autocast=result.config.precision.autocast,
+    )
+    model.explicit_casts = explicit_casts
+    return model
+
+
 def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = True) -> Measurement:
     """Build the lowering at the result's bindings and run one training step (under
     torch.autocast for an autocast precision; `explicit_casts=False` leaves its casts to
     torch.autocast inside the ops instead of running the graph's cast ops)."""
     torch.manual_seed(seed)
-    model = LoweredModel(
-        result.graph,
-        result.substitutions(),
-        checkpointed=checkpointed_regions(result.graph, result.config.recompute),
-        segments=checkpointed_ops(result.graph, result.config.recompute),
-        sac_aten=result.config.recompute.save,
-        autocast=result.config.precision.autocast,
-    )
-    model.explicit_casts = explicit_casts
+    model = lowered_model(result, explicit_casts)
     optimizer = _optimizer(result.config.optimizer, model.parameters())
     inputs = model.make_inputs()
     measured = Measurement()

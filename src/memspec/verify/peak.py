@@ -14,12 +14,10 @@ import contextlib
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
-from memspec.lower.module import LoweredModel
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
-from memspec.recompute import checkpointed_ops, checkpointed_regions
 from memspec.result import CompileResult
-from memspec.verify.measure import _optimizer
+from memspec.verify.measure import _optimizer, lowered_model
 
 __all__ = [
     "CATEGORIES",
@@ -127,15 +125,7 @@ def _measure(
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with contextlib.nullcontext() if real else FakeTensorMode():
-        model = LoweredModel(
-            result.graph,
-            result.substitutions(),
-            checkpointed=checkpointed_regions(result.graph, result.config.recompute),
-            segments=checkpointed_ops(result.graph, result.config.recompute),
-            sac_aten=result.config.recompute.save,
-            autocast=result.config.precision.autocast,
-        )
-        model.explicit_casts = explicit_casts
+        model = lowered_model(result, explicit_casts)
         model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 

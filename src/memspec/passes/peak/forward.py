@@ -24,6 +24,7 @@ from memspec.ops.casts import CAST
 from memspec.ops.outputs import RETURNED
 from memspec.passes.peak.ledger import Block, Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
+from memspec.recompute import packs
 from memspec.symbolic.polys import Poly
 
 __all__ = ["SUM_MOMENT", "Entry", "ForwardReplay", "Frame", "Record", "differentiable", "packs"]
@@ -80,12 +81,6 @@ def differentiable(graph: Graph, op: OpApply) -> bool:
     """Whether autograd records a node for `op`: an op it differentiates, with an input
     that requires grad."""
     return lookup(op.op).differentiable and any(graph.value(v).requires_grad for v in op.inputs)
-
-
-def packs(graph: Graph, op: OpApply) -> bool:
-    """Whether autograd's node for `op` saves a tensor (a parameter included): under a
-    checkpoint, each one is a placeholder that backward unpacks."""
-    return differentiable(graph, op) and bool(lookup(op.op).saved(op, graph))
 
 
 class ForwardReplay(Interpreter[Entry]):

@@ -15,9 +15,9 @@ import contextlib
 
 from memspec.ir.graph import OpApply
 from memspec.ir.interpreter import Index
-from memspec.ops import lookup
-from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, differentiable, packs
+from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, differentiable
 from memspec.passes.peak.moments import Phase
+from memspec.recompute import packs, saves_output
 
 __all__ = ["recompute"]
 
@@ -47,8 +47,7 @@ class _Recomputation(ForwardReplay):
         k = self.next
         self.next += 1
         target = self.targets[k]
-        saved = lookup(op.op).saved(op, self.graph)
-        if k == self.last and not any(s.value in op.outputs for s in saved):
+        if k == self.last and not saves_output(self.graph, op):
             # the last node saves only inputs (and what it makes to save): torch saves
             # them before computing the op, and stops there
             self.hold(op, inputs, [], target)

@@ -81,6 +81,11 @@ def peak_memory(
     moments: list[_Moment] = []
     last: Replay | None = None
     previous = _previous_micro_batch(graph, measure)
+    checkpoints = (
+        checkpointed_regions(graph, config.recompute),
+        checkpointed_ops(graph, config.recompute),
+        cached_ops(graph, config.recompute),
+    )
     for micro_batch, grads_exist in runs:
         last = replay(
             graph,
@@ -90,9 +95,7 @@ def peak_memory(
             measure,
             sums_in_place,
             options.keep_outputs,
-            checkpointed_regions(graph, config.recompute),
-            checkpointed_ops(graph, config.recompute),
-            cached_ops(graph, config.recompute),
+            *checkpoints,
         )
         beyond = _beyond(last, p)
         grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
@@ -138,7 +141,8 @@ def _previous_micro_batch(graph: Graph, measure) -> tuple[Poly, Poly]:
     """What the loop's variables still hold of the previous micro-batch during this
     one's forward (`out = model(batch); loss = ...; loss.backward()` in a loop): its
     output until `out` is bound again as the forward returns, its loss until `loss` is
-    (a scalar output is the loss). (during the forward, at the sum into the loss)"""
+    (a scalar output is the loss). Returned as (during the forward, at the sum into
+    the loss)."""
     out = graph.value(graph.outputs[0])
     size = measure(numel(out.shape) * out.dtype.itemsize)
     if not out.shape:
