@@ -29,6 +29,18 @@ precision autocast_bf16 "torch.autocast on the CPU in bfloat16 (PyTorch AMP)" {
     cast float32 of nll_loss, mse_loss
     cast widest of cat
 }
+# fp16 autocast: the same op lists (the CPU's lower_precision_fp list casts to whichever
+# 16-bit dtype autocast runs in), and the loss scaled by torch.amp.GradScaler, whose few
+# scalars memspec counts (memspec/scaler.py): its _scale and _growth_tracker with the
+# optimizer state, the scaled loss and its gradient, unscale_'s scalars before the step
+# and found_inf through it.
+precision autocast_fp16 "torch.autocast on the CPU in float16 with GradScaler (PyTorch AMP)" {
+    param float32; grad float32; state float32; activation float32
+    cast float16 of linear, matmul, einsum, addmm, conv1d, conv2d, flash_attention
+    cast float32 of nll_loss, mse_loss
+    cast widest of cat
+    scaler GradScaler(init_scale = 65536.0)
+}
 
 # Per-parameter state, named as in torch.optim's state dicts. `temp IMPL: K like param`:
 # the step of implementation IMPL (torch.optim's foreach/fused flags) holds K temporaries
@@ -106,6 +118,7 @@ optimizer sgd_nesterov "SGD with Nesterov momentum: one momentum buffer per para
 optimizer adagrad "Adagrad: a running sum of squared gradients per parameter" {
     state sum: like param
     state step: scalar
+    state at init                   # Adagrad.__init__ fills `sum` and `step`
     temp for_loop: 1 like param     # std = sum.sqrt().add_(eps)
     temp foreach: 2 like param      # std = _foreach_sqrt(sums); numerator = _foreach_mul(grads, -clr)
     flops 8 per element             # sum.addcmul_(g, g) (3); sqrt (1); + eps (1); p.addcdiv_ (3)

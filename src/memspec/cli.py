@@ -132,7 +132,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, ...: memspec info)")
     p.add_argument(
         "--precision",
-        help="precision policy (fp32, mixed_bf16, bf16, autocast_bf16 runs under torch.autocast)",
+        help=(
+            "precision policy (fp32, mixed_bf16, bf16; autocast_bf16 and autocast_fp16 run "
+            "under torch.autocast, fp16 with GradScaler)"
+        ),
     )
     p.add_argument(
         "--recompute",

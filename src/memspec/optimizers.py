@@ -155,7 +155,8 @@ class Optimizer:
     `torch_class` (a `torch.optim` class name, or `module:Class` of any importable
     module) and `torch_args` are the real optimizer that verify runs; `torch_classes`
     names another class for an implementation. `takes` picks the parameters it updates;
-    `rest` is the optimizer of the others (Muon's AdamW).
+    `rest` is the optimizer of the others (Muon's AdamW). `eager`: the constructor makes
+    the state (Adagrad's), which so exists before the first step().
     """
 
     name: str
@@ -168,6 +169,7 @@ class Optimizer:
     torch_classes: tuple[tuple[str, str, tuple[tuple[str, TorchValue], ...]], ...] = ()
     takes: Condition | None = None
     rest: Optimizer | None = None
+    eager: bool = False
 
     @property
     def states(self) -> tuple[str, ...]:

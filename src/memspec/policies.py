@@ -25,6 +25,7 @@ from memspec.optimizers import (
     read_dtype,
     read_extent,
 )
+from memspec.scaler import LossScaler
 from memspec.syntax import decls as d
 
 __all__ = [
@@ -59,7 +60,7 @@ class CastRule:
 class Precision:
     """The dtype of each kind of tensor; `master` is a float32 copy kept by the optimizer.
     `casts`: autocast's op lists; with any, the forward runs under torch.autocast in
-    `autocast`, the 16-bit dtype they cast to."""
+    `autocast`, the 16-bit dtype they cast to. `scaler`: the loss scaler (fp16's)."""
 
     name: str
     param: DType
@@ -70,6 +71,7 @@ class Precision:
     master: DType | None = None
     description: str = ""
     casts: tuple[CastRule, ...] = ()
+    scaler: LossScaler | None = None
 
     @property
     def autocast(self) -> DType | None:
@@ -94,6 +96,8 @@ class Precision:
             f"activation {self.activation.value}",
         ]
         parts += [r.describe() for r in self.casts]
+        if self.scaler is not None:
+            parts.append(self.scaler.describe())
         return "; ".join(parts)
 
 
@@ -181,7 +185,25 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
         dtypes.get("master"),
         decl.description,
         _cast_rules(decl),
+        _scaler(decl, dtypes["grad"]),
     )
+
+
+def _scaler(decl: d.DeclPrecision, grad: DType) -> LossScaler | None:
+    """`scaler CLASS(ARGS)`: at most one, and gradients it can unscale (GradScaler
+    refuses float16 ones)."""
+    if not decl.scalers:
+        return None
+    first, *more = decl.scalers
+    if more:
+        raise SpecValueError(f"precision {decl.name} names a loss scaler twice", more[0].span)
+    if grad is DType.float16:
+        raise SpecValueError(
+            f"precision {decl.name}: GradScaler refuses float16 gradients ('Attempting to "
+            "unscale FP16 gradients'); keep grad float32 and cast under autocast",
+            first.span,
+        )
+    return LossScaler(first.torch_class, _torch_args(first.args, first.span))
 
 
 def _cast_rules(decl: d.DeclPrecision) -> tuple[CastRule, ...]:
@@ -272,6 +294,15 @@ def read_optimizer(decl: d.DeclOptimizer, table: dict | None = None) -> Optimize
                 span,
             )
         rest = read_optimizer(table[name], {k: v for k, v in table.items() if k != decl.name})
+    eager = False
+    for when, span in decl.made:
+        if when not in ("init", "step"):
+            raise SpecValueError(
+                f"an optimizer's state is made at `init` (by its constructor) or at `step` "
+                f"(by the first step(), the default), not {when!r}",
+                span,
+            )
+        eager = when == "init"
     if (takes is None) != (rest is None):
         raise SpecValueError(
             f"optimizer {decl.name}: `params if ...` and `else OPTIMIZER` come together",
@@ -288,6 +319,7 @@ def read_optimizer(decl: d.DeclOptimizer, table: dict | None = None) -> Optimize
         tuple((impl, cls, args) for impl, (cls, args) in classes.items()),
         takes,
         rest,
+        eager,
     )
 
 

@@ -5,6 +5,7 @@ step (MemTracker) to the byte, for each implementation the optimizer has."""
 from __future__ import annotations
 
 import pytest
+import sympy as sp
 import torch
 
 from memspec import compile_spec
@@ -29,8 +30,13 @@ def lion_pytorch(monkeypatch):
 
 
 def _compile(name, sizes, impl="for_loop"):
-    return compile_spec(SPEC, set=sizes, optimizer=name, convention="autograd",
-                        step=StepOptions(optimizer_impl=impl))
+    return compile_spec(
+        SPEC,
+        set=sizes,
+        optimizer=name,
+        convention="autograd",
+        step=StepOptions(optimizer_impl=impl),
+    )
 
 
 def _state_bytes(result) -> dict[str, int]:
@@ -66,8 +72,11 @@ def _bitsandbytes():
 
 
 @pytest.mark.parametrize("name", ["adafactor", "lion", "muon", "adamw8bit"])
-@pytest.mark.parametrize("sizes", [SMALL, PARAMETERS_HEAVY, {**PARAMETERS_HEAVY, "V": 301}],
-                         ids=["small", "heavy", "odd_blocks"])
+@pytest.mark.parametrize(
+    "sizes",
+    [SMALL, PARAMETERS_HEAVY, {**PARAMETERS_HEAVY, "V": 301}],
+    ids=["small", "heavy", "odd_blocks"],
+)
 def test_state_equals_the_real_optimizers_to_the_byte(name, sizes):
     """Each state tensor's elements (verify's table) and the bytes per dtype. V = 301 makes
     the embedding's 19_264 elements 75.25 blocks of 256: bitsandbytes keeps 76 absmaxes."""
@@ -88,9 +97,11 @@ def test_adafactor_factors_matrices_and_keeps_vectors_whole():
     assert items["layers.ln1.weight.variance"] == ("D",)
     assert "lm_head.weight.variance" not in items and "layers.ln1.weight.row_var" not in items
     text = result.categories["optimizer_state"].description
-    assert text.startswith("adafactor keeps per parameter: row_var (like param reduced over "
-                           "-1, if rank >= 2), col_var (like param reduced over -2, if rank "
-                           ">= 2), variance (like param, if rank < 2), in float32")
+    assert text.startswith(
+        "adafactor keeps per parameter: row_var (like param reduced over "
+        "-1, if rank >= 2), col_var (like param reduced over -2, if rank "
+        ">= 2), variance (like param, if rank < 2), in float32"
+    )
 
 
 def test_8bit_states_follow_bitsandbytes_layout():
@@ -171,8 +182,9 @@ def test_lion_names_a_class_of_its_own_module_per_implementation():
     result = _compile("lion", SMALL)
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert type(_optimizer(result.config.optimizer, params)) is lion_reference.Lion
-    assert type(_optimizer(result.config.optimizer, params, "foreach")) is \
-        lion_reference.ForeachLion
+    assert (
+        type(_optimizer(result.config.optimizer, params, "foreach")) is lion_reference.ForeachLion
+    )
 
 
 USER = """use std
@@ -224,3 +236,29 @@ def test_a_bad_declaration_is_a_located_error(tmp_path, item, message):
     with pytest.raises(MemspecError, match=message) as error:
         compile_spec(spec, set={"B": 3, "D": 8})
     assert error.value.span is not None
+
+
+@pytest.mark.parametrize("name", ["adagrad", "muon", "adamw", "rmsprop"])
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_first_step_state_is_made_when_torch_makes_it(name, grad_accum):
+    """A first step: Adagrad's constructor fills `sum` and `step` (`state at init`), so
+    they exist through the forward and backward (a second micro-batch's backward is
+    then the peak); Muon's step runs before AdamW's has made AdamW's state."""
+    options = StepOptions(first_step=True, grad_accum=grad_accum)
+    result = compile_spec(SPEC, set=PARAMETERS_HEAVY, optimizer=name, step=options)
+    comparison = compare_peak(result, measure_peak(result, options))
+    assert comparison.ok, (comparison.rows, comparison.phases)
+    if name == "adagrad":
+        before = [c for c in result.peak.candidates if c.phase.value == "backward"]
+        state = result.categories["optimizer_state"].bytes
+        assert all(sp.expand(c.part("optimizer_state") - state) == 0 for c in before)
+
+
+def test_when_state_is_made_is_checked():
+    text = (
+        SPEC.read_text() + "optimizer eager_sgd { state momentum_buffer: like param\n"
+        "    state at construction }\n"
+    )
+    with pytest.raises(MemspecError, match="made at `init`") as err:
+        compile_spec(text, optimizer="eager_sgd")
+    assert err.value.span is not None

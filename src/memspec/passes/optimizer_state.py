@@ -2,7 +2,8 @@
 
 AdamW and Adam keep `exp_avg` and `exp_avg_sq`, SGD nothing, SGD with momentum a
 `momentum_buffer`; a precision with a `master` dtype adds a full-precision copy of each
-parameter that the optimizer updates.
+parameter that the optimizer updates; a loss scaler (fp16 autocast's GradScaler) its
+scale and growth tracker.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
 from memspec.passes.parameters import trainable
 from memspec.passes.results import CategoryResult, LineItem, regions_of
+from memspec.scaler import STATE
 
 __all__ = ["count_optimizer_state"]
 
@@ -52,6 +54,9 @@ def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
                     span=v.span,
                 )
             )
+    if precision.scaler is not None:
+        for name, dtype in STATE:
+            items.append(LineItem(f"scaler.{name}", (), dtype, note="the loss scaler's"))
     text = f"{optimizer.name} keeps per parameter: {optimizer.describe_state()}"
     text += f", in {precision.state.value}"
     for other in optimizer.chain()[1:]:
@@ -61,4 +66,8 @@ def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
         )
     if precision.master is not None:
         text += f"; plus a {precision.master.value} master copy of each parameter"
+    if precision.scaler is not None:
+        text += "; and the loss scaler's " + " and ".join(
+            f"{name} ({dtype.value})" for name, dtype in STATE
+        )
     return CategoryResult("optimizer_state", tuple(items), text)

@@ -46,6 +46,11 @@ def _why(result: CompileResult, options: StepOptions) -> dict[str, str]:
         "activations": (
             f"the sum counts the `{result.config.convention.name}` convention; at the peak: "
             "what autograd saved and backward has not yet freed, the batch and the loss"
+            + (
+                " (and the loss scaler's scalars: the scaled loss, found_inf)"
+                if result.config.precision.scaler
+                else ""
+            )
         ),
         "temporaries": (
             "gradients of activations, and of parameters not yet accumulated, at that moment"

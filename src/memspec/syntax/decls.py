@@ -24,6 +24,7 @@ __all__ = [
     "DeclPrecision",
     "DeclPreset",
     "DeclRecompute",
+    "DeclScaler",
     "DeclTrain",
     "DeclUse",
     "LayerBuffer",
@@ -189,6 +190,15 @@ class DeclTrain:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclScaler:
+    """`scaler CLASS(ARGS)` in a precision: the loss scaler verify runs."""
+
+    torch_class: str
+    args: tuple[tuple[str, object], ...]
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class DeclPrecision:
     name: str
     rules: tuple[tuple[str, str, Span | None], ...]
@@ -196,6 +206,7 @@ class DeclPrecision:
     description: str = ""
     # ("cast", dtype or "widest", op names, span): autocast's op lists
     casts: tuple[tuple[str, str, tuple[str, ...], Span | None], ...] = ()
+    scalers: tuple[DeclScaler, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +228,7 @@ class DeclOptimizer:
     params: tuple[tuple, ...] = ()  # (condition, span): the parameters it takes
     rest: tuple[tuple[str, Span | None], ...] = ()  # (optimizer, span) for the others
     span: Span | None = span_field()
+    made: tuple[tuple[str, Span | None], ...] = ()  # `state at WHEN`: (when, span)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,12 +130,15 @@ class ToAst(Transformer_NonRecursive):
     def decl_precision(self, meta, children):
         name, *rest = children
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
+        scalers = tuple(r for r in rest if isinstance(r, d.DeclScaler))
+        rest = [r for r in rest if not isinstance(r, d.DeclScaler)]
         return d.DeclPrecision(
             str(name),
             tuple(r for r in rest if len(r) == 3),
             span=self.span(meta),
             description=description,
             casts=tuple(r for r in rest if len(r) == 4),
+            scalers=scalers,
         )
 
     def precision_rule(self, meta, children):
@@ -144,6 +147,10 @@ class ToAst(Transformer_NonRecursive):
     def precision_cast(self, meta, children):
         word, dtype, *ops = children
         return (str(word), str(dtype), tuple(str(o) for o in ops), self.span(meta))
+
+    def precision_scaler(self, meta, children):
+        cls, args = children
+        return d.DeclScaler(cls, args or (), span=self.span(meta))
 
     def decl_optimizer(self, meta, children):
         name, *rest = children
@@ -162,7 +169,11 @@ class ToAst(Transformer_NonRecursive):
             items("params"),
             items("else"),
             span=self.span(meta),
+            made=items("state at"),
         )
+
+    def optimizer_state_at(self, meta, children):
+        return ("state at", str(children[0]), self.span(meta))
 
     def optimizer_state(self, meta, children):
         name, shape, dtype, cond, flag = children

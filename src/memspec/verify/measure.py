@@ -23,10 +23,18 @@ from memspec.lower.module import LoweredModel
 from memspec.policies import Optimizer, read_optimizer
 from memspec.recompute import checkpointed_ops, checkpointed_regions
 from memspec.result import CompileResult
+from memspec.scaler import STATE, LossScaler
 from memspec.source import SourceFile
 from memspec.syntax.imports import load_program
 
-__all__ = ["Measurement", "SavedTensor", "activation_key", "lowered_model", "measure_step"]
+__all__ = [
+    "Measurement",
+    "SavedTensor",
+    "activation_key",
+    "lowered_model",
+    "measure_step",
+    "scaler_class",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,25 @@ def _torch_class(name: str, path: str) -> type:
     return cls
 
 
+def scaler_class(policy: LossScaler) -> type:
+    """`torch.amp.GradScaler`, or a subclass of it from any importable module
+    (`module:Class`): memspec's memory model is GradScaler's."""
+    from torch.amp import GradScaler
+
+    module_name, _, class_name = policy.torch_class.rpartition(":")
+    try:
+        module = importlib.import_module(module_name or "torch.amp")
+    except ImportError as e:
+        raise UsageError(f"loss scaler: cannot import {module_name} ({e})") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, GradScaler)):
+        raise UsageError(
+            f"loss scaler: {module.__name__} has no GradScaler class {class_name!r} "
+            "(memspec models torch.amp.GradScaler and its subclasses)"
+        )
+    return cls
+
+
 def standard_optimizer(name: str) -> Optimizer:
     """A policy of the standard library (`std/train.mspec`) by name."""
     program = load_program(SourceFile("<standard optimizers>", ""), None)
@@ -280,8 +307,14 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
         out = model(*inputs)
         loss = out if out.dim() == 0 else out.float().sum()
     model.on_op_start = model.on_op_end = None
-    loss.backward()
-    optimizer.step()
+    policy = result.config.precision.scaler
+    if policy is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler = _scaled_step(policy, model, optimizer, loss)
+        for name, _dtype in STATE:  # the scaler's own state, beside the optimizer's
+            measured.optimizer_state[f"scaler.{name}"] = getattr(scaler, name).numel()
     measured.loss = float(loss.detach())
     measured.activation_bytes = dict(tracker.bytes)
     measured.activation_tensors = dict(tracker.tensors)
@@ -301,3 +334,31 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
             target = measured.optimizer_scalars if scalar else measured.optimizer_state
             target[f"{names[id(p)]}.{key}"] = state.numel()
     return measured
+
+
+# steps a loss scaler may skip (halving its scale each time) before one is taken
+_SCALER_TRIES = 64
+
+
+def _scaled_step(policy: LossScaler, model: LoweredModel, optimizer, loss):
+    """The step with the loss scaled, stepping each optimizer of a chain in turn; until
+    one is taken (the scaler skips a step whose gradients overflowed, which makes no
+    optimizer state): the state measured is that of a step taken."""
+    scaler = scaler_class(policy)("cpu", **dict(policy.torch_args))
+    members = getattr(optimizer, "optimizers", (optimizer,))
+    for _ in range(_SCALER_TRIES):
+        scaler.scale(loss).backward()
+        for member in members:
+            scaler.step(member)
+        skipped = any(
+            found.item()
+            for member in members
+            for found in scaler._per_optimizer_states[id(member)]["found_inf_per_device"].values()
+        )
+        scaler.update()
+        if not skipped:
+            return scaler
+        optimizer.zero_grad(set_to_none=True)
+        out = model(*model.make_inputs())
+        loss = out if out.dim() == 0 else out.float().sum()
+    raise UsageError(f"the loss scaler skipped {_SCALER_TRIES} steps in a row: no step was taken")

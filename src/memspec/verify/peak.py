@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
+from memspec.passes.peak.moments import Phase
 from memspec.result import CompileResult
+from memspec.scaler import LossScaler
 from memspec.verify.measure import _optimizer, lowered_model
 
 __all__ = [
@@ -93,11 +95,13 @@ _NO_HOOK = _NoHook()
 
 
 def _phase_tracker():
-    """MemTracker, noting the phase of the step when it records a new peak."""
+    """MemTracker, noting the phase of the step when it records a new peak (`unscaling`
+    while a loss scaler unscales gradients)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class PhaseTracker(MemTracker):
         peak_phase = ""
+        unscaling = False
 
         def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
             # torch's tracker hooks every parameter's gradient, which a frozen one
@@ -113,6 +117,8 @@ def _phase_tracker():
             if self._peak_mem != before:
                 if self._in_opt:
                     self.peak_phase = "optimizer step"
+                elif self.unscaling:
+                    self.peak_phase = "unscaling gradients"
                 else:
                     self.peak_phase = "backward" if self._mod_tracker.is_bw else "forward"
 
@@ -130,6 +136,9 @@ def _measure(
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 
         tracker = _phase_tracker()
+        members = getattr(optimizer, "optimizers", (optimizer,))
+        precision = result.config.precision
+        scaler = _always_stepping(precision.scaler, tracker) if precision.scaler else None
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=options.set_to_none)
@@ -139,13 +148,20 @@ def _measure(
                 batch = model.make_inputs()  # held by the loop until the next batch
                 out = model(*batch)
                 loss = out if out.dim() == 0 else out.float().sum()
-                loss.backward()
-            optimizer.step()
+                (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                for member in members:  # one scaler steps each optimizer in turn
+                    scaler.step(member)
+                scaler.update()
+            else:
+                optimizer.step()
             model.returned = []  # the loop's outputs object goes with the step
 
         if not options.first_step:
             step()
-        tracker.track_external(model, *getattr(optimizer, "optimizers", (optimizer,)))
+        made = scaler is not None and scaler._scale is not None
+        scaler_state = (scaler._scale, scaler._growth_tracker) if made else ()
+        tracker.track_external(model, *members, *scaler_state)
         with tracker:
             step()
         snapshot = tracker.get_tracker_snapshot("peak")
@@ -153,6 +169,34 @@ def _measure(
     by_name = {str(k).rsplit(".", 1)[-1]: int(v) for k, v in device_snapshot.items()}
     categories = tuple((c, by_name.get(c, 0)) for c in CATEGORIES)
     return PeakMeasurement(by_name["Total"], categories, tracker.peak_phase)
+
+
+def _always_stepping(policy: LossScaler, tracker):
+    """The precision's loss scaler, telling `tracker` while it unscales, and stepping
+    every time: memspec models a step that is taken (a skipped one allocates less), and
+    fake tensors cannot say whether gradients overflowed (`found_inf.item()`, which
+    allocates nothing)."""
+    from memspec.verify.measure import scaler_class
+
+    class AlwaysStepping(scaler_class(policy)):
+        def unscale_(self, optimizer) -> None:
+            tracker.unscaling = True
+            try:
+                super().unscale_(optimizer)
+            finally:
+                tracker.unscaling = False
+
+        def _check_inf_per_device(self, optimizer):
+            tracker.unscaling = True
+            try:
+                return super()._check_inf_per_device(optimizer)
+            finally:
+                tracker.unscaling = False
+
+        def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
+            return optimizer.step(*args, **kwargs)
+
+    return AlwaysStepping("cpu", **dict(policy.torch_args))
 
 
 # memspec's peak categories, as MemTracker names them.
@@ -169,12 +213,15 @@ TRACKER_NAMES = {
 @dataclass(frozen=True)
 class Term:
     """A difference between memspec's step and the tracker's that memspec computes: what
-    it is, the tracker category it lands in ("" for the whole moment), and its bytes."""
+    it is, the tracker category it lands in ("" for the whole moment), and its bytes;
+    with `moved_from`, bytes memspec counts in that category and the tracker in this
+    one (the total is the same)."""
 
     name: str
     category: str
     bytes: int
     why: str
+    moved_from: str = ""  # where memspec counts these bytes, when it counts them
 
 
 @dataclass(frozen=True)
@@ -193,7 +240,7 @@ class PeakComparison:
 
     @property
     def expected(self) -> int:
-        return self.predicted + sum(t.bytes for t in self.terms)
+        return self.predicted + sum(t.bytes for t in self.terms if not t.moved_from)
 
     @property
     def ok(self) -> bool:
@@ -205,17 +252,33 @@ class PeakComparison:
         )
 
 
-def step_counters(result: CompileResult) -> tuple[int, int]:
+def step_counters(result: CompileResult, made: set[str] | None = None) -> tuple[int, int]:
     """(tensors, bytes) of the optimizer's scalar state (`state step: scalar`: Adam's,
     AdamW's, Adagrad's, RMSprop's `step`): a float32 scalar per parameter tensor each,
-    made by the first `step()`."""
+    made with the rest of the state; `made`: of these optimizers of a chain only."""
     optimizer, bound = result.config.optimizer, result.graph.bound
     items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
-    count = sum(
-        len(optimizer.owner(i.shape, bound).own_scalars) * result.value(i.multiplicity)
-        for i in items
-    )
+    count = 0
+    for item in items:
+        owner = optimizer.owner(item.shape, bound)
+        if made is None or owner.name in made:
+            count += len(owner.own_scalars) * result.value(item.multiplicity)
     return count, 4 * count
+
+
+def _made(result: CompileResult, traced) -> set[str] | None:
+    """The optimizers of the chain whose state exists at a moment of a first step:
+    those whose constructor makes it, and those whose step() has begun (None: all)."""
+    if not result.peak.options.first_step:
+        return None
+    chain = result.config.optimizer.chain()
+    made = {o.name for o in chain if o.eager}
+    names = [o.name for o in chain]
+    if traced.phase is Phase.OPTIMIZER_STEP:
+        made.update(names[: names.index(traced.optimizer) + 1] if traced.optimizer else names)
+    elif traced.phase is Phase.UNSCALE:
+        made.update(names[: names.index(traced.optimizer)])
+    return made
 
 
 def _counting(optimizer) -> str:
@@ -244,8 +307,8 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
     ).winner()
     real = result.peak.winner()
     terms = []
-    tensors, counters = step_counters(result)
-    if counters and not (options.first_step and traced.phase != "optimizer step"):
+    tensors, counters = step_counters(result, _made(result, traced))
+    if counters:
         terms.append(
             Term(
                 f"{_counting(result.config.optimizer)} step counters",
@@ -267,7 +330,13 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
                 f"memspec's peak of that step: {traced.label()}",
             )
         )
-    extra = {t.category: t.bytes for t in terms if t.category}
+    terms += _scaler_state(result, traced)
+    extra: dict[str, int] = {}
+    for t in terms:
+        if t.category:
+            extra[t.category] = extra.get(t.category, 0) + t.bytes
+        if t.moved_from:
+            extra[t.moved_from] = extra.get(t.moved_from, 0) - t.bytes
     rows = tuple(
         (
             TRACKER_NAMES[name],
@@ -276,6 +345,33 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
         )
         for name, expr in traced.breakdown
     )
+    if "OTH" in extra:
+        rows += (("OTH", measurement.get("OTH"), extra["OTH"]),)
     phases = (measurement.phase, traced.phase.value)
     predicted = result.value(real.bytes)
     return PeakComparison(real.label(), predicted, tuple(terms), rows, measurement.total, phases)
+
+
+def _scaler_state(result: CompileResult, traced) -> list[Term]:
+    """A loss scaler's _scale and _growth_tracker, which memspec counts with the
+    optimizer state: the tracker counts them as tensors of its own (OTH) when they were
+    made before it started, and as activations when the tracked step's `scale()` made
+    them (a first step)."""
+    scaler = result.config.precision.scaler
+    if scaler is None or not result.value(dict(traced.breakdown)["optimizer_state"]):
+        return []
+    first = result.peak.options.first_step
+    return [
+        Term(
+            "the loss scaler's state",
+            "ACT" if first else "OTH",
+            scaler.state_bytes,
+            "_scale (float32) and _growth_tracker (int32), counted by memspec with the "
+            + (
+                "optimizer state; made by scale() in the tracked step"
+                if first
+                else "optimizer state; made before the tracker started"
+            ),
+            moved_from="OPT",
+        )
+    ]

@@ -58,6 +58,12 @@ def _peak_lines(result: CompileResult, peak: PeakComparison) -> list[str]:
     if peak.terms:
         lines.append("The tracker's step differs from a GPU's; memspec computes each difference:")
         for term in peak.terms:
+            if term.moved_from:
+                lines.append(
+                    f"  {term.name}: {term.bytes:,} bytes in {term.category}, not "
+                    f"{term.moved_from} ({term.why})"
+                )
+                continue
             where = f" in {term.category}" if term.category else ""
             lines.append(f"  {term.name}: {term.bytes:+,} bytes{where} ({term.why})")
     lines.append(

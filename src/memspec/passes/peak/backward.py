@@ -66,22 +66,31 @@ class BackwardReplay:
         # larger gradient: it keeps that storage until zero_grad(set_to_none=True)
         self.beyond: list[tuple[Born, Poly]] = []
 
-    def run(self, loss: Entry) -> None:
+    def run(self, loss: Entry, scaled: bool = False) -> None:
+        """Backward from the loss; `scaled`: from a loss scaler's product of it."""
         graph, ledger = self.graph, self.ledger
+        after = tuple((r.id, Side.AFTER) for r in graph.regions)
         # backward()'s grad_tensors (ones like the loss) are made before the engine runs,
         # so they are no gradient of backward's, and live until it returns
         out = graph.value(graph.outputs[0])
         itemsize = DType.float32.itemsize if out.shape else out.dtype.itemsize
         seed = ledger.alloc(self.forward.measure(sp.Integer(itemsize)), "activations", ())
+        grad = ledger.ref(seed)
+        if scaled:
+            # the product's backward multiplies the seed by the scale: the loss's gradient
+            ledger.unref(grad)
+            grad = ledger.alloc(self.forward.measure(sp.Integer(itemsize)), "temporaries", ())
+            ledger.mark(Phase.BACKWARD, "scaler.scale(loss)", after)
         if not out.shape or out.dtype is DType.float32:
-            # a scalar's gradient is the seed; sum's backward expands it, a view
-            self.adjoint[loss.key] = ledger.ref(seed)
+            # a scalar's gradient is the loss's; sum's backward expands it, a view
+            self.adjoint[loss.key] = grad
         else:
-            # `.float()`'s backward casts the expanded seed back to out's dtype: new storage
+            # `.float()`'s backward casts the expanded gradient back to out's dtype: new
+            # storage; the expanded one goes as it returns
             size = self.forward.size_of(out.id)
             self.adjoint[loss.key] = ledger.alloc(size, "temporaries", ())
-            after = tuple((r.id, Side.AFTER) for r in graph.regions)
             ledger.mark(Phase.BACKWARD, "out.float()", after)
+            ledger.unref(grad)
         for record in reversed(self.forward.records):
             self._op(record)
         # autograd frees the rest of the graph (nodes backward never reached)

@@ -19,6 +19,7 @@ class Phase(str, enum.Enum):
 
     FORWARD = "forward"
     BACKWARD = "backward"
+    UNSCALE = "unscaling gradients"  # a loss scaler's, before the optimizer steps
     OPTIMIZER_STEP = "optimizer step"
 
     def __str__(self) -> str:

@@ -15,11 +15,11 @@ from memspec.ir.sizes import BoundSizes
 from memspec.ir.types import DType, numel
 from memspec.optimizers import Optimizer
 from memspec.passes.parameters import trained_items
-from memspec.passes.peak.moments import Point
+from memspec.passes.peak.moments import Phase, Point
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["step_moments"]
+__all__ = ["own_state", "state_before", "step_moments"]
 
 
 def module_order(params: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
@@ -94,40 +94,77 @@ def _loop(
     return moments
 
 
-def _temporaries(
+def _members(config: TrainConfig, categories: dict[str, CategoryResult], bound: BoundSizes):
+    """Each optimizer of the chain (Muon's, then AdamW's for the rest) that has
+    parameters to update, with them; they step in turn. Frozen parameters take no step."""
+    params = trained_items(categories["parameters"].items)
+    for optimizer in config.optimizer.chain():
+        own = [i for i in params if config.optimizer.owner(i.shape, bound) is optimizer]
+        if own:
+            yield optimizer, own
+
+
+def own_state(
+    config: TrainConfig, optimizer: Optimizer, own: list[LineItem], bound: BoundSizes
+) -> sp.Expr:
+    """The bytes of the state `optimizer` makes for its parameters `own` (a shared
+    tensor once; step counters are not counted, as in the optimizer state)."""
+    total, shared = sp.Integer(0), set()
+    for item in own:
+        for rule in optimizer.state_rules:
+            if rule.extent.kind == "scalar" or not rule.applies(item.shape, bound):
+                continue
+            if rule.shared and rule.name in shared:
+                continue
+            shared.add(rule.name)
+            size = numel(rule.extent.shape(item.shape, bound))
+            size *= (rule.dtype or config.precision.state).itemsize
+            total += size if rule.shared else size * item.multiplicity
+    return total
+
+
+def state_before(
     config: TrainConfig,
     categories: dict[str, CategoryResult],
+    bound: BoundSizes,
+    measure: Callable[[sp.Expr], Poly],
+) -> Poly:
+    """The optimizer state before a first step(): all of it but what step() makes (the
+    state of every optimizer not declared `state at init`) and a loss scaler's, which
+    its first scale() makes."""
+    state = dict(measure(categories["optimizer_state"].bytes))
+    for optimizer, own in _members(config, categories, bound):
+        if not optimizer.eager:
+            add_into(state, measure(own_state(config, optimizer, own, bound)), -1)
+    if config.precision.scaler is not None:
+        add_into(state, measure(sp.Integer(config.precision.scaler.state_bytes)), -1)
+    return state
+
+
+def _temporaries(
+    config: TrainConfig,
+    optimizer: Optimizer,
+    own: list[LineItem],
     impl: str,
     bound: BoundSizes,
     measure: Callable[[sp.Expr], Poly],
 ) -> list[tuple[str, Poly]]:
-    """(which parameter is being updated, the step's temporaries then), per moment; each
-    optimizer of a chain (Muon's, then AdamW's for the rest) steps in turn."""
-    params = trained_items(categories["parameters"].items)  # frozen ones are skipped
-    dtype = config.precision.state
-    moments, seen = [], set()
-    for optimizer in config.optimizer.chain():
-        own = [i for i in params if config.optimizer.owner(i.shape, bound) is optimizer]
-        if not own or not optimizer.temps_of(impl):
-            continue
-        if impl == "foreach":
-            every = sp.Integer(0)
-            for item in own:
-                for rule in optimizer.temps_of(impl):
-                    if rule.applies(item.shape, bound):
-                        shape = rule.extent.shape(item.shape, bound)
-                        every += (
-                            item.multiplicity * numel(shape) * (rule.dtype or item.dtype).itemsize
-                        )
-            found = [("every parameter at once", measure(sp.expand(every)))]
-        else:
-            found = _loop(optimizer, _update_order(tuple(own)), impl, bound, dtype, measure)
-        for where, size in found:
-            key = tuple(sorted(size.items(), key=str))
-            if key not in seen:
-                seen.add(key)
-                moments.append((where, size))
-    return moments or [("", {})]
+    """(which parameter is being updated, the step's temporaries then), per moment of
+    one optimizer's step."""
+    rules = optimizer.temps_of(impl)
+    if not rules:
+        return [("", {})]
+    if impl != "foreach":
+        return _loop(
+            optimizer, _update_order(tuple(own)), impl, bound, config.precision.state, measure
+        )
+    every = sp.Integer(0)
+    for item in own:
+        for rule in rules:
+            if rule.applies(item.shape, bound):
+                shape = rule.extent.shape(item.shape, bound)
+                every += item.multiplicity * numel(shape) * (rule.dtype or item.dtype).itemsize
+    return [("every parameter at once", measure(sp.expand(every)))]
 
 
 def step_moments(
@@ -140,23 +177,50 @@ def step_moments(
     measure: Callable[[sp.Expr], Poly],
     beyond: Poly,
     bound: BoundSizes,
-) -> list[tuple[str, dict[str, Poly]]]:
-    """(where, memory by category) of each moment of the step; `point` is the replay's
-    moment after backward, `fixed` the parameters' and buffers' bytes, `state` the
-    optimizer state's, `beyond` what gradients that are views of larger ones hold more."""
+    first_step: bool = False,
+) -> list[tuple[Phase, str, str, dict[str, Poly]]]:
+    """(phase, where, optimizer, memory by category) of each moment of the step; `point`
+    is the replay's moment after backward, `fixed` the parameters' and buffers' bytes,
+    `state` the optimizer state's, `beyond` what gradients that are views of larger
+    ones hold more. In a `first_step`, each optimizer of a chain makes its state as it
+    steps. A loss scaler unscales each optimizer's gradients before it steps; its
+    scalars are counted with the activations, beside the loss they come from."""
     memory = dict(point.memory)
     grads_all = dict(measure(categories["gradients"].bytes))
     add_into(grads_all, beyond)
-    out = []
-    for where, temp in _temporaries(config, categories, impl, bound, measure):
-        opt = dict(state)
+    scaler = config.precision.scaler
+    made = dict(state)
+    if first_step:
+        made = state_before(config, categories, bound, measure)
+        if scaler is not None:
+            add_into(made, measure(sp.Integer(scaler.state_bytes)))
+
+    def moment(temp: Poly, scalars: int) -> dict[str, Poly]:
+        opt = dict(made)
         add_into(opt, temp)
-        parts = {
+        activations = dict(memory["activations"])
+        add_into(activations, measure(sp.Integer(scalars)))
+        return {
             **fixed,
             "gradients": dict(grads_all),
             "optimizer_state": opt,
-            "activations": dict(memory["activations"]),
+            "activations": activations,
             "temporaries": dict(memory["temporaries"]),
         }
-        out.append((where, parts))
-    return out
+
+    out, seen = [], set()
+    for member, (optimizer, own) in enumerate(_members(config, categories, bound)):
+        held = 0
+        if scaler is not None:
+            where = f"scaler.unscale_ of {optimizer.name}'s gradients"
+            unscaling = moment({}, scaler.unscaling(member))
+            out.append((Phase.UNSCALE, where, optimizer.name, unscaling))
+            held = scaler.stepping(member, impl == "fused")
+        if first_step and not optimizer.eager:  # its step() makes its state first
+            add_into(made, measure(own_state(config, optimizer, own, bound)))
+        for where, temp in _temporaries(config, optimizer, own, impl, bound, measure):
+            key = (held, tuple(sorted(temp.items(), key=str)), tuple(sorted(made.items(), key=str)))
+            if key not in seen:  # a moment like one before it adds no candidate
+                seen.add(key)
+                out.append((Phase.OPTIMIZER_STEP, where, optimizer.name, moment(temp, held)))
+    return out or [(Phase.OPTIMIZER_STEP, "", "", moment({}, 0))]

@@ -36,7 +36,9 @@ from memspec.passes.peak.ledger import Block, Born, Ledger
 from memspec.passes.peak.moments import Phase, Point, Side
 from memspec.symbolic.polys import Poly, add_into, poly
 
-__all__ = ["PeakUnavailable", "RegionShare", "Replay", "replay"]
+__all__ = ["SCALE_MOMENT", "PeakUnavailable", "RegionShare", "Replay", "replay"]
+
+SCALE_MOMENT = "scaler.scale(loss)"
 
 
 class PeakUnavailable(Exception):
@@ -83,6 +85,7 @@ def replay(
     checkpointed: frozenset[int] = frozenset(),
     segments: frozenset[int] = frozenset(),
     sac: frozenset[int] = frozenset(),
+    scaled_loss: int = 0,
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -94,7 +97,8 @@ def replay(
     a TorchDispatchMode such as PyTorch's memory tracker). `keep_outputs`: the loop
     holds what the model returns beside the loss until the step ends. Each repetition
     of a region in `checkpointed` is a checkpoint, recomputed in backward, and so is
-    each run of consecutive ops in `segments` (selective recomputation).
+    each run of consecutive ops in `segments` (selective recomputation). `scaled_loss`:
+    the bytes of a loss scaler's `scale(loss)`, which backward starts from (0: none).
     """
     ledger = Ledger()
     forward = ForwardReplay(
@@ -110,9 +114,16 @@ def replay(
     )
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
+    after = tuple((r.id, Side.AFTER) for r in graph.regions)
+    scaled = None
+    if scaled_loss:
+        # `scaler.scale(loss).backward()`: the product lives until backward returns
+        scaled = ledger.alloc(measure(sp.Integer(scaled_loss)), "activations", ())
+        ledger.mark(Phase.FORWARD, SCALE_MOMENT, after)
     backward = BackwardReplay(forward, grad_dtype, grads_exist, sums_in_place)
-    backward.run(loss)
-    ledger.mark(Phase.OPTIMIZER_STEP, "", tuple((r.id, Side.AFTER) for r in graph.regions))
+    backward.run(loss, scaled is not None)
+    ledger.unref(scaled)
+    ledger.mark(Phase.OPTIMIZER_STEP, "", after)
     grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]
     kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
     shares = tuple(

@@ -26,7 +26,10 @@ class StepOptions:
     """The training loop, as in PyTorch.
 
     - `first_step`: AdamW creates its state lazily inside the first `step()`, so the
-      forward and backward of step 1 run without optimizer state.
+      forward and backward of step 1 run without it (an optimizer declared `state at
+      init`, Adagrad, makes it in its constructor; master copies are made with the
+      model); each optimizer of a chain makes its own as it steps, and a loss scaler
+      its scale and growth tracker at the first `scale()`.
     - `set_to_none`: `zero_grad(set_to_none=True)` (PyTorch's default) frees gradients
       before the forward; with False they stay allocated through it, and backward adds
       into them.
@@ -74,6 +77,7 @@ class PeakCandidate:
     breakdown: tuple[tuple[str, sp.Expr], ...]  # CATEGORIES order
     bytes: sp.Expr  # their sum
     moment: int = 0  # its place in the step: of equal candidates the step reaches first
+    optimizer: str = ""  # in the step of an optimizer chain, whose step (Muon's, AdamW's)
 
     def part(self, category: str) -> sp.Expr:
         return dict(self.breakdown)[category]

@@ -22,8 +22,8 @@ from memspec.ir.types import DType, numel
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT
 from memspec.passes.peak.moments import Phase
-from memspec.passes.peak.optimizer_step import step_moments
-from memspec.passes.peak.replay import Replay, replay
+from memspec.passes.peak.optimizer_step import state_before, step_moments
+from memspec.passes.peak.replay import SCALE_MOMENT, Replay, replay
 from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, StepOptions
 from memspec.passes.results import CategoryResult
 from memspec.policies import IMPLEMENTATIONS
@@ -40,6 +40,7 @@ class _Moment:
     where: str
     micro_batch: str
     parts: dict[str, Poly]
+    optimizer: str = ""  # the optimizer of a chain whose step it is in
 
     def total(self) -> Poly:
         out: Poly = {}
@@ -72,6 +73,10 @@ def peak_memory(
 
     fixed = {c: measure(categories[c].bytes) for c in ("parameters", "buffers")}
     state = measure(categories["optimizer_state"].bytes)
+    scaler = config.precision.scaler
+    # a loss scaler's state, made by the first scale(): in a first step, from then on
+    scaler_state = measure(sp.Integer(scaler.state_bytes)) if scaler else {}
+    before = state_before(config, categories, graph.bound, measure)
     # (micro-batches, whether gradients exist before their backward): a fresh model's
     # first step has none whatever zero_grad does
     kept = not options.set_to_none and not options.first_step
@@ -96,6 +101,7 @@ def peak_memory(
             sums_in_place,
             options.keep_outputs,
             *checkpoints,
+            scaler.scaled_loss if scaler else 0,
         )
         beyond = _beyond(last, p)
         grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
@@ -110,7 +116,9 @@ def peak_memory(
                 parts = {**fixed, "gradients": dict(memory["gradients"])}
                 add_into(parts["gradients"], grads)
                 add_into(parts["gradients"], reading.gradients)
-                parts["optimizer_state"] = {} if options.first_step else dict(state)
+                parts["optimizer_state"] = dict(before if options.first_step else state)
+                if options.first_step and _scaled(point, micro_batch):
+                    add_into(parts["optimizer_state"], scaler_state)
                 parts["activations"] = dict(memory["activations"])
                 add_into(parts["activations"], reading.saved)
                 if micro_batch.startswith("micro-batches 2") and point.phase is Phase.FORWARD:
@@ -121,7 +129,7 @@ def peak_memory(
     (after,) = [q for q in last.points if q.phase is Phase.OPTIMIZER_STEP]
     # what the loop's outputs object still holds of the left-out repetitions
     (left_out,) = repeats.readings(after, repeats.shares(graph, last, p))
-    for where, parts in step_moments(
+    for phase, where, optimizer, parts in step_moments(
         config,
         categories,
         options.optimizer_impl,
@@ -131,10 +139,21 @@ def peak_memory(
         measure,
         beyond,
         graph.bound,
+        options.first_step,
     ):
         add_into(parts["activations"], left_out.saved)
-        moments.append(_Moment(Phase.OPTIMIZER_STEP, where, "", parts))
+        moments.append(_Moment(phase, where, "", parts, optimizer))
     return _result(graph, moments, p, options, bindings, measure)
+
+
+def _scaled(point, micro_batch: str) -> bool:
+    """Whether a loss scaler has made its state by this moment of a first step: from
+    micro-batch 1's `scale(loss)` on."""
+    return (
+        micro_batch.startswith("micro-batches 2")
+        or point.phase is Phase.BACKWARD
+        or point.op_path == SCALE_MOMENT
+    )
 
 
 def _previous_micro_batch(graph: Graph, measure) -> tuple[Poly, Poly]:
@@ -181,7 +200,9 @@ def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, m
         totals.append(total)
         breakdown = tuple((k, to_expr(parts[k])) for k in CATEGORIES)
         candidates.append(
-            PeakCandidate(m.phase, m.where, m.micro_batch, breakdown, to_expr(total), i)
+            PeakCandidate(
+                m.phase, m.where, m.micro_batch, breakdown, to_expr(total), i, m.optimizer
+            )
         )
     values = [evaluate(t, dict(bindings)) for t in totals]
     bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
