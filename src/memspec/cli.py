@@ -150,6 +150,27 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help="pick an implementation variant (math, flash); repeatable",
     )
+    parallel = p.add_argument_group("data parallelism: what each rank holds")
+    parallel.add_argument(
+        "--dp",
+        type=int,
+        metavar="N",
+        help="data-parallel ranks (the symbol DP in formulas; unbound with --zero alone)",
+    )
+    parallel.add_argument(
+        "--zero",
+        type=int,
+        metavar="K",
+        help="ZeRO stage: 0 (DDP replicas), 1 (optimizer state sharded), 2 (and gradients: "
+        "FSDP2 with reshard_after_forward=False), 3 (and parameters: FSDP2)",
+    )
+    parallel.add_argument(
+        "--dp-runtime",
+        dest="runtime",
+        metavar="RUNTIME",
+        help="the runtime whose sharding is modelled: ddp, fsdp2 (stages 2, 3) or "
+        "deepspeed (stages 1, 2, 3)",
+    )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
         "--first-step",
@@ -190,7 +211,8 @@ def _result(args: argparse.Namespace, **options):
     from memspec.compile import compile_spec
     from memspec.passes.peak import StepOptions
 
-    flags = {name: getattr(args, name, None) for name in ("convention", "precision", "recompute")}
+    names = ("convention", "precision", "recompute", "dp", "zero", "runtime")
+    flags = {name: getattr(args, name, None) for name in names}
     step = StepOptions(
         args.first_step,
         args.set_to_none,
@@ -243,10 +265,15 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
 
 def _solve(args: argparse.Namespace) -> str:
+    from memspec.parallel import DP
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
-    from memspec.solve import check_bound, parse_budget, solve_max
+    from memspec.solve import check_bound, parse_budget, solve_max, solve_min_degree
 
     result = _result(args)
+    if args.symbol in (DP, "data_parallel_degree"):
+        s = solve_min_degree(result, parse_budget(args.budget), args.objective)
+        report = build_solve(result, s, args.objective, None)
+        return render_solve_json(report) if args.format == "json" else render_solve_text(report)
     s = solve_max(result, args.symbol, parse_budget(args.budget), args.objective)
     if not s.expression.free_symbols - {s.symbol}:  # a number to check
 

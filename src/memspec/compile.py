@@ -17,6 +17,7 @@ from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
 from memspec.ops import lookup
+from memspec.parallel import DP, with_degree
 from memspec.passes import AnalysisContext, run_pipeline
 from memspec.passes.peak import StepOptions
 from memspec.passes.results import CATEGORY_TITLES
@@ -64,6 +65,9 @@ def compile_spec(
     mfu: float = 0.5,
     steps: int | None = None,
     step: StepOptions | None = None,
+    dp: int | None = None,
+    zero: int | None = None,
+    runtime: str | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -71,8 +75,9 @@ def compile_spec(
     wins over `preset`. With `peak_flops` (FLOP/s of the accelerator) and `steps`, the
     report also gives the training time at model FLOPs utilization `mfu`. `step` sets
     the training loop whose true peak is modelled (`StepOptions()`: steady state,
-    `zero_grad(set_to_none=True)`, no accumulation, for-loop optimizer). Raises
-    `MemspecError` for any problem with the input.
+    `zero_grad(set_to_none=True)`, no accumulation, for-loop optimizer). `dp` (data-
+    parallel ranks), `zero` (the ZeRO stage) and `runtime` (`memspec.parallel`) give
+    what each rank holds. Raises `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
     if step.grad_accum < 1:
@@ -80,8 +85,14 @@ def compile_spec(
     training = _training(peak_flops, mfu, steps)
     source, path = _source(spec)
     program = load_program(source, path)
-    config = resolve_config(program, precision, optimizer, convention, tuple(use), recompute)
+    config = resolve_config(
+        program, precision, optimizer, convention, tuple(use), recompute, dp, zero, runtime
+    )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
+    if config.parallel.distributed:
+        program = with_degree(program)
+        if config.parallel.dp is not None:
+            items.append(f"{DP}={config.parallel.dp}")
 
     def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
         # Bound before the model is elaborated: views and copies are decided at them.
@@ -132,5 +143,6 @@ def compile_spec(
         training=training,
         peak=peak,
         peak_unavailable=unavailable,
+        ranks=done["ranks"],
         active=done["active_parameters"],
     )

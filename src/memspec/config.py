@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.names import did_you_mean
 from memspec.ops.registry import REGISTRY
+from memspec.parallel import SINGLE, Parallel, read_parallel
 from memspec.policies import (
     Convention,
     Optimizer,
@@ -28,6 +29,8 @@ DEFAULTS = {
     "convention": "course",
     "recompute": "none",
 }
+# the data-parallel settings of a train block (`dp 8; zero 3`), beside the policies
+PARALLEL = ("dp", "zero", "runtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class TrainConfig:
     convention: Convention
     variants: tuple[str, ...] = ()
     recompute: Recompute = NONE
+    parallel: Parallel = SINGLE
 
 
 @functools.cache
@@ -62,22 +66,32 @@ def resolve_config(
     convention: str | None = None,
     variants: tuple[str, ...] = (),
     recompute: str | None = None,
+    dp: int | None = None,
+    zero: int | None = None,
+    runtime: str | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
     spans: dict[str, object] = {}
     spec_variants: tuple[str, ...] = ()
+    parallel: dict[str, object] = {}
     if len(program.trains) > 1:
         raise UsageError("a spec may have one train block", program.trains[1].span)
     for train in program.trains:
         for key, value, span in train.settings:
+            if key in PARALLEL:
+                parallel[key] = _parallel_setting(key, value, span)
+                continue
             if key not in DEFAULTS:
+                known = ", ".join((*DEFAULTS, *PARALLEL))
                 raise UsageError(
-                    f"unknown train setting {key!r}; expected one of {', '.join(DEFAULTS)} or use",
-                    span,
+                    f"unknown train setting {key!r}; expected one of {known} or use", span
                 )
             chosen[key], spans[key] = value, span
         spec_variants = train.variants
+    for key, value in (("dp", dp), ("zero", zero), ("runtime", runtime)):
+        if value is not None:
+            parallel[key] = value
     for key, value in (
         ("precision", precision),
         ("optimizer", optimizer),
@@ -107,5 +121,15 @@ def resolve_config(
                 "recompute policy", chosen["recompute"], program.recomputes, spans.get("recompute")
             ).name
         ],
+        parallel=read_parallel(parallel.get("dp"), parallel.get("zero"), parallel.get("runtime")),
     )
     return config
+
+
+def _parallel_setting(key: str, value: str, span) -> object:
+    """`dp 8`, `zero 3` (numbers) or `runtime fsdp2` (a name), as written."""
+    if key == "runtime":
+        return value
+    if not value.replace("_", "").isdigit():
+        raise UsageError(f"train setting {key} is a number, not {value!r}", span)
+    return int(value.replace("_", ""))

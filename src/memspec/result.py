@@ -18,6 +18,7 @@ from memspec.ir.graph import Graph
 from memspec.passes.expects import ExpectResult
 from memspec.passes.flops import FlopsResult
 from memspec.passes.peak import PeakResult
+from memspec.passes.ranks import RanksResult
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
 from memspec.symbolic import bind
@@ -48,6 +49,7 @@ class CompileResult:
     peak: PeakResult | None = None
     peak_unavailable: str | None = None  # why there is no peak, if there is none
     active: CategoryResult | None = None  # parameters one token uses, with expert banks
+    ranks: RanksResult | None = None  # what each data-parallel rank holds
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""

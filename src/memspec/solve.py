@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from memspec.errors import UsageError
+from memspec.parallel import DP
 from memspec.result import CompileResult
 from memspec.symbolic.bind import resolve_defaults
 from memspec.symbolic.dominance import undominated
@@ -69,11 +70,15 @@ class Solution:
     # (value, bytes) compiled with the symbol bound to each value, by `check_bound`
     checked: tuple[tuple[int, int], ...] = ()
     general: int | None = None  # the answer at general sizes, where `check_bound` moved it
+    smallest: bool = False  # `maximum` is the smallest value that fits (a parallel degree)
 
 
 def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str]]:
-    """(bytes, moment) of each expression whose largest is the memory."""
+    """(bytes, moment) of each expression whose largest is the memory (under data
+    parallelism, of the rank that holds the most)."""
     if objective == "sum":
+        if result.ranks is not None:
+            return [(result.ranks.largest.bytes, "")]
         return [(result.total_bytes, "")]
     if objective != "peak":
         raise UsageError(f"unknown objective {objective!r}; expected peak or sum")
@@ -87,6 +92,43 @@ def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str
 def _undominated(terms: list[tuple[sp.Expr, str]]) -> list[tuple[sp.Expr, str]]:
     """The terms no other one dominates, in their order."""
     return [terms[i] for i in sorted(undominated([poly(e) for e, _ in terms]))]
+
+
+# the most ranks `solve --for DP` tries before it says that no degree fits
+MAX_DEGREE = 1 << 24
+
+
+def solve_min_degree(result: CompileResult, budget: int, objective: str = "sum") -> Solution:
+    """The fewest data-parallel ranks whose rank 0 (the one that holds the most) fits
+    `budget`: its bytes do not grow with the degree (shards of ceil(n / DP))."""
+    dim = result.symbols.lookup(DP)
+    if dim is None:
+        raise UsageError("--for DP needs data parallelism: add --zero K")
+    x = dim.symbol
+    bindings = {k: v for k, v in result.bindings.items() if k != x}
+    subs = {k: sp.Integer(v) for k, v in bindings.items()}
+    exprs = [
+        sp.expand(resolve_defaults(e, result.symbols, bindings).xreplace(subs))
+        for e, _ in _objective(result, objective)
+    ]
+    expression = exprs[0] if len(exprs) == 1 else sp.Max(*exprs, evaluate=False)
+    free = set().union(*(e.free_symbols for e in exprs)) - {x}
+    if free:
+        missing = ", ".join(sorted(str(s) for s in free))
+        raise UsageError(f"bind every other dim to solve for {x} (unbound: {missing})")
+
+    def fits(v: int) -> bool:
+        return max(int(e.xreplace({x: v})) for e in exprs) <= budget
+
+    if not fits(MAX_DEGREE):
+        return Solution(x, None, budget, expression, None, smallest=True)
+    low, high = 0, 1  # low does not fit (or is 0), high fits once found
+    while not fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return Solution(x, high, budget, expression, None, smallest=True)
 
 
 def solve_max(result: CompileResult, name: str, budget: int, objective: str = "peak") -> Solution:

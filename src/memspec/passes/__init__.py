@@ -29,9 +29,11 @@ from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
+from memspec.passes.ranks import RanksResult, count_ranks
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
 from memspec.symbolic.bind import Bindings, resolve_defaults
+from memspec.symbolic.bind import evaluate as evaluate_bound
 from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax.imports import Program
 from memspec.syntax.nodes import Expr
@@ -116,6 +118,13 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
 
 def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
     """The true peak, or None and why the replay cannot model this step."""
+    parallel = context.config.parallel
+    if parallel.distributed:
+        return None, (
+            f"not modelled yet for a rank under {parallel.label()}: the runtime's buffers "
+            "and transients (gradient buckets, all-gathers, reduce-scatters) are not "
+            "counted; what each rank holds at rest is in the per-rank section"
+        )
     try:
         peak = peak_memory(
             context.graph,
@@ -130,6 +139,15 @@ def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
     return peak, None
 
 
+def _ranks(context: AnalysisContext) -> RanksResult | None:
+    """What each data-parallel rank holds (None on one device)."""
+
+    def evaluate(expr: sp.Expr) -> int | None:
+        return evaluate_bound(expr, context.symbols, context.bindings)
+
+    return count_ranks(context.config, context.categories(), evaluate)
+
+
 PIPELINE: tuple[Analysis, ...] = (
     Analysis("parameters", _category(count_parameters)),
     Analysis("gradients", _category(count_gradients)),
@@ -140,6 +158,7 @@ PIPELINE: tuple[Analysis, ...] = (
     Analysis("flops", _flops),
     Analysis("active_parameters", _active_parameters),
     Analysis("expects", _expects),
+    Analysis("ranks", _ranks),
     Analysis("peak", _peak),
 )
 

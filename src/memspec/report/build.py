@@ -16,6 +16,7 @@ from memspec.report.flops import flops
 from memspec.report.model import AssumptionRow, DecisionRow, Math, Report, SymbolRow
 from memspec.report.peak import peak
 from memspec.report.quantities import quantity
+from memspec.report.ranks import ranks
 from memspec.report.sections import comparison, section, summary
 from memspec.result import CompileResult
 from memspec.symbolic.printers import latex
@@ -109,4 +110,5 @@ def build_report(result: CompileResult) -> Report:
         peak=peak(result),
         active=_active(result),
         decisions=_decisions(result),
+        ranks=ranks(result),
     )

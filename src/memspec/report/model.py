@@ -243,3 +243,5 @@ class Report:
     active: tuple[Math, str | None] | None = None
     # decisions taken at the bound sizes that differ from the general ones
     decisions: tuple[DecisionRow, ...] = ()
+    # what each data-parallel rank holds (report.ranks.Ranks), None on one device
+    ranks: object | None = None

@@ -176,6 +176,31 @@ def _values(r: Report) -> dict:
     return values
 
 
+def _ranks(ranks) -> list[dict]:
+    """Each class of ranks that hold the same, with its bytes per category; where the
+    degree is unbound, one class (`ranks` null) with rank 0's formulas, the most any
+    rank holds. The peak of a rank is not modelled yet (null)."""
+    rows = (*ranks.rows, ranks.total)
+    if not ranks.classes:
+        return [
+            {
+                "ranks": None,
+                "peak": None,
+                "categories": {row.key: {"bytes": row.formula.text} for row in rows},
+            }
+        ]
+    return [
+        {
+            "ranks": list(members),
+            "peak": None,
+            "categories": {
+                row.key: {"bytes": row.values[k], "formula": row.formula.text} for row in rows
+            },
+        }
+        for k, members in enumerate(ranks.members)
+    ]
+
+
 def render_json(result: CompileResult) -> str:
     """The JSON contract of DESIGN.md, keys in its order."""
     r = build_report(result)
@@ -207,6 +232,9 @@ def render_json(result: CompileResult) -> str:
     }
     if r.active is not None:
         doc["active_parameters"] = {"elements": r.active[0].text}
+    if r.ranks is not None:
+        doc["config"]["parallel"] = r.ranks.description
+        doc["ranks"] = _ranks(r.ranks)
     if r.bound:
         doc["values"] = _values(r)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

@@ -22,10 +22,10 @@ from memspec.result import CompileResult
 from memspec.symbolic.bind import format_bytes
 from memspec.symbolic.printers import latex, latex_int, latex_shape, text
 
-__all__ = ["comparison", "section", "summary"]
+__all__ = ["comparison", "item_row", "section", "summary"]
 
 
-def _row(result: CompileResult, item: LineItem) -> Row:
+def item_row(result: CompileResult, item: LineItem) -> Row:
     count = value(result, item.total_elements)
     return Row(
         name=item.path,
@@ -67,7 +67,7 @@ def section(result: CompileResult, key: str, category: CategoryResult) -> Sectio
         terms.append((dtype.value, dtype.itemsize, latex(result.resolve(elements))))
     elements = quantity(result, category.elements)
     nbytes = quantity(result, category.bytes)
-    rows = tuple(_row(result, i) for i in category.items)
+    rows = tuple(item_row(result, i) for i in category.items)
     return Section(
         key=key,
         title=CATEGORY_TITLES[key],

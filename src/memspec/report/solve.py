@@ -32,6 +32,7 @@ class SolveReport:
     plot: str | None  # where the plot was written
     checked: tuple[tuple[int, int], ...] = ()  # (value, bytes) compiled with it bound
     general: int | None = None  # the answer at general sizes, where the check moved it
+    smallest: bool = False  # the fewest that fit (a parallel degree), not the most
 
 
 def build_solve(
@@ -41,6 +42,8 @@ def build_solve(
     what = "the true peak of a training step"
     if objective == "sum":
         what = f"the sum of the categories, {result.config.convention.name} convention"
+        if result.ranks is not None:
+            what += f", on rank 0 of {result.ranks.parallel.label()} (the most any rank holds)"
     others = solution.expression.free_symbols - {solution.symbol}
     return SolveReport(
         symbol=solution.symbol.name,
@@ -55,6 +58,7 @@ def build_solve(
         plot=plot,
         checked=solution.checked,
         general=solution.general,
+        smallest=solution.smallest,
     )
 
 
@@ -64,7 +68,15 @@ def render_solve_text(report: SolveReport) -> str:
     lines = [f"bytes({s}) = {report.expression}  ({report.what})"]
     if report.formula is not None:
         lines.append(f"largest {s} = {report.formula}")
-    if report.maximum is not None:
+    if report.smallest:
+        if report.maximum is not None:
+            lines.append(f"smallest {s} within {report.budget:,} bytes: {report.maximum}")
+        else:
+            lines.append(
+                f"no {s} fits {report.budget:,} bytes: what every rank holds whole "
+                "(activations, buffers, the unsharded categories) is more"
+            )
+    elif report.maximum is not None:
         at = f"; the peak is at {report.moment}" if report.moment else ""
         lines.append(f"largest {s} within {report.budget:,} bytes: {report.maximum}{at}")
     elif report.nothing_fits:
@@ -90,7 +102,7 @@ def render_solve_json(report: SolveReport) -> str:
     `phase` when known."""
     doc = {
         "symbol": report.symbol,
-        "max": report.maximum,
+        ("min" if report.smallest else "max"): report.maximum,
         "objective": report.objective,
         "budget_bytes": report.budget,
         "expression": report.expression,

@@ -1,0 +1,189 @@
+"""What each data-parallel rank holds: the model's categories, sharded as the runtime
+(`memspec.parallel`) shards them.
+
+Activations and buffers are every rank's own (the batch `B` is each rank's); parameters,
+gradients and optimizer state are replicated or sharded by the ZeRO stage. FSDP2 cuts
+each parameter on dim 0 into chunks of c = ceil(d0 / DP) rows: parameters and gradients
+take c rows on every rank (the last chunk is padded), the optimizer state the rank's
+own rows, min(c, max(0, d0 - r c)), so the last ranks may hold less and the formulas,
+rank 0's, are the most any rank holds. DeepSpeed partitions one flat buffer per
+category and dtype evenly, ceil(n / DP) elements per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import sympy as sp
+
+from memspec.config import TrainConfig
+from memspec.errors import UsageError
+from memspec.ir.types import DType
+from memspec.parallel import DP, Parallel
+from memspec.passes.results import CATEGORY_TITLES, CategoryResult, LineItem
+from memspec.symbolic.symbols import dim_symbol
+
+__all__ = ["RankClass", "RanksResult", "count_ranks"]
+
+_SHARDABLE = ("parameters", "gradients", "optimizer_state")
+
+
+@dataclass(frozen=True, slots=True)
+class RankClass:
+    """Ranks that hold the same bytes in every category, and what they hold."""
+
+    ranks: tuple[int, ...]
+    categories: dict[str, CategoryResult]
+
+    @property
+    def bytes(self) -> sp.Expr:
+        return sp.expand(sum((c.bytes for c in self.categories.values()), sp.Integer(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class RanksResult:
+    """`largest`: rank 0's categories, symbolic in DP (no rank holds more in any);
+    `classes`: every rank's, grouped, where the degree and the sizes are bound."""
+
+    parallel: Parallel
+    largest: RankClass
+    classes: tuple[RankClass, ...]
+
+
+def count_ranks(
+    config: TrainConfig,
+    categories: dict[str, CategoryResult],
+    evaluate: Callable[[sp.Expr], int | None],
+) -> RanksResult | None:
+    """Per-rank categories under `config.parallel`; None on a single device. `evaluate`
+    gives an expression's integer at the bound sizes (None where one is unbound)."""
+    parallel = config.parallel
+    if not parallel.distributed:
+        return None
+    degree = dim_symbol(DP)
+    sharding = _Sharding(config, degree)
+    largest = RankClass((0,), {k: sharding.category(categories[k], None) for k in categories})
+    world = evaluate(degree)
+    classes: list[RankClass] = []
+    if world is not None:
+        rows = _Rows(evaluate, world)
+        by_bytes: dict[tuple, RankClass] = {}
+        for rank in range(world):
+            held = {k: sharding.category(categories[k], rank, rows) for k in categories}
+            key = tuple(evaluate(c.bytes) for c in held.values())
+            if None in key:
+                break
+            if key in by_bytes:
+                known = by_bytes[key]
+                by_bytes[key] = replace(known, ranks=(*known.ranks, rank))
+            else:
+                by_bytes[key] = RankClass((rank,), held)
+        else:
+            classes = list(by_bytes.values())
+    return RanksResult(parallel, largest, tuple(classes))
+
+
+class _Rows:
+    """Each sharded item's rows on a rank, at the bound sizes."""
+
+    def __init__(self, evaluate: Callable[[sp.Expr], int | None], world: int) -> None:
+        self.evaluate, self.world = evaluate, world
+
+    def own(self, first: sp.Expr, rank: int) -> sp.Expr:
+        """The rank's unpadded rows of a dim-0 cut into chunks of ceil(d0 / world)."""
+        d0 = self.evaluate(first)
+        if d0 is None:
+            return sp.Min(_chunk(first, self.world), first)  # rank 0's, the most
+        chunk = -(-d0 // self.world)
+        return sp.Integer(min(chunk, max(0, d0 - rank * chunk)))
+
+
+def _chunk(d0: sp.Expr, world: sp.Expr | int) -> sp.Expr:
+    return sp.ceiling(d0 / world)
+
+
+class _Sharding:
+    """One category's items as a rank holds them."""
+
+    def __init__(self, config: TrainConfig, degree: sp.Symbol) -> None:
+        self.parallel, self.degree = config.parallel, degree
+        precision = config.precision
+        # FSDP2's mixed precision: the float32 shard is the master, reduced in float32
+        self.master = precision.master if self.parallel.runtime == "fsdp2" else None
+        if self.parallel.runtime == "fsdp2" and self.parallel.zero:
+            _check_fsdp2_state(config)
+
+    def category(
+        self, category: CategoryResult, rank: int | None, rows: _Rows | None = None
+    ) -> CategoryResult:
+        name = category.name
+        items = category.items
+        if self.master is not None:
+            items = self._fsdp2_mixed(name, items)
+        if not self.parallel.shards(name):
+            return replace(category, items=items)
+        if self.parallel.runtime == "deepspeed":
+            return CategoryResult(name, self._flat(name, items), self._describe(category))
+        padded = name != "optimizer_state" or rank is None or rows is None
+        out = []
+        for item in items:
+            if not item.shape:
+                out.append(item)  # a 0-dim tensor (a loss scaler's): every rank's own
+                continue
+            first, *rest = item.shape
+            chunk = _chunk(first, self.degree) if padded else rows.own(first, rank)
+            note = "dim-0 shard" + (", padded" if padded and name != "optimizer_state" else "")
+            out.append(replace(item, shape=(chunk, *rest), note=note))
+        return CategoryResult(name, tuple(out), self._describe(category))
+
+    def _fsdp2_mixed(self, name: str, items: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
+        """FSDP2 with a bf16 param_dtype keeps float32 shards (no separate master copy)."""
+        if name == "optimizer_state":
+            return tuple(i for i in items if i.note != "master copy")
+        if name == "parameters":
+            return tuple(replace(i, dtype=self.master) for i in items)
+        if name == "gradients":
+            return tuple(replace(i, dtype=self.master) for i in items)
+        return items
+
+    def _flat(self, name: str, items: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
+        """DeepSpeed's flat partition: one buffer per dtype (per state: each state is
+        made like the partition of the master weights), ceil(n / DP) elements each."""
+        groups: dict[tuple[str, DType], sp.Expr] = {}
+        for item in items:
+            state = item.path.rsplit(".", 1)[-1] if name == "optimizer_state" else ""
+            key = (state, item.dtype)
+            groups[key] = groups.get(key, sp.Integer(0)) + item.total_elements
+        title = CATEGORY_TITLES[name].lower()
+        return tuple(
+            LineItem(
+                f"partition of the {state or title} ({dtype.value})",
+                (sp.ceiling(sp.expand(total) / self.degree),),
+                dtype,
+                note="flat, evenly partitioned",
+            )
+            for (state, dtype), total in groups.items()
+        )
+
+    def _describe(self, category: CategoryResult) -> str:
+        how = (
+            "each rank's dim-0 shard of every tensor (FSDP2)"
+            if self.parallel.runtime == "fsdp2"
+            else "each rank's part of one flat buffer per dtype (DeepSpeed)"
+        )
+        return f"{category.description}; sharded over DP ranks: {how}"
+
+
+def _check_fsdp2_state(config: TrainConfig) -> None:
+    """FSDP2 shards each state tensor like its parameter: only states shaped like it."""
+    for optimizer in config.optimizer.chain():
+        for rule in optimizer.state_rules:
+            if rule.extent.kind == "scalar":
+                continue
+            if rule.extent.kind != "like" or rule.extent.dims or rule.shared:
+                raise UsageError(
+                    f"optimizer {optimizer.name}'s state {rule.name} ({rule.describe()}) is "
+                    "not shaped like its parameter, so FSDP2's dim-0 shards of it are not "
+                    "modelled; use --zero with an optimizer whose state is"
+                )
