@@ -4,6 +4,11 @@
 degree) and `--zero K` pick a runtime, named in every report:
 
 - ZeRO-0: replicas under `DistributedDataParallel`: every rank holds everything.
+- ZeRO-1 as `zero_redundancy` (the default for stage 1): DDP replicas whose optimizer is
+  `torch.distributed.optim.ZeroRedundancyOptimizer`: each parameter's whole state lives
+  on one rank, the parameters taken largest first (a stable sort by numel) and each
+  given to the rank with the fewest elements so far (the first such rank). The
+  assignment is decided at bound sizes, so ranks differ and there is no formula in DP.
 - ZeRO-1/2/3 as `fsdp2` (PyTorch's `fully_shard`, the default for stages 2 and 3):
   every parameter is sharded on dim 0 in chunks of ceil(d0 / DP) rows (`torch.chunk`:
   rank r holds rows [r c, min((r + 1) c, d0)), possibly none) and each rank keeps its
@@ -32,6 +37,10 @@ __all__ = ["DP", "RUNTIMES", "SINGLE", "Parallel", "read_parallel", "with_degree
 DP = "DP"  # the data-parallel degree's symbol in formulas
 RUNTIMES = {
     "ddp": "torch DistributedDataParallel: every rank a full replica",
+    "zero_redundancy": (
+        "torch ZeroRedundancyOptimizer under DDP: whole parameters' optimizer state per "
+        "rank, assigned greedily by size"
+    ),
     "fsdp2": "torch FSDP2 fully_shard, dim-0 shards padded to ceil(d0 / DP) rows",
     "deepspeed": "DeepSpeed ZeRO: flat buffers partitioned evenly, ceil(n / DP) per rank",
 }
@@ -55,6 +64,8 @@ class Parallel:
         optimizer_state) rather than all of it."""
         if self.runtime == "fsdp2":
             return self.zero > 0 and category in ("parameters", "gradients", "optimizer_state")
+        if self.runtime == "zero_redundancy":
+            return category == "optimizer_state"
         stage = {"optimizer_state": 1, "gradients": 2, "parameters": 3}.get(category)
         return stage is not None and self.zero >= stage
 
@@ -87,7 +98,7 @@ def read_parallel(dp: int | None, zero: int | None, runtime: str | None) -> Para
     if dp is not None and dp < 1:
         raise UsageError(f"--dp is a number of ranks, at least 1, not {dp}")
     if runtime is None:
-        runtime = "ddp" if zero == 0 else ("deepspeed" if zero == 1 else "fsdp2")
+        runtime = ("ddp", "zero_redundancy", "fsdp2", "fsdp2")[zero]
     if runtime not in RUNTIMES:
         raise UsageError(
             f"unknown data-parallel runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}"
@@ -97,10 +108,14 @@ def read_parallel(dp: int | None, zero: int | None, runtime: str | None) -> Para
             f"runtime {runtime} runs ZeRO-{'0' if runtime == 'ddp' else '1, 2 or 3'}, "
             f"not --zero {zero}"
         )
+    if runtime == "zero_redundancy" and zero != 1:
+        raise UsageError(
+            f"ZeroRedundancyOptimizer shards the optimizer state only (ZeRO-1), not --zero {zero}"
+        )
     if runtime == "fsdp2" and zero == 1:
         raise UsageError(
             "FSDP2 has no ZeRO-1 (it shards parameters and gradients too): "
-            "--zero 1 runs as deepspeed (or torch's ZeroRedundancyOptimizer)"
+            "--zero 1 runs as zero_redundancy (torch's ZeroRedundancyOptimizer) or deepspeed"
         )
     degree = (1 if zero == 0 else None) if dp is None else dp
     return Parallel(zero, degree, runtime, reshard_after_forward=zero != 2)

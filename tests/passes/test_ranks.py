@@ -188,3 +188,32 @@ def test_cli_flags(capsys):
     assert main(["compile", str(SPEC), "--zero", "3", "--dp", "4", "--format", "json", *args]) == 0
     assert json.loads(capsys.readouterr().out)["ranks"][1]["ranks"] == [3]
     assert main(["compile", str(SPEC), "--zero", "7", *args]) == 2
+
+
+def _zero_redundancy_state(sizes: dict, world: int) -> list[int]:
+    """ZeroRedundancyOptimizer's greedy partition, recomputed: parameter tensors in
+    module order, sorted by numel (largest first, stable), each to the first rank with
+    the fewest elements; AdamW's two float32 moments per element."""
+    d, v, f, n = sizes["D"], sizes["V"], sizes["F"], sizes["N"]
+    block = [d, d * d, d * d, d * d, d * d, d, f * d, d * f, f * d]  # ln1 q k v o ln2 w1 w2 w3
+    tensors = [v * d, *(block * n), d, v * d]  # embeddings, layers, ln_final, lm_head
+    held = [0] * world
+    for numel in sorted(tensors, reverse=True):
+        held[held.index(min(held))] += numel
+    return [8 * h for h in held]
+
+
+def test_zero_redundancy_gives_whole_parameters_greedily():
+    world = 4
+    result = compile_spec(SPEC, set=SMALL, zero=1, dp=world)
+    expected = _zero_redundancy_state(SMALL, world)
+    got = {}
+    for c in result.ranks.classes:
+        for rank in c.ranks:
+            got[rank] = result.value(c.categories["optimizer_state"].bytes)
+    assert [got[r] for r in range(world)] == expected
+    assert result.value(result.ranks.largest.bytes) == max(
+        result.value(c.bytes) for c in result.ranks.classes
+    )
+    with pytest.raises(UsageError, match="decided at bound sizes"):
+        compile_spec(SPEC, zero=1)

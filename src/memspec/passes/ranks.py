@@ -12,6 +12,7 @@ category and dtype evenly, ceil(n / DP) elements per rank.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -21,6 +22,7 @@ from memspec.config import TrainConfig
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 from memspec.parallel import DP, Parallel
+from memspec.passes.peak.optimizer_step import module_order
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult, LineItem
 from memspec.symbolic.symbols import dim_symbol
 
@@ -62,9 +64,11 @@ def count_ranks(
     if not parallel.distributed:
         return None
     degree = dim_symbol(DP)
+    world = evaluate(degree)
+    if parallel.runtime == "zero_redundancy":
+        return _zero_redundancy(config, categories, evaluate, world)
     sharding = _Sharding(config, degree)
     largest = RankClass((0,), {k: sharding.category(categories[k], None) for k in categories})
-    world = evaluate(degree)
     classes: list[RankClass] = []
     if world is not None:
         rows = _Rows(evaluate, world)
@@ -187,3 +191,85 @@ def _check_fsdp2_state(config: TrainConfig) -> None:
                     "not shaped like its parameter, so FSDP2's dim-0 shards of it are not "
                     "modelled; use --zero with an optimizer whose state is"
                 )
+
+
+def _zero_redundancy(
+    config: TrainConfig,
+    categories: dict[str, CategoryResult],
+    evaluate: Callable[[sp.Expr], int | None],
+    world: int | None,
+) -> RanksResult:
+    """ZeroRedundancyOptimizer's ranks: each holds the whole state of the parameters
+    its greedy partition gives it (and the rest of the model whole)."""
+    owned = _greedy_partition(categories["parameters"].items, evaluate, world)
+    state = categories["optimizer_state"]
+    classes: dict[tuple, RankClass] = {}
+    for rank, copies in enumerate(owned):
+        items = []
+        for item in state.items:
+            param = item.path.rsplit(".", 1)[0]
+            if param not in _paths(categories):
+                items.append(item)  # not a parameter's (a loss scaler's): every rank's
+            elif copies.get(param):
+                total = evaluate(item.multiplicity)
+                note = f"{copies[param]} of its {total} copies" if total != 1 else "its own"
+                items.append(replace(item, regions=(), extra=sp.Integer(copies[param]), note=note))
+        description = (
+            f"{state.description}; only for the parameters ZeroRedundancyOptimizer gives "
+            "this rank (whole parameters, the largest first, each to the rank with the "
+            "fewest elements so far)"
+        )
+        held = {
+            **categories,
+            "optimizer_state": CategoryResult(state.name, tuple(items), description),
+        }
+        key = tuple(evaluate(c.bytes) for c in held.values())
+        known = classes.get(key)
+        classes[key] = (
+            replace(known, ranks=(*known.ranks, rank)) if known else RankClass((rank,), held)
+        )
+    found = tuple(classes.values())
+    largest = max(found, key=lambda c: evaluate(c.bytes))
+    return RanksResult(config.parallel, largest, found)
+
+
+def _paths(categories: dict[str, CategoryResult]) -> frozenset[str]:
+    return frozenset(i.path for i in categories["parameters"].items)
+
+
+def _greedy_partition(
+    params: tuple[LineItem, ...], evaluate: Callable[[sp.Expr], int | None], world: int | None
+) -> list[dict[str, int]]:
+    """Per rank, how many copies of each parameter ZeroRedundancyOptimizer gives it
+    (torch 2.13 `_partition_parameters`): every parameter tensor of the module, sorted
+    by numel, largest first (stable), each to the first rank with the fewest elements."""
+    sizes = [evaluate(i.elements) for i in params] + [evaluate(i.multiplicity) for i in params]
+    if world is None or None in sizes:
+        raise UsageError(
+            "ZeroRedundancyOptimizer assigns whole parameters to ranks by their sizes, so "
+            "its ranks are decided at bound sizes: bind DP (--dp N) and every dim, or pick "
+            "--dp-runtime deepspeed for formulas in DP"
+        )
+    tensors = []  # (numel, path), in nn.Module.parameters() order
+    for group in _repetition_groups(module_order(params)):
+        counts = [range(evaluate(count)) for _, count in group[0].regions]
+        for _ in itertools.product(*counts):
+            tensors += [(evaluate(item.elements), item.path) for item in group]
+    held = [0] * world
+    owned: list[dict[str, int]] = [{} for _ in range(world)]
+    for numel, path in sorted(tensors, key=lambda t: -t[0]):
+        rank = held.index(min(held))
+        owned[rank][path] = owned[rank].get(path, 0) + 1
+        held[rank] += numel
+    return owned
+
+
+def _repetition_groups(params: tuple[LineItem, ...]) -> list[list[LineItem]]:
+    """Runs of consecutive parameters of the same repeat regions (one block's)."""
+    groups: list[list[LineItem]] = []
+    for item in params:
+        if groups and groups[-1][0].regions == item.regions:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups

@@ -32,7 +32,7 @@ class RankRow:
 
 @dataclass(frozen=True, slots=True)
 class RankItems:
-    """A sharded category's items as rank 0 holds them."""
+    """A sharded category's items as the rank that holds the most holds them."""
 
     title: str
     description: str
@@ -42,7 +42,8 @@ class RankItems:
 @dataclass(frozen=True, slots=True)
 class Ranks:
     description: str
-    classes: tuple[str, ...]  # each class's ranks, as text ("0-5", "6")
+    largest: int  # the rank whose formulas are given: it holds the most
+    classes: tuple[str, ...]  # each class's ranks, as text ("ranks 0-5", "rank 6")
     members: tuple[tuple[int, ...], ...]
     rows: tuple[RankRow, ...]
     total: RankRow
@@ -50,14 +51,15 @@ class Ranks:
 
 
 def _span(ranks: tuple[int, ...]) -> str:
-    """Ranks as runs: 0-5, 7."""
+    """Ranks as runs: `ranks 0-5, 7`, `rank 3`."""
     runs: list[list[int]] = []
     for r in ranks:
         if runs and r == runs[-1][-1] + 1:
             runs[-1].append(r)
         else:
             runs.append([r])
-    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+    text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+    return f"{'rank' if len(ranks) == 1 else 'ranks'} {text}"
 
 
 def ranks(result: CompileResult) -> Ranks | None:
@@ -92,6 +94,7 @@ def ranks(result: CompileResult) -> Ranks | None:
     )
     return Ranks(
         found.parallel.describe(),
+        found.largest.ranks[0],
         tuple(_span(c.ranks) for c in classes),
         tuple(c.ranks for c in classes),
         rows,
