@@ -167,6 +167,13 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
     policy = MixedPrecisionPolicy()
     if run.mixed_bf16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # MixedPrecisionPolicy casts parameters, not buffers: float32 tables (RoPE's)
+        # would promote what they touch to float32 and meet bfloat16 in a matmul, which
+        # torch refuses; the model computes in bfloat16 throughout, its buffers too
+        for module in model.modules():
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point():
+                    setattr(module, name, buffer.to(torch.bfloat16))
     options = {"mesh": mesh, "reshard_after_forward": run.reshard_after_forward}
     for modules in model.units.values():
         for module in modules:
