@@ -129,3 +129,28 @@ def test_a_rank_outside_the_world_is_refused(result):
 
     with pytest.raises(UsageError, match=r"rank 4 is not in 0\.\.3"):
         measure_fsdp(result, 4, ranks=[4])
+
+
+def test_units_run_each_repetition_as_a_call_of_its_module(result):
+    """units=True: the same step (loss and every gradient equal) with each repetition of
+    `layers` a call of module `layers.<i>`, so that FSDP2's hooks run around it."""
+    import torch
+
+    from memspec.lower.module import LoweredModel
+
+    runs = []
+    for units in (False, True):
+        torch.manual_seed(0)
+        model = LoweredModel(result.graph, result.substitutions(), units=units)
+        calls = []
+        for i in range(N):
+            model.get_submodule(f"layers.{i}").register_forward_hook(
+                lambda m, a, o, i=i, calls=calls: calls.append(i))
+        torch.manual_seed(1)
+        loss = model(*model.make_inputs())
+        loss.backward()
+        runs.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, calls))
+    (loss0, grads0, calls0), (loss1, grads1, calls1) = runs
+    assert loss0 == loss1 and grads0.keys() == grads1.keys() == PARAMS.keys()
+    assert all(torch.equal(grads0[n], grads1[n]) for n in grads0)
+    assert (calls0, calls1) == ([], list(range(N)))
