@@ -48,8 +48,11 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         checkpointed: Mapping[int, torch.nn.Module] | None = None,
         segment_module: torch.nn.Module | None = None,
         sac_aten: tuple[str, ...] = (),
+        units: Mapping[int, list[torch.nn.Module]] | None = None,
     ):
         super().__init__(graph, plan)
+        # region -> the module each repetition runs as a call of (FSDP2's units)
+        self.units = units or {}
         self.checkpointed = checkpointed or {}
         # the module each segment of the schedule runs in, under checkpoint; None: plain
         self.segment_module = segment_module
@@ -84,6 +87,27 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         del self.iteration[region.id]
 
     def repetition(self, region: Region, loop: Loop, index: Index) -> None:
+        unit = self.units.get(region.id)
+        if unit is None or self._inside:
+            self._repetition(region, loop, index)
+            return
+        reads = self.schedule.loop_inputs[loop.number]
+        bound = [v for v in reads if v in self.env]
+
+        def body(*tensors: torch.Tensor) -> dict:
+            # the repetition reads what the call passed (the hooks of the module may wrap
+            # or cast its inputs) and returns what it made, for the hooks to see
+            outer = self.env
+            self.env = dict(zip(bound, tensors, strict=True))
+            try:
+                self._repetition(region, loop, index)
+            finally:
+                made, self.env = self.env, outer
+            return {v: t for v, t in made.items() if v not in bound}
+
+        self.env.update(unit[index[-1]](body, *(self.env[v] for v in bound)))
+
+    def _repetition(self, region: Region, loop: Loop, index: Index) -> None:
         if region.id not in self.checkpointed or self._inside:
             self.run_body(loop, index)
             return

@@ -10,7 +10,7 @@ step interpreter of `ir/interpreter.py`, each op through its registry lowering).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -45,6 +45,29 @@ class _Checkpoint(nn.Module):
         return body(*tensors)
 
 
+class _Unit(_Checkpoint):
+    """The container of one repetition's parameters (`layers.3`), whose forward runs that
+    repetition (`units=True`): a real module call, as FSDP2's `fully_shard` needs."""
+
+
+class _Live(Mapping):
+    """Each parameter and buffer read from its owning module at use time: FSDP2 swaps a
+    module's attribute between its sharded and its unsharded parameter."""
+
+    def __init__(self, owners: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, str]]):
+        self.owners = owners
+
+    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> torch.Tensor:
+        owner, name = self.owners[key]
+        return getattr(owner, name)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.owners)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+
 class LoweredModel(nn.Module):
     """The spec's model as a torch module; `hooks` observe each op as it runs."""
 
@@ -57,6 +80,7 @@ class LoweredModel(nn.Module):
         autocast: DType | None = None,
         segments: frozenset[int] = frozenset(),
         sac_aten: tuple[str, ...] = (),
+        units: bool = False,
     ):
         super().__init__()
         _check_lowerable(graph)
@@ -66,6 +90,20 @@ class LoweredModel(nn.Module):
         # that memory measured on this module is that of an ordinary implementation.
         self.plan = schedule(graph, segments)
         self.state: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self.owners: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, str]] = {}
+        # units=True: each repetition of a top-level repeat region runs as a call of its
+        # module (`layers.3`), its parameters read through that module at use time, so
+        # that FSDP2's fully_shard can be applied per repetition (opt-in: a module call
+        # adds hooks and a frame that trackers see)
+        self.units: dict[int, list[nn.Module]] = {}
+        self._unit_paths: set[str] = set()
+        if units:
+            self._unit_paths = {
+                self._unit_path(r, i)
+                for r in graph.regions
+                if r.parent is None
+                for i in range(concrete(r.count, subs))
+            }
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
         # (region or None for a segment, value ids, tensors) a checkpoint keeps, as it
@@ -96,6 +134,26 @@ class LoweredModel(nn.Module):
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
+        for r in graph.regions if units else ():
+            if r.parent is None:
+                count = concrete(r.count, subs)
+                self.units[r.id] = [self._module(self._unit_path(r, i)) for i in range(count)]
+
+    @staticmethod
+    def _unit_path(region, i: int) -> str:
+        return indexed_path(f"{region.path}.x", (region,), (i,)).rsplit(".", 1)[0]
+
+    def _module(self, path: str) -> nn.Module:
+        """The container at `path`, made (as a `_Unit` at a unit's path) where missing."""
+        owner: nn.Module = self
+        prefix = []
+        for part in path.split(".") if path else ():
+            prefix.append(part)
+            if part not in owner._modules:
+                unit = ".".join(prefix) in self._unit_paths
+                owner.add_module(part, _Unit() if unit else nn.Module())
+            owner = owner._modules[part]
+        return owner
 
     def _create(self, v, init_std: float) -> None:
         chain = self.graph.region_chain(v.region)
@@ -103,12 +161,8 @@ class LoweredModel(nn.Module):
         shape = [concrete(d, self.subs) for d in v.shape]
         dtype = torch_dtype(v.dtype)
         for index in itertools.product(*counts):
-            *owner_path, name = indexed_path(v.path, chain, index).split(".")
-            owner = self
-            for part in owner_path:
-                if part not in owner._modules:
-                    owner.add_module(part, nn.Module())
-                owner = owner._modules[part]
+            owner_path, _, name = indexed_path(v.path, chain, index).rpartition(".")
+            owner = self._module(owner_path)
             if dtype.is_floating_point:
                 data = torch.randn(shape, dtype=dtype) * init_std
             else:
@@ -120,6 +174,7 @@ class LoweredModel(nn.Module):
                 owner.register_buffer(name, data)
                 tensor = owner._buffers[name]
             self.state[(v.id, index)] = tensor
+            self.owners[(v.id, index)] = (owner, name)
 
     def make_inputs(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Inputs of the declared shapes: integers in [0, 2) (valid indices), floats ~ N(0, 1)."""
@@ -144,12 +199,13 @@ class LoweredModel(nn.Module):
             self.graph,
             self.plan,
             self.subs,
-            self.state,
+            _Live(self.owners) if self.units else self.state,
             self.on_op_start,
             self.on_op_end,
             self.checkpointed,
             self.segment_module,
             self.sac_aten,
+            self.units,
         )
         run.on_checkpoint = self.on_checkpoint
         run.on_kept = self.on_kept

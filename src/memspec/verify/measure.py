@@ -267,10 +267,13 @@ class _SavedTracker:
         self.pending = []
 
 
-def lowered_model(result: CompileResult, explicit_casts: bool = True) -> LoweredModel:
+def lowered_model(
+    result: CompileResult, explicit_casts: bool = True, units: bool = False
+) -> LoweredModel:
     """The lowering of a result's step at its bindings, as its configuration runs it:
     the checkpoints its recomputation makes, under its autocast precision
-    (`explicit_casts=False`: the casts left to torch.autocast inside the ops)."""
+    (`explicit_casts=False`: the casts left to torch.autocast inside the ops; `units`:
+    each repetition of a top-level repeat a module call, for FSDP2)."""
     recompute = result.config.recompute
     model = LoweredModel(
         result.graph,
@@ -279,6 +282,7 @@ def lowered_model(result: CompileResult, explicit_casts: bool = True) -> Lowered
         segments=checkpointed_ops(result.graph, recompute),
         sac_aten=recompute.save,
         autocast=result.config.precision.autocast,
+        units=units,
     )
     model.explicit_casts = explicit_casts
     return model
