@@ -144,5 +144,6 @@ def compile_spec(
         peak=peak,
         peak_unavailable=unavailable,
         ranks=done["ranks"],
+        step=step,
         active=done["active_parameters"],
     )

@@ -17,7 +17,7 @@ from memspec.errors import UsageError
 from memspec.ir.graph import Graph
 from memspec.passes.expects import ExpectResult
 from memspec.passes.flops import FlopsResult
-from memspec.passes.peak import PeakResult
+from memspec.passes.peak import PeakResult, StepOptions
 from memspec.passes.ranks import RanksResult
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
@@ -50,6 +50,7 @@ class CompileResult:
     peak_unavailable: str | None = None  # why there is no peak, if there is none
     active: CategoryResult | None = None  # parameters one token uses, with expert banks
     ranks: RanksResult | None = None  # what each data-parallel rank holds
+    step: StepOptions = StepOptions()  # the training loop modelled (and verify runs)
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""

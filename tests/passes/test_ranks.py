@@ -217,3 +217,20 @@ def test_zero_redundancy_gives_whole_parameters_greedily():
     )
     with pytest.raises(UsageError, match="decided at bound sizes"):
         compile_spec(SPEC, zero=1)
+
+
+def test_deepspeed_zero2_against_its_own_estimator():
+    """DeepSpeed's `estimate_zero2_model_states_mem_needs` (no offload) gives
+    4Ψ + 16Ψ/N per GPU. memspec's `deepspeed` ZeRO-2 (the paper's 2Ψ + 14Ψ/N) differs by
+    two named terms: the estimator keeps every fp16 gradient whole (2Ψ, not 2Ψ/N: all
+    live before the reduction), and the fp32 copy of the rank's gradient partition that
+    the optimizer steps on (4Ψ/N)."""
+    result = compile_spec(SPEC.read_text() + PAPER, precision="zero_paper", zero=2,
+                          runtime="deepspeed")
+    psi = result.categories["parameters"].elements
+    n = dim_symbol(DP)
+    estimator = 4 * psi + 16 * psi / n
+    whole_gradients = 2 * psi - 2 * psi / n
+    fp32_gradient_partition = 4 * psi / n
+    memspec = _divides(_model_states(result))
+    assert sp.expand(estimator - memspec - whole_gradients - fp32_gradient_partition) == 0

@@ -179,7 +179,7 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
         for module in modules:
             fully_shard(module, mp_policy=policy, **options)
     fully_shard(model, mp_policy=policy, **options)
-    step_options = result.peak.options
+    step_options = result.step
     optimizer = _optimizer(result.config.optimizer, model.parameters(), step_options.optimizer_impl)
 
     def step() -> None:

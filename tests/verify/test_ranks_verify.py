@@ -1,0 +1,47 @@
+"""`memspec verify --dp N --zero K`: every rank of FSDP2 run on torch's fake process
+group, one process per rank, what it holds after the step against memspec's per-rank
+categories, to the byte (the last rank's optimizer state is smaller at these sizes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memspec import compile_spec
+from memspec.cli import main
+from memspec.verify.fsdp import measure_fsdp
+from memspec.verify.ranks import compare_ranks
+from tests.conftest import SPECS
+
+SWIGLU = {"B": 2, "L": 8, "D": 16, "H": 4, "V": 65, "N": 2, "F": 66}
+LLAMA = {"B": 2, "L": 8, "D": 16, "H": 4, "KV": 2, "V": 65, "N": 2, "F": 44}
+
+
+@pytest.mark.parametrize(
+    ("spec", "sizes", "flags"),
+    [
+        ("cs336_lm_swiglu.mspec", SWIGLU, ["--zero", "3", "--dp", "4"]),
+        ("cs336_lm_swiglu.mspec", SWIGLU, ["--zero", "2", "--dp", "8", "--precision=mixed_bf16"]),
+        ("llama.mspec", LLAMA, ["--zero", "3", "--dp", "4"]),
+    ],
+    ids=["swiglu-zero3-w4", "swiglu-zero2-w8-mixed", "llama-zero3-w4"],
+)
+def test_every_rank_matches(spec, sizes, flags, capsys):
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", str(SPECS / spec), *flags, *args]) == 0
+    out = capsys.readouterr().out
+    world = int(flags[flags.index("--dp") + 1])
+    assert out.count("optimizer_state") == world
+    assert "every rank matches exactly" in out
+
+
+def test_a_wrong_prediction_is_caught():
+    """The comparison reads memspec's rank classes: measured against a configuration
+    that shards differently (ZeRO-3 measured, DeepSpeed's flat partitions predicted),
+    the optimizer state of the last rank differs."""
+    fsdp2 = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=SWIGLU, zero=3, dp=4)
+    flat = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=SWIGLU, zero=3, dp=4,
+                        runtime="deepspeed")
+    measured = measure_fsdp(fsdp2, 4, ranks=[3])
+    assert all(r.ok for r in compare_ranks(fsdp2, measured))
+    wrong = [r for r in compare_ranks(flat, measured) if not r.ok]
+    assert {r.category for r in wrong} >= {"optimizer_state"}
