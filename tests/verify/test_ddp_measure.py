@@ -21,6 +21,8 @@ SPEC = SPECS / "cs336_lm_swiglu.mspec"
 SMALL = {"B": 2, "L": 8, "D": 16, "H": 2, "V": 32, "N": 2, "F": 24}
 # the embedding and lm_head are 1 MiB each: DDP's default first bucket holds lm_head alone
 WIDE = {"B": 1, "L": 4, "D": 64, "H": 2, "V": 4096, "N": 1, "F": 96}
+# the optimizer's step outweighs backward: the step peaks in optimizer.step()
+HEAVY = {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 3, "F": 64}
 W = 4
 MIB = 1024 * 1024
 SMALL_CAP_MB = 0.002  # 2,097 B: several buckets at SMALL
@@ -38,7 +40,12 @@ def wide():
 
 
 @pytest.fixture(scope="module")
-def measured(small, wide):
+def heavy():
+    return compile_spec(SPEC, set=HEAVY)
+
+
+@pytest.fixture(scope="module")
+def measured(small, wide, heavy):
     """Every run the tests read, measured in one go (torch imported once)."""
     runs = {
         "plain": (small, DDPRun(W)),
@@ -46,6 +53,7 @@ def measured(small, wide):
         "zero1": (small, DDPRun(W, zero=1, bucket_cap_mb=SMALL_CAP_MB)),
         "wide": (wide, DDPRun(W, ranks=(2,))),
         "first": (small, DDPRun(W, options=StepOptions(first_step=True), ranks=(3,))),
+        "heavy": (heavy, DDPRun(W, ranks=(1,))),
     }
     return dict(zip(runs, measure_ddp_runs(list(runs.values())), strict=True))
 
@@ -181,6 +189,18 @@ def test_ddp_peak_is_the_single_device_peak_plus_buckets(small, plain, views):
         assert m.peak.total == reference.total + total
         assert m.peak.phase == reference.phase
         assert m.bucket_bytes == total
+
+
+def test_step_peak_holds_gradients_and_their_bucket_copies(heavy, measured):
+    """Where the step peaks in optimizer.step(), each gradient is held twice: the
+    gradient itself (GRAD) and its copy in the bucket (OTH)."""
+    reference = measure_peak(heavy, real=True)
+    assert reference.phase == "optimizer step"
+    total = sum(_parameters(heavy).values())
+    assert reference.get("GRAD") == total
+    (m,) = measured["heavy"]
+    assert dict(m.peak.by_category) == _peak_plus(reference, {"OTH": total})
+    assert m.peak.phase == "optimizer step"
 
 
 def test_gradients_copied_or_views(small, plain, views):
