@@ -3,8 +3,7 @@
 `ZeroRedundancyOptimizer` (`zero=1`), on torch's fake process group.
 
 Each rank runs in a process of its own (a process group is initialised once per
-process).
-DDP cannot be built under fake tensors (its shape check reads data), so the model is
+process). DDP cannot be built under fake tensors (its shape check reads data), so the model is
 real, at the small sizes the result binds. The fake group's allreduce returns an empty
 future, so torch's own `noop_hook` (the bucket, reduced by nobody) is registered as the
 communication hook. The reducer builds one bucket of every parameter at construction
@@ -264,7 +263,7 @@ def _measure_rank(result: CompileResult, rank: int, run: DDPRun) -> RankMeasurem
             standins += [b.buffer() for b in ddp.reducer._get_zeros_like_grad_buckets()]
             buckets = list(standins)
         else:
-            step()  # one bucket of every parameter, in reverse registration order
+            step()  # one bucket of every parameter, in registration order
             step()  # rebuilt in gradient-ready order before this forward
             buckets = [buffer for buffer, _ in seen.values()]
         seen.clear()
