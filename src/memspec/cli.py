@@ -275,11 +275,14 @@ def _verify_ranks(args: argparse.Namespace, result) -> tuple[str, bool]:
     from memspec.verify.ranks import compare_ranks, render_ranks
 
     parallel = result.ranks.parallel
+    if parallel.runtime in ("ddp", "zero_redundancy"):
+        return _verify_ddp(args, result)
     if args.peak:
         raise UsageError(f"no peak to verify: {result.peak_unavailable}")
     if parallel.runtime != "fsdp2":
         raise UsageError(
-            f"verify runs {parallel.label()} not yet: FSDP2 (--zero 2 or 3) is measured per rank"
+            f"verify runs {parallel.label()} not yet: DDP, ZeroRedundancyOptimizer and "
+            "FSDP2 are measured per rank"
         )
     mixed = result.config.precision.master is not None
     # FSDP2's mixed precision trains float32 parameters, gathered in bfloat16
@@ -293,6 +296,47 @@ def _verify_ranks(args: argparse.Namespace, result) -> tuple[str, bool]:
     rows = compare_ranks(result, measured)
     ok = all(r.ok for r in rows)
     text = render_ranks(result, rows, "FSDP2 fully_shard under FSDPMemTracker")
+    verdict = "every rank matches exactly" if ok else "MISMATCH between prediction and measurement"
+    return text + f"\nverify: {verdict}\n", ok
+
+
+def _verify_ddp(args: argparse.Namespace, result) -> tuple[str, bool]:
+    """`verify --zero 0|1`: every rank under DistributedDataParallel (and
+    ZeroRedundancyOptimizer) on the fake process group; with `--peak`, each rank's peak
+    against memspec's (a replica's: DDP's)."""
+    from memspec.verify.ddp import measure_ddp
+    from memspec.verify.peak import Term, compare_peak
+    from memspec.verify.ranks import compare_ddp_ranks, render_ranks
+
+    parallel = result.ranks.parallel
+    if args.peak and result.peak is None:
+        raise UsageError(f"no peak to verify: {result.peak_unavailable}")
+    measured = measure_ddp(
+        result, result.value(dim_symbol(DP)), zero=parallel.zero, options=result.step
+    )
+    rows = compare_ddp_ranks(result, measured)
+    ok = all(r.ok for r in rows)
+    text = render_ranks(result, rows, "DistributedDataParallel under MemTracker")
+    if args.peak:
+        buckets = sum(r.predicted for r in rows if r.category == "gradient buckets") // len(
+            measured
+        )
+        moved = Term(
+            "DDP's gradient buckets",
+            "OTH",
+            buckets,
+            "memspec counts them with the buffers; the tracker, given them after the "
+            "model, as tensors of its own",
+            moved_from="BUFFER",
+        )
+        for m in measured:
+            comparison = compare_peak(result, m.peak, extra=(moved,))
+            ok = ok and comparison.ok
+            text += (
+                f"  rank {m.rank} peak: measured {comparison.measured:,}, memspec "
+                f"{comparison.expected:,} ({'equal' if comparison.ok else 'MISMATCH'}; "
+                f"phases {comparison.phases[0]} / {comparison.phases[1]})\n"
+            )
     verdict = "every rank matches exactly" if ok else "MISMATCH between prediction and measurement"
     return text + f"\nverify: {verdict}\n", ok
 

@@ -45,3 +45,38 @@ def test_a_wrong_prediction_is_caught():
     assert all(r.ok for r in compare_ranks(fsdp2, measured))
     wrong = [r for r in compare_ranks(flat, measured) if not r.ok]
     assert {r.category for r in wrong} >= {"optimizer_state"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "sizes"),
+    [
+        (["--dp", "4", "--peak"], SWIGLU),
+        (["--dp", "4", "--peak", "--optimizer-impl", "foreach"],
+         {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 2, "F": 64}),
+        (["--dp", "4", "--zero", "1"], SWIGLU),
+    ],
+    ids=["ddp-backward-peak", "ddp-step-peak", "zero1-state"],
+)
+def test_ddp_ranks_match(flags, sizes, capsys):
+    """DDP: gradients, optimizer state and the reducer's buckets (a copy of every
+    gradient) on every rank, and each rank's peak (a replica's step plus the buckets,
+    in backward or in a foreach step); ZeRO-1: each rank's own parameters' state."""
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", str(SPECS / "cs336_lm_swiglu.mspec"), *flags, *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("gradient buckets") == 4
+    if "--peak" in flags:
+        assert out.count("(equal;") == 4
+
+
+def test_ddp_json_gives_every_rank_the_peak():
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=SWIGLU, dp=4)
+    import json
+
+    doc = json.loads(result.to_json())
+    (every,) = doc["ranks"]
+    assert every["ranks"] == [0, 1, 2, 3]
+    assert every["peak"] == doc["values"]["peak"] == result.value(result.peak.winner().bytes)
+    single = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=SWIGLU)
+    buckets = result.value(single.categories["gradients"].bytes)
+    assert every["peak"] == result.value(single.peak.winner().bytes) + buckets

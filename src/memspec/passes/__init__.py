@@ -119,7 +119,11 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
 def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
     """The true peak, or None and why the replay cannot model this step."""
     parallel = context.config.parallel
-    if parallel.distributed:
+    categories = context.categories()
+    if parallel.runtime == "ddp" and parallel.distributed:
+        # a replica's step, with the reducer's buckets held throughout (rank 0's: all alike)
+        categories = context.earlier["ranks"].largest.categories
+    elif parallel.distributed:
         return None, (
             f"not modelled yet for a rank under {parallel.label()}: the runtime's buffers "
             "and transients (gradient buckets, all-gathers, reduce-scatters) are not "
@@ -129,7 +133,7 @@ def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
         peak = peak_memory(
             context.graph,
             context.config,
-            context.categories(),
+            categories,
             context.step,
             context.bindings,
             context.resolve,

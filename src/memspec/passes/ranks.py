@@ -65,6 +65,8 @@ def count_ranks(
         return None
     degree = dim_symbol(DP)
     world = evaluate(degree)
+    if parallel.runtime in ("ddp", "zero_redundancy"):
+        categories = {**categories, "buffers": _with_buckets(categories)}
     if parallel.runtime == "zero_redundancy":
         return _zero_redundancy(config, categories, evaluate, world)
     sharding = _Sharding(config, degree)
@@ -191,6 +193,30 @@ def _check_fsdp2_state(config: TrainConfig) -> None:
                     "not shaped like its parameter, so FSDP2's dim-0 shards of it are not "
                     "modelled; use --zero with an optimizer whose state is"
                 )
+
+
+def _with_buckets(categories: dict[str, CategoryResult]) -> CategoryResult:
+    """DDP's reducer keeps its gradient buckets for good: with gradient_as_bucket_view
+    False (its default) a flat copy of every gradient, per dtype, unpadded, beside the
+    gradients themselves."""
+    buffers = categories["buffers"]
+    by_dtype: dict[DType, sp.Expr] = {}
+    for item in categories["gradients"].items:
+        by_dtype[item.dtype] = by_dtype.get(item.dtype, sp.Integer(0)) + item.total_elements
+    buckets = tuple(
+        LineItem(
+            f"ddp.gradient_buckets ({dtype.value})",
+            (sp.expand(total),),
+            dtype,
+            note="DDP's buckets: a copy of every gradient",
+        )
+        for dtype, total in by_dtype.items()
+    )
+    description = (
+        f"{buffers.description}; and DistributedDataParallel's gradient buckets "
+        "(gradient_as_bucket_view=False, its default: the gradients are copied into them)"
+    )
+    return CategoryResult(buffers.name, buffers.items + buckets, description)
 
 
 def _zero_redundancy(

@@ -90,7 +90,7 @@ def ranks(result: CompileResult) -> Ranks | None:
             tuple(item_row(result, i) for i in category.items),
         )
         for key, category in found.largest.categories.items()
-        if found.parallel.shards(key)
+        if category.items != result.categories[key].items  # sharded, or DDP's buckets added
     )
     return Ranks(
         found.parallel.describe(),

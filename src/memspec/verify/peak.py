@@ -289,17 +289,21 @@ def _counting(optimizer) -> str:
     return "optimizer"
 
 
-def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakComparison:
+def compare_peak(
+    result: CompileResult, measurement: PeakMeasurement, extra: tuple[Term, ...] = ()
+) -> PeakComparison:
     """memspec's peak against the tracker's, with every difference between the two steps
     a named term that memspec computes: AdamW's `step` counters, and the gradient sums
     the tracker's dispatch mode makes out of place (`peak_memory(sums_in_place=False)`)."""
     from memspec.passes.peak import peak_memory
 
     options = result.peak.options
+    # a replica's categories under DDP (its buckets among the buffers)
+    categories = result.ranks.largest.categories if result.ranks else result.categories
     traced = peak_memory(
         result.graph,
         result.config,
-        result.categories,
+        categories,
         options,
         result.bindings,
         result.resolve,
@@ -331,6 +335,7 @@ def compare_peak(result: CompileResult, measurement: PeakMeasurement) -> PeakCom
             )
         )
     terms += _scaler_state(result, traced)
+    terms += extra
     extra: dict[str, int] = {}
     for t in terms:
         if t.category:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from memspec.result import CompileResult
 
-__all__ = ["RankRow", "compare_ranks", "render_ranks"]
+__all__ = ["RankRow", "compare_ddp_ranks", "compare_ranks", "render_ranks"]
 
 # the categories a rank's runtime shards, as the measurement names them
 _MEASURED = ("parameters", "gradients", "optimizer_state")
@@ -28,6 +28,38 @@ class RankRow:
 def _predicted(result: CompileResult, rank: int) -> dict[str, int]:
     (held,) = [c for c in result.ranks.classes if rank in c.ranks]
     return {k: result.value(held.categories[k].bytes) for k in _MEASURED}
+
+
+def compare_ddp_ranks(result: CompileResult, measurements) -> list[RankRow]:
+    """Each measured DDP rank's gradients, optimizer state (ZeroRedundancyOptimizer's
+    own parameters' under ZeRO-1; step counters left out) and the reducer's buckets
+    against memspec's."""
+    scalars = set(result.config.optimizer.scalars)
+    rows = []
+    for m in measurements:
+        (held,) = [c for c in result.ranks.classes if m.rank in c.ranks]
+        buckets = sum(
+            result.value(i.bytes)
+            for i in held.categories["buffers"].items
+            if i.path.startswith("ddp.gradient_buckets")
+        )
+        state = sum(b for name, b in m.optimizer_state if name.rsplit(".", 1)[1] not in scalars)
+        rows += [
+            RankRow(
+                m.rank,
+                "gradients",
+                result.value(held.categories["gradients"].bytes),
+                sum(b for _, b in m.gradients),
+            ),
+            RankRow(
+                m.rank,
+                "optimizer_state",
+                result.value(held.categories["optimizer_state"].bytes),
+                state,
+            ),
+            RankRow(m.rank, "gradient buckets", buckets, m.bucket_bytes),
+        ]
+    return rows
 
 
 def compare_ranks(result: CompileResult, measurements) -> list[RankRow]:
