@@ -106,11 +106,12 @@ def test_fsdp2_mixed_precision_keeps_float32_shards_and_no_master():
     assert masters  # one device: bf16 weights beside a float32 master
 
 
-def test_replicas_hold_everything():
+def test_replicas_hold_everything_and_the_buckets():
     result = compile_spec(SPEC, set=SMALL, dp=8)
     (every,) = result.ranks.classes
     assert every.ranks == tuple(range(8))
-    assert result.value(every.bytes) == result.value(result.total_bytes)
+    buckets = result.value(result.categories["gradients"].bytes)  # DDP's copy of them
+    assert result.value(every.bytes) == result.value(result.total_bytes) + buckets
 
 
 def test_per_rank_json_and_report():
