@@ -304,6 +304,8 @@ def _verify_ddp(args: argparse.Namespace, result) -> tuple[str, bool]:
     """`verify --zero 0|1`: every rank under DistributedDataParallel (and
     ZeroRedundancyOptimizer) on the fake process group; with `--peak`, each rank's peak
     against memspec's (a replica's: DDP's)."""
+    from memspec.passes.peak.optimizer_step import STEPPED
+    from memspec.passes.results import CategoryResult
     from memspec.verify.ddp import measure_ddp
     from memspec.verify.peak import Term, compare_peak
     from memspec.verify.ranks import compare_ddp_ranks, render_ranks
@@ -329,8 +331,13 @@ def _verify_ddp(args: argparse.Namespace, result) -> tuple[str, bool]:
             "model, as tensors of its own",
             moved_from="BUFFER",
         )
+        classes = result.ranks.classes
         for m in measured:
-            comparison = compare_peak(result, m.peak, extra=(moved,))
+            (held,) = [c for c in classes if m.rank in c.ranks]
+            categories = held.categories
+            if held.stepped is not None:  # ZeroRedundancyOptimizer: the rank's own step
+                categories = {**categories, STEPPED: CategoryResult(STEPPED, held.stepped)}
+            comparison = compare_peak(result, m.peak, extra=(moved,), categories=categories)
             ok = ok and comparison.ok
             text += (
                 f"  rank {m.rank} peak: measured {comparison.measured:,}, memspec "

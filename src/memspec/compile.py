@@ -124,7 +124,7 @@ def compile_spec(
             step=step,
         )
     )
-    peak, unavailable = done["peak"]
+    answer = done["peak"]
     return CompileResult(
         spec=source.name,
         model=graph.model,
@@ -141,8 +141,9 @@ def compile_spec(
         notes=tuple(a.text for a in program.assumes),
         flops=done["flops"],
         training=training,
-        peak=peak,
-        peak_unavailable=unavailable,
+        peak=answer.peak,
+        peak_unavailable=answer.unavailable,
+        rank_peaks=answer.ranks,
         ranks=done["ranks"],
         step=step,
         active=done["active_parameters"],

@@ -51,6 +51,7 @@ class CompileResult:
     active: CategoryResult | None = None  # parameters one token uses, with expert banks
     ranks: RanksResult | None = None  # what each data-parallel rank holds
     step: StepOptions = StepOptions()  # the training loop modelled (and verify runs)
+    rank_peaks: tuple[int | None, ...] = ()  # each rank class's true peak, where modelled
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""

@@ -53,14 +53,18 @@ def test_a_wrong_prediction_is_caught():
         (["--dp", "4", "--peak"], SWIGLU),
         (["--dp", "4", "--peak", "--optimizer-impl", "foreach"],
          {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 2, "F": 64}),
-        (["--dp", "4", "--zero", "1"], SWIGLU),
+        (["--dp", "4", "--zero", "1", "--peak"], SWIGLU),
+        (["--dp", "4", "--zero", "1", "--peak"],
+         {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 2, "F": 64}),
     ],
-    ids=["ddp-backward-peak", "ddp-step-peak", "zero1-state"],
+    ids=["ddp-backward-peak", "ddp-step-peak", "zero1-backward-peak", "zero1-step-peak"],
 )
 def test_ddp_ranks_match(flags, sizes, capsys):
     """DDP: gradients, optimizer state and the reducer's buckets (a copy of every
     gradient) on every rank, and each rank's peak (a replica's step plus the buckets,
-    in backward or in a foreach step); ZeRO-1: each rank's own parameters' state."""
+    in backward or in a foreach step). ZeRO-1: each rank's own parameters' state, and
+    each rank's peak, which differs by rank (its state, and its step over its own
+    parameters, largest first, in the optimizer-step case)."""
     args = [f"--set={k}={v}" for k, v in sizes.items()]
     assert main(["verify", str(SPECS / "cs336_lm_swiglu.mspec"), *flags, *args]) == 0
     out = capsys.readouterr().out
@@ -80,3 +84,16 @@ def test_ddp_json_gives_every_rank_the_peak():
     single = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=SWIGLU)
     buckets = result.value(single.categories["gradients"].bytes)
     assert every["peak"] == result.value(single.peak.winner().bytes) + buckets
+
+
+def test_zero1_json_gives_each_rank_class_its_peak():
+    import json
+
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", zero=1, dp=4,
+                          set={"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 2, "F": 64})
+    doc = json.loads(result.to_json())
+    by_rank = {r: c["peak"] for c in doc["ranks"] for r in c["ranks"]}
+    # verify measured 371,420 and 371,160: the tracker also counts AdamW's 6 CPU step
+    # counters of 4 B each on every rank, which memspec names and does not count
+    assert by_rank == {0: 371_396, 1: 371_140, 2: 371_140, 3: 371_140}
+    assert doc["values"]["peak"] == 371_396  # the rank that peaks highest

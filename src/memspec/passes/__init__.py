@@ -29,6 +29,7 @@ from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
+from memspec.passes.peak.optimizer_step import STEPPED
 from memspec.passes.ranks import RanksResult, count_ranks
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
@@ -116,19 +117,45 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
     )
 
 
-def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class PeakAnswer:
+    """The true peak (of the rank that peaks highest, under data parallelism), or why
+    there is none; `ranks`: each rank class's peak, in `RanksResult.classes` order."""
+
+    peak: PeakResult | None
+    unavailable: str | None = None
+    ranks: tuple[int | None, ...] = ()
+
+
+def _peak(context: AnalysisContext) -> PeakAnswer:
     """The true peak, or None and why the replay cannot model this step."""
     parallel = context.config.parallel
-    categories = context.categories()
+    ranks = context.earlier["ranks"]
     if parallel.runtime == "ddp" and parallel.distributed:
-        # a replica's step, with the reducer's buckets held throughout (rank 0's: all alike)
-        categories = context.earlier["ranks"].largest.categories
-    elif parallel.distributed:
-        return None, (
+        # a replica's step, with the reducer's buckets held throughout: every rank alike
+        answer = _replayed(context, ranks.largest.categories)
+        return replace(answer, ranks=(_winner(context, answer.peak),) * len(ranks.classes))
+    if parallel.runtime == "zero_redundancy":
+        # each rank steps its own parameters, in its own order
+        answers = [
+            _replayed(context, {**c.categories, STEPPED: CategoryResult(STEPPED, c.stepped)})
+            for c in ranks.classes
+        ]
+        values = tuple(_winner(context, a.peak) for a in answers)
+        if None in values:
+            return replace(answers[0], ranks=values)
+        return replace(answers[values.index(max(values))], ranks=values)
+    if parallel.distributed:
+        return PeakAnswer(
+            None,
             f"not modelled yet for a rank under {parallel.label()}: the runtime's buffers "
-            "and transients (gradient buckets, all-gathers, reduce-scatters) are not "
-            "counted; what each rank holds at rest is in the per-rank section"
+            "and transients (all-gathers, reduce-scatters, gathered parameters) are not "
+            "counted; what each rank holds at rest is in the per-rank section",
         )
+    return _replayed(context, context.categories())
+
+
+def _replayed(context: AnalysisContext, categories: dict[str, CategoryResult]) -> PeakAnswer:
     try:
         peak = peak_memory(
             context.graph,
@@ -139,8 +166,13 @@ def _peak(context: AnalysisContext) -> tuple[PeakResult | None, str | None]:
             context.resolve,
         )
     except PeakUnavailable as err:
-        return None, str(err)
-    return peak, None
+        return PeakAnswer(None, str(err))
+    return PeakAnswer(peak)
+
+
+def _winner(context: AnalysisContext, peak: PeakResult | None) -> int | None:
+    winner = peak.winner() if peak is not None else None
+    return evaluate_bound(winner.bytes, context.symbols, context.bindings) if winner else None
 
 
 def _ranks(context: AnalysisContext) -> RanksResult | None:

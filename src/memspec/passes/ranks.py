@@ -37,6 +37,8 @@ class RankClass:
 
     ranks: tuple[int, ...]
     categories: dict[str, CategoryResult]
+    # the parameters a ZeroRedundancyOptimizer rank steps, in the order it steps them
+    stepped: tuple[LineItem, ...] | None = None
 
     @property
     def bytes(self) -> sp.Expr:
@@ -230,7 +232,10 @@ def _zero_redundancy(
     owned = _greedy_partition(categories["parameters"].items, evaluate, world)
     state = categories["optimizer_state"]
     classes: dict[tuple, RankClass] = {}
-    for rank, copies in enumerate(owned):
+    for rank, stepped in enumerate(owned):
+        copies: dict[str, int] = {}
+        for param in stepped:
+            copies[param.path] = copies.get(param.path, 0) + 1
         items = []
         for item in state.items:
             param = item.path.rsplit(".", 1)[0]
@@ -250,9 +255,13 @@ def _zero_redundancy(
             "optimizer_state": CategoryResult(state.name, tuple(items), description),
         }
         key = tuple(evaluate(c.bytes) for c in held.values())
+        # ranks whose steps differ (what they update, in which order) differ at the peak
+        key += tuple(tuple(evaluate(d) for d in item.shape) for item in stepped)
         known = classes.get(key)
         classes[key] = (
-            replace(known, ranks=(*known.ranks, rank)) if known else RankClass((rank,), held)
+            replace(known, ranks=(*known.ranks, rank))
+            if known
+            else RankClass((rank,), held, tuple(stepped))
         )
     found = tuple(classes.values())
     largest = max(found, key=lambda c: evaluate(c.bytes))
@@ -265,10 +274,11 @@ def _paths(categories: dict[str, CategoryResult]) -> frozenset[str]:
 
 def _greedy_partition(
     params: tuple[LineItem, ...], evaluate: Callable[[sp.Expr], int | None], world: int | None
-) -> list[dict[str, int]]:
-    """Per rank, how many copies of each parameter ZeroRedundancyOptimizer gives it
-    (torch 2.13 `_partition_parameters`): every parameter tensor of the module, sorted
-    by numel, largest first (stable), each to the first rank with the fewest elements."""
+) -> list[list[LineItem]]:
+    """Per rank, the parameter tensors ZeroRedundancyOptimizer gives it, in the order it
+    steps them (torch 2.13 `_partition_parameters`): every parameter tensor of the
+    module, sorted by numel, largest first (stable), each to the first rank with the
+    fewest elements; one copy of a repeated parameter each."""
     sizes = [evaluate(i.elements) for i in params] + [evaluate(i.multiplicity) for i in params]
     if world is None or None in sizes:
         raise UsageError(
@@ -276,16 +286,18 @@ def _greedy_partition(
             "its ranks are decided at bound sizes: bind DP (--dp N) and every dim, or pick "
             "--dp-runtime deepspeed for formulas in DP"
         )
-    tensors = []  # (numel, path), in nn.Module.parameters() order
+    tensors = []  # (numel, one copy), in nn.Module.parameters() order
     for group in _repetition_groups(module_order(params)):
         counts = [range(evaluate(count)) for _, count in group[0].regions]
         for _ in itertools.product(*counts):
-            tensors += [(evaluate(item.elements), item.path) for item in group]
+            tensors += [
+                (evaluate(i.elements), replace(i, regions=(), extra=sp.Integer(1))) for i in group
+            ]
     held = [0] * world
-    owned: list[dict[str, int]] = [{} for _ in range(world)]
-    for numel, path in sorted(tensors, key=lambda t: -t[0]):
+    owned: list[list[LineItem]] = [[] for _ in range(world)]
+    for numel, item in sorted(tensors, key=lambda t: -t[0]):
         rank = held.index(min(held))
-        owned[rank][path] = owned[rank].get(path, 0) + 1
+        owned[rank].append(item)
         held[rank] += numel
     return owned
 

@@ -176,23 +176,23 @@ def _values(r: Report) -> dict:
     return values
 
 
-def _ranks(ranks, peak: int | None) -> list[dict]:
-    """Each class of ranks that hold the same, with its bytes per category; where the
-    degree is unbound, one class (`ranks` null) with the formulas of the rank that holds
-    the most. `peak`: that rank's true peak, where modelled (null otherwise)."""
+def _ranks(ranks, peaks: tuple[int | None, ...]) -> list[dict]:
+    """Each class of ranks that hold the same, with its bytes per category and its true
+    peak (null where not modelled); where the degree is unbound, one class (`ranks`
+    null) with the formulas of the rank that holds the most."""
     rows = (*ranks.rows, ranks.total)
     if not ranks.classes:
         return [
             {
                 "ranks": None,
-                "peak": peak,
+                "peak": None,
                 "categories": {row.key: {"bytes": row.formula.text} for row in rows},
             }
         ]
     return [
         {
             "ranks": list(members),
-            "peak": peak if ranks.largest in members else None,
+            "peak": peaks[k] if k < len(peaks) else None,
             "categories": {
                 row.key: {"bytes": row.values[k], "formula": row.formula.text} for row in rows
             },
@@ -234,7 +234,7 @@ def render_json(result: CompileResult) -> str:
         doc["active_parameters"] = {"elements": r.active[0].text}
     if r.ranks is not None:
         doc["config"]["parallel"] = r.ranks.description
-        doc["ranks"] = _ranks(r.ranks, r.peak.value)
+        doc["ranks"] = _ranks(r.ranks, result.rank_peaks)
     if r.bound:
         doc["values"] = _values(r)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

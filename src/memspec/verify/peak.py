@@ -17,6 +17,7 @@ from memspec.errors import UsageError
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak import StepOptions
 from memspec.passes.peak.moments import Phase
+from memspec.passes.peak.optimizer_step import STEPPED
 from memspec.result import CompileResult
 from memspec.scaler import LossScaler
 from memspec.verify.measure import _optimizer, lowered_model
@@ -252,12 +253,19 @@ class PeakComparison:
         )
 
 
-def step_counters(result: CompileResult, made: set[str] | None = None) -> tuple[int, int]:
+def step_counters(
+    result: CompileResult, made: set[str] | None = None, categories: dict | None = None
+) -> tuple[int, int]:
     """(tensors, bytes) of the optimizer's scalar state (`state step: scalar`: Adam's,
     AdamW's, Adagrad's, RMSprop's `step`): a float32 scalar per parameter tensor each,
-    made with the rest of the state; `made`: of these optimizers of a chain only."""
+    made with the rest of the state; `made`: of these optimizers of a chain only;
+    `categories`: a rank's (of the parameters it steps, where it steps some only)."""
     optimizer, bound = result.config.optimizer, result.graph.bound
-    items = trained_items(result.categories["parameters"].items)  # frozen ones take no step
+    categories = categories or result.categories
+    if STEPPED in categories:
+        items = categories[STEPPED].items
+    else:
+        items = trained_items(categories["parameters"].items)  # frozen ones take no step
     count = 0
     for item in items:
         owner = optimizer.owner(item.shape, bound)
@@ -269,7 +277,7 @@ def step_counters(result: CompileResult, made: set[str] | None = None) -> tuple[
 def _made(result: CompileResult, traced) -> set[str] | None:
     """The optimizers of the chain whose state exists at a moment of a first step:
     those whose constructor makes it, and those whose step() has begun (None: all)."""
-    if not result.peak.options.first_step:
+    if not result.step.first_step:
         return None
     chain = result.config.optimizer.chain()
     made = {o.name for o in chain if o.eager}
@@ -290,28 +298,39 @@ def _counting(optimizer) -> str:
 
 
 def compare_peak(
-    result: CompileResult, measurement: PeakMeasurement, extra: tuple[Term, ...] = ()
+    result: CompileResult,
+    measurement: PeakMeasurement,
+    extra: tuple[Term, ...] = (),
+    categories: dict | None = None,
 ) -> PeakComparison:
     """memspec's peak against the tracker's, with every difference between the two steps
     a named term that memspec computes: AdamW's `step` counters, and the gradient sums
-    the tracker's dispatch mode makes out of place (`peak_memory(sums_in_place=False)`)."""
+    the tracker's dispatch mode makes out of place (`peak_memory(sums_in_place=False)`).
+    `categories`: one rank's (data parallelism), whose step is replayed for both."""
     from memspec.passes.peak import peak_memory
 
-    options = result.peak.options
-    # a replica's categories under DDP (its buckets among the buffers)
-    categories = result.ranks.largest.categories if result.ranks else result.categories
-    traced = peak_memory(
-        result.graph,
-        result.config,
-        categories,
-        options,
-        result.bindings,
-        result.resolve,
-        sums_in_place=False,
-    ).winner()
-    real = result.peak.winner()
+    options = result.step
+
+    def replayed(sums_in_place: bool):
+        return peak_memory(
+            result.graph,
+            result.config,
+            categories,
+            options,
+            result.bindings,
+            result.resolve,
+            sums_in_place=sums_in_place,
+        ).winner()
+
+    if categories is None:
+        # a replica's categories under DDP (its buckets among the buffers)
+        categories = result.ranks.largest.categories if result.ranks else result.categories
+        real = result.peak.winner()
+    else:
+        real = replayed(True)
+    traced = replayed(False)
     terms = []
-    tensors, counters = step_counters(result, _made(result, traced))
+    tensors, counters = step_counters(result, _made(result, traced), categories)
     if counters:
         terms.append(
             Term(
@@ -365,7 +384,7 @@ def _scaler_state(result: CompileResult, traced) -> list[Term]:
     scaler = result.config.precision.scaler
     if scaler is None or not result.value(dict(traced.breakdown)["optimizer_state"]):
         return []
-    first = result.peak.options.first_step
+    first = result.step.first_step
     return [
         Term(
             "the loss scaler's state",

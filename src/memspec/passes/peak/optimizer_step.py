@@ -19,7 +19,7 @@ from memspec.passes.peak.moments import Phase, Point
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["own_state", "state_before", "step_moments"]
+__all__ = ["STEPPED", "own_state", "state_before", "step_moments"]
 
 
 def module_order(params: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
@@ -94,14 +94,23 @@ def _loop(
     return moments
 
 
+# a categories key: the parameters one rank's optimizer steps, in its order (a
+# ZeroRedundancyOptimizer rank's own, largest first), where it is not every trained one
+STEPPED = "stepped"
+
+
 def _members(config: TrainConfig, categories: dict[str, CategoryResult], bound: BoundSizes):
     """Each optimizer of the chain (Muon's, then AdamW's for the rest) that has
-    parameters to update, with them; they step in turn. Frozen parameters take no step."""
+    parameters to update, with them and whether they are in the order it updates them;
+    they step in turn. Frozen parameters take no step."""
+    if STEPPED in categories:
+        yield config.optimizer, list(categories[STEPPED].items), True
+        return
     params = trained_items(categories["parameters"].items)
     for optimizer in config.optimizer.chain():
         own = [i for i in params if config.optimizer.owner(i.shape, bound) is optimizer]
         if own:
-            yield optimizer, own
+            yield optimizer, own, False
 
 
 def own_state(
@@ -133,7 +142,7 @@ def state_before(
     state of every optimizer not declared `state at init`) and a loss scaler's, which
     its first scale() makes."""
     state = dict(measure(categories["optimizer_state"].bytes))
-    for optimizer, own in _members(config, categories, bound):
+    for optimizer, own, _ in _members(config, categories, bound):
         if not optimizer.eager:
             add_into(state, measure(own_state(config, optimizer, own, bound)), -1)
     if config.precision.scaler is not None:
@@ -148,15 +157,21 @@ def _temporaries(
     impl: str,
     bound: BoundSizes,
     measure: Callable[[sp.Expr], Poly],
+    ordered: bool = False,
 ) -> list[tuple[str, Poly]]:
     """(which parameter is being updated, the step's temporaries then), per moment of
-    one optimizer's step."""
+    one optimizer's step; `ordered`: `own` is in update order already."""
     rules = optimizer.temps_of(impl)
     if not rules:
         return [("", {})]
     if impl != "foreach":
         return _loop(
-            optimizer, _update_order(tuple(own)), impl, bound, config.precision.state, measure
+            optimizer,
+            own if ordered else _update_order(tuple(own)),
+            impl,
+            bound,
+            config.precision.state,
+            measure,
         )
     every = sp.Integer(0)
     for item in own:
@@ -209,7 +224,7 @@ def step_moments(
         }
 
     out, seen = [], set()
-    for member, (optimizer, own) in enumerate(_members(config, categories, bound)):
+    for member, (optimizer, own, ordered) in enumerate(_members(config, categories, bound)):
         held = 0
         if scaler is not None:
             where = f"scaler.unscale_ of {optimizer.name}'s gradients"
@@ -218,7 +233,7 @@ def step_moments(
             held = scaler.stepping(member, impl == "fused")
         if first_step and not optimizer.eager:  # its step() makes its state first
             add_into(made, measure(own_state(config, optimizer, own, bound)))
-        for where, temp in _temporaries(config, optimizer, own, impl, bound, measure):
+        for where, temp in _temporaries(config, optimizer, own, impl, bound, measure, ordered):
             key = (held, tuple(sorted(temp.items(), key=str)), tuple(sorted(made.items(), key=str)))
             if key not in seen:  # a moment like one before it adds no candidate
                 seen.add(key)
