@@ -238,19 +238,10 @@ def _phase_tracker(model, optimizer):
     records a new peak."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
-    class PhaseTracker(FSDPMemTracker):
-        peak_phase = ""
-        peak_modules: tuple[str, ...] = ()
+    from memspec.verify.peak import PhaseNaming
 
-        def _update_peak_stats(self, peak_state) -> None:
-            before = dict(self._peak_mem)
-            super()._update_peak_stats(peak_state)
-            if self._peak_mem != before:
-                if self._in_opt:
-                    self.peak_phase = "optimizer step"
-                else:
-                    self.peak_phase = "backward" if self._mod_tracker.is_bw else "forward"
-                self.peak_modules = tuple(sorted(self._mod_tracker.parents - {"Global"}))
+    class PhaseTracker(PhaseNaming, FSDPMemTracker):
+        pass
 
     return PhaseTracker(model, optimizer)
 

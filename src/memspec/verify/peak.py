@@ -95,15 +95,32 @@ class _NoHook:
 _NO_HOOK = _NoHook()
 
 
+class PhaseNaming:
+    """Mixed into a torch memory tracker: notes the phase of the step (and the modules
+    running) when it records a new peak; `unscaling` while a loss scaler unscales."""
+
+    peak_phase = ""
+    peak_modules: tuple[str, ...] = ()
+    unscaling = False
+
+    def _update_peak_stats(self, peak_state) -> None:
+        before = dict(self._peak_mem)
+        super()._update_peak_stats(peak_state)
+        if self._peak_mem != before:
+            if self._in_opt:
+                self.peak_phase = "optimizer step"
+            elif self.unscaling:
+                self.peak_phase = "unscaling gradients"
+            else:
+                self.peak_phase = "backward" if self._mod_tracker.is_bw else "forward"
+            self.peak_modules = tuple(sorted(self._mod_tracker.parents - {"Global"}))
+
+
 def _phase_tracker():
-    """MemTracker, noting the phase of the step when it records a new peak (`unscaling`
-    while a loss scaler unscales gradients)."""
+    """MemTracker, noting the phase of the step when it records a new peak."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    class PhaseTracker(MemTracker):
-        peak_phase = ""
-        unscaling = False
-
+    class PhaseTracker(PhaseNaming, MemTracker):
         def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
             # torch's tracker hooks every parameter's gradient, which a frozen one
             # (requires_grad=False) refuses: it gets a handle that holds no hook
@@ -111,17 +128,6 @@ def _phase_tracker():
                 if not param.requires_grad and param not in self._param_to_grad_hook_handles:
                     self._param_to_grad_hook_handles[param] = (_NO_HOOK, _NO_HOOK)
             return super()._track_module_params_and_buffers(module, install_grad_hooks)
-
-        def _update_peak_stats(self, peak_state) -> None:
-            before = dict(self._peak_mem)
-            super()._update_peak_stats(peak_state)
-            if self._peak_mem != before:
-                if self._in_opt:
-                    self.peak_phase = "optimizer step"
-                elif self.unscaling:
-                    self.peak_phase = "unscaling gradients"
-                else:
-                    self.peak_phase = "backward" if self._mod_tracker.is_bw else "forward"
 
     return PhaseTracker()
 
