@@ -21,6 +21,12 @@ CASES = {
     "cs336_lm_swiglu.gpt2_xl_b1_full": (
         "specs/cs336_lm_swiglu.mspec", {"preset": "gpt2_xl", "set": ["B=1"],
                                         "convention": "autograd", "recompute": "full"}),
+    # what each rank holds under FSDP2 at 6 ranks (V, F and D split unevenly), mixed bf16
+    "cs336_lm_swiglu.gpt2_xl_zero3_dp6": (
+        "specs/cs336_lm_swiglu.mspec", {"preset": "gpt2_xl", "set": ["B=1"], "zero": 3,
+                                        "dp": 6, "precision": "mixed_bf16"}),
+    # DDP replicas, symbolic in DP: the reducer's buckets and a replica's true peak
+    "cs336_lm_swiglu.ddp": ("specs/cs336_lm_swiglu.mspec", {"dp": 8}),
 }
 
 

@@ -180,7 +180,19 @@ class _Sharding:
             if self.parallel.runtime == "fsdp2"
             else "each rank's part of one flat buffer per dtype (DeepSpeed)"
         )
-        return f"{category.description}; sharded over DP ranks: {how}"
+        described = category.description
+        if self.master is not None:  # FSDP2's scheme has no master copy of its own
+            described = described.replace(
+                f"; plus a {self.master.value} master copy of each parameter", ""
+            )
+        text = f"{described}; sharded over DP ranks: {how}"
+        if self.master is not None:
+            text += (
+                f"; FSDP2's mixed precision: {self.master.value} shards, the master copy, "
+                "gathered in bfloat16 for compute (no separate master) and gradients "
+                f"reduced in {self.master.value}"
+            )
+        return text
 
 
 def _check_fsdp2_state(config: TrainConfig) -> None:
