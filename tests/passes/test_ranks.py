@@ -235,3 +235,28 @@ def test_deepspeed_zero2_against_its_own_estimator():
     fp32_gradient_partition = 4 * psi / n
     memspec = _divides(_model_states(result))
     assert sp.expand(estimator - memspec - whole_gradients - fp32_gradient_partition) == 0
+
+
+def test_megatron_distributed_optimizer_is_deepspeed_zero1_under_mixed_bf16():
+    """Megatron-LM's theoretical_memory_usage.py: (6 + 12/d) bytes per parameter with
+    its distributed optimizer (bf16 weights 2, float32 gradients 4, the float32 master
+    and Adam's two moments 12 sharded over d), 18 without: memspec's mixed_bf16 under
+    `--zero 1 --dp-runtime deepspeed`, and DDP replicas."""
+    zero1 = compile_spec(SPEC, precision="mixed_bf16", zero=1, runtime="deepspeed")
+    psi = zero1.categories["parameters"].elements
+    d = dim_symbol(DP)
+    assert sp.expand(_divides(_model_states(zero1)) - (6 + 12 / d) * psi) == 0
+    replicas = compile_spec(SPEC, precision="mixed_bf16", dp=8)
+    assert sp.expand(_model_states(replicas) - 18 * psi) == 0
+
+
+def test_llama2_70b_at_64_ranks_as_the_readme_says():
+    result = compile_spec(SPECS / "llama.mspec", preset="llama2_70b", set={"B": 1}, zero=3,
+                          dp=64, precision="mixed_bf16", recompute="full")
+    psi = result.value(result.categories["parameters"].elements)
+    assert psi == 68_976_648_192
+    (every,) = result.ranks.classes  # every side divides by 64: no padding, ranks alike
+    states = sum(result.value(every.categories[k].bytes)
+                 for k in ("parameters", "gradients", "optimizer_state"))
+    assert states == 16 * psi // 64 == 17_244_162_048
+    assert result.value(every.categories["activations"].bytes) == 11_857_330_176
