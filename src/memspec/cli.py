@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="the largest value of a symbol that fits a memory budget")
     s.add_argument("spec", help="the .mspec file")
     s.add_argument("--budget", required=True, help="memory budget: 80GB (10^9) or 80GiB (2^30)")
-    s.add_argument("--for", dest="symbol", required=True, help="the symbol to maximize (B)")
+    s.add_argument(
+        "--for",
+        dest="symbol",
+        required=True,
+        help="the symbol to maximize (B), or DP: the fewest data-parallel ranks that fit",
+    )
     s.add_argument(
         "--objective",
         choices=("peak", "sum"),
