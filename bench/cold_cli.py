@@ -41,6 +41,15 @@ def main() -> None:
         for fmt in ("json", "md"):
             args = ["compile", f"specs/{path.name}", "--format", fmt]
             report(f"{path.stem} --format {fmt}", args, runs)
+    # what each rank holds: every rank of 1024 grouped (FSDP2), and ZeRO-1's greedy
+    # partition with one peak replay per rank class
+    llama = ["compile", "specs/llama.mspec", "--preset", "llama2_70b", "--set", "B=1"]
+    for flags in (["--zero", "3", "--dp", "1024"], ["--zero", "1", "--dp", "1024"]):
+        report(
+            f"llama2_70b {' '.join(flags)} --format json",
+            [*llama, *flags, "--format", "json"],
+            runs,
+        )
     text = (ROOT / "specs" / "cs336_lm.mspec").read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for count in ("4", "48", "4800"):
