@@ -18,7 +18,6 @@ from pathlib import Path
 from memspec.errors import MemspecError, UsageError
 from memspec.parallel import DP
 from memspec.policies import IMPLEMENTATIONS
-from memspec.symbolic.symbols import dim_symbol
 
 __all__ = ["main"]
 
@@ -260,7 +259,12 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
     if result.ranks is not None:
-        return _verify_ranks(args, result)
+        from memspec.verify.ranks import verify_ranks
+
+        def lowered_in_fp32():
+            return _result(args, convention="autograd", precision="fp32")
+
+        return verify_ranks(result, args.peak, lowered_in_fp32)
     tables = measured = peak = None
     if args.step:
         measured = measure_step(result)
@@ -273,88 +277,7 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     return render_verify(result, tables, measured, peak), ok
 
 
-def _verify_ranks(args: argparse.Namespace, result) -> tuple[str, bool]:
-    """`verify` under data parallelism: every rank's step on torch's fake process group,
-    what each holds against memspec's per-rank categories."""
-    from memspec.verify.fsdp import measure_fsdp
-    from memspec.verify.ranks import compare_ranks, render_ranks
-
-    parallel = result.ranks.parallel
-    if parallel.runtime in ("ddp", "zero_redundancy"):
-        return _verify_ddp(args, result)
-    if args.peak:
-        raise UsageError(f"no peak to verify: {result.peak_unavailable}")
-    if parallel.runtime != "fsdp2":
-        raise UsageError(
-            f"verify runs {parallel.label()} not yet: DDP, ZeroRedundancyOptimizer and "
-            "FSDP2 are measured per rank"
-        )
-    mixed = result.config.precision.master is not None
-    # FSDP2's mixed precision trains float32 parameters, gathered in bfloat16
-    lowered = _result(args, convention="autograd", precision="fp32") if mixed else result
-    measured = measure_fsdp(
-        lowered,
-        result.value(dim_symbol(DP)),
-        reshard_after_forward=parallel.reshard_after_forward,
-        mixed_bf16=mixed,
-    )
-    rows = compare_ranks(result, measured)
-    ok = all(r.ok for r in rows)
-    text = render_ranks(result, rows, "FSDP2 fully_shard under FSDPMemTracker")
-    verdict = "every rank matches exactly" if ok else "MISMATCH between prediction and measurement"
-    return text + f"\nverify: {verdict}\n", ok
-
-
-def _verify_ddp(args: argparse.Namespace, result) -> tuple[str, bool]:
-    """`verify --zero 0|1`: every rank under DistributedDataParallel (and
-    ZeroRedundancyOptimizer) on the fake process group; with `--peak`, each rank's peak
-    against memspec's (a replica's: DDP's)."""
-    from memspec.passes.peak.optimizer_step import STEPPED
-    from memspec.passes.results import CategoryResult
-    from memspec.verify.ddp import measure_ddp
-    from memspec.verify.peak import Term, compare_peak
-    from memspec.verify.ranks import compare_ddp_ranks, render_ranks
-
-    parallel = result.ranks.parallel
-    if args.peak and result.peak is None:
-        raise UsageError(f"no peak to verify: {result.peak_unavailable}")
-    measured = measure_ddp(
-        result, result.value(dim_symbol(DP)), zero=parallel.zero, options=result.step
-    )
-    rows = compare_ddp_ranks(result, measured)
-    ok = all(r.ok for r in rows)
-    text = render_ranks(result, rows, "DistributedDataParallel under MemTracker")
-    if args.peak:
-        buckets = sum(r.predicted for r in rows if r.category == "gradient buckets") // len(
-            measured
-        )
-        moved = Term(
-            "DDP's gradient buckets",
-            "OTH",
-            buckets,
-            "memspec counts them with the buffers; the tracker, given them after the "
-            "model, as tensors of its own",
-            moved_from="BUFFER",
-        )
-        classes = result.ranks.classes
-        for m in measured:
-            (held,) = [c for c in classes if m.rank in c.ranks]
-            categories = held.categories
-            if held.stepped is not None:  # ZeroRedundancyOptimizer: the rank's own step
-                categories = {**categories, STEPPED: CategoryResult(STEPPED, held.stepped)}
-            comparison = compare_peak(result, m.peak, extra=(moved,), categories=categories)
-            ok = ok and comparison.ok
-            text += (
-                f"  rank {m.rank} peak: measured {comparison.measured:,}, memspec "
-                f"{comparison.expected:,} ({'equal' if comparison.ok else 'MISMATCH'}; "
-                f"phases {comparison.phases[0]} / {comparison.phases[1]})\n"
-            )
-    verdict = "every rank matches exactly" if ok else "MISMATCH between prediction and measurement"
-    return text + f"\nverify: {verdict}\n", ok
-
-
 def _solve(args: argparse.Namespace) -> str:
-    from memspec.parallel import DP
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
     from memspec.solve import check_bound, parse_budget, solve_max, solve_min_degree
 

@@ -30,7 +30,8 @@ from memspec.errors import UsageError
 from memspec.passes.peak import StepOptions
 from memspec.result import CompileResult
 from memspec.verify.measure import _FLAGS, _optimizer, _torch_class, lowered_model
-from memspec.verify.peak import CATEGORIES, PeakMeasurement, _phase_tracker
+from memspec.verify.peak import CATEGORIES, PeakMeasurement
+from memspec.verify.trackers import phase_tracker
 
 __all__ = ["Bucket", "DDPRun", "RankMeasurement", "measure_ddp", "measure_ddp_runs"]
 
@@ -286,7 +287,7 @@ def _bucket_tracker(standins: list):
     temporary."""
     from torch.distributed._tools.mem_tracker import _MemRefType
 
-    class BucketTracker(type(_phase_tracker())):
+    class BucketTracker(type(phase_tracker())):
         def _track(self, reftype, t) -> None:
             storage = t.untyped_storage()
             if standins and storage not in self._WINFO:

@@ -161,6 +161,7 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from memspec.verify.measure import _optimizer, lowered_model
+    from memspec.verify.trackers import fsdp_tracker
 
     torch.manual_seed(0)
     model = lowered_model(result, units=True)
@@ -191,7 +192,7 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
 
     if not run.first_step:
         step()
-    tracker = _phase_tracker(model, optimizer)
+    tracker = fsdp_tracker(model, optimizer)
     with tracker:
         step()
     (snapshot,) = tracker.get_tracker_snapshot("peak").values()
@@ -231,19 +232,6 @@ def _held(model, optimizer) -> tuple:
                 value = _local(value)
                 state.append((f"{name}.{key}", value.numel() * value.element_size()))
     return tuple(params), tuple(local), tuple(grads), sum(storages.values()), tuple(state)
-
-
-def _phase_tracker(model, optimizer):
-    """FSDPMemTracker, noting the phase of the step and the modules running when it
-    records a new peak."""
-    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-
-    from memspec.verify.peak import PhaseNaming
-
-    class PhaseTracker(PhaseNaming, FSDPMemTracker):
-        pass
-
-    return PhaseTracker(model, optimizer)
 
 
 def _child() -> None:

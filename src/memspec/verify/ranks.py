@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from memspec.errors import UsageError
+from memspec.parallel import DP
 from memspec.result import CompileResult
+from memspec.symbolic.symbols import dim_symbol
 
-__all__ = ["RankRow", "compare_ddp_ranks", "compare_ranks", "render_ranks"]
+__all__ = ["RankRow", "compare_ddp_ranks", "compare_ranks", "render_ranks", "verify_ranks"]
 
 # the categories a rank's runtime shards, as the measurement names them
 _MEASURED = ("parameters", "gradients", "optimizer_state")
+_BUCKETS = "gradient buckets"  # DDP's, beside them
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def compare_ddp_ranks(result: CompileResult, measurements) -> list[RankRow]:
                 result.value(held.categories["optimizer_state"].bytes),
                 state,
             ),
-            RankRow(m.rank, "gradient buckets", buckets, m.bucket_bytes),
+            RankRow(m.rank, _BUCKETS, buckets, m.bucket_bytes),
         ]
     return rows
 
@@ -93,3 +98,78 @@ def render_ranks(result: CompileResult, rows: list[RankRow], runtime: str) -> st
             f"{row.measured - row.predicted:>11,}{mark}"
         )
     return "\n".join(lines) + "\n"
+
+
+def verify_ranks(
+    result: CompileResult, peak: bool, lowered_in_fp32: Callable[[], CompileResult]
+) -> tuple[str, bool]:
+    """`memspec verify` under data parallelism: every rank's step on torch's fake
+    process group, what each holds (and with `peak`, each rank's peak where memspec
+    models it) against memspec's. `lowered_in_fp32` compiles the spec in float32, the
+    parameters FSDP2's mixed precision trains."""
+    parallel = result.ranks.parallel
+    if peak and result.peak is None:
+        raise UsageError(f"no peak to verify: {result.peak_unavailable}")
+    world = result.value(dim_symbol(DP))
+    if parallel.runtime in ("ddp", "zero_redundancy"):
+        return _ddp(result, peak, world)
+    if parallel.runtime != "fsdp2":
+        raise UsageError(
+            f"verify runs {parallel.label()} not yet: DDP, ZeroRedundancyOptimizer and "
+            "FSDP2 are measured per rank"
+        )
+    from memspec.verify.fsdp import measure_fsdp
+
+    mixed = result.config.precision.master is not None
+    measured = measure_fsdp(
+        lowered_in_fp32() if mixed else result,
+        world,
+        reshard_after_forward=parallel.reshard_after_forward,
+        mixed_bf16=mixed,
+    )
+    rows = compare_ranks(result, measured)
+    text = render_ranks(result, rows, "FSDP2 fully_shard under FSDPMemTracker")
+    return _verdict(text, all(r.ok for r in rows))
+
+
+def _ddp(result: CompileResult, peak: bool, world: int) -> tuple[str, bool]:
+    """Every rank under DistributedDataParallel (and ZeroRedundancyOptimizer); with
+    `peak`, each rank's peak against memspec's for that rank."""
+    from memspec.passes.peak.optimizer_step import STEPPED
+    from memspec.passes.results import CategoryResult
+    from memspec.verify.ddp import measure_ddp
+    from memspec.verify.peak import Term, compare_peak
+
+    measured = measure_ddp(result, world, zero=result.ranks.parallel.zero, options=result.step)
+    rows = compare_ddp_ranks(result, measured)
+    ok = all(r.ok for r in rows)
+    text = render_ranks(result, rows, "DistributedDataParallel under MemTracker")
+    if not peak:
+        return _verdict(text, ok)
+    for m in measured:
+        (held,) = [c for c in result.ranks.classes if m.rank in c.ranks]
+        categories = held.categories
+        if held.stepped is not None:  # ZeroRedundancyOptimizer: the rank's own step
+            categories = {**categories, STEPPED: CategoryResult(STEPPED, held.stepped)}
+        (buckets,) = [r.predicted for r in rows if (r.rank, r.category) == (m.rank, _BUCKETS)]
+        moved = Term(
+            "DDP's gradient buckets",
+            "OTH",
+            buckets,
+            "memspec counts them with the buffers; the tracker, given them after the "
+            "model, as tensors of its own",
+            moved_from="BUFFER",
+        )
+        comparison = compare_peak(result, m.peak, extra=(moved,), categories=categories)
+        ok = ok and comparison.ok
+        text += (
+            f"  rank {m.rank} peak: measured {comparison.measured:,}, memspec "
+            f"{comparison.expected:,} ({'equal' if comparison.ok else 'MISMATCH'}; "
+            f"phases {comparison.phases[0]} / {comparison.phases[1]})\n"
+        )
+    return _verdict(text, ok)
+
+
+def _verdict(text: str, ok: bool) -> tuple[str, bool]:
+    verdict = "every rank matches exactly" if ok else "MISMATCH between prediction and measurement"
+    return text + f"\nverify: {verdict}\n", ok
