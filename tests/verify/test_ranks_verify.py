@@ -97,3 +97,28 @@ def test_zero1_json_gives_each_rank_class_its_peak():
     # counters of 4 B each on every rank, which memspec names and does not count
     assert by_rank == {0: 371_396, 1: 371_140, 2: 371_140, 3: 371_140}
     assert doc["values"]["peak"] == 371_396  # the rank that peaks highest
+
+
+@pytest.mark.parametrize(
+    ("spec", "sizes", "flags"),
+    [
+        # five units: the left-out repetitions' sharded gradients
+        ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 5}, ["--dp", "4"]),
+        # 3 ranks, V = 509 and F = 130 split unevenly: rank 2 holds less state
+        ("cs336_lm_swiglu.mspec", {"B": 1, "L": 2, "D": 64, "H": 4, "V": 509, "N": 3,
+                                   "F": 130}, ["--dp", "3"]),
+        ("cs336_lm_swiglu.mspec", {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 3,
+                                   "F": 64}, ["--dp", "4", "--first-step"]),
+        ("llama.mspec", {**LLAMA, "N": 3}, ["--dp", "4"]),
+    ],
+    ids=["swiglu-n5", "swiglu-uneven-w3", "swiglu-first-step", "llama"],
+)
+def test_fsdp2_peak_of_every_rank(spec, sizes, flags, capsys):
+    """FSDP2 (--zero 3): every rank's peak, FSDPMemTracker's total, equal to memspec's
+    (its gathers, prefetches and reduce-scatters replayed at the units' boundaries), with
+    AdamW's CPU step counters the one named term."""
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", str(SPECS / spec), "--zero", "3", "--peak", *flags, *args]) == 0
+    out = capsys.readouterr().out
+    world = int(flags[flags.index("--dp") + 1])
+    assert out.count("(equal)") == world

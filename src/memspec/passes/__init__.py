@@ -29,6 +29,7 @@ from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
+from memspec.passes.peak.moments import Phase
 from memspec.passes.peak.optimizer_step import STEPPED
 from memspec.passes.ranks import RanksResult, count_ranks
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
@@ -145,17 +146,58 @@ def _peak(context: AnalysisContext) -> PeakAnswer:
         if None in values:
             return replace(answers[0], ranks=values)
         return replace(answers[values.index(max(values))], ranks=values)
+    if parallel.runtime == "fsdp2" and _fsdp_modelled(context) is None:
+        # rank 0 holds the most: full chunks of every parameter, the most state
+        answer = _replayed(context, ranks.largest.categories, fsdp=True)
+        values = []
+        for c in ranks.classes:
+            if 0 in c.ranks:
+                values.append(_winner(context, answer.peak))
+                continue
+            # another rank differs in its state only; its step's temporaries are
+            # counted on rank 0's (padded) shapes, so its peak is known where the step
+            # is not where it peaks
+            own = _replayed(context, c.categories, fsdp=True).peak
+            winner = own.winner() if own is not None else None
+            stepping = winner is None or winner.phase is Phase.OPTIMIZER_STEP
+            values.append(None if stepping else _winner(context, own))
+        return replace(answer, ranks=tuple(values))
     if parallel.distributed:
+        reason = _fsdp_modelled(context) if parallel.runtime == "fsdp2" else None
         return PeakAnswer(
             None,
-            f"not modelled yet for a rank under {parallel.label()}: the runtime's buffers "
-            "and transients (all-gathers, reduce-scatters, gathered parameters) are not "
-            "counted; what each rank holds at rest is in the per-rank section",
+            reason
+            or (
+                f"not modelled yet for a rank under {parallel.label()}: the runtime's "
+                "buffers and transients are not counted; what each rank holds at rest is "
+                "in the per-rank section"
+            ),
         )
     return _replayed(context, context.categories())
 
 
-def _replayed(context: AnalysisContext, categories: dict[str, CategoryResult]) -> PeakAnswer:
+def _fsdp_modelled(context: AnalysisContext) -> str | None:
+    """Why FSDP2's per-rank peak is not modelled for this step, or None where it is."""
+    config, step = context.config, context.step
+    tops = [r for r in context.graph.regions if len(context.graph.region_chain(r.id)) == 1]
+    prefix = "a rank's true peak under FSDP2"
+    if not config.parallel.reshard_after_forward:
+        return f"{prefix} with reshard_after_forward=False (--zero 2) is not modelled yet"
+    if config.precision.master is not None or config.precision.autocast is not None:
+        return f"{prefix} with mixed precision (its bfloat16 all-gathers) is not modelled yet"
+    if config.recompute.name != "none" or step.grad_accum != 1 or not step.set_to_none:
+        return (
+            f"{prefix} with recomputation, gradient accumulation or "
+            "zero_grad(set_to_none=False) is not modelled yet"
+        )
+    if len(tops) != 1:
+        return f"{prefix} is modelled for a model with one top-level repeat (its units)"
+    return None
+
+
+def _replayed(
+    context: AnalysisContext, categories: dict[str, CategoryResult], fsdp: bool = False
+) -> PeakAnswer:
     try:
         peak = peak_memory(
             context.graph,
@@ -164,6 +206,7 @@ def _replayed(context: AnalysisContext, categories: dict[str, CategoryResult]) -
             context.step,
             context.bindings,
             context.resolve,
+            fsdp=fsdp,
         )
     except PeakUnavailable as err:
         return PeakAnswer(None, str(err))

@@ -179,13 +179,17 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
     for modules in model.units.values():
         for module in modules:
             fully_shard(module, mp_policy=policy, **options)
-    fully_shard(model, mp_policy=policy, **options)
+    # the root as torch's default leaves it (reshard_after_forward=None): gathered from
+    # its forward to its post-backward when the units reshard; kept like them otherwise
+    root = None if run.reshard_after_forward else False
+    fully_shard(model, mp_policy=policy, mesh=mesh, reshard_after_forward=root)
     step_options = result.step
     optimizer = _optimizer(result.config.optimizer, model.parameters(), step_options.optimizer_impl)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(*model.make_inputs())
+        batch = model.make_inputs()  # held by the loop through the step, as memspec models
+        out = model(*batch)
         loss = out if out.dim() == 0 else out.float().sum()
         loss.backward()
         optimizer.step()

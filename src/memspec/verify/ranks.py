@@ -126,10 +126,42 @@ def verify_ranks(
         world,
         reshard_after_forward=parallel.reshard_after_forward,
         mixed_bf16=mixed,
+        first_step=result.step.first_step,
     )
     rows = compare_ranks(result, measured)
     text = render_ranks(result, rows, "FSDP2 fully_shard under FSDPMemTracker")
-    return _verdict(text, all(r.ok for r in rows))
+    ok = all(r.ok for r in rows)
+    if peak:
+        text, peaks_ok = _fsdp_peaks(result, measured, text)
+        ok = ok and peaks_ok
+    return _verdict(text, ok)
+
+
+def _fsdp_peaks(result: CompileResult, measured, text: str) -> tuple[str, bool]:
+    """Each rank's peak (FSDPMemTracker's total) against memspec's for its rank class,
+    with AdamW's step counters named: CPU tensors on a GPU, which the tracker here counts
+    (from the first step() on)."""
+    from memspec.verify.peak import step_counters
+
+    ok = True
+    winner = result.peak.winner()
+    counted = not result.step.first_step or winner.phase.value == "optimizer step"
+    for m in measured:
+        k = next(i for i, c in enumerate(result.ranks.classes) if m.rank in c.ranks)
+        predicted = result.rank_peaks[k]
+        if predicted is None:
+            text += f"  rank {m.rank} peak: measured {m.total:,}; memspec: not modelled\n"
+            continue
+        _, counters = step_counters(result, None, result.ranks.classes[k].categories)
+        expected = predicted + (counters if counted else 0)
+        equal = expected == m.total
+        ok = ok and equal
+        text += (
+            f"  rank {m.rank} peak: measured {m.total:,} ({m.phase}), memspec "
+            f"{predicted:,} + {counters if counted else 0:,} step counters = {expected:,} "
+            f"({'equal' if equal else 'MISMATCH'})\n"
+        )
+    return text, ok
 
 
 def _ddp(result: CompileResult, peak: bool, world: int) -> tuple[str, bool]:

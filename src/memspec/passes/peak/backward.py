@@ -91,8 +91,20 @@ class BackwardReplay:
             self.adjoint[loss.key] = ledger.alloc(size, "temporaries", ())
             ledger.mark(Phase.BACKWARD, "out.float()", after)
             ledger.unref(grad)
+        fsdp = self.forward.fsdp
+        if fsdp is not None:  # the root's pre-backward prefetches the last unit
+            fsdp.prefetch(after)
+        position, where = Side.AFTER, after
         for record in reversed(self.forward.records):
+            if fsdp is not None:
+                position, where = fsdp.moves(
+                    self.graph, self.param_grads, position, where, record.where
+                )
             self._op(record)
+        if fsdp is not None:
+            before = tuple((r.id, Side.BEFORE) for r in graph.regions)
+            fsdp.moves(graph, self.param_grads, position, where, before)
+            fsdp.root_backward(self.param_grads, before)
         # autograd frees the rest of the graph (nodes backward never reached)
         for record in self.forward.records:
             for bid in record.held:

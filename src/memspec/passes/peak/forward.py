@@ -22,6 +22,7 @@ from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
 from memspec.ops.casts import CAST
 from memspec.ops.outputs import RETURNED
+from memspec.passes.peak.fsdp import FsdpRun
 from memspec.passes.peak.ledger import Block, Ledger
 from memspec.passes.peak.moments import Phase, Position, Side
 from memspec.recompute import packs
@@ -122,6 +123,7 @@ class ForwardReplay(Interpreter[Entry]):
         self.sac = sac  # ops whose outputs a checkpoint keeps (selective checkpointing)
         self.cached: list[tuple[int, OpApply]] = []  # autocast's cached parameter copies
         self.released: list[Block] = []  # of those, the ones no op saved
+        self.fsdp: FsdpRun | None = None  # FSDP2's gathers, where a rank's step is FSDP2's
 
     def size_of(self, vid: int, dtype: DType | None = None) -> Poly:
         v = self.graph.value(vid)
@@ -135,7 +137,11 @@ class ForwardReplay(Interpreter[Entry]):
             bid = ledger.alloc(self.size_of(vid), "activations", ())
             ledger.ref(bid)  # the caller's batch, alive through the step
             batch.append(Entry(bid, next(self._keys)))
+        if self.fsdp is not None:  # the root's pre-forward gathers its parameters
+            self.fsdp.root_forward(tuple(self.where.items()))
         loss = self.run(batch)[0]
+        if self.fsdp is not None:
+            self.fsdp.root_forward_done()
         ledger.ref(loss.block)  # the caller's `loss` outlives forward's locals
         self._exit_autocast()
         for entry in self.env.values():
@@ -179,9 +185,14 @@ class ForwardReplay(Interpreter[Entry]):
         for r in self.graph.regions:  # a new repetition has not reached its nested regions
             if region.id in (c.id for c in self.graph.region_chain(r.id)[:-1]):
                 self.where[r.id] = Side.BEFORE
+        if self.fsdp is not None and region.id == self.fsdp.plan.region:
+            label = f"[{region.path} {repetition + 1}]"
+            self.fsdp.unit_forward(tuple(self.where.items()), label)
 
     def exit_region(self, region: Region) -> None:
         self.where[region.id] = Side.AFTER
+        if self.fsdp is not None and region.id == self.fsdp.plan.region:
+            self.fsdp.units_done()
 
     def repetition(self, region: Region, loop: Loop, index: Index) -> None:
         if region.id not in self.checkpointed or self._frame is not None:

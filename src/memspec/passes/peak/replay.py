@@ -32,6 +32,7 @@ from memspec.ir.schedule import schedule
 from memspec.ir.types import DType
 from memspec.passes.peak.backward import BackwardReplay
 from memspec.passes.peak.forward import ForwardReplay
+from memspec.passes.peak.fsdp import FsdpPlan, FsdpRun
 from memspec.passes.peak.ledger import Block, Born, Ledger
 from memspec.passes.peak.moments import Phase, Point, Side
 from memspec.symbolic.polys import Poly, add_into, poly
@@ -86,6 +87,7 @@ def replay(
     segments: frozenset[int] = frozenset(),
     sac: frozenset[int] = frozenset(),
     scaled_loss: int = 0,
+    fsdp: FsdpPlan | None = None,
 ) -> Replay:
     """Replay forward and backward; `repetitions[region]` is how many times to run each,
     `measure` turns a byte count into a `Poly` (substituting dims' defaults).
@@ -99,6 +101,7 @@ def replay(
     of a region in `checkpointed` is a checkpoint, recomputed in backward, and so is
     each run of consecutive ops in `segments` (selective recomputation). `scaled_loss`:
     the bytes of a loss scaler's `scale(loss)`, which backward starts from (0: none).
+    `fsdp`: a rank's step under FSDP2, its gathers and reductions (`passes.peak.fsdp`).
     """
     ledger = Ledger()
     forward = ForwardReplay(
@@ -112,6 +115,8 @@ def replay(
         schedule(graph, segments) if segments else None,
         sac,
     )
+    if fsdp is not None:
+        forward.fsdp = FsdpRun(fsdp, ledger)
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
     after = tuple((r.id, Side.AFTER) for r in graph.regions)
@@ -124,7 +129,8 @@ def replay(
     backward.run(loss, scaled is not None)
     ledger.unref(scaled)
     ledger.mark(Phase.OPTIMIZER_STEP, "", after)
-    grads = [ledger.blocks[bid] for bid in backward.param_grads.values()]
+    made = forward.fsdp.sharded if forward.fsdp is not None else backward.param_grads.values()
+    grads = [ledger.blocks[bid] for bid in made]
     kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
     shares = tuple(
         _share(graph, region.id, alive, grads, kept, forward.released)

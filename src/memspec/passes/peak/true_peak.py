@@ -19,8 +19,10 @@ import sympy as sp
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
 from memspec.ir.types import DType, numel
+from memspec.parallel import DP
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT
+from memspec.passes.peak.fsdp import fsdp_plan
 from memspec.passes.peak.moments import Phase
 from memspec.passes.peak.optimizer_step import state_before, step_moments
 from memspec.passes.peak.replay import SCALE_MOMENT, Replay, replay
@@ -30,6 +32,7 @@ from memspec.policies import IMPLEMENTATIONS
 from memspec.recompute import cached_ops, checkpointed_ops, checkpointed_regions
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import Poly, add_into, evaluate, poly, scaled, substitute, to_expr
+from memspec.symbolic.symbols import dim_symbol
 
 __all__ = ["peak_memory"]
 
@@ -57,10 +60,12 @@ def peak_memory(
     bindings: Mapping[sp.Symbol, int],
     resolve: Callable[[sp.Expr], sp.Expr],
     sums_in_place: bool = True,
+    fsdp: bool = False,
 ) -> PeakResult:
     """The step's peak; `resolve` substitutes dims' defaults (F -> 4*D) into a formula.
     `sums_in_place=False` replays autograd under a TorchDispatchMode, which adds every
-    second gradient of a tensor out of place (what `memspec verify --peak` measures)."""
+    second gradient of a tensor out of place (what `memspec verify --peak` measures).
+    `fsdp`: the step of FSDP2's rank 0 (`categories` are what that rank holds)."""
     if options.optimizer_impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown optimizer implementation {options.optimizer_impl!r}")
     p = repeats.plan(graph, bindings)
@@ -77,6 +82,7 @@ def peak_memory(
     # a loss scaler's state, made by the first scale(): in a first step, from then on
     scaler_state = measure(sp.Integer(scaler.state_bytes)) if scaler else {}
     before = state_before(config, categories, graph.bound, measure)
+    plan = fsdp_plan(graph, dim_symbol(DP), measure) if fsdp else None
     # (micro-batches, whether gradients exist before their backward): a fresh model's
     # first step has none whatever zero_grad does
     kept = not options.set_to_none and not options.first_step
@@ -102,6 +108,7 @@ def peak_memory(
             options.keep_outputs,
             *checkpoints,
             scaler.scaled_loss if scaler else 0,
+            plan,
         )
         beyond = _beyond(last, p)
         grads = dict(measure(categories["gradients"].bytes)) if grads_exist else {}
