@@ -162,7 +162,7 @@ def _rms_norm_backward_moments(
 
 
 def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    _, target = ctx.inputs
+    log_probs, target = ctx.inputs
     shape = ctx.expect_rank(0, 1)
     if target.dtype.is_float:
         raise ctx.fail(f"targets must be an integer tensor, got {target.dtype.value}")
@@ -172,15 +172,17 @@ def _nll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
         raise ctx.fail(
             f"targets {shape_str(target.shape)} do not match log-probabilities {shape_str(shape)}"
         )
-    return (OutputSpec((), DType.float32),)
+    # torch's loss and total_weight take the input's dtype (bfloat16 under bf16 training)
+    return (OutputSpec((), log_probs.dtype),)
 
 
 def _nll_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
-    """nll_loss (mean reduction) saves its input, the targets and a scalar total_weight."""
+    """nll_loss (mean reduction) saves its input, the targets and a scalar total_weight
+    in the input's dtype."""
     return (
         Saved("input", op.inputs[0]),
         Saved("targets", op.inputs[1]),
-        Saved("total_weight", shape=(), dtype=DType.float32),
+        Saved("total_weight", shape=(), dtype=graph.value(op.inputs[0]).dtype),
     )
 
 
@@ -269,8 +271,8 @@ register(
         _nll_saved,
         lower=_nll_lower,
         kind=OpKind.LOSS,
-        shape_doc="log_probs [..., C], integer targets [...] -> float32 []",
-        saved_doc="input, targets and a float32 scalar total_weight",
+        shape_doc="log_probs [..., C], integer targets [...] -> [] in log_probs' dtype",
+        saved_doc="input, targets and a scalar total_weight in the input's dtype",
     )
 )
 

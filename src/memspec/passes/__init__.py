@@ -183,8 +183,8 @@ def _fsdp_modelled(context: AnalysisContext) -> str | None:
     prefix = "a rank's true peak under FSDP2"
     if not config.parallel.reshard_after_forward:
         return f"{prefix} with reshard_after_forward=False (--zero 2) is not modelled yet"
-    if config.precision.master is not None or config.precision.autocast is not None:
-        return f"{prefix} with mixed precision (its bfloat16 all-gathers) is not modelled yet"
+    if config.precision.autocast is not None:
+        return f"{prefix} under autocast is not modelled yet"
     if config.recompute.name != "none" or step.grad_accum != 1 or not step.set_to_none:
         return (
             f"{prefix} with recomputation, gradient accumulation or "

@@ -54,6 +54,11 @@ def _why(result: CompileResult, options: StepOptions) -> dict[str, str]:
         ),
         "temporaries": (
             "gradients of activations, and of parameters not yet accumulated, at that moment"
+            + (
+                "; and FSDP2's gathered parameters, all-gather and reduce-scatter buffers"
+                if result.config.parallel.runtime == "fsdp2"
+                else ""
+            )
         ),
     }
 

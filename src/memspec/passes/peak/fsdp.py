@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from memspec.ir.graph import Graph
-from memspec.ir.types import Role, numel
+from memspec.ir.types import DType, Role, numel
 from memspec.passes.peak.ledger import Ledger
 from memspec.passes.peak.moments import Phase
 from memspec.symbolic.polys import Poly
@@ -49,26 +49,42 @@ class FsdpPlan:
     root_params: frozenset[int]
     last_unit: int | None
     last_root: int | None
+    # mixed precision: the flat bfloat16 copy of a unit's (the root's) float32 shards that
+    # each all-gather sends, alive until the gather is issued; none without
+    cast_unit: Poly = field(default_factory=dict)
+    cast_root: Poly = field(default_factory=dict)
 
 
-def fsdp_plan(graph: Graph, degree: sp.Symbol, measure: Callable[[sp.Expr], Poly]) -> FsdpPlan:
-    """The plan of a graph whose one top-level repeat's repetitions are the units."""
+def fsdp_plan(
+    graph: Graph,
+    degree: sp.Symbol,
+    measure: Callable[[sp.Expr], Poly],
+    master: DType | None = None,
+) -> FsdpPlan:
+    """The plan of a graph whose one top-level repeat's repetitions are the units. The
+    graph's parameters are in the compute dtype; with a `master` dtype (mixed precision)
+    the shards, the reduce-scatters and the sharded gradients are in it."""
     tops = [r for r in graph.regions if len(graph.region_chain(r.id)) == 1]
     (top,) = tops
-    unit = root = sp.Integer(0)
+    unit = root = sp.Integer(0)  # padded shard elements x the compute dtype's bytes
+    unit_kept = root_kept = sp.Integer(0)  # ... x the shards' dtype's bytes
     units, roots = [], []
     for v in graph.values:
         if v.role is not Role.PARAMETER:
             continue
         chain = graph.region_chain(v.region)
         first, *rest = v.shape or (sp.Integer(1),)
-        shard = sp.ceiling(first / degree) * numel(tuple(rest)) * v.dtype.itemsize
+        shard = sp.ceiling(first / degree) * numel(tuple(rest))
+        kept = shard * (master or v.dtype).itemsize
+        shard *= v.dtype.itemsize
         if chain:
             copies = sp.Mul(*(r.count for r in chain[1:]))
             unit += shard * copies
+            unit_kept += kept * copies
             units.append(v)
         else:
             root += shard
+            root_kept += kept
             roots.append(v)
     trained_units = [v.id for v in units if v.requires_grad]
     trained_roots = [v.id for v in roots if v.requires_grad]
@@ -76,14 +92,16 @@ def fsdp_plan(graph: Graph, degree: sp.Symbol, measure: Callable[[sp.Expr], Poly
         top.id,
         measure(degree * unit),
         measure(degree * root),
-        measure(degree * unit),
-        measure(degree * root),
-        measure(unit),
-        measure(root),
+        measure(degree * unit_kept),
+        measure(degree * root_kept),
+        measure(unit_kept),
+        measure(root_kept),
         frozenset(v.id for v in units),
         frozenset(v.id for v in roots),
         trained_units[-1] if trained_units else None,
         trained_roots[-1] if trained_roots else None,
+        measure(unit) if master else {},
+        measure(root) if master else {},
     )
 
 
@@ -104,8 +122,19 @@ class FsdpRun:
         return self.ledger.alloc(size, _GATHERED, born)
 
     # -- forward ---------------------------------------------------------------------
+    def _gather(self, size: Poly, cast: Poly, phase: Phase, where, path: str) -> int:
+        """An all-gather's output; under mixed precision the bfloat16 copy of the shards
+        it sends exists beside it until the gather is issued."""
+        sent = self._alloc(cast) if cast else None
+        output = self._alloc(size)
+        if sent is not None:
+            self.ledger.mark(phase, f"fsdp: all-gather {path}", where)
+            self.ledger.unref(sent)
+        return output
+
     def root_forward(self, where) -> None:
-        self.gather_output = self._alloc(self.plan.root)
+        plan = self.plan
+        self.gather_output = self._gather(plan.root, plan.cast_root, Phase.FORWARD, where, "root")
         self.gathered_root = self._alloc(self.plan.root)
         self.ledger.mark(Phase.FORWARD, "fsdp: all-gather root", where)
 
@@ -113,7 +142,7 @@ class FsdpRun:
         """Post-forward of the unit before (its parameters freed), pre-forward of this:
         its all-gather and copy-out, then the previous all-gather output freed."""
         self.ledger.unref(self.gathered)
-        output = self._alloc(self.plan.unit)
+        output = self._gather(self.plan.unit, self.plan.cast_unit, Phase.FORWARD, where, path)
         self.gathered = self._alloc(self.plan.unit)
         self.ledger.mark(Phase.FORWARD, f"fsdp: all-gather {path}", where)
         self.ledger.unref(self.gather_output)
@@ -130,7 +159,10 @@ class FsdpRun:
 
     # -- backward --------------------------------------------------------------------
     def prefetch(self, where) -> None:
-        self.gather_output = self._alloc(self.plan.unit)
+        plan = self.plan
+        self.gather_output = self._gather(
+            plan.unit, plan.cast_unit, Phase.BACKWARD, where, "(prefetch)"
+        )
         self.ledger.mark(Phase.BACKWARD, "fsdp: prefetch all-gather", where)
 
     def unit_backward(self, first: bool, where, path: str) -> None:

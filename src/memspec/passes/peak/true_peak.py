@@ -82,7 +82,11 @@ def peak_memory(
     # a loss scaler's state, made by the first scale(): in a first step, from then on
     scaler_state = measure(sp.Integer(scaler.state_bytes)) if scaler else {}
     before = state_before(config, categories, graph.bound, measure)
-    plan = fsdp_plan(graph, dim_symbol(DP), measure) if fsdp else None
+    plan = fsdp_plan(graph, dim_symbol(DP), measure, config.precision.master) if fsdp else None
+    # FSDP2's unsharded gradients are in the compute dtype, its parameters'
+    grad_dtype = config.precision.grad
+    if plan is not None:
+        grad_dtype = config.precision.param
     # (micro-batches, whether gradients exist before their backward): a fresh model's
     # first step has none whatever zero_grad does
     kept = not options.set_to_none and not options.first_step
@@ -101,7 +105,7 @@ def peak_memory(
         last = replay(
             graph,
             p.repetitions,
-            config.precision.grad,
+            grad_dtype,
             grads_exist,
             measure,
             sums_in_place,
