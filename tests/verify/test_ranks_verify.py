@@ -110,8 +110,11 @@ def test_zero1_json_gives_each_rank_class_its_peak():
         ("cs336_lm_swiglu.mspec", {"B": 1, "L": 4, "D": 32, "H": 4, "V": 64, "N": 3,
                                    "F": 64}, ["--dp", "4", "--first-step"]),
         ("llama.mspec", {**LLAMA, "N": 3}, ["--dp", "4"]),
+        # every unit a checkpoint: its recomputation runs between its gather and its
+        # reduce-scatter
+        ("cs336_lm_swiglu.mspec", {**SWIGLU, "N": 5}, ["--dp", "4", "--recompute", "full"]),
     ],
-    ids=["swiglu-n5", "swiglu-uneven-w3", "swiglu-first-step", "llama"],
+    ids=["swiglu-n5", "swiglu-uneven-w3", "swiglu-first-step", "llama", "swiglu-full-recompute"],
 )
 def test_fsdp2_peak_of_every_rank(spec, sizes, flags, capsys):
     """FSDP2 (--zero 3): every rank's peak, FSDPMemTracker's total, equal to memspec's

@@ -185,10 +185,12 @@ def _fsdp_modelled(context: AnalysisContext) -> str | None:
         return f"{prefix} with reshard_after_forward=False (--zero 2) is not modelled yet"
     if config.precision.autocast is not None:
         return f"{prefix} under autocast is not modelled yet"
-    if config.recompute.name != "none" or step.grad_accum != 1 or not step.set_to_none:
+    if config.recompute.name not in ("none", "full"):
+        return f"{prefix} with selective recomputation is not modelled yet"
+    if step.grad_accum != 1 or not step.set_to_none:
         return (
-            f"{prefix} with recomputation, gradient accumulation or "
-            "zero_grad(set_to_none=False) is not modelled yet"
+            f"{prefix} with gradient accumulation or zero_grad(set_to_none=False) is not "
+            "modelled yet"
         )
     if len(tops) != 1:
         return f"{prefix} is modelled for a model with one top-level repeat (its units)"
