@@ -149,3 +149,14 @@ def test_fsdp2_mixed_precision_peak_of_every_rank(n, world, tmp_path, capsys):
     flags = ["--zero", "3", "--dp", str(world), "--precision", "fsdp_bf16", "--peak"]
     assert main(["verify", str(spec), *flags, *args]) == 0
     assert capsys.readouterr().out.count("(equal)") == world
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_fsdp2_zero2_peak_of_every_rank(recompute, capsys):
+    """--zero 2 (reshard_after_forward=False): every unit's parameters stay gathered from
+    its forward to its post-backward, no all-gather in backward; with five units the
+    left-out repetitions' gathered parameters count like what they saved."""
+    args = [f"--set={k}={v}" for k, v in {**SWIGLU, "N": 5}.items()]
+    flags = ["--zero", "2", "--dp", "4", "--recompute", recompute, "--peak"]
+    assert main(["verify", str(SPECS / "cs336_lm_swiglu.mspec"), *flags, *args]) == 0
+    assert capsys.readouterr().out.count("(equal)") == 4

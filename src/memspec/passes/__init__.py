@@ -181,8 +181,6 @@ def _fsdp_modelled(context: AnalysisContext) -> str | None:
     config, step = context.config, context.step
     tops = [r for r in context.graph.regions if len(context.graph.region_chain(r.id)) == 1]
     prefix = "a rank's true peak under FSDP2"
-    if not config.parallel.reshard_after_forward:
-        return f"{prefix} with reshard_after_forward=False (--zero 2) is not modelled yet"
     if config.precision.autocast is not None:
         return f"{prefix} under autocast is not modelled yet"
     if config.recompute.name not in ("none", "full"):

@@ -51,6 +51,13 @@ def _why(result: CompileResult, options: StepOptions) -> dict[str, str]:
                 if result.config.precision.scaler
                 else ""
             )
+            + (
+                "; and each FSDP2 unit's gathered parameters, kept from its forward to "
+                "its post-backward (reshard_after_forward=False)"
+                if result.config.parallel.runtime == "fsdp2"
+                and not result.config.parallel.reshard_after_forward
+                else ""
+            )
         ),
         "temporaries": (
             "gradients of activations, and of parameters not yet accumulated, at that moment"

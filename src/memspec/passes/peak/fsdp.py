@@ -53,6 +53,7 @@ class FsdpPlan:
     # each all-gather sends, alive until the gather is issued; none without
     cast_unit: Poly = field(default_factory=dict)
     cast_root: Poly = field(default_factory=dict)
+    reshard: bool = True  # reshard_after_forward on the units
 
 
 def fsdp_plan(
@@ -60,6 +61,7 @@ def fsdp_plan(
     degree: sp.Symbol,
     measure: Callable[[sp.Expr], Poly],
     master: DType | None = None,
+    reshard: bool = True,
 ) -> FsdpPlan:
     """The plan of a graph whose one top-level repeat's repetitions are the units. The
     graph's parameters are in the compute dtype; with a `master` dtype (mixed precision)
@@ -102,6 +104,7 @@ def fsdp_plan(
         trained_roots[-1] if trained_roots else None,
         measure(unit) if master else {},
         measure(root) if master else {},
+        reshard,
     )
 
 
@@ -112,8 +115,12 @@ class FsdpRun:
 
     plan: FsdpPlan
     ledger: Ledger
+    # reshard_after_forward=False (--zero 2): each unit's parameters stay gathered from
+    # its forward to its post-backward, held for backward like what autograd saves
+    keep: bool = False
     gathered_root: int | None = None
     gathered: int | None = None  # the running unit's parameters
+    kept: dict[int, int] = field(default_factory=dict)  # repetition -> its parameters
     gather_output: int | None = None  # the last all-gather output not yet freed
     reduce_input: int | None = None  # the last reduce-scatter input not yet freed
     sharded: list[int] = field(default_factory=list)
@@ -141,15 +148,23 @@ class FsdpRun:
     def unit_forward(self, where, path: str) -> None:
         """Post-forward of the unit before (its parameters freed), pre-forward of this:
         its all-gather and copy-out, then the previous all-gather output freed."""
-        self.ledger.unref(self.gathered)
+        if not self.keep:
+            self.ledger.unref(self.gathered)
         output = self._gather(self.plan.unit, self.plan.cast_unit, Phase.FORWARD, where, path)
-        self.gathered = self._alloc(self.plan.unit)
+        if self.keep:
+            repetition = dict(where)[self.plan.region]
+            born = ((self.plan.region, repetition),)
+            self.gathered = self.ledger.alloc(self.plan.unit, "activations", born)
+            self.kept[repetition] = self.gathered
+        else:
+            self.gathered = self._alloc(self.plan.unit)
         self.ledger.mark(Phase.FORWARD, f"fsdp: all-gather {path}", where)
         self.ledger.unref(self.gather_output)
         self.gather_output = output
 
     def units_done(self) -> None:
-        self.ledger.unref(self.gathered)
+        if not self.keep:
+            self.ledger.unref(self.gathered)
         self.gathered = None
 
     def root_forward_done(self) -> None:
@@ -159,6 +174,8 @@ class FsdpRun:
 
     # -- backward --------------------------------------------------------------------
     def prefetch(self, where) -> None:
+        if self.keep:  # the unit is gathered still: unshard() has nothing to do
+            return
         plan = self.plan
         self.gather_output = self._gather(
             plan.unit, plan.cast_unit, Phase.BACKWARD, where, "(prefetch)"
@@ -167,7 +184,10 @@ class FsdpRun:
 
     def unit_backward(self, first: bool, where, path: str) -> None:
         """Pre-backward: the copy-out of the prefetched output, which is freed, and the
-        prefetch of the unit before (none before the first)."""
+        prefetch of the unit before (none before the first); nothing where the units
+        stay gathered."""
+        if self.keep:
+            return
         self.gathered = self._alloc(self.plan.unit)
         self.ledger.mark(Phase.BACKWARD, f"fsdp: gather {path}", where)
         self.ledger.unref(self.gather_output)
@@ -181,7 +201,10 @@ class FsdpRun:
         """Post-backward: parameters freed, the previous reduce-scatter input freed, the
         gradients copied into a new one and freed but the last, the output made."""
         ledger = self.ledger
-        ledger.unref(self.gathered)
+        if born and self.keep:
+            ledger.unref(self.kept.pop(born[0][1]))
+        else:
+            ledger.unref(self.gathered)
         self.gathered = None
         ledger.unref(self.reduce_input)
         self.reduce_input = self._alloc(size)

@@ -116,7 +116,7 @@ def replay(
         sac,
     )
     if fsdp is not None:
-        forward.fsdp = FsdpRun(fsdp, ledger)
+        forward.fsdp = FsdpRun(fsdp, ledger, keep=not fsdp.reshard)
     loss = forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
     after = tuple((r.id, Side.AFTER) for r in graph.regions)

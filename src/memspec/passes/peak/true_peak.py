@@ -82,7 +82,10 @@ def peak_memory(
     # a loss scaler's state, made by the first scale(): in a first step, from then on
     scaler_state = measure(sp.Integer(scaler.state_bytes)) if scaler else {}
     before = state_before(config, categories, graph.bound, measure)
-    plan = fsdp_plan(graph, dim_symbol(DP), measure, config.precision.master) if fsdp else None
+    plan = None
+    if fsdp:
+        master, reshard = config.precision.master, config.parallel.reshard_after_forward
+        plan = fsdp_plan(graph, dim_symbol(DP), measure, master, reshard)
     # FSDP2's unsharded gradients are in the compute dtype, its parameters'
     grad_dtype = config.precision.grad
     if plan is not None:
