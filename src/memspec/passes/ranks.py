@@ -203,9 +203,10 @@ def _check_fsdp2_state(config: TrainConfig) -> None:
                 continue
             if rule.extent.kind != "like" or rule.extent.dims or rule.shared:
                 raise UsageError(
-                    f"optimizer {optimizer.name}'s state {rule.name} ({rule.describe()}) is "
-                    "not shaped like its parameter, so FSDP2's dim-0 shards of it are not "
-                    "modelled; use --zero with an optimizer whose state is"
+                    f"optimizer {optimizer.name}'s state {rule.describe()} is not shaped "
+                    "like its parameter, so FSDP2's dim-0 shards of it are not modelled; "
+                    "under FSDP2 pick an optimizer whose state is (adamw, adam, "
+                    "sgd_momentum, ...)"
                 )
 
 
