@@ -10,7 +10,10 @@ done. In backward each unit is gathered again, the one before it prefetched; its
 post-backward frees its parameters, then the previous unit's reduce-scatter input,
 copies its gradients into a new one (G elements) and frees them (all but the last,
 which a loop variable holds until the reduce-scatter's output, its sharded gradient,
-exists). The root's post-backward runs in the final callback.
+exists). The root's post-backward runs in the final callback. With
+reshard_after_forward=False (--zero 2) a unit stays gathered from its forward to its
+post-backward and backward gathers nothing. Under bf16 mixed precision each all-gather
+sends a bf16 copy of the float32 shards; gradients are reduced in float32.
 """
 
 from __future__ import annotations
