@@ -22,13 +22,11 @@ from memspec.config import TrainConfig
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 from memspec.parallel import DP, Parallel
-from memspec.passes.peak.optimizer_step import module_order
+from memspec.passes.peak.optimizer_step import module_order, repetition_groups
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult, LineItem
 from memspec.symbolic.symbols import dim_symbol
 
 __all__ = ["RankClass", "RanksResult", "count_ranks"]
-
-_SHARDABLE = ("parameters", "gradients", "optimizer_state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +147,7 @@ class _Sharding:
         """FSDP2 with a bf16 param_dtype keeps float32 shards (no separate master copy)."""
         if name == "optimizer_state":
             return tuple(i for i in items if i.note != "master copy")
-        if name == "parameters":
-            return tuple(replace(i, dtype=self.master) for i in items)
-        if name == "gradients":
+        if name in ("parameters", "gradients"):
             return tuple(replace(i, dtype=self.master) for i in items)
         return items
 
@@ -244,6 +240,7 @@ def _zero_redundancy(
     its greedy partition gives it (and the rest of the model whole)."""
     owned = _greedy_partition(categories["parameters"].items, evaluate, world)
     state = categories["optimizer_state"]
+    params = frozenset(i.path for i in categories["parameters"].items)
     classes: dict[tuple, RankClass] = {}
     for rank, stepped in enumerate(owned):
         copies: dict[str, int] = {}
@@ -252,7 +249,7 @@ def _zero_redundancy(
         items = []
         for item in state.items:
             param = item.path.rsplit(".", 1)[0]
-            if param not in _paths(categories):
+            if param not in params:
                 items.append(item)  # not a parameter's (a loss scaler's): every rank's
             elif copies.get(param):
                 total = evaluate(item.multiplicity)
@@ -281,10 +278,6 @@ def _zero_redundancy(
     return RanksResult(config.parallel, largest, found)
 
 
-def _paths(categories: dict[str, CategoryResult]) -> frozenset[str]:
-    return frozenset(i.path for i in categories["parameters"].items)
-
-
 def _greedy_partition(
     params: tuple[LineItem, ...], evaluate: Callable[[sp.Expr], int | None], world: int | None
 ) -> list[list[LineItem]]:
@@ -300,7 +293,7 @@ def _greedy_partition(
             "--dp-runtime deepspeed for formulas in DP"
         )
     tensors = []  # (numel, one copy), in nn.Module.parameters() order
-    for group in _repetition_groups(module_order(params)):
+    for group in repetition_groups(module_order(params)):
         counts = [range(evaluate(count)) for _, count in group[0].regions]
         for _ in itertools.product(*counts):
             tensors += [
@@ -313,14 +306,3 @@ def _greedy_partition(
         owned[rank].append(item)
         held[rank] += numel
     return owned
-
-
-def _repetition_groups(params: tuple[LineItem, ...]) -> list[list[LineItem]]:
-    """Runs of consecutive parameters of the same repeat regions (one block's)."""
-    groups: list[list[LineItem]] = []
-    for item in params:
-        if groups and groups[-1][0].regions == item.regions:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups

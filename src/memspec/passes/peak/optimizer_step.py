@@ -19,7 +19,7 @@ from memspec.passes.peak.moments import Phase, Point
 from memspec.passes.results import CategoryResult, LineItem
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["STEPPED", "own_state", "state_before", "step_moments"]
+__all__ = ["STEPPED", "own_state", "repetition_groups", "state_before", "step_moments"]
 
 
 def module_order(params: tuple[LineItem, ...]) -> tuple[LineItem, ...]:
@@ -45,16 +45,21 @@ def _update_order(params: tuple[LineItem, ...]) -> list[LineItem]:
     """The parameters in the order torch.optim updates them: module order, each run of a
     repeated region's parameters twice (the first repetition, then one that follows a
     repetition, as all the others do)."""
-    params = module_order(params)
     order = []
-    i = 0
-    while i < len(params):
-        group = [params[i]]
-        while i + len(group) < len(params) and params[i + len(group)].regions == group[0].regions:
-            group.append(params[i + len(group)])
+    for group in repetition_groups(module_order(params)):
         order += group * (2 if group[0].regions and len(group) > 1 else 1)
-        i += len(group)
     return order
+
+
+def repetition_groups(params: tuple[LineItem, ...]) -> list[list[LineItem]]:
+    """Runs of consecutive parameters of the same repeat regions (one block's)."""
+    groups: list[list[LineItem]] = []
+    for item in params:
+        if groups and groups[-1][0].regions == item.regions:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def _loop(
