@@ -179,6 +179,10 @@ class Graph:
             region_id = region.parent
         return tuple(reversed(chain))
 
+    def top_regions(self) -> tuple[Region, ...]:
+        """The repeat regions in no other one (FSDP2's units are their repetitions)."""
+        return tuple(r for r in self.regions if r.parent is None)
+
     def multiplicity(self, region_id: int | None) -> sp.Expr:
         """How many times a thing in `region_id` exists: the product of repeat counts."""
         return reduce(sp.Mul, (r.count for r in self.region_chain(region_id)), sp.Integer(1))

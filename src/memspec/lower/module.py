@@ -100,8 +100,7 @@ class LoweredModel(nn.Module):
         if units:
             self._unit_paths = {
                 self._unit_path(r, i)
-                for r in graph.regions
-                if r.parent is None
+                for r in graph.top_regions()
                 for i in range(concrete(r.count, subs))
             }
         self.on_op_start: Callable[[OpApply], None] | None = None
@@ -134,10 +133,9 @@ class LoweredModel(nn.Module):
         for v in graph.values:
             if v.role in (Role.PARAMETER, Role.BUFFER):
                 self._create(v, init_std)
-        for r in graph.regions if units else ():
-            if r.parent is None:
-                count = concrete(r.count, subs)
-                self.units[r.id] = [self._module(self._unit_path(r, i)) for i in range(count)]
+        for r in graph.top_regions() if units else ():
+            count = concrete(r.count, subs)
+            self.units[r.id] = [self._module(self._unit_path(r, i)) for i in range(count)]
 
     @staticmethod
     def _unit_path(region, i: int) -> str:

@@ -30,7 +30,6 @@ from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters, trained_items
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.peak.moments import Phase
-from memspec.passes.peak.optimizer_step import STEPPED
 from memspec.passes.ranks import RanksResult, count_ranks
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
 from memspec.policies import Convention
@@ -138,48 +137,45 @@ def _peak(context: AnalysisContext) -> PeakAnswer:
         return replace(answer, ranks=(_winner(context, answer.peak),) * len(ranks.classes))
     if parallel.runtime == "zero_redundancy":
         # each rank steps its own parameters, in its own order
-        answers = [
-            _replayed(context, {**c.categories, STEPPED: CategoryResult(STEPPED, c.stepped)})
-            for c in ranks.classes
-        ]
+        answers = [_replayed(context, c.stepping) for c in ranks.classes]
         values = tuple(_winner(context, a.peak) for a in answers)
         if None in values:
             return replace(answers[0], ranks=values)
         return replace(answers[values.index(max(values))], ranks=values)
-    if parallel.runtime == "fsdp2" and _fsdp_modelled(context) is None:
-        # rank 0 holds the most: full chunks of every parameter, the most state
-        answer = _replayed(context, ranks.largest.categories, fsdp=True)
-        values = []
-        for c in ranks.classes:
-            if 0 in c.ranks:
-                values.append(_winner(context, answer.peak))
-                continue
-            # another rank differs in its state only; its step's temporaries are
-            # counted on rank 0's (padded) shapes, so its peak is known where the step
-            # is not where it peaks
-            own = _replayed(context, c.categories, fsdp=True).peak
-            winner = own.winner() if own is not None else None
-            stepping = winner is None or winner.phase is Phase.OPTIMIZER_STEP
-            values.append(None if stepping else _winner(context, own))
-        return replace(answer, ranks=tuple(values))
+    if parallel.runtime == "fsdp2":
+        reason = _fsdp_modelled(context)
+        return PeakAnswer(None, reason) if reason else _fsdp_peaks(context, ranks)
     if parallel.distributed:
-        reason = _fsdp_modelled(context) if parallel.runtime == "fsdp2" else None
         return PeakAnswer(
             None,
-            reason
-            or (
-                f"not modelled yet for a rank under {parallel.label()}: the runtime's "
-                "buffers and transients are not counted; what each rank holds at rest is "
-                "in the per-rank section"
-            ),
+            f"not modelled yet for a rank under {parallel.label()}: the runtime's buffers "
+            "and transients are not counted; what each rank holds at rest is in the "
+            "per-rank section",
         )
     return _replayed(context, context.categories())
+
+
+def _fsdp_peaks(context: AnalysisContext, ranks: RanksResult) -> PeakAnswer:
+    """FSDP2's ranks: rank 0 holds the most (full chunks of every parameter, the most
+    state); another rank differs in its state only, and its step's temporaries are
+    counted on rank 0's (padded) shapes, so its peak is known where the step is not
+    where it peaks."""
+    answer = _replayed(context, ranks.largest.categories, fsdp=True)
+    values = []
+    for c in ranks.classes:
+        if 0 in c.ranks:
+            values.append(_winner(context, answer.peak))
+            continue
+        own = _replayed(context, c.categories, fsdp=True).peak
+        winner = own.winner() if own is not None else None
+        stepping = winner is None or winner.phase is Phase.OPTIMIZER_STEP
+        values.append(None if stepping else _winner(context, own))
+    return replace(answer, ranks=tuple(values))
 
 
 def _fsdp_modelled(context: AnalysisContext) -> str | None:
     """Why FSDP2's per-rank peak is not modelled for this step, or None where it is."""
     config, step = context.config, context.step
-    tops = [r for r in context.graph.regions if len(context.graph.region_chain(r.id)) == 1]
     prefix = "a rank's true peak under FSDP2"
     if config.precision.autocast is not None:
         return f"{prefix} under autocast is not modelled yet"
@@ -190,7 +186,7 @@ def _fsdp_modelled(context: AnalysisContext) -> str | None:
             f"{prefix} with gradient accumulation or zero_grad(set_to_none=False) is not "
             "modelled yet"
         )
-    if len(tops) != 1:
+    if len(context.graph.top_regions()) != 1:
         return f"{prefix} is modelled for a model with one top-level repeat (its units)"
     return None
 

@@ -22,7 +22,7 @@ from memspec.config import TrainConfig
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 from memspec.parallel import DP, Parallel
-from memspec.passes.peak.optimizer_step import module_order, repetition_groups
+from memspec.passes.peak.optimizer_step import STEPPED, module_order, repetition_groups
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult, LineItem
 from memspec.symbolic.symbols import dim_symbol
 
@@ -42,6 +42,14 @@ class RankClass:
     def bytes(self) -> sp.Expr:
         return sp.expand(sum((c.bytes for c in self.categories.values()), sp.Integer(0)))
 
+    @property
+    def stepping(self) -> dict[str, CategoryResult]:
+        """The categories the peak replays: with the parameters these ranks step, in
+        their order, where they step only some (ZeroRedundancyOptimizer)."""
+        if self.stepped is None:
+            return self.categories
+        return {**self.categories, STEPPED: CategoryResult(STEPPED, self.stepped)}
+
 
 @dataclass(frozen=True, slots=True)
 class RanksResult:
@@ -51,6 +59,10 @@ class RanksResult:
     parallel: Parallel
     largest: RankClass
     classes: tuple[RankClass, ...]
+
+    def index_of(self, rank: int) -> int:
+        """Which of `classes` holds `rank`."""
+        return next(k for k, c in enumerate(self.classes) if rank in c.ranks)
 
 
 def count_ranks(

@@ -31,7 +31,7 @@ class RankRow:
 
 
 def _predicted(result: CompileResult, rank: int) -> dict[str, int]:
-    (held,) = [c for c in result.ranks.classes if rank in c.ranks]
+    held = result.ranks.classes[result.ranks.index_of(rank)]
     return {k: result.value(held.categories[k].bytes) for k in _MEASURED}
 
 
@@ -42,7 +42,7 @@ def compare_ddp_ranks(result: CompileResult, measurements) -> list[RankRow]:
     scalars = set(result.config.optimizer.scalars)
     rows = []
     for m in measurements:
-        (held,) = [c for c in result.ranks.classes if m.rank in c.ranks]
+        held = result.ranks.classes[result.ranks.index_of(m.rank)]
         buckets = sum(
             result.value(i.bytes)
             for i in held.categories["buffers"].items
@@ -147,7 +147,7 @@ def _fsdp_peaks(result: CompileResult, measured, text: str) -> tuple[str, bool]:
     winner = result.peak.winner()
     counted = not result.step.first_step or winner.phase.value == "optimizer step"
     for m in measured:
-        k = next(i for i, c in enumerate(result.ranks.classes) if m.rank in c.ranks)
+        k = result.ranks.index_of(m.rank)
         predicted = result.rank_peaks[k]
         if predicted is None:
             text += f"  rank {m.rank} peak: measured {m.total:,}; memspec: not modelled\n"
@@ -167,8 +167,6 @@ def _fsdp_peaks(result: CompileResult, measured, text: str) -> tuple[str, bool]:
 def _ddp(result: CompileResult, peak: bool, world: int) -> tuple[str, bool]:
     """Every rank under DistributedDataParallel (and ZeroRedundancyOptimizer); with
     `peak`, each rank's peak against memspec's for that rank."""
-    from memspec.passes.peak.optimizer_step import STEPPED
-    from memspec.passes.results import CategoryResult
     from memspec.verify.ddp import measure_ddp
     from memspec.verify.peak import Term, compare_peak
 
@@ -179,10 +177,7 @@ def _ddp(result: CompileResult, peak: bool, world: int) -> tuple[str, bool]:
     if not peak:
         return _verdict(text, ok)
     for m in measured:
-        (held,) = [c for c in result.ranks.classes if m.rank in c.ranks]
-        categories = held.categories
-        if held.stepped is not None:  # ZeroRedundancyOptimizer: the rank's own step
-            categories = {**categories, STEPPED: CategoryResult(STEPPED, held.stepped)}
+        held = result.ranks.classes[result.ranks.index_of(m.rank)]
         (buckets,) = [r.predicted for r in rows if (r.rank, r.category) == (m.rank, _BUCKETS)]
         moved = Term(
             "DDP's gradient buckets",
@@ -192,7 +187,7 @@ def _ddp(result: CompileResult, peak: bool, world: int) -> tuple[str, bool]:
             "model, as tensors of its own",
             moved_from="BUFFER",
         )
-        comparison = compare_peak(result, m.peak, extra=(moved,), categories=categories)
+        comparison = compare_peak(result, m.peak, extra=(moved,), categories=held.stepping)
         ok = ok and comparison.ok
         text += (
             f"  rank {m.rank} peak: measured {comparison.measured:,}, memspec "

@@ -69,8 +69,7 @@ def fsdp_plan(
     """The plan of a graph whose one top-level repeat's repetitions are the units. The
     graph's parameters are in the compute dtype; with a `master` dtype (mixed precision)
     the shards, the reduce-scatters and the sharded gradients are in it."""
-    tops = [r for r in graph.regions if len(graph.region_chain(r.id)) == 1]
-    (top,) = tops
+    (top,) = graph.top_regions()
     unit = root = sp.Integer(0)  # padded shard elements x the compute dtype's bytes
     unit_kept = root_kept = sp.Integer(0)  # ... x the shards' dtype's bytes
     units, roots = [], []

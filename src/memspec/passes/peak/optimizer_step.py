@@ -197,23 +197,23 @@ def step_moments(
     measure: Callable[[sp.Expr], Poly],
     beyond: Poly,
     bound: BoundSizes,
-    first_step: bool = False,
+    before: Poly | None = None,
 ) -> list[tuple[Phase, str, str, dict[str, Poly]]]:
     """(phase, where, optimizer, memory by category) of each moment of the step; `point`
     is the replay's moment after backward, `fixed` the parameters' and buffers' bytes,
     `state` the optimizer state's, `beyond` what gradients that are views of larger
-    ones hold more. In a `first_step`, each optimizer of a chain makes its state as it
-    steps. A loss scaler unscales each optimizer's gradients before it steps; its
-    scalars are counted with the activations, beside the loss they come from."""
+    ones hold more. `before`: in a first step, the state before it (`state_before`);
+    each optimizer of a chain then makes its own as it steps. A loss scaler unscales
+    each optimizer's gradients before it steps; its scalars are counted with the
+    activations, beside the loss they come from."""
     memory = dict(point.memory)
     grads_all = dict(measure(categories["gradients"].bytes))
     add_into(grads_all, beyond)
     scaler = config.precision.scaler
-    made = dict(state)
-    if first_step:
-        made = state_before(config, categories, bound, measure)
-        if scaler is not None:
-            add_into(made, measure(sp.Integer(scaler.state_bytes)))
+    first_step = before is not None
+    made = dict(before if first_step else state)
+    if first_step and scaler is not None:  # its first scale() made it, before the step
+        add_into(made, measure(sp.Integer(scaler.state_bytes)))
 
     def moment(temp: Poly, scalars: int) -> dict[str, Poly]:
         opt = dict(made)

@@ -81,7 +81,8 @@ def peak_memory(
     scaler = config.precision.scaler
     # a loss scaler's state, made by the first scale(): in a first step, from then on
     scaler_state = measure(sp.Integer(scaler.state_bytes)) if scaler else {}
-    before = state_before(config, categories, graph.bound, measure)
+    # the state before a first step's step(), made once: step_moments starts from it
+    before = state_before(config, categories, graph.bound, measure) if options.first_step else None
     plan = None
     if fsdp:
         master, reshard = config.precision.master, config.parallel.reshard_after_forward
@@ -153,7 +154,7 @@ def peak_memory(
         measure,
         beyond,
         graph.bound,
-        options.first_step,
+        before,
     ):
         add_into(parts["activations"], left_out.saved)
         moments.append(_Moment(phase, where, "", parts, optimizer))
