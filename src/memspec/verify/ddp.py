@@ -29,7 +29,13 @@ import memspec
 from memspec.errors import UsageError
 from memspec.passes.peak import StepOptions
 from memspec.result import CompileResult
-from memspec.verify.measure import _FLAGS, _optimizer, _torch_class, lowered_model
+from memspec.verify.measure import (
+    _FLAGS,
+    _optimizer,
+    _torch_class,
+    lowered_model,
+    training_step,
+)
 from memspec.verify.peak import CATEGORIES, PeakMeasurement
 from memspec.verify.trackers import phase_tracker
 
@@ -251,13 +257,7 @@ def _measure_rank(result: CompileResult, rank: int, run: DDPRun) -> RankMeasurem
         tracker = _bucket_tracker(standins)
 
         def step() -> None:
-            optimizer.zero_grad(set_to_none=options.set_to_none)
-            batch = model.make_inputs()  # held by the loop through the step
-            out = ddp(*batch)
-            loss = out if out.dim() == 0 else out.float().sum()
-            loss.backward()
-            optimizer.step()
-            model.returned = []
+            training_step(model, optimizer, run=ddp, set_to_none=options.set_to_none)
 
         if options.first_step:
             # the buckets made at construction are reachable only inside a hook

@@ -160,7 +160,7 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from memspec.verify.measure import _optimizer, lowered_model
+    from memspec.verify.measure import _optimizer, lowered_model, training_step
     from memspec.verify.trackers import fsdp_tracker
 
     torch.manual_seed(0)
@@ -187,12 +187,7 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
     optimizer = _optimizer(result.config.optimizer, model.parameters(), step_options.optimizer_impl)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        batch = model.make_inputs()  # held by the loop through the step, as memspec models
-        out = model(*batch)
-        loss = out if out.dim() == 0 else out.float().sum()
-        loss.backward()
-        optimizer.step()
+        training_step(model, optimizer)
 
     if not run.first_step:
         step()

@@ -267,6 +267,44 @@ class _SavedTracker:
         self.pending = []
 
 
+def loss_of(out):
+    """The loss the loop backpropagates: the model's scalar, or its output summed in
+    float32."""
+    return out if out.dim() == 0 else out.float().sum()
+
+
+def training_step(
+    model: LoweredModel,
+    optimizer,
+    *,
+    run=None,
+    set_to_none: bool = True,
+    micro_batches: int = 1,
+    scaler=None,
+    between=None,
+) -> None:
+    """One step of the loop memspec models: zero_grad, then per micro-batch its batch
+    (held by the loop until the next), the forward (through `run`: the model or a
+    wrapper of it), the loss and backward (scaled by a loss `scaler`; `between` runs
+    before each micro-batch after the first), then each optimizer of a chain stepped
+    (by the scaler where there is one); the loop's outputs object goes with the step."""
+    optimizer.zero_grad(set_to_none=set_to_none)
+    for i in range(micro_batches):
+        if i and between is not None:
+            between()
+        batch = model.make_inputs()  # held by the loop until the next batch
+        out = (run or model)(*batch)
+        loss = loss_of(out)
+        (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        for member in getattr(optimizer, "optimizers", (optimizer,)):
+            scaler.step(member)  # one scaler steps each optimizer in turn
+        scaler.update()
+    else:
+        optimizer.step()
+    model.returned = []
+
+
 def lowered_model(
     result: CompileResult, explicit_casts: bool = True, units: bool = False
 ) -> LoweredModel:
@@ -309,7 +347,7 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
     optimizer.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
         out = model(*inputs)
-        loss = out if out.dim() == 0 else out.float().sum()
+        loss = loss_of(out)
     model.on_op_start = model.on_op_end = None
     policy = result.config.precision.scaler
     if policy is None:
@@ -363,6 +401,5 @@ def _scaled_step(policy: LossScaler, model: LoweredModel, optimizer, loss):
         if not skipped:
             return scaler
         optimizer.zero_grad(set_to_none=True)
-        out = model(*model.make_inputs())
-        loss = out if out.dim() == 0 else out.float().sum()
+        loss = loss_of(model(*model.make_inputs()))
     raise UsageError(f"the loss scaler skipped {_SCALER_TRIES} steps in a row: no step was taken")

@@ -19,7 +19,7 @@ from memspec.passes.peak import StepOptions
 from memspec.passes.peak.moments import Phase
 from memspec.passes.peak.optimizer_step import STEPPED
 from memspec.result import CompileResult
-from memspec.verify.measure import _optimizer, lowered_model
+from memspec.verify.measure import _optimizer, lowered_model, training_step
 from memspec.verify.trackers import always_stepping as _always_stepping
 from memspec.verify.trackers import phase_tracker as _phase_tracker
 
@@ -102,21 +102,14 @@ def _measure(
         scaler = _always_stepping(precision.scaler, tracker) if precision.scaler else None
 
         def step() -> None:
-            optimizer.zero_grad(set_to_none=options.set_to_none)
-            for i in range(options.grad_accum):
-                if i:
-                    tracker.reset_mod_stats()  # per-module stats only; the peak stays
-                batch = model.make_inputs()  # held by the loop until the next batch
-                out = model(*batch)
-                loss = out if out.dim() == 0 else out.float().sum()
-                (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                for member in members:  # one scaler steps each optimizer in turn
-                    scaler.step(member)
-                scaler.update()
-            else:
-                optimizer.step()
-            model.returned = []  # the loop's outputs object goes with the step
+            training_step(
+                model,
+                optimizer,
+                set_to_none=options.set_to_none,
+                micro_batches=options.grad_accum,
+                scaler=scaler,
+                between=tracker.reset_mod_stats,  # per-module stats only; the peak stays
+            )
 
         if not options.first_step:
             step()
