@@ -38,6 +38,10 @@ model TransformerLM {
 
 # The TinyStories configuration of the assignment handout.
 preset tinystories { V = 10_000, L = 256, D = 512, F = 1_344, N = 4, H = 16 }
+# Tensor parallelism (--tp N): std's attention and SwiGLU plans, the embedding
+# vocab-parallel and the LM head's logits kept sharded into the loss (loss_parallel).
+tp_plan TransformerLM { token_embeddings vocab_parallel; lm_head loss_parallel }
+
 # GPT-2 XL's shape (part (b) of the question), with d_ff = 4 d_model.
 preset gpt2_xl     { V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400 }
 

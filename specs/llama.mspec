@@ -115,6 +115,15 @@ model LlamaForCausalLM {
     }
 }
 
+# Tensor parallelism (--tp N) as torchtitan's Llama plan runs it through torch's
+# parallelize_module: Megatron's attention and MLP (q, k, v, gate and up column-parallel,
+# o and down row-parallel), a vocab-parallel embedding, and the LM head's logits kept
+# sharded on the vocabulary into the loss (loss_parallel).
+tp_plan LlamaAttention { q_proj colwise; k_proj colwise; v_proj colwise; o_proj rowwise }
+tp_plan LlamaMLP { gate_proj colwise; up_proj colwise; down_proj rowwise }
+tp_plan LlamaModel { embed_tokens vocab_parallel }
+tp_plan LlamaForCausalLM { lm_head loss_parallel }
+
 # meta-llama/Llama-2-{7b,13b,70b}-hf config.json; the counts are sum(p.numel() for p in
 # model.parameters()) of the HF models (70B: ffn_dim_multiplier 1.3, multiple_of 4096).
 preset llama2_7b  { V = 32_000, L = 4_096, D = 4_096, N = 32, H = 32, KV = 32, F = 11_008 }

@@ -20,15 +20,19 @@ dim num_layers       as N
 dim vocab_size       as V
 dim ffn_hidden_size  as F = 4 * D
 
+# The fused QKV's output is laid out per head, [s, b, np, 3 hn] (Megatron's
+# mixed_x_layer), and split on its last dim: each tensor-parallel rank's columns are
+# whole heads' q, k and v.
 layer ParallelAttention(d_model, num_heads, p) {
+    let head_dim = d_model / num_heads
     query_key_value = Linear(d_model, 3 * d_model, bias = true)
     dense           = Linear(d_model, d_model, bias = true)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
         qkv = query_key_value(x)                  : [b, s, 3 * d_model]
-        q = rearrange(narrow(qkv, -1, 0, d_model), "b s (h d) -> b h s d", h = num_heads)
-        k = rearrange(narrow(qkv, -1, d_model, d_model), "b s (h d) -> b h s d", h = num_heads)
-        v = rearrange(narrow(qkv, -1, 2 * d_model, d_model), "b s (h d) -> b h s d",
-                      h = num_heads)
+        heads = rearrange(qkv, "b s (h e) -> b h s e", h = num_heads)
+        q = narrow(heads, -1, 0, head_dim)
+        k = narrow(heads, -1, head_dim, head_dim)
+        v = narrow(heads, -1, 2 * head_dim, head_dim)
         o = megatron_core_attention(q, k, v, p)
         return dense(rearrange(o, "b h s d -> b s (h d)"))
     }
@@ -60,12 +64,23 @@ model GPTModel {
     final_layernorm     = LayerNorm(D)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         positions = rearrange(arange(L), "s -> 1 s")
-        x = native_dropout(word_embeddings(tokens) + position_embeddings(positions), 0.1)
+        # under --sp the sum enters the sequence-parallel region (Megatron's scatter)
+        embeddings = sequence_scatter(word_embeddings(tokens) + position_embeddings(positions))
+        x = native_dropout(embeddings, 0.1)
         x = layers(x)                                              : [B, L, D]
         logits = linear(final_layernorm(x), word_embeddings.weight)  : [B, L, V]
         return cross_entropy(logits, targets)
     }
 }
+
+# Megatron-LM's tensor parallelism (--tp N): the fused QKV and the first MLP projection
+# column-parallel, the attention's dense and the second projection row-parallel, the
+# embedding vocab-parallel (the tied LM head's logits sharded with it, the loss
+# vocab-parallel). With --sp the activations between them are sharded on the sequence;
+# --sp-convention megatron keeps the shard of a gathered input, as Megatron-LM does.
+tp_plan ParallelAttention { query_key_value colwise; dense rowwise }
+tp_plan ParallelMLP { dense_h_to_4h colwise; dense_4h_to_h rowwise }
+tp_plan GPTModel { word_embeddings vocab_parallel replicated }
 
 # GPT-3 175B's shape (Korthikanti et al.'s Table 3 row): a = 96, h = 12288, s = 2048.
 preset gpt3_175b { V = 51_200, L = 2_048, D = 12_288, H = 96, N = 96 }

@@ -81,6 +81,10 @@ layer MultiHeadSelfAttention(d_model, num_heads, max_len, theta = 10000) {
     }
 }
 
+# Megatron's attention under --tp: q, k, v column-parallel (each rank whole heads),
+# the output projection row-parallel.
+tp_plan MultiHeadSelfAttention { q_proj colwise; k_proj colwise; v_proj colwise; output_proj rowwise }
+
 # SDPA's math path (torch takes it on the CPU for dropout or a window): eager attention,
 # but q and k are each multiplied by the square root of the scale before their product,
 # so the product saves those scaled tensors (at B = 1 folded views of them, where eager

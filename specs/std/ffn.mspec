@@ -20,6 +20,12 @@ layer SwiGLU(d_model, d_ff) {
     }
 }
 
+# Megatron's MLPs under --tp: the up projections column-parallel, the down projection
+# row-parallel.
+tp_plan FFN_SiLU { w1 colwise; w2 rowwise }
+tp_plan SwiGLU { w1 colwise; w3 colwise; w2 rowwise }
+tp_plan GeluMLP { fc1 colwise; fc2 rowwise }
+
 # Hugging Face's `gelu_new` (GPT-2's default activation): GELU's tanh approximation
 # written out in Python, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Autograd keeps
 # x (for pow), 0.5 x and 1 + tanh (for their product) and the tanh: three tensors of x's

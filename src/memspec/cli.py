@@ -156,7 +156,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help="pick an implementation variant (math, flash); repeatable",
     )
-    parallel = p.add_argument_group("data parallelism: what each rank holds")
+    parallel = p.add_argument_group("data and tensor parallelism: what each rank holds")
     parallel.add_argument(
         "--dp",
         type=int,
@@ -176,6 +176,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="RUNTIME",
         help="the runtime whose sharding is modelled: ddp, fsdp2 (stages 2, 3) or "
         "deepspeed (stages 1, 2, 3)",
+    )
+    parallel.add_argument(
+        "--tp",
+        metavar="N",
+        help="tensor-parallel ranks, sharded as the spec's tp_plans say (TP: formulas in "
+        "the degree)",
+    )
+    parallel.add_argument(
+        "--sp",
+        action="store_true",
+        default=None,
+        help="sequence parallelism with --tp: activations between the planned members "
+        "sharded on the sequence",
+    )
+    parallel.add_argument(
+        "--sp-convention",
+        choices=("pytorch", "megatron"),
+        help="what a column-parallel member keeps of its gathered input: PyTorch's "
+        "DTensor the gathered tensor (default), Megatron-LM its local shard",
     )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
@@ -217,7 +236,8 @@ def _result(args: argparse.Namespace, **options):
     from memspec.compile import compile_spec
     from memspec.passes.peak import StepOptions
 
-    names = ("convention", "precision", "recompute", "dp", "zero", "runtime")
+    names = ("convention", "precision", "recompute", "dp", "zero", "runtime", "tp", "sp")
+    names += ("sp_convention",)
     flags = {name: getattr(args, name, None) for name in names}
     step = StepOptions(
         args.first_step,
@@ -258,6 +278,15 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
     result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
+    if result.config.parallel.tensor_parallel:
+        if result.ranks is not None:
+            raise UsageError(
+                "verify runs tensor parallelism or data parallelism, not both at once yet: "
+                "verify --tp N and --dp N --zero K apart"
+            )
+        from memspec.verify.tp import verify_tp
+
+        return verify_tp(result, args.step, args.peak)
     if result.ranks is not None:
         from memspec.verify.ranks import verify_ranks
 

@@ -17,7 +17,7 @@ from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
 from memspec.ops import lookup
-from memspec.parallel import DP, with_degree
+from memspec.parallel import DP, TP, with_degree
 from memspec.passes import AnalysisContext, run_pipeline
 from memspec.passes.peak import StepOptions
 from memspec.passes.results import CATEGORY_TITLES
@@ -68,6 +68,9 @@ def compile_spec(
     dp: int | None = None,
     zero: int | None = None,
     runtime: str | None = None,
+    tp: int | str | None = None,
+    sp: bool | None = None,
+    sp_convention: str | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -76,8 +79,10 @@ def compile_spec(
     report also gives the training time at model FLOPs utilization `mfu`. `step` sets
     the training loop whose true peak is modelled (`StepOptions()`: steady state,
     `zero_grad(set_to_none=True)`, no accumulation, for-loop optimizer). `dp` (data-
-    parallel ranks), `zero` (the ZeRO stage) and `runtime` (`memspec.parallel`) give
-    what each rank holds. Raises `MemspecError` for any problem with the input.
+    parallel ranks), `zero` (the ZeRO stage), `runtime` (`memspec.parallel`) and `tp`
+    (tensor-parallel ranks, the spec's `tp_plan`s; "TP": the symbol), `sp` and
+    `sp_convention` (sequence parallelism) give what each rank holds. Raises
+    `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
     if step.grad_accum < 1:
@@ -86,13 +91,28 @@ def compile_spec(
     source, path = _source(spec)
     program = load_program(source, path)
     config = resolve_config(
-        program, precision, optimizer, convention, tuple(use), recompute, dp, zero, runtime
+        program,
+        precision,
+        optimizer,
+        convention,
+        tuple(use),
+        recompute,
+        dp,
+        zero,
+        runtime,
+        tp,
+        sp,
+        sp_convention,
     )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if config.parallel.distributed:
         program = with_degree(program)
         if config.parallel.dp is not None:
             items.append(f"{DP}={config.parallel.dp}")
+    if config.parallel.tensor_parallel:
+        program = with_degree(program, TP)
+        if config.parallel.tp is not None:
+            items.append(f"{TP}={config.parallel.tp}")
 
     def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
         # Bound before the model is elaborated: views and copies are decided at them.

@@ -30,7 +30,7 @@ DEFAULTS = {
     "recompute": "none",
 }
 # the data-parallel settings of a train block (`dp 8; zero 3`), beside the policies
-PARALLEL = ("dp", "zero", "runtime")
+PARALLEL = ("dp", "zero", "runtime", "tp", "sp", "sp_convention")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,9 @@ def resolve_config(
     dp: int | None = None,
     zero: int | None = None,
     runtime: str | None = None,
+    tp: int | str | None = None,
+    sp: bool | None = None,
+    sp_convention: str | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -89,7 +92,9 @@ def resolve_config(
                 )
             chosen[key], spans[key] = value, span
         spec_variants = train.variants
-    for key, value in (("dp", dp), ("zero", zero), ("runtime", runtime)):
+    given = {"dp": dp, "zero": zero, "runtime": runtime, "tp": tp}
+    given |= {"sp": sp or None, "sp_convention": sp_convention}
+    for key, value in given.items():
         if value is not None:
             parallel[key] = value
     for key, value in (
@@ -121,15 +126,27 @@ def resolve_config(
                 "recompute policy", chosen["recompute"], program.recomputes, spans.get("recompute")
             ).name
         ],
-        parallel=read_parallel(parallel.get("dp"), parallel.get("zero"), parallel.get("runtime")),
+        parallel=read_parallel(
+            parallel.get("dp"),
+            parallel.get("zero"),
+            parallel.get("runtime"),
+            parallel.get("tp"),
+            parallel.get("sp"),
+            parallel.get("sp_convention"),
+        ),
     )
     return config
 
 
 def _parallel_setting(key: str, value: str, span) -> object:
-    """`dp 8`, `zero 3` (numbers) or `runtime fsdp2` (a name), as written."""
-    if key == "runtime":
+    """`dp 8`, `zero 3`, `tp 2` (numbers; `tp TP`: the symbol), `sp true`, or
+    `runtime fsdp2`, `sp_convention megatron` (names), as written."""
+    if key in ("runtime", "sp_convention") or (key == "tp" and value == "TP"):
         return value
+    if key == "sp":
+        if value not in ("true", "false"):
+            raise UsageError(f"train setting sp is true or false, not {value!r}", span)
+        return value == "true"
     if not value.replace("_", "").isdigit():
         raise UsageError(f"train setting {key} is a number, not {value!r}", span)
     return int(value.replace("_", ""))

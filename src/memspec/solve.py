@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from memspec.errors import UsageError
+from memspec.ir.types import Role
 from memspec.parallel import DP
 from memspec.result import CompileResult
 from memspec.symbolic.bind import resolve_defaults
@@ -120,6 +121,8 @@ def solve_min_degree(result: CompileResult, budget: int, objective: str = "sum")
     def fits(v: int) -> bool:
         return max(int(e.xreplace({x: v})) for e in exprs) <= budget
 
+    if objective == "peak":
+        return _scan_degrees(result, x, exprs, expression, budget)
     if not fits(MAX_DEGREE):
         return Solution(x, None, budget, expression, None, smallest=True)
     low, high = 0, 1  # low does not fit (or is 0), high fits once found
@@ -129,6 +132,26 @@ def solve_min_degree(result: CompileResult, budget: int, objective: str = "sum")
         mid = (low + high) // 2
         low, high = (low, mid) if fits(mid) else (mid, high)
     return Solution(x, high, budget, expression, None, smallest=True)
+
+
+def _scan_degrees(result: CompileResult, x, exprs, expression, budget: int) -> Solution:
+    """The true peak is not monotone in the degree: a unit's gathered parameters are
+    ceil(d0 / DP) DP rows, padded more at some degrees than at larger ones, and beyond
+    the most rows any parameter has more ranks only add padding. So every degree up to
+    that is tried, in order (the expressions compiled to Python once)."""
+    rows = max(
+        (
+            int(v.shape[0].xreplace({k: sp.Integer(b) for k, b in result.bindings.items()}))
+            for v in result.graph.values
+            if v.role is Role.PARAMETER and v.shape
+        ),
+        default=1,
+    )
+    peak = sp.lambdify(x, sp.Max(*exprs) if len(exprs) > 1 else exprs[0], modules="math")
+    for degree in range(1, max(rows, 1) + 1):
+        if int(peak(degree)) <= budget:
+            return Solution(x, degree, budget, expression, None, smallest=True)
+    return Solution(x, None, budget, expression, None, smallest=True)
 
 
 def solve_max(result: CompileResult, name: str, budget: int, objective: str = "peak") -> Solution:

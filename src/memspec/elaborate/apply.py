@@ -17,11 +17,13 @@ from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.decisions import layout_decisions
 from memspec.elaborate.frames import Frame, Hint
 from memspec.elaborate.scope import Tensor
+from memspec.elaborate.sharding import PARTIAL, ShardingError, localize_axes, output_shards
 from memspec.errors import NameResolutionError, ShapeError, SpecValueError
 from memspec.ir.graph import OpApply
 from memspec.ir.types import Role
 from memspec.names import name_hint
 from memspec.ops import REGISTRY, OpDef
+from memspec.ops.loss_parallel import PARALLEL_LOSS
 from memspec.ops.registry import InferContext, OpShapeError, TensorType
 from memspec.source import Span
 
@@ -31,15 +33,19 @@ __all__ = ["OpApplier"]
 class OpApplier:
     """Adds primitive ops to the graph being built."""
 
-    def __init__(self, builder: GraphBuilder, config: TrainConfig):
+    def __init__(self, builder: GraphBuilder, config: TrainConfig, loss_parallel: bool = False):
         self.builder = builder
         self.config = config
+        self.loss_parallel = loss_parallel  # the loss runs under torch's loss_parallel()
+        # sequence parallelism: each sequence-sharded value's gathered whole, made once
+        # for every column-parallel member that reads it
+        self.gathered: dict[int, Tensor] = {}
         self.autocast = None
         if config.precision.casts:
             self.autocast = Autocast(config.precision, builder.values, self._apply_at)
 
-    def _apply_at(self, op_name, tensors, attrs, span, frame, path) -> Tensor:
-        out = self.apply(op_name, tensors, attrs, span, frame, None, path=path)
+    def _apply_at(self, op_name, tensors, attrs, span, frame, path, shards=None) -> Tensor:
+        out = self.apply(op_name, tensors, attrs, span, frame, None, path=path, shards=shards)
         assert isinstance(out, Tensor)
         return out
 
@@ -70,24 +76,71 @@ class OpApplier:
         frame: Frame,
         hint: Hint,
         path: str | None = None,
+        shards: tuple[int | None, ...] | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
         """Apply a primitive op; an op with several outputs returns a tuple of them.
-        `path` names the output instead of the frame and hint (autocast's casts)."""
+        `path` names the output instead of the frame and hint (autocast's casts);
+        `shards` gives the outputs' shards (a collective's) instead of propagating them."""
         op = REGISTRY[op_name]
         tensors, attrs = self.split_args(op, args, kwargs, span)
         if self.autocast is not None:
             tensors = self.autocast.inputs(op_name, tensors, span, frame)
+        if self.config.parallel.sp and op_name == "linear" and shards is None:
+            tensors[0] = self._gather(tensors, span, frame)
+        if op_name == "sequence_scatter" and shards is None:
+            x = self.builder.values[tensors[0].id]
+            dim = len(x.shape) - 2
+            if not self.config.parallel.sp or x.shard == dim:
+                return tensors[0]  # no sequence parallelism, or sharded so already
+            if len(x.shape) < 2 or x.shard is not None:
+                raise ShapeError(
+                    f"sequence_scatter takes a whole tensor of [..., sequence, features]; this "
+                    f"one is {'sharded on dim ' + str(x.shard) if x.shard is not None else '1-D'}",
+                    span,
+                )
+            attrs = {"dim": dim, "degree": self.builder.tp}
+            return self.apply(op_name, tensors, attrs, span, frame, hint, shards=(dim,))
         types = tuple(
             TensorType(v.shape, v.dtype, v.requires_grad, v.strides)
             for v in (self.builder.values[t.id] for t in tensors)
         )
+        out_shards = shards
+        shards = tuple(self.builder.values[t.id].shard for t in tensors)
+        sharded = any(s is not None for s in shards) and out_shards is None
+        rank = len(self.builder.values[tensors[0].id].shape) if tensors else 0
+        if self.loss_parallel and op_name in PARALLEL_LOSS and shards[0] == rank - 1:
+            # DTensor's handlers under loss_parallel(); the loss comes out whole
+            # (the log-probabilities stay sharded, the loss is whole)
+            whole = op_name == "nll_loss"
+            op_name, op = PARALLEL_LOSS[op_name], REGISTRY[PARALLEL_LOSS[op_name]]
+            out_shards, sharded = (None if whole else shards[0],), False
+        if sharded and op_name in ("rearrange", "repeat"):
+            shard = shards[0]
+            try:
+                attrs["axes"], out = localize_axes(
+                    str(attrs["pattern"]), attrs["axes"], types[0].shape, shard, self.builder.tp
+                )
+            except ShardingError as err:
+                raise ShapeError(str(err), span) from None
+            for name, size in attrs["axes"]:
+                # the sharded axis: each rank takes whole ones (heads)
+                whole = size * self.builder.tp
+                text = f"TP divides {whole} (axis {name} of {attrs['pattern']!r}, sharded)"
+                self.builder.assume_integer(size, text, span)
+            out_shards = (out,)
         ctx = InferContext(
             op_name, types, attrs, self.config.precision.activation, bound=self.builder.bound
         )
         try:
             inferred = op.infer(ctx)
+            if sharded and out_shards is None:
+                out_shards = output_shards(op, ctx, shards)
         except OpShapeError as err:
             raise ShapeError(str(err), span) from None
+        except ShardingError as err:
+            raise ShapeError(str(err), span) from None
+        if out_shards is not None and PARTIAL in out_shards:
+            self._check_partial(op_name, tensors, span)
         for expr, text in ctx.assumptions:
             self.builder.assume_integer(expr, text, span)
         outputs = tuple(
@@ -118,6 +171,7 @@ class OpApplier:
                     storage,
                     out.strides,
                     span,
+                    None if out_shards is None or out_shards[k] == PARTIAL else out_shards[k],
                 )
             )
         paths = [self.builder.values[i].path for i in ids]
@@ -135,9 +189,56 @@ class OpApplier:
                 span=span,
             )
         )
+        if out_shards is not None and PARTIAL in out_shards:
+            return self._reduce(ids, tensors[1].id, span, frame)
         if len(ids) > 1:
             return tuple(Tensor(i) for i in ids)
         return Tensor(ids[0])
+
+    def _reduce(self, ids: list[int], weight: int, span: Span | None, frame: Frame) -> Tensor:
+        """Each rank's partial sums, all-reduced into the whole output on every rank, or
+        under sequence parallelism reduce-scattered (each rank its slice of the sequence)
+        unless the plan keeps the member's output whole (`replicated`)."""
+        (out_id,) = ids
+        out = self.builder.values[out_id]
+        if self.config.parallel.sp and weight not in self.builder.whole_outputs:
+            dim = len(out.shape) - 2
+            attrs = {"dim": dim, "degree": self.builder.tp}
+            name = f"{out.path}.reduce_scatter"
+            return self._apply_at(
+                "reduce_scatter", [Tensor(out_id)], attrs, span, frame, name, (dim,)
+            )
+        name = f"{out.path}.all_reduce"
+        return self._apply_at("all_reduce", [Tensor(out_id)], {}, span, frame, name, (None,))
+
+    def _gather(self, tensors: list[Tensor], span: Span | None, frame: Frame) -> Tensor:
+        """A column-parallel member's input, all-gathered on the sequence when it is
+        sharded there (sequence parallelism); once per value however many read it."""
+        x, weight = (self.builder.values[t.id] for t in tensors[:2])
+        if weight.shard != 0 or x.shard is None or x.shard == len(x.shape) - 1:
+            return tensors[0]
+        if x.id not in self.gathered:
+            parallel = self.config.parallel
+            saves = "shard" if parallel.sp_convention == "megatron" else "gathered"
+            attrs = {"dim": x.shard, "degree": self.builder.tp, "saves": saves}
+            self.gathered[x.id] = self._apply_at(
+                "all_gather", [tensors[0]], attrs, span, frame, f"{x.path}.all_gather", (None,)
+            )
+        return self.gathered[x.id]
+
+    def _check_partial(self, op_name: str, tensors: list[Tensor], span: Span | None) -> None:
+        """Partial sums are what a rowwise linear, a vocab-parallel embedding or a loss
+        under loss_parallel make; anything else summing over a shard is refused."""
+        values = [self.builder.values[t.id] for t in tensors]
+        if op_name == "linear" and values[1].shard == 1:
+            return
+        if op_name == "embedding" and values[1].shard == 0:
+            return
+        raise ShapeError(
+            f"{op_name} sums over a dim sharded across TP ranks: only a rowwise linear, a "
+            "vocab_parallel embedding may (check the tp_plan)",
+            span,
+        )
 
     def is_float(self, tensor: Tensor) -> bool:
         return self.builder.values[tensor.id].dtype.is_float

@@ -24,8 +24,11 @@ __all__ = ["GraphBuilder"]
 class GraphBuilder:
     """Mutable staging area for the frozen IR types; ids are list positions."""
 
-    def __init__(self, bound: BoundSizes = GENERAL) -> None:
+    def __init__(self, bound: BoundSizes = GENERAL, tp: sp.Expr | None = None) -> None:
         self.bound = bound  # the sizes views and copies are decided at
+        self.tp = tp  # the tensor-parallel degree (its symbol), None without
+        # weights of row-parallel members whose output stays whole under --sp
+        self.whole_outputs: set[int] = set()
         self.decisions: list[SizeDecision] = []
         self.conditions: dict[sp.Basic, SizeCondition] = {}
         self.values: list[Value] = []
@@ -54,6 +57,7 @@ class GraphBuilder:
         storage: int | None = None,
         strides: tuple | None = None,
         span: Span | None = None,
+        shard: int | None = None,
     ) -> int:
         vid = len(self.values)
         self.values.append(
@@ -68,11 +72,20 @@ class GraphBuilder:
                 requires_grad,
                 strides,
                 span=span,
+                shard=shard,
             )
         )
         if role is Role.INPUT:
             self.inputs.append(vid)
         return vid
+
+    def global_shape(self, vid: int) -> Shape:
+        """A value's shape as the whole tensor (the spec's names are of it): its shard
+        dim TP times its local size."""
+        v = self.values[vid]
+        if v.shard is None:
+            return v.shape
+        return tuple(d * self.tp if i == v.shard else d for i, d in enumerate(v.shape))
 
     def add_op(self, op: OpApply) -> None:
         self.ops.append(op)

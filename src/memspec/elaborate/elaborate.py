@@ -31,16 +31,18 @@ from memspec.elaborate.route import RouteForm
 from memspec.elaborate.scope import FnRef, Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import bind_type, same_shape, type_dims
 from memspec.elaborate.statements import StatementRunner
-from memspec.errors import NameResolutionError, ShapeError, SpecValueError
+from memspec.errors import NameResolutionError, ShapeError, SpecValueError, UsageError
 from memspec.ir.graph import CallOutput, Graph
 from memspec.ir.sizes import GENERAL, BoundSizes
 from memspec.ir.types import DType, Role, shape_str
+from memspec.parallel import TP
 from memspec.source import Span
 from memspec.symbolic.bind import Bindings
 from memspec.symbolic.symbols import Dim, SymbolTable, dim_symbol
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 from memspec.syntax.imports import Program
+from memspec.tensor_parallel import STYLES, read_plans
 
 __all__ = ["MAX_EXPR_DEPTH", "MAX_INSTANCE_DEPTH", "Elaboration", "elaborate"]
 
@@ -67,14 +69,15 @@ class Elaborator:
     def __init__(self, program: Program, config: TrainConfig):
         self.program = program
         self.config = config
-        self.builder = GraphBuilder()
+        self.plans = read_plans(program) if config.parallel.tensor_parallel else None
+        self.builder = GraphBuilder(tp=dim_symbol(TP) if self.plans else None)
         self.symbols = SymbolTable()
         self.globals = Scope()
         self.variants_used: dict[str, str] = {}
-        self.ops = OpApplier(self.builder, config)
+        self.ops = OpApplier(self.builder, config, bool(self.plans and self.plans.loss_parallel))
         self.exprs = ExprEvaluator(self.ops, callees=self)
         self.statements = StatementRunner(self.exprs, self.builder)
-        self.layers = Instantiator(self.exprs, self.builder, config, self.globals)
+        self.layers = Instantiator(self.exprs, self.builder, config, self.globals, self.plans)
         self.route_form = RouteForm(self.builder, self.ops, forwards=self)
 
     def declare_globals(self) -> None:
@@ -134,9 +137,23 @@ class Elaborator:
                 forward.body.span or decl.span,
             )
         outputs = (result.id,) if isinstance(result, Tensor) else ()
+        if self.plans is not None and not self.layers.styles:
+            raise UsageError(
+                "--tp: no layer of this model has a tp_plan, so nothing would be sharded; "
+                "declare one for the layers with the big matrices, e.g. `tp_plan LlamaMLP "
+                "{ gate_proj colwise; up_proj colwise; down_proj rowwise }` (styles: "
+                f"{', '.join(STYLES)})",
+                decl.span,
+            )
         graph = self.builder.freeze(decl.name, outputs)
         check_no_index(graph)
-        return dataclasses.replace(graph, decisions=graph.decisions + rule_decisions(graph))
+        styles = self.layers.styles
+        return dataclasses.replace(
+            graph,
+            decisions=graph.decisions + rule_decisions(graph),
+            tp_plan=tuple((path, planned.style.name) for path, planned in styles.items()),
+            tp_replicated=tuple(path for path, planned in styles.items() if planned.replicated),
+        )
 
     # Callees (for the evaluator) and Forwards (for the route form) -----------------------
 
@@ -262,7 +279,7 @@ class Elaborator:
             v = self.builder.values[result.id]
             bind_type(
                 sig.returns,
-                v.shape,
+                self.builder.global_shape(result.id),
                 v.dtype,
                 lambda e: self.exprs.scalar(e, scope),
                 None,
@@ -304,7 +321,7 @@ class Elaborator:
                 v = self.builder.values[value.id]
                 matched = bind_type(
                     param.type,
-                    v.shape,
+                    self.builder.global_shape(value.id),
                     v.dtype,
                     lambda e: self.exprs.scalar(e, scope),
                     lambda key, size: scope.names.__setitem__(key, size),

@@ -23,6 +23,7 @@ from memspec.names import name_hint
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
+from memspec.tensor_parallel import Planned, TpPlans
 
 __all__ = ["MAX_INSTANCE_DEPTH", "Instantiator"]
 
@@ -33,13 +34,20 @@ class Instantiator:
     """Creates layer instances with their members, evaluating through `exprs`."""
 
     def __init__(
-        self, exprs: ExprEvaluator, builder: GraphBuilder, config: TrainConfig, globals_: Scope
+        self,
+        exprs: ExprEvaluator,
+        builder: GraphBuilder,
+        config: TrainConfig,
+        globals_: Scope,
+        plans: TpPlans | None = None,
     ):
         self.exprs = exprs
         self.builder = builder
         self.config = config
         self.globals = globals_
         self.stack: list[str] = []  # layer names being instantiated, for recursion checks
+        self.plans = plans  # under tensor parallelism, the spec's tp_plans
+        self.styles: dict[str, Planned] = {}  # instance path -> what the plan says of it
 
     def instantiate(
         self,
@@ -61,6 +69,7 @@ class Instantiator:
         self.stack.append(decl.name)
         try:
             self.layer_stmts(inst, decl.body)
+            self.check_plan(inst)
         except MemspecError as err:
             if not path:  # the model itself: the error's own span says it all
                 raise
@@ -88,6 +97,25 @@ class Instantiator:
                     taken = stmt.then
                 self.layer_stmts(inst, taken)
 
+    def check_plan(self, inst: Instance) -> None:
+        """Every member a plan styles is a sublayer with the parameters its style shards."""
+        members = self.plans.layers.get(inst.decl.name, {}) if self.plans else {}
+        for member, planned in members.items():
+            style, span = planned.style, planned.span
+            sub = inst.scope.names.get(member)
+            if not isinstance(sub, Instance) or sub.repeated:
+                raise NameResolutionError(
+                    f"tp_plan {inst.decl.name}: {member!r} is not a (single) sublayer of "
+                    f"{inst.decl.name}",
+                    span,
+                )
+            if not isinstance(sub.scope.names.get("weight"), Tensor):
+                raise NameResolutionError(
+                    f"tp_plan {inst.decl.name}: {style.name} shards a Linear or an Embedding "
+                    f"(a `weight` parameter), which {member} ({sub.decl.name}) has not",
+                    span,
+                )
+
     def define(self, inst: Instance, name: str, thing: object, span: Span | None) -> None:
         """Add a member; it may shadow a layer argument of the same name (`bias`), once."""
         if name in inst.arguments:
@@ -106,6 +134,9 @@ class Instantiator:
             )
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
         region = inst.region
+        styled = self.plans.style(inst.decl.name, stmt.name) if self.plans else None
+        if styled is not None:
+            self.styles[path] = styled
         if stmt.count is not None:
             count = self.exprs.scalar(stmt.count, inst.scope)
             if count.is_number and (not count.is_Integer or count < 0):
@@ -160,6 +191,11 @@ class Instantiator:
             raise ShapeError(DType.unknown(stmt.type.dtype), stmt.type.span)
         dtype = dtype or (precision.param if is_param else precision.buffer)
         path = f"{inst.path}.{stmt.name}" if inst.path else stmt.name
+        shard = self.shard(inst, stmt, shape)
+        if shard is not None:
+            whole = shape[shard]
+            shape = (*shape[:shard], whole / self.builder.tp, *shape[shard + 1 :])
+            self.builder.assume_integer(shape[shard], f"TP divides {whole}", stmt.span)
         vid = self.builder.add_value(
             path,
             shape,
@@ -168,8 +204,33 @@ class Instantiator:
             inst.region,
             requires_grad=is_param and not stmt.frozen,
             span=stmt.span,
+            shard=shard,
         )
+        if shard is not None and self.styles[inst.path].replicated:
+            self.builder.whole_outputs.add(vid)
         return Tensor(vid)
+
+    def shard(self, inst: Instance, stmt: d.LayerParam | d.LayerBuffer, shape: Shape) -> int | None:
+        """The dim of a planned member's parameter that each TP rank holds 1/TP of."""
+        if inst.path not in self.styles:
+            return None
+        planned = self.styles[inst.path]
+        style, span = planned.style, planned.span
+        dim = style.shard_of(stmt.name)
+        if dim is False or isinstance(stmt, d.LayerBuffer):
+            known = ", ".join(name for name, _ in style.shards)
+            raise SpecValueError(
+                f"{style.name} shards the parameters {known} of a Linear or an Embedding; "
+                f"{inst.decl.name} also has {stmt.name!r}",
+                span,
+            )
+        if dim is not None and dim >= len(shape):
+            raise SpecValueError(
+                f"{style.name} shards dim {dim} of {inst.path}.{stmt.name}, which has "
+                f"{len(shape)}: the style is for a Linear ([out, in]) or an Embedding",
+                span,
+            )
+        return dim
 
     def check_sizes(self, shape: Shape, span: Span | None) -> None:
         for dim in shape:

@@ -72,7 +72,7 @@ class StatementRunner:
         v = self.builder.values[value.id]
         bind_type(
             annotation,
-            v.shape,
+            self.builder.global_shape(value.id),
             v.dtype,
             lambda e: self.exprs.scalar(e, scope),
             None,

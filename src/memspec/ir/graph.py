@@ -24,6 +24,8 @@ Vocabulary, in the manner of torch.fx's Node docstring:
 - `carried` lists each call of a repeat region as `(region, input, output)`: the value
   that flows from one repetition into the next. A tensor saved inside the region that is
   the region's input exists once as `input` and `count - 1` times as earlier outputs.
+- Under tensor parallelism the graph is one rank's: shapes are local, and `shard` says
+  which dim a value holds 1/TP of (`tensor_parallel.py`).
 - An `Assumption` is a fact the spec relies on for its shapes (`H divides D`).
 - `bound` are the sizes the graph was elaborated at (`ir/sizes.py`): views, saved copies
   and gradients follow torch's decisions at them. A `SizeDecision` records one decision
@@ -91,6 +93,9 @@ class Value:
     requires_grad: bool
     strides: tuple[sp.Expr, ...] | None = None  # None: contiguous (row-major)
     span: Span | None = _span()
+    # tensor parallelism: the dim of `shape` that is this rank's 1/TP of the whole tensor
+    # (the graph is one rank's); None: the whole tensor, replicated on every rank
+    shard: int | None = None
 
     @property
     def contiguous(self) -> bool:
@@ -166,6 +171,10 @@ class Graph:
     bound: BoundSizes = GENERAL
     decisions: tuple[SizeDecision, ...] = ()
     conditions: tuple[SizeCondition, ...] = ()
+    # tensor parallelism: (member path, style) of each planned member, in the order made,
+    # and the row-parallel members whose output stays whole under sequence parallelism
+    tp_plan: tuple[tuple[str, str], ...] = ()
+    tp_replicated: tuple[str, ...] = ()
 
     def value(self, value_id: int) -> Value:
         return self.values[value_id]
@@ -178,6 +187,10 @@ class Graph:
             chain.append(region)
             region_id = region.parent
         return tuple(reversed(chain))
+
+    def producer(self, value_id: int) -> OpApply | None:
+        """The op whose output `value_id` is (None: an input, parameter or buffer)."""
+        return next((op for op in self.ops if value_id in op.outputs), None)
 
     def top_regions(self) -> tuple[Region, ...]:
         """The repeat regions in no other one (FSDP2's units are their repetitions)."""

@@ -76,6 +76,12 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         # torch.autocast inside the next op (False: each cast op passes its input on)
         self.explicit_casts = True
         self.cached: list[torch.Tensor] = []  # parameters' copies, held as autocast's cache
+        # tensor parallelism: a planned member's module by (its weight's value, index),
+        # whose linear or embedding runs as a call of it (parallelize_module's hooks),
+        # and the mesh a loss under loss_parallel() runs its sharded logits on
+        self.members: Mapping[tuple[int, Index], torch.nn.Module] = {}
+        self.loss_mesh = None
+        self.mesh = None  # the tensor-parallel mesh, where the graph has collectives
 
     def repetitions(self, region: Region) -> int:
         return concrete(region.count, self.subs)
@@ -169,8 +175,52 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
             self.on_op_start(op)
         if op.op == CAST and not self.explicit_casts:
             return list(inputs)
+        member = None
+        if self.members and op.op in ("linear", "embedding"):
+            weight = self.graph.value(op.inputs[1])
+            depth = len(self.graph.region_chain(weight.region))
+            member = self.members.get((weight.id, index[:depth]))
+        if member is not None:
+            return [member(inputs[0])]
+        if op.op == "parallel_log_softmax":
+            inputs = self._loss_parallel(op, inputs)
+        if op.op == "all_gather":
+            return [self._all_gather(op, inputs[0])]
+        if op.op == "sequence_scatter":
+            return [self._scatter(op, inputs[0])]
         out = lookup(op.op).lower(tuple(inputs), attrs)
         return list(out) if isinstance(out, tuple) else [out]
+
+    def _loss_parallel(self, op: OpApply, inputs: list) -> list:
+        """The logits a loss_parallel LM head made, each rank's slice of the vocabulary,
+        as the DTensor torch's loss_parallel() computes the log-softmax and loss of (a
+        view: no memory)."""
+        from torch.distributed.tensor import DTensor, Shard
+
+        shard = self.graph.value(op.inputs[0]).shard
+        if shard is None:
+            return inputs
+        logits = DTensor.from_local(inputs[0], self.loss_mesh, [Shard(shard)], run_check=False)
+        return [logits, *inputs[1:]]
+
+    def _all_gather(self, op: OpApply, x):
+        """Sequence parallelism's gather into the column-parallel members, as torch's
+        PrepareModuleInput(input_layouts=Shard(s), desired_input_layouts=Replicate())
+        makes it: the whole tensor on every rank, a DTensor the members take as it is
+        (its backward reduce-scatters their partial gradients)."""
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        if not isinstance(x, DTensor):
+            x = DTensor.from_local(x, self.mesh, [Shard(op.attr("dim"))], run_check=False)
+        return x.redistribute(self.mesh, [Replicate()])
+
+    def _scatter(self, op: OpApply, x):
+        """Megatron's scatter into the sequence-parallel region: this rank's slice of
+        the sequence, as DTensor's Replicate -> Shard makes it (a contiguous copy)."""
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        whole = DTensor.from_local(x, self.mesh, [Replicate()], run_check=False)
+        return whole.redistribute(self.mesh, [Shard(op.attr("dim"))]).to_local()
 
     def op_done(self, op: OpApply, inputs: list, outputs: list) -> None:
         if op.op == CAST and self.explicit_casts and dict(op.attrs)["cached"]:

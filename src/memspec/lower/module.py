@@ -22,6 +22,8 @@ from memspec.ir.types import DType, Role
 from memspec.lower.interpreter import OpHook, TorchInterpreter
 from memspec.lower.values import concrete, indexed_path, torch_dtype
 from memspec.ops import lookup
+from memspec.parallel import TP
+from memspec.symbolic.symbols import dim_symbol
 
 __all__ = ["LoweredModel", "concrete", "indexed_path", "torch_dtype"]
 
@@ -68,6 +70,17 @@ class _Live(Mapping):
         return len(self.owners)
 
 
+def _shell(style: str) -> nn.Module:
+    """An empty torch.nn.Embedding (vocab_parallel) or Linear, whose parameters the
+    lowering registers: the module types torch's parallel styles shard."""
+    shell = nn.Embedding(1, 1) if style == "vocab_parallel" else nn.Linear(1, 1, bias=False)
+    del shell.weight
+    if isinstance(shell, nn.Linear):
+        del shell.bias
+        shell.bias = None  # a plain attribute until a bias parameter is registered
+    return shell
+
+
 class LoweredModel(nn.Module):
     """The spec's model as a torch module; `hooks` observe each op as it runs."""
 
@@ -103,6 +116,15 @@ class LoweredModel(nn.Module):
                 for r in graph.top_regions()
                 for i in range(concrete(r.count, subs))
             }
+        # tensor parallelism: each planned member (`tp_plan`) is a torch.nn.Linear or
+        # Embedding holding its parameters at their whole size, for parallelize_module to
+        # shard and wrap; its linear or embedding op runs as a call of it
+        self.tp_styles = dict(graph.tp_plan)
+        self.tp_degree = concrete(dim_symbol(TP), subs) if self.tp_styles else 1
+        self.tp_members: dict[str, tuple[nn.Module, str]] = {}  # indexed path -> (it, style)
+        self._member_of: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # by its weight
+        self.loss_mesh = None  # the device mesh a loss under loss_parallel() runs on
+        self.mesh = None  # the tensor-parallel mesh (sequence parallelism's gathers)
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
         # (region or None for a segment, value ids, tensors) a checkpoint keeps, as it
@@ -141,15 +163,21 @@ class LoweredModel(nn.Module):
     def _unit_path(region, i: int) -> str:
         return indexed_path(f"{region.path}.x", (region,), (i,)).rsplit(".", 1)[0]
 
-    def _module(self, path: str) -> nn.Module:
-        """The container at `path`, made (as a `_Unit` at a unit's path) where missing."""
+    def _module(self, path: str, style: str | None = None) -> nn.Module:
+        """The container at `path`, made (as a `_Unit` at a unit's path, as a shell
+        Linear or Embedding for a member a tp_plan styles) where missing."""
         owner: nn.Module = self
         prefix = []
-        for part in path.split(".") if path else ():
+        parts = path.split(".") if path else []
+        for k, part in enumerate(parts):
             prefix.append(part)
             if part not in owner._modules:
                 unit = ".".join(prefix) in self._unit_paths
-                owner.add_module(part, _Unit() if unit else nn.Module())
+                made = _Unit() if unit else nn.Module()
+                if style is not None and k == len(parts) - 1:
+                    made = _shell(style)
+                    self.tp_members[path] = (made, style)
+                owner.add_module(part, made)
             owner = owner._modules[part]
         return owner
 
@@ -157,10 +185,15 @@ class LoweredModel(nn.Module):
         chain = self.graph.region_chain(v.region)
         counts = [range(concrete(r.count, self.subs)) for r in chain]
         shape = [concrete(d, self.subs) for d in v.shape]
+        if v.shard is not None:  # the whole parameter: parallelize_module shards it
+            shape[v.shard] *= self.tp_degree
+        style = self.tp_styles.get(v.path.rpartition(".")[0])
         dtype = torch_dtype(v.dtype)
         for index in itertools.product(*counts):
             owner_path, _, name = indexed_path(v.path, chain, index).rpartition(".")
-            owner = self._module(owner_path)
+            owner = self._module(owner_path, style)
+            if style is not None and name == "weight":
+                self._member_of[(v.id, index)] = owner
             if dtype.is_floating_point:
                 data = torch.randn(shape, dtype=dtype) * init_std
             else:
@@ -197,7 +230,7 @@ class LoweredModel(nn.Module):
             self.graph,
             self.plan,
             self.subs,
-            _Live(self.owners) if self.units else self.state,
+            _Live(self.owners) if self.units or self.tp_styles else self.state,
             self.on_op_start,
             self.on_op_end,
             self.checkpointed,
@@ -205,6 +238,9 @@ class LoweredModel(nn.Module):
             self.sac_aten,
             self.units,
         )
+        run.members = self._member_of
+        run.loss_mesh = self.loss_mesh
+        run.mesh = self.mesh
         run.on_checkpoint = self.on_checkpoint
         run.on_kept = self.on_kept
         run.keep_returned = self.keep_outputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.types import numel, shape_str
+from memspec.ir.types import Role, numel, shape_str
 from memspec.ops.patterns import parse_pattern
 from memspec.ops.registry import (
     Grad,
@@ -49,6 +49,11 @@ def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     """
     inputs = saved_if(graph, op, 0, (1,), "input")
     x = graph.value(op.inputs[0])
+    made = graph.producer(x.id) if x.role is Role.ACTIVATION else None
+    if inputs and made is not None and made.attr("saves") == "shard":
+        # Megatron-LM's sequence parallelism keeps the shard the input was gathered
+        # from, and gathers it again in backward
+        return (Saved("input shard", made.inputs[0]), *saved_if(graph, op, 1, (0,), "weight"))
     if inputs and len(x.shape) >= 3 and not x.contiguous:
         strides = actual(x.shape, x.strides)
         if merge(x.shape[:-1], strides[:-1], graph.bound) is None:

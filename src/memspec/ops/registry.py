@@ -215,6 +215,7 @@ class OpKind(enum.Enum):
     RESAMPLE = "resample"  # interpolation to another size
     LAYOUT = "layout"  # reshapes, permutations, slices and joins: no arithmetic
     CREATION = "creation"  # tensors made from sizes alone
+    COMMUNICATION = "communication"  # collectives between parallel ranks
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +267,9 @@ class OpDef:
     # aten ops it dispatches for intermediates of its own (Mamba's scan: one bmm a step),
     # which a selective-checkpointing policy saving them would keep, unmodelled
     aten_inside: tuple[str, ...] = ()
+    # bytes the op allocates and frees within its forward, beside its outputs (a
+    # collective's staging copy); None: none
+    workspace: FlopRule | None = None
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)

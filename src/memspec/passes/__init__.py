@@ -27,7 +27,7 @@ from memspec.passes.expects import ExpectResult, check_expects
 from memspec.passes.flops import FlopsResult, count_flops
 from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
-from memspec.passes.parameters import count_parameters, trained_items
+from memspec.passes.parameters import count_parameters, trained_items, whole_parameters
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
 from memspec.passes.peak.moments import Phase
 from memspec.passes.ranks import RanksResult, count_ranks
@@ -111,6 +111,9 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
         "total": sp.Add(*(c.elements for c in categories.values())),
         "active_parameters": active.elements,
     }
+    if context.config.parallel.tensor_parallel:
+        # the spec's counts are of the model, not of one rank's shards
+        quantities["parameters"] = whole_parameters(context.graph)
     program = context.program
     return check_expects(
         program.expects, quantities, context.symbols, program.presets, context.evaluate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
-from memspec.passes.parameters import trainable
+from memspec.passes.parameters import WHOLE_GRADIENT, gradient_shape, trainable
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 
 __all__ = ["count_gradients"]
@@ -14,7 +14,14 @@ def count_gradients(graph: Graph, config: TrainConfig) -> CategoryResult:
     """`param.grad` for every parameter, as accumulated by backward."""
     dtype = config.precision.grad
     items = tuple(
-        LineItem(f"{v.path}.grad", v.shape, dtype, regions_of(graph, v.region), span=v.span)
+        LineItem(
+            f"{v.path}.grad",
+            gradient_shape(graph, v),
+            dtype,
+            regions_of(graph, v.region),
+            "" if gradient_shape(graph, v) == v.shape else WHOLE_GRADIENT,
+            span=v.span,
+        )
         for v in trainable(graph)
     )
     return CategoryResult("gradients", items, f"One gradient per parameter, in {dtype.value}")

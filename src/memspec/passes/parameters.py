@@ -7,12 +7,24 @@ multiplicity N: N*D**2 elements.
 
 from __future__ import annotations
 
-from memspec.config import TrainConfig
-from memspec.ir.graph import Graph
-from memspec.ir.types import Role
-from memspec.passes.results import CategoryResult, LineItem, regions_of
+import sympy as sp
 
-__all__ = ["FROZEN", "count_parameters", "trainable", "trained_items"]
+from memspec.config import TrainConfig
+from memspec.ir.graph import Graph, Value
+from memspec.ir.types import Role, Shape, numel
+from memspec.parallel import TP
+from memspec.passes.results import CategoryResult, LineItem, regions_of
+from memspec.symbolic.symbols import dim_symbol
+
+__all__ = [
+    "FROZEN",
+    "WHOLE_GRADIENT",
+    "count_parameters",
+    "gradient_shape",
+    "trainable",
+    "trained_items",
+    "whole_parameters",
+]
 
 # The note of a frozen parameter's line item (`param table: [P, D] frozen`).
 FROZEN = "frozen: requires_grad=False, no gradient, no optimizer state"
@@ -46,3 +58,31 @@ def count_parameters(graph: Graph, config: TrainConfig) -> CategoryResult:
     return CategoryResult(
         "parameters", items, "Trainable weights, each counted once however often it is used"
     )
+
+
+# The note of a gradient that tensor parallelism does not shard like its parameter.
+WHOLE_GRADIENT = (
+    "the whole table on every rank: DTensor's embedding backward under a vocab-parallel "
+    "plan makes a Replicate gradient of the full [V, d] (torch 2.13)"
+)
+
+
+def gradient_shape(graph: Graph, v: Value) -> Shape:
+    """The shape of a parameter's `.grad` on one rank: its own, except a vocab-parallel
+    embedding's, which DTensor makes whole (`WHOLE_GRADIENT`)."""
+    if v.shard is None or dict(graph.tp_plan).get(v.path.rpartition(".")[0]) != "vocab_parallel":
+        return v.shape
+    degree = dim_symbol(TP)
+    return tuple(d * degree if i == v.shard else d for i, d in enumerate(v.shape))
+
+
+def whole_parameters(graph: Graph) -> sp.Expr:
+    """The model's parameter count when the graph is one tensor-parallel rank's: each
+    sharded parameter TP times its local size."""
+    degree = dim_symbol(TP)
+    total = sp.Integer(0)
+    for v in graph.values:
+        if v.role is Role.PARAMETER:
+            local = numel(v.shape) * graph.multiplicity(v.region)
+            total += local * degree if v.shard is not None else local
+    return sp.expand(total)

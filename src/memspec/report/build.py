@@ -20,6 +20,7 @@ from memspec.report.ranks import ranks
 from memspec.report.sections import comparison, section, summary
 from memspec.result import CompileResult
 from memspec.symbolic.printers import latex
+from memspec.tensor_parallel import STYLES
 
 __all__ = ["build_report"]
 
@@ -111,4 +112,8 @@ def build_report(result: CompileResult) -> Report:
         active=_active(result),
         decisions=_decisions(result),
         ranks=ranks(result),
+        tensor_parallel=(
+            config.parallel.describe_tp() if config.parallel.tensor_parallel else None
+        ),
+        tp_plan=tuple((path, style, STYLES[style].torch) for path, style in result.graph.tp_plan),
     )

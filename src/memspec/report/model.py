@@ -245,3 +245,7 @@ class Report:
     decisions: tuple[DecisionRow, ...] = ()
     # what each data-parallel rank holds (report.ranks.Ranks), None on one device
     ranks: object | None = None
+    # tensor parallelism: the configuration in words, and each planned member as
+    # (path, style, torch's style); None without
+    tensor_parallel: str | None = None
+    tp_plan: tuple[tuple[str, str, str], ...] = ()

@@ -232,6 +232,12 @@ def render_json(result: CompileResult) -> str:
     }
     if r.active is not None:
         doc["active_parameters"] = {"elements": r.active[0].text}
+    if r.tensor_parallel is not None:
+        doc["config"]["tensor_parallel"] = {
+            "degree": result.config.parallel.tp,
+            "description": r.tensor_parallel,
+            "plan": {path: style for path, style, _ in r.tp_plan},
+        }
     if r.ranks is not None:
         doc["config"]["parallel"] = r.ranks.description
         doc["ranks"] = _ranks(r.ranks, result.rank_peaks)

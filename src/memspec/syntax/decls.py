@@ -25,6 +25,7 @@ __all__ = [
     "DeclPreset",
     "DeclRecompute",
     "DeclScaler",
+    "DeclTpPlan",
     "DeclTrain",
     "DeclUse",
     "LayerBuffer",
@@ -256,6 +257,21 @@ class DeclRecompute:
     span: Span | None = span_field()
 
 
+@dataclass(frozen=True, slots=True)
+class DeclTpPlan:
+    """`tp_plan Layer { member style [output] ... }`: how tensor parallelism shards the
+    members of every instance of `layer` (a style per member, the layout of its output
+    under sequence parallelism or None, and its span)."""
+
+    layer: str
+    styles: tuple[tuple[str, str, str | None, Span | None], ...]
+    span: Span | None = span_field()
+
+    @property
+    def name(self) -> str:
+        return self.layer
+
+
 Decl = DeclUse | DeclDim | DeclLet | DeclLayer | DeclFn | DeclPreset | DeclExpect | DeclTrain
 Decl = (
     Decl
@@ -263,6 +279,7 @@ Decl = (
     | DeclOptimizer
     | DeclConvention
     | DeclRecompute
+    | DeclTpPlan
     | DeclAssume
     | DeclAssumeSize
 )

@@ -36,6 +36,7 @@ class Program:
     optimizers: dict[str, d.DeclOptimizer] = field(default_factory=dict)
     conventions: dict[str, d.DeclConvention] = field(default_factory=dict)
     recomputes: dict[str, d.DeclRecompute] = field(default_factory=dict)
+    tp_plans: dict[str, d.DeclTpPlan] = field(default_factory=dict)  # by layer
     models: list[d.DeclLayer] = field(default_factory=list)
     expects: list[d.DeclExpect] = field(default_factory=list)
     assumes: list[d.DeclAssume] = field(default_factory=list)
@@ -85,6 +86,7 @@ _TABLES = {
     d.DeclOptimizer: "optimizers",
     d.DeclConvention: "conventions",
     d.DeclRecompute: "recomputes",
+    d.DeclTpPlan: "tp_plans",
 }
 
 

@@ -264,6 +264,18 @@ class ToAst(Transformer_NonRecursive):
         description = _unquote(rest.pop(0)) if rest and isinstance(rest[0], Token) else ""
         return d.DeclRecompute(str(name), description, tuple(rest), span=self.span(meta))
 
+    def decl_tp_plan(self, meta, children):
+        layer, *styles = children
+        return d.DeclTpPlan(str(layer), tuple(styles), span=self.span(meta))
+
+    def tp_style(self, meta, children):
+        member, style = children
+        return (str(member), str(style), None, self.span(meta))
+
+    def tp_style_replicated(self, meta, children):
+        member, style = children
+        return (str(member), str(style), "replicated", self.span(meta))
+
     def recompute_repeats(self, meta, children):
         return ("repeat", (), self.span(meta))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -210,7 +211,7 @@ class _SavedTracker:
         }
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.pending.append(tensor)
+        self.pending.append(local(tensor))
         return tensor
 
     def op_start(self, op: OpApply) -> None:
@@ -226,20 +227,20 @@ class _SavedTracker:
             carried = self.carried_inputs.get(self.graph.value(vid).storage)
             if carried is not None and self.model.iteration.get(carried[0], 0) > 0:
                 key = activation_key(self.graph, carried[1], carried=True)
-            by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
+            by_storage.setdefault(local(tensor).untyped_storage().data_ptr(), key)
         where = "a segment" if region is None else self.graph.regions[region].path
         self._attribute(by_storage, f"checkpoint of {where}")
 
     def kept(self, tensors: list) -> None:
         """Selective checkpointing kept these outputs for the recomputation: memory held
         for backward as a saved tensor is, under the key of the value each one is."""
-        self.pending = list(tensors)
+        self.pending = [local(t) for t in tensors]
         self._attribute(dict(self.outputs), "selective checkpointing")
 
     def op_end(self, op: OpApply, inputs: list, outputs: list, env: dict) -> None:
         by_storage: dict[int, str] = {}
         for vid, tensor in zip(op.outputs, outputs, strict=True):
-            by_storage[tensor.untyped_storage().data_ptr()] = activation_key(self.graph, vid)
+            by_storage[local(tensor).untyped_storage().data_ptr()] = activation_key(self.graph, vid)
         self.outputs.update(by_storage)
         for vid, tensor in zip(op.inputs, inputs, strict=True):
             key = activation_key(self.graph, vid)
@@ -247,7 +248,7 @@ class _SavedTracker:
             if carried is not None and self.model.iteration.get(carried[0], 0) > 0:
                 # Repetition i > 0 reads repetition i - 1's output, not the region's input.
                 key = activation_key(self.graph, carried[1], carried=True)
-            by_storage.setdefault(tensor.untyped_storage().data_ptr(), key)
+            by_storage.setdefault(local(tensor).untyped_storage().data_ptr(), key)
         self._attribute(by_storage, op.path, internal_key(op))
 
     def _attribute(self, by_storage: dict[int, str], where: str, internal: str = "") -> None:
@@ -326,20 +327,39 @@ def lowered_model(
     return model
 
 
-def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = True) -> Measurement:
+def local(tensor):
+    """A DTensor's local tensor (one rank's shard), a collective's output once waited
+    for (an AsyncCollectiveTensor: the tensor it wraps); any other tensor itself."""
+    if hasattr(tensor, "trigger_wait"):
+        return tensor.trigger_wait()
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def measure_step(
+    result: CompileResult,
+    seed: int = 0,
+    explicit_casts: bool = True,
+    prepare: Callable[[LoweredModel], None] | None = None,
+) -> Measurement:
     """Build the lowering at the result's bindings and run one training step (under
     torch.autocast for an autocast precision; `explicit_casts=False` leaves its casts to
-    torch.autocast inside the ops instead of running the graph's cast ops)."""
+    torch.autocast inside the ops instead of running the graph's cast ops). `prepare`
+    parallelizes the model before the optimizer is made (tensor parallelism): counts are
+    then one rank's."""
     torch.manual_seed(seed)
     model = lowered_model(result, explicit_casts)
+    if prepare is not None:
+        prepare(model)
     optimizer = _optimizer(result.config.optimizer, model.parameters())
     inputs = model.make_inputs()
     measured = Measurement()
     for name, p in model.named_parameters():
-        measured.parameters[name] = p.numel()
+        measured.parameters[name] = local(p).numel()
     for name, b in model.named_buffers():
         measured.buffers[name] = b.numel()
-    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    excluded = {
+        local(t).untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())
+    }
     tracker = _SavedTracker(model, excluded)
     model.on_op_start, model.on_op_end = tracker.op_start, tracker.op_end
     model.on_checkpoint = tracker.checkpoint
@@ -365,10 +385,11 @@ def measure_step(result: CompileResult, seed: int = 0, explicit_casts: bool = Tr
     shared: set[int] = set()  # a state tensor held for every parameter counts once
     for p in model.parameters():
         if p.grad is not None:
-            measured.gradients[f"{names[id(p)]}.grad"] = p.grad.numel()
+            measured.gradients[f"{names[id(p)]}.grad"] = local(p.grad).numel()
         for key, state in states.get(p, {}).items():
             if not isinstance(state, torch.Tensor):  # bitsandbytes' step is an int
                 continue
+            state = local(state)
             if state.untyped_storage().data_ptr() in shared:
                 continue
             shared.add(state.untyped_storage().data_ptr())

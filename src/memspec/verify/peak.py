@@ -52,10 +52,12 @@ def measure_peak(
     options: StepOptions | None = None,
     explicit_casts: bool = True,
     real: bool = False,
+    prepare=None,
 ) -> PeakMeasurement:
     """Peak bytes of one training step under `options`, by MemTracker category
     (`explicit_casts`: as for `measure_step`); on real tensors (allocated: small sizes
-    only) where `real`, for a step that reads values (Adafactor's `.item()`)."""
+    only) where `real`, for a step that reads values (Adafactor's `.item()`). `prepare`
+    parallelizes the model before the optimizer is made (tensor parallelism)."""
     from torch._subclasses.fake_tensor import (
         DataDependentOutputException,
         DynamicOutputShapeException,
@@ -63,7 +65,7 @@ def measure_peak(
 
     options = options or StepOptions()
     try:
-        return _measure(result, options, explicit_casts, real)
+        return _measure(result, options, explicit_casts, real, prepare)
     except DynamicOutputShapeException as err:
         raise UsageError(
             f"verify --peak runs on fake tensors, which cannot run an op whose output "
@@ -87,12 +89,14 @@ def measure_peak(
 
 
 def _measure(
-    result: CompileResult, options: StepOptions, explicit_casts: bool, real: bool
+    result: CompileResult, options: StepOptions, explicit_casts: bool, real: bool, prepare
 ) -> PeakMeasurement:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with contextlib.nullcontext() if real else FakeTensorMode():
         model = lowered_model(result, explicit_casts)
+        if prepare is not None:
+            prepare(model)
         model.keep_outputs = options.keep_outputs
         optimizer = _optimizer(result.config.optimizer, model.parameters(), options.optimizer_impl)
 

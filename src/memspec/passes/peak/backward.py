@@ -17,9 +17,10 @@ from collections.abc import Callable
 import sympy as sp
 
 from memspec.ir.graph import Graph
-from memspec.ir.types import DType, Role
+from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
 from memspec.ops.registry import BackwardMoment, Grad
+from memspec.passes.parameters import gradient_shape
 from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, Record, differentiable
 from memspec.passes.peak.ledger import Born
 from memspec.passes.peak.moments import Phase, Side
@@ -150,7 +151,7 @@ class BackwardReplay:
             if v.role is Role.PARAMETER:
                 chain = graph.region_chain(v.region)
                 born = tuple((r.id, i) for r, i in zip(chain, key[2], strict=True))
-                size = self.forward.size_of(vid, self.grad_dtype)
+                size = self.grad_size(v)
                 # AccumulateGrad keeps a tensor that nothing else holds, in its layout:
                 # a view handed to it alone; the output's gradient itself only where no
                 # other input or earlier gradient holds it
@@ -187,8 +188,8 @@ class BackwardReplay:
                     self.views.add(grad)
                 buffer = self.adjoint
             if key in buffer:
-                dtype = self.grad_dtype if v.role is Role.PARAMETER else None
-                sums.append((buffer, key, grad, self.forward.size_of(vid, dtype)))
+                size = self.grad_size(v) if v.role is Role.PARAMETER else self.forward.size_of(vid)
+                sums.append((buffer, key, grad, size))
             else:
                 buffer[key] = grad
 
@@ -317,6 +318,11 @@ class BackwardReplay:
         ledger.mark(Phase.BACKWARD, path, where)
         ledger.unref(old)
         ledger.unref(grad)
+
+    def grad_size(self, v) -> Poly:
+        """A parameter's gradient's bytes (a vocab-parallel table's is whole)."""
+        shape = gradient_shape(self.forward.graph, v)
+        return self.forward.measure(numel(shape) * self.grad_dtype.itemsize)
 
     def _view(self, kind: Grad, output: object) -> tuple[bool, bool | None]:
         """(whether an input's gradient handed on by `kind` is a view of the output's

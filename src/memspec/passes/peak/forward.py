@@ -119,7 +119,8 @@ class ForwardReplay(Interpreter[Entry]):
         self.checkpointed = checkpointed
         self.frames: list[Frame] = []
         self._frame: Frame | None = None  # the checkpoint running now
-        self._transient: list[int] = []  # what a checkpointed op saves, while it runs
+        # what a checkpointed op saves, and an op's workspace, while it runs
+        self._transient: list[int] = []
         self.sac = sac  # ops whose outputs a checkpoint keeps (selective checkpointing)
         self.cached: list[tuple[int, OpApply]] = []  # autocast's cached parameter copies
         self.released: list[Block] = []  # of those, the ones no op saved
@@ -280,6 +281,10 @@ class ForwardReplay(Interpreter[Entry]):
                 self._frame.waiting.add(record.number)
             if op.id in self.sac:  # SAC's caching mode keeps a detached alias
                 self._frame.kept += [ledger.ref(e.block) for e in outputs if e.block is not None]
+        workspace = lookup(op.op).workspace
+        if workspace is not None:  # alive at the op's moment, freed as it returns
+            size = self.measure(workspace(op, graph))
+            self._transient.append(ledger.alloc(size, self.category, self.running))
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:

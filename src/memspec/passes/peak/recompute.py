@@ -72,6 +72,9 @@ class _Recomputation(ForwardReplay):
         for entry in outputs:
             self.ledger.unref(entry.block)
         self._mark(op)
+        for bid in self._transient:  # the op's workspace
+            self.ledger.unref(bid)
+        self._transient.clear()
         if self.next - 1 == self.last:
             raise _Stop
 

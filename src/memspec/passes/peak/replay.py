@@ -16,8 +16,9 @@ repetitions left out are added back at each point by `passes.peak.repeats`, whic
 exact because memory at a point of repetition k is affine in k: a repetition before the
 point holds what it saved, one after it holds its parameter gradients (`RegionShare`).
 
-Op-internal workspace (buffers a kernel allocates and frees within one op) is not
-modelled: its size is not part of any op's rules.
+Op-internal workspace (buffers a kernel allocates and frees within one op) is modelled
+where an op's rules give its size (`OpDef.workspace`: a collective's staging copy), and
+not otherwise.
 """
 
 from __future__ import annotations

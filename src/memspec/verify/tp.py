@@ -1,0 +1,176 @@
+"""What one tensor-parallel rank holds when torch's `parallelize_module` runs a spec's
+lowering with its `tp_plan`s: the truth `--tp N` is checked against.
+
+Each rank runs in a process of its own on torch's fake process group (a world of TP
+ranks, one mesh dim): the lowering with each planned member a torch.nn.Linear or
+Embedding at its whole size, `parallelize_module` with the stock styles
+(`ColwiseParallel`, `RowwiseParallel`; a vocab-parallel embedding is
+`RowwiseParallel(input_layouts=Replicate())`; the loss-parallel LM head is
+`ColwiseParallel(output_layouts=Shard(-1))`, its logits taken as a DTensor into
+`loss_parallel()`). The saved tensors of one step are measured on real tensors (small
+sizes), the true peak with `MemTracker` on fake ones, after DTensor's sharding
+propagation is kept from borrowing the tracker's fake mode (TRUTH.md: it would count
+the whole-size tensors it makes to work out shapes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from memspec.errors import UsageError
+from memspec.result import CompileResult
+
+__all__ = ["measure_rank", "parallelize", "plan_of", "verify_tp"]
+
+
+def plan_of(model, sp: bool = False) -> dict:
+    """torch's parallelize_module plan for the lowering's planned members; under
+    sequence parallelism (`sp`) the row-parallel ones reduce-scatter on the sequence
+    (dim 1 of [b, s, h]; the column-parallel ones take the gathered DTensor the
+    interpreter makes, as torchtitan's PrepareModuleInput does)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    out = {"output_layouts": Shard(1)} if sp else {}
+    styles = {
+        "colwise": ColwiseParallel,
+        "rowwise": lambda: RowwiseParallel(**out),
+        "vocab_parallel": lambda: RowwiseParallel(input_layouts=Replicate(), **out),
+        # the logits stay a local slice here; the interpreter hands them to the loss as
+        # the DTensor use_local_output=False would have made (a view: the same storage)
+        "loss_parallel": lambda: ColwiseParallel(output_layouts=Shard(-1)),
+    }
+    return {path: styles[style]() for path, (_, style) in model.tp_members.items()}
+
+
+def parallelize(model, mesh, sp: bool = False) -> None:
+    """Apply the plan, and run a loss_parallel member's loss (and under sequence
+    parallelism the gathers) on `mesh`."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    parallelize_module(model, mesh, plan_of(model, sp))
+    model.mesh = mesh
+    if any(style == "loss_parallel" for _, style in model.tp_members.values()):
+        model.loss_mesh = mesh
+
+
+def _in_processes(result: CompileResult, ranks: list[int], step: bool, peak: bool) -> list:
+    """`measure_rank` for each of `ranks` in a child process of this module, at once."""
+    source = str(Path(__file__).resolve().parents[2])  # this copy of memspec, not another
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as where:
+        children = []
+        for rank in ranks:
+            out = Path(where) / f"rank{rank}.pickle"
+            child = subprocess.Popen(
+                [sys.executable, "-m", "memspec.verify.tp", str(out)],
+                stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            child.stdin.write(pickle.dumps((result, rank, step, peak)))
+            child.stdin.close()
+            children.append((child, out))
+        measured = []
+        for child, out in children:
+            error = child.stderr.read().decode()
+            if child.wait() != 0:
+                raise RuntimeError(f"the tensor-parallel rank process failed:\n{error}")
+            measured.append(pickle.loads(out.read_bytes()))
+    return measured
+
+
+def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool = True):
+    """One rank's (Measurement or None, PeakMeasurement or None), in this process: it
+    initialises the process group, once."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import _sharding_prop
+    from torch.distributed.tensor.parallel import loss_parallel
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from memspec.verify.measure import measure_step
+    from memspec.verify.peak import measure_peak
+
+    world = result.config.parallel.tp
+    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+    # DTensor works out output shapes on fake tensors of the tracker's own fake mode,
+    # which would then count them as memory; with none found it makes a mode of its own
+    _sharding_prop.detect_fake_mode = lambda *args, **kwargs: None
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        sp = result.config.parallel.sp
+
+        def prepare(model) -> None:
+            parallelize(model, mesh, sp)
+
+        with loss_parallel():
+            measured = top = None
+            if step:
+                measured = measure_step(result, prepare=prepare)
+            if peak and result.peak is not None:
+                top = measure_peak(result, result.peak.options, prepare=prepare)
+        return measured, top
+    finally:
+        dist.destroy_process_group()
+        torch.manual_seed(0)
+
+
+def _child() -> None:
+    """`python -m memspec.verify.tp OUT`: a pickled (result, rank, peak) on stdin, the
+    rank's measurements pickled to OUT."""
+    from memspec.verify import tp
+
+    result, rank, step, peak = pickle.loads(sys.stdin.buffer.read())
+    with contextlib.redirect_stdout(sys.stderr):
+        measured = tp.measure_rank(result, rank, step, peak)
+    Path(sys.argv[1]).write_bytes(pickle.dumps(measured))
+
+
+if __name__ == "__main__":
+    _child()
+
+
+def verify_tp(result: CompileResult, step: bool, peak: bool) -> tuple[str, bool]:
+    """`memspec verify --tp N`: every rank measured as torch runs it, compared with the
+    prediction (one rank's: the ranks of a group hold alike)."""
+    from memspec.verify.compare import compare
+    from memspec.verify.peak import compare_peak
+    from memspec.verify.report import render_verify
+
+    precision = result.config.precision
+    if precision.autocast is not None:
+        raise UsageError(
+            f"verify --tp does not run autocast precisions yet ({precision.name}): the "
+            "graph's explicit casts of a parameter would meet the DTensor the planned "
+            "member casts itself; verify a parameter precision (fp32, bf16, mixed_bf16)"
+        )
+    if peak and result.peak is None:
+        raise UsageError(f"no peak to verify: {result.peak_unavailable}")
+    measured = _in_ranks(result, step, peak)
+    texts, ok = [], True
+    degree = result.config.parallel.tp
+    for rank, (step_measured, peak_measured) in enumerate(measured):
+        tables = compare(result, step_measured) if step else None
+        top = compare_peak(result, peak_measured) if peak else None
+        ok = ok and (tables is None or all(t.ok for t in tables)) and (top is None or top.ok)
+        text = render_verify(result, tables, step_measured if step else None, top)
+        texts.append(f"## Tensor-parallel rank {rank} of {degree}\n\n{text}")
+    return "\n".join(texts), ok
+
+
+def _in_ranks(result: CompileResult, step: bool, peak: bool) -> list:
+    degree = result.config.parallel.tp
+    if degree is None:
+        raise UsageError("verify --tp needs the degree bound: --tp N")
+    done = []
+    for start in range(0, degree, 2):
+        done += _in_processes(result, list(range(start, min(start + 2, degree))), step, peak)
+    return done
