@@ -35,6 +35,10 @@ model TransformerLM {
     }
 }
 
+# Tensor parallelism (--tp N): std's attention and FFN plans, the embedding
+# vocab-parallel and the LM head's logits kept sharded into the loss (loss_parallel).
+tp_plan TransformerLM { token_embeddings vocab_parallel; lm_head loss_parallel }
+
 # GPT-2 XL's shape with d_ff = 4 d_model, as in the question's part (b).
 preset gpt2_xl { V = 50_257, L = 1_024, D = 1_600, N = 48, H = 25, F = 6_400 }
 

@@ -134,6 +134,13 @@ model MistralForCausalLM {
     }
 }
 
+# Tensor parallelism (--tp N), as for LLaMA: Megatron's attention and MLP, a
+# vocab-parallel embedding, the LM head's logits sharded into the loss.
+tp_plan MistralAttention { q_proj colwise; k_proj colwise; v_proj colwise; o_proj rowwise }
+tp_plan MistralMLP { gate_proj colwise; up_proj colwise; down_proj rowwise }
+tp_plan MistralModel { embed_tokens vocab_parallel }
+tp_plan MistralForCausalLM { lm_head loss_parallel }
+
 # mistralai/Mistral-7B-v0.1 config.json (max_position_embeddings 32768; the paper trains
 # with an 8192-token context, which makes the 4096 window bite). The count is
 # sum(p.numel() for p in model.parameters()) of the HF model.

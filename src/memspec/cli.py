@@ -278,15 +278,16 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
     result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
-    if result.config.parallel.tensor_parallel:
-        if result.ranks is not None:
-            raise UsageError(
-                "verify runs tensor parallelism or data parallelism, not both at once yet: "
-                "verify --tp N and --dp N --zero K apart"
-            )
+    parallel = result.config.parallel
+    if parallel.tensor_parallel and result.ranks is None:
         from memspec.verify.tp import verify_tp
 
         return verify_tp(result, args.step, args.peak)
+    if parallel.tensor_parallel and parallel.runtime != "fsdp2":
+        raise UsageError(
+            "verify runs tensor parallelism with data parallelism under FSDP2 (--zero 2 "
+            f"or 3), not {parallel.label()} yet"
+        )
     if result.ranks is not None:
         from memspec.verify.ranks import verify_ranks
 

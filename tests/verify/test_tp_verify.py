@@ -1,4 +1,4 @@
-"""`memspec verify --tp N [--sp]`: every rank of torch's own tensor parallelism
+"""`memspec verify --tp N [--sp] [--dp N --zero K]`: every rank of torch's own tensor parallelism
 (`parallelize_module` with the stock styles, `loss_parallel()`, on the fake process
 group, one process per rank) against memspec's rank: parameters, gradients, optimizer
 state and saved activations on real tensors, the true peak on fake ones, to the byte.
@@ -33,6 +33,9 @@ CASES = {
     "llama-tp2-sp": ("llama.mspec", LLAMA, ["--tp", "2", "--sp"]),
     "llama-tp4-sp": ("llama.mspec", LLAMA_MHA, ["--tp", "4", "--sp"]),
     "llama-tp2-eager": ("llama.mspec", LLAMA, ["--tp", "2", "--use", "eager"]),
+    # the sliding-window mask (L >= W) and K and V repeated to H heads (repeat_kv)
+    "mistral-tp2": ("mistral.mspec", {**LLAMA, "L": 16, "F": 64, "W": 8}, ["--tp", "2"]),
+    "cs336-tp2-sp": ("cs336_lm.mspec", {**SWIGLU, "L": 16}, ["--tp", "2", "--sp"]),
 }
 
 
@@ -51,14 +54,45 @@ def test_a_wrong_prediction_is_caught(capsys):
     """Measured under sequence parallelism, predicted without: the saved activations
     and the peak differ, and verify says so (exit 1)."""
     from memspec import compile_spec
-    from memspec.verify import tp
+    from memspec.verify.processes import in_processes
 
     sizes = {"set": LLAMA, "convention": "autograd"}
     plain = compile_spec(SPECS / "llama.mspec", tp=2, **sizes)
     parallel = compile_spec(SPECS / "llama.mspec", tp=2, sp=True, **sizes)
-    measured = tp._in_processes(parallel, [0], True, False)
+    measured = in_processes("memspec.verify.tp", [(parallel, 0, True, False)], "rank")
     from memspec.verify.compare import compare
 
     tables = compare(plain, measured[0][0])
     activations = next(t for t in tables if t.category == "activations")
     assert not activations.ok and activations.measured < activations.predicted
+
+
+TWO_D = {
+    "llama-tp2-fsdp2": ("llama.mspec", {**LLAMA, "L": 16}, ["--dp", "2", "--zero", "3"]),
+    # uneven: gate/up/down's 22 local rows in chunks of 6 (the last rank holds 4)
+    "llama-tp2-fsdp4-uneven": (
+        "llama.mspec",
+        {**LLAMA, "L": 16, "F": 44},
+        ["--dp", "4", "--zero", "3"],
+    ),
+    "llama-tp2-zero2": ("llama.mspec", {**LLAMA, "L": 16}, ["--dp", "2", "--zero", "2"]),
+    "swiglu-tp2-sp-fsdp2": (
+        "cs336_lm_swiglu.mspec",
+        {**SWIGLU, "L": 16},
+        ["--dp", "2", "--zero", "3", "--sp"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("spec", "sizes", "flags"), TWO_D.values(), ids=TWO_D.keys())
+def test_tensor_parallel_under_fsdp2(spec, sizes, flags, capsys):
+    """TP 2 within each of DP data-parallel groups: parallelize_module on the "tp" dim
+    of a 2-D mesh, then fully_shard on the "dp" dim (FSDP2 shards the local rows, the
+    whole vocab-parallel gradient redistributed to its table's placement first); every
+    data-parallel rank's categories after the step and its peak, on real tensors."""
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", str(SPECS / spec), "--peak", "--tp", "2", *flags, *args]) == 0
+    out = capsys.readouterr().out
+    assert "verify: every rank matches exactly" in out
+    world = int(flags[flags.index("--dp") + 1])
+    assert out.count("peak: measured") == world

@@ -85,21 +85,14 @@ class OpApplier:
         tensors, attrs = self.split_args(op, args, kwargs, span)
         if self.autocast is not None:
             tensors = self.autocast.inputs(op_name, tensors, span, frame)
-        if self.config.parallel.sp and op_name == "linear" and shards is None:
-            tensors[0] = self._gather(tensors, span, frame)
-        if op_name == "sequence_scatter" and shards is None:
-            x = self.builder.values[tensors[0].id]
-            dim = len(x.shape) - 2
-            if not self.config.parallel.sp or x.shard == dim:
-                return tensors[0]  # no sequence parallelism, or sharded so already
-            if len(x.shape) < 2 or x.shard is not None:
-                raise ShapeError(
-                    f"sequence_scatter takes a whole tensor of [..., sequence, features]; this "
-                    f"one is {'sharded on dim ' + str(x.shard) if x.shard is not None else '1-D'}",
-                    span,
-                )
-            attrs = {"dim": dim, "degree": self.builder.tp}
-            return self.apply(op_name, tensors, attrs, span, frame, hint, shards=(dim,))
+        if self.builder.tp is not None and shards is None:
+            if op_name == "sequence_scatter":
+                return self._sequence_scatter(tensors, span, frame, hint)
+            if op_name == "linear":  # a column-parallel member's input, as it reads it
+                tensors[0] = self._gather(tensors, span, frame)
+                tensors[0] = self._copy_in(tensors, span, frame)
+        elif op_name == "sequence_scatter" and shards is None:
+            return tensors[0]  # outside tensor parallelism, x itself
         types = tuple(
             TensorType(v.shape, v.dtype, v.requires_grad, v.strides)
             for v in (self.builder.values[t.id] for t in tensors)
@@ -107,27 +100,15 @@ class OpApplier:
         out_shards = shards
         shards = tuple(self.builder.values[t.id].shard for t in tensors)
         sharded = any(s is not None for s in shards) and out_shards is None
-        rank = len(self.builder.values[tensors[0].id].shape) if tensors else 0
+        rank = len(types[0].shape) if types else 0
         if self.loss_parallel and op_name in PARALLEL_LOSS and shards[0] == rank - 1:
-            # DTensor's handlers under loss_parallel(); the loss comes out whole
-            # (the log-probabilities stay sharded, the loss is whole)
+            # DTensor's handlers under loss_parallel(): the log-probabilities stay
+            # sharded, the loss comes out whole
             whole = op_name == "nll_loss"
             op_name, op = PARALLEL_LOSS[op_name], REGISTRY[PARALLEL_LOSS[op_name]]
             out_shards, sharded = (None if whole else shards[0],), False
         if sharded and op_name in ("rearrange", "repeat"):
-            shard = shards[0]
-            try:
-                attrs["axes"], out = localize_axes(
-                    str(attrs["pattern"]), attrs["axes"], types[0].shape, shard, self.builder.tp
-                )
-            except ShardingError as err:
-                raise ShapeError(str(err), span) from None
-            for name, size in attrs["axes"]:
-                # the sharded axis: each rank takes whole ones (heads)
-                whole = size * self.builder.tp
-                text = f"TP divides {whole} (axis {name} of {attrs['pattern']!r}, sharded)"
-                self.builder.assume_integer(size, text, span)
-            out_shards = (out,)
+            out_shards = (self._localize(attrs, types[0].shape, shards[0], span),)
         ctx = InferContext(
             op_name, types, attrs, self.config.precision.activation, bound=self.builder.bound
         )
@@ -195,6 +176,42 @@ class OpApplier:
             return tuple(Tensor(i) for i in ids)
         return Tensor(ids[0])
 
+    def _sequence_scatter(
+        self, tensors: list[Tensor], span: Span | None, frame: Frame, hint: Hint
+    ) -> Tensor:
+        """Where activations enter the sequence-parallel region: this rank's slice of the
+        sequence under --sp, x itself otherwise (or when it is sharded so already)."""
+        x = self.builder.values[tensors[0].id]
+        dim = len(x.shape) - 2
+        if not self.config.parallel.sp or x.shard == dim:
+            return tensors[0]
+        if dim < 0 or x.shard is not None:
+            what = "1-D" if dim < 0 else f"sharded on dim {x.shard}"
+            raise ShapeError(
+                f"sequence_scatter takes a whole tensor of [..., sequence, features]; this one "
+                f"is {what}",
+                span,
+            )
+        attrs = {"dim": dim, "degree": self.builder.tp}
+        out = self.apply("sequence_scatter", tensors, attrs, span, frame, hint, shards=(dim,))
+        assert isinstance(out, Tensor)
+        return out
+
+    def _localize(self, attrs: dict, shape, shard: int, span: Span | None) -> int:
+        """An einops pattern's sizes made this rank's, for an input sharded on `shard`
+        (each rank takes whole heads); the output's shard."""
+        try:
+            attrs["axes"], out = localize_axes(
+                str(attrs["pattern"]), attrs["axes"], shape, shard, self.builder.tp
+            )
+        except ShardingError as err:
+            raise ShapeError(str(err), span) from None
+        for name, size in attrs["axes"]:
+            whole = size * self.builder.tp
+            text = f"TP divides {whole} (axis {name} of {attrs['pattern']!r}, sharded)"
+            self.builder.assume_integer(size, text, span)
+        return out
+
     def _reduce(self, ids: list[int], weight: int, span: Span | None, frame: Frame) -> Tensor:
         """Each rank's partial sums, all-reduced into the whole output on every rank, or
         under sequence parallelism reduce-scattered (each rank its slice of the sequence)
@@ -211,11 +228,21 @@ class OpApplier:
         name = f"{out.path}.all_reduce"
         return self._apply_at("all_reduce", [Tensor(out_id)], {}, span, frame, name, (None,))
 
+    def _copy_in(self, tensors: list[Tensor], span: Span | None, frame: Frame) -> Tensor:
+        """A column-parallel member's whole input, which its backward all-reduces (each
+        member apart); a gathered input's backward reduce-scatters instead."""
+        x, weight = (self.builder.values[t.id] for t in tensors[:2])
+        gathered = {t.id for t in self.gathered.values()}
+        if weight.shard != 0 or x.shard is not None or x.id in gathered or not x.requires_grad:
+            return tensors[0]
+        name = f"{self.builder.values[weight.id].path.rpartition('.')[0]}.input"
+        return self._apply_at("copy_to_tp_region", [tensors[0]], {}, span, frame, name, (None,))
+
     def _gather(self, tensors: list[Tensor], span: Span | None, frame: Frame) -> Tensor:
         """A column-parallel member's input, all-gathered on the sequence when it is
         sharded there (sequence parallelism); once per value however many read it."""
         x, weight = (self.builder.values[t.id] for t in tensors[:2])
-        if weight.shard != 0 or x.shard is None or x.shard == len(x.shape) - 1:
+        if not self.config.parallel.sp or weight.shard != 0 or x.shard in (None, len(x.shape) - 1):
             return tensors[0]
         if x.id not in self.gathered:
             parallel = self.config.parallel
@@ -227,8 +254,9 @@ class OpApplier:
         return self.gathered[x.id]
 
     def _check_partial(self, op_name: str, tensors: list[Tensor], span: Span | None) -> None:
-        """Partial sums are what a rowwise linear, a vocab-parallel embedding or a loss
-        under loss_parallel make; anything else summing over a shard is refused."""
+        """Partial sums are what a rowwise linear or a vocab-parallel embedding make
+        (a loss under loss_parallel is an op of its own); anything else summing over a
+        shard is refused."""
         values = [self.builder.values[t.id] for t in tensors]
         if op_name == "linear" and values[1].shard == 1:
             return

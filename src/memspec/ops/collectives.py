@@ -6,6 +6,10 @@ inserts them; a spec does not call them).
   tensor of the same size, as DTensor's redistribution from Partial to Replicate does
   (functional collectives work out of place). Its backward hands the output's gradient
   to every rank's partial sums unchanged (Megatron's g).
+- `copy_to_tp_region(x)`: the whole input of a column-parallel member (Megatron's f,
+  copy_to_tensor_model_parallel_region; DTensor's from_local as Replicate): x itself
+  forward, a view; backward the member's partial gradient of x all-reduced into a new
+  tensor, one member at a time (q, k and v each), before autograd sums them.
 - `reduce_scatter(x, dim)`: under sequence parallelism, the same sums, each rank keeping
   its 1/TP of dim `dim` (the sequence): a new tensor of that size. Backward all-gathers.
 - `sequence_scatter(x)`: where a model's activations enter the sequence-parallel region
@@ -40,12 +44,13 @@ from memspec.ops.registry import (
     register,
 )
 
-__all__ = ["ALL_GATHER", "ALL_REDUCE", "REDUCE_SCATTER", "SEQUENCE_SCATTER"]
+__all__ = ["ALL_GATHER", "ALL_REDUCE", "COPY_TO_TP_REGION", "REDUCE_SCATTER", "SEQUENCE_SCATTER"]
 
 ALL_REDUCE = "all_reduce"
 REDUCE_SCATTER = "reduce_scatter"
 ALL_GATHER = "all_gather"
 SEQUENCE_SCATTER = "sequence_scatter"
+COPY_TO_TP_REGION = "copy_to_tp_region"
 
 
 def _all_reduce_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -177,6 +182,26 @@ register(
         grads_doc="a new tensor of x's size: the output's gradient all-gathered",
         kind=OpKind.COMMUNICATION,
         shape_doc="x's shape with dim -2 divided by TP (x itself without --sp), new storage",
+        saved_doc="nothing",
+    )
+)
+
+
+def _view_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
+
+
+register(
+    OpDef(
+        COPY_TO_TP_REGION,
+        "x, as a column-parallel member reads it; backward all-reduces the member's partial "
+        "gradient of x (inserted under --tp)",
+        ("x",),
+        _view_infer,
+        lower=lambda t, a: t[0],
+        kind=OpKind.COMMUNICATION,
+        shape_doc="x itself (a view)",
         saved_doc="nothing",
     )
 )

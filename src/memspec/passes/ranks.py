@@ -21,7 +21,8 @@ import sympy as sp
 from memspec.config import TrainConfig
 from memspec.errors import UsageError
 from memspec.ir.types import DType
-from memspec.parallel import DP, Parallel
+from memspec.parallel import DP, TP, Parallel
+from memspec.passes.parameters import WHOLE_GRADIENT
 from memspec.passes.peak.optimizer_step import STEPPED, module_order, repetition_groups
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult, LineItem
 from memspec.symbolic.symbols import dim_symbol
@@ -150,6 +151,10 @@ class _Sharding:
                 out.append(item)  # a 0-dim tensor (a loss scaler's): every rank's own
                 continue
             first, *rest = item.shape
+            if item.note == WHOLE_GRADIENT:
+                # FSDP2 redistributes a DTensor gradient to its parameter's placement
+                # before reducing it: the whole table's gradient is sharded as the table
+                first = first / dim_symbol(TP)
             chunk = _chunk(first, self.degree) if padded else rows.own(first, rank)
             note = "dim-0 shard" + (", padded" if padded and name != "optimizer_state" else "")
             out.append(replace(item, shape=(chunk, *rest), note=note))

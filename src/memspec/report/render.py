@@ -176,6 +176,22 @@ def _values(r: Report) -> dict:
     return values
 
 
+def _tp_ranks(r: Report, degree: int | None) -> list[dict]:
+    """Tensor parallelism alone: the ranks of a group hold alike, one class (`ranks`
+    null where the degree is unbound), its categories the report's own."""
+    values = _values(r) if r.bound else {}
+    return [
+        {
+            "ranks": None if degree is None else list(range(degree)),
+            "peak": values.get("peak"),
+            "categories": {
+                s.key: {"bytes": values.get(s.key, {}).get("bytes", s.bytes.text)}
+                for s in r.sections
+            },
+        }
+    ]
+
+
 def _ranks(ranks, peaks: tuple[int | None, ...]) -> list[dict]:
     """Each class of ranks that hold the same, with its bytes per category and its true
     peak (null where not modelled); where the degree is unbound, one class (`ranks`
@@ -241,6 +257,8 @@ def render_json(result: CompileResult) -> str:
     if r.ranks is not None:
         doc["config"]["parallel"] = r.ranks.description
         doc["ranks"] = _ranks(r.ranks, result.rank_peaks)
+    elif r.tensor_parallel is not None:
+        doc["ranks"] = _tp_ranks(r, result.config.parallel.tp)
     if r.bound:
         doc["values"] = _values(r)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

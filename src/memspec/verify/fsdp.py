@@ -13,17 +13,12 @@ one untracked step so that its state exists (unless `first_step`) and one step u
 from __future__ import annotations
 
 import contextlib
-import os
-import pickle
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from memspec.errors import UsageError
 from memspec.result import CompileResult
+from memspec.verify.processes import in_processes, run_child
 
 __all__ = ["TRACKER_CATEGORIES", "FsdpRun", "RankMeasurement", "measure_fsdp", "measure_rank"]
 
@@ -105,34 +100,10 @@ def measure_fsdp(
     run = FsdpRun(world_size, reshard_after_forward, mixed_bf16, first_step, real)
     done: list[RankMeasurement] = []
     for start in range(0, len(ranks), max(jobs, 1)):
-        done += _in_processes(result, run, ranks[start : start + max(jobs, 1)])
+        batch = ranks[start : start + max(jobs, 1)]
+        payloads = [(result, run, rank) for rank in batch]
+        done += in_processes("memspec.verify.fsdp", payloads, "FSDP2 rank")
     return done
-
-
-def _in_processes(result: CompileResult, run: FsdpRun, ranks: list[int]) -> list:
-    """`measure_rank` for each of `ranks` in a child process of this module, at once."""
-    source = str(Path(__file__).resolve().parents[2])  # this copy of memspec, not another
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
-    with tempfile.TemporaryDirectory() as where:
-        children = []
-        for rank in ranks:
-            out = Path(where) / f"rank{rank}.pickle"
-            child = subprocess.Popen(
-                [sys.executable, "-m", "memspec.verify.fsdp", str(out)],
-                stdin=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            child.stdin.write(pickle.dumps((result, run, rank)))
-            child.stdin.close()
-            children.append((child, out))
-        measured = []
-        for child, out in children:
-            error = child.stderr.read().decode()
-            if child.wait() != 0:
-                raise RuntimeError(f"the FSDP2 rank process failed:\n{error}")
-            measured.append(pickle.loads(out.read_bytes()))
-    return measured
 
 
 def measure_rank(result: CompileResult, run: FsdpRun, rank: int) -> RankMeasurement:
@@ -142,21 +113,45 @@ def measure_rank(result: CompileResult, run: FsdpRun, rank: int) -> RankMeasurem
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    dist.init_process_group("fake", rank=rank, world_size=run.world_size, store=FakeStore())
+    parallel = result.config.parallel
+    tp = parallel.tp if parallel.tensor_parallel else 1
+    # under tensor parallelism the world is DP x TP, this process the rank of tensor-
+    # parallel coordinate 0 in its data-parallel group (the ranks of a group hold alike)
+    world = run.world_size * tp
+    dist.init_process_group("fake", rank=rank * tp, world_size=world, store=FakeStore())
     try:
-        mesh = init_device_mesh("cpu", (run.world_size,))
-        if run.real:
-            return _measure(result, run, rank, mesh)
-        from torch._subclasses.fake_tensor import FakeTensorMode
+        if tp == 1:
+            mesh = init_device_mesh("cpu", (run.world_size,))
+            tp_mesh = None
+        else:
+            from torch.distributed.tensor import _sharding_prop
 
-        with FakeTensorMode():
-            return _measure(result, run, rank, mesh)
+            _sharding_prop.detect_fake_mode = lambda *args, **kwargs: None  # TRUTH.md
+            grid = init_device_mesh("cpu", (run.world_size, tp), mesh_dim_names=("dp", "tp"))
+            mesh, tp_mesh = grid["dp"], grid["tp"]
+        with _loss_parallel(tp_mesh):
+            if run.real:
+                return _measure(result, run, rank, mesh, tp_mesh)
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode():
+                return _measure(result, run, rank, mesh, tp_mesh)
     finally:
         dist.destroy_process_group()
         torch.manual_seed(0)
 
 
-def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasurement:
+def _loss_parallel(tp_mesh):
+    """torch's loss_parallel() under tensor parallelism (the forward and backward of a
+    vocab-sharded loss), nothing otherwise."""
+    if tp_mesh is None:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
+
+
+def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh, tp_mesh=None) -> RankMeasurement:
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -165,6 +160,10 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh) -> RankMeasur
 
     torch.manual_seed(0)
     model = lowered_model(result, units=True)
+    if tp_mesh is not None:  # the tensor-parallel plan first, then fully_shard over DP
+        from memspec.verify.tp import parallelize
+
+        parallelize(model, tp_mesh, result.config.parallel.sp)
     policy = MixedPrecisionPolicy()
     if run.mixed_bf16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -233,17 +232,5 @@ def _held(model, optimizer) -> tuple:
     return tuple(params), tuple(local), tuple(grads), sum(storages.values()), tuple(state)
 
 
-def _child() -> None:
-    """`python -m memspec.verify.fsdp OUT`: a pickled (result, run, rank) on stdin, its
-    RankMeasurement pickled to OUT."""
-    # run as __main__: the measurement must be pickled as the importable module's class
-    from memspec.verify import fsdp
-
-    result, run, rank = pickle.loads(sys.stdin.buffer.read())
-    with contextlib.redirect_stdout(sys.stderr):
-        measured = fsdp.measure_rank(result, run, rank)
-    Path(sys.argv[1]).write_bytes(pickle.dumps(measured))
-
-
 if __name__ == "__main__":
-    _child()
+    run_child("memspec.verify.fsdp", "measure_rank")

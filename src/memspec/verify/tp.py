@@ -15,16 +15,9 @@ the whole-size tensors it makes to work out shapes).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 from memspec.errors import UsageError
 from memspec.result import CompileResult
+from memspec.verify.processes import in_processes, run_child
 
 __all__ = ["measure_rank", "parallelize", "plan_of", "verify_tp"]
 
@@ -58,32 +51,6 @@ def parallelize(model, mesh, sp: bool = False) -> None:
     model.mesh = mesh
     if any(style == "loss_parallel" for _, style in model.tp_members.values()):
         model.loss_mesh = mesh
-
-
-def _in_processes(result: CompileResult, ranks: list[int], step: bool, peak: bool) -> list:
-    """`measure_rank` for each of `ranks` in a child process of this module, at once."""
-    source = str(Path(__file__).resolve().parents[2])  # this copy of memspec, not another
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
-    with tempfile.TemporaryDirectory() as where:
-        children = []
-        for rank in ranks:
-            out = Path(where) / f"rank{rank}.pickle"
-            child = subprocess.Popen(
-                [sys.executable, "-m", "memspec.verify.tp", str(out)],
-                stdin=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            child.stdin.write(pickle.dumps((result, rank, step, peak)))
-            child.stdin.close()
-            children.append((child, out))
-        measured = []
-        for child, out in children:
-            error = child.stderr.read().decode()
-            if child.wait() != 0:
-                raise RuntimeError(f"the tensor-parallel rank process failed:\n{error}")
-            measured.append(pickle.loads(out.read_bytes()))
-    return measured
 
 
 def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool = True):
@@ -123,21 +90,6 @@ def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool
         torch.manual_seed(0)
 
 
-def _child() -> None:
-    """`python -m memspec.verify.tp OUT`: a pickled (result, rank, peak) on stdin, the
-    rank's measurements pickled to OUT."""
-    from memspec.verify import tp
-
-    result, rank, step, peak = pickle.loads(sys.stdin.buffer.read())
-    with contextlib.redirect_stdout(sys.stderr):
-        measured = tp.measure_rank(result, rank, step, peak)
-    Path(sys.argv[1]).write_bytes(pickle.dumps(measured))
-
-
-if __name__ == "__main__":
-    _child()
-
-
 def verify_tp(result: CompileResult, step: bool, peak: bool) -> tuple[str, bool]:
     """`memspec verify --tp N`: every rank measured as torch runs it, compared with the
     prediction (one rank's: the ranks of a group hold alike)."""
@@ -172,5 +124,10 @@ def _in_ranks(result: CompileResult, step: bool, peak: bool) -> list:
         raise UsageError("verify --tp needs the degree bound: --tp N")
     done = []
     for start in range(0, degree, 2):
-        done += _in_processes(result, list(range(start, min(start + 2, degree))), step, peak)
+        payloads = [(result, r, step, peak) for r in range(start, min(start + 2, degree))]
+        done += in_processes("memspec.verify.tp", payloads, "tensor-parallel rank")
     return done
+
+
+if __name__ == "__main__":
+    run_child("memspec.verify.tp", "measure_rank")
