@@ -109,7 +109,8 @@ def _gather_lower(tensors, attrs):
     raise RuntimeError("this collective runs on the tensor-parallel mesh of the interpreter")
 
 
-def _through(op, graph) -> tuple[Grad, ...]:
+def _new(op, graph) -> tuple[Grad, ...]:
+    """A collective's backward is the opposite collective: a new tensor of x's size."""
     return (Grad.NEW,)
 
 
@@ -138,7 +139,7 @@ register(
         lambda ctx: _resized(ctx, 1 / ctx.attrs["degree"]),
         attrs=(("dim", None), ("degree", None)),
         lower=lambda t, a: t[0],
-        grads=_through,
+        grads=_new,
         workspace=_scatter_workspace,
         backward_moments=_scatter_backward,
         grads_doc="a new tensor of x's size: the output's gradient all-gathered",
@@ -157,7 +158,7 @@ register(
         lambda ctx: _resized(ctx, ctx.attrs["degree"]),
         attrs=(("dim", None), ("degree", None), ("saves", "gathered")),
         lower=_gather_lower,
-        grads=_through,
+        grads=_new,
         workspace=_gather_workspace,
         backward_moments=_gather_backward,
         grads_doc="a new tensor of x's size: the output's gradient reduce-scattered",
@@ -177,7 +178,7 @@ register(
         lambda ctx: _resized(ctx, 1 / ctx.attrs["degree"]),
         attrs=(("dim", -2), ("degree", 1)),
         lower=_gather_lower,
-        grads=_through,
+        grads=_new,
         backward_moments=_scatter_backward,
         grads_doc="a new tensor of x's size: the output's gradient all-gathered",
         kind=OpKind.COMMUNICATION,
