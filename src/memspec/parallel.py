@@ -114,9 +114,9 @@ class Parallel:
         return " x ".join(words)
 
     def describe_tp(self) -> str:
-        degree = "TP" if self.tp is None else str(self.tp)
+        degree = "TP ranks" if self.tp is None else f"TP = {self.tp} ranks"
         text = (
-            f"TP = {degree} ranks per tensor-parallel group, as torch's parallelize_module "
+            f"{degree} per tensor-parallel group, as torch's parallelize_module "
             "runs the spec's tp_plans (DTensor, use_local_output=True between the planned "
             "linears); every size is one rank's"
         )

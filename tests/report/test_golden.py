@@ -27,6 +27,10 @@ CASES = {
                                         "dp": 6, "precision": "mixed_bf16"}),
     # DDP replicas, symbolic in DP: the reducer's buckets and a replica's true peak
     "cs336_lm_swiglu.ddp": ("specs/cs336_lm_swiglu.mspec", {"dp": 8}),
+    # one tensor-parallel rank, symbolic in TP, sequence parallel (PyTorch's convention):
+    # local shapes, the gathers and reduce-scatters, the loss under loss_parallel
+    "cs336_lm_swiglu.tp_sp": (
+        "specs/cs336_lm_swiglu.mspec", {"tp": "TP", "sp": True, "convention": "autograd"}),
 }
 
 

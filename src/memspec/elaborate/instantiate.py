@@ -195,7 +195,9 @@ class Instantiator:
         if shard is not None:
             whole = shape[shard]
             shape = (*shape[:shard], whole / self.builder.tp, *shape[shard + 1 :])
-            self.builder.assume_integer(shape[shard], f"TP divides {whole}", stmt.span)
+            style = self.styles[inst.path].style.name
+            text = f"TP divides {whole} ({style} shards dim {shard} of {path} across TP ranks)"
+            self.builder.assume_integer(shape[shard], text, stmt.span)
         vid = self.builder.add_value(
             path,
             shape,
