@@ -40,8 +40,9 @@ def test_json_contract(capsys, monkeypatch):
 def test_values_only_for_bound_categories(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     doc = _json(capsys, "--set", "D=1600", "--set", "N=48", "--set", "V=50257")
-    # parameters do not need B, L or H; activations and buffers do.
-    assert set(doc["values"]) == {"parameters", "gradients", "optimizer_state"}
+    # parameters (the trainable ones too) do not need B, L or H; activations and buffers do.
+    assert set(doc["values"]) == {
+        "parameters", "gradients", "optimizer_state", "trainable_parameters"}
 
 
 def test_long_names_and_symbols_are_the_same(capsys, monkeypatch):

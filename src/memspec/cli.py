@@ -196,6 +196,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="what a column-parallel member keeps of its gathered input: PyTorch's "
         "DTensor the gathered tensor (default), Megatron-LM its local shard",
     )
+    p.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="freeze the parameters whose state_dict names match this glob (* for each "
+        "repetition index: model.layers.*.mlp.*): no gradient, no optimizer state; "
+        "repeatable",
+    )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
         "--first-step",
@@ -237,7 +246,7 @@ def _result(args: argparse.Namespace, **options):
     from memspec.passes.peak import StepOptions
 
     names = ("convention", "precision", "recompute", "dp", "zero", "runtime", "tp", "sp")
-    names += ("sp_convention",)
+    names += ("sp_convention", "freeze")
     flags = {name: getattr(args, name, None) for name in names}
     step = StepOptions(
         args.first_step,

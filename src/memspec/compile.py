@@ -71,6 +71,7 @@ def compile_spec(
     tp: int | str | None = None,
     sp: bool | None = None,
     sp_convention: str | None = None,
+    freeze: tuple[str, ...] | list[str] = (),
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -81,7 +82,8 @@ def compile_spec(
     `zero_grad(set_to_none=True)`, no accumulation, for-loop optimizer). `dp` (data-
     parallel ranks), `zero` (the ZeRO stage), `runtime` (`memspec.parallel`) and `tp`
     (tensor-parallel ranks, the spec's `tp_plan`s; "TP": the symbol), `sp` and
-    `sp_convention` (sequence parallelism) give what each rank holds. Raises
+    `sp_convention` (sequence parallelism) give what each rank holds. `freeze` globs
+    over parameter names give requires_grad=False (`memspec.freeze`). Raises
     `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
@@ -103,6 +105,7 @@ def compile_spec(
         tp,
         sp,
         sp_convention,
+        tuple(freeze),
     )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if config.parallel.distributed:

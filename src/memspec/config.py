@@ -41,6 +41,7 @@ class TrainConfig:
     variants: tuple[str, ...] = ()
     recompute: Recompute = NONE
     parallel: Parallel = SINGLE
+    freeze: tuple[str, ...] = ()  # globs over parameter names: requires_grad=False
 
 
 @functools.cache
@@ -72,6 +73,7 @@ def resolve_config(
     tp: int | str | None = None,
     sp: bool | None = None,
     sp_convention: str | None = None,
+    freeze: tuple[str, ...] = (),
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -134,6 +136,7 @@ def resolve_config(
             parallel.get("sp"),
             parallel.get("sp_convention"),
         ),
+        freeze=tuple(freeze),
     )
     return config
 

@@ -145,6 +145,7 @@ class Elaborator:
                 f"{', '.join(STYLES)})",
                 decl.span,
             )
+        self.layers.freezer.check()
         graph = self.builder.freeze(decl.name, outputs)
         check_no_index(graph)
         styles = self.layers.styles
@@ -182,6 +183,22 @@ class Elaborator:
             self.builder.carried.append((inst.region, first.id, result.id))
         return result
 
+    def check_gradients(self, inst: Instance, first: Tensor, result: Tensor, span) -> None:
+        """A repeat stands for repetitions that run alike; if a frozen parameter leaves
+        its input without a gradient while its output has one (frozen embeddings before
+        trained layers), the first repetition saves less than the rest and makes no
+        gradient of its input, which one region cannot say: refused, not guessed."""
+        into = self.builder.values[first.id]
+        out = self.builder.values[result.id]
+        if out.requires_grad and not into.requires_grad and self.made_from_frozen(first.id):
+            raise UsageError(
+                f"repeat of {inst.decl.name}: its input ({into.path}) needs no gradient but "
+                "its output does (everything before it is frozen), so the first repetition "
+                "saves less than the others, which memspec does not model yet; freeze the "
+                "repeat's parameters too, or leave a parameter before it trained",
+                span,
+            )
+
     def call_stack(
         self,
         stack: Stack,
@@ -203,11 +220,28 @@ class Elaborator:
                 self.builder.carried.append((region, first.id, x.id))
         return x
 
+    def made_from_frozen(self, vid: int) -> bool:
+        """Whether a frozen parameter is among what `vid` was computed from."""
+        made = {out: op for op in self.builder.ops for out in op.outputs}
+        todo, seen = [vid], set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            value = self.builder.values[v]
+            if value.role is Role.PARAMETER and not value.requires_grad:
+                return True
+            if v in made:
+                todo.extend(made[v].inputs)
+        return False
+
     def check_repeat(
         self, inst: Instance, first: object, result: object, span: Span | None
     ) -> None:
         if not (isinstance(first, Tensor) and isinstance(result, Tensor)):
             raise ShapeError(f"repeat of {inst.decl.name} needs a tensor in and out", span)
+        self.check_gradients(inst, first, result, span)
         a, b = self.builder.values[first.id], self.builder.values[result.id]
         if not same_shape(a.shape, b.shape):
             raise ShapeError(

@@ -18,6 +18,7 @@ from memspec.elaborate.repeat_index import split_repeat
 from memspec.elaborate.scope import Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
+from memspec.freeze import Freezer, generic_name
 from memspec.ir.types import DType, Role, Shape
 from memspec.names import name_hint
 from memspec.source import Span
@@ -48,6 +49,7 @@ class Instantiator:
         self.stack: list[str] = []  # layer names being instantiated, for recursion checks
         self.plans = plans  # under tensor parallelism, the spec's tp_plans
         self.styles: dict[str, Planned] = {}  # instance path -> what the plan says of it
+        self.freezer = Freezer(config.freeze)
 
     def instantiate(
         self,
@@ -198,13 +200,16 @@ class Instantiator:
             style = self.styles[inst.path].style.name
             text = f"TP divides {whole} ({style} shards dim {shard} of {path} across TP ranks)"
             self.builder.assume_integer(shape[shard], text, stmt.span)
+        trained = is_param and not stmt.frozen
+        if is_param and self.freezer.patterns:
+            trained = trained and not self.freezer.frozen(generic_name(path, self.regions(inst)))
         vid = self.builder.add_value(
             path,
             shape,
             dtype,
             Role.PARAMETER if is_param else Role.BUFFER,
             inst.region,
-            requires_grad=is_param and not stmt.frozen,
+            requires_grad=trained,
             span=stmt.span,
             shard=shard,
         )
@@ -233,6 +238,14 @@ class Instantiator:
                 span,
             )
         return dim
+
+    def regions(self, inst: Instance) -> list[str]:
+        """The paths of the repeat regions `inst` is in, outermost first."""
+        paths, region = [], inst.region
+        while region is not None:
+            paths.append(self.builder.regions[region].path)
+            region = self.builder.regions[region].parent
+        return paths[::-1]
 
     def check_sizes(self, shape: Shape, span: Span | None) -> None:
         for dim in shape:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from memspec.passes.parameters import FROZEN, trained_items
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.recompute import describe_checkpoints
 from memspec.report.flops import flops
@@ -74,10 +75,30 @@ def _active(result: CompileResult) -> tuple[Math, str | None] | None:
     return elements, None if elements.value is None else f"{elements.value:,}"
 
 
+def _trainable(result: CompileResult) -> tuple[Math, str | None]:
+    """The trained parameters' elements, and PEFT's `print_trainable_parameters` line
+    when some are frozen and every size is bound."""
+    items = result.categories["parameters"].items
+    trained = sum((i.total_elements for i in trained_items(items)), sp.Integer(0))
+    elements = quantity(result, trained)
+    if all(i.note != FROZEN for i in items):
+        return elements, None
+    every = quantity(result, result.categories["parameters"].elements)
+    if elements.value is None or every.value is None:
+        return elements, None
+    share = 100 * elements.value / every.value
+    line = (
+        f"trainable params: {elements.value:,} || all params: {every.value:,} || "
+        f"trainable%: {share:.4f}"
+    )
+    return elements, line
+
+
 def build_report(result: CompileResult) -> Report:
     """The report model of a compile result."""
     config = result.config
     categories = result.categories
+    trainable, trainable_line = _trainable(result)
     return Report(
         model=result.model,
         spec=result.spec,
@@ -116,4 +137,6 @@ def build_report(result: CompileResult) -> Report:
             config.parallel.describe_tp() if config.parallel.tensor_parallel else None
         ),
         tp_plan=tuple((path, style, STYLES[style].torch) for path, style in result.graph.tp_plan),
+        trainable=trainable,
+        trainable_line=trainable_line,
     )

@@ -249,3 +249,7 @@ class Report:
     # (path, style, torch's style); None without
     tensor_parallel: str | None = None
     tp_plan: tuple[tuple[str, str, str], ...] = ()
+    # the parameters the optimizer trains (requires_grad), and PEFT's line for them when
+    # some are frozen (None when none is)
+    trainable: Math | None = None
+    trainable_line: str | None = None

@@ -169,6 +169,8 @@ def _values(r: Report) -> dict:
         values["flops"] = flops
     if f.training_seconds is not None:
         values["training_seconds"] = f.training_seconds
+    if r.trainable is not None and r.trainable.value is not None:
+        values["trainable_parameters"] = {"elements": r.trainable.value}
     if r.active is not None and r.active[0].value is not None:
         values["active_parameters"] = {"elements": r.active[0].value}
     if r.peak.value is not None:
