@@ -7,7 +7,8 @@ with `*` for each repetition index (`model.layers.*.self_attn.q_proj.weight`): a
 picks every repetition of a repeated layer or none of them. A frozen parameter is
 counted in the parameters (model.parameters() holds it), has no gradient and no
 optimizer state, and an op whose only input needing a gradient is frozen saves nothing,
-as autograd records no node for it.
+as autograd records no node for it. Behind a frozen embedding a repeat's first
+repetition runs apart (`Elaborator.check_gradients`): its input needs no gradient.
 """
 
 from __future__ import annotations

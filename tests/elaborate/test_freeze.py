@@ -71,13 +71,14 @@ def test_a_pattern_that_freezes_nothing_is_an_error(pattern, message):
         compile_spec(LLAMA, preset="llama2_7b", set={"B": 1}, freeze=[pattern])
 
 
-def test_a_frozen_embedding_before_a_repeat_is_refused_not_guessed():
-    """The first repetition of the layers would save less than the others (its input
-    needs no gradient): one region cannot say so, so memspec refuses (the split of the
-    first repetition is the next step)."""
-    with pytest.raises(MemspecError, match="the first repetition saves less") as caught:
-        compile_spec(SWIGLU, freeze=["token_embeddings.weight"])
-    assert caught.value.span is not None
+def test_a_frozen_embedding_sets_the_first_repetition_apart():
+    """Behind a frozen embedding the first layer's input needs no gradient, the others'
+    do: it saves less (no rms_norm input, no rsqrt for x's gradient) and makes no
+    gradient of its input, so it is elaborated apart (`layers.0`, then `layers[1:]`)."""
+    frozen = compile_spec(SWIGLU, freeze=["token_embeddings.weight"], convention="autograd")
+    assert [(r.path, str(r.count)) for r in frozen.graph.regions] == [("layers[1:]", "N - 1")]
+    trained = compile_spec(SWIGLU, convention="autograd")
+    assert [(r.path, str(r.count)) for r in trained.graph.regions] == [("layers", "N")]
 
 
 @pytest.mark.parametrize(
@@ -85,10 +86,23 @@ def test_a_frozen_embedding_before_a_repeat_is_refused_not_guessed():
     [
         (SWIGLU, {"F": 64}, ["--freeze", "lm_head.weight", "--freeze", "layers.*.attn.*"]),
         (LLAMA, {"KV": 2}, ["--freeze", "model.layers.*.mlp.*", "--freeze", "*norm*"]),
+        # the first layer apart behind the frozen embedding, checkpointed layers too
+        (SWIGLU, {"F": 64, "N": 3}, ["--freeze", "token_embeddings.weight"]),
+        (
+            LLAMA,
+            {"KV": 2, "N": 3},
+            ["--freeze", "model.embed_tokens.weight", "--recompute", "full"],
+        ),
         # with tensor parallelism: frozen column- and row-parallel members
         (LLAMA, {"KV": 2}, ["--freeze", "model.layers.*.self_attn.*", "--tp", "2"]),
     ],
-    ids=["swiglu-head-attention", "llama-mlp-norms", "llama-attention-tp2"],
+    ids=[
+        "swiglu-head-attention",
+        "llama-mlp-norms",
+        "swiglu-embedding",
+        "llama-embedding-full",
+        "llama-attention-tp2",
+    ],
 )
 def test_the_step_torch_runs_matches_to_the_byte(spec, sizes, flags, capsys):
     sizes = {"B": 2, "L": 16, "V": 64, "D": 32, "N": 2, "H": 4, **sizes}

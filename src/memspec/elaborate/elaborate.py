@@ -66,7 +66,9 @@ BindSizes = Callable[[SymbolTable, Callable[[n.Expr], sp.Expr]], Bindings]
 class Elaborator:
     """Walks the model's layers and runs the bodies of calls, building the graph."""
 
-    def __init__(self, program: Program, config: TrainConfig):
+    def __init__(
+        self, program: Program, config: TrainConfig, split_first: frozenset[str] = frozenset()
+    ):
         self.program = program
         self.config = config
         self.plans = read_plans(program) if config.parallel.tensor_parallel else None
@@ -77,7 +79,9 @@ class Elaborator:
         self.ops = OpApplier(self.builder, config, bool(self.plans and self.plans.loss_parallel))
         self.exprs = ExprEvaluator(self.ops, callees=self)
         self.statements = StatementRunner(self.exprs, self.builder)
-        self.layers = Instantiator(self.exprs, self.builder, config, self.globals, self.plans)
+        self.layers = Instantiator(
+            self.exprs, self.builder, config, self.globals, self.plans, split_first
+        )
         self.route_form = RouteForm(self.builder, self.ops, forwards=self)
 
     def declare_globals(self) -> None:
@@ -187,17 +191,11 @@ class Elaborator:
         """A repeat stands for repetitions that run alike; if a frozen parameter leaves
         its input without a gradient while its output has one (frozen embeddings before
         trained layers), the first repetition saves less than the rest and makes no
-        gradient of its input, which one region cannot say: refused, not guessed."""
+        gradient of its input: it is elaborated again with that one apart."""
         into = self.builder.values[first.id]
         out = self.builder.values[result.id]
         if out.requires_grad and not into.requires_grad and self.made_from_frozen(first.id):
-            raise UsageError(
-                f"repeat of {inst.decl.name}: its input ({into.path}) needs no gradient but "
-                "its output does (everything before it is frozen), so the first repetition "
-                "saves less than the others, which memspec does not model yet; freeze the "
-                "repeat's parameters too, or leave a parameter before it trained",
-                span,
-            )
+            raise SplitFirst(inst.path, span)
 
     def call_stack(
         self,
@@ -378,6 +376,14 @@ class Elaborator:
         return variants[chosen]
 
 
+class SplitFirst(Exception):
+    """A repeat whose first repetition must run apart (`Elaborator.check_gradients`)."""
+
+    def __init__(self, path: str, span: Span | None):
+        super().__init__(path)
+        self.path, self.span = path, span
+
+
 def elaborate(program: Program, config: TrainConfig, bind: BindSizes | None = None) -> Elaboration:
     """Build the IR graph of `program`'s model under `config` (dtypes, variants).
 
@@ -385,13 +391,25 @@ def elaborate(program: Program, config: TrainConfig, bind: BindSizes | None = No
     and before the model is elaborated: torch decides views and copies on concrete sizes
     (B = 1 merges any stride), so the graph decides them at these.
     """
-    elaborator = Elaborator(program, config)
-    elaborator.declare_globals()
+    split: frozenset[str] = frozenset()
+    while True:
+        elaborator = Elaborator(program, config, split)
+        elaborator.declare_globals()
 
-    def evaluate(expr: n.Expr) -> sp.Expr:
-        return elaborator.exprs.scalar(expr, elaborator.globals)
+        def evaluate(expr: n.Expr, elaborator=elaborator) -> sp.Expr:
+            return elaborator.exprs.scalar(expr, elaborator.globals)
 
-    bindings = bind(elaborator.symbols, evaluate) if bind is not None else {}
-    graph = elaborator.model(BoundSizes.of(bindings, elaborator.symbols.defaults()))
+        bindings = bind(elaborator.symbols, evaluate) if bind is not None else {}
+        try:
+            graph = elaborator.model(BoundSizes.of(bindings, elaborator.symbols.defaults()))
+            break
+        except SplitFirst as first:
+            if first.path in split:  # apart already: cannot happen twice
+                raise SpecValueError(
+                    f"the repeat {first.path}'s first repetition is apart, and its second "
+                    "still has an input without a gradient",
+                    first.span,
+                ) from None
+            split = split | {first.path}
     used = tuple(sorted(elaborator.variants_used.items()))
     return Elaboration(graph, elaborator.symbols, used, evaluate, bindings)

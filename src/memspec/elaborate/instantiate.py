@@ -14,7 +14,7 @@ from memspec.config import TrainConfig
 from memspec.elaborate.binding import Argument, bind_arguments
 from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.exprs import ExprEvaluator
-from memspec.elaborate.repeat_index import split_repeat
+from memspec.elaborate.repeat_index import split_first, split_repeat
 from memspec.elaborate.scope import Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
@@ -41,6 +41,7 @@ class Instantiator:
         config: TrainConfig,
         globals_: Scope,
         plans: TpPlans | None = None,
+        split_first: frozenset[str] = frozenset(),
     ):
         self.exprs = exprs
         self.builder = builder
@@ -50,6 +51,8 @@ class Instantiator:
         self.plans = plans  # under tensor parallelism, the spec's tp_plans
         self.styles: dict[str, Planned] = {}  # instance path -> what the plan says of it
         self.freezer = Freezer(config.freeze)
+        # repeats whose first repetition runs apart (its input needs no gradient)
+        self.split_first = split_first
 
     def instantiate(
         self,
@@ -152,6 +155,8 @@ class Instantiator:
                 return empty
             if stmt.index is not None:
                 return split_repeat(self, inst, stmt, ref.decl, path, count)
+            if path in self.split_first:
+                return split_first(self, inst, stmt, ref.decl, path, count)
             region = self.builder.add_region(path, count, inst.region, stmt.span, stmt.checkpoint)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
         sub = self.instantiate(ref.decl, args, path, region, stmt.span)

@@ -28,7 +28,7 @@ from memspec.symbolic.index import IndexSplit, IndexSymbol, index_symbols
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
-__all__ = ["MAX_SPLIT_LAYERS", "check_no_index", "split_repeat"]
+__all__ = ["MAX_SPLIT_LAYERS", "check_no_index", "split_first", "split_repeat"]
 
 MAX_SPLIT_LAYERS = 64  # layers instantiated apart (leading ones and a pattern's) at most
 
@@ -83,6 +83,20 @@ def split_repeat(
                 ) from None
 
 
+def split_first(
+    maker: Instantiator,
+    inst: Instance,
+    stmt: d.LayerSub,
+    decl: d.DeclLayer,
+    path: str,
+    count: sp.Expr,
+) -> Instance | Stack:
+    """The repeated layers with the first apart (`layers.0`, then `layers[1:]`): its
+    input needs no gradient where the others' do (a frozen embedding before them), so it
+    saves less and makes no gradient of its input."""
+    return _build(maker, inst, stmt, decl, path, count, IndexSymbol("_first"), 1, 1)
+
+
 def _refine(split: IndexSplit, prefix: int, period: int) -> tuple[int, int]:
     """The split after which the comparison is decided: a longer prefix of layers apart
     (for `i == c`, `i < c`), or a period that is a multiple of each modulus (`i % m`)."""
@@ -125,7 +139,8 @@ def _build(
 
     def layer(index: sp.Expr, where: str, region: int | None) -> Instance:
         scope = inst.scope.child()
-        scope.names[stmt.index] = index
+        if stmt.index is not None:
+            scope.names[stmt.index] = index
         args = maker.layer_arguments(decl, stmt.args, scope, stmt.span)
         return maker.instantiate(decl, args, where, region, stmt.span)
 
