@@ -139,16 +139,10 @@ def _scan_degrees(result: CompileResult, x, exprs, expression, budget: int) -> S
     ceil(d0 / DP) DP rows, padded more at some degrees than at larger ones, and beyond
     the most rows any parameter has more ranks only add padding. So every degree up to
     that is tried, in order (the expressions compiled to Python once)."""
-    rows = max(
-        (
-            int(v.shape[0].xreplace({k: sp.Integer(b) for k, b in result.bindings.items()}))
-            for v in result.graph.values
-            if v.role is Role.PARAMETER and v.shape
-        ),
-        default=1,
-    )
+    parameters = [v for v in result.graph.values if v.role is Role.PARAMETER and v.shape]
+    rows = max((result.value(v.shape[0]) for v in parameters), default=1)
     peak = sp.lambdify(x, sp.Max(*exprs) if len(exprs) > 1 else exprs[0], modules="math")
-    for degree in range(1, max(rows, 1) + 1):
+    for degree in range(1, rows + 1):
         if int(peak(degree)) <= budget:
             return Solution(x, degree, budget, expression, None, smallest=True)
     return Solution(x, None, budget, expression, None, smallest=True)

@@ -82,10 +82,7 @@ class GraphBuilder:
     def global_shape(self, vid: int) -> Shape:
         """A value's shape as the whole tensor (the spec's names are of it): its shard
         dim TP times its local size."""
-        v = self.values[vid]
-        if v.shard is None:
-            return v.shape
-        return tuple(d * self.tp if i == v.shard else d for i, d in enumerate(v.shape))
+        return self.values[vid].whole_shape(self.tp)
 
     def add_op(self, op: OpApply) -> None:
         self.ops.append(op)

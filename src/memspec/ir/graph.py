@@ -101,6 +101,13 @@ class Value:
     def contiguous(self) -> bool:
         return self.strides is None
 
+    def whole_shape(self, degree: sp.Expr) -> Shape:
+        """The shape of the whole tensor of which this rank holds the value: its shard
+        dim `degree` (the tensor-parallel degree) times its local size."""
+        if self.shard is None:
+            return self.shape
+        return tuple(d * degree if i == self.shard else d for i, d in enumerate(self.shape))
+
     def __post_init__(self) -> None:
         if self.storage > self.id:
             raise ValueError(f"value {self.path} is a view of a later value")

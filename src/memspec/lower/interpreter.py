@@ -78,10 +78,10 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         self.cached: list[torch.Tensor] = []  # parameters' copies, held as autocast's cache
         # tensor parallelism: a planned member's module by (its weight's value, index),
         # whose linear or embedding runs as a call of it (parallelize_module's hooks),
-        # and the mesh a loss under loss_parallel() runs its sharded logits on
+        # and the tensor-parallel mesh the graph's collectives and a loss under
+        # loss_parallel() run on
         self.members: Mapping[tuple[int, Index], torch.nn.Module] = {}
-        self.loss_mesh = None
-        self.mesh = None  # the tensor-parallel mesh, where the graph has collectives
+        self.mesh = None
 
     def repetitions(self, region: Region) -> int:
         return concrete(region.count, self.subs)
@@ -200,7 +200,7 @@ class TorchInterpreter(Interpreter[torch.Tensor]):
         shard = self.graph.value(op.inputs[0]).shard
         if shard is None:
             return inputs
-        logits = DTensor.from_local(inputs[0], self.loss_mesh, [Shard(shard)], run_check=False)
+        logits = DTensor.from_local(inputs[0], self.mesh, [Shard(shard)], run_check=False)
         return [logits, *inputs[1:]]
 
     def _all_gather(self, op: OpApply, x):

@@ -120,11 +120,10 @@ class LoweredModel(nn.Module):
         # Embedding holding its parameters at their whole size, for parallelize_module to
         # shard and wrap; its linear or embedding op runs as a call of it
         self.tp_styles = dict(graph.tp_plan)
-        self.tp_degree = concrete(dim_symbol(TP), subs) if self.tp_styles else 1
         self.tp_members: dict[str, tuple[nn.Module, str]] = {}  # indexed path -> (it, style)
         self._member_of: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # by its weight
-        self.loss_mesh = None  # the device mesh a loss under loss_parallel() runs on
-        self.mesh = None  # the tensor-parallel mesh (sequence parallelism's gathers)
+        # the tensor-parallel mesh: sequence parallelism's collectives, loss_parallel()
+        self.mesh = None
         self.on_op_start: Callable[[OpApply], None] | None = None
         self.on_op_end: OpHook | None = None
         # (region or None for a segment, value ids, tensors) a checkpoint keeps, as it
@@ -184,9 +183,8 @@ class LoweredModel(nn.Module):
     def _create(self, v, init_std: float) -> None:
         chain = self.graph.region_chain(v.region)
         counts = [range(concrete(r.count, self.subs)) for r in chain]
-        shape = [concrete(d, self.subs) for d in v.shape]
-        if v.shard is not None:  # the whole parameter: parallelize_module shards it
-            shape[v.shard] *= self.tp_degree
+        # a planned member's whole parameter: parallelize_module shards it
+        shape = [concrete(d, self.subs) for d in v.whole_shape(dim_symbol(TP))]
         style = self.tp_styles.get(v.path.rpartition(".")[0])
         dtype = torch_dtype(v.dtype)
         for index in itertools.product(*counts):
@@ -239,7 +237,6 @@ class LoweredModel(nn.Module):
             self.units,
         )
         run.members = self._member_of
-        run.loss_mesh = self.loss_mesh
         run.mesh = self.mesh
         run.on_checkpoint = self.on_checkpoint
         run.on_kept = self.on_kept

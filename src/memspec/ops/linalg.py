@@ -49,7 +49,8 @@ def _linear_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     """
     inputs = saved_if(graph, op, 0, (1,), "input")
     x = graph.value(op.inputs[0])
-    made = graph.producer(x.id) if x.role is Role.ACTIVATION else None
+    # only tensor parallelism gathers inputs: a single device's graph is not searched
+    made = graph.producer(x.id) if graph.tp_plan and x.role is Role.ACTIVATION else None
     if inputs and made is not None and made.attr("saves") == "shard":
         # Megatron-LM's sequence parallelism keeps the shard the input was gathered
         # from, and gathers it again in backward

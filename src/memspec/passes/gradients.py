@@ -16,12 +16,12 @@ def count_gradients(graph: Graph, config: TrainConfig) -> CategoryResult:
     items = tuple(
         LineItem(
             f"{v.path}.grad",
-            gradient_shape(graph, v),
+            shape,
             dtype,
             regions_of(graph, v.region),
-            "" if gradient_shape(graph, v) == v.shape else WHOLE_GRADIENT,
+            "" if shape == v.shape else WHOLE_GRADIENT,
             span=v.span,
         )
-        for v in trainable(graph)
+        for v, shape in ((v, gradient_shape(graph, v)) for v in trainable(graph))
     )
     return CategoryResult("gradients", items, f"One gradient per parameter, in {dtype.value}")

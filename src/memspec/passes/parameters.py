@@ -70,19 +70,22 @@ WHOLE_GRADIENT = (
 def gradient_shape(graph: Graph, v: Value) -> Shape:
     """The shape of a parameter's `.grad` on one rank: its own, except a vocab-parallel
     embedding's, which DTensor makes whole (`WHOLE_GRADIENT`)."""
-    if v.shard is None or dict(graph.tp_plan).get(v.path.rpartition(".")[0]) != "vocab_parallel":
+    if dict(graph.tp_plan).get(v.path.rpartition(".")[0]) != "vocab_parallel":
         return v.shape
-    degree = dim_symbol(TP)
-    return tuple(d * degree if i == v.shard else d for i, d in enumerate(v.shape))
+    return v.whole_shape(dim_symbol(TP))
 
 
 def whole_parameters(graph: Graph) -> sp.Expr:
     """The model's parameter count when the graph is one tensor-parallel rank's: each
     sharded parameter TP times its local size."""
     degree = dim_symbol(TP)
-    total = sp.Integer(0)
-    for v in graph.values:
-        if v.role is Role.PARAMETER:
-            local = numel(v.shape) * graph.multiplicity(v.region)
-            total += local * degree if v.shard is not None else local
-    return sp.expand(total)
+    return sp.expand(
+        sum(
+            (
+                numel(v.whole_shape(degree)) * graph.multiplicity(v.region)
+                for v in graph.values
+                if v.role is Role.PARAMETER
+            ),
+            sp.Integer(0),
+        )
+    )

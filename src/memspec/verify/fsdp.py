@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.result import CompileResult
 from memspec.verify.processes import in_processes, run_child
+from memspec.verify.tp import dtensor_step, parallelize
 
 __all__ = ["TRACKER_CATEGORIES", "FsdpRun", "RankMeasurement", "measure_fsdp", "measure_rank"]
 
@@ -124,12 +125,9 @@ def measure_rank(result: CompileResult, run: FsdpRun, rank: int) -> RankMeasurem
             mesh = init_device_mesh("cpu", (run.world_size,))
             tp_mesh = None
         else:
-            from torch.distributed.tensor import _sharding_prop
-
-            _sharding_prop.detect_fake_mode = lambda *args, **kwargs: None  # TRUTH.md
             grid = init_device_mesh("cpu", (run.world_size, tp), mesh_dim_names=("dp", "tp"))
             mesh, tp_mesh = grid["dp"], grid["tp"]
-        with _loss_parallel(tp_mesh):
+        with contextlib.nullcontext() if tp_mesh is None else dtensor_step():
             if run.real:
                 return _measure(result, run, rank, mesh, tp_mesh)
             from torch._subclasses.fake_tensor import FakeTensorMode
@@ -139,16 +137,6 @@ def measure_rank(result: CompileResult, run: FsdpRun, rank: int) -> RankMeasurem
     finally:
         dist.destroy_process_group()
         torch.manual_seed(0)
-
-
-def _loss_parallel(tp_mesh):
-    """torch's loss_parallel() under tensor parallelism (the forward and backward of a
-    vocab-sharded loss), nothing otherwise."""
-    if tp_mesh is None:
-        return contextlib.nullcontext()
-    from torch.distributed.tensor.parallel import loss_parallel
-
-    return loss_parallel()
 
 
 def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh, tp_mesh=None) -> RankMeasurement:
@@ -161,8 +149,6 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh, tp_mesh=None)
     torch.manual_seed(0)
     model = lowered_model(result, units=True)
     if tp_mesh is not None:  # the tensor-parallel plan first, then fully_shard over DP
-        from memspec.verify.tp import parallelize
-
         parallelize(model, tp_mesh, result.config.parallel.sp)
     policy = MixedPrecisionPolicy()
     if run.mixed_bf16:
@@ -207,29 +193,26 @@ def _measure(result: CompileResult, run: FsdpRun, rank: int, mesh, tp_mesh=None)
     )
 
 
-def _local(tensor):
-    """A DTensor's local tensor; any other tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
 def _held(model, optimizer) -> tuple:
     """(params, params_local, grads, grad_storage, optimizer_state) after the step."""
-    params, local, grads, state = [], [], [], []
+    from memspec.verify.measure import local
+
+    params, unpadded, grads, state = [], [], [], []
     storages: dict[int, int] = {}
     for name, p in model.named_parameters():
-        shard = _local(p)
+        shard = local(p)
         params.append((name, shard.untyped_storage().nbytes()))
-        local.append((name, shard.numel() * shard.element_size()))
+        unpadded.append((name, shard.numel() * shard.element_size()))
         if p.grad is not None:
-            grad = _local(p.grad)
+            grad = local(p.grad)
             grads.append((name, grad.numel() * grad.element_size()))
             storage = grad.untyped_storage()
             storages[storage.data_ptr() if storage.data_ptr() else id(storage)] = storage.nbytes()
         for key, value in optimizer.state.get(p, {}).items():
             if hasattr(value, "untyped_storage"):
-                value = _local(value)
+                value = local(value)
                 state.append((f"{name}.{key}", value.numel() * value.element_size()))
-    return tuple(params), tuple(local), tuple(grads), sum(storages.values()), tuple(state)
+    return tuple(params), tuple(unpadded), tuple(grads), sum(storages.values()), tuple(state)
 
 
 if __name__ == "__main__":

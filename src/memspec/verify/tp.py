@@ -19,7 +19,7 @@ from memspec.errors import UsageError
 from memspec.result import CompileResult
 from memspec.verify.processes import in_processes, run_child
 
-__all__ = ["measure_rank", "parallelize", "plan_of", "verify_tp"]
+__all__ = ["dtensor_step", "measure_rank", "parallelize", "plan_of", "verify_tp"]
 
 
 def plan_of(model, sp: bool = False) -> dict:
@@ -42,6 +42,18 @@ def plan_of(model, sp: bool = False) -> dict:
     return {path: styles[style]() for path, (_, style) in model.tp_members.items()}
 
 
+def dtensor_step():
+    """What a tensor-parallel step runs under here: torch's loss_parallel() (the loss of
+    vocab-sharded logits), with DTensor's sharding propagation kept from the tracker's
+    fake mode (it works out output shapes on fake tensors of whatever mode it finds,
+    which the tracker would count as memory; with none it makes a mode of its own)."""
+    from torch.distributed.tensor import _sharding_prop
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    _sharding_prop.detect_fake_mode = lambda *args, **kwargs: None
+    return loss_parallel()
+
+
 def parallelize(model, mesh, sp: bool = False) -> None:
     """Apply the plan, and run a loss_parallel member's loss (and under sequence
     parallelism the gathers) on `mesh`."""
@@ -49,8 +61,6 @@ def parallelize(model, mesh, sp: bool = False) -> None:
 
     parallelize_module(model, mesh, plan_of(model, sp))
     model.mesh = mesh
-    if any(style == "loss_parallel" for _, style in model.tp_members.values()):
-        model.loss_mesh = mesh
 
 
 def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool = True):
@@ -59,8 +69,6 @@ def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import _sharding_prop
-    from torch.distributed.tensor.parallel import loss_parallel
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from memspec.verify.measure import measure_step
@@ -68,9 +76,6 @@ def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool
 
     world = result.config.parallel.tp
     dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
-    # DTensor works out output shapes on fake tensors of the tracker's own fake mode,
-    # which would then count them as memory; with none found it makes a mode of its own
-    _sharding_prop.detect_fake_mode = lambda *args, **kwargs: None
     try:
         mesh = init_device_mesh("cpu", (world,))
         sp = result.config.parallel.sp
@@ -78,7 +83,7 @@ def measure_rank(result: CompileResult, rank: int, step: bool = True, peak: bool
         def prepare(model) -> None:
             parallelize(model, mesh, sp)
 
-        with loss_parallel():
+        with dtensor_step():
             measured = top = None
             if step:
                 measured = measure_step(result, prepare=prepare)
