@@ -96,3 +96,23 @@ def test_tensor_parallel_under_fsdp2(spec, sizes, flags, capsys):
     assert "verify: every rank matches exactly" in out
     world = int(flags[flags.index("--dp") + 1])
     assert out.count("peak: measured") == world
+
+
+def test_a_replicated_row_parallel_output_enters_the_region_by_sequence_scatter(tmp_path, capsys):
+    """Megatron's embedding under SP: the vocab-parallel output all-reduced whole
+    (`replicated`, RowwiseParallel(output_layouts=Replicate())) and then scattered into
+    the sequence-parallel region by the spec's `sequence_scatter`."""
+    text = (SPECS / "cs336_lm_swiglu.mspec").read_text()
+    text = text.replace(
+        "tp_plan TransformerLM { token_embeddings vocab_parallel;",
+        "tp_plan TransformerLM { token_embeddings vocab_parallel replicated;",
+    ).replace(
+        "x      = layers(token_embeddings(tokens))",
+        "x      = layers(sequence_scatter(token_embeddings(tokens)))",
+    )
+    spec = tmp_path / "scattered.mspec"
+    spec.write_text(text)
+    args = [f"--set={k}={v}" for k, v in {**SWIGLU, "L": 16}.items()]
+    assert main(["verify", str(spec), "--peak", "--tp", "2", "--sp", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("verify --peak: equal to the byte in every category and in total") == 2

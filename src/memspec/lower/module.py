@@ -120,7 +120,9 @@ class LoweredModel(nn.Module):
         # Embedding holding its parameters at their whole size, for parallelize_module to
         # shard and wrap; its linear or embedding op runs as a call of it
         self.tp_styles = dict(graph.tp_plan)
-        self.tp_members: dict[str, tuple[nn.Module, str]] = {}  # indexed path -> (it, style)
+        # indexed path -> (its module, its style, whether its output stays whole under
+        # sequence parallelism: the plan's `replicated`)
+        self.tp_members: dict[str, tuple[nn.Module, str, bool]] = {}
         self._member_of: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # by its weight
         # the tensor-parallel mesh: sequence parallelism's collectives, loss_parallel()
         self.mesh = None
@@ -162,7 +164,7 @@ class LoweredModel(nn.Module):
     def _unit_path(region, i: int) -> str:
         return indexed_path(f"{region.path}.x", (region,), (i,)).rsplit(".", 1)[0]
 
-    def _module(self, path: str, style: str | None = None) -> nn.Module:
+    def _module(self, path: str, style: str | None = None, whole: bool = False) -> nn.Module:
         """The container at `path`, made (as a `_Unit` at a unit's path, as a shell
         Linear or Embedding for a member a tp_plan styles) where missing."""
         owner: nn.Module = self
@@ -175,7 +177,7 @@ class LoweredModel(nn.Module):
                 made = _Unit() if unit else nn.Module()
                 if style is not None and k == len(parts) - 1:
                     made = _shell(style)
-                    self.tp_members[path] = (made, style)
+                    self.tp_members[path] = (made, style, whole)
                 owner.add_module(part, made)
             owner = owner._modules[part]
         return owner
@@ -185,11 +187,12 @@ class LoweredModel(nn.Module):
         counts = [range(concrete(r.count, self.subs)) for r in chain]
         # a planned member's whole parameter: parallelize_module shards it
         shape = [concrete(d, self.subs) for d in v.whole_shape(dim_symbol(TP))]
-        style = self.tp_styles.get(v.path.rpartition(".")[0])
+        member = v.path.rpartition(".")[0]
+        style, whole = self.tp_styles.get(member), member in self.graph.tp_replicated
         dtype = torch_dtype(v.dtype)
         for index in itertools.product(*counts):
             owner_path, _, name = indexed_path(v.path, chain, index).rpartition(".")
-            owner = self._module(owner_path, style)
+            owner = self._module(owner_path, style, whole)
             if style is not None and name == "weight":
                 self._member_of[(v.id, index)] = owner
             if dtype.is_floating_point:

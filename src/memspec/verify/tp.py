@@ -25,21 +25,25 @@ __all__ = ["dtensor_step", "measure_rank", "parallelize", "plan_of", "verify_tp"
 def plan_of(model, sp: bool = False) -> dict:
     """torch's parallelize_module plan for the lowering's planned members; under
     sequence parallelism (`sp`) the row-parallel ones reduce-scatter on the sequence
-    (dim 1 of [b, s, h]; the column-parallel ones take the gathered DTensor the
-    interpreter makes, as torchtitan's PrepareModuleInput does)."""
+    (dim 1 of [b, s, h]) unless the plan keeps their output whole (`replicated`); the
+    column-parallel ones take the gathered DTensor the interpreter makes, as
+    torchtitan's PrepareModuleInput does."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    out = {"output_layouts": Shard(1)} if sp else {}
-    styles = {
-        "colwise": ColwiseParallel,
-        "rowwise": lambda: RowwiseParallel(**out),
-        "vocab_parallel": lambda: RowwiseParallel(input_layouts=Replicate(), **out),
-        # the logits stay a local slice here; the interpreter hands them to the loss as
-        # the DTensor use_local_output=False would have made (a view: the same storage)
-        "loss_parallel": lambda: ColwiseParallel(output_layouts=Shard(-1)),
-    }
-    return {path: styles[style]() for path, (_, style) in model.tp_members.items()}
+    def style_of(style: str, whole: bool):
+        out = {"output_layouts": Shard(1)} if sp and not whole else {}
+        if style == "rowwise":
+            return RowwiseParallel(**out)
+        if style == "vocab_parallel":
+            return RowwiseParallel(input_layouts=Replicate(), **out)
+        if style == "loss_parallel":
+            # the logits stay a local slice here; the interpreter hands them to the loss
+            # as the DTensor use_local_output=False would make (a view: the same storage)
+            return ColwiseParallel(output_layouts=Shard(-1))
+        return ColwiseParallel()
+
+    return {path: style_of(style, whole) for path, (_, style, whole) in model.tp_members.items()}
 
 
 def dtensor_step():
