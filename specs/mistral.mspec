@@ -119,7 +119,8 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
         inputs_embeds = embed_tokens(tokens)
         position_ids = arange(s)     # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
         mask = hf_window_mask(position_ids, b, sliding_window)
-        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids)
+        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
+                                              inputs_embeds)
         x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
         return hold(norm(x), position_ids, mask)   # locals until the forward returns
     }

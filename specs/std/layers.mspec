@@ -111,16 +111,19 @@ fn rotate_half(x: [..., d]) -> [..., d] {
 # HF's rotary_emb(x, position_ids) at the model's position ids (positions 0..s-1, made
 # by the model's forward, which also hands them to every layer): cos and sin of the
 # angles [1, s, d], made once per forward without gradient (inv_freq is a buffer),
-# unsqueezed to [1, 1, s, d] for the heads as apply_rotary_pos_emb does. `cos, sin = ...`
-# unpacks them.
-fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s]) {
+# in float32 and then cast to the dtype of the hidden states `x` (`cos.to(x.dtype)`: the
+# float32 tables themselves when x is float32), unsqueezed to [1, 1, s, d] for the heads
+# as apply_rotary_pos_emb does. `cos, sin = ...` unpacks them.
+fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s], x) {
     # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
     positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
     freqs = rearrange(matmul(rearrange(inv_freq, "f -> 1 f 1"), positions), "o f s -> o s f")
     emb = cat(freqs, freqs, dim = -1)
-    # cos() * attention_scaling (1 for the default rope)
-    return rearrange(cos(emb) * 1.0, "o s d -> o 1 s d"),
-           rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
+    # cos() * attention_scaling (1 for the default rope), then sin's, then both cast
+    scale = cos(emb) * 1.0
+    scale_1 = sin(emb) * 1.0
+    return rearrange(type_as(scale, x), "o s d -> o 1 s d"),
+           rearrange(type_as(scale_1, x), "o s d -> o 1 s d")
 }
 
 # The causal mask transformers' create_causal_mask makes once per forward from the

@@ -205,6 +205,30 @@ def _common(p: argparse.ArgumentParser) -> None:
         "repetition index: model.layers.*.mlp.*): no gradient, no optimizer state; "
         "repeatable",
     )
+    adapters = p.add_argument_group("LoRA adapters, as PEFT's get_peft_model injects them")
+    adapters.add_argument(
+        "--lora",
+        type=int,
+        metavar="R",
+        help="LoRA of rank R on the targeted Linear layers; every other parameter frozen",
+    )
+    adapters.add_argument(
+        "--lora-alpha", type=float, default=8, metavar="A", help="lora_alpha (8, PEFT's)"
+    )
+    adapters.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="dropout on the adapters' input (0: nn.Identity, PEFT's default)",
+    )
+    adapters.add_argument(
+        "--lora-targets",
+        default="all-linear",
+        metavar="NAMES",
+        help="comma-separated module names or their last parts (q_proj,v_proj), globs "
+        "(model.layers.*.mlp.*), or all-linear (every Linear but lm_head; the default)",
+    )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
         "--first-step",
@@ -240,6 +264,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def lora_of(args: argparse.Namespace):
+    """The LoRA settings of the command's flags, or None without --lora."""
+    if getattr(args, "lora", None) is None:
+        return None
+    from memspec.lora import Lora, parse_targets
+
+    alpha = int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha
+    return Lora(args.lora, alpha, args.lora_dropout, parse_targets(args.lora_targets))
+
+
 def _result(args: argparse.Namespace, **options):
     """compile_spec with the command's common flags; `options` add or override."""
     from memspec.compile import compile_spec
@@ -248,6 +282,7 @@ def _result(args: argparse.Namespace, **options):
     names = ("convention", "precision", "recompute", "dp", "zero", "runtime", "tp", "sp")
     names += ("sp_convention", "freeze")
     flags = {name: getattr(args, name, None) for name in names}
+    flags["lora"] = lora_of(args)
     step = StepOptions(
         args.first_step,
         args.set_to_none,

@@ -16,6 +16,7 @@ import sympy as sp
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
+from memspec.lora import Lora
 from memspec.ops import lookup
 from memspec.parallel import DP, TP, with_degree
 from memspec.passes import AnalysisContext, run_pipeline
@@ -72,6 +73,7 @@ def compile_spec(
     sp: bool | None = None,
     sp_convention: str | None = None,
     freeze: tuple[str, ...] | list[str] = (),
+    lora: Lora | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -83,7 +85,8 @@ def compile_spec(
     parallel ranks), `zero` (the ZeRO stage), `runtime` (`memspec.parallel`) and `tp`
     (tensor-parallel ranks, the spec's `tp_plan`s; "TP": the symbol), `sp` and
     `sp_convention` (sequence parallelism) give what each rank holds. `freeze` globs
-    over parameter names give requires_grad=False (`memspec.freeze`). Raises
+    over parameter names give requires_grad=False (`memspec.freeze`); `lora` injects
+    PEFT's LoRA adapters and freezes the rest (`memspec.lora`). Raises
     `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
@@ -106,6 +109,7 @@ def compile_spec(
         sp,
         sp_convention,
         tuple(freeze),
+        lora,
     )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if config.parallel.distributed:

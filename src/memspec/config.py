@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
+from memspec.lora import Lora
 from memspec.names import did_you_mean
 from memspec.ops.registry import REGISTRY
 from memspec.parallel import SINGLE, Parallel, read_parallel
@@ -42,6 +43,7 @@ class TrainConfig:
     recompute: Recompute = NONE
     parallel: Parallel = SINGLE
     freeze: tuple[str, ...] = ()  # globs over parameter names: requires_grad=False
+    lora: Lora | None = None  # LoRA adapters on the targeted Linear layers
 
 
 @functools.cache
@@ -74,6 +76,7 @@ def resolve_config(
     sp: bool | None = None,
     sp_convention: str | None = None,
     freeze: tuple[str, ...] = (),
+    lora: Lora | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -137,7 +140,10 @@ def resolve_config(
             parallel.get("sp_convention"),
         ),
         freeze=tuple(freeze),
+        lora=lora,
     )
+    if lora is not None and config.parallel.tensor_parallel:
+        raise UsageError("--lora with --tp is not modelled: PEFT's adapters are not in the tp_plan")
     return config
 
 

@@ -79,6 +79,21 @@ class Precision:
         low = [r.dtype for r in self.casts if r.dtype is not None and r.dtype.itemsize == 2]
         return low[0] if low else None
 
+    # A parameter stored in a dtype other than `param` (PEFT's float32 LoRA adapters on a
+    # bfloat16 model, `param w: float32[...]`) is trained as torch trains it: its
+    # gradient and optimizer state in its own dtype, and no master copy.
+    def grad_for(self, dtype: DType) -> DType:
+        """The dtype of the gradient of a parameter stored in `dtype`."""
+        return self.grad if dtype == self.param else dtype
+
+    def state_for(self, dtype: DType) -> DType:
+        """The dtype of the optimizer state of a parameter stored in `dtype`."""
+        return self.state if dtype == self.param else dtype
+
+    def master_for(self, dtype: DType) -> DType | None:
+        """The dtype of the master copy of a parameter stored in `dtype`, if it has one."""
+        return self.master if dtype == self.param else None
+
     def cast_rule(self, op: str) -> CastRule | None:
         return next((r for r in self.casts if op in r.ops), None)
 

@@ -431,6 +431,15 @@ def test_pad_and_contiguous(b, c, h, w, pads, transposed):
 
 
 @settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, transposed=st.booleans(), other=st.sampled_from(["float32", "bfloat16"]))
+def test_type_as(b, c, transposed, other):
+    """x.to(other.dtype): x itself for the same dtype (no node), else a copy, in x's
+    layout; other is read for its dtype only."""
+    order = (1, 0) if transposed else None
+    run_op("type_as", [((b, c), F32, "grad", order), ((3,), DType[other], "grad")], {})
+
+
+@settings(max_examples=15, deadline=None)
 @given(b=dims, g=dims, per_group=dims, hw=st.integers(2, 3), affine=st.integers(0, 2), rx=roles,
        rw=roles)
 def test_group_norm(b, g, per_group, hw, affine, rx, rw):
@@ -495,6 +504,7 @@ def test_every_op_is_covered():
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
+               "type_as",
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

@@ -107,7 +107,8 @@ def test_a_copy_only_the_cache_holds_goes_when_the_recomputation_stops(tmp_path)
     graph = result.graph
     subs = result.substitutions()
     counts = {region.id: COND_SIZES["N"] for region in graph.regions}
-    rep = replay(graph, counts, DType.float32, False, lambda e: poly(e.xreplace(subs)),
+    rep = replay(graph, counts, lambda dtype: DType.float32, False,
+                 lambda e: poly(e.xreplace(subs)),
                  checkpointed=checkpointed_regions(graph, result.config.recompute))
     points = [p for p in rep.points if p.phase.value == "backward"]
     copy = COND_SIZES["D"] * COND_SIZES["F"] * 2

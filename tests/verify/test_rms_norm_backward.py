@@ -122,7 +122,7 @@ def _memspec_moments(result, sums_in_place: bool) -> list[tuple[int, ...]]:
     bindings = dict(result.bindings)
     plan = repeats.plan(result.graph, bindings)
     points = replay(
-        result.graph, plan.repetitions, result.config.precision.grad, False,
+        result.graph, plan.repetitions, result.config.precision.grad_for, False,
         lambda e: poly(result.resolve(e)), sums_in_place,
     ).points
     return [

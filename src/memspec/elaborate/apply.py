@@ -98,7 +98,12 @@ class OpApplier:
             for v in (self.builder.values[t.id] for t in tensors)
         )
         out_shards = shards
-        shards = tuple(self.builder.values[t.id].shard for t in tensors)
+        # an input only read for its dtype (type_as's other) is no slice of anything
+        constant = op.constant_positions(len(tensors))
+        shards = tuple(
+            None if k in constant else self.builder.values[t.id].shard
+            for k, t in enumerate(tensors)
+        )
         sharded = any(s is not None for s in shards) and out_shards is None
         rank = len(types[0].shape) if types else 0
         if self.loss_parallel and op_name in PARALLEL_LOSS and shards[0] == rank - 1:
@@ -128,7 +133,9 @@ class OpApplier:
             dataclasses.replace(o, shape=tuple(self.builder.drop_floors(d) for d in o.shape))
             for o in inferred
         )
-        requires_grad = op.differentiable and any(t.requires_grad for t in types)
+        requires_grad = op.differentiable and any(
+            t.requires_grad for k, t in enumerate(types) if k not in constant
+        )
         # The op an assignment or return produces is named after its target (or, for a
         # return, after the call it ends); ops nested inside an expression after the op.
         # An unpacking assignment names each output after its own target.

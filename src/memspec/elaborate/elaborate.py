@@ -150,6 +150,8 @@ class Elaborator:
                 decl.span,
             )
         self.layers.freezer.check()
+        if self.layers.lora is not None:
+            self.layers.lora.check()
         graph = self.builder.freeze(decl.name, outputs)
         check_no_index(graph)
         styles = self.layers.styles
@@ -192,6 +194,8 @@ class Elaborator:
         its input without a gradient while its output has one (frozen embeddings before
         trained layers), the first repetition saves less than the rest and makes no
         gradient of its input: it is elaborated again with that one apart."""
+        if self.builder.bound.is_one(self.builder.regions[inst.region].count):
+            return  # one repetition at the bound sizes: it is the first, and alone
         into = self.builder.values[first.id]
         out = self.builder.values[result.id]
         if out.requires_grad and not into.requires_grad and self.made_from_frozen(first.id):

@@ -20,6 +20,7 @@ from memspec.elaborate.shapes import divisibility_text, type_dims
 from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
 from memspec.freeze import Freezer, generic_name
 from memspec.ir.types import DType, Role, Shape
+from memspec.lora import LINEAR, LORA_LAYER, LoraTargets, is_adapter
 from memspec.names import name_hint
 from memspec.source import Span
 from memspec.syntax import decls as d
@@ -51,6 +52,7 @@ class Instantiator:
         self.plans = plans  # under tensor parallelism, the spec's tp_plans
         self.styles: dict[str, Planned] = {}  # instance path -> what the plan says of it
         self.freezer = Freezer(config.freeze)
+        self.lora = LoraTargets(config.lora) if config.lora is not None else None
         # repeats whose first repetition runs apart (its input needs no gradient)
         self.split_first = split_first
 
@@ -159,9 +161,36 @@ class Instantiator:
                 return split_first(self, inst, stmt, ref.decl, path, count)
             region = self.builder.add_region(path, count, inst.region, stmt.span, stmt.checkpoint)
         args = self.layer_arguments(ref.decl, stmt.args, inst.scope, stmt.span)
-        sub = self.instantiate(ref.decl, args, path, region, stmt.span)
+        decl = ref.decl
+        # a LoraLinear's own base_layer is the Linear it wraps, not another target
+        if self.lora is not None and decl.name == LINEAR and inst.decl.name != LORA_LAYER:
+            decl, args = self.lora_linear(decl, args, path, region, stmt.span)
+        sub = self.instantiate(decl, args, path, region, stmt.span)
         sub.repeated = stmt.count is not None
         return sub
+
+    def lora_linear(
+        self, decl: d.DeclLayer, args: dict[str, object], path: str, region: int | None, span
+    ) -> tuple[d.DeclLayer, dict[str, object]]:
+        """A targeted Linear becomes std's LoraLinear, with its arguments and the
+        adapter's (`memspec.lora`); any other stays as it is."""
+        assert self.lora is not None
+        if not self.lora.targeted(generic_name(path, self.region_paths(region))):
+            return decl, args
+        ref = self.globals.find(LORA_LAYER)
+        if not isinstance(ref, LayerRef):
+            raise NameResolutionError(
+                f"--lora wraps Linear layers in std's {LORA_LAYER}, which this spec does "
+                "not see: add `use std`",
+                span,
+            )
+        lora = self.lora.lora
+        adapter = {
+            "r": sp.Integer(lora.r),
+            "lora_alpha": sp.Rational(str(lora.alpha)),
+            "lora_dropout": sp.Rational(str(lora.dropout)),
+        }
+        return ref.decl, {**args, **adapter}
 
     def layer_arguments(
         self, decl: d.DeclLayer, args: tuple[n.Arg, ...], caller: Scope, span: Span | None
@@ -206,6 +235,8 @@ class Instantiator:
             text = f"TP divides {whole} ({style} shards dim {shard} of {path} across TP ranks)"
             self.builder.assume_integer(shape[shard], text, stmt.span)
         trained = is_param and not stmt.frozen
+        if is_param and self.lora is not None:  # PEFT trains the adapters alone
+            trained = trained and is_adapter(path)
         if is_param and self.freezer.patterns:
             trained = trained and not self.freezer.frozen(generic_name(path, self.regions(inst)))
         vid = self.builder.add_value(
@@ -246,7 +277,11 @@ class Instantiator:
 
     def regions(self, inst: Instance) -> list[str]:
         """The paths of the repeat regions `inst` is in, outermost first."""
-        paths, region = [], inst.region
+        return self.region_paths(inst.region)
+
+    def region_paths(self, region: int | None) -> list[str]:
+        """The paths of `region` and the regions it is in, outermost first."""
+        paths = []
         while region is not None:
             paths.append(self.builder.regions[region].path)
             region = self.builder.regions[region].parent

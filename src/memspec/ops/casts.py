@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from memspec.ir.types import DType
 from memspec.ops.registry import (
+    Grad,
     InferContext,
     OpDef,
     OpKind,
@@ -54,6 +55,45 @@ register(
         kind=OpKind.LAYOUT,
         shape_doc="x's shape in `dtype`, new storage; a parameter's copy (`cached`) lives "
         "until the autocast context exits",
+        saved_doc="nothing",
+    )
+)
+
+
+# `x.type_as(other)`, `x.to(other.dtype)`: what PEFT's LoRA layers do to their input
+# before the adapters (`_cast_input_dtype(x, lora_A.weight.dtype)`) and to their result
+# after (`result.to(torch_result_dtype)`). torch returns x itself when the dtypes agree.
+def _type_as_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, other = ctx.inputs
+    if x.dtype == other.dtype:
+        return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
+    if not x.dtype.is_float or not other.dtype.is_float:
+        raise ctx.fail(f"casts between float dtypes, not {x.dtype.value} to {other.dtype.value}")
+    strides = x.strides
+    if strides is not None and dense_like(x.shape, strides, ctx.bound) != strides:
+        strides = None
+    return (OutputSpec(x.shape, other.dtype, strides=strides),)
+
+
+def _type_as_grads(op, graph) -> tuple[Grad, ...]:
+    x, out = graph.values[op.inputs[0]], graph.values[op.outputs[0]]
+    # ToCopyBackward0 converts the gradient back to x's dtype: a new tensor
+    return (Grad.THROUGH if x.dtype == out.dtype else Grad.NEW, Grad.NONE)
+
+
+register(
+    OpDef(
+        "type_as",
+        "x in other's dtype (x.to(other.dtype)): x itself when the dtypes agree, else a copy",
+        ("x", "other"),
+        _type_as_infer,
+        lower=lambda t, a: t[0].to(t[1].dtype),
+        grads=_type_as_grads,
+        constants=("other",),
+        grads_doc="x's: the output's gradient itself when no cast was made, else a new "
+        "tensor in x's dtype; none to other",
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape in other's dtype; x itself when the dtypes agree",
         saved_doc="nothing",
     )
 )

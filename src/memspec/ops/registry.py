@@ -270,6 +270,9 @@ class OpDef:
     # bytes the op allocates and frees within its forward, beside its outputs (a
     # collective's staging copy); None: none
     workspace: FlopRule | None = None
+    # inputs (by name) autograd never differentiates through (`x.type_as(other)`'s
+    # other): the output needs a gradient only when another input does
+    constants: tuple[str, ...] = ()
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)
@@ -277,6 +280,10 @@ class OpDef:
     def __post_init__(self) -> None:
         if (self.grads is None) != (self.grads_doc is None):
             raise ValueError(f"op {self.name!r}: give grads and grads_doc together")
+
+    def constant_positions(self, count: int) -> frozenset[int]:
+        """Positions among `count` inputs of those in `constants`."""
+        return frozenset(k for k, name in enumerate(self.tensors[:count]) if name in self.constants)
 
     def summed_inputs(self, op: OpApply) -> tuple[int, ...]:
         """Positions among `op`'s inputs of those in `summed`."""

@@ -111,9 +111,11 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
         "total": sp.Add(*(c.elements for c in categories.values())),
         "active_parameters": active.elements,
     }
-    if context.config.parallel.tensor_parallel:
-        # the spec's counts are of the model, not of one rank's shards
-        quantities["parameters"] = whole_parameters(context.graph)
+    lora = context.config.lora is not None
+    if context.config.parallel.tensor_parallel or lora:
+        # the spec's counts are of its model: not of one rank's shards, nor with the
+        # adapters --lora adds
+        quantities["parameters"] = whole_parameters(context.graph, adapters=not lora)
     program = context.program
     return check_expects(
         program.expects, quantities, context.symbols, program.presets, context.evaluate

@@ -12,16 +12,21 @@ __all__ = ["count_gradients"]
 
 def count_gradients(graph: Graph, config: TrainConfig) -> CategoryResult:
     """`param.grad` for every parameter, as accumulated by backward."""
-    dtype = config.precision.grad
+    precision = config.precision
+    dtype = precision.grad
     items = tuple(
         LineItem(
             f"{v.path}.grad",
             shape,
-            dtype,
+            precision.grad_for(v.dtype),
             regions_of(graph, v.region),
             "" if shape == v.shape else WHOLE_GRADIENT,
             span=v.span,
         )
         for v, shape in ((v, gradient_shape(graph, v)) for v in trainable(graph))
     )
-    return CategoryResult("gradients", items, f"One gradient per parameter, in {dtype.value}")
+    text = f"One gradient per parameter, in {dtype.value}"
+    others = sorted({i.dtype.value for i in items} - {dtype.value})
+    if others:
+        text += f" (in {', '.join(others)} for the parameters stored in it)"
+    return CategoryResult("gradients", items, text)

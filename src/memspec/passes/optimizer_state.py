@@ -37,18 +37,19 @@ def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
                 LineItem(
                     f"{v.path}.{rule.name}",
                     rule.extent.shape(v.shape, graph.bound),
-                    rule.dtype or precision.state,
+                    rule.dtype or precision.state_for(v.dtype),
                     () if rule.shared else regions,
                     note="one per optimizer" if rule.shared else "",
                     span=v.span,
                 )
             )
-        if precision.master is not None:
+        master = precision.master_for(v.dtype)
+        if master is not None:
             items.append(
                 LineItem(
                     f"{v.path}.master",
                     v.shape,
-                    precision.master,
+                    master,
                     regions,
                     note="master copy",
                     span=v.span,
@@ -59,6 +60,9 @@ def count_optimizer_state(graph: Graph, config: TrainConfig) -> CategoryResult:
             items.append(LineItem(f"scaler.{name}", (), dtype, note="the loss scaler's"))
     text = f"{optimizer.name} keeps per parameter: {optimizer.describe_state()}"
     text += f", in {precision.state.value}"
+    own = sorted({v.dtype.value for v in trainable(graph)} - {precision.param.value})
+    if own:
+        text += f" ({', '.join(own)} for the parameters stored in it)"
     for other in optimizer.chain()[1:]:
         text += (
             f"; {other.name}, for the parameters {optimizer.name} does not take "

@@ -12,6 +12,7 @@ import sympy as sp
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph, Value
 from memspec.ir.types import Role, Shape, numel
+from memspec.lora import is_adapter
 from memspec.parallel import TP
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 from memspec.symbolic.symbols import dim_symbol
@@ -75,16 +76,16 @@ def gradient_shape(graph: Graph, v: Value) -> Shape:
     return v.whole_shape(dim_symbol(TP))
 
 
-def whole_parameters(graph: Graph) -> sp.Expr:
+def whole_parameters(graph: Graph, adapters: bool = True) -> sp.Expr:
     """The model's parameter count when the graph is one tensor-parallel rank's: each
-    sharded parameter TP times its local size."""
+    sharded parameter TP times its local size; without `adapters`, less --lora's."""
     degree = dim_symbol(TP)
     return sp.expand(
         sum(
             (
                 numel(v.whole_shape(degree)) * graph.multiplicity(v.region)
                 for v in graph.values
-                if v.role is Role.PARAMETER
+                if v.role is Role.PARAMETER and (adapters or not is_adapter(v.path))
             ),
             sp.Integer(0),
         )

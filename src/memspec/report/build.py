@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sympy as sp
 
+from memspec.ir.types import Role
+from memspec.lora import ADAPTER_A
 from memspec.passes.parameters import FROZEN, trained_items
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.recompute import describe_checkpoints
@@ -139,4 +141,22 @@ def build_report(result: CompileResult) -> Report:
         tp_plan=tuple((path, style, STYLES[style].torch) for path, style in result.graph.tp_plan),
         trainable=trainable,
         trainable_line=trainable_line,
+        lora=_lora(result),
     )
+
+
+def _lora(result: CompileResult) -> tuple[str, Math] | None:
+    """--lora's settings in words, and how many Linear modules got adapters."""
+    lora = result.config.lora
+    if lora is None:
+        return None
+    graph = result.graph
+    wrapped = sum(
+        (
+            graph.multiplicity(v.region)
+            for v in graph.values
+            if v.role is Role.PARAMETER and v.path.endswith(ADAPTER_A)
+        ),
+        sp.Integer(0),
+    )
+    return lora.describe(), quantity(result, wrapped)

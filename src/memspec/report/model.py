@@ -248,6 +248,7 @@ class Report:
     # tensor parallelism: the configuration in words, and each planned member as
     # (path, style, torch's style); None without
     tensor_parallel: str | None = None
+    lora: tuple[str, Math] | None = None  # --lora's settings, the Linear modules wrapped
     tp_plan: tuple[tuple[str, str, str], ...] = ()
     # the parameters the optimizer trains (requires_grad), and PEFT's line for them when
     # some are frozen (None when none is)

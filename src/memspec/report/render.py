@@ -256,6 +256,15 @@ def render_json(result: CompileResult) -> str:
             "description": r.tensor_parallel,
             "plan": {path: style for path, style, _ in r.tp_plan},
         }
+    if r.lora is not None:
+        lora = result.config.lora
+        doc["config"]["lora"] = {
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": list(lora.targets),
+            "wrapped": r.lora[1].value if r.lora[1].value is not None else r.lora[1].text,
+        }
     if r.ranks is not None:
         doc["config"]["parallel"] = r.ranks.description
         doc["ranks"] = _ranks(r.ranks, result.rank_peaks)

@@ -43,7 +43,7 @@ class BackwardReplay:
     def __init__(
         self,
         forward: ForwardReplay,
-        grad_dtype: DType,
+        grad_dtype: Callable[[DType], DType],  # a parameter's dtype -> its gradient's
         grads_exist: bool,
         sums_in_place: bool = True,
     ):
@@ -127,6 +127,15 @@ class BackwardReplay:
             if not frame.recomputed and record.number in frame.waiting:
                 recompute(self.forward, frame)  # the first unpack of a saved tensor
         kinds = lookup(op.op).gradient_kinds(op, graph)
+        if grads_out[0] is not None:
+            # the engine's validate_outputs casts a gradient handed on to an input of
+            # another dtype (bfloat16 + float32 -> float32: add's bfloat16 input) into
+            # that input's dtype: a new tensor
+            dtype = graph.value(op.outputs[0]).dtype
+            kinds = tuple(
+                Grad.NEW if k in _HANDED and graph.value(v).dtype != dtype else k
+                for v, k in zip(op.inputs, kinds, strict=True)
+            )
         moments = lookup(op.op).backward_moments
         # the same tensor handed to two inputs (add's): AccumulateGrad must copy it
         shared = sum(
@@ -322,7 +331,7 @@ class BackwardReplay:
     def grad_size(self, v) -> Poly:
         """A parameter's gradient's bytes (a vocab-parallel table's is whole)."""
         shape = gradient_shape(self.forward.graph, v)
-        return self.forward.measure(numel(shape) * self.grad_dtype.itemsize)
+        return self.forward.measure(numel(shape) * self.grad_dtype(v.dtype).itemsize)
 
     def _view(self, kind: Grad, output: object) -> tuple[bool, bool | None]:
         """(whether an input's gradient handed on by `kind` is a view of the output's

@@ -299,7 +299,10 @@ class ForwardReplay(Interpreter[Entry]):
         """Count the op's uses of parameters, and hold what it saves for backward (in a
         checkpoint, only while the op runs: what it made to save is freed after it)."""
         graph = self.graph
-        for vid, entry in zip(op.inputs, inputs, strict=True):
+        constant = lookup(op.op).constant_positions(len(op.inputs))  # no gradient: no use
+        for position, (vid, entry) in enumerate(zip(op.inputs, inputs, strict=True)):
+            if position in constant:
+                continue
             if graph.value(vid).role is Role.PARAMETER:
                 self.uses[entry.key] = self.uses.get(entry.key, 0) + 1
         if record.frame is None:

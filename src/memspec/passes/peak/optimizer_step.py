@@ -12,11 +12,12 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.sizes import BoundSizes
-from memspec.ir.types import DType, numel
+from memspec.ir.types import numel
 from memspec.optimizers import Optimizer
 from memspec.passes.parameters import trained_items
 from memspec.passes.peak.moments import Phase, Point
 from memspec.passes.results import CategoryResult, LineItem
+from memspec.policies import Precision
 from memspec.symbolic.polys import Poly, add_into
 
 __all__ = ["STEPPED", "own_state", "repetition_groups", "state_before", "step_moments"]
@@ -67,7 +68,7 @@ def _loop(
     params: list[LineItem],
     impl: str,
     bound: BoundSizes,
-    dtype: DType,
+    precision: Precision,
     measure: Callable[[sp.Expr], Poly],
 ) -> list[tuple[str, Poly]]:
     """A loop over parameters (for_loop): at each temporary made, this parameter's so
@@ -76,6 +77,7 @@ def _loop(
     carried: dict[int, sp.Expr] = {}  # rule index -> the bytes its variable still holds
     moments = []
     for item in params:
+        dtype = precision.state_for(item.dtype)
         made = [k for k, rule in enumerate(rules) if rule.applies(item.shape, bound)]
         free_after = {}  # a carried variable -> the position after which it is rebound
         for k in carried:
@@ -132,7 +134,7 @@ def own_state(
                 continue
             shared.add(rule.name)
             size = numel(rule.extent.shape(item.shape, bound))
-            size *= (rule.dtype or config.precision.state).itemsize
+            size *= (rule.dtype or config.precision.state_for(item.dtype)).itemsize
             total += size if rule.shared else size * item.multiplicity
     return total
 
@@ -175,7 +177,7 @@ def _temporaries(
             own if ordered else _update_order(tuple(own)),
             impl,
             bound,
-            config.precision.state,
+            config.precision,
             measure,
         )
     every = sp.Integer(0)

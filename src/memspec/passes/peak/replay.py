@@ -79,7 +79,7 @@ class Replay:
 def replay(
     graph: Graph,
     repetitions: Mapping[int, int],
-    grad_dtype: DType,
+    grad_dtype: Callable[[DType], DType],
     grads_exist: bool,
     measure: Callable[[sp.Expr], Poly] = poly,
     sums_in_place: bool = True,

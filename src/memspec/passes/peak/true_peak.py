@@ -88,9 +88,9 @@ def peak_memory(
         master, reshard = config.precision.master, config.parallel.reshard_after_forward
         plan = fsdp_plan(graph, dim_symbol(DP), measure, master, reshard)
     # FSDP2's unsharded gradients are in the compute dtype, its parameters'
-    grad_dtype = config.precision.grad
+    grad_dtype = config.precision.grad_for
     if plan is not None:
-        grad_dtype = config.precision.param
+        grad_dtype = lambda dtype: dtype  # noqa: E731
     # (micro-batches, whether gradients exist before their backward): a fresh model's
     # first step has none whatever zero_grad does
     kept = not options.set_to_none and not options.first_step
