@@ -221,6 +221,23 @@ optimizer adamw8bit "AdamW with 8-bit block-wise quantized moments (bitsandbytes
     flops 18 per element            # AdamW's 14; decoding (x absmax) and encoding (/ absmax) each moment
     torch bitsandbytes.optim:AdamW8bit(lr = 0.001)
 }
+# bitsandbytes' PagedAdamW8bit (QLoRA's optimizer): AdamW8bit's state, with the moments of
+# a parameter of 100,000 elements or more (a LoRA adapter at r >= 25 on a 4096-wide layer)
+# in CUDA unified memory, which the driver pages out to host memory when the device runs
+# short and PyTorch's allocator (torch.cuda.max_memory_allocated) does not count; memspec
+# counts them on the device, where they live until paged out.
+optimizer paged_adamw8bit "AdamW8bit with its larger moments in paged (CUDA unified) memory (bitsandbytes PagedAdamW8bit)" {
+    state state1: like param as uint8 if numel >= 4096
+    state state2: like param as uint8 if numel >= 4096
+    state absmax1: blocks of 256 of param as float32 if numel >= 4096
+    state absmax2: blocks of 256 of param as float32 if numel >= 4096
+    state qmap1: [256] as float32 if numel >= 4096, shared
+    state qmap2: [256] as float32 if numel >= 4096, shared
+    state state1: like param as float32 if numel < 4096
+    state state2: like param as float32 if numel < 4096
+    flops 18 per element
+    torch bitsandbytes.optim:PagedAdamW8bit(lr = 0.001)
+}
 
 # Activation recomputation, as torch.utils.checkpoint runs it (use_reentrant=False): a
 # checkpoint keeps its inputs instead of what its ops save; in backward, the first node

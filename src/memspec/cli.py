@@ -229,6 +229,33 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="comma-separated module names or their last parts (q_proj,v_proj), globs "
         "(model.layers.*.mlp.*), or all-linear (every Linear but lm_head; the default)",
     )
+    quantized = p.add_argument_group("quantized weights, as transformers' BitsAndBytesConfig")
+    quantized.add_argument(
+        "--weights",
+        metavar="FORMAT",
+        help="store every Linear's weight but lm_head in FORMAT: nf4 or fp4 (bitsandbytes' "
+        "Linear4bit, blocksize 64)",
+    )
+    quantized.add_argument(
+        "--compute-dtype",
+        default="bfloat16",
+        metavar="DTYPE",
+        help="the dtype 4-bit products run in (bnb_4bit_compute_dtype; bfloat16, QLoRA's)",
+    )
+    quantized.add_argument(
+        "--weights-skip",
+        default="lm_head",
+        metavar="NAMES",
+        help="comma-separated Linear modules (names or last parts) kept unquantized "
+        "(llm_int8_skip_modules; lm_head)",
+    )
+    quantized.add_argument(
+        "--no-double-quant",
+        dest="double_quant",
+        action="store_false",
+        help="float32 block maxima (bnb_4bit_use_double_quant=False) instead of QLoRA's "
+        "double quantization",
+    )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
         "--first-step",
@@ -274,6 +301,16 @@ def lora_of(args: argparse.Namespace):
     return Lora(args.lora, alpha, args.lora_dropout, parse_targets(args.lora_targets))
 
 
+def weights_of(args: argparse.Namespace):
+    """The quantized-weight settings of the command's flags, or None without --weights."""
+    if getattr(args, "weights", None) is None:
+        return None
+    from memspec.quantize import Weights
+
+    skip = tuple(s.strip() for s in args.weights_skip.split(",") if s.strip())
+    return Weights(args.weights, args.compute_dtype, args.double_quant, skip)
+
+
 def _result(args: argparse.Namespace, **options):
     """compile_spec with the command's common flags; `options` add or override."""
     from memspec.compile import compile_spec
@@ -283,6 +320,7 @@ def _result(args: argparse.Namespace, **options):
     names += ("sp_convention", "freeze")
     flags = {name: getattr(args, name, None) for name in names}
     flags["lora"] = lora_of(args)
+    flags["weights"] = weights_of(args)
     step = StepOptions(
         args.first_step,
         args.set_to_none,

@@ -23,6 +23,7 @@ from memspec.passes import AnalysisContext, run_pipeline
 from memspec.passes.peak import StepOptions
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.policies import read_convention
+from memspec.quantize import Weights
 from memspec.recompute import unmodelled_cache
 from memspec.result import CompileResult
 from memspec.source import SourceFile
@@ -74,6 +75,7 @@ def compile_spec(
     sp_convention: str | None = None,
     freeze: tuple[str, ...] | list[str] = (),
     lora: Lora | None = None,
+    weights: Weights | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -86,7 +88,8 @@ def compile_spec(
     (tensor-parallel ranks, the spec's `tp_plan`s; "TP": the symbol), `sp` and
     `sp_convention` (sequence parallelism) give what each rank holds. `freeze` globs
     over parameter names give requires_grad=False (`memspec.freeze`); `lora` injects
-    PEFT's LoRA adapters and freezes the rest (`memspec.lora`). Raises
+    PEFT's LoRA adapters and freezes the rest (`memspec.lora`); `weights` stores the
+    Linear layers' weights quantized (`memspec.quantize`). Raises
     `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
@@ -94,7 +97,8 @@ def compile_spec(
         raise UsageError("--grad-accum must be at least 1")
     training = _training(peak_flops, mfu, steps)
     source, path = _source(spec)
-    program = load_program(source, path)
+    extras = (*(("peft.lora",) if lora else ()), *(("bitsandbytes.linear4bit",) if weights else ()))
+    program = load_program(source, path, extras)
     config = resolve_config(
         program,
         precision,
@@ -110,6 +114,7 @@ def compile_spec(
         sp_convention,
         tuple(freeze),
         lora,
+        weights,
     )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if config.parallel.distributed:

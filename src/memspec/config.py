@@ -18,6 +18,7 @@ from memspec.policies import (
     read_optimizer,
     read_precision,
 )
+from memspec.quantize import Weights
 from memspec.recompute import NONE, Recompute, read_recompute
 from memspec.source import SourceFile
 from memspec.syntax.imports import Program, load_program
@@ -44,6 +45,7 @@ class TrainConfig:
     parallel: Parallel = SINGLE
     freeze: tuple[str, ...] = ()  # globs over parameter names: requires_grad=False
     lora: Lora | None = None  # LoRA adapters on the targeted Linear layers
+    weights: Weights | None = None  # the Linear layers' weights stored quantized
 
 
 @functools.cache
@@ -77,6 +79,7 @@ def resolve_config(
     sp_convention: str | None = None,
     freeze: tuple[str, ...] = (),
     lora: Lora | None = None,
+    weights: Weights | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -141,7 +144,10 @@ def resolve_config(
         ),
         freeze=tuple(freeze),
         lora=lora,
+        weights=weights,
     )
+    if weights is not None and config.parallel.tensor_parallel:
+        raise UsageError("--weights with --tp is not modelled: 4-bit weights are not sharded")
     if lora is not None and config.parallel.tensor_parallel:
         raise UsageError("--lora with --tp is not modelled: PEFT's adapters are not in the tp_plan")
     return config

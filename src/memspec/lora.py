@@ -1,7 +1,7 @@
 """`--lora R`: LoRA adapters injected as PEFT injects them (`get_peft_model`).
 
 Each targeted `Linear` of the spec is instantiated as std's `LoraLinear` instead
-(specs/std/lora.mspec), with the Linear's own arguments and the adapter's: the Linear
+(specs/std/peft/lora.mspec), with the Linear's own arguments and the adapter's: the Linear
 becomes its `base_layer`, beside `lora_A.default` [r, in] and `lora_B.default` [out, r].
 Every parameter whose name lacks `lora_` is frozen (PEFT's `bias="none"`).
 

@@ -440,6 +440,27 @@ def test_type_as(b, c, transposed, other):
 
 
 @settings(max_examples=15, deadline=None)
+@given(b=dims, c=dims, transposed=st.booleans(), dtype=st.sampled_from(["float32", "bfloat16"]))
+def test_to_dtype(b, c, transposed, dtype):
+    """x.to(dtype): x itself for its own dtype (no node), else a copy in x's layout."""
+    order = (1, 0) if transposed else None
+    run_op("to_dtype", [((b, c), F32, "grad", order)], {"dtype": dtype})
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=dims, into=dims, out=dims, bias=st.booleans())
+def test_matmul_4bit(rows, into, out, bias):
+    """The 4-bit product on its packed weight (uint8, two codes a byte; an odd count pads
+    half a byte), lowered as an emulation of MatMul4Bit's tensors: nothing saved."""
+    packed = ((out * into + 1) // 2, 1)
+    inputs = [((rows, into), F32, "grad"), (packed, DType.uint8, "const")]
+    if bias:
+        inputs.append(((out,), F32, "grad"))
+    sizes = {"out_features": sp.Integer(out), "in_features": sp.Integer(into)}
+    run_op("matmul_4bit", inputs, sizes)
+
+
+@settings(max_examples=15, deadline=None)
 @given(b=dims, g=dims, per_group=dims, hw=st.integers(2, 3), affine=st.integers(0, 2), rx=roles,
        rw=roles)
 def test_group_norm(b, g, per_group, hw, affine, rx, rw):
@@ -504,7 +525,7 @@ def test_every_op_is_covered():
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
-               "type_as",
+               "type_as", "to_dtype", "matmul_4bit",
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

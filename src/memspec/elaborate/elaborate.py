@@ -152,6 +152,7 @@ class Elaborator:
         self.layers.freezer.check()
         if self.layers.lora is not None:
             self.layers.lora.check()
+        self.layers.check_skips()
         graph = self.builder.freeze(decl.name, outputs)
         check_no_index(graph)
         styles = self.layers.styles

@@ -17,11 +17,18 @@ from memspec.elaborate.exprs import ExprEvaluator
 from memspec.elaborate.repeat_index import split_first, split_repeat
 from memspec.elaborate.scope import Instance, LayerRef, Scope, Stack, Tensor
 from memspec.elaborate.shapes import divisibility_text, type_dims
-from memspec.errors import MemspecError, NameResolutionError, ShapeError, SpecValueError
+from memspec.errors import (
+    MemspecError,
+    NameResolutionError,
+    ShapeError,
+    SpecValueError,
+    UsageError,
+)
 from memspec.freeze import Freezer, generic_name
 from memspec.ir.types import DType, Role, Shape
 from memspec.lora import LINEAR, LORA_LAYER, LoraTargets, is_adapter
-from memspec.names import name_hint
+from memspec.names import did_you_mean, name_hint
+from memspec.quantize import QUANTIZED_LAYER, SKIPPED
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -53,6 +60,7 @@ class Instantiator:
         self.styles: dict[str, Planned] = {}  # instance path -> what the plan says of it
         self.freezer = Freezer(config.freeze)
         self.lora = LoraTargets(config.lora) if config.lora is not None else None
+        self.linears: list[str] = []  # every Linear's name, for --weights-skip's check
         # repeats whose first repetition runs apart (its input needs no gradient)
         self.split_first = split_first
 
@@ -165,9 +173,33 @@ class Instantiator:
         # a LoraLinear's own base_layer is the Linear it wraps, not another target
         if self.lora is not None and decl.name == LINEAR and inst.decl.name != LORA_LAYER:
             decl, args = self.lora_linear(decl, args, path, region, stmt.span)
+        if self.config.weights is not None and decl.name == LINEAR:
+            decl, args = self.quantized_linear(decl, args, path, stmt.span)
         sub = self.instantiate(decl, args, path, region, stmt.span)
         sub.repeated = stmt.count is not None
         return sub
+
+    def quantized_linear(
+        self, decl: d.DeclLayer, args: dict[str, object], path: str, span
+    ) -> tuple[d.DeclLayer, dict[str, object]]:
+        """A Linear becomes std's Linear4bit (`memspec.quantize`), but the output layer."""
+        weights = self.config.weights
+        assert weights is not None
+        self.linears.append(generic_name(path, self.regions_of_path(path)))
+        if weights.skips(path):
+            return decl, args
+        ref = self.globals.find(QUANTIZED_LAYER)
+        if not isinstance(ref, LayerRef):
+            raise NameResolutionError(
+                f"--weights stores Linear layers as std's {QUANTIZED_LAYER}, which this spec "
+                "does not see (std.bitsandbytes.linear4bit)",
+                span,
+            )
+        return ref.decl, {
+            **args,
+            "compute": weights.compute,
+            "double_quant": weights.double_quant,
+        }
 
     def lora_linear(
         self, decl: d.DeclLayer, args: dict[str, object], path: str, region: int | None, span
@@ -181,7 +213,7 @@ class Instantiator:
         if not isinstance(ref, LayerRef):
             raise NameResolutionError(
                 f"--lora wraps Linear layers in std's {LORA_LAYER}, which this spec does "
-                "not see: add `use std`",
+                "not see (std.peft.lora)",
                 span,
             )
         lora = self.lora.lora
@@ -278,6 +310,23 @@ class Instantiator:
     def regions(self, inst: Instance) -> list[str]:
         """The paths of the repeat regions `inst` is in, outermost first."""
         return self.region_paths(inst.region)
+
+    def regions_of_path(self, path: str) -> list[str]:
+        """The repeat regions whose paths lead `path`, outermost first."""
+        return [r.path for r in self.builder.regions if path.startswith(r.path + ".")]
+
+    def check_skips(self) -> None:
+        """A --weights-skip name that keeps no Linear is a mistake: say so."""
+        weights = self.config.weights
+        if weights is None or weights.skip == SKIPPED:  # the default: lm_head where there is one
+            return
+        for name in weights.skip:
+            if not any(n == name or n.endswith("." + name) for n in self.linears):
+                leaves = sorted({n.rsplit(".", 1)[-1] for n in self.linears})
+                raise UsageError(
+                    f"--weights-skip {name!r} names no Linear layer"
+                    f"{did_you_mean(name, [*leaves, *sorted(set(self.linears))])}"
+                )
 
     def region_paths(self, region: int | None) -> list[str]:
         """The paths of `region` and the regions it is in, outermost first."""

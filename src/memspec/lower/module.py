@@ -200,7 +200,8 @@ class LoweredModel(nn.Module):
             else:
                 data = torch.zeros(shape, dtype=dtype)
             if v.role is Role.PARAMETER:
-                tensor = nn.Parameter(data).requires_grad_(v.requires_grad)  # frozen
+                # frozen; an integer one (a packed 4-bit weight) is created frozen
+                tensor = nn.Parameter(data, requires_grad=v.requires_grad)
                 owner.register_parameter(name, tensor)
             else:
                 owner.register_buffer(name, data)

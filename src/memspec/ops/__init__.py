@@ -17,6 +17,7 @@ from memspec.ops import (  # noqa: F401  (importing registers the ops)
     outputs,
     pointwise,
     positional,
+    quantized,
     reductions,
     routing,
     scan,

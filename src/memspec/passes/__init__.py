@@ -111,11 +111,11 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
         "total": sp.Add(*(c.elements for c in categories.values())),
         "active_parameters": active.elements,
     }
-    lora = context.config.lora is not None
-    if context.config.parallel.tensor_parallel or lora:
+    changed = context.config.lora is not None or context.config.weights is not None
+    if context.config.parallel.tensor_parallel or changed:
         # the spec's counts are of its model: not of one rank's shards, nor with the
-        # adapters --lora adds
-        quantities["parameters"] = whole_parameters(context.graph, adapters=not lora)
+        # adapters --lora adds or the weights --weights packs
+        quantities["parameters"] = whole_parameters(context.graph, model_only=changed)
     program = context.program
     return check_expects(
         program.expects, quantities, context.symbols, program.presets, context.evaluate

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sympy as sp
 
-from memspec.ir.types import Role
+from memspec.ir.types import DType, Role
 from memspec.lora import ADAPTER_A
+from memspec.ops.quantized import MATMUL_4BIT
 from memspec.passes.parameters import FROZEN, trained_items
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.recompute import describe_checkpoints
@@ -85,7 +86,9 @@ def _trainable(result: CompileResult) -> tuple[Math, str | None]:
     elements = quantity(result, trained)
     if all(i.note != FROZEN for i in items):
         return elements, None
-    every = quantity(result, result.categories["parameters"].elements)
+    # PEFT counts a packed 4-bit weight (uint8, two codes a byte) twice: its out x in
+    packed = sum((i.total_elements for i in items if i.dtype is DType.uint8), sp.Integer(0))
+    every = quantity(result, result.categories["parameters"].elements + packed)
     if elements.value is None or every.value is None:
         return elements, None
     share = 100 * elements.value / every.value
@@ -142,7 +145,21 @@ def build_report(result: CompileResult) -> Report:
         trainable=trainable,
         trainable_line=trainable_line,
         lora=_lora(result),
+        weights=_weights(result),
     )
+
+
+def _weights(result: CompileResult) -> tuple[str, Math] | None:
+    """--weights' format in words, and how many Linear modules it packs."""
+    weights = result.config.weights
+    if weights is None:
+        return None
+    graph = result.graph
+    packed = sum(
+        (graph.multiplicity(op.region) for op in graph.ops if op.op == MATMUL_4BIT),
+        sp.Integer(0),
+    )
+    return weights.describe(), quantity(result, packed)
 
 
 def _lora(result: CompileResult) -> tuple[str, Math] | None:

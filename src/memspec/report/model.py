@@ -249,6 +249,7 @@ class Report:
     # (path, style, torch's style); None without
     tensor_parallel: str | None = None
     lora: tuple[str, Math] | None = None  # --lora's settings, the Linear modules wrapped
+    weights: tuple[str, Math] | None = None  # --weights' format, the Linear modules packed
     tp_plan: tuple[tuple[str, str, str], ...] = ()
     # the parameters the optimizer trains (requires_grad), and PEFT's line for them when
     # some are frozen (None when none is)

@@ -265,6 +265,16 @@ def render_json(result: CompileResult) -> str:
             "target_modules": list(lora.targets),
             "wrapped": r.lora[1].value if r.lora[1].value is not None else r.lora[1].text,
         }
+    if r.weights is not None:
+        weights = result.config.weights
+        doc["config"]["weights"] = {
+            "format": weights.format,
+            "compute_dtype": weights.compute,
+            "double_quant": weights.double_quant,
+            "skip": list(weights.skip),
+            "description": r.weights[0],
+            "packed": r.weights[1].value if r.weights[1].value is not None else r.weights[1].text,
+        }
     if r.ranks is not None:
         doc["config"]["parallel"] = r.ranks.description
         doc["ranks"] = _ranks(r.ranks, result.rank_peaks)

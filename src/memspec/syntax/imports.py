@@ -183,15 +183,23 @@ class _Loader:
 PRELUDE = "train"  # std/train.mspec: the policies every spec can name without `use`
 
 
-def load_program(source: SourceFile, path: Path | None) -> Program:
+def load_program(source: SourceFile, path: Path | None, extras: tuple[str, ...] = ()) -> Program:
     """Parse `source` and everything it uses; `path` anchors relative `use`s.
 
     The standard policies (precisions, optimizers, conventions) are loaded first, so a
-    spec without `use std` can still say `train { optimizer sgd }`.
+    spec without `use std` can still say `train { optimizer sgd }`. `extras` are std
+    modules loaded after it, unless it uses them itself: the layers a command-line flag
+    puts into the model (`peft.lora` for --lora, `bitsandbytes.linear4bit` for
+    --weights), which `use std` leaves out.
     """
     program = Program(entry=source)
     loader = _Loader(program)
     prelude = (std_dir() / f"{PRELUDE}.mspec").resolve()
     loader.load(read_source(prelude, f"std/{PRELUDE}.mspec"), prelude, is_entry=False)
     loader.load(source, path.resolve() if path else None, is_entry=True)
+    for member in extras:
+        extra = (std_dir() / f"{member.replace('.', '/')}.mspec").resolve()
+        if extra not in loader.loaded:
+            display = f"std/{member.replace('.', '/')}.mspec"
+            loader.load(read_source(extra, display), extra, is_entry=False)
     return program

@@ -1,0 +1,142 @@
+"""`--weights nf4|fp4` (issue #14): the Linear layers' weights as bitsandbytes' Linear4bit
+stores them, with QLoRA on top. Layout formulas (tests/reference/test_bitsandbytes.py
+checks them against bitsandbytes itself), counts as PEFT prints them, bad input, and the
+step against memspec's lowering (an emulation of MatMul4Bit's tensors) to the byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sympy as sp
+
+from memspec import compile_spec
+from memspec.cli import main
+from memspec.errors import MemspecError
+from memspec.lora import Lora
+from memspec.quantize import Weights
+from tests.conftest import SPECS
+
+LLAMA = SPECS / "llama.mspec"
+MLP = SPECS / "mlp.mspec"
+
+ONE_LINEAR = """
+use std
+dim batch_size as B
+dim d_in as I
+dim d_out as O
+model M {
+    lin = Linear(I, O)
+    forward(x: [B, I], y: [B, O]) { return mse_loss(lin(x), y) }
+}
+"""
+
+
+def layer_bytes(out: int, into: int, double_quant: bool = True) -> int:
+    """The packed weight and its quant_state, in bytes (bitsandbytes' quantize_4bit)."""
+    n = out * into
+    blocks = -(-n // 64)
+    packed = -(-n // 2)
+    if double_quant:
+        return packed + blocks + 4 * -(-blocks // 256) + 4 * 256 + 4 + 4 * 16
+    return packed + 4 * blocks + 4 * 16
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+@pytest.mark.parametrize(("out", "into"), [(256, 512), (100, 37), (7, 9), (4096, 11008)])
+def test_a_packed_layer_holds_half_a_byte_a_weight_and_its_quant_state(out, into, double_quant):
+    # 100 x 37 is no multiple of 64 (a partial last block); 7 x 9 is odd (half a byte pads)
+    weights = Weights("nf4", double_quant=double_quant)
+    result = compile_spec(ONE_LINEAR, set={"B": 2, "I": into, "O": out}, weights=weights)
+    held = result.categories["parameters"].bytes + result.categories["buffers"].bytes
+    assert result.value(held) == layer_bytes(out, into, double_quant)
+
+
+def test_the_output_layer_stays_and_the_rest_is_packed():
+    result = compile_spec(LLAMA, preset="llama2_7b", set={"B": 1}, weights=Weights("nf4"))
+    params = {i.path: i for i in result.categories["parameters"].items}
+    q = params["model.layers.self_attn.q_proj.weight"]
+    assert q.dtype.value == "uint8"
+    assert [result.value(s) for s in q.shape] == [4096 * 4096 // 2, 1]
+    assert params["lm_head.weight"].dtype.value == "float32"
+    # nothing is trained without adapters: the packed weights are frozen, the rest not
+    assert q.note.startswith("frozen")
+
+
+def test_qlora_counts_as_peft_prints_them(capsys):
+    args = ["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", "--weights", "nf4"]
+    args += ["--lora", "64", "--lora-alpha", "16"]
+    assert main([*args, "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    # PEFT counts a packed 4-bit weight twice (numel * 2): its out x in
+    assert (
+        "`trainable params: 159,907,840 || all params: 6,898,323,456 || trainable%: 2.3181`" in out
+    )
+    assert "$7 N$ = 224 Linear modules packed" in out
+    assert main([*args, "--format", "json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["weights"]["format"] == "nf4"
+    assert config["weights"]["compute_dtype"] == "bfloat16"
+    assert config["weights"]["packed"] == 224
+
+
+def test_the_spec_s_expect_counts_the_weights_unpacked():
+    # llama.mspec's `expect params == ...` (symbolic) holds with every Linear packed
+    result = compile_spec(LLAMA, weights=Weights("nf4"), lora=Lora(8))
+    assert result.expects
+
+
+def test_the_packed_bytes_are_exact_symbolically():
+    result = compile_spec(ONE_LINEAR, weights=Weights("fp4"))
+    d_in, d_out = (sp.Symbol(s, integer=True, positive=True) for s in "IO")
+    blocks = sp.ceiling(d_in * d_out / 64)
+    want = sp.ceiling(d_in * d_out / 2) + blocks + 4 * sp.ceiling(blocks / 256) + 4 * 256 + 4 + 64
+    held = result.categories["parameters"].bytes + result.categories["buffers"].bytes
+    assert sp.expand(result.resolve(held) - want) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "int8"], "LLM.int8()'s CUDA matmul"),
+        (["--weights", "nf3"], "--weights takes one of nf4, fp4, int8, fp8"),
+        (["--weights", "nf4", "--compute-dtype", "int8"], "--compute-dtype takes one of"),
+        (["--weights", "nf4", "--weights-skip", "lm_hed"], "did you mean 'lm_head'"),
+        (["--weights", "nf4", "--tp", "2"], "--weights with --tp is not modelled"),
+    ],
+)
+def test_bad_flags_are_usage_errors(args, message, capsys):
+    assert main(["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_pattern_error_has_no_traceback():
+    with pytest.raises(MemspecError, match="names no Linear layer"):
+        compile_spec(MLP, preset="quickstart", weights=Weights("nf4", skip=("fc9",)))
+
+
+@pytest.mark.parametrize(
+    ("spec", "sizes", "flags"),
+    [
+        # QLoRA as prepare_model_for_kbit_training leaves it: float32 around the 4-bit
+        # products, which run in bfloat16
+        (
+            LLAMA,
+            {"B": 2, "L": 16, "V": 64, "D": 64, "N": 2, "H": 4, "KV": 2, "F": 128},
+            ["--weights", "nf4", "--lora", "8"],
+        ),
+        (
+            LLAMA,
+            {"B": 2, "L": 16, "V": 64, "D": 64, "N": 3, "H": 4, "KV": 2, "F": 128},
+            ["--weights", "nf4", "--lora", "8", "--recompute", "full", "--precision", "bf16"],
+        ),
+        # biases, cast to the compute dtype inside the product
+        (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "fp4", "--lora", "4"]),
+        (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "nf4", "--no-double-quant"]),
+    ],
+    ids=["qlora", "qlora-bf16-full", "mlp-bias", "biases-trained"],
+)
+def test_the_step_torch_runs_matches_to_the_byte(spec, sizes, flags, capsys):
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main(["verify", str(spec), "--peak", *flags, *args]) == 0
+    assert "equal to the byte in every category and in total" in capsys.readouterr().out

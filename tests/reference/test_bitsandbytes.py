@@ -1,0 +1,148 @@
+"""`--weights nf4|fp4` against bitsandbytes itself (0.50.2, on the CPU): the packed
+layout byte for byte, and a QLoRA step (transformers' 4-bit LlamaForCausalLM, loaded from
+a bfloat16 checkpoint as BitsAndBytesConfig(load_in_4bit=True, nf4, double quantization,
+bfloat16 compute) loads it, `prepare_model_for_kbit_training`, PEFT's LoRA on every
+Linear, AdamW) under MemTracker, every category to the byte. The one named difference:
+the quant_state tensors (block maxima, codes, offset), which are no module's buffers, so
+the tracker never sees them, while memspec counts them with the buffers. The CPU's
+default 4-bit kernel also holds one float32 [blocks] copy fewer in forward than CUDA's
+dequantizing fallback, which memspec models; these steps peak in backward, where the two
+run the same code."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+
+from memspec import compile_spec
+from memspec.lora import Lora
+from memspec.quantize import Weights
+from memspec.verify.peak import TRACKER_NAMES
+from tests.conftest import SPECS
+from tests.elaborate.test_quantized import ONE_LINEAR, layer_bytes
+from tests.reference.harness import measure_library
+from tests.reference.test_transformers import decoder_config
+from tests.reference.torchvision_import import import_torchvision
+
+import_torchvision()  # peft imports transformers' models, which import torchvision
+
+import bitsandbytes as bnb  # noqa: E402
+import bitsandbytes.functional as bnbf  # noqa: E402
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+
+def quantized_bytes(out: int, into: int, quant_type: str, double_quant: bool) -> int:
+    """The bytes of bitsandbytes' packed weight and every tensor of its quant_state."""
+    weight = torch.randn(out, into, dtype=torch.bfloat16)
+    packed, state = bnbf.quantize_4bit(
+        weight, blocksize=64, compress_statistics=double_quant, quant_type=quant_type
+    )
+    tensors = [packed, state.absmax, state.code]
+    if state.nested:
+        tensors += [state.state2.absmax, state.state2.code, state.offset]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [True, False])
+@pytest.mark.parametrize(("out", "into"), [(256, 512), (100, 37), (7, 9), (300, 1000)])
+def test_the_layout_is_bitsandbytes(out, into, quant_type, double_quant):
+    # 100 x 37: a partial last block; 7 x 9: odd, half a byte of padding; 300 x 1000:
+    # 4,688 blocks, a partial last group of 256 under double quantization
+    want = quantized_bytes(out, into, quant_type, double_quant)
+    assert layer_bytes(out, into, double_quant) == want
+    weights = Weights(quant_type, double_quant=double_quant)
+    result = compile_spec(ONE_LINEAR, set={"B": 2, "I": into, "O": out}, weights=weights)
+    held = result.categories["parameters"].bytes + result.categories["buffers"].bytes
+    assert result.value(held) == want
+
+
+SIZES = [
+    {"B": 2, "L": 16, "V": 64, "D": 64, "N": 2, "H": 4, "KV": 2, "F": 128},
+    {"B": 1, "L": 8, "V": 128, "D": 128, "N": 3, "H": 4, "KV": 4, "F": 256},
+]
+
+
+def quant_state_bytes(model: torch.nn.Module) -> int:
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):  # not PEFT's wrapper of one
+            continue
+        state = module.weight.quant_state
+        tensors = [state.absmax, state.code]
+        if state.nested:
+            tensors += [state.state2.absmax, state.state2.code, state.offset]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "D{D}-N{N}".format(**s))
+def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
+    torch.manual_seed(0)
+    config = decoder_config(LlamaConfig, sizes)
+    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+    def make_model():
+        model = LlamaForCausalLM.from_pretrained(
+            tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+
+    def batch() -> tuple:
+        tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
+        return tokens, tokens.clone()
+
+    def step(model, b) -> torch.Tensor:
+        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
+
+    measured = measure_library(make_model, batch, step)
+    states = quant_state_bytes(make_model())
+    # prepare_model_for_kbit_training casts every parameter not packed to float32
+    result = compile_spec(
+        SPECS / "llama.mspec",
+        set=sizes,
+        convention="autograd",
+        precision="fp32",
+        lora=Lora(8, 16),
+        weights=Weights("nf4"),
+    )
+    value = result.value
+    assert value(result.categories["parameters"].elements) == measured.parameters
+    assert value(result.categories["activations"].bytes) == measured.saved
+    tracker = dict(measured.peak_by_category)
+    for category, expr in result.peak.winner().breakdown:
+        got, want = value(expr), tracker[TRACKER_NAMES[category]]
+        if category == "optimizer_state":  # AdamW's step counters, as in test_transformers
+            got += measured.optimizer_scalars
+        if category == "buffers":  # the quant_state tensors the tracker does not see
+            want += states
+        assert got == want, category
+    assert result.peak.value + measured.optimizer_scalars == measured.peak + states
+
+
+def test_peft_prints_what_memspec_prints():
+    sizes = SIZES[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = decoder_config(LlamaConfig, sizes)
+        LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp)
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+        model = LlamaForCausalLM.from_pretrained(
+            tmp, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+        )
+        model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+        trainable, every = model.get_nb_trainable_parameters()
+    result = compile_spec(SPECS / "llama.mspec", set=sizes, lora=Lora(8), weights=Weights("nf4"))
+    items = result.categories["parameters"].items
+    packed = sum(result.value(i.total_elements) for i in items if i.dtype.value == "uint8")
+    assert result.value(result.categories["gradients"].elements) == trainable
+    assert result.value(result.categories["parameters"].elements) + packed == every
