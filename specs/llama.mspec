@@ -56,8 +56,11 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
         k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
                          sin)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        o = llama_attention(q, kv_cache(k), kv_cache(v), n_rep)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
+        # DynamicCache.update(k, v) cats both: k is the caller's until it returns
+        k_cached = kv_cache(k)
+        o = llama_attention(q, k_cached, hold(kv_cache(v), k), n_rep)
+        # x, the caller's normed hidden states, is alive until the attention returns
+        return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x)   # transpose(1, 2).reshape
     }
 }
 
@@ -67,7 +70,8 @@ layer LlamaMLP(d_model, d_ff) {
     up_proj   = Linear(d_model, d_ff)
     down_proj = Linear(d_ff, d_model)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        return down_proj(silu(gate_proj(x)) * up_proj(x))
+        # x, the caller's normed hidden states, is alive until the MLP returns
+        return hold(down_proj(silu(gate_proj(x)) * up_proj(x)), x)
     }
 }
 
@@ -82,7 +86,8 @@ layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
         # layer keeps them with its inputs
         held = hold(x, position_ids, mask)
         x = held + self_attn(input_layernorm(held), cos, sin)
-        return x + mlp(post_attention_layernorm(x))
+        # the model's loop holds the layer's input (hidden_states) until the layer returns
+        return hold(x + mlp(post_attention_layernorm(x)), held)
     }
 }
 
@@ -102,7 +107,7 @@ layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
                                               inputs_embeds)
         x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
-        return hold(norm(x), position_ids, mask)
+        return hold(norm(x), position_ids, mask, inputs_embeds)
     }
 }
 
@@ -113,6 +118,13 @@ model LlamaForCausalLM {
         logits = lm_head(model(tokens))        : [B, L, V]
         logits = returned(logits)              # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
+    }
+    # --mode inference: a serving loop's call, model(input_ids, past_key_values=cache,
+    # logits_to_keep=1) under torch.no_grad(), L tokens of them (the prompt, then one): the
+    # head on the last position only ([B, 1, V], a view of the hidden states' last row)
+    generate(tokens: int64[B, L]) {
+        hidden = model(tokens)
+        return returned(lm_head(narrow(hidden, 1, L - 1, 1)))
     }
 }
 
@@ -130,6 +142,9 @@ tp_plan LlamaForCausalLM { lm_head loss_parallel }
 preset llama2_7b  { V = 32_000, L = 4_096, D = 4_096, N = 32, H = 32, KV = 32, F = 11_008 }
 preset llama2_13b { V = 32_000, L = 4_096, D = 5_120, N = 40, H = 40, KV = 40, F = 13_824 }
 preset llama2_70b { V = 32_000, L = 4_096, D = 8_192, N = 80, H = 64, KV = 8,  F = 28_672 }
+# meta-llama/Meta-Llama-3-8B: the same LlamaForCausalLM, a 128K vocabulary, GQA with 8 KV
+# heads, F from ffn_dim_multiplier 1.3 (rope_theta 500000 changes no size).
+preset llama3_8b  { V = 128_256, L = 8_192, D = 4_096, N = 32, H = 32, KV = 8, F = 14_336 }
 
 # Embedding and head (2VD), final norm (D); per layer q and o (D^2 each), k and v
 # (D * KV * D/H each), the three SwiGLU matrices (3DF) and two norms (2D).
@@ -137,6 +152,7 @@ expect params == 2*V*D + D + N*(2*D**2 + 2*D*KV*(D/H) + 3*D*F + 2*D)
 expect params == 6_738_415_616 at llama2_7b
 expect params == 13_015_864_320 at llama2_13b
 expect params == 68_976_648_192 at llama2_70b
+expect params == 8_030_261_248 at llama3_8b
 
 assume "HF LlamaForCausalLM: no biases anywhere (attention_bias = mlp_bias = false); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
 assume "GQA: k_proj and v_proj are D x KV*D/H, smaller than q_proj by H/KV; attention through SDPA (transformers' default) with enable_gqa: torch's CPU flash kernel keeps K and V at KV heads and stores no [L, L] scores; --use eager repeats K and V to H heads (repeat_kv) and materializes scores and probabilities; --use math / flash are std's attention after repeat_kv"

@@ -111,10 +111,14 @@ fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, w
 # use_cache = False (TrainingArguments.use_cache), the default here; `--use cache` is a
 # hand-written loop on the config's default, True. The copies outlive backward only when
 # the loop keeps the outputs object (--keep-outputs).
+# Under --mode inference (`generating`) the cache holds `past_length` positions before
+# this forward: kv_append is the cat that makes the cache anew, its output the new
+# positions' copy, kept to the end of generation.
 fn kv_cache(x: [b, h, s, d]) -> [b, h, s, d]
 variant no_cache {
     return x
 }
 variant cache {
+    if generating { return returned(kv_append(x, past_length)) }
     return returned(cat(x, dim = -2))
 }

@@ -256,6 +256,29 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="float32 block maxima (bnb_4bit_use_double_quant=False) instead of QLoRA's "
         "double quantization",
     )
+    serving = p.add_argument_group("inference: generation with a K/V cache")
+    serving.add_argument(
+        "--mode",
+        choices=("train", "inference"),
+        default="train",
+        help="a training step (default), or the model's generate block as a serving loop "
+        "runs it under torch.no_grad()",
+    )
+    serving.add_argument(
+        "--prompt-len", type=int, metavar="P", help="the prompt's tokens (the prefill)"
+    )
+    serving.add_argument(
+        "--new-tokens", type=int, default=1, metavar="T", help="tokens generated (1)"
+    )
+    serving.add_argument(
+        "--kv-cache",
+        default="contiguous",
+        metavar="KIND",
+        help="contiguous (transformers' DynamicCache, the default)",
+    )
+    serving.add_argument(
+        "--kv-block", type=int, default=16, metavar="N", help="a paged cache's block (16)"
+    )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
         "--first-step",
@@ -301,6 +324,20 @@ def lora_of(args: argparse.Namespace):
     return Lora(args.lora, alpha, args.lora_dropout, parse_targets(args.lora_targets))
 
 
+def inference_of(args: argparse.Namespace):
+    """The serving loop of --mode inference, or None for a training step."""
+    if getattr(args, "mode", "train") != "inference":
+        for flag in ("prompt_len",):
+            if getattr(args, flag, None) is not None:
+                raise UsageError("--prompt-len is for --mode inference")
+        return None
+    from memspec.inference import Inference
+
+    if args.prompt_len is None:
+        raise UsageError("--mode inference needs --prompt-len P (the prompt's tokens)")
+    return Inference(args.prompt_len, args.new_tokens, args.kv_cache, args.kv_block)
+
+
 def weights_of(args: argparse.Namespace):
     """The quantized-weight settings of the command's flags, or None without --weights."""
     if getattr(args, "weights", None) is None:
@@ -321,6 +358,7 @@ def _result(args: argparse.Namespace, **options):
     flags = {name: getattr(args, name, None) for name in names}
     flags["lora"] = lora_of(args)
     flags["weights"] = weights_of(args)
+    flags["inference"] = inference_of(args)
     step = StepOptions(
         args.first_step,
         args.set_to_none,

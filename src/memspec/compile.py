@@ -8,6 +8,7 @@ what they returned.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import sympy as sp
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
+from memspec.inference import PAST, Inference, with_past
 from memspec.lora import Lora
 from memspec.ops import lookup
 from memspec.parallel import DP, TP, with_degree
@@ -29,6 +31,8 @@ from memspec.result import CompileResult
 from memspec.source import SourceFile
 from memspec.symbolic import bind
 from memspec.symbolic.symbols import SymbolTable
+from memspec.syntax import decls as d
+from memspec.syntax import nodes as n
 from memspec.syntax.imports import load_program, read_source
 from memspec.syntax.nodes import Expr
 
@@ -76,6 +80,7 @@ def compile_spec(
     freeze: tuple[str, ...] | list[str] = (),
     lora: Lora | None = None,
     weights: Weights | None = None,
+    inference: Inference | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -89,7 +94,9 @@ def compile_spec(
     `sp_convention` (sequence parallelism) give what each rank holds. `freeze` globs
     over parameter names give requires_grad=False (`memspec.freeze`); `lora` injects
     PEFT's LoRA adapters and freezes the rest (`memspec.lora`); `weights` stores the
-    Linear layers' weights quantized (`memspec.quantize`). Raises
+    Linear layers' weights quantized (`memspec.quantize`); `inference` runs the model's
+    generate block as a serving loop does instead of a training step
+    (`memspec.inference`). Raises
     `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
@@ -115,6 +122,7 @@ def compile_spec(
         tuple(freeze),
         lora,
         weights,
+        inference,
     )
     items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
     if config.parallel.distributed:
@@ -126,13 +134,28 @@ def compile_spec(
         if config.parallel.tp is not None:
             items.append(f"{TP}={config.parallel.tp}")
 
-    def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
-        # Bound before the model is elaborated: views and copies are decided at them.
-        bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
-        bindings.update(bind.parse_set(symbols, items))
-        return bindings
+    decode_items = None
+    if config.inference is not None:
+        program = with_past(program)
+        config = dataclasses.replace(config, variants=(*config.variants, "cache"))
+        length = sequence_length(program)
+        run = config.inference
+        decode_items = [*items, f"{length}=1", f"{PAST}={run.last_past}"]
+        items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
 
-    elab = elaborate(program, config, sizes)
+    def binder(items: list[str]):
+        def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
+            # Bound before the model is elaborated: views and copies are decided at them.
+            bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
+            bindings.update(bind.parse_set(symbols, items))
+            return bindings
+
+        return sizes
+
+    elab = elaborate(program, config, binder(items))
+    phases: tuple = ()
+    if config.inference is not None:
+        phases = inference_phases(program, config, elab, binder(decode_items))
     symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
     conflict = unmodelled_cache(graph, config.recompute)
     if conflict is not None:
@@ -154,6 +177,7 @@ def compile_spec(
             evaluate=elab.evaluate,
             conventions=policies,
             step=step,
+            phases=phases,
         )
     )
     answer = done["peak"]
@@ -179,4 +203,66 @@ def compile_spec(
         ranks=done["ranks"],
         step=step,
         active=done["active_parameters"],
+        kv_cache=kv_cache_at_end(phases, config),
     )
+
+
+def sequence_length(program) -> str:
+    """The dim the model's generate block takes its tokens' length from: `L` of
+    `generate(tokens: int64[B, L])`."""
+    (model,) = program.models[:1] or (None,)
+    block = next(
+        (s for s in (model.body if model else ()) if isinstance(s, d.LayerForward) and s.generate),
+        None,
+    )
+    if block is None and model is not None:
+        raise UsageError(
+            f"--mode inference runs the model's generate block, which model {model.name} "
+            "has not (write `generate(tokens: int64[B, L]) { ... }` returning the logits, as "
+            "a serving loop calls the model; specs/llama.mspec has one)",
+            model.span,
+        )
+    if block is None or not block.params or block.params[0].type is None:
+        where = model.span if model else None
+        raise UsageError(
+            "--mode inference runs the model's generate block, which takes the tokens "
+            "first (`generate(tokens: int64[B, L]) { ... }`)",
+            where,
+        )
+    dims = block.params[0].type.dims
+    if len(dims) != 2 or not isinstance(dims[1], n.ExprName):
+        raise UsageError(
+            "the generate block's tokens are [batch, length], the length a dim (`[B, L]`)",
+            block.params[0].span,
+        )
+    return dims[1].name
+
+
+def inference_phases(program, config, prefill, decode_sizes) -> tuple:
+    """(phase, graph, the sizes it runs at beside the bindings) of the prefill and, when
+    a token is generated after the first, the last decode step."""
+    from memspec.passes.peak.moments import Phase
+    from memspec.symbolic.symbols import dim_symbol
+
+    run = config.inference
+    length, past = dim_symbol(sequence_length(program)), dim_symbol(PAST)
+    phases = [(Phase.PREFILL, prefill.graph, {length: sp.Integer(run.prompt_len), past: 0})]
+    if run.decodes:
+        decode = elaborate(program, config, decode_sizes)
+        phases.append(
+            (Phase.DECODE, decode.graph, {length: sp.Integer(1), past: sp.Integer(run.last_past)})
+        )
+    return tuple(phases)
+
+
+def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:
+    """(elements, bytes) of the K/V cache at the end of generation: P + T - 1 positions."""
+    if not phases:
+        return None
+    from memspec.passes.peak.inference import cache_elements
+    from memspec.symbolic.symbols import dim_symbol
+
+    _, graph, sizes = phases[0]
+    at_end = {**sizes, dim_symbol(PAST): sp.Integer(config.inference.cached_at_end)}
+    elements, nbytes = cache_elements(graph)
+    return sp.expand(elements.xreplace(at_end)), sp.expand(nbytes.xreplace(at_end))

@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
+from memspec.inference import Inference
 from memspec.lora import Lora
 from memspec.names import did_you_mean
 from memspec.ops.registry import REGISTRY
@@ -46,6 +47,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # globs over parameter names: requires_grad=False
     lora: Lora | None = None  # LoRA adapters on the targeted Linear layers
     weights: Weights | None = None  # the Linear layers' weights stored quantized
+    inference: Inference | None = None  # --mode inference: generation, not training
 
 
 @functools.cache
@@ -80,6 +82,7 @@ def resolve_config(
     freeze: tuple[str, ...] = (),
     lora: Lora | None = None,
     weights: Weights | None = None,
+    inference: Inference | None = None,
 ) -> TrainConfig:
     """Command-line choices win over the spec's `train` block, which wins over DEFAULTS."""
     chosen = dict(DEFAULTS)
@@ -145,7 +148,12 @@ def resolve_config(
         freeze=tuple(freeze),
         lora=lora,
         weights=weights,
+        inference=inference,
     )
+    if inference is not None and (config.parallel.distributed or config.parallel.tensor_parallel):
+        raise UsageError("--mode inference on several ranks is not modelled yet")
+    if inference is not None and config.recompute.name != "none":
+        raise UsageError("--mode inference saves nothing for backward: --recompute has no meaning")
     if weights is not None and config.parallel.tensor_parallel:
         raise UsageError("--weights with --tp is not modelled: 4-bit weights are not sharded")
     if lora is not None and config.parallel.tensor_parallel:

@@ -52,6 +52,8 @@ class CompileResult:
     ranks: RanksResult | None = None  # what each data-parallel rank holds
     step: StepOptions = StepOptions()  # the training loop modelled (and verify runs)
     rank_peaks: tuple[int | None, ...] = ()  # each rank class's true peak, where modelled
+    # --mode inference: the K/V cache at the end of generation, (elements, bytes)
+    kv_cache: tuple[sp.Expr, sp.Expr] | None = None
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""

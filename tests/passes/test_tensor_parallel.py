@@ -57,7 +57,7 @@ def test_expects_count_the_whole_model():
     """llama.mspec's `expect params == 68_976_648_192 at llama2_70b` holds at TP 8: the
     spec's counts are of the model, a rank holds 1/8 of its matrices."""
     result = compile_spec(LLAMA, tp=8, preset="llama2_70b", set={"B": 1})
-    assert all(e.holds for e in result.expects) and len(result.expects) == 4
+    assert all(e.holds for e in result.expects) and len(result.expects) == 5
     per_rank = result.resolve(result.categories["parameters"].elements).subs(result.substitutions())
     assert per_rank == (68_976_648_192 - 8192 * (2 * 80 + 1)) // 8 + 8192 * (2 * 80 + 1)
 

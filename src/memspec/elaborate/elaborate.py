@@ -44,7 +44,9 @@ from memspec.syntax import nodes as n
 from memspec.syntax.imports import Program
 from memspec.tensor_parallel import STYLES, read_plans
 
-__all__ = ["MAX_EXPR_DEPTH", "MAX_INSTANCE_DEPTH", "Elaboration", "elaborate"]
+__all__ = ["GENERATING", "MAX_EXPR_DEPTH", "MAX_INSTANCE_DEPTH", "Elaboration", "elaborate"]
+
+GENERATING = "generating"  # a global: true under --mode inference
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Elaborator:
             self.globals.names[name] = FnRef(fn)
         for decl in self.program.lets.values():
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
+        # whether the model runs its generate block (--mode inference), for `if generating`
+        self.globals.names[GENERATING] = self.config.inference is not None
         for fact in self.program.size_facts:
             declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 
@@ -117,6 +121,15 @@ class Elaborator:
             raise NameResolutionError("the spec defines more than one model", models[1].span)
         decl = models[0]
         inst = self.layers.instantiate(decl, {}, "", None, decl.span)
+        if self.config.inference is not None:
+            if inst.generate is None:
+                raise UsageError(
+                    f"--mode inference runs the model's generate block, which model "
+                    f"{decl.name} has not (write `generate(tokens: int64[B, L]) {{ ... }}` "
+                    "returning the logits, as a serving loop calls the model)",
+                    decl.span,
+                )
+            inst.forward = inst.generate
         forward = inst.forward
         if forward is None:
             raise NameResolutionError(f"model {decl.name} has no forward", decl.span)

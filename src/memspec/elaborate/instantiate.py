@@ -102,6 +102,17 @@ class Instantiator:
                 self.define(inst, stmt.name, self.sublayer(inst, stmt), stmt.span)
             elif isinstance(stmt, (d.LayerParam, d.LayerBuffer)):
                 self.define(inst, stmt.name, self.tensor_state(inst, stmt), stmt.span)
+            elif isinstance(stmt, d.LayerForward) and stmt.generate:
+                if not inst.decl.is_model:
+                    raise NameResolutionError(
+                        f"only a model has a generate block ({inst.decl.name} is a layer)",
+                        stmt.span,
+                    )
+                if inst.generate is not None:
+                    raise NameResolutionError(
+                        f"{inst.decl.name} has two generate blocks", stmt.span
+                    )
+                inst.generate = stmt
             elif isinstance(stmt, d.LayerForward):
                 if inst.forward is not None:
                     raise NameResolutionError(f"{inst.decl.name} has two forwards", stmt.span)
@@ -179,6 +190,17 @@ class Instantiator:
         sub.repeated = stmt.count is not None
         return sub
 
+    def injected(self, name: str, flag: str, span) -> d.DeclLayer:
+        """The std layer a flag puts where the spec has a Linear (loaded for the flag)."""
+        ref = self.globals.find(name)
+        if not isinstance(ref, LayerRef):
+            raise NameResolutionError(
+                f"{flag} puts std's {name} where the spec has a Linear; the spec defines a "
+                f"{name} of its own or loads none",
+                span,
+            )
+        return ref.decl
+
     def quantized_linear(
         self, decl: d.DeclLayer, args: dict[str, object], path: str, span
     ) -> tuple[d.DeclLayer, dict[str, object]]:
@@ -188,14 +210,7 @@ class Instantiator:
         self.linears.append(generic_name(path, self.regions_of_path(path)))
         if weights.skips(path):
             return decl, args
-        ref = self.globals.find(QUANTIZED_LAYER)
-        if not isinstance(ref, LayerRef):
-            raise NameResolutionError(
-                f"--weights stores Linear layers as std's {QUANTIZED_LAYER}, which this spec "
-                "does not see (std.bitsandbytes.linear4bit)",
-                span,
-            )
-        return ref.decl, {
+        return self.injected(QUANTIZED_LAYER, "--weights", span), {
             **args,
             "compute": weights.compute,
             "double_quant": weights.double_quant,
@@ -209,20 +224,14 @@ class Instantiator:
         assert self.lora is not None
         if not self.lora.targeted(generic_name(path, self.region_paths(region))):
             return decl, args
-        ref = self.globals.find(LORA_LAYER)
-        if not isinstance(ref, LayerRef):
-            raise NameResolutionError(
-                f"--lora wraps Linear layers in std's {LORA_LAYER}, which this spec does "
-                "not see (std.peft.lora)",
-                span,
-            )
+        layer = self.injected(LORA_LAYER, "--lora", span)
         lora = self.lora.lora
         adapter = {
             "r": sp.Integer(lora.r),
             "lora_alpha": sp.Rational(str(lora.alpha)),
             "lora_dropout": sp.Rational(str(lora.dropout)),
         }
-        return ref.decl, {**args, **adapter}
+        return layer, {**args, **adapter}
 
     def layer_arguments(
         self, decl: d.DeclLayer, args: tuple[n.Arg, ...], caller: Scope, span: Span | None
@@ -266,7 +275,8 @@ class Instantiator:
             style = self.styles[inst.path].style.name
             text = f"TP divides {whole} ({style} shards dim {shard} of {path} across TP ranks)"
             self.builder.assume_integer(shape[shard], text, stmt.span)
-        trained = is_param and not stmt.frozen
+        # generation trains nothing (torch.no_grad())
+        trained = is_param and not stmt.frozen and self.config.inference is None
         if is_param and self.lora is not None:  # PEFT trains the adapters alone
             trained = trained and is_adapter(path)
         if is_param and self.freezer.patterns:

@@ -50,6 +50,7 @@ class Instance:
     region: int | None
     scope: Scope
     forward: d.LayerForward | None = None
+    generate: d.LayerForward | None = None  # a model's forward under generate()
     repeated: bool = False
     passthrough: bool = False  # `repeat 0`: calling it returns its input
     span: Span | None = None

@@ -152,7 +152,10 @@ def _last_uses(
 ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
     """A value is dropped after its last reader, or, if that reader sits in a loop the
     value was made outside of, after that loop (the loop reads it again each repetition).
-    Graph outputs and values carried between repetitions are never dropped early."""
+    Graph outputs are never dropped; a value carried between repetitions (a repeat's
+    input, its output) is dropped after its last reader outside the loop, or after the
+    loop: the module's loop variable lets go of it there (LlamaModel's `inputs_embeds`
+    lives on as a local until a `hold` at the end of its forward reads it)."""
     position: dict[int, int] = {}
     loops: list[tuple[int, int, int]] = []  # (first op position, last op position, number)
 
@@ -166,7 +169,7 @@ def _last_uses(
                 position[item] = len(position)
 
     walk(items)
-    keep = set(graph.outputs) | {v for _, i, o in graph.carried for v in (i, o)}
+    keep = set(graph.outputs)
     producer = {vid: position[op.id] for op in graph.ops for vid in op.outputs}
     last: dict[int, int] = {}
     for op in graph.ops:

@@ -5,6 +5,7 @@ Importing this package registers every built-in op; `lookup(name)` finds one.
 
 from memspec.ops import (  # noqa: F401  (importing registers the ops)
     attention,
+    cache,
     casts,
     collectives,
     conv,

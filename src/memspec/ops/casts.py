@@ -23,7 +23,7 @@ from memspec.ops.registry import (
 )
 from memspec.ops.strides import dense_like
 
-__all__ = ["CAST"]
+__all__ = ["CAST", "cast_grads", "cast_output"]
 
 CAST = "autocast_cast"
 
@@ -63,22 +63,30 @@ register(
 # `x.type_as(other)`, `x.to(other.dtype)`: what PEFT's LoRA layers do to their input
 # before the adapters (`_cast_input_dtype(x, lora_A.weight.dtype)`) and to their result
 # after (`result.to(torch_result_dtype)`). torch returns x itself when the dtypes agree.
-def _type_as_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    x, other = ctx.inputs
-    if x.dtype == other.dtype:
+def cast_output(ctx: InferContext, dtype: DType | None) -> tuple[OutputSpec, ...]:
+    """`x.to(dtype)`: x itself when it has that dtype (no autograd node), else a copy in
+    x's layout (preserve_format keeps a dense input's strides)."""
+    x = ctx.inputs[0]
+    if dtype is None or not dtype.is_float or not x.dtype.is_float:
+        raise ctx.fail(f"casts a float tensor to a float dtype, not {x.dtype.value} to {dtype}")
+    if dtype == x.dtype:
         return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
-    if not x.dtype.is_float or not other.dtype.is_float:
-        raise ctx.fail(f"casts between float dtypes, not {x.dtype.value} to {other.dtype.value}")
     strides = x.strides
     if strides is not None and dense_like(x.shape, strides, ctx.bound) != strides:
         strides = None
-    return (OutputSpec(x.shape, other.dtype, strides=strides),)
+    return (OutputSpec(x.shape, dtype, strides=strides),)
 
 
-def _type_as_grads(op, graph) -> tuple[Grad, ...]:
+def cast_grads(op, graph) -> tuple[Grad, ...]:
+    """x's gradient: the output's itself where no cast was made; else ToCopyBackward0's,
+    converted back to x's dtype, a new tensor. None to any other input."""
     x, out = graph.values[op.inputs[0]], graph.values[op.outputs[0]]
-    # ToCopyBackward0 converts the gradient back to x's dtype: a new tensor
-    return (Grad.THROUGH if x.dtype == out.dtype else Grad.NEW, Grad.NONE)
+    first = Grad.THROUGH if x.dtype == out.dtype else Grad.NEW
+    return (first, *(Grad.NONE,) * (len(op.inputs) - 1))
+
+
+def _type_as_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    return cast_output(ctx, ctx.inputs[1].dtype)
 
 
 register(
@@ -88,7 +96,7 @@ register(
         ("x", "other"),
         _type_as_infer,
         lower=lambda t, a: t[0].to(t[1].dtype),
-        grads=_type_as_grads,
+        grads=cast_grads,
         constants=("other",),
         grads_doc="x's: the output's gradient itself when no cast was made, else a new "
         "tensor in x's dtype; none to other",

@@ -21,6 +21,7 @@ import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, numel
+from memspec.ops.casts import cast_grads, cast_output
 from memspec.ops.registry import (
     BackwardMoment,
     Grad,
@@ -31,7 +32,6 @@ from memspec.ops.registry import (
     register,
     torch_functional,
 )
-from memspec.ops.strides import dense_like
 
 __all__ = ["MATMUL_4BIT", "TO_DTYPE", "blocks_of"]
 
@@ -45,21 +45,7 @@ def blocks_of(elements: sp.Expr, blocksize: int = BLOCKSIZE) -> sp.Expr:
 
 
 def _to_dtype_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    (x,) = ctx.inputs
-    dtype = DType.parse(str(ctx.attrs["dtype"]))
-    if dtype is None or not dtype.is_float or not x.dtype.is_float:
-        raise ctx.fail(f"casts a float tensor to a float dtype, not {x.dtype.value} to {dtype}")
-    if dtype == x.dtype:  # torch returns x itself
-        return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
-    strides = x.strides
-    if strides is not None and dense_like(x.shape, strides, ctx.bound) != strides:
-        strides = None
-    return (OutputSpec(x.shape, dtype, strides=strides),)
-
-
-def _to_dtype_grads(op: OpApply, graph: Graph) -> tuple[Grad, ...]:
-    x, out = graph.value(op.inputs[0]), graph.value(op.outputs[0])
-    return (Grad.THROUGH if x.dtype == out.dtype else Grad.NEW,)
+    return cast_output(ctx, DType.parse(str(ctx.attrs["dtype"])))
 
 
 def _dtype(attrs):
@@ -74,7 +60,7 @@ register(
         _to_dtype_infer,
         attrs=(("dtype", "float32"),),
         lower=lambda t, a: t[0].to(_dtype(a)),
-        grads=_to_dtype_grads,
+        grads=cast_grads,
         grads_doc="the output's gradient itself when no cast was made, else a new tensor in "
         "x's dtype",
         kind=OpKind.LAYOUT,

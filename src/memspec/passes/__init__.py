@@ -29,6 +29,7 @@ from memspec.passes.gradients import count_gradients
 from memspec.passes.optimizer_state import count_optimizer_state
 from memspec.passes.parameters import count_parameters, trained_items, whole_parameters
 from memspec.passes.peak import PeakResult, PeakUnavailable, StepOptions, peak_memory
+from memspec.passes.peak.inference import inference_peak
 from memspec.passes.peak.moments import Phase
 from memspec.passes.ranks import RanksResult, count_ranks
 from memspec.passes.results import CATEGORY_TITLES, CategoryResult
@@ -54,6 +55,8 @@ class AnalysisContext:
     evaluate: Callable[[Expr], sp.Expr]  # a spec expression in the global scope
     conventions: Mapping[str, Convention]  # every declared convention, by name
     step: StepOptions  # the training loop whose peak is modelled
+    # --mode inference: (phase, graph, sizes) of the prefill and the last decode step
+    phases: tuple = ()
     earlier: Mapping[str, object] = field(default_factory=dict)  # by analysis name
 
     def resolve(self, expr: sp.Expr) -> sp.Expr:
@@ -134,6 +137,11 @@ class PeakAnswer:
 
 def _peak(context: AnalysisContext) -> PeakAnswer:
     """The true peak, or None and why the replay cannot model this step."""
+    if context.config.inference is not None:
+        categories = context.categories()
+        return PeakAnswer(
+            inference_peak(context.phases, categories, context.bindings, context.resolve)
+        )
     parallel = context.config.parallel
     ranks = context.earlier["ranks"]
     if parallel.runtime == "ddp" and parallel.distributed:

@@ -185,7 +185,8 @@ def _common_regions(graph: Graph, a: int | None, b: int | None):
 
 
 def _count_saved(graph: Graph, rule: CountRule, items: dict, kept) -> None:
-    carried_inputs = {inp: (region, out) for region, inp, out in graph.carried}
+    # keyed by the storage the input is (a view of): a layer may return a view (a hold)
+    carried_inputs = {graph.value(inp).storage: (region, out) for region, inp, out in graph.carried}
     savers: dict[tuple, list[str]] = {}
     for op in graph.ops:
         if not rule.picks(op.op, *op.calls) or not kept(op):

@@ -146,7 +146,16 @@ def build_report(result: CompileResult) -> Report:
         trainable_line=trainable_line,
         lora=_lora(result),
         weights=_weights(result),
+        inference=_inference(result),
+        peak_of="generation" if result.config.inference is not None else "a training step",
     )
+
+
+def _inference(result: CompileResult) -> tuple[str, Math] | None:
+    """--mode inference's loop in words, and the K/V cache's bytes at its end."""
+    if result.config.inference is None or result.kv_cache is None:
+        return None
+    return result.config.inference.describe(), quantity(result, result.kv_cache[1])
 
 
 def _weights(result: CompileResult) -> tuple[str, Math] | None:

@@ -282,4 +282,27 @@ def render_json(result: CompileResult) -> str:
         doc["ranks"] = _tp_ranks(r, result.config.parallel.tp)
     if r.bound:
         doc["values"] = _values(r)
+    if result.config.inference is not None:
+        _inference(doc, result)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def _inference(doc: dict, result) -> None:
+    """--mode inference: the serving loop, the cache at the end of generation, and the
+    phase of the peak (`prefill` or `decode`; `moment` says where in it)."""
+    run = result.config.inference
+    doc["config"]["inference"] = {
+        "prompt_len": run.prompt_len,
+        "new_tokens": run.new_tokens,
+        "kv_cache": run.cache,
+        "description": run.describe(),
+    }
+    winner = result.peak.winner() if result.peak is not None else None
+    if winner is not None and "phase" in doc["peak"]:
+        doc["peak"]["moment"] = doc["peak"]["phase"]
+        doc["peak"]["phase"] = winner.phase.value
+    elements, nbytes = result.kv_cache
+    values = doc.setdefault("values", {})
+    e, b = result.value(elements), result.value(nbytes)
+    if e is not None and b is not None:
+        values["kv_cache"] = {"elements": e, "bytes": b}

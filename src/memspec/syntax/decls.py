@@ -86,6 +86,8 @@ class LayerForward:
     returns: TypeTensor | None
     body: Body
     span: Span | None = span_field()
+    # a model's `generate(...)`: its forward under generate() (--mode inference)
+    generate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -335,6 +335,10 @@ class ToAst(Transformer_NonRecursive):
         params, returns, body = children
         return d.LayerForward(params or (), returns, body, span=self.span(meta))
 
+    def layer_generate(self, meta, children):
+        params, returns, body = children
+        return d.LayerForward(params or (), returns, body, span=self.span(meta), generate=True)
+
     def layer_if(self, meta, children):
         condition, *then, orelse = children  # maybe_placeholders: `orelse` is None if absent
         return d.LayerIf(condition, tuple(then), tuple(orelse or ()), span=self.span(meta))

@@ -21,6 +21,9 @@ class Phase(str, enum.Enum):
     BACKWARD = "backward"
     UNSCALE = "unscaling gradients"  # a loss scaler's, before the optimizer steps
     OPTIMIZER_STEP = "optimizer step"
+    # --mode inference: the prompt's forward, and a forward of one generated token
+    PREFILL = "prefill"
+    DECODE = "decode"
 
     def __str__(self) -> str:
         return self.value

@@ -38,7 +38,7 @@ from memspec.passes.peak.ledger import Block, Born, Ledger
 from memspec.passes.peak.moments import Phase, Point, Side
 from memspec.symbolic.polys import Poly, add_into, poly
 
-__all__ = ["SCALE_MOMENT", "PeakUnavailable", "RegionShare", "Replay", "replay"]
+__all__ = ["SCALE_MOMENT", "PeakUnavailable", "RegionShare", "Replay", "replay", "share_of"]
 
 SCALE_MOMENT = "scaler.scale(loss)"
 
@@ -134,14 +134,14 @@ def replay(
     grads = [ledger.blocks[bid] for bid in made]
     kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
     shares = tuple(
-        _share(graph, region.id, alive, grads, kept, forward.released)
+        share_of(graph, region.id, alive, grads, kept, forward.released)
         for region in graph.regions
         if repetitions[region.id] >= 3
     )
     return Replay(tuple(ledger.points), shares, tuple(backward.beyond))
 
 
-def _share(
+def share_of(
     graph: Graph,
     region: int,
     alive: list[Block],

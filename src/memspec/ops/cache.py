@@ -1,0 +1,70 @@
+"""`kv_append(x, past)`: a layer's keys or values appended to its K/V cache, as
+transformers' DynamicCache does it (`DynamicLayer.update`: `torch.cat([self.keys, k],
+dim=-2)`).
+
+The op's output is the new part only, x's positions copied (the prefill's cat of an empty
+cache and k is a copy); the spec keeps it in the model's outputs (`returned`), so what
+the cache gains lives to the end of generation. The `past` positions the cache held
+before are counted by the inference pass, once, from the start of the forward
+(`passes.peak.inference`); during the op the cat copies them into the new tensor while
+the old one is alive: the op's workspace, the old tensor's size, freed as it returns.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from memspec.ir.graph import Graph, OpApply
+from memspec.ir.types import numel
+from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, register
+
+__all__ = ["KV_APPEND", "cached_bytes"]
+
+KV_APPEND = "kv_append"
+
+
+def _past(value: object) -> sp.Expr:
+    return value if isinstance(value, sp.Expr) else sp.Integer(int(value))
+
+
+def _kv_append_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    ctx.expect_rank(0, 2)
+    past = _past(ctx.attrs["past"])
+    if past.is_number and (not past.is_Integer or past < 0):
+        raise ctx.fail(f"past is a number of cached positions, not {past}")
+    return (OutputSpec(x.shape, x.dtype),)
+
+
+def cached_bytes(op: OpApply, graph: Graph) -> sp.Expr:
+    """The bytes the cache of this op held before it: `past` positions of x's rows."""
+    x = graph.value(op.inputs[0])
+    return numel(x.shape) / x.shape[-2] * _past(op.attr("past")) * x.dtype.itemsize
+
+
+def _kv_append_lower(tensors, attrs):
+    if int(attrs["past"]) != 0:
+        raise RuntimeError("a cache with past positions runs in memspec's inference replay")
+    import torch
+
+    return torch.cat([tensors[0]], dim=-2)  # cat([], x): a copy
+
+
+register(
+    OpDef(
+        KV_APPEND,
+        "x appended to a K/V cache holding `past` positions (DynamicCache's torch.cat on "
+        "the sequence dim): its output is x's new copy",
+        ("x",),
+        _kv_append_infer,
+        attrs=(("past", 0),),
+        lower=_kv_append_lower,
+        grads=lambda op, graph: (Grad.NEW,),
+        grads_doc="a new tensor (cat's backward narrows the output's gradient)",
+        workspace=cached_bytes,
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape, new storage; a workspace of the cache's `past` positions "
+        "(the old tensor, alive while cat copies it)",
+        saved_doc="nothing",
+    )
+)

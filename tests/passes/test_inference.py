@@ -1,0 +1,84 @@
+"""`--mode inference` (issue #14): the K/V cache as a formula, the report and JSON of
+generation, and bad input. tests/reference/test_inference.py checks the numbers against
+transformers to the byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sympy as sp
+
+from memspec import compile_spec
+from memspec.cli import main
+from memspec.inference import Inference
+from tests.conftest import SPECS
+
+LLAMA = SPECS / "llama.mspec"
+TINY = ["--set", "V=64", "--set", "D=32", "--set", "N=2", "--set", "H=4", "--set", "KV=2"]
+
+
+def S(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True, positive=True)
+
+
+def test_the_cache_is_two_tensors_per_layer_of_kv_heads():
+    result = compile_spec(LLAMA, inference=Inference(1000, 25))
+    B, D, N, H, KV = map(S, ["B", "D", "N", "H", "KV"])
+    elements, nbytes = result.kv_cache
+    # keys and values, N layers, [B, KV, P + T - 1, D / H], float32
+    assert sp.expand(elements - 2 * N * B * KV * 1024 * D / H) == 0
+    assert sp.expand(nbytes - 4 * elements) == 0
+
+
+def test_llama3_8b_holds_128_kib_a_token_in_bf16():
+    result = compile_spec(
+        LLAMA, preset="llama3_8b", set={"B": 1}, precision="bf16", inference=Inference(8191, 2)
+    )
+    # 32 layers x 2 x 8 KV heads x 128 x 2 bytes = 131,072 bytes per position
+    assert result.value(result.kv_cache[1]) == 8192 * 131_072
+
+
+def test_json_gives_the_cache_and_the_phase_of_the_peak(capsys):
+    args = ["compile", str(LLAMA), "--mode", "inference", "--prompt-len", "16"]
+    args += ["--new-tokens", "4", "--set", "B=2", "--set", "F=64", *TINY, "--format", "json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["values"]["kv_cache"] == {"elements": 2 * 2 * 2 * 2 * 19 * 8, "bytes": 9728}
+    assert doc["peak"]["phase"] == "prefill"
+    assert doc["peak"]["moment"].startswith("prefill: model.layers.mlp")
+    assert doc["config"]["inference"]["new_tokens"] == 4
+    assert doc["categories"]["gradients"]["elements"] == "0"
+    assert doc["categories"]["activations"]["elements"] == "0"  # nothing saved
+
+
+def test_the_report_is_of_generation(capsys):
+    args = ["compile", str(LLAMA), "--mode", "inference", "--prompt-len", "5"]
+    args += ["--new-tokens", "40", "--set", "B=3", "--set", "F=64", *TINY, "--format", "md"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "**True peak** of generation" in out
+    assert "at the moment *decode:" in out
+    assert "then 39 decode steps of one token" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "inference"], "--mode inference needs --prompt-len"),
+        (["--prompt-len", "8"], "--prompt-len is for --mode inference"),
+        (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static"], "StaticCache"),
+        (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged"], "vLLM's blocks"),
+        (["--mode", "inference", "--prompt-len", "0"], "--prompt-len must be at least 1"),
+        (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
+    ],
+)
+def test_bad_flags_are_usage_errors(args, message, capsys):
+    assert main(["compile", str(LLAMA), "--set", "B=1", *TINY, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_without_a_generate_block_says_so(capsys):
+    args = ["compile", str(SPECS / "cs336_lm.mspec"), "--mode", "inference", "--prompt-len", "8"]
+    assert main(args) == 2
+    assert "which model TransformerLM has not" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""`--mode inference` against transformers itself: LlamaForCausalLM built from a config,
+a serving loop under torch.no_grad() (`model(input_ids, cache=DynamicCache,
+logits_to_keep=1)`: the prompt, then one token at a time), measured by
+`inference_harness.LiveTracker` on real tensors, to the byte: the prefill's peak, the
+last decode step's (decode steps grow with the cache, so it is theirs), and the cache at
+the end. The one named difference: the prompt's ids, the caller's tensor, which the
+harness does not count and memspec counts as the prefill's input (8 B P per sequence).
+Three shapes of model: A (GQA, the MLP decides), B (MQA, a large vocabulary: the logits
+decide), C (a wider head); float32 and bfloat16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memspec import compile_spec
+from memspec.inference import Inference
+from memspec.passes.peak.moments import Phase
+from tests.conftest import SPECS
+from tests.reference.inference_harness import llama, measure_decode
+
+MODELS = {
+    "A": {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2},
+    "B": {"V": 512, "D": 32, "F": 48, "N": 3, "H": 4, "KV": 1},
+    "C": {"V": 64, "D": 48, "F": 96, "N": 2, "H": 6, "KV": 3},
+}
+# (B, P, T): the MLP's moment in the prefill, and a long generation where decode wins
+LOOPS = [(1, 8, 4), (2, 16, 4), (3, 5, 40)]
+
+
+def phase_peak(result, phase: Phase) -> int:
+    """memspec's peak of one phase, less the parameters and buffers (the harness's
+    baseline)."""
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    values = [
+        v
+        for c, v in zip(result.peak.candidates, result.peak.values, strict=True)
+        if c.phase is phase
+    ]
+    return max(values) - fixed
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_generation_equals_transformers(name, precision, loop):
+    batch, prompt, new = loop
+    dims = MODELS[name]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = llama(dims, dtype)
+    ids = torch.randint(3, dims["V"], (batch, prompt))
+    steps = measure_decode(model, ids, new, logits_to_keep=1)
+    result = compile_spec(
+        SPECS / "llama.mspec",
+        set={**dims, "B": batch},
+        precision=precision,
+        inference=Inference(prompt, new),
+    )
+    prompt_ids = 8 * batch * prompt
+    assert phase_peak(result, Phase.PREFILL) - prompt_ids == steps[0].peak
+    assert phase_peak(result, Phase.DECODE) == max(s.peak for s in steps[1:])
+    assert steps[-1].peak == max(s.peak for s in steps[1:])  # the last step is the largest
+    elements, nbytes = result.kv_cache
+    assert result.value(nbytes) == steps[-1].cache_bytes
+    assert result.value(elements) * dtype.itemsize == steps[-1].cache_bytes
+    winner = result.peak.winner()
+    measured = max(steps[0].peak + prompt_ids, max(s.peak for s in steps[1:]))
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed == measured
+    assert winner.phase is (
+        Phase.PREFILL if steps[0].peak + prompt_ids == measured else Phase.DECODE
+    )
