@@ -113,12 +113,14 @@ fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, w
 # the loop keeps the outputs object (--keep-outputs).
 # Under --mode inference (`generating`) the cache holds `past_length` positions before
 # this forward: kv_append is the cat that makes the cache anew, its output the new
-# positions' copy, kept to the end of generation.
+# positions' copy, kept to the end of generation; a paged cache (`paged_kv`, --kv-cache
+# paged) is allocated in blocks before the prefill and written in place (kv_write).
 fn kv_cache(x: [b, h, s, d]) -> [b, h, s, d]
 variant no_cache {
     return x
 }
 variant cache {
+    if paged_kv { return kv_write(x) }     # vLLM's blocks, allocated before the prefill
     if generating { return returned(kv_append(x, past_length)) }
     return returned(cat(x, dim = -2))
 }

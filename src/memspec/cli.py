@@ -274,7 +274,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--kv-cache",
         default="contiguous",
         metavar="KIND",
-        help="contiguous (transformers' DynamicCache, the default)",
+        help="contiguous (transformers' DynamicCache, the default) or paged (vLLM's "
+        "blocks of --kv-block positions)",
     )
     serving.add_argument(
         "--kv-block", type=int, default=16, metavar="N", help="a paged cache's block (16)"

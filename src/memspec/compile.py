@@ -263,6 +263,7 @@ def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:
     from memspec.symbolic.symbols import dim_symbol
 
     _, graph, sizes = phases[0]
-    at_end = {**sizes, dim_symbol(PAST): sp.Integer(config.inference.cached_at_end)}
-    elements, nbytes = cache_elements(graph)
+    run = config.inference
+    at_end = {**sizes, dim_symbol(PAST): sp.Integer(run.cached_at_end)}
+    elements, nbytes = cache_elements(graph, run.reserved if run.cache == "paged" else None)
     return sp.expand(elements.xreplace(at_end)), sp.expand(nbytes.xreplace(at_end))

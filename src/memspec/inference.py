@@ -28,10 +28,12 @@ PAST_NAME = "past_length"
 CACHES = {
     "contiguous": "transformers' DynamicCache: each step's torch.cat makes each layer's "
     "keys and values anew",
+    "paged": "paged as vLLM allocates it: blocks of --kv-block positions, "
+    "ceil((P + T - 1) / block) a sequence, allocated before the prefill and written in "
+    "place (the forward is the spec's, transformers'; vLLM's own kernels are not modelled)",
 }
 UNMODELLED = {
     "static": "transformers' StaticCache (preallocated, with its decode mask) is not modelled yet",
-    "paged": "a paged cache (vLLM's blocks) is not modelled yet",
 }
 
 
@@ -54,6 +56,8 @@ class Inference:
         if self.cache not in CACHES:
             known = ", ".join([*CACHES, *UNMODELLED])
             raise UsageError(f"--kv-cache takes one of {known}, not {self.cache!r}")
+        if self.block < 1:
+            raise UsageError(f"--kv-block must be at least 1, got {self.block}")
 
     @property
     def decodes(self) -> int:
@@ -69,6 +73,13 @@ class Inference:
     def cached_at_end(self) -> int:
         return self.prompt_len + self.new_tokens - 1
 
+    @property
+    def reserved(self) -> int:
+        """Positions a sequence's cache takes: a paged cache's whole blocks."""
+        if self.cache == "paged":
+            return -(-self.cached_at_end // self.block) * self.block
+        return self.cached_at_end
+
     def describe(self) -> str:
         steps = (
             f", then {self.decodes} decode step{'s' if self.decodes != 1 else ''} of one token"
@@ -79,6 +90,7 @@ class Inference:
             f"generation under torch.no_grad(): a prefill of {self.prompt_len:,} tokens"
             f"{steps}; the K/V cache is {CACHES[self.cache]}, {self.cached_at_end:,} "
             "positions at the end"
+            + (f", in {self.reserved:,} of blocks" if self.cache == "paged" else "")
         )
 
 

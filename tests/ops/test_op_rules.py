@@ -526,7 +526,7 @@ def test_every_op_is_covered():
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
                "type_as", "to_dtype", "matmul_4bit",
-               "kv_append",  # tests/reference/test_inference.py
+               "kv_append", "kv_write",  # tests/reference/test_inference.py, test_inference
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

@@ -68,7 +68,10 @@ def test_the_report_is_of_generation(capsys):
         (["--mode", "inference"], "--mode inference needs --prompt-len"),
         (["--prompt-len", "8"], "--prompt-len is for --mode inference"),
         (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static"], "StaticCache"),
-        (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged"], "vLLM's blocks"),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--kv-block", "0"],
+            "--kv-block must be at least 1",
+        ),
         (["--mode", "inference", "--prompt-len", "0"], "--prompt-len must be at least 1"),
         (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
     ],
@@ -82,3 +85,18 @@ def test_a_model_without_a_generate_block_says_so(capsys):
     args = ["compile", str(SPECS / "cs336_lm.mspec"), "--mode", "inference", "--prompt-len", "8"]
     assert main(args) == 2
     assert "which model TransformerLM has not" in capsys.readouterr().err
+
+
+def test_a_paged_cache_is_whole_blocks_from_the_start():
+    """vLLM's blocks: ceil((P + T - 1) / block) a sequence, before the prefill, written in
+    place. Against the contiguous cache: at the prefill's last MLP every layer's cache is
+    there in both, so the peaks differ by the blocks' spare positions alone."""
+    sizes = {"B": 3, "V": 64, "D": 32, "N": 2, "H": 4, "KV": 2, "F": 64}
+    contiguous = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5))
+    paged = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, "paged", 16))
+    per_position = 2 * 2 * 3 * 2 * 8 * 4  # N layers x K and V x [B, KV, ., D/H] float32
+    assert paged.value(paged.kv_cache[1]) == 32 * per_position  # 24 positions -> 2 blocks
+    assert contiguous.value(contiguous.kv_cache[1]) == 24 * per_position
+    prefill = {p.peak.winner().phase.value for p in (paged, contiguous)}
+    assert prefill == {"prefill"}
+    assert paged.peak.value - contiguous.peak.value == (32 - 20) * per_position

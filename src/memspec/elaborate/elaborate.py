@@ -47,6 +47,7 @@ from memspec.tensor_parallel import STYLES, read_plans
 __all__ = ["GENERATING", "MAX_EXPR_DEPTH", "MAX_INSTANCE_DEPTH", "Elaboration", "elaborate"]
 
 GENERATING = "generating"  # a global: true under --mode inference
+PAGED = "paged_kv"  # a global: true under --kv-cache paged
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class Elaborator:
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
         # whether the model runs its generate block (--mode inference), for `if generating`
         self.globals.names[GENERATING] = self.config.inference is not None
+        # whether its K/V cache is paged (--kv-cache paged), for `if paged_kv`
+        run = self.config.inference
+        self.globals.names[PAGED] = run is not None and run.cache == "paged"
         for fact in self.program.size_facts:
             declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 

@@ -18,9 +18,10 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import numel
 from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, register
 
-__all__ = ["KV_APPEND", "cached_bytes"]
+__all__ = ["KV_APPEND", "KV_WRITE", "cached_bytes", "position_bytes"]
 
 KV_APPEND = "kv_append"
+KV_WRITE = "kv_write"
 
 
 def _past(value: object) -> sp.Expr:
@@ -40,6 +41,12 @@ def cached_bytes(op: OpApply, graph: Graph) -> sp.Expr:
     """The bytes the cache of this op held before it: `past` positions of x's rows."""
     x = graph.value(op.inputs[0])
     return numel(x.shape) / x.shape[-2] * _past(op.attr("past")) * x.dtype.itemsize
+
+
+def position_bytes(op: OpApply, graph: Graph) -> sp.Expr:
+    """The bytes one position of x's rows takes in the cache (x: [..., s, d])."""
+    x = graph.value(op.inputs[0])
+    return numel(x.shape) / x.shape[-2] * x.dtype.itemsize
 
 
 def _kv_append_lower(tensors, attrs):
@@ -65,6 +72,29 @@ register(
         kind=OpKind.LAYOUT,
         shape_doc="x's shape, new storage; a workspace of the cache's `past` positions "
         "(the old tensor, alive while cat copies it)",
+        saved_doc="nothing",
+    )
+)
+
+
+def _kv_write_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    ctx.expect_rank(0, 2)
+    return (OutputSpec(x.shape, x.dtype, view_of=0, strides=x.strides),)
+
+
+register(
+    OpDef(
+        KV_WRITE,
+        "x written in place into a preallocated K/V cache (a paged one, vLLM's blocks): x "
+        "itself for what reads it next; the cache's blocks are counted from the start",
+        ("x",),
+        _kv_write_infer,
+        lower=lambda t, a: t[0],
+        grads=lambda op, graph: (Grad.THROUGH,),
+        grads_doc="the output's gradient itself",
+        kind=OpKind.LAYOUT,
+        shape_doc="x itself (no new memory: the cache is preallocated)",
         saved_doc="nothing",
     )
 )

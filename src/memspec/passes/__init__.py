@@ -139,8 +139,10 @@ def _peak(context: AnalysisContext) -> PeakAnswer:
     """The true peak, or None and why the replay cannot model this step."""
     if context.config.inference is not None:
         categories = context.categories()
+        run = context.config.inference
+        reserved = run.reserved if run.cache == "paged" else None
         return PeakAnswer(
-            inference_peak(context.phases, categories, context.bindings, context.resolve)
+            inference_peak(context.phases, categories, context.bindings, context.resolve, reserved)
         )
     parallel = context.config.parallel
     ranks = context.earlier["ranks"]

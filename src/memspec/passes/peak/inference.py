@@ -31,23 +31,29 @@ from memspec.symbolic.polys import Poly, add_into, evaluate, poly, substitute, t
 __all__ = ["cache_bytes", "cache_elements", "inference_peak"]
 
 
-def cache_elements(graph: Graph) -> tuple[sp.Expr, sp.Expr]:
-    """(elements, bytes) every layer's cache held before this forward (its `past`
-    positions, keys and values)."""
-    from memspec.ops.cache import KV_APPEND, cached_bytes
+def cache_elements(graph: Graph, reserved: int | None = None) -> tuple[sp.Expr, sp.Expr]:
+    """(elements, bytes) every layer's cache holds before this forward: a DynamicCache's
+    `past` positions (kv_append's), or a paged cache's `reserved` positions of blocks
+    (kv_write's), allocated before the prefill."""
+    from memspec.ops.cache import KV_APPEND, KV_WRITE, cached_bytes, position_bytes
 
     elements, nbytes = sp.Integer(0), sp.Integer(0)
     for op in graph.ops:
         if op.op == KV_APPEND:
-            size = cached_bytes(op, graph) * graph.multiplicity(op.region)
-            nbytes += size
-            elements += size / graph.value(op.inputs[0]).dtype.itemsize
+            size = cached_bytes(op, graph)
+        elif op.op == KV_WRITE and reserved is not None:
+            size = position_bytes(op, graph) * reserved
+        else:
+            continue
+        size *= graph.multiplicity(op.region)
+        nbytes += size
+        elements += size / graph.value(op.inputs[0]).dtype.itemsize
     return sp.expand(elements), sp.expand(nbytes)
 
 
-def cache_bytes(graph: Graph) -> sp.Expr:
-    """The bytes every layer's cache held before this forward (its `past` positions)."""
-    return cache_elements(graph)[1]
+def cache_bytes(graph: Graph, reserved: int | None = None) -> sp.Expr:
+    """The bytes every layer's cache holds before this forward (`cache_elements`)."""
+    return cache_elements(graph, reserved)[1]
 
 
 def _forward(graph: Graph, repetitions: Mapping[int, int], measure) -> Replay:
@@ -72,9 +78,11 @@ def inference_peak(
     categories: dict[str, CategoryResult],
     bindings: Mapping[sp.Symbol, int],
     resolve: Callable[[sp.Expr], sp.Expr],
+    reserved: int | None = None,
 ) -> PeakResult:
     """The largest moment of the phases' forwards: (phase, its graph, the sizes it runs
-    at beside the bindings: the sequence length, the cached positions)."""
+    at beside the bindings: the sequence length, the cached positions). `reserved`: a
+    paged cache's positions a sequence, allocated before the prefill."""
     fixed = {c: poly(resolve(categories[c].bytes)) for c in ("parameters", "buffers")}
     moments: list[tuple[Phase, str, dict[str, Poly]]] = []
     counts: dict[sp.Dummy, Poly] = {}
@@ -86,7 +94,7 @@ def inference_peak(
             return poly(resolve(sp.sympify(expr).xreplace(dict(sizes))))
 
         run = _forward(graph, p.repetitions, measure)
-        before = measure(cache_bytes(graph))
+        before = measure(cache_bytes(graph, reserved))
         region_shares = repeats.shares(graph, run, p)
         for point in run.points:
             if point.op_path == SUM_MOMENT:  # a training step's sum into the loss
