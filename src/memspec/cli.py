@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import traceback
@@ -397,6 +398,11 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     from memspec.verify.peak import compare_peak, measure_peak
     from memspec.verify.report import render_verify
 
+    if getattr(args, "mode", "train") == "inference":
+        raise UsageError(
+            "memspec verify runs a training step on the lowering; --mode inference is "
+            "checked against transformers' own loop (tests/reference/test_inference.py)"
+        )
     result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
     parallel = result.config.parallel
@@ -432,6 +438,8 @@ def _solve(args: argparse.Namespace) -> str:
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
     from memspec.solve import check_bound, parse_budget, solve_max, solve_min_degree
 
+    if args.symbol in ("P", "prompt_len") and getattr(args, "mode", "train") == "inference":
+        return _solve_prompt(args)
     result = _result(args)
     if args.symbol in (DP, "data_parallel_degree"):
         s = solve_min_degree(result, parse_budget(args.budget), args.objective)
@@ -451,6 +459,53 @@ def _solve(args: argparse.Namespace) -> str:
         plot_memory(result, s, Path(args.plot))
     report = build_solve(result, s, args.objective, args.plot)
     return render_solve_json(report) if args.format == "json" else render_solve_text(report)
+
+
+def _solve_prompt(args: argparse.Namespace) -> str:
+    """`solve --for P` under --mode inference: the longest prompt whose generation fits,
+    by compiling at each length tried (the peak grows with it: a bisection)."""
+    from memspec.solve import parse_budget
+
+    budget = parse_budget(args.budget)
+    peaks: dict[int, tuple[int, str]] = {}
+
+    def peak_at(length: int) -> int:
+        if length not in peaks:
+            bound = argparse.Namespace(**{**vars(args), "prompt_len": length})
+            result = _result(bound)
+            if result.peak is None or result.peak.value is None:
+                raise UsageError("--for P needs every other size bound (--set, --preset)")
+            winner = result.peak.winner()
+            peaks[length] = (result.peak.value, winner.label() if winner else "")
+        return peaks[length][0]
+
+    if peak_at(1) > budget:
+        text = f"even P = 1 needs more than {budget:,} bytes ({peak_at(1):,})\n"
+        answer = None
+    else:
+        low, high = 1, 2
+        while peak_at(high) <= budget and high < 1 << 24:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if peak_at(middle) <= budget else (low, middle)
+        answer = low
+        text = (
+            f"largest P within {budget:,} bytes: {answer:,}; the peak is at "
+            f"{peaks[answer][1]}\nchecked: P = {answer:,}: {peaks[answer][0]:,} bytes (fits)"
+        )
+        if high in peaks and high != answer:
+            text += f", P = {high:,}: {peaks[high][0]:,} bytes (does not fit)"
+        text += "\n"
+    if args.format == "json":
+        doc = {
+            "symbol": "P",
+            "budget": budget,
+            "maximum": answer,
+            "checked": {str(k): v for k, (v, _) in sorted(peaks.items())},
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    return text
 
 
 def _info(args: argparse.Namespace) -> str:

@@ -100,3 +100,22 @@ def test_a_paged_cache_is_whole_blocks_from_the_start():
     prefill = {p.peak.winner().phase.value for p in (paged, contiguous)}
     assert prefill == {"prefill"}
     assert paged.peak.value - contiguous.peak.value == (32 - 20) * per_position
+
+
+def test_solve_gives_the_longest_prompt_that_fits(capsys):
+    sizes = {"B": 2, "V": 64, "D": 32, "N": 2, "H": 4, "KV": 2, "F": 64}
+    fixed = compile_spec(LLAMA, set=sizes, inference=Inference(1, 8))
+    budget = fixed.peak.value + 40_000
+    args = ["solve", str(LLAMA), "--mode", "inference", "--new-tokens", "8", "--for", "P"]
+    args += [f"--set={k}={v}" for k, v in sizes.items()]
+    assert main([*args, "--budget", str(budget), "--format", "json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["maximum"]
+    at = compile_spec(LLAMA, set=sizes, inference=Inference(answer, 8)).peak.value
+    above = compile_spec(LLAMA, set=sizes, inference=Inference(answer + 1, 8)).peak.value
+    assert at <= budget < above
+
+
+def test_verify_says_what_checks_inference(capsys):
+    args = ["verify", str(LLAMA), "--mode", "inference", "--prompt-len", "4", "--set", "B=1"]
+    assert main([*args, "--set", "F=64", *TINY]) == 2
+    assert "tests/reference/test_inference.py" in capsys.readouterr().err
