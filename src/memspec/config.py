@@ -152,6 +152,11 @@ def resolve_config(
     )
     if inference is not None and (config.parallel.distributed or config.parallel.tensor_parallel):
         raise UsageError("--mode inference on several ranks is not modelled yet")
+    if inference is not None and weights is not None:
+        raise UsageError(
+            "--weights with --mode inference is not modelled yet: bitsandbytes' fused 4-bit "
+            "kernel serves decode-sized row counts without the dequantized weight"
+        )
     if inference is not None and config.recompute.name != "none":
         raise UsageError("--mode inference saves nothing for backward: --recompute has no meaning")
     if weights is not None and config.parallel.tensor_parallel:

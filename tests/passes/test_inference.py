@@ -74,6 +74,7 @@ def test_the_report_is_of_generation(capsys):
         ),
         (["--mode", "inference", "--prompt-len", "0"], "--prompt-len must be at least 1"),
         (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
+        (["--mode", "inference", "--prompt-len", "8", "--weights", "nf4"], "fused 4-bit kernel"),
     ],
 )
 def test_bad_flags_are_usage_errors(args, message, capsys):
