@@ -15,11 +15,10 @@ end is the generation's P + T - 1 positions: the last token is never fed back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from memspec.errors import UsageError
-from memspec.syntax.decls import DeclDim
-from memspec.syntax.imports import Program
+from memspec.syntax.imports import Program, with_dim
 
 __all__ = ["CACHES", "PAST", "Inference", "with_past"]
 
@@ -96,11 +95,4 @@ class Inference:
 
 def with_past(program: Program) -> Program:
     """The program with the cached positions declared as a dim (`past_length as Lpast`)."""
-    names = program.top_level_names()
-    if PAST in names or PAST_NAME in names:
-        raise UsageError(
-            f"the spec declares {PAST}, which --mode inference names the cached positions",
-            names.get(PAST) or names.get(PAST_NAME),
-        )
-    past = DeclDim(PAST_NAME, PAST)
-    return replace(program, dims={**program.dims, past.name: past})
+    return with_dim(program, PAST_NAME, PAST, "--mode inference names the cached positions")

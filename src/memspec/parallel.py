@@ -35,11 +35,10 @@ shard (and gathers it again in backward).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from memspec.errors import UsageError
-from memspec.syntax.decls import DeclDim
-from memspec.syntax.imports import Program
+from memspec.syntax.imports import Program, with_dim
 
 __all__ = [
     "DP",
@@ -212,11 +211,4 @@ def with_degree(program: Program, symbol: str = DP) -> Program:
     """The program with a parallel degree declared as a dim (`DP`, `TP`), after its own."""
     long = {DP: "data_parallel_degree", TP: "tensor_parallel_degree"}[symbol]
     what = {DP: "data", TP: "tensor"}[symbol]
-    names = program.top_level_names()
-    if symbol in names or long in names:
-        raise UsageError(
-            f"the spec declares {symbol}, which {what} parallelism names its degree",
-            names.get(symbol) or names.get(long),
-        )
-    degree = DeclDim(long, symbol)
-    return replace(program, dims={**program.dims, degree.name: degree})
+    return with_dim(program, long, symbol, f"{what} parallelism names its degree")

@@ -7,17 +7,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memspec.errors import NameResolutionError, SpecImportError
+from memspec.errors import NameResolutionError, SpecImportError, UsageError
 from memspec.resources import std_dir
 from memspec.source import SourceFile, Span
 from memspec.syntax import decls as d
 from memspec.syntax.parse import parse
 
-__all__ = ["MAX_FILE_BYTES", "Program", "load_program", "read_source"]
+__all__ = ["MAX_FILE_BYTES", "Program", "load_program", "read_source", "with_dim"]
 
 MAX_FILE_BYTES = 1_000_000  # a model spec is a page or two; larger input is refused
 
@@ -203,3 +204,15 @@ def load_program(source: SourceFile, path: Path | None, extras: tuple[str, ...] 
             display = f"std/{member.replace('.', '/')}.mspec"
             loader.load(read_source(extra, display), extra, is_entry=False)
     return program
+
+
+def with_dim(program: Program, name: str, symbol: str, role: str) -> Program:
+    """The program with a dim a flag declares (`data_parallel_degree as DP`), after its
+    own; `role` says what the flag names by it, for the error if the spec took it."""
+    names = program.top_level_names()
+    if symbol in names or name in names:
+        raise UsageError(
+            f"the spec declares {symbol}, which {role}", names.get(symbol) or names.get(name)
+        )
+    dim = d.DeclDim(name, symbol)
+    return dataclasses.replace(program, dims={**program.dims, dim.name: dim})
