@@ -329,9 +329,16 @@ def lora_of(args: argparse.Namespace):
 def inference_of(args: argparse.Namespace):
     """The serving loop of --mode inference, or None for a training step."""
     if getattr(args, "mode", "train") != "inference":
-        for flag in ("prompt_len",):
-            if getattr(args, flag, None) is not None:
-                raise UsageError("--prompt-len is for --mode inference")
+        # a serving loop's flags on a training step would be ignored: say so
+        given = {
+            "--prompt-len": getattr(args, "prompt_len", None) is not None,
+            "--new-tokens": getattr(args, "new_tokens", 1) != 1,
+            "--kv-cache": getattr(args, "kv_cache", "contiguous") != "contiguous",
+            "--kv-block": getattr(args, "kv_block", 16) != 16,
+        }
+        for flag, set_ in given.items():
+            if set_:
+                raise UsageError(f"{flag} is for --mode inference")
         return None
     from memspec.inference import Inference
 

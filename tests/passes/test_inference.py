@@ -67,6 +67,7 @@ def test_the_report_is_of_generation(capsys):
     [
         (["--mode", "inference"], "--mode inference needs --prompt-len"),
         (["--prompt-len", "8"], "--prompt-len is for --mode inference"),
+        (["--kv-cache", "paged"], "--kv-cache is for --mode inference"),
         (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static"], "StaticCache"),
         (
             ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--kv-block", "0"],
