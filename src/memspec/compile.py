@@ -265,5 +265,5 @@ def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:
     _, graph, sizes = phases[0]
     run = config.inference
     at_end = {**sizes, dim_symbol(PAST): sp.Integer(run.cached_at_end)}
-    elements, nbytes = cache_elements(graph, run.reserved if run.cache == "paged" else None)
+    elements, nbytes = cache_elements(graph, run.paged_positions)
     return sp.expand(elements.xreplace(at_end)), sp.expand(nbytes.xreplace(at_end))

@@ -73,11 +73,12 @@ class Inference:
         return self.prompt_len + self.new_tokens - 1
 
     @property
-    def reserved(self) -> int:
-        """Positions a sequence's cache takes: a paged cache's whole blocks."""
-        if self.cache == "paged":
-            return -(-self.cached_at_end // self.block) * self.block
-        return self.cached_at_end
+    def paged_positions(self) -> int | None:
+        """Positions a sequence's paged cache takes, whole blocks allocated before the
+        prefill; None for a cache that grows (contiguous)."""
+        if self.cache != "paged":
+            return None
+        return -(-self.cached_at_end // self.block) * self.block
 
     def describe(self) -> str:
         steps = (
@@ -89,7 +90,7 @@ class Inference:
             f"generation under torch.no_grad(): a prefill of {self.prompt_len:,} tokens"
             f"{steps}; the K/V cache is {CACHES[self.cache]}, {self.cached_at_end:,} "
             "positions at the end"
-            + (f", in {self.reserved:,} of blocks" if self.cache == "paged" else "")
+            + (f", in {self.paged_positions:,} of blocks" if self.paged_positions else "")
         )
 
 

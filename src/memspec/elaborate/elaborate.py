@@ -126,13 +126,8 @@ class Elaborator:
         decl = models[0]
         inst = self.layers.instantiate(decl, {}, "", None, decl.span)
         if self.config.inference is not None:
-            if inst.generate is None:
-                raise UsageError(
-                    f"--mode inference runs the model's generate block, which model "
-                    f"{decl.name} has not (write `generate(tokens: int64[B, L]) {{ ... }}` "
-                    "returning the logits, as a serving loop calls the model)",
-                    decl.span,
-                )
+            # compile_spec found the block (and refused a model without one)
+            assert inst.generate is not None, "--mode inference without a generate block"
             inst.forward = inst.generate
         forward = inst.forward
         if forward is None:

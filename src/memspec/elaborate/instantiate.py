@@ -185,7 +185,7 @@ class Instantiator:
         if self.lora is not None and decl.name == LINEAR and inst.decl.name != LORA_LAYER:
             decl, args = self.lora_linear(decl, args, path, region, stmt.span)
         if self.config.weights is not None and decl.name == LINEAR:
-            decl, args = self.quantized_linear(decl, args, path, stmt.span)
+            decl, args = self.quantized_linear(decl, args, path, region, stmt.span)
         sub = self.instantiate(decl, args, path, region, stmt.span)
         sub.repeated = stmt.count is not None
         return sub
@@ -202,12 +202,12 @@ class Instantiator:
         return ref.decl
 
     def quantized_linear(
-        self, decl: d.DeclLayer, args: dict[str, object], path: str, span
+        self, decl: d.DeclLayer, args: dict[str, object], path: str, region: int | None, span
     ) -> tuple[d.DeclLayer, dict[str, object]]:
         """A Linear becomes std's Linear4bit (`memspec.quantize`), but the output layer."""
         weights = self.config.weights
         assert weights is not None
-        self.linears.append(generic_name(path, self.regions_of_path(path)))
+        self.linears.append(generic_name(path, self.region_paths(region)))
         if weights.skips(path):
             return decl, args
         return self.injected(QUANTIZED_LAYER, "--weights", span), {
@@ -320,10 +320,6 @@ class Instantiator:
     def regions(self, inst: Instance) -> list[str]:
         """The paths of the repeat regions `inst` is in, outermost first."""
         return self.region_paths(inst.region)
-
-    def regions_of_path(self, path: str) -> list[str]:
-        """The repeat regions whose paths lead `path`, outermost first."""
-        return [r.path for r in self.builder.regions if path.startswith(r.path + ".")]
 
     def check_skips(self) -> None:
         """A --weights-skip name that keeps no Linear is a mistake: say so."""

@@ -139,8 +139,7 @@ def _peak(context: AnalysisContext) -> PeakAnswer:
     """The true peak, or None and why the replay cannot model this step."""
     if context.config.inference is not None:
         categories = context.categories()
-        run = context.config.inference
-        reserved = run.reserved if run.cache == "paged" else None
+        reserved = context.config.inference.paged_positions
         return PeakAnswer(
             inference_peak(context.phases, categories, context.bindings, context.resolve, reserved)
         )

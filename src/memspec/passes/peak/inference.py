@@ -22,11 +22,11 @@ from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT, ForwardReplay
 from memspec.passes.peak.ledger import Ledger
 from memspec.passes.peak.moments import Phase
-from memspec.passes.peak.replay import PeakUnavailable, Replay, share_of
-from memspec.passes.peak.result import CATEGORIES, PeakCandidate, PeakResult, StepOptions
+from memspec.passes.peak.replay import PeakUnavailable, Replay, shares_of
+from memspec.passes.peak.result import PeakResult, StepOptions
+from memspec.passes.peak.true_peak import Moment, peak_result
 from memspec.passes.results import CategoryResult
-from memspec.symbolic.dominance import undominated
-from memspec.symbolic.polys import Poly, add_into, evaluate, poly, substitute, to_expr
+from memspec.symbolic.polys import Poly, add_into, poly
 
 __all__ = ["cache_bytes", "cache_elements", "inference_peak"]
 
@@ -64,13 +64,7 @@ def _forward(graph: Graph, repetitions: Mapping[int, int], measure) -> Replay:
     )
     forward.step()
     alive = [b for b in ledger.blocks.values() if b.category == "activations"]
-    kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
-    shares = tuple(
-        share_of(graph, region.id, alive, [], kept, forward.released)
-        for region in graph.regions
-        if repetitions[region.id] >= 3
-    )
-    return Replay(tuple(ledger.points), shares)
+    return Replay(tuple(ledger.points), shares_of(graph, repetitions, forward, alive, []))
 
 
 def inference_peak(
@@ -84,7 +78,7 @@ def inference_peak(
     at beside the bindings: the sequence length, the cached positions). `reserved`: a
     paged cache's positions a sequence, allocated before the prefill."""
     fixed = {c: poly(resolve(categories[c].bytes)) for c in ("parameters", "buffers")}
-    moments: list[tuple[Phase, str, dict[str, Poly]]] = []
+    moments: list[Moment] = []
     counts: dict[sp.Dummy, Poly] = {}
     for phase, graph, sizes in phases:
         p = repeats.plan(graph, bindings)
@@ -106,23 +100,6 @@ def inference_peak(
                 add_into(parts["activations"], reading.saved)
                 add_into(parts["activations"], before)
                 parts["temporaries"] = dict(memory["temporaries"])
-                moments.append((phase, repeats.label(graph, point, reading, p), parts))
-    totals = []
-    for _, _, parts in moments:
-        total: Poly = {}
-        for part in parts.values():
-            add_into(total, part)
-        totals.append(total)
-    candidates, kept_totals = [], []
-    for i in undominated(totals):
-        phase, where, parts = moments[i]
-        parts = {k: substitute(parts[k], counts) for k in CATEGORIES}
-        total = {}
-        for part in parts.values():
-            add_into(total, part)
-        kept_totals.append(total)
-        breakdown = tuple((k, to_expr(parts[k])) for k in CATEGORIES)
-        candidates.append(PeakCandidate(phase, where, "", breakdown, to_expr(total), i))
-    values = [evaluate(t, dict(bindings)) for t in kept_totals]
-    bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
-    return PeakResult(StepOptions(), tuple(candidates), (), bound)
+                where = repeats.label(graph, point, reading, p)
+                moments.append(Moment(phase, where, "", parts))
+    return peak_result(moments, counts, StepOptions(), bindings)

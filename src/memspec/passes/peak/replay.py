@@ -38,7 +38,7 @@ from memspec.passes.peak.ledger import Block, Born, Ledger
 from memspec.passes.peak.moments import Phase, Point, Side
 from memspec.symbolic.polys import Poly, add_into, poly
 
-__all__ = ["SCALE_MOMENT", "PeakUnavailable", "RegionShare", "Replay", "replay", "share_of"]
+__all__ = ["SCALE_MOMENT", "PeakUnavailable", "RegionShare", "Replay", "replay", "shares_of"]
 
 SCALE_MOMENT = "scaler.scale(loss)"
 
@@ -132,13 +132,25 @@ def replay(
     ledger.mark(Phase.OPTIMIZER_STEP, "", after)
     made = forward.fsdp.sharded if forward.fsdp is not None else backward.param_grads.values()
     grads = [ledger.blocks[bid] for bid in made]
-    kept = [ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
-    shares = tuple(
+    shares = shares_of(graph, repetitions, forward, alive, grads)
+    return Replay(tuple(ledger.points), shares, tuple(backward.beyond))
+
+
+def shares_of(
+    graph: Graph,
+    repetitions: Mapping[int, int],
+    forward: ForwardReplay,
+    alive: list[Block],
+    grads: list[Block],
+) -> tuple[RegionShare, ...]:
+    """What one middle repetition of each region replayed three times or more adds at
+    a point it is far from; `alive`: the activations alive when the forward returned."""
+    kept = [forward.ledger.blocks[bid] for bid in dict.fromkeys(forward.kept)]
+    return tuple(
         share_of(graph, region.id, alive, grads, kept, forward.released)
         for region in graph.regions
         if repetitions[region.id] >= 3
     )
-    return Replay(tuple(ledger.points), shares, tuple(backward.beyond))
 
 
 def share_of(

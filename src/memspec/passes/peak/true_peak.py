@@ -34,11 +34,13 @@ from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import Poly, add_into, evaluate, poly, scaled, substitute, to_expr
 from memspec.symbolic.symbols import dim_symbol
 
-__all__ = ["peak_memory"]
+__all__ = ["Moment", "peak_memory", "peak_result"]
 
 
 @dataclass
-class _Moment:
+class Moment:
+    """One moment of the step, its memory by category (left-out repetitions symbolic)."""
+
     phase: Phase
     where: str
     micro_batch: str
@@ -97,7 +99,7 @@ def peak_memory(
     runs = [("", kept)]
     if options.grad_accum > 1:
         runs = [("micro-batch 1", kept), (f"micro-batches 2..{options.grad_accum}", True)]
-    moments: list[_Moment] = []
+    moments: list[Moment] = []
     last: Replay | None = None
     previous = _previous_micro_batch(graph, measure)
     checkpoints = (
@@ -140,7 +142,7 @@ def peak_memory(
                     add_into(parts["activations"], previous[point.op_path == SUM_MOMENT])
                 parts["temporaries"] = dict(memory["temporaries"])
                 where = repeats.label(graph, point, reading, p)
-                moments.append(_Moment(point.phase, where, micro_batch, parts))
+                moments.append(Moment(point.phase, where, micro_batch, parts))
     (after,) = [q for q in last.points if q.phase is Phase.OPTIMIZER_STEP]
     # what the loop's outputs object still holds of the left-out repetitions
     (left_out,) = repeats.readings(after, repeats.shares(graph, last, p))
@@ -157,7 +159,7 @@ def peak_memory(
         before,
     ):
         add_into(parts["activations"], left_out.saved)
-        moments.append(_Moment(phase, where, "", parts, optimizer))
+        moments.append(Moment(phase, where, "", parts, optimizer))
     return _result(graph, moments, p, options, bindings, measure)
 
 
@@ -201,10 +203,29 @@ def _beyond(rep: Replay, p: repeats.Plan) -> Poly:
     return out
 
 
-def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, measure):
-    """The moments no other one dominates, with the left-out repetitions' symbols
-    replaced by their counts, and their values where every size is bound."""
+def _result(graph, moments: list[Moment], p: repeats.Plan, options, bindings, measure):
+    """The step's peak result, with the replay's assumption for each symbolic count."""
     counts = {p.extra[r]: measure(e) for r, e in p.counts.items()}
+    limit = repeats.REPLAY_LIMIT
+    assumptions = tuple(
+        f"{graph.regions[r].count} >= {limit}: the peak formula replays the first, "
+        f"a middle and the last repetition of {graph.regions[r].path} and counts the other "
+        f"{graph.regions[r].count} - {limit} like the middle one"
+        for r, e in p.counts.items()
+        if not e.is_Integer
+    )
+    return peak_result(moments, counts, options, bindings, assumptions)
+
+
+def peak_result(
+    moments: list[Moment],
+    counts: Mapping[sp.Dummy, Poly],
+    options: StepOptions,
+    bindings: Mapping[sp.Symbol, int],
+    assumptions: tuple[str, ...] = (),
+) -> PeakResult:
+    """The moments no other one dominates, with the left-out repetitions' symbols
+    (`counts`) replaced by their counts, and their values where every size is bound."""
     candidates, totals = [], []
     for i in undominated([m.total() for m in moments]):
         m = moments[i]
@@ -221,12 +242,4 @@ def _result(graph, moments: list[_Moment], p: repeats.Plan, options, bindings, m
         )
     values = [evaluate(t, dict(bindings)) for t in totals]
     bound = None if any(v is None for v in values) else tuple(int(v) for v in values)
-    limit = repeats.REPLAY_LIMIT
-    assumptions = tuple(
-        f"{graph.regions[r].count} >= {limit}: the peak formula replays the first, "
-        f"a middle and the last repetition of {graph.regions[r].path} and counts the other "
-        f"{graph.regions[r].count} - {limit} like the middle one"
-        for r, e in p.counts.items()
-        if not e.is_Integer
-    )
     return PeakResult(options, tuple(candidates), assumptions, bound)
