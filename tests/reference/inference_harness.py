@@ -47,6 +47,8 @@ from transformers import (  # noqa: E402
 )
 from transformers.cache_utils import Cache  # noqa: E402
 
+from tests.reference.test_transformers import decoder_config  # noqa: E402
+
 
 @dataclass(frozen=True)
 class InferenceMeasurement:
@@ -174,18 +176,7 @@ def cache_storage_bytes(cache: Cache) -> int:
 def llama(sizes: dict, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """A LlamaForCausalLM from {"V", "D", "F", "N", "H", "KV"} (head size D // H), seeded,
     in `dtype`, in eval mode; bos, eos and pad ids 0, attention `sdpa` (the default)."""
-    config = LlamaConfig(
-        vocab_size=sizes["V"],
-        hidden_size=sizes["D"],
-        intermediate_size=sizes["F"],
-        num_hidden_layers=sizes["N"],
-        num_attention_heads=sizes["H"],
-        num_key_value_heads=sizes["KV"],
-        max_position_embeddings=4096,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
+    config = decoder_config(LlamaConfig, {**sizes, "L": 4096})  # L: max_position_embeddings
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype).eval()
 
@@ -204,9 +195,7 @@ def measure_prefill(
     tracker = LiveTracker(model, input_ids)
     with torch.no_grad(), _measuring(), tracker:
         cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=input_ids, use_cache=True, cache=cache, logits_to_keep=logits_to_keep
-        )
+        out = model(input_ids=input_ids, use_cache=True, cache=cache, logits_to_keep=logits_to_keep)
         resident = tracker.live
         logits_bytes = out.logits.untyped_storage().nbytes()
     return InferenceMeasurement(tracker.peak, resident, cache_storage_bytes(cache), logits_bytes)
@@ -236,9 +225,7 @@ def measure_decode(
         token = input_ids
         for t in range(new_tokens):
             tracker.set_label(f"step {t}")
-            out = model(
-                input_ids=token, use_cache=True, cache=cache, logits_to_keep=logits_to_keep
-            )
+            out = model(input_ids=token, use_cache=True, cache=cache, logits_to_keep=logits_to_keep)
             resident = tracker.live
             logits_bytes = out.logits.untyped_storage().nbytes()
             token = out.logits[:, -1:].argmax(-1)

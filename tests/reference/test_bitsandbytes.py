@@ -22,8 +22,7 @@ from memspec.quantize import Weights
 from memspec.verify.peak import TRACKER_NAMES
 from tests.conftest import SPECS
 from tests.elaborate.test_quantized import ONE_LINEAR, layer_bytes
-from tests.reference.harness import measure_library
-from tests.reference.test_transformers import decoder_config
+from tests.reference.test_transformers import causal_lm_step, decoder_config
 from tests.reference.torchvision_import import import_torchvision
 
 import_torchvision()  # peft imports transformers' models, which import torchvision
@@ -98,24 +97,10 @@ def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
 
-    def batch() -> tuple:
-        tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
-        return tokens, tokens.clone()
-
-    def step(model, b) -> torch.Tensor:
-        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
-
-    measured = measure_library(make_model, batch, step)
-    states = quant_state_bytes(make_model())
     # prepare_model_for_kbit_training casts every parameter not packed to float32
-    result = compile_spec(
-        SPECS / "llama.mspec",
-        set=sizes,
-        convention="autograd",
-        precision="fp32",
-        lora=Lora(8, 16),
-        weights=Weights("nf4"),
-    )
+    options = {"precision": "fp32", "lora": Lora(8, 16), "weights": Weights("nf4")}
+    measured, result = causal_lm_step(make_model, "llama.mspec", sizes, (), **options)
+    states = quant_state_bytes(make_model())
     value = result.value
     assert value(result.categories["parameters"].elements) == measured.parameters
     assert value(result.categories["activations"].bytes) == measured.saved

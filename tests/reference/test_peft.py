@@ -11,13 +11,16 @@ the float32 adapters on a bfloat16 model against memspec's lowering."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from memspec import compile_spec
 from memspec.lora import Lora
 from tests.conftest import SPECS
-from tests.reference.harness import measure_library
-from tests.reference.test_transformers import LLAMA_SIZES, assert_same_step, decoder_config
+from tests.reference.test_transformers import (
+    LLAMA_SIZES,
+    assert_same_step,
+    causal_lm_step,
+    decoder_config,
+)
 from tests.reference.torchvision_import import import_torchvision
 
 import_torchvision()  # peft imports transformers' models, which import torchvision
@@ -41,18 +44,9 @@ def peft_step(sizes: dict, adapter: tuple):
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         return get_peft_model(model, config)
 
-    def batch() -> tuple:
-        tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
-        return tokens, tokens.clone()
-
-    def step(model, b) -> torch.Tensor:
-        return model(input_ids=b[0], labels=b[1], use_cache=False).loss
-
-    measured = measure_library(make_model, batch, step)
     names = (targets,) if isinstance(targets, str) else tuple(targets)
     lora = Lora(r, alpha, dropout, names)
-    result = compile_spec(SPECS / "llama.mspec", set=sizes, convention="autograd", lora=lora)
-    return measured, result
+    return causal_lm_step(make_model, "llama.mspec", sizes, (), lora=lora)
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,10 @@ def assert_same_traced_step(result, measured) -> None:
     assert total + out_of_place_sums(result) == measured.peak
 
 
-def causal_lm_step(make_model, spec: str, sizes: dict, use: tuple):
+def causal_lm_step(make_model, spec: str, sizes: dict, use: tuple, **options):
     """(the library's step, memspec's compile): a causal LM trained on [B, L] token ids
-    with `labels=input_ids`, the library's own loss, as a Trainer runs it."""
+    with `labels=input_ids`, the library's own loss, as a Trainer runs it; `options` go to
+    compile_spec (a precision, LoRA, quantized weights)."""
 
     def batch() -> tuple:
         tokens = torch.randint(0, sizes["V"], (sizes["B"], sizes["L"]))
@@ -90,7 +91,7 @@ def causal_lm_step(make_model, spec: str, sizes: dict, use: tuple):
         return model(input_ids=b[0], labels=b[1], use_cache=False).loss
 
     measured = measure_library(make_model, batch, step)
-    result = compile_spec(SPECS / spec, set=sizes, use=use, convention="autograd")
+    result = compile_spec(SPECS / spec, set=sizes, use=use, convention="autograd", **options)
     return measured, result
 
 
@@ -205,7 +206,6 @@ MISTRAL_PATHS = [((), "sdpa"), (("eager",), "eager")]  # transformers' default f
 @pytest.mark.parametrize(("use", "attention"), MISTRAL_PATHS, ids=lambda p: str(p))
 def test_mistral_step_equals_transformers(sizes, use, attention):
     assert_same_step(*reversed(decoder_step("mistral", sizes, use, attention)))
-
 
 
 def table_rows():
