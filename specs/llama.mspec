@@ -23,6 +23,8 @@ dim d_ff           as F = 256 * ceil(floor(8 * D / 3) / 256)     # multiple_of =
 # float causal mask; `math` and `flash` repeat K and V and use std's attention.
 fn llama_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep) -> [b, h, s, d]
 variant sdpa {
+    # a StaticCache's decode step hands SDPA a boolean mask over the whole cache
+    if static_kv and decoding { return flash_attention(q, k, v, false, mask_keys = static_length) }
     return flash_attention(q, k, v, true)
 }
 variant eager {
@@ -50,17 +52,21 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+    forward(x: [b, s, d_model], cos: [r, 1, s, head_dim], sin: [r, 1, s, head_dim])
             -> [b, s, d_model] {
-        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
-                         sin)
+        q_states = rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads)
+        k_states = rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
+        # apply_rotary_pos_emb(q, k, cos, sin): q's projection is its argument until k's
+        # rotary is done too
+        q = apply_rotary(q_states, cos, sin)
+        k = hold(apply_rotary(k_states, cos, sin), q_states)
         # DynamicCache.update(k, v) cats both: k is the caller's until it returns
         k_cached = kv_cache(k)
         o = llama_attention(q, k_cached, hold(kv_cache(v), k), n_rep)
-        # x, the caller's normed hidden states, is alive until the attention returns
-        return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x)   # transpose(1, 2).reshape
+        # x, the caller's normed hidden states, and q (query_states, a local) are alive
+        # until the attention returns
+        return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x, q)   # transpose(1, 2).reshape
     }
 }
 
@@ -76,11 +82,11 @@ layer LlamaMLP(d_model, d_ff) {
 }
 
 layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
-    input_layernorm          = RMSNorm(d_model, eps)
+    input_layernorm          = RMSNorm(d_model, eps, hf = true)
     self_attn                = LlamaAttention(d_model, num_heads, num_kv_heads)
-    post_attention_layernorm = RMSNorm(d_model, eps)
+    post_attention_layernorm = RMSNorm(d_model, eps, hf = true)
     mlp                      = LlamaMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd], position_ids: int64[s],
+    forward(x: [b, s, d_model], cos: [r, 1, s, hd], sin: [r, 1, s, hd], position_ids: int64[s],
             mask) -> [b, s, d_model] {
         # the layer's keyword arguments (position_ids, attention_mask): a checkpoint of the
         # layer keeps them with its inputs
@@ -98,14 +104,24 @@ layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of LlamaDecoderLayer(d_model, num_heads, num_kv_heads,
                                                           d_ff, eps)
-    norm         = RMSNorm(d_model, eps)
+    norm         = RMSNorm(d_model, eps, hf = true)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         inputs_embeds = embed_tokens(tokens)
-        position_ids = arange(s)     # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+        if hf_generate {
+            # transformers' generate passes its own position ids, [b, s] int64 (a slice of
+            # the cumsum of its attention mask; a clone in decode): generate's tensors,
+            # counted with its bookkeeping. A view of the tokens, [s] int64, stands for
+            # them where the layers take them; the rotary tables are [b, s, d].
+            position_ids = select(tokens, 0, 0)
+            rows = b
+        } else {
+            position_ids = arange(s)  # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+            rows = 1
+        }
         mask = hf_causal_mask(position_ids, b)
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
-                                              inputs_embeds)
+                                              inputs_embeds, rows)
         x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
         return hold(norm(x), position_ids, mask, inputs_embeds)
     }

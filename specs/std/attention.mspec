@@ -114,13 +114,22 @@ fn sdpa_math_attention(q: [..., s, d], k: [..., t, d], v: [..., t, e], causal, w
 # Under --mode inference (`generating`) the cache holds `past_length` positions before
 # this forward: kv_append is the cat that makes the cache anew, its output the new
 # positions' copy, kept to the end of generation; a paged cache (`paged_kv`, --kv-cache
-# paged) is allocated in blocks before the prefill and written in place (kv_write).
+# paged) is allocated in blocks before the prefill and written in place (kv_write); a
+# static one (`static_kv`, --kv-cache static) is made by the prefill (kv_static).
 fn kv_cache(x: [b, h, s, d]) -> [b, h, s, d]
 variant no_cache {
     return x
 }
 variant cache {
     if paged_kv { return kv_write(x) }     # vLLM's blocks, allocated before the prefill
+    if static_kv {
+        # StaticCache: the prefill's update makes the layer's cache, a decode step's writes
+        # into it. The prefill's attention reads the positions it filled (a view); a decode
+        # step's reads the whole cache under a boolean mask (the attention's `mask_keys`),
+        # which makes no more memory than reading a view of the new position
+        cache = returned(kv_static(x, static_length, decoding))
+        return narrow(cache, -2, 0, s)
+    }
     if generating { return returned(kv_append(x, past_length)) }
     return returned(cat(x, dim = -2))
 }

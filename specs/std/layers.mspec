@@ -18,11 +18,13 @@ layer Embedding(num_embeddings, embedding_dim) {
     }
 }
 
-# RMSNorm (Zhang & Sennrich, 2019): one gain vector, no bias.
-layer RMSNorm(d_model, eps = 1e-5) {
+# RMSNorm (Zhang & Sennrich, 2019): one gain vector, no bias. `hf`: Hugging Face's
+# Python RMSNorm (LlamaRMSNorm: the variance kept to the end, the product cast before
+# the gain's), whose temporaries under no_grad differ from torch's rms_norm's.
+layer RMSNorm(d_model, eps = 1e-5, hf = false) {
     param weight: [d_model]
     forward(x: [..., d_model]) -> [..., d_model] {
-        return rms_norm(x, weight, eps)
+        return rms_norm(x, weight, eps, hf = hf)
     }
 }
 
@@ -110,14 +112,19 @@ fn rotate_half(x: [..., d]) -> [..., d] {
 
 # HF's rotary_emb(x, position_ids) at the model's position ids (positions 0..s-1, made
 # by the model's forward, which also hands them to every layer): cos and sin of the
-# angles [1, s, d], made once per forward without gradient (inv_freq is a buffer),
+# angles [rows, s, d], made once per forward without gradient (inv_freq is a buffer),
 # in float32 and then cast to the dtype of the hidden states `x` (`cos.to(x.dtype)`: the
-# float32 tables themselves when x is float32), unsqueezed to [1, 1, s, d] for the heads
-# as apply_rotary_pos_emb does. `cos, sin = ...` unpacks them.
-fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s], x) {
-    # inv_freq[None, :, None] @ position_ids[:, None, :].float(), transposed: [1, s, d/2]
-    positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
-    freqs = rearrange(matmul(rearrange(inv_freq, "f -> 1 f 1"), positions), "o f s -> o s f")
+# float32 tables themselves when x is float32), unsqueezed to [rows, 1, s, d] for the
+# heads as apply_rotary_pos_emb does. `rows` is position_ids' batch: 1 for the model's
+# own cache_position.unsqueeze(0), the batch under transformers' generate, which passes
+# its [b, s] ids (every row of which is 0..s-1 without padding). `cos, sin = ...`
+# unpacks them.
+fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s], x, rows = 1) {
+    # inv_freq[None, :, None].expand(rows, -1, 1) @ position_ids[:, None, :].float(),
+    # transposed: [rows, s, d/2]
+    positions = repeat(position_ids, "s -> r 1 s", r = rows) * 1.0
+    freqs = rearrange(matmul(repeat(inv_freq, "f -> r f 1", r = rows), positions),
+                      "o f s -> o s f")
     emb = cat(freqs, freqs, dim = -1)
     # cos() * attention_scaling (1 for the default rope), then sin's, then both cast
     scale = cos(emb) * 1.0
@@ -141,6 +148,6 @@ variant eager {
     return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
 }
 
-fn apply_rotary(x: [b, h, s, d], cos: [1, 1, s, d], sin: [1, 1, s, d]) -> [b, h, s, d] {
+fn apply_rotary(x: [b, h, s, d], cos: [r, 1, s, d], sin: [r, 1, s, d]) -> [b, h, s, d] {
     return x * cos + rotate_half(x) * sin
 }

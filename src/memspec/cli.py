@@ -275,11 +275,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--kv-cache",
         default="contiguous",
         metavar="KIND",
-        help="contiguous (transformers' DynamicCache, the default) or paged (vLLM's "
-        "blocks of --kv-block positions)",
+        help="contiguous (transformers' DynamicCache, the default), static (its "
+        "StaticCache) or paged (vLLM's blocks of --kv-block positions)",
     )
     serving.add_argument(
         "--kv-block", type=int, default=16, metavar="N", help="a paged cache's block (16)"
+    )
+    serving.add_argument(
+        "--kv-dtype",
+        default="",
+        metavar="DTYPE",
+        help="a paged cache's element type, vLLM's kv_cache_dtype (fp8, fp8_e4m3, "
+        "fp8_e5m2); the model's dtype by default",
+    )
+    serving.add_argument(
+        "--loop",
+        metavar="LOOP",
+        help="generate (transformers' model.generate(), greedy, its own tensors counted: "
+        "the default) or forward (a serving loop calling the model with the cache: the "
+        "default for a paged cache)",
     )
     step = p.add_argument_group("the training step whose true peak is modelled")
     step.add_argument(
@@ -335,6 +349,8 @@ def inference_of(args: argparse.Namespace):
             "--new-tokens": getattr(args, "new_tokens", 1) != 1,
             "--kv-cache": getattr(args, "kv_cache", "contiguous") != "contiguous",
             "--kv-block": getattr(args, "kv_block", 16) != 16,
+            "--loop": getattr(args, "loop", None) is not None,
+            "--kv-dtype": bool(getattr(args, "kv_dtype", "")),
         }
         for flag, set_ in given.items():
             if set_:
@@ -344,7 +360,14 @@ def inference_of(args: argparse.Namespace):
 
     if args.prompt_len is None:
         raise UsageError("--mode inference needs --prompt-len P (the prompt's tokens)")
-    return Inference(args.prompt_len, args.new_tokens, args.kv_cache, args.kv_block)
+    return Inference(
+        args.prompt_len,
+        args.new_tokens,
+        args.kv_cache,
+        args.kv_block,
+        args.loop or "",
+        kv_dtype=args.kv_dtype,
+    )
 
 
 def weights_of(args: argparse.Namespace):

@@ -248,7 +248,8 @@ def inference_phases(program, config, prefill, decode_sizes) -> tuple:
     length, past = dim_symbol(sequence_length(program)), dim_symbol(PAST)
     phases = [(Phase.PREFILL, prefill.graph, {length: sp.Integer(run.prompt_len), past: 0})]
     if run.decodes:
-        decode = elaborate(program, config, decode_sizes)
+        decoding = dataclasses.replace(config, inference=dataclasses.replace(run, decoding=True))
+        decode = elaborate(program, decoding, decode_sizes)
         phases.append(
             (Phase.DECODE, decode.graph, {length: sp.Integer(1), past: sp.Integer(run.last_past)})
         )
@@ -265,5 +266,5 @@ def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:
     _, graph, sizes = phases[0]
     run = config.inference
     at_end = {**sizes, dim_symbol(PAST): sp.Integer(run.cached_at_end)}
-    elements, nbytes = cache_elements(graph, run.paged_positions)
+    elements, nbytes = cache_elements(graph, run)
     return sp.expand(elements.xreplace(at_end)), sp.expand(nbytes.xreplace(at_end))

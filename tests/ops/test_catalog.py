@@ -34,9 +34,10 @@ def test_cli_prints_every_op_in_both_formats(capsys):
 def test_text_of_two_ops():
     text = catalog_text()
     rms_norm = [
-        "rms_norm(x, weight?, eps = 0)  [norm]",
+        "rms_norm(x, weight?, eps = 0, hf = false)  [norm]",
         "  RMSNorm over the last dim",
-        "  shape:    x [..., D], weight [D] -> x's shape",
+        "  shape:    x [..., D], weight [D] -> x's shape; under no_grad the decomposition's "
+        "temporaries (hf: Hugging Face's Python RMSNorm's) as a workspace",
         "  saves:    when x needs a gradient: x, rsqrt [..., 1] and the weight; when the "
         "weight does: x * rsqrt",
         "  gradient: a new tensor for each input that needs one",
@@ -51,7 +52,8 @@ def test_text_of_two_ops():
 
 def test_signature_spells_defaults_as_a_spec_would():
     assert signature(REGISTRY["flash_attention"]) == (
-        "flash_attention(q, k, v, causal = true, window = 0, dropout_p = 0, scale = true)"
+        "flash_attention(q, k, v, causal = true, window = 0, dropout_p = 0, scale = true, "
+        "mask_keys = 0)"
     )
     assert signature(REGISTRY["gelu"]) == 'gelu(x, approximate = "none")'
     assert signature(REGISTRY["einsum"]) == "einsum(*operands, pattern)"

@@ -526,7 +526,8 @@ def test_every_op_is_covered():
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
                "type_as", "to_dtype", "matmul_4bit",
-               "kv_append", "kv_write",  # tests/reference/test_inference.py, test_inference
+               "kv_append", "kv_write", "kv_static",  # tests/reference/test_inference.py,
+               # tests/passes/test_inference.py
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

@@ -68,12 +68,30 @@ def test_the_report_is_of_generation(capsys):
         (["--mode", "inference"], "--mode inference needs --prompt-len"),
         (["--prompt-len", "8"], "--prompt-len is for --mode inference"),
         (["--kv-cache", "paged"], "--kv-cache is for --mode inference"),
-        (["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static"], "StaticCache"),
         (
             ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--kv-block", "0"],
             "--kv-block must be at least 1",
         ),
         (["--mode", "inference", "--prompt-len", "0"], "--prompt-len must be at least 1"),
+        (["--loop", "forward"], "--loop is for --mode inference"),
+        (["--kv-dtype", "fp8"], "--kv-dtype is for --mode inference"),
+        (["--mode", "inference", "--prompt-len", "8", "--kv-dtype", "fp8"], "QuantizedCache"),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--kv-dtype",
+             "int4"],
+            "--kv-dtype takes one of fp8",
+        ),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static", "--loop",
+             "forward"],
+            "--kv-cache static runs under --loop generate",
+        ),
+        (["--mode", "inference", "--prompt-len", "8", "--loop", "beam"], "--loop takes one of"),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--loop",
+             "generate"],
+            "transformers' generate has no paged cache",
+        ),
         (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
         (["--mode", "inference", "--prompt-len", "8", "--weights", "nf4"], "fused 4-bit kernel"),
     ],
@@ -92,9 +110,10 @@ def test_a_model_without_a_generate_block_says_so(capsys):
 def test_a_paged_cache_is_whole_blocks_from_the_start():
     """vLLM's blocks: ceil((P + T - 1) / block) a sequence, before the prefill, written in
     place. Against the contiguous cache: at the prefill's last MLP every layer's cache is
-    there in both, so the peaks differ by the blocks' spare positions alone."""
+    there in both, so the peaks differ by the blocks' spare positions alone (both under
+    a serving loop: transformers' generate has no paged cache)."""
     sizes = {"B": 3, "V": 64, "D": 32, "N": 2, "H": 4, "KV": 2, "F": 64}
-    contiguous = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5))
+    contiguous = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, loop="forward"))
     paged = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, "paged", 16))
     per_position = 2 * 2 * 3 * 2 * 8 * 4  # N layers x K and V x [B, KV, ., D/H] float32
     assert paged.value(paged.kv_cache[1]) == 32 * per_position  # 24 positions -> 2 blocks
@@ -121,3 +140,30 @@ def test_verify_says_what_checks_inference(capsys):
     args = ["verify", str(LLAMA), "--mode", "inference", "--prompt-len", "4", "--set", "B=1"]
     assert main([*args, "--set", "F=64", *TINY]) == 2
     assert "tests/reference/test_inference.py" in capsys.readouterr().err
+
+
+def test_an_fp8_paged_cache_is_a_byte_an_element():
+    """vLLM's kv_cache_dtype fp8: the same blocks, one byte an element; the peak is
+    lower by the cache's other half exactly (it is held from the start)."""
+    sizes = {"B": 3, "V": 64, "D": 32, "N": 2, "H": 4, "KV": 2, "F": 64}
+    paged = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, "paged", 16))
+    fp8 = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, "paged", 16, kv_dtype="fp8"))
+    elements = 32 * 2 * 2 * 3 * 2 * 8  # 2 blocks x N layers x K and V x [B, KV, ., D/H]
+    assert paged.value(paged.kv_cache[0]) == fp8.value(fp8.kv_cache[0]) == elements
+    assert (paged.value(paged.kv_cache[1]), fp8.value(fp8.kv_cache[1])) == (4 * elements, elements)
+    assert paged.peak.value - fp8.peak.value == 3 * elements
+
+
+def test_a_static_cache_holds_the_whole_generation_from_the_prefill():
+    """StaticCache: P + T - 1 positions a layer from its first update in the prefill, so
+    the prefill's moments after the last layer's update hold what a DynamicCache holds
+    only at the end; under generate its cumulative_length (8 B a layer) beside it."""
+    sizes = {"B": 3, "V": 64, "D": 32, "N": 2, "H": 4, "KV": 2, "F": 64}
+    static = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5, "static"))
+    dynamic = compile_spec(LLAMA, set=sizes, inference=Inference(20, 5))
+    per_position = 2 * 2 * 3 * 2 * 8 * 4  # N layers x K and V x [B, KV, ., D/H] float32
+    assert static.value(static.kv_cache[1]) == dynamic.value(dynamic.kv_cache[1])
+    assert static.value(static.kv_cache[1]) == 24 * per_position
+    assert {p.peak.winner().phase.value for p in (static, dynamic)} == {"prefill"}
+    # at the prefill's last MLP: 24 positions against 20, and cumulative_length
+    assert static.peak.value - dynamic.peak.value == 4 * per_position + 8 * 2

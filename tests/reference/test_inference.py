@@ -1,12 +1,14 @@
 """`--mode inference` against transformers itself: LlamaForCausalLM built from a config,
-a serving loop under torch.no_grad() (`model(input_ids, cache=DynamicCache,
-logits_to_keep=1)`: the prompt, then one token at a time), measured by
+run by `model.generate()` (`--loop generate`, the default) and by a serving loop under
+torch.no_grad() (`--loop forward`: `model(input_ids, cache=DynamicCache,
+logits_to_keep=1)`, the prompt, then one token at a time), measured by
 `inference_harness.LiveTracker` on real tensors, to the byte: the prefill's peak, the
 last decode step's (decode steps grow with the cache, so it is theirs), and the cache at
 the end. The one named difference: the prompt's ids, the caller's tensor, which the
-harness does not count and memspec counts as the prefill's input (8 B P per sequence).
-Three shapes of model: A (GQA, the MLP decides), B (MQA, a large vocabulary: the logits
-decide), C (a wider head); float32 and bfloat16."""
+harness does not count and memspec does (8 B P per sequence: the serving loop's prefill
+input; under generate, held by the caller through the call). Three shapes of model: A
+(GQA, the MLP decides), B (MQA, a large vocabulary: the logits decide), C (a wider
+head); float32 and bfloat16."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from memspec import compile_spec
 from memspec.inference import Inference
 from memspec.passes.peak.moments import Phase
 from tests.conftest import SPECS
-from tests.reference.inference_harness import llama, measure_decode
+from tests.reference.inference_harness import llama, measure_decode, measure_generate
 
 MODELS = {
     "A": {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2},
@@ -26,6 +28,9 @@ MODELS = {
 }
 # (B, P, T): the MLP's moment in the prefill, and a long generation where decode wins
 LOOPS = [(1, 8, 4), (2, 16, 4), (3, 5, 40)]
+# a narrow MLP: the attention's output projection decides, with q (a local of the
+# attention) alive; a long generation: a StaticCache's decode masks are long
+NARROW = {"V": 64, "D": 32, "F": 16, "N": 2, "H": 4, "KV": 2}
 
 
 def phase_peak(result, phase: Phase) -> int:
@@ -55,7 +60,7 @@ def test_generation_equals_transformers(name, precision, loop):
         SPECS / "llama.mspec",
         set={**dims, "B": batch},
         precision=precision,
-        inference=Inference(prompt, new),
+        inference=Inference(prompt, new, loop="forward"),
     )
     prompt_ids = 8 * batch * prompt
     assert phase_peak(result, Phase.PREFILL) - prompt_ids == steps[0].peak
@@ -72,3 +77,54 @@ def test_generation_equals_transformers(name, precision, loop):
     assert winner.phase is (
         Phase.PREFILL if steps[0].peak + prompt_ids == measured else Phase.DECODE
     )
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_equals_transformers(name, precision, loop, cache):
+    check_generate(MODELS[name], precision, loop, cache)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_generate_with_a_narrow_mlp_equals_transformers(precision, cache):
+    check_generate(NARROW, precision, (2, 4, 60), cache)
+
+
+def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
+    """`model.generate(ids, max_new_tokens=T, do_sample=False)` with a DynamicCache or a
+    StaticCache of P + T - 1 positions: the peak, its phase, the cache at the end, and
+    (DynamicCache) the prefill's step alone (a step runs from its forward to the next
+    one's: generate's token selection after a forward is the step's)."""
+    batch, prompt, new = loop
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = llama(dims, dtype)
+    ids = torch.randint(3, dims["V"], (batch, prompt))
+    measured = measure_generate(model, ids, new, cache)
+    assert measured.forwards == new and measured.sequences_shape == (batch, prompt + new)
+    kv = {"dynamic": "contiguous", "static": "static"}[cache]
+    result = compile_spec(
+        SPECS / "llama.mspec",
+        set={**dims, "B": batch},
+        precision=precision,
+        inference=Inference(prompt, new, kv),
+    )
+    caller_ids = 8 * batch * prompt  # the caller's prompt, which the harness leaves out
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed - caller_ids == measured.peak
+    assert result.peak.winner().phase.value == measured.peak_phase
+    if measured.peak_phase == "decode":  # the last step is the largest
+        assert measured.step_peaks[-1] == max(measured.step_peaks[1:])
+    assert result.value(result.kv_cache[1]) == measured.cache_bytes
+    if cache == "dynamic":  # a StaticCache's length is the whole generation's
+        # the prefill's step alone: generate's steps do not depend on how many follow
+        first = compile_spec(
+            SPECS / "llama.mspec",
+            set={**dims, "B": batch},
+            precision=precision,
+            inference=Inference(prompt, 1),
+        )
+        assert first.peak.value - fixed - caller_ids == measured.step_peaks[0]

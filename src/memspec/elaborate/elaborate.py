@@ -48,6 +48,10 @@ __all__ = ["GENERATING", "MAX_EXPR_DEPTH", "MAX_INSTANCE_DEPTH", "Elaboration", 
 
 GENERATING = "generating"  # a global: true under --mode inference
 PAGED = "paged_kv"  # a global: true under --kv-cache paged
+HF_GENERATE = "hf_generate"  # a global: true when transformers' generate() runs the loop
+STATIC = "static_kv"  # a global: true under --kv-cache static
+STATIC_LENGTH = "static_length"  # a global: a static cache's positions (0 without one)
+DECODING = "decoding"  # a global: true in a decode step's forward
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,13 @@ class Elaborator:
         # whether its K/V cache is paged (--kv-cache paged), for `if paged_kv`
         run = self.config.inference
         self.globals.names[PAGED] = run is not None and run.cache == "paged"
+        # whether transformers' generate() drives it (--loop generate), for `if hf_generate`
+        self.globals.names[HF_GENERATE] = run is not None and run.loop == "generate"
+        # a static cache (--kv-cache static) and its positions, for `if static_kv`
+        self.globals.names[STATIC] = run is not None and run.cache == "static"
+        self.globals.names[STATIC_LENGTH] = (run.static_length or 0) if run is not None else 0
+        # whether this forward is a decode step's (one token, the cache before it)
+        self.globals.names[DECODING] = run is not None and run.decoding
         for fact in self.program.size_facts:
             declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 

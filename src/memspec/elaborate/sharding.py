@@ -75,6 +75,8 @@ def output_shards(
 ) -> tuple[int | None, ...]:
     """Each output's shard (None: whole on every rank, PARTIAL: partial sums), from the
     inputs' `shards` and the op's shape rule on the local shapes in `ctx`."""
+    if op.name == "hold":  # x itself; the other tensors are only kept alive
+        return (shards[0],)
     for k, (shard, tensor) in enumerate(zip(shards, ctx.inputs, strict=True)):
         if shard is None:
             continue

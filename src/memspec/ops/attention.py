@@ -66,6 +66,17 @@ def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     return saved
 
 
+def _flash_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """Given a boolean mask over `mask_keys` keys (a StaticCache's decode step, whose keys
+    are the whole cache), SDPA converts it to a float one of q's dtype, [..., 1, s, keys],
+    alive while the kernel runs."""
+    keys = op.attr("mask_keys", 0)
+    if not keys:
+        return sp.Integer(0)
+    q = graph.value(op.inputs[0])
+    return numel(q.shape[:-3]) * q.shape[-2] * keys * q.dtype.itemsize
+
+
 def _flash_flops(op: OpApply, graph: Graph) -> sp.Expr:
     """Q K^T and P V: 4 * batch * s * t * d (causal masking is not subtracted)."""
     q, k = graph.value(op.inputs[0]), graph.value(op.inputs[1])
@@ -115,14 +126,23 @@ register(
         ("q", "k", "v"),
         _flash_infer,
         _flash_saved,
-        attrs=(("causal", True), ("window", 0), ("dropout_p", 0), ("scale", True)),
+        attrs=(
+            ("causal", True),
+            ("window", 0),
+            ("dropout_p", 0),
+            ("scale", True),
+            ("mask_keys", 0),
+        ),
         lower=_flash_lower,
         flops=_flash_flops,
+        workspace=_flash_workspace,
         backward_flops=_flash_backward_flops,
         kind=OpKind.ATTENTION,
         shape_doc="q [..., h, s, d], k [..., g, t, d], v [..., g, t, e] -> [..., h, s, e], "
         "in q's dim order; g divides h (grouped-query attention: K and V are not repeated); "
-        "dropout_p must be 0; a window is passed as a mask",
+        "dropout_p must be 0; a window is passed as a mask; mask_keys: a boolean mask over "
+        "that many keys is passed (a StaticCache's decode step), converted to q's dtype "
+        "inside, [..., 1, s, mask_keys], a workspace",
         saved_doc="q, k, v, the output and a float32 logsumexp [..., s]; with a window, the "
         "float mask [..., 1, s, t] it converts the mask to",
     )

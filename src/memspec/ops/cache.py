@@ -18,10 +18,11 @@ from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import numel
 from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, register
 
-__all__ = ["KV_APPEND", "KV_WRITE", "cached_bytes", "position_bytes"]
+__all__ = ["KV_APPEND", "KV_STATIC", "KV_WRITE", "cached_bytes", "position_bytes"]
 
 KV_APPEND = "kv_append"
 KV_WRITE = "kv_write"
+KV_STATIC = "kv_static"
 
 
 def _past(value: object) -> sp.Expr:
@@ -95,6 +96,59 @@ register(
         grads_doc="the output's gradient itself",
         kind=OpKind.LAYOUT,
         shape_doc="x itself (no new memory: the cache is preallocated)",
+        saved_doc="nothing",
+    )
+)
+
+
+def _kv_static_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    ctx.expect_rank(0, 2)
+    length = _past(ctx.attrs["length"])
+    if length.is_number and (not length.is_Integer or length < 1):
+        raise ctx.fail(f"length is the cache's positions, not {length}")
+    return (OutputSpec((*x.shape[:-2], length, x.shape[-1]), x.dtype),)
+
+
+def _kv_static_preallocated(op: OpApply) -> bool:
+    """A decode step writes into the cache the prefill allocated."""
+    return bool(op.attr("allocated"))
+
+
+def _kv_static_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """StaticLayer.update's cache positions: arange(s) and its offset, int64 [s] each."""
+    return 16 * graph.value(op.inputs[0]).shape[-2]
+
+
+def _kv_static_lower(tensors, attrs):
+    if attrs["allocated"]:
+        raise RuntimeError("a cache with past positions runs in memspec's inference replay")
+    import torch
+
+    x = tensors[0]
+    cache = torch.zeros(*x.shape[:-2], int(attrs["length"]), x.shape[-1], dtype=x.dtype)
+    cache[..., : x.shape[-2], :] = x
+    return cache
+
+
+register(
+    OpDef(
+        KV_STATIC,
+        "x written into a static K/V cache of `length` positions (transformers' "
+        "StaticCache: zeros made at the layer's first update, the prefill, then index_copy_ "
+        "in place): the whole cache",
+        ("x",),
+        _kv_static_infer,
+        attrs=(("length", 1), ("allocated", False)),
+        lower=_kv_static_lower,
+        grads=lambda op, graph: (Grad.NEW,),
+        grads_doc="a new tensor (the cache's positions of x, narrowed from the output's)",
+        workspace=_kv_static_workspace,
+        preallocated=_kv_static_preallocated,
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape with `length` positions: new storage in the prefill, the "
+        "cache allocated then in a decode step (`allocated`: no new memory); a workspace "
+        "of the cache positions, int64 [s] twice",
         saved_doc="nothing",
     )
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sympy as sp
+
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.types import DType, numel, shape_str
 from memspec.ops.elementwise import _saves_output
@@ -79,6 +81,29 @@ def _rms_norm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
     if weight is not None and x.requires_grad:
         saved.append(Saved("weight", weight.id))
     return tuple(saved)
+
+
+def _rms_norm_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """Under no_grad (the op saves nothing) the decomposition's temporaries, beyond the
+    output, at its largest moment (n elements, r rows). torch's: x.to(opmath) (a copy for
+    a 16-bit x), rsqrt [r], x * rsqrt, and its cast to x's dtype beside them before the
+    weight's product: 8n + 4r in float32 for 16-bit x, 4n + 4r (x itself, rsqrt, the
+    product) for float32. Hugging Face's Python RMSNorm (`hf`: LlamaRMSNorm) keeps the
+    variance [r] to the end and casts the product before the weight's: for 16-bit x
+    x.float(), the variance, its rsqrt and the product, 8n + 8r before the output (2n);
+    for float32 the product, the variance and the output. With a gradient the saved
+    tensors hold what is alive (counted by `_rms_norm_saved`)."""
+    x = graph.value(op.inputs[0])
+    weight = graph.value(op.inputs[1]) if len(op.inputs) > 1 else None
+    if x.requires_grad or (weight is not None and weight.requires_grad):
+        return sp.Integer(0)
+    n, r = numel(x.shape), numel(_stat(x.shape))
+    opmath = _opmath(x.dtype).itemsize
+    if _opmath(x.dtype) is x.dtype:
+        return n * opmath + r * opmath
+    if op.attr("hf", False):
+        return 2 * n * opmath + 2 * r * opmath - n * x.dtype.itemsize
+    return 2 * n * opmath + r * opmath
 
 
 def _rms_norm_backward_moments(
@@ -253,11 +278,13 @@ register(
         ("x", "weight?"),
         _norm_infer,
         _rms_norm_saved,
-        attrs=(("eps", 0),),
+        attrs=(("eps", 0), ("hf", False)),
         lower=_norm_lower("rms_norm"),
         backward_moments=_rms_norm_backward_moments,
+        workspace=_rms_norm_workspace,
         kind=OpKind.NORM,
-        shape_doc="x [..., D], weight [D] -> x's shape",
+        shape_doc="x [..., D], weight [D] -> x's shape; under no_grad the "
+        "decomposition's temporaries (hf: Hugging Face's Python RMSNorm's) as a workspace",
         saved_doc="when x needs a gradient: x, rsqrt [..., 1] and the weight; when the "
         "weight does: x * rsqrt",
     )

@@ -273,6 +273,9 @@ class OpDef:
     # inputs (by name) autograd never differentiates through (`x.type_as(other)`'s
     # other): the output needs a gradient only when another input does
     constants: tuple[str, ...] = ()
+    # whether the op's output is written into storage the loop holds already (a static
+    # K/V cache in a decode step): no new memory, and its inputs are not kept alive by it
+    preallocated: Callable[[OpApply], bool] | None = None
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)

@@ -139,9 +139,9 @@ def _peak(context: AnalysisContext) -> PeakAnswer:
     """The true peak, or None and why the replay cannot model this step."""
     if context.config.inference is not None:
         categories = context.categories()
-        reserved = context.config.inference.paged_positions
+        run = context.config.inference
         return PeakAnswer(
-            inference_peak(context.phases, categories, context.bindings, context.resolve, reserved)
+            inference_peak(context.phases, categories, context.bindings, context.resolve, run)
         )
     parallel = context.config.parallel
     ranks = context.earlier["ranks"]

@@ -151,11 +151,24 @@ def build_report(result: CompileResult) -> Report:
     )
 
 
-def _inference(result: CompileResult) -> tuple[str, Math] | None:
-    """--mode inference's loop in words, and the K/V cache's bytes at its end."""
-    if result.config.inference is None or result.kv_cache is None:
+def _inference(result: CompileResult) -> tuple[str, Math, tuple] | None:
+    """--mode inference's loop in words, the K/V cache's bytes at its end, and under
+    transformers' generate its own tensors at the peak (what, bytes), counted with the
+    activations of the peak's moment."""
+    run = result.config.inference
+    if run is None or result.kv_cache is None:
         return None
-    return result.config.inference.describe(), quantity(result, result.kv_cache[1])
+    terms: tuple = ()
+    winner = result.peak.winner() if result.peak is not None else None
+    if run.loop == "generate" and winner is not None:
+        from memspec.passes.peak.inference import generate_step_terms
+        from memspec.passes.peak.moments import Phase
+
+        step = 0 if winner.phase is Phase.PREFILL else run.new_tokens - 1
+        during, afters = generate_step_terms(run, result.graph, step, result.bindings)
+        chosen = [*during, *next((t for w, t in afters if w == winner.where), ())]
+        terms = tuple((t.what, quantity(result, t.bytes)) for t in chosen)
+    return run.describe(), quantity(result, result.kv_cache[1]), terms
 
 
 def _weights(result: CompileResult) -> tuple[str, Math] | None:

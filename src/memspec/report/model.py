@@ -250,7 +250,8 @@ class Report:
     tensor_parallel: str | None = None
     lora: tuple[str, Math] | None = None  # --lora's settings, the Linear modules wrapped
     weights: tuple[str, Math] | None = None  # --weights' format, the Linear modules packed
-    inference: tuple[str, Math] | None = None  # --mode inference's loop, the cache at its end
+    # --mode inference's loop, the cache at its end, generate's own tensors at the peak
+    inference: tuple[str, Math, tuple[tuple[str, Math], ...]] | None = None
     peak_of: str = "a training step"  # what the true peak is the peak of
     tp_plan: tuple[tuple[str, str, str], ...] = ()
     # the parameters the optimizer trains (requires_grad), and PEFT's line for them when

@@ -295,8 +295,12 @@ def _inference(doc: dict, result) -> None:
         "prompt_len": run.prompt_len,
         "new_tokens": run.new_tokens,
         "kv_cache": run.cache,
+        "loop": run.loop,
         "description": run.describe(),
     }
+    if run.cache == "paged":
+        doc["config"]["inference"]["kv_block"] = run.block
+        doc["config"]["inference"]["kv_dtype"] = run.kv_dtype or None
     winner = result.peak.winner() if result.peak is not None else None
     if winner is not None and "phase" in doc["peak"]:
         doc["peak"]["moment"] = doc["peak"]["phase"]

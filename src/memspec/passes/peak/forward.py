@@ -250,9 +250,12 @@ class ForwardReplay(Interpreter[Entry]):
     def run_op(self, op: OpApply, inputs: list[Entry], index: Index) -> list[Entry]:
         graph, ledger = self.graph, self.ledger
         outputs = []
+        preallocated = lookup(op.op).preallocated
         for vid in op.outputs:
             v = graph.value(vid)
-            if v.storage != vid:  # a view: the block of the input it views
+            if preallocated is not None and preallocated(op):  # counted from the start
+                outputs.append(Entry(None, next(self._keys)))
+            elif v.storage != vid:  # a view: the block of the input it views
                 base = next(
                     (
                         e.block
