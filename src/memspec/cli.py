@@ -235,13 +235,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--weights",
         metavar="FORMAT",
         help="store every Linear's weight but lm_head in FORMAT: nf4 or fp4 (bitsandbytes' "
-        "Linear4bit, blocksize 64)",
+        "Linear4bit, blocksize 64) or int8 (LLM.int8(): Linear8bitLt, load_in_8bit)",
     )
     quantized.add_argument(
         "--compute-dtype",
-        default="bfloat16",
         metavar="DTYPE",
-        help="the dtype 4-bit products run in (bnb_4bit_compute_dtype; bfloat16, QLoRA's)",
+        help="the dtype 4-bit products run in (bnb_4bit_compute_dtype; bfloat16, QLoRA's); "
+        "not with int8",
     )
     quantized.add_argument(
         "--weights-skip",
@@ -254,8 +254,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--no-double-quant",
         dest="double_quant",
         action="store_false",
+        default=None,
         help="float32 block maxima (bnb_4bit_use_double_quant=False) instead of QLoRA's "
-        "double quantization",
+        "double quantization (4-bit only)",
     )
     serving = p.add_argument_group("inference: generation with a K/V cache")
     serving.add_argument(

@@ -104,7 +104,7 @@ def compile_spec(
         raise UsageError("--grad-accum must be at least 1")
     training = _training(peak_flops, mfu, steps)
     source, path = _source(spec)
-    extras = (*(("peft.lora",) if lora else ()), *(("bitsandbytes.linear4bit",) if weights else ()))
+    extras = (*(("peft.lora",) if lora else ()), *((weights.module,) if weights else ()))
     program = load_program(source, path, extras)
     config = resolve_config(
         program,

@@ -159,8 +159,13 @@ def resolve_config(
         )
     if inference is not None and config.recompute.name != "none":
         raise UsageError("--mode inference saves nothing for backward: --recompute has no meaning")
+    if weights is not None and weights.int8 and config.recompute.name != "none":
+        raise UsageError(
+            "--weights int8 with --recompute is not modelled: MatMul8bitLt keeps each "
+            "Linear's input in its ctx, which a checkpoint does not free"
+        )
     if weights is not None and config.parallel.tensor_parallel:
-        raise UsageError("--weights with --tp is not modelled: 4-bit weights are not sharded")
+        raise UsageError("--weights with --tp is not modelled: quantized weights are not sharded")
     if lora is not None and config.parallel.tensor_parallel:
         raise UsageError("--lora with --tp is not modelled: PEFT's adapters are not in the tp_plan")
     return config

@@ -1,13 +1,16 @@
 """`--weights FORMAT`: the Linear layers' weights stored quantized, as transformers'
-BitsAndBytesConfig loads them (`load_in_4bit`).
+BitsAndBytesConfig loads them (`load_in_4bit`, `load_in_8bit`).
 
 Every `Linear` of the spec but the kept ones (`--weights-skip`: by default the output
 layer, `lm_head`, which transformers' `get_keys_to_not_convert` keeps in the load dtype
 with any module of tied weights and the module of the model's last parameter; for
 another model name those, as `llm_int8_skip_modules`) is instantiated as std's
-`Linear4bit` (specs/std/bitsandbytes/linear4bit.mspec): a frozen packed weight with its quant_state,
-multiplied by `matmul_4bit` in the compute dtype (`memspec.ops.quantized`). Under LoRA the
-wrapped Linear, `base_layer`, is the quantized one: QLoRA.
+`Linear4bit` (nf4, fp4: specs/std/bitsandbytes/linear4bit.mspec): a frozen packed weight
+with its quant_state, multiplied by `matmul_4bit` in the compute dtype; or as std's
+`Linear8bitLt` (int8, LLM.int8(): specs/std/bitsandbytes/linear8bit.mspec): a frozen int8
+weight with its float32 row scales, x quantized to int8 rows for each product
+(`int8_vectorwise_quant`, `matmul_8bit`; `memspec.ops.quantized`). Under LoRA the wrapped
+Linear, `base_layer`, is the quantized one: QLoRA, or LoRA on an 8-bit base.
 """
 
 from __future__ import annotations
@@ -17,21 +20,29 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 
-__all__ = ["FORMATS", "QUANTIZED_LAYER", "SKIPPED", "Weights"]
+__all__ = ["FORMATS", "QUANTIZED_LAYERS", "SKIPPED", "Weights"]
 
-QUANTIZED_LAYER = "Linear4bit"
 SKIPPED = ("lm_head",)  # transformers' modules_to_not_convert: the output embeddings
-# the 4-bit formats bitsandbytes has; both store two codes a byte and differ in the code
+# the formats bitsandbytes has: the two 4-bit ones store two codes a byte and differ in
+# the code; int8 is LLM.int8()'s row-wise absmax quantization
 FORMATS = {
     "nf4": "4-bit NormalFloat (QLoRA's)",
     "fp4": "4-bit float",
+    "int8": "LLM.int8() (load_in_8bit)",
+}
+# the std layer each format's Linear becomes, and the std module that declares it
+QUANTIZED_LAYERS = {
+    "nf4": ("Linear4bit", "bitsandbytes.linear4bit"),
+    "fp4": ("Linear4bit", "bitsandbytes.linear4bit"),
+    "int8": ("Linear8bitLt", "bitsandbytes.linear8bit"),
 }
 # formats a user may ask for that memspec does not model yet, and why
 UNMODELLED = {
-    "int8": "LLM.int8()'s CUDA matmul (int8 products with fp16 outliers) is not modelled yet",
     "fp8": "FP8 weights (transformers' FP8Linear, torchao) are not modelled yet",
 }
 COMPUTE = ("bfloat16", "float16", "float32")
+# transformers' llm_int8_threshold: an activation column with any |x| >= 6 is an outlier
+INT8_THRESHOLD = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +50,10 @@ class Weights:
     """How the Linear layers' weights are stored (BitsAndBytesConfig's settings)."""
 
     format: str
-    compute: str = "bfloat16"  # bnb_4bit_compute_dtype (QLoRA's; transformers' is float32)
-    double_quant: bool = True  # bnb_4bit_use_double_quant (QLoRA's; transformers' is False)
+    # 4-bit only (None: the defaults, QLoRA's; int8 has neither): bnb_4bit_compute_dtype,
+    # bfloat16 (transformers' is float32), and bnb_4bit_use_double_quant, True (its False)
+    compute: str | None = None
+    double_quant: bool | None = None
     skip: tuple[str, ...] = SKIPPED  # Linear modules kept unquantized (names or last parts)
 
     def __post_init__(self) -> None:
@@ -49,16 +62,57 @@ class Weights:
         if self.format not in FORMATS:
             known = ", ".join([*FORMATS, *UNMODELLED])
             raise UsageError(f"--weights takes one of {known}, not {self.format!r}")
+        if self.int8:
+            # transformers reads no bnb_4bit_* setting under load_in_8bit: Linear8bitLt has
+            # no compute dtype (x's dtype around int8 products) and no block maxima, so a
+            # flag that would change nothing is taken for a mistake
+            for flag, value in (
+                ("--compute-dtype", self.compute),
+                ("--no-double-quant", self.double_quant),
+            ):
+                if value is not None:
+                    raise UsageError(
+                        f"{flag} is a 4-bit setting (bnb_4bit_*), which --weights int8 "
+                        "does not read: LLM.int8() multiplies in int8 and returns x's dtype"
+                    )
+            return
+        if self.compute is None:
+            object.__setattr__(self, "compute", "bfloat16")
+        if self.double_quant is None:
+            object.__setattr__(self, "double_quant", True)
         if self.compute not in COMPUTE:
             raise UsageError(f"--compute-dtype takes one of {', '.join(COMPUTE)}")
 
     @property
+    def int8(self) -> bool:
+        return self.format == "int8"
+
+    @property
+    def layer(self) -> str:
+        """The std layer a quantized Linear becomes."""
+        return QUANTIZED_LAYERS[self.format][0]
+
+    @property
+    def module(self) -> str:
+        """The std module (`bitsandbytes.linear4bit`) that declares it."""
+        return QUANTIZED_LAYERS[self.format][1]
+
+    @property
     def compute_dtype(self) -> DType:
-        dtype = DType.parse(self.compute)
+        dtype = DType.parse(str(self.compute))
         assert dtype is not None
         return dtype
 
     def describe(self) -> str:
+        if self.int8:
+            return (
+                f"{self.format}: {FORMATS[self.format]}, every Linear but {', '.join(self.skip)} "
+                "as bitsandbytes' Linear8bitLt: one int8 byte per weight and a float32 scale "
+                "per output row; x quantized to int8 rows for each product, CUDA's "
+                f"MatMul8bitLt at threshold {INT8_THRESHOLD} with no outlier column (the "
+                "outliers are the data's: each adds its column of x and of the weight in "
+                "floating point)"
+            )
         quant = (
             "block maxima double-quantized (uint8, a float32 maximum per 256)"
             if self.double_quant

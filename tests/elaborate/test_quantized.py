@@ -98,8 +98,12 @@ def test_the_packed_bytes_are_exact_symbolically():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--weights", "int8"], "LLM.int8()'s CUDA matmul"),
+        (["--weights", "fp8"], "FP8 weights"),
         (["--weights", "nf3"], "--weights takes one of nf4, fp4, int8, fp8"),
+        (["--weights", "int8", "--compute-dtype", "float16"], "--compute-dtype is a 4-bit"),
+        (["--weights", "int8", "--no-double-quant"], "--no-double-quant is a 4-bit setting"),
+        (["--weights", "int8", "--recompute", "full"], "MatMul8bitLt keeps each Linear's"),
+        (["--weights", "int8", "--weights-skip", "lm_hed"], "did you mean 'lm_head'"),
         (["--weights", "nf4", "--compute-dtype", "int8"], "--compute-dtype takes one of"),
         (["--weights", "nf4", "--weights-skip", "lm_hed"], "did you mean 'lm_head'"),
         (["--weights", "nf4", "--tp", "2"], "--weights with --tp is not modelled"),
@@ -133,10 +137,107 @@ def test_a_bad_pattern_error_has_no_traceback():
         # biases, cast to the compute dtype inside the product
         (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "fp4", "--lora", "4"]),
         (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "nf4", "--no-double-quant"]),
+        # LLM.int8(): x's int8 rows, the int32 product, x kept in the node's ctx to the
+        # step's end (at N = 3 the peak is in the first layer, past two layers' inputs)
+        (
+            LLAMA,
+            {"B": 2, "L": 16, "V": 64, "D": 64, "N": 2, "H": 4, "KV": 2, "F": 128},
+            ["--weights", "int8", "--lora", "8"],
+        ),
+        (
+            LLAMA,
+            {"B": 1, "L": 8, "V": 128, "D": 128, "N": 3, "H": 4, "KV": 4, "F": 256},
+            ["--weights", "int8", "--lora", "8"],
+        ),
+        (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "int8", "--lora", "4"]),
+        (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "int8"]),
     ],
-    ids=["qlora", "qlora-bf16-full", "mlp-bias", "biases-trained"],
+    ids=[
+        "qlora",
+        "qlora-bf16-full",
+        "mlp-bias",
+        "biases-trained",
+        "int8-lora",
+        "int8-lora-N3",
+        "int8-mlp-bias",
+        "int8-biases-trained",
+    ],
 )
 def test_the_step_torch_runs_matches_to_the_byte(spec, sizes, flags, capsys):
     args = [f"--set={k}={v}" for k, v in sizes.items()]
     assert main(["verify", str(spec), "--peak", *flags, *args]) == 0
     assert "equal to the byte in every category and in total" in capsys.readouterr().out
+
+
+def int8_layer_bytes(out: int, into: int) -> int:
+    """LLM.int8()'s weight (int8 [out, in]) and its row scales (SCB, float32 [out])."""
+    return out * into + 4 * out
+
+
+@pytest.mark.parametrize(("out", "into"), [(256, 512), (100, 37), (7, 9), (4096, 11008)])
+def test_an_int8_layer_holds_a_byte_a_weight_and_a_scale_a_row(out, into):
+    result = compile_spec(ONE_LINEAR, set={"B": 2, "I": into, "O": out}, weights=Weights("int8"))
+    categories = result.categories
+    assert result.value(categories["parameters"].bytes) == out * into
+    assert result.value(categories["buffers"].bytes) == 4 * out  # SCB, counted as a buffer
+    assert [i.path for i in categories["buffers"].items] == ["lin.SCB"]
+    held = categories["parameters"].bytes + categories["buffers"].bytes
+    assert result.value(held) == int8_layer_bytes(out, into)
+
+
+def test_int8_counts_as_peft_prints_them(capsys):
+    args = ["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", "--weights", "int8"]
+    args += ["--lora", "64", "--lora-alpha", "16"]
+    assert main([*args, "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    # an Int8Params' numel is out x in already: PEFT's line equals QLoRA's
+    assert (
+        "`trainable params: 159,907,840 || all params: 6,898,323,456 || trainable%: 2.3181`" in out
+    )
+    assert "$7 N$ = 224 Linear modules packed" in out
+    assert main([*args, "--format", "json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["weights"]["format"] == "int8"
+    assert config["weights"]["compute_dtype"] is None
+    assert config["weights"]["packed"] == 224
+
+
+def test_the_int8_product_s_tensors_are_exact_symbolically():
+    """x [B, I] float32 into O outputs: forward, x in float16 (2BI), |x| and its mask (3BI)
+    beside the int8 rows (BI) and their scales (4B); then the int32 product (4BO) and its
+    float16 dequantization (2BO) beside the output (4BO) and the rows. Nothing saved (x
+    needs no gradient), no [O, I] weight in floating point."""
+    result = compile_spec(ONE_LINEAR, weights=Weights("int8"))
+    graph = result.graph
+    quant = next(op for op in graph.ops if op.op == "int8_vectorwise_quant")
+    product = next(op for op in graph.ops if op.op == "matmul_8bit")
+    b, i, o = (sp.Symbol(s, integer=True, positive=True) for s in "BIO")
+    from memspec.ops.registry import lookup
+
+    assert sp.expand(lookup("int8_vectorwise_quant").workspace(quant, graph) - 5 * b * i) == 0
+    assert sp.expand(lookup("matmul_8bit").workspace(product, graph) - 6 * b * o) == 0
+    assert lookup("matmul_8bit").saved(product, graph) == ()
+    held = result.categories["parameters"].bytes + result.categories["buffers"].bytes
+    assert sp.expand(result.resolve(held) - (i * o + 4 * o)) == 0
+
+
+def test_a_trained_bias_of_an_int8_layer_needs_a_2d_input():
+    spec = ONE_LINEAR.replace("dim d_out as O", "dim d_out as O\ndim seq as S")
+    spec = spec.replace("Linear(I, O)", "Linear(I, O, bias = true)")
+    spec = spec.replace("x: [B, I], y: [B, O]", "x: [B, S, I], y: [B, S, O]")
+    with pytest.raises(MemspecError, match="a trained bias needs a 2-D x"):
+        compile_spec(spec, set={"B": 2, "S": 3, "I": 4, "O": 5}, weights=Weights("int8"))
+
+
+def test_an_int8_input_held_only_in_ctx_is_invisible_to_saved_tensor_hooks(capsys):
+    """In bfloat16 LoRA saves its own float32 copy of x, so MatMul8bitLt's ctx alone keeps
+    the bfloat16 x: the peak matches to the byte, while verify's table of saved tensors
+    (saved_tensors_hooks, blind to ctx attributes) misses exactly those inputs."""
+    sizes = {"B": 1, "L": 8, "V": 128, "D": 128, "N": 3, "H": 4, "KV": 4, "F": 256}
+    args = [f"--set={k}={v}" for k, v in sizes.items()]
+    flags = ["--weights", "int8", "--lora", "8", "--precision", "bf16"]
+    assert main(["verify", str(LLAMA), "--peak", *flags, *args]) == 3  # a mismatch
+    out = capsys.readouterr().out
+    assert "equal to the byte in every category and in total" in out
+    misses = [line for line in out.splitlines() if "hint: memspec:" in line and "saved by" in line]
+    assert misses and all("saved by matmul_8bit (input)" in line for line in misses)

@@ -526,6 +526,8 @@ def test_every_op_is_covered():
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
                "type_as", "to_dtype", "matmul_4bit",
+               # tests/elaborate/test_quantized.py: LLM.int8(), verified in a step
+               "int8_vectorwise_quant", "matmul_8bit",
                "kv_append", "kv_write", "kv_static",  # tests/reference/test_inference.py,
                # tests/passes/test_inference.py
                "native_dropout", "visible",

@@ -21,7 +21,7 @@ from memspec.lora import Lora
 from memspec.quantize import Weights
 from memspec.verify.peak import TRACKER_NAMES
 from tests.conftest import SPECS
-from tests.elaborate.test_quantized import ONE_LINEAR, layer_bytes
+from tests.elaborate.test_quantized import ONE_LINEAR, int8_layer_bytes, layer_bytes
 from tests.reference.test_transformers import causal_lm_step, decoder_config
 from tests.reference.torchvision_import import import_torchvision
 
@@ -131,3 +131,102 @@ def test_peft_prints_what_memspec_prints():
     packed = sum(result.value(i.total_elements) for i in items if i.dtype.value == "uint8")
     assert result.value(result.categories["gradients"].elements) == trainable
     assert result.value(result.categories["parameters"].elements) + packed == every
+
+
+# --weights int8 (LLM.int8(), BitsAndBytesConfig(load_in_8bit=True)) against bitsandbytes.
+# Int8Params keeps its row scales, SCB, as an attribute (no module's buffer): memspec
+# counts them with the buffers, MemTracker never sees them as such; it sees the storage of
+# a layer's SCB first in backward, through SCB.unsqueeze(1), and counts it as a temporary
+# from then on. The step runs MatMul8bitLt, CUDA's autograd function, with the CPU's int8
+# kernels (bitsandbytes' matmul picks MatMul8bitFp, which dequantizes the whole weight in
+# forward, for a module in training mode on the CPU; the 8-bit modules are put in eval
+# mode, which changes nothing else: no dropout). Backward is the same code on both
+# devices; the CPU kernels' forward temporaries (float32 copies of x and the weight for
+# the int32 product) differ from CUDA's, which memspec models: these steps peak in
+# backward.
+
+
+@pytest.mark.parametrize(("out", "into"), [(256, 512), (100, 37), (7, 9)])
+def test_the_int8_layout_is_bitsandbytes(out, into):
+    layer = bnb.nn.Linear8bitLt(into, out, bias=False, has_fp16_weights=False, threshold=6.0)
+    layer.weight = bnb.nn.Int8Params(
+        torch.randn(out, into, dtype=torch.float16), requires_grad=False, has_fp16_weights=False
+    )
+    layer = layer.to("cpu")  # quantizes
+    weight, scb = layer.weight, layer.weight.SCB
+    assert weight.dtype is torch.int8 and scb.dtype is torch.float32
+    want = weight.numel() * weight.element_size() + scb.numel() * scb.element_size()
+    assert int8_layer_bytes(out, into) == want
+    result = compile_spec(ONE_LINEAR, set={"B": 2, "I": into, "O": out}, weights=Weights("int8"))
+    assert result.value(result.categories["parameters"].bytes) == weight.numel()
+    assert result.value(result.categories["buffers"].bytes) == scb.numel() * 4
+
+
+def int8_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+
+
+# (sizes, the Linear whose backward memspec's peak is in): the tracker has seen the SCB of
+# every 8-bit layer whose backward has begun by then (last layer first, down_proj first)
+INT8_STEPS = [(SIZES[0], "layers.1.mlp.down_proj"), (SIZES[1], "layers.0.mlp.up_proj")]
+
+
+@pytest.mark.parametrize(("sizes", "peak_at"), INT8_STEPS, ids=["D64-N2", "D128-N3"])
+def test_a_lora_step_on_int8_equals_bitsandbytes_and_peft(sizes, peak_at, tmp_path):
+    torch.manual_seed(0)
+    config = decoder_config(LlamaConfig, sizes)
+    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_8bit=True)
+
+    def make_model():
+        model = LlamaForCausalLM.from_pretrained(
+            tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        model.train()
+        for _, layer in int8_layers(model):
+            layer.eval()  # MatMul8bitLt, as on CUDA
+        return model
+
+    options = {"precision": "fp32", "lora": Lora(8, 16), "weights": Weights("int8")}
+    measured, result = causal_lm_step(make_model, "llama.mspec", sizes, (), **options)
+    layers = int8_layers(make_model())
+    assert layers[0][1].state.threshold == 6.0  # transformers' llm_int8_threshold
+    scbs = [4 * layer.out_features for _, layer in layers]
+    # backward runs the layers in reverse: those up to the peak's own have been seen
+    order = [name[name.index("layers.") :].removesuffix(".base_layer") for name, _ in layers]
+    seen = sum(scbs[order.index(peak_at) :])
+    value = result.value
+    winner = result.peak.winner()
+    assert winner.where.split(" ")[0].endswith(peak_at.split(".", 2)[-1] + ".result")
+    assert value(result.categories["parameters"].elements) == measured.parameters
+    assert value(result.categories["activations"].bytes) == measured.saved
+    tracker = dict(measured.peak_by_category)
+    for category, expr in winner.breakdown:
+        got, want = value(expr), tracker[TRACKER_NAMES[category]]
+        if category == "optimizer_state":  # AdamW's step counters, as in test_transformers
+            got += measured.optimizer_scalars
+        if category == "buffers":  # every SCB, which the tracker does not see as a buffer
+            want += sum(scbs)
+        if category == "temporaries":  # the SCB the tracker has seen in backward
+            got += seen
+        assert got == want, category
+    assert result.peak.value + measured.optimizer_scalars + seen == measured.peak + sum(scbs)
+
+
+def test_peft_prints_what_memspec_prints_for_int8():
+    sizes = SIZES[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = decoder_config(LlamaConfig, sizes)
+        LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp)
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+        model = LlamaForCausalLM.from_pretrained(
+            tmp, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+        )
+        model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+        trainable, every = model.get_nb_trainable_parameters()
+    result = compile_spec(SPECS / "llama.mspec", set=sizes, lora=Lora(8), weights=Weights("int8"))
+    # an Int8Params' numel is out x in: PEFT counts it as it is
+    assert result.value(result.categories["gradients"].elements) == trainable
+    assert result.value(result.categories["parameters"].elements) == every

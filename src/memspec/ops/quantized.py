@@ -13,9 +13,25 @@ dequantizes the weight again for x's gradient. On a GPU, at training-sized row c
 `dequantize_4bit` in backward one. Modelled as CUDA runs it, from bitsandbytes' source
 (autograd/_functions.py, backends/cuda/ops.py, functional.py); the CPU's default kernel
 holds one float32 copy fewer in forward, which the checks against it name.
+
+LLM.int8() (`--weights int8`, specs/std/bitsandbytes/linear8bit.mspec) is two ops here,
+as CUDA's `MatMul8bitLt` runs it (a frozen weight: its fast path) at transformers'
+threshold of 6: `int8_vectorwise_quant` quantizes x's rows (int8 [..., in] and a float32
+scale a row, beside x's float16 copy, |x| and its `>= threshold` mask), and `matmul_8bit`
+multiplies them with the int8 weight (an int32 [..., out] product, dequantized to
+float16, then to x's dtype), with no [out, in] weight in floating point. It keeps x (an
+alias) for backward, which dequantizes the weight to x's dtype for x's gradient. Which
+columns of x are outliers is the data's: modelled is none. On CUDA each outlier column
+adds its int64 index and x's column in x's dtype, both kept for backward (8 + rows s_x
+bytes), and at the product the weight's column as int8, float32 and x's dtype beside one
+more [..., out] in x's dtype (addmm's): (5 + s_x) out + rows out s_x bytes, s_x being
+x's element size. On the CPU, training runs `MatMul8bitFp` instead, which dequantizes the
+whole weight in forward; its backward is CUDA's.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import sympy as sp
 
@@ -29,13 +45,26 @@ from memspec.ops.registry import (
     OpDef,
     OpKind,
     OutputSpec,
+    Saved,
     register,
+    saved_if,
     torch_functional,
 )
+from memspec.quantize import INT8_THRESHOLD
 
-__all__ = ["MATMUL_4BIT", "TO_DTYPE", "blocks_of"]
+__all__ = [
+    "INT8_QUANT",
+    "MATMUL_4BIT",
+    "MATMUL_8BIT",
+    "QUANTIZED_MATMULS",
+    "TO_DTYPE",
+    "blocks_of",
+]
 
 MATMUL_4BIT = "matmul_4bit"
+MATMUL_8BIT = "matmul_8bit"
+INT8_QUANT = "int8_vectorwise_quant"
+QUANTIZED_MATMULS = (MATMUL_4BIT, MATMUL_8BIT)  # one per quantized Linear
 TO_DTYPE = "to_dtype"
 BLOCKSIZE = 64  # bitsandbytes' 4-bit blocksize for weights (quantize_4bit's default)
 
@@ -187,5 +216,196 @@ register(
         "[..., out] in x's dtype; a forward workspace of the dequantized weight [out, in] "
         "and two float32 [ceil(out in / 64)] block maxima",
         saved_doc="nothing (the packed weight, a parameter, is all MatMul4Bit keeps)",
+    )
+)
+
+
+def _int8_quant_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    """x's rows in int8, and a float32 scale (absmax) a row."""
+    x = ctx.inputs[0]
+    shape = ctx.expect_rank(0, 1)
+    if not x.dtype.is_float:
+        raise ctx.fail(f"quantizes a float tensor, not {x.dtype.value}")
+    if x.strides is not None:
+        raise ctx.fail("x is reshaped to [rows, in] (a copy when not contiguous): not modelled")
+    return (OutputSpec(shape, DType.int8), OutputSpec(shape[:-1], DType.float32))
+
+
+def _int8_quant_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """x in float16 (A.to(float16), a copy unless x is float16), and with a threshold
+    |x| in float16 beside its bool mask `|x| >= threshold` (outliers.any() finds none)."""
+    x = graph.value(op.inputs[0])
+    elements = numel(x.shape)
+    copy = 2 * elements if x.dtype is not DType.float16 else sp.Integer(0)
+    mask = 3 * elements if sp.sympify(op.attr("threshold")) > 0 else sp.Integer(0)
+    return copy + mask
+
+
+def _int8_quant_lower(tensors, attrs):
+    """The tensors bitsandbytes' CUDA kernel makes (not its values): the outputs, then
+    the float16 copy, |x| and the mask, freed as it returns."""
+    torch, _ = torch_functional()
+    (x,) = tensors
+    threshold = float(attrs["threshold"])
+    with torch.no_grad():
+        half = x.to(torch.float16)
+        scales = torch.zeros(x.shape[:-1], dtype=torch.float32, device=x.device)
+        rows = torch.zeros(x.shape, dtype=torch.int8, device=x.device)
+        if threshold > 0:
+            mask = half.abs() >= threshold
+            del mask
+        del half
+    return rows, scales
+
+
+register(
+    OpDef(
+        INT8_QUANT,
+        "x's rows quantized to int8 with a float32 absmax a row (bitsandbytes' "
+        "int8_vectorwise_quant, as MatMul8bitLt runs it on x); a column with an |x| >= "
+        "threshold is an outlier (none modelled)",
+        ("x",),
+        _int8_quant_infer,
+        attrs=(("threshold", INT8_THRESHOLD),),
+        lower=_int8_quant_lower,
+        differentiable=False,
+        workspace=_int8_quant_workspace,
+        kind=OpKind.ELEMENTWISE,
+        shape_doc="x [..., in] (contiguous) -> int8 [..., in], float32 [...]; a workspace of "
+        "x in float16 (unless it is) and, with threshold > 0, |x| in float16 and its bool "
+        "mask",
+        saved_doc="nothing",
+    )
+)
+
+
+def _matmul_8bit_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, rows, scales, weight = ctx.inputs[:4]
+    shape = ctx.expect_rank(0, 1)
+    if not x.dtype.is_float:
+        raise ctx.fail(f"x is a float tensor, not {x.dtype.value}")
+    if rows.dtype is not DType.int8 or scales.dtype is not DType.float32:
+        raise ctx.fail("x's int8 rows and float32 scales come from int8_vectorwise_quant(x)")
+    if len(rows.shape) != len(shape) or len(scales.shape) != len(shape) - 1:
+        raise ctx.fail("x's int8 rows have x's shape, its scales x's without the last dim")
+    for a, b in zip((*rows.shape, *scales.shape), (*shape, *shape[:-1]), strict=True):
+        ctx.expect_same(a, b, "x's quantized rows against x")
+    if weight.dtype is not DType.int8 or len(weight.shape) != 2:
+        raise ctx.fail(f"the weight is int8 [out, in], as Int8Params stores it, not {weight.dtype}")
+    out = weight.shape[0]
+    ctx.expect_same(weight.shape[1], shape[-1], "the weight's in against x's last dim")
+    if len(ctx.inputs) > 4:
+        bias = ctx.inputs[4]
+        ctx.expect_same(bias.shape[-1], out, "bias against the weight's out")
+        if bias.dtype != x.dtype:
+            raise ctx.fail("the bias is cast to x's dtype first, as Linear8bitLt does")
+        if bias.requires_grad and len(shape) > 2:
+            # MatMul8bitLt's backward: grad_output.sum(0), over the first dim only
+            raise ctx.fail(
+                "a trained bias needs a 2-D x: MatMul8bitLt sums its gradient over dim 0 "
+                "only, which autograd rejects for more dims"
+            )
+    return (OutputSpec((*shape[:-1], out), x.dtype),)
+
+
+def _matmul_8bit_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """x (ctx.tensors' A, an alias) when it needs a gradient, as a ctx attribute: held
+    until the graph goes, through a checkpoint too; with no outlier column, subA is empty
+    and state.idx an empty int64 tensor (0 bytes)."""
+    return tuple(replace(s, in_ctx=True) for s in saved_if(graph, op, 0, (0,), "input"))
+
+
+def _matmul_8bit_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """int8_scaled_mm: the int32 product, and int8_mm_dequant's float16 result beside
+    the output when x is not float16 (.to(x.dtype) copies)."""
+    x, out = graph.value(op.inputs[0]), numel(graph.value(op.outputs[0]).shape)
+    return 4 * out + (2 * out if x.dtype is not DType.float16 else sp.Integer(0))
+
+
+def _matmul_8bit_backward(op: OpApply, graph: Graph, sums_in_place: bool):
+    """The bias's gradient first (the rows' sum), then, when x needs a gradient,
+    CB.to(x's dtype) beside its float32 row scales (SCB / 127, [out, 1]), then x's
+    gradient beside the weight."""
+    x, weight = graph.value(op.inputs[0]), graph.value(op.inputs[3])
+    first = (BackwardMoment(sp.Integer(0), given=(4,)),) if len(op.inputs) > 4 else ()
+    if not x.requires_grad:
+        return first
+    out, into = weight.shape
+    dequantized = out * into * x.dtype.itemsize
+    grad = numel(x.shape) * x.dtype.itemsize
+    return (*first, BackwardMoment(dequantized + 4 * out), BackwardMoment(dequantized + grad))
+
+
+def _matmul_8bit_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """x @ W^T: 2 * (output elements) * in_features, as a dense linear's."""
+    into = graph.value(op.inputs[3]).shape[1]
+    return 2 * numel(graph.value(op.outputs[0]).shape) * into
+
+
+def _matmul_8bit_lower(tensors, attrs):
+    """An emulation with MatMul8bitLt's tensors on CUDA (not its values): the int32
+    product and its float16 dequantization made and freed in forward, x saved; in
+    backward the weight in x's dtype beside its row scales, then x's gradient."""
+    torch, _ = torch_functional()
+
+    class MatMul8bitLt(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, rows, scales, weight, *bias):
+            out, into = weight.shape
+            shape = (*x.shape[:-1], out)
+            product = torch.zeros(shape, dtype=torch.int32, device=x.device)
+            result = torch.zeros(shape, dtype=torch.float16, device=x.device).to(x.dtype)
+            del product
+            # A, kept (a ctx attribute, as bitsandbytes keeps it) when x or the weight
+            # needs a gradient (the weight never does)
+            ctx.tensors = (None, None, x if ctx.needs_input_grad[0] else None)
+            ctx.sizes, ctx.has_bias = (out, into), bool(bias)
+            ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
+            return result
+
+        @staticmethod
+        def backward(ctx, grad):
+            out, into = ctx.sizes
+            grad_bias = grad_x = None
+            if ctx.has_bias and ctx.needs_input_grad[4]:  # first, as MatMul8bitLt
+                grad_bias = grad.sum(0)
+            if ctx.needs_input_grad[0]:
+                scales = torch.empty(out, 1, dtype=torch.float32, device=grad.device)
+                weight = torch.zeros(out, into, dtype=ctx.x_dtype, device=grad.device)
+                del scales
+                grad_x = torch.matmul(grad.reshape(-1, out), weight).view(ctx.x_shape)
+            rest = (None, None, None)
+            return (grad_x, *rest, grad_bias) if ctx.has_bias else (grad_x, *rest)
+
+    return MatMul8bitLt.apply(*tensors)
+
+
+register(
+    OpDef(
+        MATMUL_8BIT,
+        "x @ W^T with W a frozen int8 weight (LLM.int8(): bitsandbytes' MatMul8bitLt on "
+        "CUDA), given x's int8 rows and scales; no outlier column (each adds 8 + rows s_x "
+        "bytes saved and (5 + s_x) out + rows out s_x at the product)",
+        ("x", "rows", "scales", "weight", "bias?"),
+        _matmul_8bit_infer,
+        _matmul_8bit_saved,
+        lower=_matmul_8bit_lower,
+        flops=_matmul_8bit_flops,
+        grads=lambda op, graph: (Grad.VIEW, Grad.NONE, Grad.NONE, Grad.NONE, Grad.NEW)[
+            : len(op.inputs)
+        ],
+        grads_doc="x's a view of a new tensor (grad_A.view(x's shape)); the bias's a new "
+        "tensor (the rows' sum; trained only with a 2-D x); none for the int8 weight "
+        "(frozen) nor x's int8 rows",
+        constants=("rows", "scales", "weight"),
+        workspace=_matmul_8bit_workspace,
+        backward_moments=_matmul_8bit_backward,
+        kind=OpKind.MATMUL,
+        shape_doc="x [..., in], its int8 rows [..., in] and float32 scales [...], int8 "
+        "weight [out, in], bias [out] (x's dtype) -> [..., out] in x's dtype; a forward "
+        "workspace of the int32 product and, unless x is float16, its float16 "
+        "dequantization",
+        saved_doc="x, an alias, when it needs a gradient, in MatMul8bitLt's ctx.tensors: "
+        "held until the graph is freed (not at its backward; a checkpoint keeps it too)",
     )
 )

@@ -88,6 +88,10 @@ class Saved:
     shape: Shape | None = None
     dtype: DType | None = None
     count: sp.Expr = sp.Integer(1)
+    # kept as an attribute of the node's ctx (bitsandbytes' ctx.tensors), not with
+    # save_for_backward: neither the node's backward nor a checkpoint frees it, only the
+    # graph's end (the loop drops the loss as the step ends)
+    in_ctx: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ import sympy as sp
 
 from memspec.ir.types import DType, Role
 from memspec.lora import ADAPTER_A
-from memspec.ops.quantized import MATMUL_4BIT
+from memspec.ops.quantized import QUANTIZED_MATMULS
 from memspec.passes.parameters import FROZEN, trained_items
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.recompute import describe_checkpoints
@@ -178,7 +178,7 @@ def _weights(result: CompileResult) -> tuple[str, Math] | None:
         return None
     graph = result.graph
     packed = sum(
-        (graph.multiplicity(op.region) for op in graph.ops if op.op == MATMUL_4BIT),
+        (graph.multiplicity(op.region) for op in graph.ops if op.op in QUANTIZED_MATMULS),
         sp.Integer(0),
     )
     return weights.describe(), quantity(result, packed)

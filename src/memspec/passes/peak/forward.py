@@ -308,6 +308,11 @@ class ForwardReplay(Interpreter[Entry]):
                 continue
             if graph.value(vid).role is Role.PARAMETER:
                 self.uses[entry.key] = self.uses.get(entry.key, 0) + 1
+        entries = dict(zip((*op.inputs, *op.outputs), (*inputs, *outputs), strict=False))
+        for saved in lookup(op.op).saved(op, graph):
+            block = entries[saved.value].block if saved.in_ctx and saved.value in entries else None
+            if block is not None:  # a ctx attribute: held to the step's end
+                self.kept.append(self.ledger.ref(block))
         if record.frame is None:
             self.hold(op, inputs, outputs, record)
             return
