@@ -20,42 +20,49 @@ dim d_ff           as F                  # intermediate_size, set by the config 
 dim sliding_window as W
 
 # The attention interface with a sliding window. transformers builds the window mask
-# when the sequence reaches the window (s >= W; masking_utils skips it below): then
-# `sdpa` (the default) repeats K and V to H heads (with a mask SDPA is called without
-# enable_gqa) and passes the mask to torch's CPU flash kernel, which saves it as a float
-# [B, 1, L, L]; below it, SDPA runs as LLaMA's, with enable_gqa and no mask. `eager`
-# repeats K and V, adds the mask as floats and materializes scores and probabilities;
-# `math` is std's masked_fill attention.
-fn mistral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep, window)
+# when the keys reach the window (t >= W, t = s but in a decode step, where they are the
+# cache's; masking_utils skips it below): then `sdpa` (the default) repeats K and V to H
+# heads (with a mask SDPA is called without enable_gqa) and passes the mask to torch's
+# CPU flash kernel, which saves it as a float [B, 1, L, L]; below it, SDPA runs as
+# LLaMA's, with enable_gqa and no mask. `eager` repeats K and V, adds the mask as floats
+# and materializes scores and probabilities; `math` is std's masked_fill attention.
+fn mistral_attention(q: [b, h, s, d], k: [b, kv, t, d], v: [b, kv, t, d], n_rep, window)
     -> [b, h, s, d]
 variant sdpa {
-    if s >= window {
-        k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-        v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    if t >= window and decoding {
+        # a decode step's one query: transformers packs the query heads into the query
+        # positions (pack_gqa: [b, kv, h / kv, d], a view) instead of repeating K and V,
+        # and SDPA converts the boolean mask to q's dtype, [b, 1, 1, t], while it runs
+        return flash_attention(q, k, v, false, mask_keys = t)
+    }
+    if t >= window {
+        k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+        v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
         return flash_attention(q, k_rep, v_rep, true, window)
     }
     return flash_attention(q, k, v, true)
 }
 variant eager {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
     return eager_attention(q, k_rep, v_rep, true, window, 0, true)
 }
 variant math {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
     return attention(q, k_rep, v_rep, causal = true, window = window)
 }
 
 # The mask MistralModel makes once per forward (create_sliding_window_causal_mask), passes
-# to every layer and holds until it returns. With sdpa, from the window on (s >= W): the
-# bool mask of sdpa_mask, one [1, 1, s, s] expanded over the batch (a view); below it none
-# (the position ids stand in: no new memory). With eager a float32 [b, 1, s, s] of 0 and
-# the dtype's minimum.
-fn hf_window_mask(position_ids: int64[s], b, window)
+# to every layer and holds until it returns. With sdpa, from the window on (`keys` >= W,
+# the keys attention reads: s, or a decode step's cache and token): the bool mask of
+# sdpa_mask, one [1, 1, s, keys] expanded over the batch (a view); below it none (the
+# position ids stand in: no new memory). With eager a float32 [b, 1, s, s] of 0 and the
+# dtype's minimum.
+fn hf_window_mask(position_ids: int64[s], b, window, keys = s)
 variant sdpa {
-    if s >= window {
-        return rearrange(visible(s, s, window), "q k -> 1 1 q k")
+    if keys >= window {
+        return rearrange(visible(s, keys, window), "q k -> 1 1 q k")
     }
     return position_ids
 }
@@ -64,7 +71,8 @@ variant eager {
 }
 
 # HF MistralAttention: LLaMA's attention, with keys W or more positions back masked out
-# (query i sees keys i - W < j <= i).
+# (query i sees keys i - W < j <= i). Under --mode inference the cache keeps only the
+# window (std's kv_cache with the window: DynamicSlidingWindowLayer).
 layer MistralAttention(d_model, num_heads, num_kv_heads, sliding_window) {
     let head_dim = d_model / num_heads
     let n_rep = num_heads / num_kv_heads
@@ -72,14 +80,21 @@ layer MistralAttention(d_model, num_heads, num_kv_heads, sliding_window) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
+    forward(x: [b, s, d_model], cos: [r, 1, s, head_dim], sin: [r, 1, s, head_dim])
             -> [b, s, d_model] {
-        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
-                         sin)
+        q_states = rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads)
+        k_states = rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        o = mistral_attention(q, k, v, n_rep, sliding_window)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
+        # apply_rotary_pos_emb(q, k, cos, sin): q's projection is its argument until k's
+        # rotary is done too
+        q = apply_rotary(q_states, cos, sin)
+        k = hold(apply_rotary(k_states, cos, sin), q_states)
+        # the cache's update(k, v) cats both: k is the caller's until it returns
+        k_cached, v_cached = kv_cache_window(k, v, sliding_window)
+        o = mistral_attention(q, k_cached, v_cached, n_rep, sliding_window)
+        # x, the caller's normed hidden states, and q (query_states, a local) are alive
+        # until the attention returns
+        return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x, q)   # transpose(1, 2).reshape
     }
 }
 
@@ -89,22 +104,24 @@ layer MistralMLP(d_model, d_ff) {
     up_proj   = Linear(d_model, d_ff)
     down_proj = Linear(d_ff, d_model)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
-        return down_proj(silu(gate_proj(x)) * up_proj(x))
+        # x, the caller's normed hidden states, is alive until the MLP returns
+        return hold(down_proj(silu(gate_proj(x)) * up_proj(x)), x)
     }
 }
 
 layer MistralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, sliding_window, eps) {
-    input_layernorm          = RMSNorm(d_model, eps)
+    input_layernorm          = RMSNorm(d_model, eps, hf = true)
     self_attn                = MistralAttention(d_model, num_heads, num_kv_heads, sliding_window)
-    post_attention_layernorm = RMSNorm(d_model, eps)
+    post_attention_layernorm = RMSNorm(d_model, eps, hf = true)
     mlp                      = MistralMLP(d_model, d_ff)
-    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd], position_ids: int64[s],
+    forward(x: [b, s, d_model], cos: [r, 1, s, hd], sin: [r, 1, s, hd], position_ids: int64[s],
             mask) -> [b, s, d_model] {
         # the layer's keyword arguments (position_ids, attention_mask): a checkpoint of the
         # layer keeps them with its inputs
         held = hold(x, position_ids, mask)
         x = held + self_attn(input_layernorm(held), cos, sin)
-        return x + mlp(post_attention_layernorm(x))
+        # the model's loop holds the layer's input (hidden_states) until the layer returns
+        return hold(x + mlp(post_attention_layernorm(x)), held)
     }
 }
 
@@ -113,16 +130,32 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of MistralDecoderLayer(d_model, num_heads, num_kv_heads,
                                                             d_ff, sliding_window, eps)
-    norm         = RMSNorm(d_model, eps)
+    norm         = RMSNorm(d_model, eps, hf = true)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         inputs_embeds = embed_tokens(tokens)
-        position_ids = arange(s)     # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
-        mask = hf_window_mask(position_ids, b, sliding_window)
+        if hf_generate {
+            # transformers' generate passes its own position ids, [b, s] int64: generate's
+            # tensors, counted with its bookkeeping (as in llama.mspec); a view of the
+            # tokens stands for them; the rotary tables are [b, s, d]
+            position_ids = select(tokens, 0, 0)
+            rows = b
+        } else {
+            position_ids = arange(s)  # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+            rows = 1
+        }
+        keys = s
+        if decoding {
+            # a decode step's keys: the cache's last W - 1 positions at most, and the token
+            keys = past_length + s
+            if past_length >= sliding_window - 1 { keys = sliding_window - 1 + s }
+        }
+        mask = hf_window_mask(position_ids, b, sliding_window, keys)
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
-                                              inputs_embeds)
+                                              inputs_embeds, rows)
         x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
-        return hold(norm(x), position_ids, mask)   # locals until the forward returns
+        # locals until the forward returns
+        return hold(norm(x), position_ids, mask, inputs_embeds)
     }
 }
 
@@ -131,7 +164,15 @@ model MistralForCausalLM {
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
+        logits = returned(logits)              # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
+    }
+    # --mode inference: a serving loop's call, model(input_ids, past_key_values=cache,
+    # logits_to_keep=1) under torch.no_grad(), L tokens of them (the prompt, then one): the
+    # head on the last position only ([B, 1, V], a view of the hidden states' last row)
+    generate(tokens: int64[B, L]) {
+        hidden = model(tokens)
+        return returned(lm_head(narrow(hidden, 1, L - 1, 1)))
     }
 }
 

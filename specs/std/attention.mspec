@@ -133,3 +133,27 @@ variant cache {
     if generating { return returned(kv_append(x, past_length)) }
     return returned(cat(x, dim = -2))
 }
+
+# A layer's keys and values through a sliding-window cache of `window` positions
+# (Mistral's: transformers' DynamicSlidingWindowLayer, which a DynamicCache makes for a
+# config with a sliding_window). Its update cats the keys, then the values, onto the
+# window's last positions, returns both cats (what attention reads) and keeps a view of
+# each one's last window - 1 positions, their whole storage: kv_window, whose outputs
+# the model returns and whose layer frees its previous tensors as it returns. Without
+# --mode inference, or with another cache, as kv_cache.
+fn kv_cache_window(k: [b, g, s, d], v: [b, g, s, e], window)
+variant no_cache {
+    return k, v
+}
+variant cache {
+    # a StaticCache's sliding layer (StaticSlidingWindowLayer) of fewer positions than the
+    # window is never full: a static layer; a longer one is kv_window's refusal
+    if generating and not paged_kv and not (static_kv and static_length < window) {
+        # the prefill's update: the cat of an empty cache and the prompt, copies
+        past = 0
+        if decoding { past = past_length }
+        k_full, v_full = kv_window(k, v, past, window, prompt_length, static_kv)
+        return returned(k_full), returned(v_full)
+    }
+    return kv_cache(k), hold(kv_cache(v), k)
+}

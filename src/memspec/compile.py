@@ -140,7 +140,7 @@ def compile_spec(
         config = dataclasses.replace(config, variants=(*config.variants, "cache"))
         length = sequence_length(program)
         run = config.inference
-        decode_items = [*items, f"{length}=1", f"{PAST}={run.last_past}"]
+        decode_items = [*items, f"{length}=1"]  # and the positions cached before the step
         items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
 
     def binder(items: list[str]):
@@ -155,7 +155,9 @@ def compile_spec(
     elab = elaborate(program, config, binder(items))
     phases: tuple = ()
     if config.inference is not None:
-        phases = inference_phases(program, config, elab, binder(decode_items))
+        phases = inference_phases(
+            program, config, elab, lambda past: binder([*decode_items, f"{PAST}={past}"])
+        )
     symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
     conflict = unmodelled_cache(graph, config.recompute)
     if conflict is not None:
@@ -240,31 +242,44 @@ def sequence_length(program) -> str:
 
 def inference_phases(program, config, prefill, decode_sizes) -> tuple:
     """(phase, graph, the sizes it runs at beside the bindings) of the prefill and, when
-    a token is generated after the first, the last decode step."""
+    a token is generated after the first, the last decode step; `decode_sizes(past)`
+    binds a decode step's sizes with `past` positions cached before it.
+
+    A cache that grows (DynamicCache) makes every decode step larger than the one
+    before, so the last is the largest. A sliding window's (kv_window) stops growing at
+    the window, and before the first decode step its layers still hold the prompt's
+    storage (the prefill's cat), which that step frees layer by layer: longer than the
+    window, the prompt can make the first decode step larger than the last, so it is a
+    phase of its own too."""
+    from memspec.ops.cache import KV_WINDOW
     from memspec.passes.peak.moments import Phase
     from memspec.symbolic.symbols import dim_symbol
 
     run = config.inference
     length, past = dim_symbol(sequence_length(program)), dim_symbol(PAST)
     phases = [(Phase.PREFILL, prefill.graph, {length: sp.Integer(run.prompt_len), past: 0})]
-    if run.decodes:
-        decoding = dataclasses.replace(config, inference=dataclasses.replace(run, decoding=True))
-        decode = elaborate(program, decoding, decode_sizes)
-        phases.append(
-            (Phase.DECODE, decode.graph, {length: sp.Integer(1), past: sp.Integer(run.last_past)})
-        )
-    return tuple(phases)
+    decoding = dataclasses.replace(config, inference=dataclasses.replace(run, decoding=True))
+    steps = [run.last_past] if run.decodes else []
+    for cached in steps:
+        decode = elaborate(program, decoding, decode_sizes(cached))
+        phases.append((Phase.DECODE, decode.graph, {length: sp.Integer(1), past: cached}))
+        windowed = any(op.op == KV_WINDOW for op in decode.graph.ops)
+        if windowed and cached != run.prompt_len:
+            steps.append(run.prompt_len)  # the first decode step (P cached)
+    return tuple(
+        (phase, graph, {k: sp.Integer(v) for k, v in sizes.items()})
+        for phase, graph, sizes in phases
+    )
 
 
 def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:
-    """(elements, bytes) of the K/V cache at the end of generation: P + T - 1 positions."""
+    """(elements, bytes) of the K/V cache at the end of generation: after the last
+    forward (the last decode step's, or the prefill's), P + T - 1 positions (a sliding
+    window's storage: `ops.cache.window_positions`)."""
     if not phases:
         return None
     from memspec.passes.peak.inference import cache_elements
-    from memspec.symbolic.symbols import dim_symbol
 
-    _, graph, sizes = phases[0]
-    run = config.inference
-    at_end = {**sizes, dim_symbol(PAST): sp.Integer(run.cached_at_end)}
-    elements, nbytes = cache_elements(graph, run)
+    _, graph, at_end = phases[0] if len(phases) == 1 else phases[1]
+    elements, nbytes = cache_elements(graph, config.inference)
     return sp.expand(elements.xreplace(at_end)), sp.expand(nbytes.xreplace(at_end))

@@ -528,8 +528,8 @@ def test_every_op_is_covered():
                "type_as", "to_dtype", "matmul_4bit",
                # tests/elaborate/test_quantized.py: LLM.int8(), verified in a step
                "int8_vectorwise_quant", "matmul_8bit",
-               "kv_append", "kv_write", "kv_static",  # tests/reference/test_inference.py,
-               # tests/passes/test_inference.py
+               # tests/reference/test_inference.py, tests/passes/test_inference.py
+               "kv_append", "kv_write", "kv_static", "kv_window",
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

@@ -167,3 +167,35 @@ def test_a_static_cache_holds_the_whole_generation_from_the_prefill():
     assert {p.peak.winner().phase.value for p in (static, dynamic)} == {"prefill"}
     # at the prefill's last MLP: 24 positions against 20, and cumulative_length
     assert static.peak.value - dynamic.peak.value == 4 * per_position + 8 * 2
+
+
+MISTRAL = SPECS / "mistral.mspec"
+WINDOWED = {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2, "W": 8, "B": 2}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "positions"),
+    [(5, 1, 5), (5, 3, 7), (5, 4, 8), (5, 8, 8), (16, 1, 16), (16, 2, 8), (16, 6, 8)],
+)
+def test_a_sliding_window_keeps_only_the_window(prompt, new, positions):
+    """A DynamicSlidingWindowLayer's storage at the end: the prompt's cat after the
+    prefill alone, min(P + T - 1, W) positions once a decode step has run (the cat of the
+    last W - 1 and the token, whose view the layer keeps)."""
+    result = compile_spec(MISTRAL, set=WINDOWED, inference=Inference(prompt, new))
+    # keys and values, 2 layers, [B, KV, positions, D / H], float32
+    assert result.value(result.kv_cache[1]) == 2 * 2 * 2 * 2 * positions * 8 * 4
+
+
+def test_the_window_decides_the_positions_at_the_bound_sizes():
+    """window_positions: (storage before, after) of an update of s positions with `past`
+    gone through the layer; the first decode step's storage before is the prompt's."""
+    from memspec.ir.sizes import BoundSizes
+    from memspec.ops.cache import window_positions
+
+    W, past, s = S("W"), S("Lpast"), S("L")
+    bound = BoundSizes.of({W: 8, past: 16, s: 1}, {})
+    assert window_positions(sp.Integer(0), W, 16, s, bound) == (0, s)
+    assert window_positions(past, W, 16, s, bound) == (past, W - 1 + s)  # the first decode
+    assert window_positions(past, W, 5, s, bound) == (W, W - 1 + s)  # a later one
+    short = BoundSizes.of({W: 8, past: 6, s: 1}, {})
+    assert window_positions(past, W, 5, s, short) == (past, past + s)  # below the window

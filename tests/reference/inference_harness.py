@@ -43,6 +43,8 @@ from transformers import (  # noqa: E402
     DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     StaticCache,
 )
 from transformers.cache_utils import Cache  # noqa: E402
@@ -179,6 +181,15 @@ def llama(sizes: dict, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     config = decoder_config(LlamaConfig, {**sizes, "L": 4096})  # L: max_position_embeddings
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def mistral(sizes: dict, dtype: torch.dtype = torch.float32) -> MistralForCausalLM:
+    """A MistralForCausalLM from {"V", "D", "F", "N", "H", "KV", "W"} (head size D // H,
+    sliding_window W), as `llama` builds its model. Its DynamicCache's layers are
+    DynamicSlidingWindowLayers, a StaticCache's StaticSlidingWindowLayers."""
+    config = decoder_config(MistralConfig, {**sizes, "L": 4096})  # L: max_position_embeddings
+    torch.manual_seed(0)
+    return MistralForCausalLM(config).to(dtype).eval()
 
 
 def measure_prefill(

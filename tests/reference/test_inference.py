@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from memspec import compile_spec
+from memspec.errors import ShapeError
 from memspec.inference import Inference
 from memspec.passes.peak.moments import Phase
 from tests.conftest import SPECS
-from tests.reference.inference_harness import llama, measure_decode, measure_generate
+from tests.reference.inference_harness import llama, measure_decode, measure_generate, mistral
 
 MODELS = {
     "A": {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2},
@@ -128,3 +129,100 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
             inference=Inference(prompt, 1),
         )
         assert first.peak.value - fixed - caller_ids == measured.step_peaks[0]
+
+
+# Mistral's sliding window (W = 8): a DynamicCache of DynamicSlidingWindowLayers keeps
+# the cat of the window's last W - 1 positions and the step's, a view of its last W - 1:
+# prompts shorter and longer than the window, generations crossing it; the first decode
+# step frees the prompt's storage (P > W: larger than the last), and from W keys on the
+# model hands SDPA a mask (packed GQA in decode, repeat_kv in the prefill).
+WINDOWED = {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2, "W": 8}
+WINDOW_LOOPS = [(2, 5, 8), (2, 16, 6), (2, 7, 4), (1, 3, 12)]
+
+
+def compile_mistral(dims: dict, batch: int, precision: str, run: Inference):
+    return compile_spec(
+        SPECS / "mistral.mspec", set={**dims, "B": batch}, precision=precision, inference=run
+    )
+
+
+@pytest.mark.parametrize("loop", WINDOW_LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sliding_window_serving_loop_equals_transformers(precision, loop):
+    """The serving loop (`--loop forward`) over MistralForCausalLM: the prefill's peak,
+    the decode steps' largest (the first one's where the prompt is longer than the
+    window), and the cache at the end, C(min(P + T - 1, W))."""
+    batch, prompt, new = loop
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = mistral(WINDOWED, dtype)
+    ids = torch.randint(3, WINDOWED["V"], (batch, prompt))
+    steps = measure_decode(model, ids, new, logits_to_keep=1)
+    result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new, loop="forward"))
+    prompt_ids = 8 * batch * prompt
+    assert phase_peak(result, Phase.PREFILL) - prompt_ids == steps[0].peak
+    assert phase_peak(result, Phase.DECODE) == max(s.peak for s in steps[1:])
+    itemsize = dtype.itemsize
+    layer = 2 * batch * WINDOWED["KV"] * (WINDOWED["D"] // WINDOWED["H"]) * itemsize
+    assert steps[-1].cache_bytes == WINDOWED["N"] * layer * min(prompt + new - 1, WINDOWED["W"])
+    assert result.value(result.kv_cache[1]) == steps[-1].cache_bytes
+
+
+@pytest.mark.parametrize("loop", [*WINDOW_LOOPS, (2, 9, 4)], ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sliding_window_generate_equals_transformers(precision, loop):
+    """`model.generate()` with a DynamicCache over MistralForCausalLM: the peak, its phase,
+    the largest decode step, and the cache at the end."""
+    batch, prompt, new = loop
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = mistral(WINDOWED, dtype)
+    ids = torch.randint(3, WINDOWED["V"], (batch, prompt))
+    measured = measure_generate(model, ids, new, "dynamic")
+    result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new))
+    caller_ids = 8 * batch * prompt
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed - caller_ids == measured.peak
+    assert result.peak.winner().phase.value == measured.peak_phase
+    assert phase_peak(result, Phase.DECODE) - caller_ids == max(measured.step_peaks[1:])
+    assert result.value(result.kv_cache[1]) == measured.cache_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sliding_window_decode_wins_in_generate(precision):
+    """A large vocabulary and a long generation past the window: generate's decode
+    bookkeeping (ids grown each step, the float32 logits rows) makes a decode step's
+    moment the peak, though the cache stopped growing at W."""
+    dims = {**MODELS["B"], "W": 8}
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = mistral(dims, dtype)
+    ids = torch.randint(3, dims["V"], (3, 5))
+    measured = measure_generate(model, ids, 40, "dynamic")
+    result = compile_mistral(dims, 3, precision, Inference(5, 40))
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed - 8 * 3 * 5 == measured.peak
+    assert result.peak.winner().phase.value == measured.peak_phase == "decode"
+    assert result.value(result.kv_cache[1]) == measured.cache_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sliding_window_static_cache_below_the_window(precision):
+    """A StaticCache whose P + T - 1 positions stay below the window: its
+    StaticSlidingWindowLayers are never full, StaticCache's plain layers."""
+    batch, prompt, new = 2, 3, 4
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = mistral(WINDOWED, dtype)
+    ids = torch.randint(3, WINDOWED["V"], (batch, prompt))
+    measured = measure_generate(model, ids, new, "static")
+    result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new, "static"))
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed - 8 * batch * prompt == measured.peak
+    assert phase_peak(result, Phase.DECODE) - 8 * batch * prompt == max(measured.step_peaks[1:])
+    assert result.value(result.kv_cache[1]) == measured.cache_bytes
+
+
+def test_sliding_window_static_cache_reaching_the_window_is_refused():
+    """From P + T - 1 >= W a StaticSlidingWindowLayer rolls its window: not modelled."""
+    with pytest.raises(ShapeError, match="StaticSlidingWindowLayer"):
+        compile_mistral(WINDOWED, 2, "fp32", Inference(5, 4, "static"))

@@ -52,6 +52,7 @@ HF_GENERATE = "hf_generate"  # a global: true when transformers' generate() runs
 STATIC = "static_kv"  # a global: true under --kv-cache static
 STATIC_LENGTH = "static_length"  # a global: a static cache's positions (0 without one)
 DECODING = "decoding"  # a global: true in a decode step's forward
+PROMPT = "prompt_length"  # a global: the prompt's tokens under --mode inference (0 without)
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,12 @@ class Elaborator:
         self.globals.names[HF_GENERATE] = run is not None and run.loop == "generate"
         # a static cache (--kv-cache static) and its positions, for `if static_kv`
         self.globals.names[STATIC] = run is not None and run.cache == "static"
-        self.globals.names[STATIC_LENGTH] = (run.static_length or 0) if run is not None else 0
+        static = (run.static_length or 0) if run is not None else 0
+        self.globals.names[STATIC_LENGTH] = sp.Integer(static)
         # whether this forward is a decode step's (one token, the cache before it)
         self.globals.names[DECODING] = run is not None and run.decoding
+        # the prompt's length, which a sliding window's cache holds until the first decode
+        self.globals.names[PROMPT] = sp.Integer(run.prompt_len if run is not None else 0)
         for fact in self.program.size_facts:
             declare_fact(self.builder, lambda e: self.exprs.scalar(e, self.globals), fact)
 

@@ -15,14 +15,24 @@ from __future__ import annotations
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import BoundSizes
 from memspec.ir.types import numel
 from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, register
 
-__all__ = ["KV_APPEND", "KV_STATIC", "KV_WRITE", "cached_bytes", "position_bytes"]
+__all__ = [
+    "KV_APPEND",
+    "KV_STATIC",
+    "KV_WINDOW",
+    "KV_WRITE",
+    "cached_bytes",
+    "position_bytes",
+    "window_positions",
+]
 
 KV_APPEND = "kv_append"
 KV_WRITE = "kv_write"
 KV_STATIC = "kv_static"
+KV_WINDOW = "kv_window"
 
 
 def _past(value: object) -> sp.Expr:
@@ -149,6 +159,114 @@ register(
         shape_doc="x's shape with `length` positions: new storage in the prefill, the "
         "cache allocated then in a decode step (`allocated`: no new memory); a workspace "
         "of the cache positions, int64 [s] twice",
+        saved_doc="nothing",
+    )
+)
+
+
+def window_positions(
+    past: sp.Expr, window: sp.Expr, prompt: int, s: sp.Expr, bound: BoundSizes
+) -> tuple[sp.Expr, sp.Expr]:
+    """(storage before, storage after) in positions of a DynamicSlidingWindowLayer's
+    update of `s` positions when `past` have gone through it, the branches of the min
+    decided at the bound sizes.
+
+    transformers 5.x (`DynamicSlidingWindowLayer.update`): `full = torch.cat([keys, k],
+    dim=-2)`, attention reads `full`, and the layer keeps `full[:, :, -(W - 1):]`, a view
+    that keeps all of `full`'s storage. The cat's operand is the previous view, its last
+    min(past, W - 1) positions, so `full` has min(past, W - 1) + s. Before it the layer
+    holds the previous `full`: the prompt's cat, P positions, before the first decode
+    step (past = P), and min(past, W) after each later one (a step of one token)."""
+
+    def below(a: sp.Expr, b: sp.Expr) -> bool:
+        at = sp.sympify(bound.at(a - b))
+        if not at.is_number:
+            raise ValueError(f"kv_window decides {a} < {b} at the bound sizes; bind them")
+        return bool(at < 0)
+
+    if past == 0:
+        return sp.Integer(0), s
+    after = (past if below(past, window) else window - 1) + s
+    if bound.at(past) == prompt or below(past, window + 1):
+        return past, after
+    return window, after
+
+
+STATIC_WINDOW = (
+    "--kv-cache static with a sliding window the generation reaches (P + T - 1 >= W): "
+    "transformers' StaticSlidingWindowLayer then holds W positions, rolls them in each full "
+    "decode step (a new tensor a layer's keys and values, copied back) and hands SDPA a "
+    "mask over them, which is not modelled yet (a shorter generation's layer is a "
+    "StaticCache's plain one, modelled; --kv-cache contiguous is a DynamicCache's window)"
+)
+
+
+def _window_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    if ctx.attrs["static"]:
+        raise ctx.fail(STATIC_WINDOW)
+    k, v = ctx.inputs
+    ctx.expect_rank(0, 2)
+    ctx.expect_rank(1, 2)
+    ctx.expect_same(k.shape[-2], v.shape[-2], "k's and v's positions")
+    past, window = _past(ctx.attrs["past"]), _past(ctx.attrs["window"])
+    if past.is_number and (not past.is_Integer or past < 0):
+        raise ctx.fail(f"past is a number of cached positions, not {past}")
+    if window.is_number and (not window.is_Integer or window < 2):
+        raise ctx.fail(f"window is a sliding window of at least 2 positions, not {window}")
+    try:
+        _, after = window_positions(past, window, int(ctx.attrs["prompt"]), k.shape[-2], ctx.bound)
+    except ValueError as error:
+        raise ctx.fail(str(error)) from None
+    return tuple(OutputSpec((*x.shape[:-2], after, x.shape[-1]), x.dtype) for x in (k, v))
+
+
+def window_storage(op: OpApply, graph: Graph, before: bool) -> sp.Expr:
+    """The bytes a kv_window op's layer holds, keys and values, before the update (the
+    previous `full`s) or after it (its outputs' storage): `window_positions`."""
+    k = graph.value(op.inputs[0])
+    positions = window_positions(
+        _past(op.attr("past")),
+        _past(op.attr("window")),
+        int(op.attr("prompt")),
+        k.shape[-2],
+        graph.bound,
+    )[0 if before else 1]
+    return sum(
+        (
+            numel(x.shape) / x.shape[-2] * x.dtype.itemsize * positions
+            for x in map(graph.value, op.inputs)
+        ),
+        sp.Integer(0),
+    )
+
+
+def _kv_window_lower(tensors, attrs):
+    if int(attrs["past"]) != 0:
+        raise RuntimeError("a cache with past positions runs in memspec's inference replay")
+    import torch
+
+    return tuple(torch.cat([x], dim=-2) for x in tensors)  # cat([], x): a copy
+
+
+register(
+    OpDef(
+        KV_WINDOW,
+        "k and v appended to a sliding-window K/V cache (transformers' "
+        "DynamicSlidingWindowLayer.update: torch.cat of the layer's last min(past, "
+        "window - 1) positions and the new ones, for k, then for v, keeping a view of each "
+        "one's last window - 1): the cats' results, which attention reads; the layer's previous "
+        "tensors are freed as the op returns",
+        ("k", "v"),
+        _window_infer,
+        attrs=(("past", 0), ("window", 2), ("prompt", 0), ("static", False)),
+        lower=_kv_window_lower,
+        grads=lambda op, graph: (Grad.NEW, Grad.NEW),
+        grads_doc="new tensors (cat's backward narrows the outputs' gradients)",
+        kind=OpKind.LAYOUT,
+        shape_doc="k's and v's shapes with min(past, window - 1) + s positions, new "
+        "storage; the layer's previous tensors (the prompt's P positions before the first "
+        "decode step, min(past, window) after) are counted from the forward's start and "
+        "freed as it returns; `static`: a StaticCache's sliding layer, refused",
         saved_doc="nothing",
     )
 )

@@ -8,7 +8,10 @@ the forward elaborated at one token with `past_length` positions cached; the pos
 the cache held before it are counted from its start (`kv_append`'s `cached_bytes`, over
 every layer), and each `kv_append` holds the old tensor beside the new one while it
 copies it (its workspace). Decode steps grow with the cache, so the last one, at
-P + T - 2 cached positions, is the largest of them.
+P + T - 2 cached positions, is the largest of them. A sliding window's cache (`kv_window`,
+transformers' DynamicSlidingWindowLayer) stops growing at the window and its update frees
+the layer's previous tensors as it returns (`Ledger.release`); its first decode step,
+which frees the prompt's storage, is a phase of its own (`compile.inference_phases`).
 
 Under transformers' generate (`--loop generate`) every moment of a forward also holds
 generate's own tensors (`memspec.inference.generate_terms`), and each forward is followed
@@ -40,20 +43,34 @@ __all__ = ["cache_bytes", "cache_elements", "generate_step_terms", "inference_pe
 
 
 def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[sp.Expr, sp.Expr]:
-    """(elements, bytes) every layer's cache holds: a DynamicCache's `past` positions
-    (kv_append's), a paged cache's positions of whole blocks (kv_write's, allocated before
-    the prefill, in --kv-dtype when given), a static cache's `length` (kv_static's;
-    `before` a forward, none in the prefill, whose updates allocate it)."""
-    from memspec.ops.cache import KV_APPEND, KV_STATIC, KV_WRITE, cached_bytes, position_bytes
+    """(elements, bytes) every layer's cache holds after the forward (`before`: before
+    it): a DynamicCache's `past` positions and the forward's (kv_append's), a sliding
+    window's storage (kv_window's `window_storage`), a paged cache's positions of whole
+    blocks (kv_write's, allocated before the prefill, in --kv-dtype when given), a static
+    cache's `length` (kv_static's; `before` a forward, none in the prefill, whose updates
+    allocate it)."""
+    from memspec.ops.cache import (
+        KV_APPEND,
+        KV_STATIC,
+        KV_WINDOW,
+        KV_WRITE,
+        cached_bytes,
+        position_bytes,
+        window_storage,
+    )
 
     reserved = run.paged_positions
     elements, nbytes = sp.Integer(0), sp.Integer(0)
     for op in graph.ops:
-        if op.op not in (KV_APPEND, KV_WRITE, KV_STATIC):
+        if op.op not in (KV_APPEND, KV_WRITE, KV_STATIC, KV_WINDOW):
             continue
         itemsize = graph.value(op.inputs[0]).dtype.itemsize
         if op.op == KV_APPEND:
             size = cached_bytes(op, graph) / itemsize
+            if not before:  # and the forward's positions
+                size += position_bytes(op, graph) / itemsize * graph.value(op.inputs[0]).shape[-2]
+        elif op.op == KV_WINDOW:  # keys and values, one dtype
+            size = window_storage(op, graph, before) / itemsize
         elif op.op == KV_WRITE and reserved is not None:
             size = position_bytes(op, graph) / itemsize * reserved
             itemsize = run.kv_itemsize or itemsize
@@ -67,15 +84,43 @@ def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[
     return sp.expand(elements), sp.expand(nbytes)
 
 
+def cache_terms(graph: Graph) -> tuple[Term, ...]:
+    """What the cache's layers hold beside their keys and values, from the cache's
+    construction (before the prefill) to the end: a DynamicSlidingWindowLayer's
+    `_sliding_window_tensor`, a 0-d int64 (kv_window's; a StaticCache's
+    `cumulative_length` is generate's, `generate_terms`)."""
+    from memspec.ops.cache import KV_WINDOW
+
+    # one update of a layer's keys and values
+    layers = sum((graph.multiplicity(op.region) for op in graph.ops if op.op == KV_WINDOW), 0)
+    if not layers:
+        return ()
+    return (Term("the sliding window's size, a 0-d int64 a layer", 8 * sp.sympify(layers)),)
+
+
 def cache_bytes(graph: Graph, run: Inference, before: bool = False) -> sp.Expr:
     """The bytes every layer's cache holds (`cache_elements`)."""
     return cache_elements(graph, run, before)[1]
 
 
+class _Generation(ForwardReplay):
+    """The forward of a generation step: as a training step's under no_grad, and a
+    sliding-window cache's update (kv_window) frees the layer's previous tensor, counted
+    from the forward's start, as it returns (`Ledger.release`)."""
+
+    def op_done(self, op, inputs, outputs) -> None:
+        super().op_done(op, inputs, outputs)
+        from memspec.ops.cache import KV_WINDOW, window_storage
+
+        if op.op == KV_WINDOW:
+            old = self.measure(window_storage(op, self.graph, before=True))
+            self.ledger.release(old, self.category, self.running)
+
+
 def _forward(graph: Graph, repetitions: Mapping[int, int], measure) -> Replay:
     """The forward alone, its outputs kept (the cache's new part, the logits)."""
     ledger = Ledger()
-    forward = ForwardReplay(
+    forward = _Generation(
         graph, ledger, repetitions, measure, PeakUnavailable, True, frozenset(), None, frozenset()
     )
     forward.step()
@@ -104,6 +149,13 @@ def generate_step_terms(
     return generate_terms(
         run, step, batch, vocab, logits.dtype.itemsize, batched, sp.sympify(layers), with_mask
     )
+
+
+def decode_step(run: Inference, sizes: Mapping[sp.Symbol, sp.Expr]) -> int:
+    """The step a phase's forward is (0: the prefill, t: the t-th decode forward), from
+    the positions it starts with cached (P + t - 1 in decode)."""
+    past = int(sizes[dim_symbol(PAST)])
+    return past - run.prompt_len + 1 if past else 0
 
 
 def _total(terms: tuple[Term, ...]) -> sp.Expr:
@@ -136,19 +188,18 @@ def inference_peak(
             return poly(resolve(sp.sympify(expr).xreplace(dict(sizes))))
 
         run_ = _forward(graph, p.repetitions, measure)
-        before = measure(cache_bytes(graph, run, before=True))
+        held = cache_bytes(graph, run, before=True) + _total(cache_terms(graph))
+        before = measure(held)
         beside: Poly = {}
+        step = decode_step(run, sizes)
         if run.loop == "generate":
-            step = 0 if phase is Phase.PREFILL else run.new_tokens - 1
             during, afters = generate_step_terms(run, graph, step, bindings)
             beside = measure(_total(during))
             # after the forward: the cache grown by the step's positions, and generate's
             # tensors beside it
-            past = dim_symbol(PAST)
-            (length,) = (s for s in sizes if s != past)  # the sequence length
-            grown = cache_bytes(graph, run).xreplace({past: past + length})
+            grown = cache_bytes(graph, run)
             for where, after in afters:
-                parts = measure(grown + _total(during) + _total(after))
+                parts = measure(grown + _total(cache_terms(graph)) + _total(during) + _total(after))
                 moments.append(moment(phase, where, parts, {}))
             if run.static_length is not None:
                 # a static cache's decode mask is made before each decode forward: the
@@ -172,5 +223,7 @@ def inference_peak(
                 add_into(activations, before)
                 add_into(activations, beside)
                 where = repeats.label(graph, point, reading, p)
+                if phase is Phase.DECODE and step != run.new_tokens - 1:
+                    where = f"decode step {step}: {where}"
                 moments.append(moment(phase, where, activations, dict(memory["temporaries"])))
     return peak_result(moments, counts, StepOptions(), bindings)

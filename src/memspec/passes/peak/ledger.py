@@ -44,6 +44,14 @@ class Ledger:
         add_into(self.totals[category], size)
         return bid
 
+    def release(self, size: Poly, category: str, born: Born) -> int:
+        """Memory counted from before the step that is freed now (a K/V cache's old
+        tensor, which its update replaces): a block of minus `size`, never freed, so that
+        every later moment holds that much less."""
+        bid = self.alloc({k: -v for k, v in size.items()}, category, born)
+        self._freed = True
+        return bid
+
     def ref(self, bid: int) -> int:
         self.blocks[bid].refs += 1
         return bid
