@@ -147,12 +147,13 @@ variant no_cache {
 }
 variant cache {
     # a StaticCache's sliding layer (StaticSlidingWindowLayer) of fewer positions than the
-    # window is never full: a static layer; a longer one is kv_window's refusal
-    if generating and not paged_kv and not (static_kv and static_length < window) {
+    # window is never full: a static layer; a longer one, and vLLM's, are kv_window's
+    # refusals
+    if generating and not (static_kv and static_length < window) {
         # the prefill's update: the cat of an empty cache and the prompt, copies
         past = 0
         if decoding { past = past_length }
-        k_full, v_full = kv_window(k, v, past, window, prompt_length, static_kv)
+        k_full, v_full = kv_window(k, v, past, window, prompt_length, static_kv, paged_kv)
         return returned(k_full), returned(v_full)
     }
     return kv_cache(k), hold(kv_cache(v), k)

@@ -199,3 +199,16 @@ def test_the_window_decides_the_positions_at_the_bound_sizes():
     assert window_positions(past, W, 5, s, bound) == (W, W - 1 + s)  # a later one
     short = BoundSizes.of({W: 8, past: 6, s: 1}, {})
     assert window_positions(past, W, 5, s, short) == (past, past + s)  # below the window
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [("paged", "vLLM's block management for a window"), ("static", "StaticSlidingWindowLayer")],
+)
+def test_an_unmodelled_window_is_refused(cache, message, capsys):
+    """vLLM's window and a StaticCache's full sliding layer are refused, not counted as
+    a plain cache's."""
+    sizes = [f"--set={k}={v}" for k, v in WINDOWED.items()]
+    args = ["compile", str(MISTRAL), *sizes, "--mode", "inference", "--prompt-len", "5"]
+    assert main([*args, "--new-tokens", "8", "--kv-cache", cache]) == 2
+    assert message in capsys.readouterr().err

@@ -201,9 +201,18 @@ STATIC_WINDOW = (
 )
 
 
+PAGED_WINDOW = (
+    "--kv-cache paged with a sliding window: vLLM's block management for a window (blocks "
+    "that leave it are freed) is not modelled (--kv-cache contiguous is transformers' "
+    "window)"
+)
+
+
 def _window_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if ctx.attrs["static"]:
         raise ctx.fail(STATIC_WINDOW)
+    if ctx.attrs["paged"]:
+        raise ctx.fail(PAGED_WINDOW)
     k, v = ctx.inputs
     ctx.expect_rank(0, 2)
     ctx.expect_rank(1, 2)
@@ -258,7 +267,7 @@ register(
         "tensors are freed as the op returns",
         ("k", "v"),
         _window_infer,
-        attrs=(("past", 0), ("window", 2), ("prompt", 0), ("static", False)),
+        attrs=(("past", 0), ("window", 2), ("prompt", 0), ("static", False), ("paged", False)),
         lower=_kv_window_lower,
         grads=lambda op, graph: (Grad.NEW, Grad.NEW),
         grads_doc="new tensors (cat's backward narrows the outputs' gradients)",
@@ -266,7 +275,7 @@ register(
         shape_doc="k's and v's shapes with min(past, window - 1) + s positions, new "
         "storage; the layer's previous tensors (the prompt's P positions before the first "
         "decode step, min(past, window) after) are counted from the forward's start and "
-        "freed as it returns; `static`: a StaticCache's sliding layer, refused",
+        "freed as it returns; `static`, `paged`: a StaticCache's or vLLM's window, refused",
         saved_doc="nothing",
     )
 )
