@@ -63,20 +63,22 @@ def test_the_output_layer_stays_and_the_rest_is_packed():
     assert q.note.startswith("frozen")
 
 
-def test_qlora_counts_as_peft_prints_them(capsys):
-    args = ["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", "--weights", "nf4"]
+@pytest.mark.parametrize(("fmt", "compute"), [("nf4", "bfloat16"), ("int8", None)])
+def test_quantized_lora_counts_as_peft_prints_them(fmt, compute, capsys):
+    args = ["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", "--weights", fmt]
     args += ["--lora", "64", "--lora-alpha", "16"]
     assert main([*args, "--format", "md"]) == 0
     out = capsys.readouterr().out
-    # PEFT counts a packed 4-bit weight twice (numel * 2): its out x in
+    # PEFT counts a packed 4-bit weight twice (numel * 2), an Int8Params' numel is out x in
+    # already: both lines are out x in
     assert (
         "`trainable params: 159,907,840 || all params: 6,898,323,456 || trainable%: 2.3181`" in out
     )
     assert "$7 N$ = 224 Linear modules packed" in out
     assert main([*args, "--format", "json"]) == 0
     config = json.loads(capsys.readouterr().out)["config"]
-    assert config["weights"]["format"] == "nf4"
-    assert config["weights"]["compute_dtype"] == "bfloat16"
+    assert config["weights"]["format"] == fmt
+    assert config["weights"]["compute_dtype"] == compute
     assert config["weights"]["packed"] == 224
 
 
@@ -183,23 +185,6 @@ def test_an_int8_layer_holds_a_byte_a_weight_and_a_scale_a_row(out, into):
     assert [i.path for i in categories["buffers"].items] == ["lin.SCB"]
     held = categories["parameters"].bytes + categories["buffers"].bytes
     assert result.value(held) == int8_layer_bytes(out, into)
-
-
-def test_int8_counts_as_peft_prints_them(capsys):
-    args = ["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", "--weights", "int8"]
-    args += ["--lora", "64", "--lora-alpha", "16"]
-    assert main([*args, "--format", "md"]) == 0
-    out = capsys.readouterr().out
-    # an Int8Params' numel is out x in already: PEFT's line equals QLoRA's
-    assert (
-        "`trainable params: 159,907,840 || all params: 6,898,323,456 || trainable%: 2.3181`" in out
-    )
-    assert "$7 N$ = 224 Linear modules packed" in out
-    assert main([*args, "--format", "json"]) == 0
-    config = json.loads(capsys.readouterr().out)["config"]
-    assert config["weights"]["format"] == "int8"
-    assert config["weights"]["compute_dtype"] is None
-    assert config["weights"]["packed"] == 224
 
 
 def test_the_int8_product_s_tensors_are_exact_symbolically():
