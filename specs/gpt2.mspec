@@ -91,6 +91,14 @@ model GPT2LMHeadModel {
 }
 
 # gpt2 (124M): n_vocab 50257, n_positions 1024, n_embd 768, n_layer 12, n_head 12.
+# --hf-config: transformers' GPT2Config (openai-community/gpt2's config.json names; n_inner
+# null is 4 * n_embd); the head is tied to wte (tie_word_embeddings, true by default).
+hf_config "gpt2" {
+    V = vocab_size, D = n_embd, N = n_layer, H = n_head, P = n_positions, L = n_positions
+    F = default(n_inner, 4 * n_embd)
+    require default(tie_word_embeddings, true)
+}
+
 preset small { V = 50_257, P = 1_024, L = 1_024, D = 768, N = 12, H = 12, F = 3_072 }
 expect params == V*D + P*D + N*(4*D**2 + 2*D*F + F + 9*D) + 2*D
 expect params == 124_439_808 at small

@@ -153,6 +153,18 @@ tp_plan LlamaMLP { gate_proj colwise; up_proj colwise; down_proj rowwise }
 tp_plan LlamaModel { embed_tokens vocab_parallel }
 tp_plan LlamaForCausalLM { lm_head loss_parallel }
 
+# --hf-config: transformers' LlamaConfig (config.json's fields). head_dim is hidden_size /
+# num_attention_heads here (q and o are D x D), and the head is untied.
+hf_config "llama" {
+    V = vocab_size, D = hidden_size, N = num_hidden_layers, H = num_attention_heads
+    KV = default(num_key_value_heads, num_attention_heads), F = intermediate_size
+    L = max_position_embeddings
+    require default(head_dim, hidden_size / num_attention_heads)
+            == hidden_size / num_attention_heads
+    require not default(tie_word_embeddings, false)
+    require not default(attention_bias, false) and not default(mlp_bias, false)
+}
+
 # meta-llama/Llama-2-{7b,13b,70b}-hf config.json; the counts are sum(p.numel() for p in
 # model.parameters()) of the HF models (70B: ffn_dim_multiplier 1.3, multiple_of 4096).
 preset llama2_7b  { V = 32_000, L = 4_096, D = 4_096, N = 32, H = 32, KV = 32, F = 11_008 }

@@ -183,6 +183,18 @@ tp_plan MistralMLP { gate_proj colwise; up_proj colwise; down_proj rowwise }
 tp_plan MistralModel { embed_tokens vocab_parallel }
 tp_plan MistralForCausalLM { lm_head loss_parallel }
 
+# --hf-config: transformers' MistralConfig. A null sliding_window (Mistral-7B-v0.2 on) is
+# no window: the context's length. head_dim is hidden_size / num_attention_heads here.
+hf_config "mistral" {
+    V = vocab_size, D = hidden_size, N = num_hidden_layers, H = num_attention_heads
+    KV = default(num_key_value_heads, num_attention_heads), F = intermediate_size
+    L = max_position_embeddings
+    W = default(sliding_window, max_position_embeddings)
+    require default(head_dim, hidden_size / num_attention_heads)
+            == hidden_size / num_attention_heads
+    require not default(tie_word_embeddings, false)
+}
+
 # mistralai/Mistral-7B-v0.1 config.json (max_position_embeddings 32768; the paper trains
 # with an 8192-token context, which makes the 4096 window bite). The count is
 # sum(p.numel() for p in model.parameters()) of the HF model.

@@ -38,3 +38,12 @@ def test_installed_wheel_compiles_a_spec(tmp_path):
                "--preset", "gpt2_xl", "--set", "B=1")
     assert proc.returncode == 0, proc.stderr
     assert '"elements": 1635537600' in proc.stdout
+    # the zoo ships too: a config.json's model_type picks its spec
+    (work / "config.json").write_text(
+        '{"model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, '
+        '"n_head": 12, "n_positions": 1024}',
+        encoding="utf-8",
+    )
+    proc = run("-m", "memspec", "compile", "--hf-config", "config.json", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert '"elements": 124439808' in proc.stdout

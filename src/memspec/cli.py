@@ -24,6 +24,7 @@ __all__ = ["main"]
 
 FORMATS = ("md", "tex", "json")
 VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
+CHECK_FAILED = 3  # `memspec check` ran and a stated answer differs from memspec's count
 COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
 
 
@@ -56,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile a spec into a memory report")
-    c.add_argument("spec", help="the .mspec file")
+    c.add_argument(
+        "spec",
+        nargs="?",
+        help="the .mspec file (with --hf-config, by default the bundled spec that reads "
+        "the config's model_type)",
+    )
     c.add_argument("--format", choices=FORMATS, default="md", help="report format (md)")
     _common(c)
     c.add_argument("--convention", help="activation convention (course, autograd, ...)")
@@ -115,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the real training step (for sizes too large to allocate)",
     )
+    k = sub.add_parser(
+        "check", help="check stated answers (expect QUANTITY == EXPRESSION) term by term"
+    )
+    k.add_argument("spec", help="the .mspec file")
+    k.add_argument(
+        "--expect",
+        action="append",
+        required=True,
+        metavar="ANSWER",
+        help="`QUANTITY == EXPRESSION [at PRESET]` in the spec's symbols (params, "
+        "gradients, optimizer_state, activations, buffers, total); repeatable",
+    )
+    k.add_argument("--convention", help="activation convention (course, autograd, ...)")
+    k.add_argument("--format", choices=("md", "json"), default="md")
+    _common(k)
     i = sub.add_parser(
         "info", help="what a spec declares: dims, presets, variants, policies, expects"
     )
@@ -136,6 +157,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="bind a symbol (B or batch_size) to an integer; repeatable",
     )
     p.add_argument("--preset", help="bind the symbols of one of the spec's presets")
+    p.add_argument(
+        "--hf-config",
+        metavar="PATH",
+        help="a Hugging Face config.json (local) whose fields set the dims, as the spec's "
+        "hf_config block for its model_type says (--set wins)",
+    )
     p.add_argument("--optimizer", help="optimizer policy (adamw, adam, sgd, ...: memspec info)")
     p.add_argument(
         "--precision",
@@ -403,6 +430,7 @@ def _result(args: argparse.Namespace, **options):
         Path(args.spec),
         set=args.bindings,
         preset=args.preset,
+        hf_config=args.hf_config,
         optimizer=args.optimizer,
         use=tuple(args.use),
         step=step,
@@ -410,7 +438,25 @@ def _result(args: argparse.Namespace, **options):
     )
 
 
+def _check(args: argparse.Namespace) -> tuple[str, bool]:
+    """The stated answers, each holding or differing term by term; ok when all hold."""
+    from memspec.check import parse_answers, render_json, render_markdown, verdicts
+
+    result = _result(args, checks=parse_answers(args.expect))
+    found = verdicts(result)
+    ok = all(v.check.holds for v in found)
+    if args.format == "json":
+        return render_json(found, args.expect), ok
+    return render_markdown(result, found, args.expect), ok
+
+
 def _compile(args: argparse.Namespace) -> str:
+    if args.spec is None:
+        if args.hf_config is None:
+            raise UsageError("compile needs a spec (or --hf-config, whose model_type picks one)")
+        from memspec.hf_config import read_config, spec_for
+
+        args.spec = str(spec_for(read_config(args.hf_config)))
     result = _result(args, peak_flops=args.peak_flops, mfu=args.mfu, steps=args.steps)
     if args.format == "json":
         return result.to_json()
@@ -566,11 +612,16 @@ def main(argv: list[str] | None = None) -> int:
             with _time_limit(COMPILE_SECONDS, args.spec):
                 sys.stdout.write(_info(args))
             return 0
+        if args.command == "check":
+            with _time_limit(COMPILE_SECONDS, args.spec):
+                output, ok = _check(args)
+            sys.stdout.write(output)
+            return 0 if ok else CHECK_FAILED
         if args.command == "verify":
             output, ok = _verify(args)
             sys.stdout.write(output)
             return 0 if ok else VERIFY_FAILED
-        with _time_limit(args.time_limit, args.spec):
+        with _time_limit(args.time_limit, args.spec or args.hf_config):
             output = _compile(args)
         if args.output:
             Path(args.output).write_text(output, encoding="utf-8")

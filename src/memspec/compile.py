@@ -17,6 +17,7 @@ import sympy as sp
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
+from memspec.hf_config import HfConfigUse, config_bindings, read_config
 from memspec.inference import PAST, Inference, with_past
 from memspec.lora import Lora
 from memspec.ops import lookup
@@ -81,6 +82,8 @@ def compile_spec(
     lora: Lora | None = None,
     weights: Weights | None = None,
     inference: Inference | None = None,
+    checks: tuple = (),
+    hf_config: str | Path | None = None,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -96,7 +99,10 @@ def compile_spec(
     PEFT's LoRA adapters and freezes the rest (`memspec.lora`); `weights` stores the
     Linear layers' weights quantized (`memspec.quantize`); `inference` runs the model's
     generate block as a serving loop does instead of a training step
-    (`memspec.inference`). Raises
+    (`memspec.inference`); `checks` are stated answers (expect declarations, `memspec
+    check`) checked without raising, in `CompileResult.checks`; `hf_config` is a
+    config.json whose fields set the dims as the spec's `hf_config` block says
+    (`memspec.hf_config`; `set` wins over it, it over `preset`). Raises
     `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
@@ -143,10 +149,17 @@ def compile_spec(
         decode_items = [*items, f"{length}=1"]  # and the positions cached before the step
         items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
 
+    hf = read_config(hf_config) if hf_config is not None else None
+    used: list[HfConfigUse] = []
+
     def binder(items: list[str]):
         def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
             # Bound before the model is elaborated: views and copies are decided at them.
             bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
+            if hf is not None:
+                given, use = config_bindings(program.hf_configs, symbols, hf, source.name)
+                bindings.update(given)
+                used[:] = [use]
             bindings.update(bind.parse_set(symbols, items))
             return bindings
 
@@ -180,6 +193,7 @@ def compile_spec(
             conventions=policies,
             step=step,
             phases=phases,
+            checks=tuple(checks),
         )
     )
     answer = done["peak"]
@@ -196,6 +210,7 @@ def compile_spec(
         preset=preset,
         variants_used=elab.variants_used,
         expects=done["expects"],
+        checks=done["checks"],
         notes=tuple(a.text for a in program.assumes),
         flops=done["flops"],
         training=training,
@@ -206,6 +221,7 @@ def compile_spec(
         step=step,
         active=done["active_parameters"],
         kv_cache=kv_cache_at_end(phases, config),
+        hf_config=used[0] if used else None,
     )
 
 

@@ -3,7 +3,8 @@
 Its model; its dims (symbol, long name, default); its presets with the values they
 give; the implementation variants of the bodies the model runs, which one is used and
 the `use` that picks each; the precisions, optimizers and conventions it can be
-compiled under (and which the train block picks); its `expect`s. The spec is loaded
+compiled under (and which the train block picks); its `expect`s; the config.json
+model_types its `hf_config` blocks read (`--hf-config`). The spec is loaded
 and elaborated, not analysed, so this is quick even for a large model.
 """
 
@@ -55,6 +56,7 @@ class SpecInfo:
     conventions: tuple[Choice, ...]
     expects: tuple[str, ...]
     recomputes: tuple[Choice, ...] = ()
+    hf_configs: tuple[str, ...] = ()  # the config.json model_types --hf-config reads
 
 
 def span_text(span: Span | None) -> str:
@@ -124,6 +126,7 @@ def spec_info(spec: str | Path, use: tuple[str, ...] = ()) -> SpecInfo:
         ),
         expects=tuple(span_text(e.span) for e in program.expects),
         recomputes=choices(program.recomputes, lambda r: r.description, config.recompute.name),
+        hf_configs=tuple(t for decl in program.hf_configs for t in decl.model_types),
     )
 
 
@@ -160,6 +163,8 @@ def render_info_text(info: SpecInfo) -> str:
         out += _table([(("* " if c.chosen else "  ") + c.name, c.description) for c in options])
     out += ["", "expects:"]
     out += [f"  {e}" for e in info.expects] or ["  none"]
+    out += ["", "config.json model_types (--hf-config):"]
+    out.append(f"  {', '.join(info.hf_configs)}" if info.hf_configs else "  none")
     return "\n".join(out) + "\n"
 
 

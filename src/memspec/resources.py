@@ -1,6 +1,6 @@
-"""Locates the files memspec ships: the grammar and the standard library.
+"""Locates the files memspec ships: the grammar, the standard library and the zoo.
 
-In an installed wheel they live inside the package (`memspec/grammar`, `memspec/std`);
+In an installed wheel they live inside the package (`memspec/grammar`, `memspec/specs`);
 in a source checkout (editable install, tests) they live at the repository top level.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["grammar_path", "std_dir"]
+__all__ = ["grammar_path", "std_dir", "zoo_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parent.parent
@@ -30,4 +30,9 @@ def grammar_path() -> Path:
 
 def std_dir() -> Path:
     """The folder of the standard library's `.mspec` files."""
-    return _first_existing(_PACKAGE / "std", _REPO / "specs" / "std")
+    return _first_existing(_PACKAGE / "specs" / "std", _REPO / "specs" / "std")
+
+
+def zoo_dir() -> Path:
+    """The folder of the bundled model specs (`llama.mspec`, ...)."""
+    return _first_existing(_PACKAGE / "specs", _REPO / "specs")

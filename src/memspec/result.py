@@ -14,6 +14,7 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.errors import UsageError
+from memspec.hf_config import HfConfigUse
 from memspec.ir.graph import Graph
 from memspec.passes.expects import ExpectResult
 from memspec.passes.flops import FlopsResult
@@ -54,6 +55,8 @@ class CompileResult:
     rank_peaks: tuple[int | None, ...] = ()  # each rank class's true peak, where modelled
     # --mode inference: the K/V cache at the end of generation, (elements, bytes)
     kv_cache: tuple[sp.Expr, sp.Expr] | None = None
+    checks: tuple[ExpectResult, ...] = ()  # `memspec check`'s stated answers
+    hf_config: HfConfigUse | None = None  # --hf-config: what the config.json set
 
     def training_seconds(self) -> float | None:
         """Steps x FLOPs per step / (MFU x peak FLOP/s), when all of them are known."""

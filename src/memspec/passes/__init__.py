@@ -57,6 +57,8 @@ class AnalysisContext:
     step: StepOptions  # the training loop whose peak is modelled
     # --mode inference: (phase, graph, sizes) of the prefill and the last decode step
     phases: tuple = ()
+    # `memspec check`'s stated answers (expect declarations), checked without raising
+    checks: tuple = ()
     earlier: Mapping[str, object] = field(default_factory=dict)  # by analysis name
 
     def resolve(self, expr: sp.Expr) -> sp.Expr:
@@ -106,7 +108,8 @@ def _active_parameters(context: AnalysisContext) -> CategoryResult | None:
     return count_active_parameters(context.graph)
 
 
-def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
+def _quantities(context: AnalysisContext) -> dict[str, sp.Expr]:
+    """The elements of each quantity an `expect` may name (`passes.expects.QUANTITIES`)."""
     categories = context.categories()
     active = context.earlier["active_parameters"] or count_active_parameters(context.graph)
     quantities = {
@@ -119,9 +122,28 @@ def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
         # the spec's counts are of its model: not of one rank's shards, nor with the
         # adapters --lora adds or the weights --weights packs
         quantities["parameters"] = whole_parameters(context.graph, model_only=changed)
+    return quantities
+
+
+def _expects(context: AnalysisContext) -> tuple[ExpectResult, ...]:
     program = context.program
     return check_expects(
-        program.expects, quantities, context.symbols, program.presets, context.evaluate
+        program.expects, _quantities(context), context.symbols, program.presets, context.evaluate
+    )
+
+
+def _checks(context: AnalysisContext) -> tuple[ExpectResult, ...]:
+    """`memspec check`'s answers: each holds or not, with its difference."""
+    if not context.checks:
+        return ()
+    program = context.program
+    return check_expects(
+        context.checks,
+        _quantities(context),
+        context.symbols,
+        program.presets,
+        context.evaluate,
+        strict=False,
     )
 
 
@@ -247,6 +269,7 @@ PIPELINE: tuple[Analysis, ...] = (
     Analysis("flops", _flops),
     Analysis("active_parameters", _active_parameters),
     Analysis("expects", _expects),
+    Analysis("checks", _checks),
     Analysis("ranks", _ranks),
     Analysis("peak", _peak),
 )

@@ -18,7 +18,7 @@ from memspec.passes.results import CATEGORY_TITLES
 from memspec.symbolic import bind
 from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax.decls import DeclExpect, DeclPreset
-from memspec.syntax.nodes import Expr
+from memspec.syntax.nodes import Expr, ExprBinary
 
 __all__ = ["QUANTITIES", "ExpectResult", "check_expects"]
 
@@ -35,6 +35,35 @@ QUANTITIES = {
 class ExpectResult:
     text: str
     holds: bool
+    # `memspec check`'s: the quantity's name, memspec's count and the stated answer (the
+    # dims' defaults substituted, a preset's values with `at`), and counted - answer
+    quantity: str = ""
+    counted: sp.Expr = sp.Integer(0)
+    answer: sp.Expr = sp.Integer(0)
+    difference: sp.Expr = sp.Integer(0)
+    terms: tuple[sp.Expr, ...] = ()  # the answer's terms as written (a sum's, distributed)
+    preset: str | None = None  # `at PRESET`: the sides are numbers at its values
+
+
+def written_terms(node: Expr) -> list[tuple[int, Expr | tuple[Expr, Expr]]]:
+    """The terms of a sum as written, (sign, term): `N*(a + b)` gives N*a and N*b, so
+    that a stated answer's parts can be matched with memspec's line items."""
+    if isinstance(node, ExprBinary) and node.op in ("+", "-"):
+        right = written_terms(node.right)
+        sign = -1 if node.op == "-" else 1
+        return [*written_terms(node.left), *((sign * s, t) for s, t in right)]
+    if isinstance(node, ExprBinary) and node.op == "*":
+        for inner, factor in ((node.right, node.left), (node.left, node.right)):
+            if isinstance(inner, ExprBinary) and inner.op in ("+", "-"):
+                return [(s, (factor, t)) for s, t in written_terms(inner)]
+    return [(1, node)]
+
+
+def _term_value(term, evaluate: Callable[[Expr], sp.Expr]) -> sp.Expr:
+    if isinstance(term, tuple):
+        factor, inner = term
+        return evaluate(factor) * _term_value(inner, evaluate)
+    return evaluate(term)
 
 
 def check_expects(
@@ -43,8 +72,11 @@ def check_expects(
     symbols: SymbolTable,
     presets: Mapping[str, DeclPreset],
     evaluate: Callable[[Expr], sp.Expr],
+    strict: bool = True,
 ) -> tuple[ExpectResult, ...]:
-    """Each expect, checked; `quantities` holds the elements of each `QUANTITIES` value."""
+    """Each expect, checked; `quantities` holds the elements of each `QUANTITIES` value.
+    `strict`: a failure is an `ExpectError` at the statement (a spec's own); else it is
+    a result that does not hold, with the difference (`memspec check`)."""
     results = []
     for expect in expects:
         quantity = QUANTITIES.get(expect.quantity)
@@ -59,7 +91,8 @@ def check_expects(
         got_v = bind.resolve_defaults(quantities[quantity], symbols, bindings).xreplace(subs)
         want_v = bind.resolve_defaults(want, symbols, bindings).xreplace(subs)
         at = f" at {expect.preset}" if expect.preset else ""
-        if sp.expand(got_v - want_v) != 0:
+        difference = sp.expand(got_v - want_v)
+        if difference != 0 and strict:
             shown = f"{int(got_v):,}" if got_v.is_Integer else str(sp.expand(got_v))
             raise ExpectError(
                 f"expect failed: {expect.quantity}{at} is {shown}, not "
@@ -67,5 +100,27 @@ def check_expects(
                 expect.span,
             )
         value = f"{int(want_v):,}" if want_v.is_Integer else str(want)
-        results.append(ExpectResult(f"{expect.quantity} == {value}{at}", True))
+        terms: tuple[sp.Expr, ...] = ()
+        if not strict:
+            terms = tuple(
+                sp.expand(
+                    sign
+                    * bind.resolve_defaults(_term_value(t, evaluate), symbols, bindings).xreplace(
+                        subs
+                    )
+                )
+                for sign, t in written_terms(expect.value)
+            )
+        results.append(
+            ExpectResult(
+                f"{expect.quantity} == {value}{at}",
+                difference == 0,
+                expect.quantity,
+                sp.expand(got_v),
+                sp.expand(want_v),
+                difference,
+                terms,
+                expect.preset,
+            )
+        )
     return tuple(results)

@@ -145,10 +145,25 @@ def build_report(result: CompileResult) -> Report:
         trainable=trainable,
         trainable_line=trainable_line,
         lora=_lora(result),
+        hf_config=_hf_config(result),
         weights=_weights(result),
         inference=_inference(result),
         peak_of="generation" if result.config.inference is not None else "a training step",
     )
+
+
+def _hf_config(result: CompileResult) -> str | None:
+    """--hf-config in words: each dim and the fields it came from, and every field no
+    binding read (listed, never dropped silently)."""
+    use = result.hf_config
+    if use is None:
+        return None
+    dims = "; ".join(
+        f"{name} = {value:,} ({', '.join(fields)})" for name, value, fields in use.dims
+    )
+    unused = ", ".join(use.unused) or "none"
+    checked = f". Checked: {', '.join(use.checked)}" if use.checked else ""
+    return f"{use.path} (model_type {use.model_type}): {dims}{checked}. Fields not used: {unused}"
 
 
 def _inference(result: CompileResult) -> tuple[str, Math, tuple] | None:

@@ -249,6 +249,7 @@ class Report:
     # (path, style, torch's style); None without
     tensor_parallel: str | None = None
     lora: tuple[str, Math] | None = None  # --lora's settings, the Linear modules wrapped
+    hf_config: str | None = None  # --hf-config: the dims the config set, the fields unused
     weights: tuple[str, Math] | None = None  # --weights' format, the Linear modules packed
     # --mode inference's loop, the cache at its end, generate's own tensors at the peak
     inference: tuple[str, Math, tuple[tuple[str, Math], ...]] | None = None

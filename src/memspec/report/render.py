@@ -256,6 +256,15 @@ def render_json(result: CompileResult) -> str:
             "description": r.tensor_parallel,
             "plan": {path: style for path, style, _ in r.tp_plan},
         }
+    if result.hf_config is not None:
+        use = result.hf_config
+        doc["config"]["hf_config"] = {
+            "path": use.path,
+            "model_type": use.model_type,
+            "dims": {name: value for name, value, _ in use.dims},
+            "checked": list(use.checked),
+            "unused": list(use.unused),
+        }
     if r.lora is not None:
         lora = result.config.lora
         doc["config"]["lora"] = {

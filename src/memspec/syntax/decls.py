@@ -163,6 +163,16 @@ class DeclPreset:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclHfConfig:
+    """`hf_config "llama" { D = hidden_size, ... }`: a config.json's fields as dims."""
+
+    model_types: tuple[str, ...]
+    bindings: tuple[tuple[str, Expr, Span | None], ...]
+    requires: tuple[Expr, ...] = ()
+    span: Span | None = span_field()
+
+
+@dataclass(frozen=True, slots=True)
 class DeclAssume:
     text: str
     span: Span | None = span_field()
@@ -284,6 +294,7 @@ Decl = (
     | DeclTpPlan
     | DeclAssume
     | DeclAssumeSize
+    | DeclHfConfig
 )
 
 

@@ -43,6 +43,7 @@ class Program:
     assumes: list[d.DeclAssume] = field(default_factory=list)
     size_facts: list[d.DeclAssumeSize] = field(default_factory=list)  # from every file
     trains: list[d.DeclTrain] = field(default_factory=list)
+    hf_configs: list[d.DeclHfConfig] = field(default_factory=list)  # the entry file's
 
     def top_level_names(self) -> dict[str, Span | None]:
         names: dict[str, Span | None] = {}
@@ -160,6 +161,9 @@ class _Loader:
         elif isinstance(decl, d.DeclTrain):
             if is_entry:
                 program.trains.append(decl)
+        elif isinstance(decl, d.DeclHfConfig):
+            if is_entry:
+                program.hf_configs.append(decl)
         else:
             table = getattr(program, _TABLES[type(decl)])
             if isinstance(decl, (d.DeclDim, d.DeclLet, d.DeclFn)):

@@ -6,6 +6,8 @@ A rule without a handler raises on first use, so a grammar change cannot go unno
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lark import Token, v_args
 from lark.visitors import Transformer_NonRecursive
 
@@ -27,6 +29,13 @@ def _binary_rule(op: str):
         return n.ExprBinary(op, left, right, span=self.span(meta))
 
     return rule
+
+
+@dataclass(frozen=True, slots=True)
+class _Require:
+    """An hf_config block's `require CONDITION`, until the block collects it."""
+
+    value: n.Expr
 
 
 def _unquote(token: Token) -> str:
@@ -109,6 +118,15 @@ class ToAst(Transformer_NonRecursive):
         if isinstance(children[0], n.ExprString):
             return d.DeclAssume(children[0].value, span=self.span(meta))
         return d.DeclAssumeSize(children[0], span=self.span(meta))
+
+    def decl_hf_config(self, meta, children):
+        types = tuple(_unquote(c) for c in children if isinstance(c, Token))
+        bindings = tuple(c for c in children if isinstance(c, tuple))
+        requires = tuple(c.value for c in children if isinstance(c, _Require))
+        return d.DeclHfConfig(types, bindings, requires, span=self.span(meta))
+
+    def hf_require(self, meta, children):
+        return _Require(children[0])
 
     def decl_expect(self, meta, children):
         quantity, value, preset = children

@@ -1,0 +1,267 @@
+"""`--hf-config PATH`: a Hugging Face `config.json`'s fields as the spec's dims.
+
+A spec says, in the spec language, how a config of its `model_type` sets its dims:
+`hf_config "llama" { D = hidden_size, KV = default(num_key_value_heads,
+num_attention_heads), require not default(tie_word_embeddings, false) }`. The bindings
+are arithmetic over the config's fields, built into sympy from the parse tree (never
+evaluated as Python); `default(a, b)` is b where the config has no a or a null one; a
+`require` that does not hold is an error (the spec's model is not that config's). The
+values are bound as a preset's are (`--set` wins), and every field no binding read is
+listed in the report: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy as sp
+
+from memspec.errors import UsageError
+from memspec.symbolic.bind import Bindings, check_value
+from memspec.symbolic.symbols import SymbolTable
+from memspec.syntax import decls as d
+from memspec.syntax import nodes as n
+
+__all__ = ["HfConfig", "HfConfigUse", "read_config", "spec_for"]
+
+_ARITHMETIC = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "//": lambda a, b: sp.floor(a / b),
+    "%": lambda a, b: sp.Mod(a, b),
+    "**": lambda a, b: a**b,
+}
+_COMPARE = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+@dataclass(frozen=True)
+class HfConfig:
+    """A config.json's top-level fields."""
+
+    path: str
+    fields: dict
+
+    @property
+    def model_type(self) -> str | None:
+        value = self.fields.get("model_type")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class HfConfigUse:
+    """What a config set: its path and model type, each dim's value and the fields it
+    came from, the fields the requirements read, and the fields nothing read."""
+
+    path: str
+    model_type: str
+    dims: tuple[tuple[str, int, tuple[str, ...]], ...]
+    checked: tuple[str, ...]
+    unused: tuple[str, ...]
+
+
+def read_config(path: str | Path) -> HfConfig:
+    """The config.json at `path` (a local file: memspec never downloads one)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--hf-config {path}: cannot read it ({err.strerror})") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--hf-config {path}:{err.lineno}:{err.colno}: not JSON ({err.msg})"
+        ) from None
+    if not isinstance(fields, dict):
+        raise UsageError(f"--hf-config {path}: a config.json is a JSON object")
+    return HfConfig(str(path), fields)
+
+
+class _Missing(Exception):
+    def __init__(self, field: str):
+        super().__init__(field)
+        self.field = field
+
+
+class _Reader:
+    """Evaluates an hf_config expression over the config's fields, noting what it read."""
+
+    def __init__(self, config: HfConfig):
+        self.config = config
+        self.read: list[str] = []
+
+    def value(self, node: n.Expr) -> object:
+        if isinstance(node, n.ExprInt):
+            return sp.Integer(node.value)
+        if isinstance(node, n.ExprFloat):
+            return sp.Rational(node.text)
+        if isinstance(node, n.ExprBool):
+            return node.value
+        if isinstance(node, n.ExprName):
+            return self.field(node)
+        if isinstance(node, n.ExprUnary):
+            operand = self.value(node.operand)
+            if node.op == "not":
+                return not self._bool(operand, node)
+            return -self._number(operand, node)
+        if isinstance(node, n.ExprBinary):
+            if node.op in ("and", "or"):
+                left = self._bool(self.value(node.left), node)
+                if (node.op == "and") != left:  # short-circuit as Python does
+                    return left
+                return self._bool(self.value(node.right), node)
+            left, right = self.value(node.left), self.value(node.right)
+            if node.op in _COMPARE:
+                return bool(_COMPARE[node.op](left, right))
+            if node.op in _ARITHMETIC:
+                return _ARITHMETIC[node.op](
+                    self._number(left, node.left), self._number(right, node.right)
+                )
+        if (
+            isinstance(node, n.ExprCall)
+            and isinstance(node.callee, n.ExprName)
+            and node.callee.name == "default"
+            and len(node.args) == 2
+        ):
+            try:
+                return self.value(node.args[0].value)
+            except _Missing:
+                return self.value(node.args[1].value)
+        raise UsageError(
+            "an hf_config binding is arithmetic, comparisons and default(field, value) "
+            "over the config's fields",
+            getattr(node, "span", None),
+        )
+
+    def field(self, node: n.ExprName) -> object:
+        fields = self.config.fields
+        if fields.get(node.name) is None:
+            raise _Missing(node.name)
+        self.read.append(node.name)
+        value = fields[node.name]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return sp.Integer(value)
+        if isinstance(value, float):
+            return sp.Rational(repr(value))
+        raise UsageError(
+            f"--hf-config {self.config.path}: field {node.name!r} is {json.dumps(value)}, "
+            "not a number",
+            node.span,
+        )
+
+    @staticmethod
+    def _number(value: object, node: n.Expr) -> sp.Expr:
+        if isinstance(value, bool) or not isinstance(value, sp.Expr):
+            raise UsageError("a number is needed here, not a truth value", node.span)
+        return value
+
+    @staticmethod
+    def _bool(value: object, node: n.Expr) -> bool:
+        if not isinstance(value, bool):
+            raise UsageError("a truth value is needed here, not a number", node.span)
+        return value
+
+
+def mapping_for(configs: list[d.DeclHfConfig], config: HfConfig, spec: str) -> d.DeclHfConfig:
+    """The spec's hf_config block for the config's model_type."""
+    model_type = config.model_type
+    if model_type is None:
+        raise UsageError(f"--hf-config {config.path}: no model_type field")
+    for decl in configs:
+        if model_type in decl.model_types:
+            return decl
+    declared = sorted({t for decl in configs for t in decl.model_types})
+    raise UsageError(
+        f"--hf-config {config.path}: model_type {model_type!r} is not one {spec} reads"
+        + (f" (it reads {', '.join(declared)})" if declared else " (it has no hf_config block)")
+    )
+
+
+def config_bindings(
+    configs: list[d.DeclHfConfig], table: SymbolTable, config: HfConfig, spec: str
+) -> tuple[Bindings, HfConfigUse]:
+    """The dims' values the config gives, and what it set (for the report)."""
+    decl = mapping_for(configs, config, spec)
+    bindings: Bindings = {}
+    dims = []
+    read: set[str] = {"model_type"}
+    checked: list[str] = []
+    for require in decl.requires:
+        reader = _Reader(config)
+        try:
+            holds = reader._bool(reader.value(require), require)
+        except _Missing as missing:
+            raise UsageError(
+                f"--hf-config {config.path}: no field {missing.field!r}, which this "
+                "requirement reads",
+                getattr(require, "span", None),
+            ) from None
+        read.update(reader.read)
+        checked += reader.read
+        if not holds:
+            raise UsageError(
+                f"--hf-config {config.path}: this config is not {spec}'s model (a "
+                "requirement does not hold)",
+                getattr(require, "span", None),
+            )
+    for key, expr, span in decl.bindings:
+        dim = table.lookup(key)
+        if dim is None:
+            raise UsageError(f"hf_config: {key!r} is not a dim", span)
+        reader = _Reader(config)
+        try:
+            value = reader.value(expr)
+        except _Missing as missing:
+            raise UsageError(
+                f"--hf-config {config.path}: no field {missing.field!r}, which {key} needs",
+                span,
+            ) from None
+        value = check_value(key, reader._number(value, expr), span, "hf_config")
+        bindings[dim.symbol] = value
+        read.update(reader.read)
+        dims.append((key, int(value), tuple(dict.fromkeys(reader.read))))
+    unused = tuple(sorted(k for k in config.fields if k not in read))
+    model_type = config.model_type or ""
+    return bindings, HfConfigUse(
+        config.path, model_type, tuple(dims), tuple(dict.fromkeys(checked)), unused
+    )
+
+
+def spec_for(config: HfConfig) -> Path:
+    """The bundled spec whose hf_config block reads the config's model_type (`memspec
+    compile --hf-config PATH` without a spec)."""
+    from memspec.resources import zoo_dir
+    from memspec.syntax.imports import read_source
+    from memspec.syntax.parse import parse
+
+    model_type = config.model_type
+    if model_type is None:
+        raise UsageError(f"--hf-config {config.path}: no model_type field")
+    found, known = [], set()
+    for path in sorted(zoo_dir().glob("*.mspec")):
+        source = read_source(path, path.name)
+        module = parse(source.text, source)
+        for decl in module.decls:
+            if isinstance(decl, d.DeclHfConfig):
+                known.update(decl.model_types)
+                if model_type in decl.model_types:
+                    found.append(path)
+    if not found:
+        raise UsageError(
+            f"--hf-config {config.path}: no bundled spec reads model_type {model_type!r} "
+            f"(they read {', '.join(sorted(known))}); name a spec that declares "
+            "`hf_config` for it"
+        )
+    return found[0]
