@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="memspec",
         description="Compile a model spec into an exact, derivable training-memory report.",
     )
+    from memspec import __version__
+
+    parser.add_argument("--version", action="version", version=f"memspec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile a spec into a memory report")
     c.add_argument(
@@ -136,6 +139,21 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--convention", help="activation convention (course, autograd, ...)")
     k.add_argument("--format", choices=("md", "json"), default="md")
     _common(k)
+    f = sub.add_parser(
+        "diff", help="two specs, or one under two configurations: every category, item by item"
+    )
+    f.add_argument("spec", help="A: the .mspec file")
+    f.add_argument("other", nargs="?", help="B: another .mspec file (default: A's)")
+    for side in ("both", "a", "b"):
+        f.add_argument(
+            f"--{side}",
+            default="",
+            metavar="FLAGS",
+            help="compile flags, quoted"
+            + {"both": ", for A and B", "a": ", for A only", "b": ", for B only"}[side]
+            + ' (after "=": --both="--preset llama2_7b --set B=1" --b="--precision bf16")',
+        )
+    f.add_argument("--format", choices=("md", "json"), default="md")
     i = sub.add_parser(
         "info", help="what a spec declares: dims, presets, variants, policies, expects"
     )
@@ -438,6 +456,29 @@ def _result(args: argparse.Namespace, **options):
     )
 
 
+def _diff(args: argparse.Namespace) -> str:
+    """A and B compiled with their flags (`--both` and `--a` / `--b`), side by side."""
+    import shlex
+
+    from memspec.diff import diff_results, render_json, render_markdown
+
+    def side(spec: str, flags: str) -> tuple[str, object]:
+        words = [*shlex.split(args.both), *shlex.split(flags)]
+        try:
+            parsed = _parser().parse_args(["compile", spec, *words])
+        except SystemExit:  # argparse has printed what is wrong
+            raise UsageError(f"diff: bad compile flags {' '.join(words)!r}") from None
+        label = " ".join([Path(spec).name, *words])
+        return label, _result(parsed)
+
+    label_a, a = side(args.spec, args.a)
+    label_b, b = side(args.other or args.spec, args.b)
+    found = diff_results(a, b)
+    if args.format == "json":
+        return render_json(label_a, label_b, found)
+    return render_markdown(label_a, label_b, found)
+
+
 def _check(args: argparse.Namespace) -> tuple[str, bool]:
     """The stated answers, each holding or differing term by term; ok when all hold."""
     from memspec.check import parse_answers, render_json, render_markdown, verdicts
@@ -611,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             with _time_limit(COMPILE_SECONDS, args.spec):
                 sys.stdout.write(_info(args))
+            return 0
+        if args.command == "diff":
+            with _time_limit(2 * COMPILE_SECONDS, args.spec):
+                sys.stdout.write(_diff(args))
             return 0
         if args.command == "check":
             with _time_limit(COMPILE_SECONDS, args.spec):

@@ -117,3 +117,41 @@ class CompileResult:
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
+
+    def _summary(self) -> list[tuple[str, sp.Expr, int | None]]:
+        """(title, bytes as a formula, its value when bound) of each category and the
+        true peak: what a notebook shows compactly."""
+        rows = [
+            (CATEGORY_TITLES[k], c.bytes, self.value(c.bytes)) for k, c in self.categories.items()
+        ]
+        if self.peak is not None:
+            rows.append(("True peak", self.peak.bytes, self.peak.value))
+        return rows
+
+    def _repr_latex_(self) -> str:
+        """The categories' bytes and the true peak as one aligned display."""
+        from memspec.symbolic.printers import latex
+
+        lines = []
+        for title, expr, value in self._summary():
+            shown = latex(self.resolve(expr))
+            if value is not None:
+                shown += f" = {value:,}".replace(",", "{,}")
+            lines.append(f"\\text{{{title}}} &= {shown}")
+        return "$\\begin{aligned}" + " \\\\ ".join(lines) + "\\end{aligned}$"
+
+    def _repr_html_(self) -> str:
+        """A compact table: each category's bytes and the true peak, formula and value."""
+        from html import escape
+
+        from memspec.symbolic.printers import text
+
+        rows = "".join(
+            f"<tr><td>{escape(title)}</td><td><code>{escape(text(self.resolve(expr)))}</code>"
+            f"</td><td>{'' if value is None else f'{value:,}'}</td></tr>"
+            for title, expr, value in self._summary()
+        )
+        return (
+            f"<table><caption>{escape(self.model)} (bytes)</caption>"
+            f"<tr><th></th><th>formula</th><th>value</th></tr>{rows}</table>"
+        )
