@@ -150,16 +150,16 @@ def compile_spec(
         items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
 
     hf = read_config(hf_config) if hf_config is not None else None
-    used: list[HfConfigUse] = []
+    used: list[tuple[bind.Bindings, HfConfigUse]] = []
 
     def binder(items: list[str]):
         def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
             # Bound before the model is elaborated: views and copies are decided at them.
             bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
             if hf is not None:
-                given, use = config_bindings(program.hf_configs, symbols, hf, source.name)
-                bindings.update(given)
-                used[:] = [use]
+                if not used:  # every elaboration (prefill, decode steps) binds the same
+                    used.append(config_bindings(program.hf_configs, symbols, hf, source.name))
+                bindings.update(used[0][0])
             bindings.update(bind.parse_set(symbols, items))
             return bindings
 
@@ -221,7 +221,7 @@ def compile_spec(
         step=step,
         active=done["active_parameters"],
         kv_cache=kv_cache_at_end(phases, config),
-        hf_config=used[0] if used else None,
+        hf_config=used[0][1] if used else None,
     )
 
 

@@ -87,6 +87,18 @@ def read_config(path: str | Path) -> HfConfig:
     return HfConfig(str(path), fields)
 
 
+def _number(value: object, node: n.Expr) -> sp.Expr:
+    if isinstance(value, bool) or not isinstance(value, sp.Expr):
+        raise UsageError("a number is needed here, not a truth value", node.span)
+    return value
+
+
+def _bool(value: object, node: n.Expr) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError("a truth value is needed here, not a number", node.span)
+    return value
+
+
 class _Missing(Exception):
     def __init__(self, field: str):
         super().__init__(field)
@@ -112,21 +124,19 @@ class _Reader:
         if isinstance(node, n.ExprUnary):
             operand = self.value(node.operand)
             if node.op == "not":
-                return not self._bool(operand, node)
-            return -self._number(operand, node)
+                return not _bool(operand, node)
+            return -_number(operand, node)
         if isinstance(node, n.ExprBinary):
             if node.op in ("and", "or"):
-                left = self._bool(self.value(node.left), node)
+                left = _bool(self.value(node.left), node)
                 if (node.op == "and") != left:  # short-circuit as Python does
                     return left
-                return self._bool(self.value(node.right), node)
+                return _bool(self.value(node.right), node)
             left, right = self.value(node.left), self.value(node.right)
             if node.op in _COMPARE:
                 return bool(_COMPARE[node.op](left, right))
             if node.op in _ARITHMETIC:
-                return _ARITHMETIC[node.op](
-                    self._number(left, node.left), self._number(right, node.right)
-                )
+                return _ARITHMETIC[node.op](_number(left, node.left), _number(right, node.right))
         if (
             isinstance(node, n.ExprCall)
             and isinstance(node.callee, n.ExprName)
@@ -161,18 +171,6 @@ class _Reader:
             node.span,
         )
 
-    @staticmethod
-    def _number(value: object, node: n.Expr) -> sp.Expr:
-        if isinstance(value, bool) or not isinstance(value, sp.Expr):
-            raise UsageError("a number is needed here, not a truth value", node.span)
-        return value
-
-    @staticmethod
-    def _bool(value: object, node: n.Expr) -> bool:
-        if not isinstance(value, bool):
-            raise UsageError("a truth value is needed here, not a number", node.span)
-        return value
-
 
 def mapping_for(configs: list[d.DeclHfConfig], config: HfConfig, spec: str) -> d.DeclHfConfig:
     """The spec's hf_config block for the config's model_type."""
@@ -201,7 +199,7 @@ def config_bindings(
     for require in decl.requires:
         reader = _Reader(config)
         try:
-            holds = reader._bool(reader.value(require), require)
+            holds = _bool(reader.value(require), require)
         except _Missing as missing:
             raise UsageError(
                 f"--hf-config {config.path}: no field {missing.field!r}, which this "
@@ -228,7 +226,7 @@ def config_bindings(
                 f"--hf-config {config.path}: no field {missing.field!r}, which {key} needs",
                 span,
             ) from None
-        value = check_value(key, reader._number(value, expr), span, "hf_config")
+        value = check_value(key, _number(value, expr), span, "hf_config")
         bindings[dim.symbol] = value
         read.update(reader.read)
         dims.append((key, int(value), tuple(dict.fromkeys(reader.read))))

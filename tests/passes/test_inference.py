@@ -212,3 +212,17 @@ def test_an_unmodelled_window_is_refused(cache, message, capsys):
     args = ["compile", str(MISTRAL), *sizes, "--mode", "inference", "--prompt-len", "5"]
     assert main([*args, "--new-tokens", "8", "--kv-cache", cache]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_report_lists_the_tensors_of_the_winning_moment():
+    """generate's tensors the report lists at a peak after the forward are that moment's
+    own: with the cache, the parameters and the buffers they are the peak, to the byte."""
+    from memspec.report.build import build_report
+
+    sizes = {"B": 3, "V": 512, "D": 32, "F": 48, "N": 3, "H": 4, "KV": 1}
+    result = compile_spec(LLAMA, set=sizes, precision="bf16", inference=Inference(5, 40, "static"))
+    assert result.peak.winner().where.startswith("after the forward")
+    listed = build_report(result).inference[2]
+    fixed = result.categories["parameters"].bytes + result.categories["buffers"].bytes
+    held = sum(q.value for _, q in listed) + result.value(result.kv_cache[1] + fixed)
+    assert held == result.peak.value

@@ -176,12 +176,11 @@ def _inference(result: CompileResult) -> tuple[str, Math, tuple] | None:
     terms: tuple = ()
     winner = result.peak.winner() if result.peak is not None else None
     if run.loop == "generate" and winner is not None:
-        from memspec.passes.peak.inference import generate_step_terms
-        from memspec.passes.peak.moments import Phase
+        from memspec.passes.peak.inference import generate_moments, moment_step
 
-        step = 0 if winner.phase is Phase.PREFILL else run.new_tokens - 1
-        during, afters = generate_step_terms(run, result.graph, step, result.bindings)
-        chosen = [*during, *next((t for w, t in afters if w == winner.where), ())]
+        step = moment_step(run, winner.phase, winner.where)
+        during, outside = generate_moments(run, result.graph, step, result.bindings, winner.phase)
+        chosen = next((t for where, t in outside if where == winner.where), during)
         terms = tuple((t.what, quantity(result, t.bytes)) for t in chosen)
     return run.describe(), quantity(result, result.kv_cache[1]), terms
 

@@ -39,7 +39,14 @@ from memspec.passes.results import CategoryResult
 from memspec.symbolic.polys import Poly, add_into, poly
 from memspec.symbolic.symbols import dim_symbol
 
-__all__ = ["cache_bytes", "cache_elements", "generate_step_terms", "inference_peak"]
+__all__ = [
+    "cache_bytes",
+    "cache_elements",
+    "generate_moments",
+    "generate_step_terms",
+    "inference_peak",
+    "moment_step",
+]
 
 
 def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[sp.Expr, sp.Expr]:
@@ -158,6 +165,49 @@ def decode_step(run: Inference, sizes: Mapping[sp.Symbol, sp.Expr]) -> int:
     return past - run.prompt_len + 1 if past else 0
 
 
+_STEP = "decode step "  # the label prefix of a decode step other than the last
+
+
+def _labelled(run: Inference, step: int, where: str) -> str:
+    """A moment's label: a decode step other than the last (a sliding window's first)
+    says which."""
+    return f"{_STEP}{step}: {where}" if 0 < step < run.new_tokens - 1 else where
+
+
+def moment_step(run: Inference, phase: Phase, where: str) -> int:
+    """The step a moment of `inference_peak` belongs to, from its phase and label."""
+    if phase is Phase.PREFILL:
+        return 0
+    if where.startswith(_STEP):
+        return int(where[len(_STEP) :].split(":", 1)[0])
+    return run.new_tokens - 1
+
+
+def generate_moments(
+    run: Inference, graph: Graph, step: int, bindings: Mapping[sp.Symbol, int], phase: Phase
+) -> tuple[tuple[Term, ...], tuple[tuple[str, tuple[Term, ...]], ...]]:
+    """Under transformers' generate, forward `step`'s: (the tensors generate holds during
+    it, (label, every tensor of generate's) of each moment outside it: after the forward,
+    and a static cache's decode mask made before the next one)."""
+    during, afters = generate_step_terms(run, graph, step, bindings)
+    moments = [(_labelled(run, step, where), (*during, *after)) for where, after in afters]
+    if run.static_length is not None:
+        # a static cache's decode mask is made before each decode forward: the prefill's
+        # step makes step 1's; the last decode forward's is made in the step before it
+        # (the largest such moment of the decode steps)
+        ahead = 1 if phase is Phase.PREFILL else step
+        if ahead < run.new_tokens and (phase is Phase.PREFILL or ahead >= 2):
+            kept, _ = generate_step_terms(run, graph, ahead, bindings, with_mask=False)
+            batch = graph.value(graph.outputs[0]).shape[0]
+            moments.append(
+                (
+                    f"before decode step {ahead}: generate's attention mask",
+                    (*kept, *static_mask_moment(run, ahead, batch)),
+                )
+            )
+    return during, tuple(moments)
+
+
 def _total(terms: tuple[Term, ...]) -> sp.Expr:
     return sp.Add(*(t.bytes for t in terms))
 
@@ -193,25 +243,12 @@ def inference_peak(
         beside: Poly = {}
         step = decode_step(run, sizes)
         if run.loop == "generate":
-            during, afters = generate_step_terms(run, graph, step, bindings)
+            during, outside = generate_moments(run, graph, step, bindings, phase)
             beside = measure(_total(during))
-            # after the forward: the cache grown by the step's positions, and generate's
-            # tensors beside it
-            grown = cache_bytes(graph, run)
-            for where, after in afters:
-                parts = measure(grown + _total(cache_terms(graph)) + _total(during) + _total(after))
-                moments.append(moment(phase, where, parts, {}))
-            if run.static_length is not None:
-                # a static cache's decode mask is made before each decode forward: the
-                # prefill's step makes step 1's; the last decode forward's is made in the
-                # step before it (the largest such moment of the decode steps)
-                ahead = 1 if phase is Phase.PREFILL else step
-                if ahead < run.new_tokens and (phase is Phase.PREFILL or ahead >= 2):
-                    held, _ = generate_step_terms(run, graph, ahead, bindings, with_mask=False)
-                    extra = static_mask_moment(run, ahead, graph.value(graph.outputs[0]).shape[0])
-                    parts = measure(grown + _total(held) + _total(extra))
-                    where = f"before decode step {ahead}: generate's attention mask"
-                    moments.append(moment(phase, where, parts, {}))
+            # outside the forward: the cache after it, and generate's tensors
+            cached = cache_bytes(graph, run) + _total(cache_terms(graph))
+            for where, terms in outside:
+                moments.append(moment(phase, where, measure(cached + _total(terms)), {}))
         region_shares = repeats.shares(graph, run_, p)
         for point in run_.points:
             if point.op_path == SUM_MOMENT:  # a training step's sum into the loss
@@ -222,8 +259,6 @@ def inference_peak(
                 add_into(activations, reading.saved)
                 add_into(activations, before)
                 add_into(activations, beside)
-                where = repeats.label(graph, point, reading, p)
-                if phase is Phase.DECODE and step != run.new_tokens - 1:
-                    where = f"decode step {step}: {where}"
+                where = _labelled(run, step, repeats.label(graph, point, reading, p))
                 moments.append(moment(phase, where, activations, dict(memory["temporaries"])))
     return peak_result(moments, counts, StepOptions(), bindings)
