@@ -19,6 +19,7 @@ from pathlib import Path
 from memspec.errors import MemspecError, UsageError
 from memspec.parallel import DP
 from memspec.policies import IMPLEMENTATIONS
+from memspec.sweep.grid import MAX_POINTS
 
 __all__ = ["main"]
 
@@ -26,6 +27,7 @@ FORMATS = ("md", "tex", "json")
 VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
 CHECK_FAILED = 3  # `memspec check` ran and a stated answer differs from memspec's count
 COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
+SWEEP_SECONDS = 120.0  # a sweep compiles a few times (sizes where torch decides otherwise)
 
 
 @contextlib.contextmanager
@@ -154,6 +156,52 @@ def _parser() -> argparse.ArgumentParser:
             + ' (after "=": --both="--preset llama2_7b --set B=1" --b="--precision bf16")',
         )
     f.add_argument("--format", choices=("md", "json"), default="md")
+    w = sub.add_parser(
+        "sweep", help="every category and the true peak over a grid of sizes, exactly"
+    )
+    w.add_argument(
+        "spec",
+        nargs="?",
+        help="the .mspec file (with --hf-config, by default the bundled spec that reads "
+        "the config's model_type)",
+    )
+    w.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="NAME=VALUES",
+        help="a dim and its values: B=1,2,4,8; a:b (steps of 1), a:b:k (steps of k), "
+        f"a:b:xk (times k), ends included; repeatable (at most {MAX_POINTS:,} points)",
+    )
+    w.add_argument("--budget", help="mark the points that fit: 80GB (10^9) or 80GiB (2^30)")
+    w.add_argument(
+        "--objective",
+        choices=("peak", "sum"),
+        default="peak",
+        help="what --budget is held against: the true peak (default) or the sum",
+    )
+    w.add_argument("--convention", help="activation convention (course, autograd, ...)")
+    w.add_argument(
+        "--format",
+        choices=("md", "csv", "json", "png"),
+        default="md",
+        help="md (default), csv or json; png: the plot, to -o",
+    )
+    w.add_argument("-o", "--output", help="write here instead of stdout")
+    w.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the sweep (one dim: lines; two: a heatmap) to FILE (.png, .svg or "
+        ".pdf; needs memspec[plot])",
+    )
+    w.add_argument(
+        "--time-limit",
+        type=float,
+        default=SWEEP_SECONDS,
+        metavar="SECONDS",
+        help=f"give up on a sweep that takes longer (default {SWEEP_SECONDS:g})",
+    )
+    _common(w)
     i = sub.add_parser(
         "info", help="what a spec declares: dims, presets, variants, policies, expects"
     )
@@ -626,6 +674,42 @@ def _solve_prompt(args: argparse.Namespace) -> str:
     return text
 
 
+def _sweep(args: argparse.Namespace) -> str | bytes:
+    """The grid's table (or, for --format png, the plot's bytes)."""
+    from memspec.report import sweep as report
+    from memspec.solve import parse_budget
+    from memspec.sweep.grid import parse_axis, points
+    from memspec.sweep.sweep import sweep
+
+    if args.spec is None:
+        if args.hf_config is None:
+            raise UsageError("sweep needs a spec (or --hf-config, whose model_type picks one)")
+        from memspec.hf_config import read_config, spec_for
+
+        args.spec = str(spec_for(read_config(args.hf_config)))
+    if args.format == "png" and not args.output:
+        raise UsageError("--format png writes a picture: give the file with -o FILE.png")
+    axes = tuple(parse_axis(text)[0] for text in args.grid)
+    points(axes)
+    budget = parse_budget(args.budget) if args.budget is not None else None
+
+    def compile_at(fixed: dict[str, int], free: tuple[str, ...]):
+        bound = [*args.bindings, *(f"{k}={v}" for k, v in fixed.items())]
+        return _result(argparse.Namespace(**{**vars(args), "bindings": bound}), unbound=free)
+
+    found = sweep(compile_at, axes, budget, args.objective)
+    plot = args.output if args.format == "png" else args.plot
+    if plot:
+        from memspec.plot import plot_sweep
+
+        plot_sweep(found, Path(plot))
+    if args.format == "png":
+        return ""
+    return {"md": report.render_markdown, "csv": report.render_csv, "json": report.render_json}[
+        args.format
+    ](found)
+
+
 def _info(args: argparse.Namespace) -> str:
     from memspec.info import render_info_json, render_info_text, spec_info
 
@@ -662,6 +746,14 @@ def main(argv: list[str] | None = None) -> int:
                 output, ok = _check(args)
             sys.stdout.write(output)
             return 0 if ok else CHECK_FAILED
+        if args.command == "sweep":
+            with _time_limit(args.time_limit, args.spec or args.hf_config):
+                output = _sweep(args)
+            if args.output and args.format != "png":
+                Path(args.output).write_text(output, encoding="utf-8")
+            else:
+                sys.stdout.write(output)
+            return 0
         if args.command == "verify":
             output, ok = _verify(args)
             sys.stdout.write(output)

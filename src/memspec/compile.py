@@ -84,6 +84,7 @@ def compile_spec(
     inference: Inference | None = None,
     checks: tuple = (),
     hf_config: str | Path | None = None,
+    unbound: tuple[str, ...] = (),
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -102,8 +103,9 @@ def compile_spec(
     (`memspec.inference`); `checks` are stated answers (expect declarations, `memspec
     check`) checked without raising, in `CompileResult.checks`; `hf_config` is a
     config.json whose fields set the dims as the spec's `hf_config` block says
-    (`memspec.hf_config`; `set` wins over it, it over `preset`). Raises
-    `MemspecError` for any problem with the input.
+    (`memspec.hf_config`; `set` wins over it, it over `preset`). `unbound` names dims
+    left symbolic whatever the preset or config gives them (`memspec sweep`'s grid).
+    Raises `MemspecError` for any problem with the input.
     """
     step = step or StepOptions()
     if step.grad_accum < 1:
@@ -160,7 +162,16 @@ def compile_spec(
                 if not used:  # every elaboration (prefill, decode steps) binds the same
                     used.append(config_bindings(program.hf_configs, symbols, hf, source.name))
                 bindings.update(used[0][0])
-            bindings.update(bind.parse_set(symbols, items))
+            explicit = bind.parse_set(symbols, items)
+            bindings.update(explicit)
+            for name in unbound:
+                symbol = bind.lookup_symbol(symbols, name, "--grid")
+                if symbol in explicit:
+                    raise UsageError(
+                        f"--grid {name}: {symbol} is also given a value (--set, or a flag "
+                        "that sets it such as --dp, --tp or --prompt-len); give it one way"
+                    )
+                bindings.pop(symbol, None)
             return bindings
 
         return sizes

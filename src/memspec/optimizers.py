@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from memspec.errors import SpecValueError
-from memspec.ir.sizes import BoundSizes
+from memspec.ir.sizes import BoundSizes, note_integer, note_relation
 from memspec.ir.types import DType, Shape, numel
 
 __all__ = ["Condition", "Extent", "Optimizer", "StateRule", "TempRule", "TorchValue"]
@@ -52,6 +52,7 @@ class Condition:
         value = bound.at(numel(shape))
         if value.is_Integer:
             return _COMPARE[self.op](int(value), self.number)
+        note_relation(sp.Gt, value, self.number)
         return _COMPARE[self.op](self.number + 1, self.number)  # large: above any bound
 
     def describe(self) -> str:
@@ -78,12 +79,16 @@ class Extent:
             value = bound.at(elements)
             if value.is_Integer and int(value) % self.size:
                 return (sp.Integer(-(-int(value) // self.size)),)  # ceil: exact at these sizes
+            note_integer(value / self.size)
             return (elements / self.size,)
         if self.kind == "gram":
             a, b = param[-2], param[-1]
             # torch transposes the wider side first: the smaller side, at the bound sizes
             # (or for every size where sympy can tell; else the first)
-            side = b if bound.at(sp.expand(b - a)).is_negative else a
+            difference = bound.at(sp.expand(b - a))
+            if not difference.is_number:
+                note_relation(sp.Ge, difference, 0)
+            side = b if difference.is_negative else a
             return (side, side)
         out = list(param)
         for dim in self.dims:

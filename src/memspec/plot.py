@@ -16,7 +16,7 @@ from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.solve import Solution
 from memspec.symbolic.bind import resolve_defaults
 
-__all__ = ["plot_memory"]
+__all__ = ["plot_memory", "plot_sweep"]
 
 GIB = 2**30
 
@@ -33,15 +33,9 @@ def _curve(result: CompileResult, expr: sp.Expr, x: sp.Symbol, xs: list[int]) ->
 
 
 def plot_memory(result: CompileResult, solution: Solution, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'memspec[plot]'") from None
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError(f"--plot {path}: the file must end in .png, .svg or .pdf")
+    plt = _pyplot()
     x = solution.symbol
     top = max(8, 2 * (solution.maximum or 4))
     xs = list(range(1, top + 1))
@@ -65,7 +59,81 @@ def plot_memory(result: CompileResult, solution: Solution, path: Path) -> None:
     )
     axes.legend(fontsize="small")
     figure.tight_layout()
-    # a fixed date and no software stamp: the same spec gives the same file
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("a plot needs matplotlib: pip install 'memspec[plot]'") from None
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    # a fixed date and no software stamp: the same sweep gives the same file
     metadata = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
     figure.savefig(path, metadata=metadata[path.suffix.lower()[1:]])
+
+
+def plot_sweep(sweep, path: Path) -> None:
+    """One swept dim: each category, their sum and the true peak against it, with the
+    budget. Two: the objective (the true peak, or the sum) as a heatmap, the points over
+    the budget hatched."""
+    import numpy as np
+
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {path}: the file must end in .png, .svg or .pdf")
+    if len(sweep.axes) > 2:
+        raise UsageError("a plot shows a sweep over one or two dims; this grid has more")
+    plt = _pyplot()
+    result = sweep.result
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    shape = tuple(len(v) for _, v in sweep.axes)
+    missing = (sweep.error >= 0).reshape(shape)
+
+    def gib(name: str):
+        values = np.asarray(sweep.columns[name], dtype=float).reshape(shape) / GIB
+        return np.where(missing, np.nan, values)
+
+    name = "peak" if sweep.objective == "peak" else "sum"
+    if len(sweep.axes) == 1:
+        symbol, xs = sweep.axes[0]
+        for key, title in CATEGORY_TITLES.items():
+            axes.plot(xs, gib(key), ".-", label=title, linewidth=1)
+        axes.plot(xs, gib("sum"), "k--", label="sum of the categories")
+        if "peak" in sweep.columns:
+            axes.plot(xs, gib("peak"), "k.-", label="true peak", linewidth=2)
+        if len(xs) > 2 and xs[-1] / xs[0] > 16:
+            axes.set_xscale("log", base=2)
+        axes.set_xlabel(f"{symbol} ({result.symbols.lookup(str(symbol)).long_name})")
+        axes.set_ylabel("GiB")
+        if sweep.budget is not None:
+            budget = sweep.budget / GIB
+            axes.axhline(budget, color="red", linestyle=":", label=f"budget {budget:,.1f} GiB")
+        axes.legend(fontsize="small")
+    else:
+        (row, ys), (column, xs) = sweep.axes
+        values = gib(name)
+        image = axes.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+        figure.colorbar(image, ax=axes, label=f"{'true peak' if name == 'peak' else 'sum'}, GiB")
+        axes.set_xticks(range(len(xs)), [f"{x:,}" for x in xs], rotation=45, fontsize="small")
+        axes.set_yticks(range(len(ys)), [f"{y:,}" for y in ys], fontsize="small")
+        axes.set_xlabel(f"{column} ({result.symbols.lookup(str(column)).long_name})")
+        axes.set_ylabel(f"{row} ({result.symbols.lookup(str(row)).long_name})")
+        if sweep.budget is not None:
+            over = (~sweep.fits).reshape(shape) & ~missing
+            axes.contourf(over.astype(float), levels=[0.5, 1.5], hatches=["//"], colors="none")
+        if len(xs) * len(ys) <= 144:
+            for (i, j), v in np.ndenumerate(values):
+                if not np.isnan(v):
+                    axes.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="x-small")
+    over_text = "; hatched: over the budget" if sweep.budget is not None and len(shape) == 2 else ""
+    axes.set_title(f"{result.model}: memory over the grid{over_text}", fontsize="medium")
+    figure.tight_layout()
+    _save(figure, path)
     plt.close(figure)

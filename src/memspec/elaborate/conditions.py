@@ -21,6 +21,7 @@ from memspec.elaborate.builder import GraphBuilder
 from memspec.elaborate.shapes import divisibility_text
 from memspec.errors import SpecValueError
 from memspec.ir.graph import SizeCondition, SizeDecision
+from memspec.ir.sizes import note_relation
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -51,6 +52,7 @@ def decide(builder: GraphBuilder, op: str, a: sp.Expr, b: sp.Expr, span: Span | 
     difference = sp.expand(bound.at(sp.expand(a - b)))
     if not difference.is_number:
         builder.assume_condition(SizeCondition(_RELATIONS[op](a, b, evaluate=False), span=span))
+        note_relation(_RELATIONS[op], bound.at(a), bound.at(b))
         return True
     holds = _holds(op, difference)
     used = (a - b).free_symbols

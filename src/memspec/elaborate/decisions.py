@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply, SizeDecision
-from memspec.ir.sizes import GENERAL, BoundSizes
+from memspec.ir.sizes import GENERAL, BoundSizes, unwatched
 from memspec.ir.types import Shape
 from memspec.ops import REGISTRY
 from memspec.ops.registry import Grad, InferContext, OpDef, OpShapeError, OutputSpec, Saved
@@ -45,7 +45,8 @@ def _why(bound: BoundSizes, sizes: list[sp.Expr], holds: Callable[[BoundSizes], 
     """The facts behind a decision: those without which it no longer `holds` (`H/KV = 1`
     and not `B = 1` for repeat_kv at B = 1, KV = H), or all when none alone is needed."""
     facts = bound.facts(sizes)
-    needed = tuple(f for f in facts if not holds(bound.without(f[0].free_symbols)))
+    with unwatched():
+        needed = tuple(f for f in facts if not holds(bound.without(f[0].free_symbols)))
     return needed or facts
 
 
@@ -78,7 +79,8 @@ def layout_decisions(
         return op.infer(dataclasses.replace(ctx, assumptions=[], bound=bound))
 
     try:
-        general_outputs = infer(GENERAL)
+        with unwatched():
+            general_outputs = infer(GENERAL)
     except OpShapeError:
         # legal only at sizes like the bound ones (flash's one head size for q and v,
         # at Q = E bound): no general layout to compare with
@@ -86,7 +88,9 @@ def layout_decisions(
     sizes = _sizes([t.shape for t in ctx.inputs], ctx.attrs.values())
     found = []
     for k, (out, other) in enumerate(zip(outputs, general_outputs, strict=True)):
-        if _same_layout(out.shape, out, other, ctx.bound):
+        with unwatched():
+            same = _same_layout(out.shape, out, other, ctx.bound)
+        if same:
             continue
         outcome = f"is {_storage(out)}"
         general = _storage(other)
@@ -133,14 +137,18 @@ def _op_decisions(graph: Graph, op: OpApply) -> list[SizeDecision]:
         return definition.gradient_kinds(op, dataclasses.replace(graph, bound=bound))
 
     found = []
-    here, other = saved(graph.bound), saved(GENERAL)
+    here = saved(graph.bound)
+    with unwatched():
+        other = saved(GENERAL)
     if here != other:
         why = _why(graph.bound, sizes, lambda b: saved(b) == here)
         found.append(
             SizeDecision(why, op.path, f"saves {_saved_text(here)}", _saved_text(other), op.span)
         )
     if definition.differentiable and any(graph.value(v).requires_grad for v in op.inputs):
-        grads, general = kinds(graph.bound), kinds(GENERAL)
+        grads = kinds(graph.bound)
+        with unwatched():
+            general = kinds(GENERAL)
         differ = [i for i, (a, b) in enumerate(zip(grads, general, strict=True)) if a != b]
         if differ:
             why = _why(graph.bound, sizes, lambda b: kinds(b) == grads)

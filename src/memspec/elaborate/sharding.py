@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import sympy as sp
 
+from memspec.ir.sizes import unwatched
 from memspec.ir.types import Shape
 from memspec.ops import OpDef
 from memspec.ops.patterns import parse_pattern
@@ -102,7 +103,8 @@ def output_shards(
     )
     probe = InferContext(ctx.op, marked, dict(ctx.attrs), ctx.act_dtype)
     try:
-        outputs = op.infer(probe)
+        with unwatched():  # a probe of where the shard goes, not a decision of the graph's
+            outputs = op.infer(probe)
     except OpShapeError as err:
         raise ShardingError(
             f"{err}, with the dims TP shards at their whole size: the arguments are not "

@@ -11,12 +11,61 @@ values first and symbolically otherwise. The empty one decides for general sizes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import sympy as sp
 
-__all__ = ["GENERAL", "BoundSizes"]
+__all__ = ["GENERAL", "BoundSizes", "note_integer", "note_relation", "unwatched", "watching"]
+
+# What the general sizes' decisions took for granted (`B != 1`, `N >= 3`), while a
+# `watching()` block collects them: `memspec sweep` evaluates one compile's formulas
+# over a grid and must know at which points a decision would go the other way.
+_WATCH: ContextVar[list[tuple[str, sp.Basic]] | None] = ContextVar("size_watch", default=None)
+
+
+@contextmanager
+def watching() -> Iterator[list[tuple[str, sp.Basic]]]:
+    """Collects ("holds", relation) and ("integer", expr) for every size decision taken
+    for unbound sizes inside the block: the formulas hold where each of them does."""
+    found: list[tuple[str, sp.Basic]] = []
+    token = _WATCH.set(found)
+    try:
+        yield found
+    finally:
+        _WATCH.reset(token)
+
+
+@contextmanager
+def unwatched() -> Iterator[None]:
+    """Decisions taken only to compare with (what general sizes would do, which sizes a
+    decision needs) are not the graph's: they are not collected."""
+    token = _WATCH.set(None)
+    try:
+        yield
+    finally:
+        _WATCH.reset(token)
+
+
+def note_relation(kind: type, lhs: sp.Expr, rhs: sp.Expr) -> None:
+    """A comparison of unbound sizes decided as `kind(lhs, rhs)` (sp.Ne, sp.Ge, ...) says;
+    built only while watching, so that compiles pay nothing for it otherwise."""
+    found = _WATCH.get()
+    if found is None:
+        return
+    relation = kind(lhs, rhs, evaluate=False)
+    if relation.free_symbols:
+        found.append(("holds", relation))
+
+
+def note_integer(expr: sp.Expr) -> None:
+    """A quotient of unbound sizes taken to be whole (a block count without a partial
+    last block)."""
+    found = _WATCH.get()
+    if found is not None and expr.free_symbols:
+        found.append(("integer", expr))
 
 
 @dataclass(frozen=True)
@@ -49,14 +98,27 @@ class BoundSizes:
         return expr.xreplace(self._subs)
 
     def is_one(self, size: sp.Expr) -> bool:
-        return size == 1 or self.at(size) == 1
+        if size == 1:
+            return True
+        at = self.at(size)
+        if at == 1:
+            return True
+        if isinstance(at, sp.Expr):
+            note_relation(sp.Ne, at, sp.Integer(1))
+        return False
 
     def equal(self, a: sp.Expr, b: sp.Expr) -> bool:
         """Whether `a` and `b` are equal at the bound sizes (for every value of the others)."""
         if a == b:
             return True
         difference = sp.expand(a - b)
-        return difference == 0 or (bool(self._subs) and sp.expand(self.at(difference)) == 0)
+        if difference == 0:
+            return True
+        at = sp.expand(self.at(difference)) if self._subs else difference
+        if at == 0:
+            return True
+        note_relation(sp.Ne, at, sp.Integer(0))
+        return False
 
     def without(self, symbols: Iterable[sp.Symbol]) -> BoundSizes:
         """These sizes with `symbols` unbound (general again)."""

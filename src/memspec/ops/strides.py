@@ -14,7 +14,7 @@ import itertools
 
 import sympy as sp
 
-from memspec.ir.sizes import GENERAL, BoundSizes
+from memspec.ir.sizes import GENERAL, BoundSizes, note_relation
 from memspec.ir.types import Shape
 
 __all__ = ["actual", "dense_like", "iterated", "merge", "normalize", "standard"]
@@ -70,13 +70,16 @@ def _outer_first(a: sp.Expr, b: sp.Expr, bound: BoundSizes = GENERAL) -> int:
     a, b = bound.at(a), bound.at(b)
     if _eq(a, b):
         return 0
+    note_relation(sp.Ne, a, b)  # equal strides tell the dims apart no more
     if b == 1 or a == 1:
         return -1 if b == 1 else 1
     for x, y, sign in ((a, b, -1), (b, a, 1)):
         if sp.fraction(sp.cancel(x / y))[1] == 1:
             return sign
     subs = {s: 1000 + 37 * k for k, s in enumerate(sorted((a * b).free_symbols, key=str))}
-    return -1 if float(a.xreplace(subs)) > float(b.xreplace(subs)) else 1
+    outer = float(a.xreplace(subs)) > float(b.xreplace(subs))
+    note_relation(sp.Gt if outer else sp.Lt, a, b)
+    return -1 if outer else 1
 
 
 def _dense(shape: Shape, order: list[int], bound: BoundSizes) -> Strides | None:

@@ -22,6 +22,7 @@ __all__ = [
     "check_assumptions",
     "evaluate",
     "format_bytes",
+    "lookup_symbol",
     "parse_set",
     "preset_bindings",
     "resolve_defaults",
@@ -40,6 +41,12 @@ def _symbol(table: SymbolTable, name: str, span: Span | None, where: str) -> sp.
             f"{where}: unknown symbol {name!r}{hint} (known: {', '.join(table.dims)})", span
         )
     return dim.symbol
+
+
+def lookup_symbol(table: SymbolTable, name: str, where: str) -> sp.Symbol:
+    """The symbol of dim `name` (a symbol or a long name); an unknown one is an error
+    with a did-you-mean."""
+    return _symbol(table, name, None, where)
 
 
 def check_value(name: str, value: sp.Expr | int, span: Span | None, where: str) -> int:

@@ -27,6 +27,7 @@ import sympy as sp
 
 from memspec.inference import PAST, Inference, Term, generate_terms, static_mask_moment
 from memspec.ir.graph import Graph
+from memspec.ir.sizes import note_relation
 from memspec.ir.types import numel
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT, ForwardReplay
@@ -148,6 +149,8 @@ def generate_step_terms(
     batch = logits.shape[0]
     b = sp.sympify(sp.sympify(batch).xreplace(dict(bindings)))
     batched = not (b.is_number and b <= 1)  # an unbound batch is taken as more than one
+    if not b.is_number:
+        note_relation(sp.Gt, b, 1)
     vocab = numel(logits.shape) / (batch * logits.shape[1])
     from memspec.ops.cache import KV_STATIC
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from memspec.ir.graph import Graph
+from memspec.ir.sizes import note_relation
 from memspec.passes.peak.moments import Phase, Point, Position, Side
 from memspec.passes.peak.replay import Replay
 from memspec.symbolic.polys import Poly, add_into, scaled
@@ -70,6 +71,7 @@ def plan(graph: Graph, bindings: Mapping[sp.Symbol, int]) -> Plan:
         else:
             repetitions[region.id] = REPLAY_LIMIT
             counts[region.id] = region.count - REPLAY_LIMIT
+            note_relation(sp.Ge, count, REPLAY_LIMIT)
     extra = {rid: sp.Dummy(f"e{rid}", integer=True, nonnegative=True) for rid in counts}
     return Plan(repetitions, extra, counts)
 
