@@ -15,6 +15,13 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("MEMSPEC_UPDATE_GOLDEN") == "1"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """The parsed-module and compile-output caches in a folder of this session's, so that
+    the tests neither read nor fill the user's (and run with the caches on, as users do)."""
+    os.environ["MEMSPEC_CACHE_DIR"] = str(tmp_path_factory.mktemp("memspec-cache"))
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare `text` with tests/golden/NAME byte for byte; MEMSPEC_UPDATE_GOLDEN=1 rewrites."""
     path = GOLDEN / name

@@ -138,7 +138,7 @@ CASES = [
         "specs/llama.mspec",
         ["B=1,2,3"],
         "llama2_7b",
-        ("L=4",),
+        (),
         {"inference": Inference(prompt_len=5, new_tokens=3)},
     ),
 ]

@@ -11,9 +11,28 @@ A spec file states a model's symbolic dims, layers and parameters; memspec parse
 
 from __future__ import annotations
 
-from memspec.compile import compile_spec
-from memspec.errors import MemspecError
-from memspec.result import CompileResult
+from typing import TYPE_CHECKING
 
-__all__ = ["CompileResult", "MemspecError", "compile_spec"]
-__version__ = "0.1.0"
+from memspec.version import __version__
+
+__all__ = ["CompileResult", "MemspecError", "__version__", "compile_spec"]
+
+if TYPE_CHECKING:
+    from memspec.compile import compile_spec
+    from memspec.errors import MemspecError
+    from memspec.result import CompileResult
+
+_LAZY = {
+    "compile_spec": "memspec.compile",
+    "MemspecError": "memspec.errors",
+    "CompileResult": "memspec.result",
+}
+
+
+def __getattr__(name: str) -> object:
+    # Imported when first used: `memspec --version` and a cached compile need no sympy.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'memspec' has no attribute {name!r}")

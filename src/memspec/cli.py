@@ -11,23 +11,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import traceback
 from pathlib import Path
 
 from memspec.errors import MemspecError, UsageError
-from memspec.parallel import DP
-from memspec.policies import IMPLEMENTATIONS
-from memspec.sweep.grid import MAX_POINTS
 
 __all__ = ["main"]
 
 FORMATS = ("md", "tex", "json")
+# memspec.policies.IMPLEMENTATIONS' names (a test keeps them equal): the command line
+# imports nothing heavy before it knows what it is asked, so that `--version` and a
+# cached compile answer without importing sympy
+IMPLEMENTATIONS = ("for_loop", "foreach", "fused")
+MAX_POINTS = 10_000_000  # memspec.sweep.grid.MAX_POINTS (a test keeps them equal)
 VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
 CHECK_FAILED = 3  # `memspec check` ran and a stated answer differs from memspec's count
 COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
 SWEEP_SECONDS = 120.0  # a sweep compiles a few times (sizes where torch decides otherwise)
+
+
+def _seconds(text: str) -> float:
+    """--time-limit: a finite number of seconds; 0 or less turns the limit off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value
+
+
+def _write(path: str, text: str) -> None:
+    """-o FILE: a file that cannot be written is the user's error, with the reason."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"-o {path}: cannot write it ({err.strerror})") from None
 
 
 @contextlib.contextmanager
@@ -81,8 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, help="training steps, for the training time")
     c.add_argument("-o", "--output", help="write the report here instead of stdout")
     c.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="compile even when the same command's output is in the cache (and keep none)",
+    )
+    c.add_argument(
         "--time-limit",
-        type=float,
+        type=_seconds,
         default=COMPILE_SECONDS,
         metavar="SECONDS",
         help=f"give up on a spec that takes longer (default {COMPILE_SECONDS:g})",
@@ -196,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--time-limit",
-        type=float,
+        type=_seconds,
         default=SWEEP_SECONDS,
         metavar="SECONDS",
         help=f"give up on a sweep that takes longer (default {SWEEP_SECONDS:g})",
@@ -410,7 +438,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     step.add_argument(
         "--optimizer-impl",
-        choices=tuple(IMPLEMENTATIONS),
+        choices=IMPLEMENTATIONS,
         default="for_loop",
         help="how torch.optim runs the step: for_loop (CPU default), foreach (CUDA "
         "default) or fused",
@@ -554,6 +582,25 @@ def _compile(args: argparse.Namespace) -> str:
     return result.to_markdown()
 
 
+def _cached_compile(args: argparse.Namespace) -> str:
+    """The output an earlier process wrote for the same options and unchanged files
+    (`memspec.compile_cache`), else a compile, kept for next time."""
+    from memspec import compile_cache
+
+    if not args.cache:
+        with _time_limit(args.time_limit, args.spec or args.hf_config):
+            return _compile(args)
+    options = {k: v for k, v in vars(args).items() if k not in ("output", "time_limit")}
+    output = compile_cache.lookup(options)
+    if output is not None:
+        return output
+    limit = _time_limit(args.time_limit, args.spec or args.hf_config)
+    with compile_cache.recording() as reads, limit:
+        output = _compile(args)
+    compile_cache.store(options, reads, output)
+    return output
+
+
 def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     try:
         import torch  # noqa: F401
@@ -607,6 +654,8 @@ def _solve(args: argparse.Namespace) -> str:
     if args.symbol in ("P", "prompt_len") and getattr(args, "mode", "train") == "inference":
         return _solve_prompt(args)
     result = _result(args)
+    from memspec.parallel import DP
+
     if args.symbol in (DP, "data_parallel_degree"):
         s = solve_min_degree(result, parse_budget(args.budget), args.objective)
         report = build_solve(result, s, args.objective, None)
@@ -750,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             with _time_limit(args.time_limit, args.spec or args.hf_config):
                 output = _sweep(args)
             if args.output and args.format != "png":
-                Path(args.output).write_text(output, encoding="utf-8")
+                _write(args.output, output)
             else:
                 sys.stdout.write(output)
             return 0
@@ -758,10 +807,9 @@ def main(argv: list[str] | None = None) -> int:
             output, ok = _verify(args)
             sys.stdout.write(output)
             return 0 if ok else VERIFY_FAILED
-        with _time_limit(args.time_limit, args.spec or args.hf_config):
-            output = _compile(args)
+        output = _cached_compile(args)
         if args.output:
-            Path(args.output).write_text(output, encoding="utf-8")
+            _write(args.output, output)
         else:
             sys.stdout.write(output)
     except MemspecError as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sympy as sp
 
+from memspec.compile_cache import note_read
 from memspec.errors import UsageError
 from memspec.symbolic.bind import Bindings, check_value
 from memspec.symbolic.symbols import SymbolTable
@@ -73,9 +74,13 @@ class HfConfigUse:
 def read_config(path: str | Path) -> HfConfig:
     """The config.json at `path` (a local file: memspec never downloads one)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
     except OSError as err:
         raise UsageError(f"--hf-config {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--hf-config {path}: not UTF-8 text (byte {err.start})") from None
+    note_read(Path(path), data)
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as err:

@@ -77,7 +77,10 @@ def _pyplot():
 def _save(figure, path: Path) -> None:
     # a fixed date and no software stamp: the same sweep gives the same file
     metadata = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
-    figure.savefig(path, metadata=metadata[path.suffix.lower()[1:]])
+    try:
+        figure.savefig(path, metadata=metadata[path.suffix.lower()[1:]])
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write the plot ({err.strerror})") from None
 
 
 def plot_sweep(sweep, path: Path) -> None:
@@ -91,6 +94,9 @@ def plot_sweep(sweep, path: Path) -> None:
     if len(sweep.axes) > 2:
         raise UsageError("a plot shows a sweep over one or two dims; this grid has more")
     plt = _pyplot()
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
     result = sweep.result
     figure, axes = plt.subplots(figsize=(8, 4.8))
     shape = tuple(len(v) for _, v in sweep.axes)
@@ -108,7 +114,7 @@ def plot_sweep(sweep, path: Path) -> None:
         axes.plot(xs, gib("sum"), "k--", label="sum of the categories")
         if "peak" in sweep.columns:
             axes.plot(xs, gib("peak"), "k.-", label="true peak", linewidth=2)
-        if len(xs) > 2 and xs[-1] / xs[0] > 16:
+        if len(xs) > 2 and max(xs) / min(xs) >= 8:
             axes.set_xscale("log", base=2)
         axes.set_xlabel(f"{symbol} ({result.symbols.lookup(str(symbol)).long_name})")
         axes.set_ylabel("GiB")
@@ -119,7 +125,10 @@ def plot_sweep(sweep, path: Path) -> None:
     else:
         (row, ys), (column, xs) = sweep.axes
         values = gib(name)
-        image = axes.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+        low, high = np.nanmin(values), np.nanmax(values)
+        # memory spans orders of magnitude over a grid: a log colour scale shows them all
+        norm = LogNorm(low, high) if low > 0 and high / low > 100 else None
+        image = axes.imshow(values, origin="lower", aspect="auto", cmap="viridis", norm=norm)
         figure.colorbar(image, ax=axes, label=f"{'true peak' if name == 'peak' else 'sum'}, GiB")
         axes.set_xticks(range(len(xs)), [f"{x:,}" for x in xs], rotation=45, fontsize="small")
         axes.set_yticks(range(len(ys)), [f"{y:,}" for y in ys], fontsize="small")
@@ -127,12 +136,28 @@ def plot_sweep(sweep, path: Path) -> None:
         axes.set_ylabel(f"{row} ({result.symbols.lookup(str(row)).long_name})")
         if sweep.budget is not None:
             over = (~sweep.fits).reshape(shape) & ~missing
-            axes.contourf(over.astype(float), levels=[0.5, 1.5], hatches=["//"], colors="none")
+            if over.size <= 2500:  # each cell over the budget hatched
+                for i, j in zip(*np.nonzero(over), strict=True):
+                    axes.add_patch(
+                        Rectangle(
+                            (j - 0.5, i - 0.5),
+                            1,
+                            1,
+                            fill=False,
+                            hatch="//",
+                            linewidth=0,
+                            edgecolor="white",
+                        )
+                    )
+            else:  # too many cells to hatch: the budget's contour
+                axes.contour(values, levels=[sweep.budget / GIB], colors="red")
         if len(xs) * len(ys) <= 144:
             for (i, j), v in np.ndenumerate(values):
                 if not np.isnan(v):
                     axes.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="x-small")
-    over_text = "; hatched: over the budget" if sweep.budget is not None and len(shape) == 2 else ""
+    over_text = ""
+    if sweep.budget is not None and len(shape) == 2:
+        over_text = "; hatched: over the budget" if over.size <= 2500 else "; red: the budget"
     axes.set_title(f"{result.model}: memory over the grid{over_text}", fontsize="medium")
     figure.tight_layout()
     _save(figure, path)

@@ -1,4 +1,5 @@
-"""Locates the files memspec ships: the grammar, the standard library and the zoo.
+"""Locates the files memspec ships (the grammar, the standard library and the zoo) and
+the folder where it keeps caches.
 
 In an installed wheel they live inside the package (`memspec/grammar`, `memspec/specs`);
 in a source checkout (editable install, tests) they live at the repository top level.
@@ -6,9 +7,11 @@ in a source checkout (editable install, tests) they live at the repository top l
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-__all__ = ["grammar_path", "std_dir", "zoo_dir"]
+__all__ = ["cache_dir", "grammar_path", "std_dir", "zoo_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parent.parent
@@ -36,3 +39,17 @@ def std_dir() -> Path:
 def zoo_dir() -> Path:
     """The folder of the bundled model specs (`llama.mspec`, ...)."""
     return _first_existing(_PACKAGE / "specs", _REPO / "specs")
+
+
+def cache_dir() -> Path | None:
+    """`$MEMSPEC_CACHE_DIR`, else the platform's user cache dir + `memspec` (None: off)."""
+    chosen = os.environ.get("MEMSPEC_CACHE_DIR")
+    if chosen is not None:
+        return Path(chosen) if chosen else None
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        return Path(base) / "memspec" / "Cache" if base else None
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "memspec"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "memspec"

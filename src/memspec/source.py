@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SourceFile", "Span"]
+__all__ = ["SourceFile", "Span", "newlines"]
+
+
+def newlines(text: str) -> str:
+    """Windows ("\r\n") and old Mac ("\r") line ends as "\n", so that every line of a
+    spec is where the parser and the error messages say it is."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +26,9 @@ class SourceFile:
     text: str
 
     def line(self, number: int) -> str:
-        """The 1-based line `number` without its newline ('' past the end)."""
-        lines = self.text.splitlines()
+        """The 1-based line `number` without its newline ('' past the end). Lines end at
+        "\n" only, as the parser counts them (`newlines` makes "\r\n" and "\r" that)."""
+        lines = self.text.split("\n")
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 

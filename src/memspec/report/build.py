@@ -38,7 +38,7 @@ def _symbols(result: CompileResult) -> tuple[SymbolRow, ...]:
             value = f"default ${latex(dim.default)}$"
         else:
             value = ""
-        rows.append(SymbolRow(Math(dim.symbol.name, latex(dim.symbol)), dim.long_name, value))
+        rows.append(SymbolRow(Math(dim.symbol.name, dim.symbol), dim.long_name, value))
     return tuple(rows)
 
 

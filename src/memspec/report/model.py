@@ -8,7 +8,9 @@ value. Only `report/build.py` (and the section builders it calls) creates these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import sympy as sp
 
 __all__ = [
     "AssumptionRow",
@@ -31,11 +33,24 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Math:
-    """One expression, printed for JSON (`text`) and for Markdown and LaTeX (`latex`)."""
+    """One expression, printed for JSON (`text`) and for Markdown and LaTeX (`latex`).
+
+    The LaTeX is printed when first read: JSON, a tool's format that a command line
+    asks for cold, never reads it, and sympy's LaTeX printer is the slowest part of a
+    report (`expr` is None where the LaTeX was given)."""
 
     text: str
-    latex: str
+    expr: sp.Expr | None = field(compare=False)
     value: int | None = None  # its exact integer under the bindings, where JSON lists it
+    given: str | None = field(default=None, compare=False)
+
+    @property
+    def latex(self) -> str:
+        if self.given is not None:
+            return self.given
+        from memspec.symbolic.printers import latex  # memoized
+
+        return latex(self.expr)
 
 
 @dataclass(frozen=True, slots=True)

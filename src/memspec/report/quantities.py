@@ -13,7 +13,7 @@ import sympy as sp
 from memspec.report.model import Math
 from memspec.result import CompileResult
 from memspec.symbolic.bind import format_bytes, resolve_defaults
-from memspec.symbolic.printers import latex, text
+from memspec.symbolic.printers import text
 
 __all__ = ["bytes_text", "human", "math", "quantity", "resolved", "structure", "value"]
 
@@ -25,7 +25,7 @@ def value(result: CompileResult, expr: sp.Expr) -> int | None:
 
 def math(expr: sp.Expr) -> Math:
     """`expr` as printed, without a value."""
-    return Math(text(expr), latex(expr))
+    return Math(text(expr), expr)
 
 
 def resolved(result: CompileResult, expr: sp.Expr) -> Math:
@@ -36,7 +36,7 @@ def resolved(result: CompileResult, expr: sp.Expr) -> Math:
 def quantity(result: CompileResult, expr: sp.Expr) -> Math:
     """`expr` resolved as by `resolved`, with its value when bound."""
     out = result.resolve(expr)
-    return Math(text(out), latex(out), value(result, expr))
+    return Math(text(out), out, value(result, expr))
 
 
 def structure(result: CompileResult, expr: sp.Expr) -> sp.Expr:

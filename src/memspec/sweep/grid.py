@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 
 from memspec.errors import UsageError
-from memspec.symbolic.bind import MAX_VALUE
 
 __all__ = ["MAX_POINTS", "Axis", "parse_axis", "points"]
 
@@ -33,6 +32,8 @@ class Axis:
 
 
 def _number(text: str, where: str) -> int:
+    from memspec.symbolic.bind import MAX_VALUE
+
     value = int(text.replace("_", ""))
     if value <= 0:
         raise UsageError(f"{where}: sizes are positive, got {value}")

@@ -7,6 +7,7 @@ import functools
 from lark import Lark
 
 from memspec.resources import grammar_path
+from memspec.syntax.cache import grammar_cache
 
 __all__ = ["parser"]
 
@@ -20,7 +21,8 @@ def parser(strict: bool = False) -> Lark:
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
-        # lark's cache is keyed on the grammar text and options; strict mode needs none.
-        cache=not strict,
+        # lark's cache is keyed on the grammar text and options (in the user cache dir:
+        # syntax/cache.py); strict mode needs none.
+        cache=False if strict else grammar_cache(),
         strict=strict,
     )

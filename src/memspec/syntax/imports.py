@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memspec.compile_cache import note_read
 from memspec.errors import NameResolutionError, SpecImportError, UsageError
 from memspec.resources import std_dir
-from memspec.source import SourceFile, Span
+from memspec.source import SourceFile, Span, newlines
 from memspec.syntax import decls as d
 from memspec.syntax.parse import parse
 
@@ -76,7 +77,8 @@ def read_source(path: Path, display: str, span: Span | None = None) -> SourceFil
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SpecImportError(f"{display}: not UTF-8 text (byte {err.start})", span) from None
-    return SourceFile(display, text)
+    note_read(path, data)
+    return SourceFile(display, newlines(text))
 
 
 _TABLES = {

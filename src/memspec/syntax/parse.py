@@ -7,20 +7,15 @@ cairo-lang's table), the expected list is sorted and capped.
 from __future__ import annotations
 
 from functools import lru_cache
-
-from lark.exceptions import (
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-    VisitError,
-)
+from typing import TYPE_CHECKING
 
 from memspec.errors import MemspecError, SpecSyntaxError
 from memspec.source import SourceFile, Span
+from memspec.syntax.cache import cached_module
 from memspec.syntax.decls import Module
-from memspec.syntax.grammar import parser
-from memspec.syntax.transform import ToAst
+
+if TYPE_CHECKING:
+    from lark.exceptions import UnexpectedInput
 
 __all__ = ["parse"]
 
@@ -58,6 +53,8 @@ def _word(terminal: str) -> str:
         return _TOKENS[terminal]
     if terminal.startswith("__ANON") or terminal.isupper():
         # Keywords and anonymous punctuation: lark names them after their text.
+        from memspec.syntax.grammar import parser
+
         pattern = parser().get_terminal(terminal).pattern
         return f"'{pattern.value}'" if pattern.type == "str" else terminal.lower()
     return terminal.lower()
@@ -97,6 +94,8 @@ def _expected(terminals: set[str]) -> str:
 
 
 def _describe(err: UnexpectedInput) -> str:
+    from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
     if isinstance(err, UnexpectedCharacters):
         return f"unexpected character {err.char!r}"
     if isinstance(err, UnexpectedEOF):
@@ -110,15 +109,29 @@ def _describe(err: UnexpectedInput) -> str:
     return str(err)
 
 
-def parse(text: str, source: SourceFile | None = None) -> Module:
-    """Parse spec text into a `Module`, raising `SpecSyntaxError` with a located message."""
-    return _parse(text, source or SourceFile("<spec>", text))
+def parse(text: str, source: SourceFile | str | None = None) -> Module:
+    """Parse spec text into a `Module`, raising `SpecSyntaxError` with a located message;
+    `source` is the file (or the name) the text is reported under."""
+    if not isinstance(source, SourceFile):
+        source = SourceFile(source or "<spec>", text)
+    return _parse(text, source)
 
 
 @lru_cache(maxsize=64)
 def _parse(text: str, source: SourceFile) -> Module:
-    # Memoized: every compile in a process loads the same standard library, and a
-    # Module is immutable (frozen nodes, spans naming their source).
+    # Memoized, and kept across processes (syntax/cache.py): every compile loads the
+    # same standard library, and a Module is immutable (frozen nodes, spans naming
+    # their source).
+    return cached_module(text, source, _parse_text)
+
+
+def _parse_text(text: str, source: SourceFile) -> Module:
+    # lark is imported here: a file the cache holds needs no parser (syntax/cache.py)
+    from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+    from memspec.syntax.grammar import parser
+    from memspec.syntax.transform import ToAst
+
     try:
         tree = parser().parse(text)
     except UnexpectedInput as err:
