@@ -9,6 +9,7 @@ what they returned.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from memspec.policies import read_convention
 from memspec.quantize import Weights
 from memspec.recompute import unmodelled_cache
 from memspec.result import CompileResult
-from memspec.source import SourceFile
+from memspec.source import SourceFile, newlines
 from memspec.symbolic import bind
 from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax import decls as d
@@ -44,7 +45,10 @@ def _source(spec: str | Path) -> tuple[SourceFile, Path | None]:
     if isinstance(spec, Path) or ("\n" not in spec and spec.endswith(".mspec")):
         path = Path(spec)
         return read_source(path, str(spec)), path
-    return SourceFile("<spec>", spec), None
+    return SourceFile("<spec>", newlines(spec)), None
+
+
+MAX_STEPS = 10**15  # no training run is longer; more is a typo
 
 
 def _training(
@@ -53,8 +57,19 @@ def _training(
     """(peak FLOP/s, MFU, steps) for the training time, when asked for."""
     if peak_flops is None and steps is None:
         return None
-    if peak_flops is None or steps is None or peak_flops <= 0 or steps <= 0 or not 0 < mfu <= 1:
-        raise UsageError("training time needs --peak-flops > 0, --steps > 0 and 0 < --mfu <= 1")
+    finite = all(math.isfinite(v) for v in (peak_flops or 0.0, mfu))
+    if (
+        peak_flops is None
+        or steps is None
+        or not finite
+        or peak_flops <= 0
+        or not 0 < steps <= MAX_STEPS
+        or not 0 < mfu <= 1
+    ):
+        raise UsageError(
+            f"training time needs a finite --peak-flops > 0, 0 < --steps <= {MAX_STEPS:.0e} "
+            "and 0 < --mfu <= 1"
+        )
     return float(peak_flops), float(mfu), int(steps)
 
 
@@ -192,6 +207,7 @@ def compile_spec(
             conflict.span,
         )
     bind.check_assumptions(graph.assumptions, symbols, bindings)
+    bind.check_sizes(graph, symbols, bindings)
     policies = {name: read_convention(decl) for name, decl in program.conventions.items()}
     done = run_pipeline(
         AnalysisContext(

@@ -15,6 +15,7 @@ from memspec.policies import (
     Convention,
     Optimizer,
     Precision,
+    check_convention_names,
     read_convention,
     read_optimizer,
     read_precision,
@@ -22,6 +23,7 @@ from memspec.policies import (
 from memspec.quantize import Weights
 from memspec.recompute import NONE, Recompute, read_recompute
 from memspec.source import SourceFile
+from memspec.syntax import decls as d
 from memspec.syntax.imports import Program, load_program
 
 __all__ = ["DEFAULTS", "TrainConfig", "resolve_config"]
@@ -64,6 +66,39 @@ def _pick(kind: str, name: str, table: dict, span) -> object:
         known = ", ".join(sorted(table)) or "none declared"
         raise UsageError(f"unknown {kind} {name!r}{hint} (known: {known})", span)
     return table[name]
+
+
+# the variant the inference mode picks in every spec that has a cache path
+_INTERNAL_VARIANTS = ("cache",)
+
+
+def _declared_variants(program: Program) -> set[str]:
+    """Every variant name some fn or layer forward of the program declares."""
+    bodies = [fn.body for fn in program.fns.values()]
+    for layer in (*program.layers.values(), *program.models):
+        bodies += [stmt.body for stmt in layer.body if isinstance(stmt, d.LayerForward)]
+    return {name for body in bodies for name, _ in body.variants if name}
+
+
+def _known_variants(
+    program: Program, given: tuple[str, ...], spec: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The variants asked for (`--use`, then the train block's `use`), each declared by
+    some fn or layer: a misspelt one is an error, never a silent fall back to the default."""
+    declared = _declared_variants(program)
+    train_span = program.trains[0].span if program.trains else None
+    for names, where, span in ((given, "--use", None), (spec, "use", train_span)):
+        for name in names:
+            if name in declared or name in _INTERNAL_VARIANTS:
+                continue
+            hint = did_you_mean(name, sorted(declared))
+            known = ", ".join(sorted(declared)) or "none"
+            raise UsageError(
+                f"{where} {name}: no fn or layer of this spec has a variant {name!r}{hint} "
+                f"(variants: {known})",
+                span,
+            )
+    return (*given, *spec)
 
 
 def resolve_config(
@@ -120,6 +155,8 @@ def resolve_config(
     # every declared policy is checked, so that a misspelt name fails where it is written
     names = {*program.fns, *program.layers, *standard_callables(), *REGISTRY}
     recomputes = {name: read_recompute(d, names) for name, d in program.recomputes.items()}
+    for decl in program.conventions.values():
+        check_convention_names(decl, names)
     config = TrainConfig(
         precision=read_precision(
             _pick("precision", chosen["precision"], program.precisions, spans.get("precision"))
@@ -131,7 +168,7 @@ def resolve_config(
         convention=read_convention(
             _pick("convention", chosen["convention"], program.conventions, spans.get("convention"))
         ),
-        variants=(*variants, *spec_variants),
+        variants=_known_variants(program, variants, spec_variants),
         recompute=recomputes[
             _pick(
                 "recompute policy", chosen["recompute"], program.recomputes, spans.get("recompute")

@@ -63,7 +63,7 @@ def span_text(span: Span | None) -> str:
     """The spec text a span covers, on one line."""
     if span is None:
         return ""
-    lines = span.source.text.splitlines()[span.line - 1 : span.end_line]
+    lines = span.source.text.split("\n")[span.line - 1 : span.end_line]
     if len(lines) == 1:
         return lines[0][span.col - 1 : span.end_col - 1]
     parts = [lines[0][span.col - 1 :], *lines[1:-1], lines[-1][: span.end_col - 1]]

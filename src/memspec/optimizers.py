@@ -86,8 +86,8 @@ class Extent:
             # torch transposes the wider side first: the smaller side, at the bound sizes
             # (or for every size where sympy can tell; else the first)
             difference = bound.at(sp.expand(b - a))
-            if not difference.is_number:
-                note_relation(sp.Ge, difference, 0)
+            if not difference.is_number:  # b >= a taken for granted where sympy cannot tell
+                note_relation(sp.Lt if difference.is_negative else sp.Ge, difference, 0)
             side = b if difference.is_negative else a
             return (side, side)
         out = list(param)

@@ -35,6 +35,7 @@ __all__ = [
     "CountRule",
     "Optimizer",
     "Precision",
+    "check_convention_names",
     "read_convention",
     "read_optimizer",
     "read_precision",
@@ -368,6 +369,19 @@ def read_convention(decl: d.DeclConvention) -> Convention:
             raise SpecValueError(f"a convention counts 'output' or 'saved', not {what!r}", span)
         rules.append(CountRule(what, names, tuple(_op_kind(k, span) for k in kinds)))
     return Convention(decl.name, decl.description, tuple(rules))
+
+
+def check_convention_names(decl: d.DeclConvention, known: set[str]) -> None:
+    """A name a convention counts must be a layer, fn or op of the program: a misspelt
+    one would count nothing, silently."""
+    for _, names, _, span in decl.rules:
+        for name in names:
+            if name != "*" and name not in known:
+                hint = did_you_mean(name, sorted(known))
+                raise SpecValueError(
+                    f"convention {decl.name}: {name!r} is no layer, fn or op of this spec{hint}",
+                    span,
+                )
 
 
 def _op_kind(name: str, span) -> OpKind:

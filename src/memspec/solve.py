@@ -27,7 +27,7 @@ from memspec.errors import UsageError
 from memspec.ir.types import Role
 from memspec.parallel import DP
 from memspec.result import CompileResult
-from memspec.symbolic.bind import resolve_defaults
+from memspec.symbolic.bind import MAX_VALUE, resolve_defaults
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import poly
 
@@ -172,6 +172,8 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
             slope, intercept = sp.Poly(e, x).all_coeffs()
             solutions.append(sp.floor((budget - intercept) / slope))
         formula = solutions[0] if len(solutions) == 1 else sp.Min(*solutions, evaluate=False)
+        if not formula.free_symbols:
+            formula = None  # every dim bound: the answer is `maximum`, checked (never -3000)
     free = set().union(*(e.free_symbols for e in exprs)) - {x}
     if free:
         if formula is None:
@@ -190,6 +192,11 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
 
     if not fits(1):
         return Solution(x, None, budget, expression, formula)
+    if fits(MAX_VALUE):
+        raise UsageError(
+            f"every {x} up to {MAX_VALUE:.0e}, larger than any model size, fits within "
+            f"{budget:,} bytes: there is no largest value to give"
+        )
     low, high = 1, 2
     while fits(high):
         low, high = high, high * 2

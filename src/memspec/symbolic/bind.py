@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import sympy as sp
 
 from memspec.errors import UsageError
-from memspec.ir.graph import Assumption
+from memspec.ir.graph import Assumption, Graph
 from memspec.names import did_you_mean
 from memspec.source import Span
 from memspec.symbolic.symbols import SymbolTable
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Bindings",
     "check_assumptions",
+    "check_sizes",
     "evaluate",
     "format_bytes",
     "lookup_symbol",
@@ -63,6 +65,9 @@ def check_value(name: str, value: sp.Expr | int, span: Span | None, where: str) 
     return int(value)
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def parse_set(table: SymbolTable, items: list[str]) -> Bindings:
     """`["B=4", "d_model=1600"]` -> {B: 4, D: 1600}; names are symbols or long names."""
     bindings: Bindings = {}
@@ -72,9 +77,15 @@ def parse_set(table: SymbolTable, items: list[str]) -> Bindings:
         if not sep or not name:
             raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set B=4")
         symbol = _symbol(table, name, None, f"--set {item}")
-        if not (text.lstrip("-").isdigit()):
+        if not _INTEGER.fullmatch(text):  # ASCII digits: "²".isdigit() is true
             raise UsageError(f"--set {item}: {name} must be an integer, got {text!r}")
-        bindings[symbol] = check_value(name, sp.Integer(int(text)), None, f"--set {item}")
+        value = check_value(name, sp.Integer(int(text)), None, f"--set {item}")
+        if bindings.get(symbol, value) != value:
+            raise UsageError(
+                f"--set {item}: {symbol} is already set to {bindings[symbol]} (by --set, "
+                "its long name, or a flag such as --prompt-len); give it one value"
+            )
+        bindings[symbol] = value
     return bindings
 
 
@@ -131,6 +142,39 @@ def check_assumptions(
                 f"the spec assumes {a.text}, which fails with these values ({a.expr} = {value})",
                 a.span,
             )
+
+
+def check_sizes(graph: Graph, table: SymbolTable, bindings: Bindings) -> None:
+    """Every repeat count and every tensor dim must be a whole number, at least 0 (a
+    count) or 0 (a dim: torch has empty tensors), at the bound values: a Linear of
+    `D - B` outputs with B > D, `repeat N - 4` at N = 2, is refused where it is written,
+    not compiled to negative memory."""
+    if not bindings:
+        return
+
+    def at(expr: sp.Expr) -> sp.Expr:
+        return resolve_defaults(expr, table, bindings).xreplace(
+            {k: sp.Integer(v) for k, v in bindings.items()}
+        )
+
+    for region in graph.regions:
+        count = at(region.count)
+        if count.is_number and (not count.is_Integer or count < 0):
+            raise UsageError(
+                f"repeat {region.count} of {region.path} is {count} at these sizes: a "
+                "count of repetitions is a whole number, at least 0",
+                region.span,
+            )
+    for value in graph.values:
+        for k, dim in enumerate(value.shape):
+            size = at(dim)
+            if size.is_number and (not size.is_Integer or size < 0):
+                shape = ", ".join(str(d) for d in value.shape)
+                raise UsageError(
+                    f"{value.path} [{shape}]: dim {k} ({dim}) is {size} at these sizes; a "
+                    "size is a whole number, at least 0",
+                    value.span,
+                )
 
 
 _UNITS = ((2**30, "GiB", 10**9, "GB"), (2**20, "MiB", 10**6, "MB"), (2**10, "KiB", 10**3, "kB"))

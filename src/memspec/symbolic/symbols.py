@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from memspec.errors import SpecValueError
 from memspec.source import Span
 
 __all__ = ["Dim", "SymbolTable", "dim_symbol"]
@@ -57,4 +58,11 @@ class SymbolTable:
         subs = {d.symbol: d.default for d in self.dims.values() if d.default is not None}
         for _ in range(len(subs)):
             subs = {k: v.xreplace(subs) for k, v in subs.items()}
+        for dim in self.dims.values():
+            if dim.symbol in subs and subs[dim.symbol].free_symbols & subs.keys():
+                raise SpecValueError(
+                    f"the default of {dim.symbol} ({dim.default}) refers back to "
+                    f"{dim.symbol} through other defaults: give one of them no default",
+                    dim.span,
+                )
         return subs
