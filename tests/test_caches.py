@@ -15,6 +15,7 @@ import pytest
 import memspec.cli as cli
 from memspec import compile_cache
 from memspec.cli import main
+from memspec.compile import COMPILE_SECONDS
 from memspec.policies import IMPLEMENTATIONS
 from memspec.source import SourceFile
 from memspec.sweep.grid import MAX_POINTS
@@ -176,6 +177,7 @@ def test_a_cached_answer_needs_no_sympy(folder):
 def test_the_command_line_constants_equal_their_sources():
     assert tuple(IMPLEMENTATIONS) == cli.IMPLEMENTATIONS
     assert cli.MAX_POINTS == MAX_POINTS
+    assert cli.COMPILE_SECONDS == COMPILE_SECONDS
 
 
 def test_the_version_is_the_package_metadata():

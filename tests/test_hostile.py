@@ -101,6 +101,41 @@ def test_a_size_that_cannot_be_is_refused_with_its_location(
     assert re.search(r"std/layers\.mspec:\d+:\d+: error: ", err)  # the parameter's line
 
 
+def test_a_narrow_past_the_end_is_refused_at_the_bound_sizes(capsys, tmp_path):
+    text = PLAIN.replace("dim d_model as D\n", "dim d_model as D\ndim keep as K\n")
+    text = text.replace("y: [B, D]", "y: [B, K]").replace("fc(x), y", "narrow(fc(x), 1, 0, K), y")
+    spec = _spec(tmp_path, text)
+    sets = ["--set", "B=2", "--set", "D=4"]
+    code, _, err = _run(capsys, ["compile", spec, "--no-cache", *sets, "--set", "K=9"])
+    assert code == 2
+    assert "m.mspec:8:25: error: narrow: narrow [0, 0 + K) exceeds size D (-5 at these" in err
+    code, _, _ = _run(capsys, ["compile", spec, "--no-cache", *sets, "--set", "K=4"])
+    assert code == 0
+
+
+def test_rotary_tables_shorter_than_the_sequence_are_refused(capsys, tmp_path):
+    text = """use std
+dim batch_size as B
+dim context_length as L
+dim max_len as M
+dim d_model as D
+model M {
+    fc = Linear(D, D)
+    rotary = RoPE(D, M)
+    forward(x: [B, L, D], y: [B, L, D]) {
+        return mse_loss(rotary(fc(x)), y)
+    }
+}
+"""
+    spec = _spec(tmp_path, text)
+    sets = ["--set", "B=1", "--set", "D=8", "--set", "M=16"]
+    code, _, err = _run(capsys, ["compile", spec, "--no-cache", *sets, "--set", "L=32"])
+    assert code == 2
+    assert "the sequence (L) is longer than the rotary tables (M positions) (-16 at" in err
+    code, _, _ = _run(capsys, ["compile", spec, "--no-cache", *sets, "--set", "L=16"])
+    assert code == 0
+
+
 def test_a_negative_repeat_count_is_refused_where_written(capsys, tmp_path):
     text = PLAIN.replace("dim d_model as D\n", "dim d_model as D\ndim num_layers as N\n")
     text = text.replace("fc = Linear(D, D)", "fc = repeat N - 4 of Linear(D, D)")
@@ -119,6 +154,19 @@ def test_solve_never_answers_a_negative_value(capsys, monkeypatch):
     assert code == 0
     assert out.splitlines()[1] == "even B = 1 needs more than 1,000,000,000 bytes"
     assert "largest B =" not in out
+
+
+def test_solve_answers_a_size_the_spec_allows(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    # D = 1600 and the RoPE tables need 2H to divide D: 259 fits the budget but is no
+    # size of this model; 200 is the largest that fits and divides
+    argv = ["solve", "specs/cs336_lm.mspec", "--preset", "gpt2_xl", "--set", "B=1",
+            "--for", "H", "--budget", "80GB", "--format", "json"]  # fmt: skip
+    code, out, _ = _run(capsys, argv)
+    doc = json.loads(out)
+    assert code == 0 and doc["max"] == 200 and 1600 % (2 * doc["max"]) == 0
+    assert "formula" not in doc  # floor((budget - c) / slope) is no answer here
+    assert [c["value"] for c in doc["checked"]] == [200, 400]  # the next allowed value
 
 
 # --- tracebacks: every error path of the command line is exit 2 with a message ---------
@@ -155,6 +203,49 @@ def test_a_budget_beyond_any_size_is_a_clear_answer(capsys, monkeypatch):
     assert code == 2 and "every B up to 1e+15, larger than any model size, fits" in err
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("return D", "m.mspec:6:35: error: model M's forward returns no tensor"),
+        ("return fc.weight", "m.mspec:6:35: error: model M's forward returns a parameter"),
+        ("return x", "m.mspec:6:35: error: model M's forward returns one of its inputs"),
+    ],
+)
+def test_a_model_returns_a_tensor_it_computes(capsys, tmp_path, body, message):
+    text = PLAIN.replace("return mse_loss(fc(x), y)", body)
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2 and message in err
+
+
+def test_recursion_is_refused_where_it_is_written(capsys, tmp_path):
+    text = PLAIN.replace("model M {", "fn f(x) {\n    return f(x)\n}\nmodel M {")
+    text = text.replace("mse_loss(fc(x), y)", "mse_loss(f(fc(x)), y)")
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2 and "m.mspec:5:12: error: fn f calls itself (f -> f)" in err
+
+
+def test_a_loop_of_symbolic_links_is_refused(capsys, tmp_path):
+    (tmp_path / "a.mspec").symlink_to(tmp_path / "b.mspec")
+    (tmp_path / "b.mspec").symlink_to(tmp_path / "a.mspec")
+    spec = _spec(tmp_path, 'use "a.mspec"\n' + PLAIN)
+    code, _, err = _run(capsys, ["compile", spec, "--no-cache"])
+    assert code == 2 and "m.mspec:1:1: error: " in err and "a.mspec" in err
+
+
+@pytest.mark.parametrize("literal", ["1e999999999", "1e-401", "2.5E401"])
+def test_a_float_literal_is_limited_like_an_integer(capsys, tmp_path, literal):
+    text = PLAIN.replace("Linear(D, D)", f"Linear(D, D * {literal})")
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2 and "number literal too large or too small (beyond 1e400)" in err
+
+
+def test_a_dim_beyond_any_model_size_is_refused(capsys, tmp_path):
+    text = PLAIN.replace("Linear(D, D)", "Linear(D, D * 1e30)").replace("fc(x), y", "fc(x), fc(x)")
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache", "--set", "B=1",
+                                 "--set", "D=2"])  # fmt: skip
+    assert code == 2 and "is 2.000e+30 at these sizes; a size is a whole number from 0" in err
+
+
 def test_defaults_that_refer_to_each_other_are_refused(capsys, tmp_path):
     text = PLAIN.replace("dim batch_size as B\ndim d_model as D\n",
                          "dim batch_size as B = D\ndim d_model as D = 2 * B\n")  # fmt: skip
@@ -188,3 +279,120 @@ def test_errors_are_located_whatever_the_line_ends(capsys, tmp_path, newline):
     head, line, caret = err.splitlines()[:3]
     assert head.startswith(f"{spec}:8:5: error: unexpected '}}'")
     assert line == "    }" and caret == "    ^"
+
+
+# --- hangs and blow-ups: bounds that hold everywhere, the Python API included -------------
+
+
+def _nested(depth: int) -> str:
+    """`depth` repeats, each of the one below; the innermost a Linear and a ReLU."""
+    lines = ["use std", "dim batch_size as B", "dim d_model as D", "dim num_layers as N"]
+    lines.append("layer L0() {\n    fc = Linear(D, D)\n    forward(x: [b, D]) -> [b, D] {\n"
+                 "        return relu(fc(x))\n    }\n}")  # fmt: skip
+    for k in range(1, depth + 1):
+        forward = "    forward(x: [b, D]) -> [b, D] {\n        return inner(x)\n    }\n}"
+        lines.append(f"layer L{k}() {{\n    inner = repeat N of L{k - 1}()\n{forward}")
+    lines.append(f"model M {{\n    body = L{depth}()\n    forward(x: [B, D], y: [B, D]) {{\n"
+                 "        return mse_loss(body(x), y)\n    }\n}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def test_nested_repeats_give_a_peak_or_say_why_not():
+    from memspec import compile_spec
+
+    five = compile_spec(_nested(5), set={"B": 2, "D": 8, "N": 3})  # 363 repetitions
+    assert five.peak is not None and five.peak.value > 0
+    eight = compile_spec(_nested(8), set={"B": 2, "D": 8, "N": 3})
+    assert eight.peak is None
+    assert eight.peak_unavailable.startswith("the true peak would replay 13,123 ops in 9,840")
+    assert "8 repeats nested" in eight.peak_unavailable
+    # the categories stay exact: N^8 Linears of D^2 weights (std's Linear has no bias)
+    assert eight.value(eight.categories["parameters"].bytes) == 3**8 * 8 * 8 * 4
+    fifty = compile_spec(_nested(50))
+    assert fifty.peak is None and "50 repeats nested" in fifty.peak_unavailable
+
+
+def test_the_python_api_has_a_time_limit():
+    from memspec import compile_spec
+    from memspec.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"<spec>: compiling took longer than 0.2 s"):
+        compile_spec(_nested(6), time_limit=0.2)  # six nested repeats take seconds
+
+
+def test_time_limits_nest():
+    import time
+
+    from memspec.errors import UsageError
+    from memspec.limits import time_limit
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    outer = pytest.raises(UsageError, match=r"outer took longer than 0\.2 s")
+    with outer, time_limit(0.2, "outer"), time_limit(5, "inner"):
+        spin(2)
+    inner = pytest.raises(UsageError, match=r"inner took longer than 0\.2 s")
+    with inner, time_limit(5, "outer"), time_limit(0.2, "inner"):
+        spin(2)
+    again = pytest.raises(UsageError, match=r"outer took longer than 0\.3 s")
+    with again, time_limit(0.3, "outer"):
+        with time_limit(5, "inner"):
+            pass
+        spin(2)  # the outer limit is armed again once the inner one ends
+    with time_limit(0.2, "done"):
+        pass
+    spin(0.4)  # and nothing is left armed after the outermost one
+
+
+# --- output: names and text in any script, escaped in every format -------------------------
+
+
+def test_a_file_name_with_markup_stays_inert(capsys, tmp_path):
+    text = (ROOT / "specs/mlp.mspec").read_text()
+    spec = _spec(tmp_path, text, "a<b>*x*_[y](z)`q.mspec")
+    code, out, _ = _run(capsys, ["compile", spec, "--preset", "quickstart", "--no-cache"])
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("Compiled by memspec from "))
+    # one code span, its backtick replaced: nothing in the name can open markup
+    assert line.count("`") == 4 and "a<b>*x*_[y](z)'q.mspec" in line
+    code, out, _ = _run(capsys, ["compile", spec, "--preset", "quickstart", "--no-cache",
+                                 "--format", "json"])  # fmt: skip
+    assert json.loads(out)["spec"] == spec
+
+
+def test_text_in_any_script_compiles_in_latex(capsys, tmp_path):
+    import shutil
+    import subprocess
+
+    text = (ROOT / "specs/mlp.mspec").read_text()
+    note = 'assume "résumé — naïve 日本語 ✓"\n'
+    spec = _spec(tmp_path, text.replace("dim batch_size", note + "dim batch_size", 1))
+    code, tex, _ = _run(capsys, ["compile", spec, "--preset", "quickstart", "--no-cache",
+                                 "--format", "tex"])  # fmt: skip
+    assert code == 0
+    assert r"résumé --- naïve \texttt{U+65E5}\texttt{U+672C}\texttt{U+8A9E} \texttt{U+2713}" in tex
+    assert shutil.which("pdflatex"), "pdflatex is required (Debian: texlive-latex-base)"
+    (tmp_path / "r.tex").write_text(tex, encoding="utf-8")
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "r.tex"],
+        cwd=tmp_path, capture_output=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout.decode(errors="replace")[-2000:]
+
+
+def test_verify_refuses_a_step_larger_than_the_machine_before_allocating(capsys, monkeypatch):
+    import memspec.cli as cli
+
+    monkeypatch.chdir(ROOT)
+    argv = ["verify", "specs/mlp.mspec", "--preset", "quickstart", "--set", "B=4",
+            "--set", "F=100000000"]  # fmt: skip
+    code, _, err = _run(capsys, argv)  # 10^16 weights: refused, nothing allocated
+    assert code == 2 and "more than 50% of the" in err and "verify --peak --no-step" in err
+    monkeypatch.setattr(cli, "_available_memory", lambda: 10**6)
+    code, _, err = _run(capsys, [*argv[:4], "--set", "B=4"])
+    assert code == 2 and "more than 50% of the 1,000,000 bytes this machine has free" in err
+    code, out, _ = _run(capsys, [*argv[:4], "--set", "B=4", "--peak", "--no-step"])
+    assert code == 0 and "peak" in out.lower()  # fake tensors: no memory needed

@@ -9,10 +9,9 @@ exits 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import signal
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -29,7 +28,7 @@ IMPLEMENTATIONS = ("for_loop", "foreach", "fused")
 MAX_POINTS = 10_000_000  # memspec.sweep.grid.MAX_POINTS (a test keeps them equal)
 VERIFY_FAILED = 3  # `memspec verify` ran and a prediction differs from the measurement
 CHECK_FAILED = 3  # `memspec check` ran and a stated answer differs from memspec's count
-COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
+COMPILE_SECONDS = 20.0  # memspec.compile.COMPILE_SECONDS (a test keeps them equal)
 SWEEP_SECONDS = 120.0  # a sweep compiles a few times (sizes where torch decides otherwise)
 
 
@@ -52,26 +51,12 @@ def _write(path: str, text: str) -> None:
         raise UsageError(f"-o {path}: cannot write it ({err.strerror})") from None
 
 
-@contextlib.contextmanager
 def _time_limit(seconds: float, spec: str):
-    """Turn a compile that runs past `seconds` into a user-input error (POSIX timers)."""
-    if seconds <= 0 or not hasattr(signal, "setitimer"):
-        yield
-        return
+    """Turn a command that runs past `seconds` into a user-input error (nests with the
+    compile's own limit: `memspec.limits`)."""
+    from memspec.limits import time_limit
 
-    def expired(signum, frame):
-        raise UsageError(
-            f"{spec}: compiling took longer than {seconds:g} s; the spec is too "
-            "complex (raise --time-limit to wait longer)"
-        )
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return time_limit(seconds, f"{spec}: compiling")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -528,6 +513,7 @@ def _result(args: argparse.Namespace, **options):
         optimizer=args.optimizer,
         use=tuple(args.use),
         step=step,
+        time_limit=None,  # the command's own limit (--time-limit) holds
         **{**flags, **options},
     )
 
@@ -601,6 +587,40 @@ def _cached_compile(args: argparse.Namespace) -> str:
     return output
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory this machine has free (Linux's MemAvailable), if it says."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# verify runs a real step only when memspec's own prediction of it is under this share of
+# the machine's free memory: a larger one would swap or die in the allocator
+VERIFY_MEMORY_SHARE = 0.5
+
+
+def _step_fits_here(result) -> None:
+    """Refuse, before anything is allocated, a real step larger than the machine allows."""
+    peak = result.peak.value if result.peak is not None else None
+    need = peak if peak is not None else result.value(result.total_bytes)
+    have = _available_memory()
+    if need is None or have is None or need <= VERIFY_MEMORY_SHARE * have:
+        return
+    raise UsageError(
+        f"the step needs {need:,} bytes (memspec's prediction), more than "
+        f"{VERIFY_MEMORY_SHARE:.0%} of the {have:,} bytes this machine has free: a real "
+        "step would not finish. Measure large sizes on fake tensors, which allocate "
+        "nothing: verify --peak --no-step"
+    )
+
+
 def _verify(args: argparse.Namespace) -> tuple[str, bool]:
     try:
         import torch  # noqa: F401
@@ -618,6 +638,8 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
         )
     result = _result(args, convention="autograd")
     result.substitutions()  # every dim must be bound: fail before any work
+    if args.step:
+        _step_fits_here(result)
     parallel = result.config.parallel
     if parallel.tensor_parallel and result.ranks is None:
         from memspec.verify.tp import verify_tp
@@ -649,7 +671,13 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 
 def _solve(args: argparse.Namespace) -> str:
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
-    from memspec.solve import check_bound, parse_budget, solve_max, solve_min_degree
+    from memspec.solve import (
+        allowed_values,
+        check_bound,
+        parse_budget,
+        solve_max,
+        solve_min_degree,
+    )
 
     if args.symbol in ("P", "prompt_len") and getattr(args, "mode", "train") == "inference":
         return _solve_prompt(args)
@@ -667,7 +695,7 @@ def _solve(args: argparse.Namespace) -> str:
             bound = [*args.bindings, f"{args.symbol}={value}"]
             return _result(argparse.Namespace(**{**vars(args), "bindings": bound}))
 
-        s = check_bound(s, args.objective, compile_at)
+        s = check_bound(s, args.objective, compile_at, allowed_values(result, s.symbol))
     if args.plot:
         from memspec.plot import plot_memory
 

@@ -20,6 +20,7 @@ from memspec.elaborate import elaborate
 from memspec.errors import UsageError
 from memspec.hf_config import HfConfigUse, config_bindings, read_config
 from memspec.inference import PAST, Inference, with_past
+from memspec.limits import time_limit as limited_to
 from memspec.lora import Lora
 from memspec.ops import lookup
 from memspec.parallel import DP, TP, with_degree
@@ -49,6 +50,7 @@ def _source(spec: str | Path) -> tuple[SourceFile, Path | None]:
 
 
 MAX_STEPS = 10**15  # no training run is longer; more is a typo
+COMPILE_SECONDS = 20.0  # real specs compile in well under a second; untrusted ones may not
 
 
 def _training(
@@ -100,6 +102,7 @@ def compile_spec(
     checks: tuple = (),
     hf_config: str | Path | None = None,
     unbound: tuple[str, ...] = (),
+    time_limit: float | None = COMPILE_SECONDS,
 ) -> CompileResult:
     """Compile a spec (a path, or spec text) into a `CompileResult`.
 
@@ -120,136 +123,140 @@ def compile_spec(
     config.json whose fields set the dims as the spec's `hf_config` block says
     (`memspec.hf_config`; `set` wins over it, it over `preset`). `unbound` names dims
     left symbolic whatever the preset or config gives them (`memspec sweep`'s grid).
-    Raises `MemspecError` for any problem with the input.
+    `time_limit` (seconds; None: none) stops a spec that takes longer with a
+    `UsageError` (POSIX, in the main thread). Raises `MemspecError` for any problem with
+    the input.
     """
-    step = step or StepOptions()
-    if step.grad_accum < 1:
-        raise UsageError("--grad-accum must be at least 1")
-    training = _training(peak_flops, mfu, steps)
-    source, path = _source(spec)
-    extras = (*(("peft.lora",) if lora else ()), *((weights.module,) if weights else ()))
-    program = load_program(source, path, extras)
-    config = resolve_config(
-        program,
-        precision,
-        optimizer,
-        convention,
-        tuple(use),
-        recompute,
-        dp,
-        zero,
-        runtime,
-        tp,
-        sp,
-        sp_convention,
-        tuple(freeze),
-        lora,
-        weights,
-        inference,
-    )
-    items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
-    if config.parallel.distributed:
-        program = with_degree(program)
-        if config.parallel.dp is not None:
-            items.append(f"{DP}={config.parallel.dp}")
-    if config.parallel.tensor_parallel:
-        program = with_degree(program, TP)
-        if config.parallel.tp is not None:
-            items.append(f"{TP}={config.parallel.tp}")
-
-    decode_items = None
-    if config.inference is not None:
-        program = with_past(program)
-        config = dataclasses.replace(config, variants=(*config.variants, "cache"))
-        length = sequence_length(program)
-        run = config.inference
-        decode_items = [*items, f"{length}=1"]  # and the positions cached before the step
-        items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
-
-    hf = read_config(hf_config) if hf_config is not None else None
-    used: list[tuple[bind.Bindings, HfConfigUse]] = []
-
-    def binder(items: list[str]):
-        def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
-            # Bound before the model is elaborated: views and copies are decided at them.
-            bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
-            if hf is not None:
-                if not used:  # every elaboration (prefill, decode steps) binds the same
-                    used.append(config_bindings(program.hf_configs, symbols, hf, source.name))
-                bindings.update(used[0][0])
-            explicit = bind.parse_set(symbols, items)
-            bindings.update(explicit)
-            for name in unbound:
-                symbol = bind.lookup_symbol(symbols, name, "--grid")
-                if symbol in explicit:
-                    raise UsageError(
-                        f"--grid {name}: {symbol} is also given a value (--set, or a flag "
-                        "that sets it such as --dp, --tp or --prompt-len); give it one way"
-                    )
-                bindings.pop(symbol, None)
-            return bindings
-
-        return sizes
-
-    elab = elaborate(program, config, binder(items))
-    phases: tuple = ()
-    if config.inference is not None:
-        phases = inference_phases(
-            program, config, elab, lambda past: binder([*decode_items, f"{PAST}={past}"])
+    name = spec.name if isinstance(spec, Path) else (spec if "\n" not in spec else "<spec>")
+    with limited_to(time_limit, f"{name}: compiling"):
+        step = step or StepOptions()
+        if step.grad_accum < 1:
+            raise UsageError("--grad-accum must be at least 1")
+        training = _training(peak_flops, mfu, steps)
+        source, path = _source(spec)
+        extras = (*(("peft.lora",) if lora else ()), *((weights.module,) if weights else ()))
+        program = load_program(source, path, extras)
+        config = resolve_config(
+            program,
+            precision,
+            optimizer,
+            convention,
+            tuple(use),
+            recompute,
+            dp,
+            zero,
+            runtime,
+            tp,
+            sp,
+            sp_convention,
+            tuple(freeze),
+            lora,
+            weights,
+            inference,
         )
-    symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
-    conflict = unmodelled_cache(graph, config.recompute)
-    if conflict is not None:
-        raise UsageError(
-            f"recompute policy {config.recompute.name!r} saves aten ops that "
-            f"{conflict.op} at {conflict.path} runs for intermediates of its own "
-            f"({', '.join(lookup(conflict.op).aten_inside)}): not modelled yet",
-            conflict.span,
+        items = [f"{k}={v}" for k, v in set.items()] if isinstance(set, dict) else list(set or [])
+        if config.parallel.distributed:
+            program = with_degree(program)
+            if config.parallel.dp is not None:
+                items.append(f"{DP}={config.parallel.dp}")
+        if config.parallel.tensor_parallel:
+            program = with_degree(program, TP)
+            if config.parallel.tp is not None:
+                items.append(f"{TP}={config.parallel.tp}")
+
+        decode_items = None
+        if config.inference is not None:
+            program = with_past(program)
+            config = dataclasses.replace(config, variants=(*config.variants, "cache"))
+            length = sequence_length(program)
+            run = config.inference
+            decode_items = [*items, f"{length}=1"]  # and the positions cached before the step
+            items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
+
+        hf = read_config(hf_config) if hf_config is not None else None
+        used: list[tuple[bind.Bindings, HfConfigUse]] = []
+
+        def binder(items: list[str]):
+            def sizes(symbols: SymbolTable, evaluate: Callable[[Expr], sp.Expr]) -> bind.Bindings:
+                # Bound before the model is elaborated: views and copies are decided at them.
+                bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
+                if hf is not None:
+                    if not used:  # every elaboration (prefill, decode steps) binds the same
+                        used.append(config_bindings(program.hf_configs, symbols, hf, source.name))
+                    bindings.update(used[0][0])
+                explicit = bind.parse_set(symbols, items)
+                bindings.update(explicit)
+                for name in unbound:
+                    symbol = bind.lookup_symbol(symbols, name, "--grid")
+                    if symbol in explicit:
+                        raise UsageError(
+                            f"--grid {name}: {symbol} is also given a value (--set, or a flag "
+                            "that sets it such as --dp, --tp or --prompt-len); give it one way"
+                        )
+                    bindings.pop(symbol, None)
+                return bindings
+
+            return sizes
+
+        elab = elaborate(program, config, binder(items))
+        phases: tuple = ()
+        if config.inference is not None:
+            phases = inference_phases(
+                program, config, elab, lambda past: binder([*decode_items, f"{PAST}={past}"])
+            )
+        symbols, graph, bindings = elab.symbols, elab.graph, elab.bindings
+        conflict = unmodelled_cache(graph, config.recompute)
+        if conflict is not None:
+            raise UsageError(
+                f"recompute policy {config.recompute.name!r} saves aten ops that "
+                f"{conflict.op} at {conflict.path} runs for intermediates of its own "
+                f"({', '.join(lookup(conflict.op).aten_inside)}): not modelled yet",
+                conflict.span,
+            )
+        bind.check_assumptions(graph.assumptions, symbols, bindings)
+        bind.check_sizes(graph, symbols, bindings)
+        policies = {name: read_convention(decl) for name, decl in program.conventions.items()}
+        done = run_pipeline(
+            AnalysisContext(
+                graph=graph,
+                config=config,
+                program=program,
+                symbols=symbols,
+                bindings=bindings,
+                evaluate=elab.evaluate,
+                conventions=policies,
+                step=step,
+                phases=phases,
+                checks=tuple(checks),
+            )
         )
-    bind.check_assumptions(graph.assumptions, symbols, bindings)
-    bind.check_sizes(graph, symbols, bindings)
-    policies = {name: read_convention(decl) for name, decl in program.conventions.items()}
-    done = run_pipeline(
-        AnalysisContext(
-            graph=graph,
+        answer = done["peak"]
+        return CompileResult(
+            spec=source.name,
+            model=graph.model,
             config=config,
-            program=program,
             symbols=symbols,
+            graph=graph,
+            categories={k: done[k] for k in CATEGORY_TITLES},
+            conventions=done["conventions"],
+            convention_policies=policies,
             bindings=bindings,
-            evaluate=elab.evaluate,
-            conventions=policies,
+            preset=preset,
+            variants_used=elab.variants_used,
+            expects=done["expects"],
+            checks=done["checks"],
+            notes=tuple(a.text for a in program.assumes),
+            flops=done["flops"],
+            training=training,
+            peak=answer.peak,
+            peak_unavailable=answer.unavailable,
+            rank_peaks=answer.ranks,
+            ranks=done["ranks"],
             step=step,
-            phases=phases,
-            checks=tuple(checks),
+            active=done["active_parameters"],
+            kv_cache=kv_cache_at_end(phases, config),
+            hf_config=used[0][1] if used else None,
         )
-    )
-    answer = done["peak"]
-    return CompileResult(
-        spec=source.name,
-        model=graph.model,
-        config=config,
-        symbols=symbols,
-        graph=graph,
-        categories={k: done[k] for k in CATEGORY_TITLES},
-        conventions=done["conventions"],
-        convention_policies=policies,
-        bindings=bindings,
-        preset=preset,
-        variants_used=elab.variants_used,
-        expects=done["expects"],
-        checks=done["checks"],
-        notes=tuple(a.text for a in program.assumes),
-        flops=done["flops"],
-        training=training,
-        peak=answer.peak,
-        peak_unavailable=answer.unavailable,
-        rank_peaks=answer.ranks,
-        ranks=done["ranks"],
-        step=step,
-        active=done["active_parameters"],
-        kv_cache=kv_cache_at_end(phases, config),
-        hf_config=used[0][1] if used else None,
-    )
 
 
 def sequence_length(program) -> str:

@@ -217,6 +217,6 @@ def _parallel_setting(key: str, value: str, span) -> object:
         if value not in ("true", "false"):
             raise UsageError(f"train setting sp is true or false, not {value!r}", span)
         return value == "true"
-    if not value.replace("_", "").isdigit():
+    if not (value.isascii() and value.replace("_", "").isdigit()):  # "²".isdigit() is true
         raise UsageError(f"train setting {key} is a number, not {value!r}", span)
     return int(value.replace("_", ""))

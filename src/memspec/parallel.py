@@ -155,7 +155,7 @@ def read_parallel(
     """The configuration from its settings (None: not given). Without `dp`, ZeRO's
     degree is the symbol DP (`--set DP=N` binds it, as `--dp N` does); `tp` is a number
     of ranks or the symbol `TP` (formulas in the degree)."""
-    if isinstance(tp, str) and tp != TP and not tp.isdigit():
+    if isinstance(tp, str) and tp != TP and not (tp.isascii() and tp.isdigit()):
         raise UsageError(f"--tp is a number of ranks or the symbol {TP}, not {tp!r}")
     # the degree: 1 when not given, None for the symbol TP
     tp = 1 if tp is None else None if tp == TP else int(tp)

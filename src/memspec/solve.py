@@ -148,6 +148,44 @@ def _scan_degrees(result: CompileResult, x, exprs, expression, budget: int) -> S
     return Solution(x, None, budget, expression, None, smallest=True)
 
 
+# how far `solve` looks past a value for one that meets the spec's divisibility
+MAX_STEPS_TO_ALLOWED = 100_000
+
+
+def _assumed_on(result: CompileResult, x: sp.Symbol) -> list[sp.Expr]:
+    """The spec's shape assumptions (expressions that must be whole) that involve `x`,
+    the other dims as bound."""
+    bindings = {k: v for k, v in result.bindings.items() if k != x}
+    subs = {k: sp.Integer(v) for k, v in bindings.items()}
+    exprs = [
+        resolve_defaults(a.expr, result.symbols, bindings).xreplace(subs)
+        for a in result.graph.assumptions
+    ]
+    return [e for e in exprs if e.has(x)]
+
+
+def allowed_values(result: CompileResult, x: sp.Symbol) -> Callable[[int], bool]:
+    """Whether a value of `x` meets every shape assumption of the spec (`2H divides D`)
+    with the other dims as bound: an answer must be a size the spec can have."""
+    relevant = _assumed_on(result, x)
+    return lambda v: all(e.xreplace({x: sp.Integer(v)}).is_integer for e in relevant)
+
+
+def _next_allowed(allowed: Callable[[int], bool], v: int, step: int) -> int | None:
+    """The nearest allowed value from `v` on (`step` -1: down, 1: up); None past 1 or
+    past MAX_STEPS_TO_ALLOWED values."""
+    for _ in range(MAX_STEPS_TO_ALLOWED):
+        if v < 1:
+            return None
+        if allowed(v):
+            return v
+        v += step
+    raise UsageError(
+        f"no value within {MAX_STEPS_TO_ALLOWED:,} of {v - step * MAX_STEPS_TO_ALLOWED:,} "
+        "meets the spec's assumptions (its divisibility)"
+    )
+
+
 def solve_max(result: CompileResult, name: str, budget: int, objective: str = "peak") -> Solution:
     dim = result.symbols.lookup(name)
     if dim is None:
@@ -190,6 +228,9 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
     def fits(v: int) -> bool:
         return max(at(v)) <= budget
 
+    allowed = allowed_values(result, x)
+    if _assumed_on(result, x):  # x takes part in a divisibility: no closed form says it
+        formula = None
     if not fits(1):
         return Solution(x, None, budget, expression, formula)
     if fits(MAX_VALUE):
@@ -203,6 +244,9 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
+    low = _next_allowed(allowed, low, -1)  # the largest that fits and the spec allows
+    if low is None:
+        return Solution(x, None, budget, expression, formula)
     values = at(low)
     moment = terms[values.index(max(values))][1] or None
     return Solution(x, low, budget, expression, formula, moment)
@@ -214,7 +258,10 @@ def _bytes(result: CompileResult, objective: str) -> int:
 
 
 def check_bound(
-    solution: Solution, objective: str, compile_at: Callable[[int], CompileResult]
+    solution: Solution,
+    objective: str,
+    compile_at: Callable[[int], CompileResult],
+    allowed: Callable[[int], bool] = lambda v: True,
 ) -> Solution:
     """`solution` re-checked with the symbol bound: `compile_at(v)` compiles the spec at
     that value. The answer is the largest value that fits at its own bound sizes with the
@@ -229,10 +276,11 @@ def check_bound(
 
     answer = solution.maximum or 0
     for _ in range(8):
+        above = _next_allowed(allowed, answer + 1, 1)
         if answer >= 1 and not fits(answer):
-            answer -= 1
-        elif fits(answer + 1):
-            answer += 1
+            answer = _next_allowed(allowed, answer - 1, -1) or 0
+        elif above is not None and fits(above):
+            answer = above
         else:
             break
     else:

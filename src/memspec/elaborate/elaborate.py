@@ -167,7 +167,21 @@ class Elaborator:
                 "(the loss, or the output torch would sum)",
                 forward.body.span or decl.span,
             )
-        outputs = (result.id,) if isinstance(result, Tensor) else ()
+        made = isinstance(result, Tensor) and self.builder.values[result.id].role not in (
+            Role.PARAMETER,
+            Role.BUFFER,
+            Role.INPUT,
+        )
+        if not made:
+            what = "a parameter or buffer" if isinstance(result, Tensor) else "no tensor"
+            if isinstance(result, Tensor) and self.builder.values[result.id].role is Role.INPUT:
+                what = "one of its inputs"
+            raise SpecValueError(
+                f"model {decl.name}'s forward returns {what}; it returns a tensor it computes "
+                "(the loss, or the output torch would sum)",
+                forward.body.span or decl.span,
+            )
+        outputs = (result.id,)
         if self.plans is not None and not self.layers.styles:
             raise UsageError(
                 "--tp: no layer of this model has a tp_plan, so nothing would be sharded; "
@@ -306,6 +320,13 @@ class Elaborator:
     ) -> object:
         """Run a fn in the caller's region, under the caller's path; it sees only globals."""
         decl = fn.decl
+        if decl.name in frame.calls:
+            chain = " -> ".join((*frame.calls[frame.calls.index(decl.name) :], decl.name))
+            raise SpecValueError(
+                f"fn {decl.name} calls itself ({chain}): a spec has no recursion (the "
+                "model's shape would never end)",
+                span,
+            )
         inner = Frame(frame.member(decl.name), frame.region, (*frame.calls, decl.name), result_name)
         return self.run_body(decl.name, decl, self.globals, args, kwargs, span, inner)
 

@@ -8,6 +8,7 @@ layer called twice gives two loops over the same region (the walk refuses those)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -127,7 +128,7 @@ def _loop_inputs(graph: Graph, items: tuple) -> dict[int, tuple[int, ...]]:
 def _nest(graph: Graph) -> tuple[int | Loop, ...]:
     # (region id, body being built) for the loops open at the current op, outermost first
     stack: list[tuple[int | None, list]] = [(None, [])]
-    numbers = iter(range(len(graph.ops) + 1))
+    numbers = itertools.count()  # an op may open several loops (nested repeats)
     opened: list[int] = []  # each open loop's number, in `stack` order after the root
 
     def close() -> None:

@@ -6,7 +6,10 @@ Saved-tensor rules as observed with torch 2.13.0 on the CPU through
 
 from __future__ import annotations
 
+import sympy as sp
+
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import note_relation
 from memspec.ir.types import DType, shape_str
 from memspec.ops.elementwise import _layout, _pointwise
 from memspec.ops.promotion import result_type
@@ -46,6 +49,16 @@ def _rope_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
             )
         # Tables hold one angle per pair of features: [max_len, d_k / 2].
         ctx.expect_same(2 * table.shape[1], shape[-1], f"2 x {name} table width vs head dim")
+    # the forward slices the tables to the sequence: it must not be longer than they are
+    spare = sp.expand(cos.shape[0] - shape[-2])
+    at = ctx.bound.at(spare)
+    if spare.is_negative or sp.sympify(at).is_negative:
+        values = f" ({at} at these sizes)" if at != spare else ""
+        raise ctx.fail(
+            f"the sequence ({shape[-2]}) is longer than the rotary tables "
+            f"({cos.shape[0]} positions){values}"
+        )
+    note_relation(sp.Ge, at, sp.Integer(0))  # taken to fit (a sweep asks)
     # x times the tables: torch promotes (bfloat16 x, float32 tables -> float32)
     return (OutputSpec(x.shape, result_type((t.dtype, len(t.shape)) for t in ctx.inputs)),)
 

@@ -16,7 +16,7 @@ from functools import reduce
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.sizes import BoundSizes
+from memspec.ir.sizes import BoundSizes, note_relation
 from memspec.ir.types import DType, Shape, numel, shape_str
 from memspec.ops.patterns import Pattern, parse_pattern
 from memspec.ops.promotion import promote_types
@@ -167,8 +167,13 @@ def _narrow_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
     dim = _dim(ctx, x.shape, ctx.attrs["dim"])
     start, length = ctx.attrs["start"], ctx.attrs["length"]
-    if (sp.expand(x.shape[dim] - start - length)).is_negative:
-        raise ctx.fail(f"narrow [{start}, {start} + {length}) exceeds size {x.shape[dim]}")
+    spare = sp.expand(x.shape[dim] - start - length)
+    # at the bound sizes as torch checks them (K = 9 of D = 4), else for every size
+    if spare.is_negative or sp.sympify(ctx.bound.at(spare)).is_negative:
+        at = ctx.bound.at(spare)
+        values = f" ({at} at these sizes)" if at != spare else ""
+        raise ctx.fail(f"narrow [{start}, {start} + {length}) exceeds size {x.shape[dim]}{values}")
+    note_relation(sp.Ge, ctx.bound.at(spare), sp.Integer(0))  # taken to fit (a sweep asks)
     shape = list(x.shape)
     shape[dim] = length
     strides = normalize(tuple(shape), actual(x.shape, x.strides), ctx.bound)  # keeps strides

@@ -97,7 +97,7 @@ def _conventions(context: AnalysisContext) -> dict[str, CategoryResult]:
 def _flops(context: AnalysisContext) -> FlopsResult:
     # the optimizer updates the trained parameters only (a frozen one has no gradient)
     trained = trained_items(context.earlier["parameters"].items)
-    elements = sp.expand(sum((i.total_elements for i in trained), sp.Integer(0)))
+    elements = sp.expand(sp.Add(*(i.total_elements for i in trained)))
     return count_flops(context.graph, context.config, elements)
 
 

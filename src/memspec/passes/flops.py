@@ -61,9 +61,7 @@ class FlopsResult:
         return sp.expand(self.total + self.optimizer)
 
     def _total(self, part: str) -> sp.Expr:
-        return sp.expand(
-            sum((getattr(i, part) * i.multiplicity for i in self.items), sp.Integer(0))
-        )
+        return sp.expand(sp.Add(*(getattr(i, part) * i.multiplicity for i in self.items)))
 
     @property
     def forward(self) -> sp.Expr:
@@ -80,9 +78,7 @@ class FlopsResult:
     @property
     def recompute(self) -> sp.Expr:
         """The forward FLOPs backward runs again (checkpoints' recomputation)."""
-        return sp.expand(
-            sum((i.forward * i.multiplicity for i in self.items if i.recomputed), sp.Integer(0))
-        )
+        return sp.expand(sp.Add(*(i.forward * i.multiplicity for i in self.items if i.recomputed)))
 
     @property
     def with_recompute(self) -> sp.Expr:

@@ -41,7 +41,7 @@ class RankClass:
 
     @property
     def bytes(self) -> sp.Expr:
-        return sp.expand(sum((c.bytes for c in self.categories.values()), sp.Integer(0)))
+        return sp.expand(sp.Add(*(c.bytes for c in self.categories.values())))
 
     @property
     def stepping(self) -> dict[str, CategoryResult]:

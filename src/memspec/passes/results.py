@@ -74,11 +74,11 @@ class CategoryResult:
 
     @property
     def elements(self) -> sp.Expr:
-        return sp.expand(sum((i.total_elements for i in self.items), sp.Integer(0)))
+        return sp.expand(sp.Add(*(i.total_elements for i in self.items)))
 
     @property
     def bytes(self) -> sp.Expr:
-        return sp.expand(sum((i.bytes for i in self.items), sp.Integer(0)))
+        return sp.expand(sp.Add(*(i.bytes for i in self.items)))
 
     def structured(self, weight=lambda item: sp.Integer(1)) -> sp.Expr:
         """The total kept in region structure: `N*(block items) + other items`.

@@ -82,12 +82,12 @@ def _trainable(result: CompileResult) -> tuple[Math, str | None]:
     """The trained parameters' elements, and PEFT's `print_trainable_parameters` line
     when some are frozen and every size is bound."""
     items = result.categories["parameters"].items
-    trained = sum((i.total_elements for i in trained_items(items)), sp.Integer(0))
+    trained = sp.Add(*(i.total_elements for i in trained_items(items)))
     elements = quantity(result, trained)
     if all(i.note != FROZEN for i in items):
         return elements, None
     # PEFT counts a packed 4-bit weight (uint8, two codes a byte) twice: its out x in
-    packed = sum((i.total_elements for i in items if i.dtype is DType.uint8), sp.Integer(0))
+    packed = sp.Add(*(i.total_elements for i in items if i.dtype is DType.uint8))
     every = quantity(result, result.categories["parameters"].elements + packed)
     if elements.value is None or every.value is None:
         return elements, None

@@ -36,9 +36,40 @@ _TEX_SPECIALS = {
 }
 
 
+# Beyond Latin-1, pdflatex (utf8 input, T1 fonts) typesets these; any other character is
+# written as its code point, so that a description in any script still compiles
+_TEX_UNICODE = {
+    "\u2013": "--",
+    "\u2014": "---",
+    "\u2018": "`",
+    "\u2019": "'",
+    "\u201c": "``",
+    "\u201d": "''",
+    "\u2026": r"\ldots{}",
+    "\u2022": r"\textbullet{}",
+    "\u2212": "-",
+    "\u00d7": r"$\times$",
+    "\u2192": r"$\rightarrow$",
+}
+
+
+def _tex_char(c: str) -> str:
+    if c in _TEX_SPECIALS:
+        return _TEX_SPECIALS[c]
+    if c in _TEX_UNICODE:
+        return _TEX_UNICODE[c]
+    code = ord(c)
+    if code < 32 and c not in "\n\t":
+        return " "  # control characters: TeX reads some of them as commands
+    if code < 0x7F or 0xA0 <= code <= 0xFF:
+        return c
+    return rf"\texttt{{U+{code:04X}}}"
+
+
 def tex_escape(value: str) -> str:
-    """Escape TeX's special characters in plain text (names, notes)."""
-    return "".join(_TEX_SPECIALS.get(c, c) for c in str(value))
+    """Escape TeX's special characters in plain text (names, notes); characters pdflatex
+    cannot typeset become their code points (`U+65E5`)."""
+    return "".join(_tex_char(c) for c in str(value))
 
 
 def tex_name(value: str) -> str:

@@ -14,7 +14,7 @@ import itertools
 import json
 
 from memspec.passes.results import CATEGORY_TITLES
-from memspec.report.render import md_escape
+from memspec.report.render import md_code, md_escape
 from memspec.sweep.sweep import Formulas, SweepResult
 from memspec.symbolic.bind import format_bytes
 from memspec.symbolic.printers import latex, text
@@ -57,7 +57,7 @@ def _bound(sweep: SweepResult) -> str:
         for d in result.symbols.ordered()
         if d.symbol in result.bindings and d.symbol not in swept
     ]
-    preset = f"preset `{result.preset}`; " if result.preset else ""
+    preset = f"preset {md_code(result.preset)}; " if result.preset else ""
     return preset + (", ".join(items) if items else "nothing else bound")
 
 
@@ -72,9 +72,9 @@ def render_markdown(sweep: SweepResult) -> str:
     result = sweep.result
     grid = " × ".join(f"{s} = {_values(v)}" for s, v in sweep.axes)
     lines = [
-        f"# Sweep of `{md_escape(result.model)}` over {', '.join(str(s) for s, _ in sweep.axes)}",
+        f"# Sweep of {md_code(result.model)} over {', '.join(str(s) for s, _ in sweep.axes)}",
         "",
-        f"Compiled by memspec from `{md_escape(result.spec)}`: {_bound(sweep)}.",
+        f"Compiled by memspec from {md_code(result.spec)}: {_bound(sweep)}.",
         f"Grid: {grid}: {sweep.points:,} points. All memory in bytes.",
     ]
     fits = sweep.fits

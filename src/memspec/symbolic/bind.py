@@ -145,10 +145,11 @@ def check_assumptions(
 
 
 def check_sizes(graph: Graph, table: SymbolTable, bindings: Bindings) -> None:
-    """Every repeat count and every tensor dim must be a whole number, at least 0 (a
-    count) or 0 (a dim: torch has empty tensors), at the bound values: a Linear of
-    `D - B` outputs with B > D, `repeat N - 4` at N = 2, is refused where it is written,
-    not compiled to negative memory."""
+    """Every repeat count must be a whole number, at least 1 (an empty stack, whose
+    output is its input, is not modelled), and every tensor dim one from 0 (torch has
+    empty tensors) to MAX_VALUE, at the bound values: a Linear of `D - B` outputs with
+    B > D, `repeat N - 4` at N = 2, is refused where it is written, not compiled to
+    negative memory."""
     if not bindings:
         return
 
@@ -159,20 +160,22 @@ def check_sizes(graph: Graph, table: SymbolTable, bindings: Bindings) -> None:
 
     for region in graph.regions:
         count = at(region.count)
-        if count.is_number and (not count.is_Integer or count < 0):
+        if count.is_number and (not count.is_Integer or count < 1):
             raise UsageError(
                 f"repeat {region.count} of {region.path} is {count} at these sizes: a "
-                "count of repetitions is a whole number, at least 0",
+                "count of repetitions is a whole number, at least 1 (an empty stack is "
+                "not modelled)",
                 region.span,
             )
     for value in graph.values:
         for k, dim in enumerate(value.shape):
             size = at(dim)
-            if size.is_number and (not size.is_Integer or size < 0):
+            if size.is_number and (not size.is_Integer or size < 0 or size > MAX_VALUE):
                 shape = ", ".join(str(d) for d in value.shape)
+                shown = f"{float(size):.3e}" if size > MAX_VALUE else str(size)
                 raise UsageError(
-                    f"{value.path} [{shape}]: dim {k} ({dim}) is {size} at these sizes; a "
-                    "size is a whole number, at least 0",
+                    f"{value.path} [{shape}]: dim {k} ({dim}) is {shown} at these sizes; a "
+                    f"size is a whole number from 0 to {MAX_VALUE:.0e}",
                     value.span,
                 )
 

@@ -126,9 +126,14 @@ class _Loader:
     ) -> list[tuple[Path, str]]:
         if decl.path is not None:
             base = current.parent if current else Path.cwd()
-            path = (base / decl.path).resolve()
             # Report the file as the user would name it: relative to the spec that uses it.
             display = os.path.normpath(os.path.join(os.path.dirname(current_name), decl.path))
+            try:
+                path = (base / decl.path).resolve()
+            except (OSError, RuntimeError) as err:  # a loop of symbolic links
+                reason = getattr(err, "strerror", None) or str(err)
+                message = f"{display}: cannot resolve it: {reason}"
+                raise SpecImportError(message, decl.span) from None
             return [(path, display)]
         library, _, member = (decl.library or "").partition(".")
         if library != "std":

@@ -475,9 +475,13 @@ class ToAst(Transformer_NonRecursive):
 
     def expr_float(self, meta, children):
         text = str(children[0]).replace("_", "")
-        if len(text) > MAX_LITERAL_DIGITS:
+        exponent = text.lower().partition("e")[2]
+        # 1e999999999 is short to write and has a billion digits: its exponent is limited
+        # as an integer literal's digits are
+        if len(text) > MAX_LITERAL_DIGITS or abs(int(exponent or "0")) > MAX_LITERAL_DIGITS:
             raise SpecValueError(
-                f"number literal too long (over {MAX_LITERAL_DIGITS} digits)", self.span(meta)
+                f"number literal too large or too small (beyond 1e{MAX_LITERAL_DIGITS})",
+                self.span(meta),
             )
         return n.ExprFloat(text, span=self.span(meta))
 

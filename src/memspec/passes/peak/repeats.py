@@ -23,12 +23,17 @@ import sympy as sp
 from memspec.ir.graph import Graph
 from memspec.ir.sizes import note_relation
 from memspec.passes.peak.moments import Phase, Point, Position, Side
-from memspec.passes.peak.replay import Replay
+from memspec.passes.peak.replay import PeakUnavailable, Replay
 from memspec.symbolic.polys import Poly, add_into, scaled
 
 __all__ = ["REPLAY_LIMIT", "Plan", "Reading", "Share", "label", "plan", "readings", "shares"]
 
 REPLAY_LIMIT = 3  # repetitions of a repeat region the replay runs: first, middle, last
+# The most op applications and repetitions one replay runs: nested repeats multiply them
+# (3^depth), and the moments' readings grow with their product; six nested repeats (1,092
+# repetitions) take 3 s, seven (3,279) 25 s, so past these the peak is refused
+MAX_REPLAYED_OPS = 20_000
+MAX_REPLAYED_LOOPS = 1_500
 
 
 class Adds(enum.Enum):
@@ -72,6 +77,20 @@ def plan(graph: Graph, bindings: Mapping[sp.Symbol, int]) -> Plan:
             repetitions[region.id] = REPLAY_LIMIT
             counts[region.id] = region.count - REPLAY_LIMIT
             note_relation(sp.Ge, count, REPLAY_LIMIT)
+
+    def copies(region_id: int | None) -> int:
+        return math.prod(repetitions[r.id] for r in graph.region_chain(region_id))
+
+    ops = sum(copies(op.region) for op in graph.ops)
+    loops = sum(copies(r.id) for r in graph.regions)
+    if ops > MAX_REPLAYED_OPS or loops > MAX_REPLAYED_LOOPS:
+        depth = max((len(graph.region_chain(r.id)) for r in graph.regions), default=0)
+        raise PeakUnavailable(
+            f"the true peak would replay {ops:,} ops in {loops:,} repetitions ({depth} "
+            f"repeats nested, up to {REPLAY_LIMIT} repetitions of each), more than the "
+            f"{MAX_REPLAYED_OPS:,} ops or {MAX_REPLAYED_LOOPS:,} repetitions it replays; "
+            "the categories are exact, the peak is not computed"
+        )
     extra = {rid: sp.Dummy(f"e{rid}", integer=True, nonnegative=True) for rid in counts}
     return Plan(repetitions, extra, counts)
 
