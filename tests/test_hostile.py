@@ -396,3 +396,35 @@ def test_verify_refuses_a_step_larger_than_the_machine_before_allocating(capsys,
     assert code == 2 and "more than 50% of the 1,000,000 bytes this machine has free" in err
     code, out, _ = _run(capsys, [*argv[:4], "--set", "B=4", "--peak", "--no-step"])
     assert code == 0 and "peak" in out.lower()  # fake tensors: no memory needed
+
+
+def test_too_many_candidate_moments_refuse_the_peak_not_the_compile(monkeypatch):
+    from memspec import compile_spec
+    from memspec.passes.peak import true_peak
+
+    # ten distinct Linears: the moments trade D^2 against B*D, so many can be the peak
+    members = "\n".join(f"    l{i} = Linear(D, D)" for i in range(10))
+    chain = "x"
+    for i in range(10):
+        chain = f"l{i}({chain})"
+    text = PLAIN.replace("    fc = Linear(D, D)", members).replace("fc(x)", chain)
+    assert compile_spec(text).peak is not None
+    monkeypatch.setattr(true_peak, "MAX_CANDIDATES", 5)
+    result = compile_spec(text, set={"B": 2, "D": 8})
+    assert result.peak is None
+    assert result.peak_unavailable.startswith("more than 5 of the step's ")
+    assert result.value(result.categories["parameters"].bytes) == 10 * 8 * 8 * 4
+
+
+def test_a_layer_of_ten_thousand_parameters_compiles():
+    from memspec import compile_spec
+
+    params = "\n".join(f"    param w{i}: [d]" for i in range(10_000))
+    text = (
+        "use std\ndim batch_size as B\ndim d_model as D\nlayer Big(d) {\n" + params + "\n"
+        "    forward(x: [b, d]) -> [b, d] {\n        return x * w0\n    }\n}\n"
+        "model M {\n    big = Big(D)\n    forward(x: [B, D], y: [B, D]) {\n"
+        "        return mse_loss(big(x), y)\n    }\n}\n"
+    )
+    result = compile_spec(text, set={"B": 2, "D": 3})  # quadratic sums took 20 s; now 4 s
+    assert result.value(result.categories["parameters"].bytes) == 10_000 * 3 * 4

@@ -8,6 +8,7 @@ also keeps the structure `N*(per-block) + rest` that a reader can check line by 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -64,19 +65,21 @@ class LineItem:
         return self.total_elements * self.dtype.itemsize
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CategoryResult:
-    """One memory category (parameters, gradients, ...) and its items in graph order."""
+    """One memory category (parameters, gradients, ...) and its items in graph order.
+    Its totals are summed once (a report reads them often; a layer may have 10,000
+    parameters)."""
 
     name: str
     items: tuple[LineItem, ...]
     description: str = ""
 
-    @property
+    @functools.cached_property
     def elements(self) -> sp.Expr:
         return sp.expand(sp.Add(*(i.total_elements for i in self.items)))
 
-    @property
+    @functools.cached_property
     def bytes(self) -> sp.Expr:
         return sp.expand(sp.Add(*(i.bytes for i in self.items)))
 
@@ -94,13 +97,13 @@ class CategoryResult:
 
 
 def _structured(items, depth: int, weight) -> sp.Expr:
-    total = sp.Integer(0)
+    terms = []  # summed at once: adding one at a time is quadratic in the items
     groups: dict[tuple[str, sp.Expr], list[LineItem]] = {}
     for item in items:
         if len(item.regions) > depth:
             groups.setdefault(item.regions[depth], []).append(item)
         else:
-            total += sp.expand(item.elements * item.extra * weight(item))
+            terms.append(sp.expand(item.elements * item.extra * weight(item)))
     for (_, count), members in groups.items():
-        total += count * _structured(members, depth + 1, weight)
-    return total
+        terms.append(count * _structured(members, depth + 1, weight))
+    return sp.Add(*terms)

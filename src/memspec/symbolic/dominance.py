@@ -18,7 +18,7 @@ import sympy as sp
 
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["dominates", "undominated"]
+__all__ = ["TooMany", "dominates", "undominated"]
 
 
 @lru_cache(maxsize=65536)
@@ -72,7 +72,12 @@ def dominates(a: Poly, b: Poly) -> bool:
     return True
 
 
-def undominated(totals: list[Poly]) -> list[int]:
+class TooMany(Exception):
+    """More sums than `undominated(limit=...)` keeps: each is compared with every kept
+    one, so the work grows as their square."""
+
+
+def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
     """Indices of the sums no other one dominates, largest (at a reference size) first.
 
     Values at a few sizes (every dim 1; every dim near 2^10; mixed) only order them and
@@ -93,6 +98,8 @@ def undominated(totals: list[Poly]) -> list[int]:
         else:
             kept.append(i)
             recent.append(i)
+            if limit is not None and len(kept) > limit:
+                raise TooMany(len(totals))
     return kept
 
 
