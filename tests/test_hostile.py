@@ -5,6 +5,7 @@ others like it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -134,6 +135,29 @@ model M {
     assert "the sequence (L) is longer than the rotary tables (M positions) (-16 at" in err
     code, _, _ = _run(capsys, ["compile", spec, "--no-cache", *sets, "--set", "L=16"])
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    "stride, padding, message",
+    [
+        (1, -1, "conv2d: padding must be a whole number, at least 0, not -1"),
+        (0, 1, "conv2d: stride must be a whole number, at least 1, not 0"),
+    ],
+)
+def test_a_convolution_torch_refuses_is_refused(capsys, tmp_path, stride, padding, message):
+    text = f"""use std
+dim batch_size as B
+dim image as I
+model M {{
+    conv = Conv2d(3, 8, 3, stride = {stride}, padding = {padding})
+    forward(x: [B, 3, I, I], y: [B, 8, I, I]) {{
+        return mse_loss(conv(x), y)
+    }}
+}}
+"""
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2 and message in err
+    assert "m.mspec:7:25: note: while expanding Conv2d (conv)" in err
 
 
 def test_a_negative_repeat_count_is_refused_where_written(capsys, tmp_path):
@@ -345,6 +369,12 @@ def test_time_limits_nest():
     with time_limit(0.2, "done"):
         pass
     spin(0.4)  # and nothing is left armed after the outermost one
+    swallowed = pytest.raises(UsageError, match="swallowed")
+    with swallowed, time_limit(0.1, "swallowed"):
+        # code that catches everything (a cache's fallback) takes the first one
+        with contextlib.suppress(Exception):
+            spin(0.3)
+        spin(2)  # the timer fires again
 
 
 # --- output: names and text in any script, escaped in every format -------------------------

@@ -21,6 +21,14 @@ from memspec.ops.registry import (
 )
 
 
+def _window(ctx: InferContext, stride: sp.Expr, padding: sp.Expr) -> None:
+    """torch refuses a stride below 1 and a negative padding; so does the shape rule."""
+    if sp.sympify(stride).is_number and not (sp.sympify(stride).is_integer and stride >= 1):
+        raise ctx.fail(f"stride must be a whole number, at least 1, not {stride}")
+    if sp.sympify(padding).is_number and not (sp.sympify(padding).is_integer and padding >= 0):
+        raise ctx.fail(f"padding must be a whole number, at least 0, not {padding}")
+
+
 def _out_size(size: sp.Expr, kernel: sp.Expr, stride: sp.Expr, padding: sp.Expr) -> sp.Expr:
     # Expanded first, so sympy pulls whole terms out: floor(I/p - 1) = floor(I/p) - 1.
     return sp.floor(sp.expand((size + 2 * padding - kernel) / stride)) + 1
@@ -45,6 +53,7 @@ def _conv_infer(spatial: int):
         if bias:
             ctx.expect_same(bias[0].shape[0], w.shape[0], "bias vs output channels")
         s, p = ctx.attrs["stride"], ctx.attrs["padding"]
+        _window(ctx, s, p)
         sizes = tuple(_out_size(n, k, s, p) for n, k in zip(x.shape[2:], w.shape[2:], strict=True))
         return (OutputSpec((x.shape[0], w.shape[0], *sizes), ctx.float_dtype()),)
 
@@ -85,6 +94,7 @@ def _pool_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if len(x.shape) != 4:
         raise ctx.fail(f"needs [B, C, H, W], got {shape_str(x.shape)}")
     k, s, p = ctx.attrs["kernel"], ctx.attrs["stride"], ctx.attrs["padding"]
+    _window(ctx, s, p)
     return (
         OutputSpec(
             (*x.shape[:2], _out_size(x.shape[2], k, s, p), _out_size(x.shape[3], k, s, p)), x.dtype
