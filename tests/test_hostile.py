@@ -344,6 +344,22 @@ def test_the_python_api_has_a_time_limit():
         compile_spec(_nested(6), time_limit=0.2)  # six nested repeats take seconds
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["solve", "--for", "B", "--budget", "80GB"],
+        ["check", "--expect", "params == 2*V*D"],
+        ["diff", "--both=--use eager", "--b=--use sdpa"],
+        ["info"],
+    ],
+)
+def test_every_command_has_a_time_limit(capsys, monkeypatch, command):
+    monkeypatch.chdir(ROOT)
+    argv = [command[0], "specs/llama.mspec", *command[1:], "--time-limit", "0.001"]
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and "specs/llama.mspec: compiling took longer than 0.001 s" in err
+
+
 def test_time_limits_nest():
     import time
 

@@ -59,6 +59,16 @@ def _time_limit(seconds: float, spec: str):
     return time_limit(seconds, f"{spec}: compiling")
 
 
+def _limit_option(p: argparse.ArgumentParser, default: float, what: str) -> None:
+    p.add_argument(
+        "--time-limit",
+        type=_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"give up on {what} that takes longer (default {default:g}; 0: no limit)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memspec",
@@ -124,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--convention", help="activation convention (course, autograd, ...)")
     s.add_argument("--format", choices=("text", "json"), default="text")
+    _limit_option(s, 3 * COMPILE_SECONDS, "a solve (it compiles a few times)")
     _common(s)
     v = sub.add_parser("verify", help="check the prediction against a real PyTorch step")
     v.add_argument("spec", help="the .mspec file")
@@ -153,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--convention", help="activation convention (course, autograd, ...)")
     k.add_argument("--format", choices=("md", "json"), default="md")
+    _limit_option(k, COMPILE_SECONDS, "a check")
     _common(k)
     f = sub.add_parser(
         "diff", help="two specs, or one under two configurations: every category, item by item"
@@ -169,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
             + ' (after "=": --both="--preset llama2_7b --set B=1" --b="--precision bf16")',
         )
     f.add_argument("--format", choices=("md", "json"), default="md")
+    _limit_option(f, 2 * COMPILE_SECONDS, "a diff (two compiles)")
     w = sub.add_parser(
         "sweep", help="every category and the true peak over a grid of sizes, exactly"
     )
@@ -221,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("spec", help="the .mspec file")
     i.add_argument("--format", choices=("text", "json"), default="text")
     i.add_argument("--use", action="append", default=[], metavar="VARIANT", help="as for compile")
+    _limit_option(i, COMPILE_SECONDS, "a spec")
     o = sub.add_parser("ops", help="list the primitive ops and their rules in words")
     o.add_argument("--format", choices=("text", "md"), default="text")
     return parser
@@ -807,19 +821,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "solve":
-            with _time_limit(COMPILE_SECONDS, args.spec):
+            with _time_limit(args.time_limit, args.spec):
                 sys.stdout.write(_solve(args))
             return 0
         if args.command == "info":
-            with _time_limit(COMPILE_SECONDS, args.spec):
+            with _time_limit(args.time_limit, args.spec):
                 sys.stdout.write(_info(args))
             return 0
         if args.command == "diff":
-            with _time_limit(2 * COMPILE_SECONDS, args.spec):
+            with _time_limit(args.time_limit, args.spec):
                 sys.stdout.write(_diff(args))
             return 0
         if args.command == "check":
-            with _time_limit(COMPILE_SECONDS, args.spec):
+            with _time_limit(args.time_limit, args.spec):
                 output, ok = _check(args)
             sys.stdout.write(output)
             return 0 if ok else CHECK_FAILED
