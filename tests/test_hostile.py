@@ -474,3 +474,22 @@ def test_a_layer_of_ten_thousand_parameters_compiles():
     )
     result = compile_spec(text, set={"B": 2, "D": 3})  # quadratic sums took 20 s; now 4 s
     assert result.value(result.categories["parameters"].bytes) == 10_000 * 3 * 4
+
+
+def test_thousands_of_sums_keep_what_the_loop_keeps(monkeypatch):
+    import random
+
+    import sympy as sp
+
+    from memspec.symbolic import dominance
+    from memspec.symbolic.polys import poly
+
+    b, d = sp.symbols("B D", integer=True, positive=True)
+    rng = random.Random(3)
+    # a front that trades D^2 against B*D (none dominates another), with dominated ones
+    sums = [poly((3000 - k) * d**2 + k * b * d + rng.randint(0, 5)) for k in range(1500)]
+    sums += [poly(rng.randint(1, 2999) * d**2 + rng.randint(0, 10)) for _ in range(1500)]
+    fast = dominance.undominated(sums)
+    monkeypatch.setattr(dominance, "_MANY", 10**9)
+    assert len(sums) > 2000 and fast == dominance.undominated(sums)
+    assert 1500 <= len(fast) < 3000

@@ -86,6 +86,8 @@ def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
     """
     samples = _sample_values(totals)
     order = sorted(range(len(totals)), key=lambda i: -samples[i][0])
+    if len(totals) > _MANY:
+        return _undominated_many(totals, samples, order, limit)
     kept: list[int] = []
     recent: list[int] = []  # kept ones, the latest to dominate another first
     for i in order:
@@ -100,6 +102,33 @@ def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
             recent.append(i)
             if limit is not None and len(kept) > limit:
                 raise TooMany(len(totals))
+    return kept
+
+
+# Past this many sums, the sample values that rule a proof out are compared with numpy:
+# thousands of distinct layers keep thousands of sums, each checked against all of them.
+_MANY = 2_000
+
+
+def _undominated_many(
+    totals: list[Poly], samples: list[tuple[float, ...]], order: list[int], limit: int | None
+) -> list[int]:
+    """`undominated` with the sample comparison against every kept sum done at once; the
+    same sums are kept (a sum goes if any kept one dominates it), only faster."""
+    import numpy as np
+
+    table = np.asarray(samples, dtype=float)
+    slack = table - 1e-9 * np.abs(table)  # x >= y - 1e-9 |y|, as the loop above has it
+    rows = np.empty_like(table)  # the kept sums' samples, in the order kept
+    kept: list[int] = []
+    for i in order:
+        possible = np.flatnonzero(np.all(rows[: len(kept)] >= slack[i], axis=1))
+        if any(dominates(totals[kept[k]], totals[i]) for k in possible[::-1]):
+            continue
+        rows[len(kept)] = table[i]
+        kept.append(i)
+        if limit is not None and len(kept) > limit:
+            raise TooMany(len(totals))
     return kept
 
 
