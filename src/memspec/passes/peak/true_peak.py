@@ -55,8 +55,8 @@ class Moment:
 
 
 # The most moments the peak keeps as candidates (none at most another for every size):
-# each new one is compared with those kept, so past this it takes minutes (1,000
-# distinct layers keep 7,007: 1 s; 3,000 keep 21,000: half a minute)
+# each new one is compared with those kept, and the report lists them all (1,000
+# distinct Linears keep 1,001 of 1,004 moments: 1 s; 15,000 pass this bound at 14 s)
 MAX_CANDIDATES = 12_000
 
 
