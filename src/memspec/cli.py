@@ -103,13 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="compile even when the same command's output is in the cache (and keep none)",
     )
-    c.add_argument(
-        "--time-limit",
-        type=_seconds,
-        default=COMPILE_SECONDS,
-        metavar="SECONDS",
-        help=f"give up on a spec that takes longer (default {COMPILE_SECONDS:g})",
-    )
+    _limit_option(c, COMPILE_SECONDS, "a spec")
     s = sub.add_parser("solve", help="the largest value of a symbol that fits a memory budget")
     s.add_argument("spec", help="the .mspec file")
     s.add_argument("--budget", required=True, help="memory budget: 80GB (10^9) or 80GiB (2^30)")
@@ -220,13 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also draw the sweep (one dim: lines; two: a heatmap) to FILE (.png, .svg or "
         ".pdf; needs memspec[plot])",
     )
-    w.add_argument(
-        "--time-limit",
-        type=_seconds,
-        default=SWEEP_SECONDS,
-        metavar="SECONDS",
-        help=f"give up on a sweep that takes longer (default {SWEEP_SECONDS:g})",
-    )
+    _limit_option(w, SWEEP_SECONDS, "a sweep")
     _common(w)
     i = sub.add_parser(
         "info", help="what a spec declares: dims, presets, variants, policies, expects"
@@ -567,13 +555,21 @@ def _check(args: argparse.Namespace) -> tuple[str, bool]:
     return render_markdown(result, found, args.expect), ok
 
 
-def _compile(args: argparse.Namespace) -> str:
-    if args.spec is None:
-        if args.hf_config is None:
-            raise UsageError("compile needs a spec (or --hf-config, whose model_type picks one)")
-        from memspec.hf_config import read_config, spec_for
+def _spec_from_config(args: argparse.Namespace) -> None:
+    """Without a SPEC, the bundled spec that reads the --hf-config's model_type."""
+    if args.spec is not None:
+        return
+    if args.hf_config is None:
+        raise UsageError(
+            f"{args.command} needs a spec (or --hf-config, whose model_type picks one)"
+        )
+    from memspec.hf_config import read_config, spec_for
 
-        args.spec = str(spec_for(read_config(args.hf_config)))
+    args.spec = str(spec_for(read_config(args.hf_config)))
+
+
+def _compile(args: argparse.Namespace) -> str:
+    _spec_from_config(args)
     result = _result(args, peak_flops=args.peak_flops, mfu=args.mfu, steps=args.steps)
     if args.format == "json":
         return result.to_json()
@@ -587,17 +583,15 @@ def _cached_compile(args: argparse.Namespace) -> str:
     (`memspec.compile_cache`), else a compile, kept for next time."""
     from memspec import compile_cache
 
-    if not args.cache:
-        with _time_limit(args.time_limit, args.spec or args.hf_config):
-            return _compile(args)
     options = {k: v for k, v in vars(args).items() if k not in ("output", "time_limit")}
-    output = compile_cache.lookup(options)
+    output = compile_cache.lookup(options) if args.cache else None
     if output is not None:
         return output
     limit = _time_limit(args.time_limit, args.spec or args.hf_config)
     with compile_cache.recording() as reads, limit:
         output = _compile(args)
-    compile_cache.store(options, reads, output)
+    if args.cache:
+        compile_cache.store(options, reads, output)
     return output
 
 
@@ -765,23 +759,17 @@ def _solve_prompt(args: argparse.Namespace) -> str:
     return text
 
 
-def _sweep(args: argparse.Namespace) -> str | bytes:
-    """The grid's table (or, for --format png, the plot's bytes)."""
+def _sweep(args: argparse.Namespace) -> str:
+    """The grid's table ("" for --format png: the plot is written to -o)."""
     from memspec.report import sweep as report
     from memspec.solve import parse_budget
-    from memspec.sweep.grid import parse_axis, points
+    from memspec.sweep.grid import parse_axis
     from memspec.sweep.sweep import sweep
 
-    if args.spec is None:
-        if args.hf_config is None:
-            raise UsageError("sweep needs a spec (or --hf-config, whose model_type picks one)")
-        from memspec.hf_config import read_config, spec_for
-
-        args.spec = str(spec_for(read_config(args.hf_config)))
+    _spec_from_config(args)
     if args.format == "png" and not args.output:
         raise UsageError("--format png writes a picture: give the file with -o FILE.png")
     axes = tuple(parse_axis(text)[0] for text in args.grid)
-    points(axes)
     budget = parse_budget(args.budget) if args.budget is not None else None
 
     def compile_at(fixed: dict[str, int], free: tuple[str, ...]):
@@ -820,17 +808,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_ops(args))
         return 0
     try:
-        if args.command == "solve":
+        plain = {"solve": _solve, "info": _info, "diff": _diff}
+        if args.command in plain:
             with _time_limit(args.time_limit, args.spec):
-                sys.stdout.write(_solve(args))
-            return 0
-        if args.command == "info":
-            with _time_limit(args.time_limit, args.spec):
-                sys.stdout.write(_info(args))
-            return 0
-        if args.command == "diff":
-            with _time_limit(args.time_limit, args.spec):
-                sys.stdout.write(_diff(args))
+                sys.stdout.write(plain[args.command](args))
             return 0
         if args.command == "check":
             with _time_limit(args.time_limit, args.spec):

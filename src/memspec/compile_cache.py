@@ -20,11 +20,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+
+from memspec.resources import cache_dir, grammar_path, keep_in_cache
 
 __all__ = ["MAX_ENTRIES", "lookup", "note_read", "recording", "store"]
 
@@ -53,8 +54,6 @@ def note_read(path: Path, data: bytes) -> None:
 
 
 def _folder() -> Path | None:
-    from memspec.resources import cache_dir
-
     base = cache_dir()
     return None if base is None else base / "outputs"
 
@@ -66,7 +65,6 @@ def _fingerprint() -> str:
     rewrites it)."""
     from importlib.util import find_spec
 
-    from memspec.resources import grammar_path
     from memspec.version import __version__
 
     digest = hashlib.sha256(f"{_FORMAT}\0{__version__}\0{sys.version}".encode())
@@ -117,14 +115,5 @@ def store(options: dict[str, object], reads: list[tuple[str, str]], output: str)
     if folder is None or not reads:
         return
     entry = {"format": _FORMAT, "reads": sorted(set(reads)), "output": output}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(entry, out)
-        os.replace(temporary, folder / f"{_key(options)}.json")
-        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        for old in entries[:-MAX_ENTRIES]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        return
+    data = json.dumps(entry).encode("utf-8")
+    keep_in_cache(folder / f"{_key(options)}.json", data, MAX_ENTRIES)

@@ -14,7 +14,7 @@ import sympy as sp
 from memspec.errors import UsageError
 from memspec.result import CATEGORY_TITLES, CompileResult
 from memspec.solve import Solution
-from memspec.symbolic.bind import resolve_defaults
+from memspec.symbolic.bind import substitute
 
 __all__ = ["plot_memory", "plot_sweep"]
 
@@ -23,9 +23,7 @@ GIB = 2**30
 
 def _curve(result: CompileResult, expr: sp.Expr, x: sp.Symbol, xs: list[int]) -> list[float]:
     bindings = {k: v for k, v in result.bindings.items() if k != x}
-    bound = resolve_defaults(expr, result.symbols, bindings).xreplace(
-        {k: sp.Integer(v) for k, v in bindings.items()}
-    )
+    bound = substitute(expr, result.symbols, bindings)
     if bound.free_symbols - {x}:
         missing = ", ".join(sorted(str(s) for s in bound.free_symbols - {x}))
         raise UsageError(f"--plot needs every dim but {x} bound (unbound: {missing})")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "grammar_path", "std_dir", "zoo_dir"]
+__all__ = ["cache_dir", "grammar_path", "keep_in_cache", "std_dir", "zoo_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parent.parent
@@ -53,3 +54,25 @@ def cache_dir() -> Path | None:
         return Path.home() / "Library" / "Caches" / "memspec"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "memspec"
+
+
+def keep_in_cache(path: Path, data: bytes, keep: int) -> None:
+    """Write a cache entry atomically (a temporary file renamed: a reader never sees half
+    of one), then remove the oldest entries of its kind past `keep`. A folder that cannot
+    be written is no cache, not an error: nothing is raised, nothing is left behind."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(temporary, path)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        entries = sorted(folder.glob(f"*{path.suffix}"), key=lambda p: p.stat().st_mtime_ns)
+        for old in entries[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        return

@@ -27,7 +27,7 @@ from memspec.errors import UsageError
 from memspec.ir.types import Role
 from memspec.parallel import DP
 from memspec.result import CompileResult
-from memspec.symbolic.bind import MAX_VALUE, resolve_defaults
+from memspec.symbolic.bind import MAX_VALUE, substitute
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import poly
 
@@ -107,10 +107,8 @@ def solve_min_degree(result: CompileResult, budget: int, objective: str = "sum")
         raise UsageError("--for DP needs data parallelism: add --zero K")
     x = dim.symbol
     bindings = {k: v for k, v in result.bindings.items() if k != x}
-    subs = {k: sp.Integer(v) for k, v in bindings.items()}
     exprs = [
-        sp.expand(resolve_defaults(e, result.symbols, bindings).xreplace(subs))
-        for e, _ in _objective(result, objective)
+        sp.expand(substitute(e, result.symbols, bindings)) for e, _ in _objective(result, objective)
     ]
     expression = exprs[0] if len(exprs) == 1 else sp.Max(*exprs, evaluate=False)
     free = set().union(*(e.free_symbols for e in exprs)) - {x}
@@ -156,18 +154,17 @@ def _assumed_on(result: CompileResult, x: sp.Symbol) -> list[sp.Expr]:
     """The spec's shape assumptions (expressions that must be whole) that involve `x`,
     the other dims as bound."""
     bindings = {k: v for k, v in result.bindings.items() if k != x}
-    subs = {k: sp.Integer(v) for k, v in bindings.items()}
-    exprs = [
-        resolve_defaults(a.expr, result.symbols, bindings).xreplace(subs)
-        for a in result.graph.assumptions
-    ]
+    exprs = [substitute(a.expr, result.symbols, bindings) for a in result.graph.assumptions]
     return [e for e in exprs if e.has(x)]
 
 
-def allowed_values(result: CompileResult, x: sp.Symbol) -> Callable[[int], bool]:
+def allowed_values(
+    result: CompileResult, x: sp.Symbol, relevant: list[sp.Expr] | None = None
+) -> Callable[[int], bool]:
     """Whether a value of `x` meets every shape assumption of the spec (`2H divides D`)
-    with the other dims as bound: an answer must be a size the spec can have."""
-    relevant = _assumed_on(result, x)
+    with the other dims as bound: an answer must be a size the spec can have.
+    `relevant`: those assumptions (`_assumed_on`), where the caller has them."""
+    relevant = _assumed_on(result, x) if relevant is None else relevant
     return lambda v: all(e.xreplace({x: sp.Integer(v)}).is_integer for e in relevant)
 
 
@@ -192,10 +189,9 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
         raise UsageError(f"--for {name!r} is not a dim of this spec")
     x = dim.symbol
     bindings = {k: v for k, v in result.bindings.items() if k != x}
-    subs = {k: sp.Integer(v) for k, v in bindings.items()}
     terms = _undominated(
         [
-            (sp.expand(resolve_defaults(e, result.symbols, bindings).xreplace(subs)), label)
+            (sp.expand(substitute(e, result.symbols, bindings)), label)
             for e, label in _objective(result, objective)
         ]
     )
@@ -228,8 +224,9 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
     def fits(v: int) -> bool:
         return max(at(v)) <= budget
 
-    allowed = allowed_values(result, x)
-    if _assumed_on(result, x):  # x takes part in a divisibility: no closed form says it
+    relevant = _assumed_on(result, x)
+    allowed = allowed_values(result, x, relevant)
+    if relevant:  # x takes part in a divisibility: no closed form says it
         formula = None
     if not fits(1):
         return Solution(x, None, budget, expression, formula)

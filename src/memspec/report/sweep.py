@@ -15,7 +15,7 @@ import json
 
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.report.render import md_code, md_escape
-from memspec.sweep.sweep import Formulas, SweepResult
+from memspec.sweep.sweep import SweepResult, sizes_text
 from memspec.symbolic.bind import format_bytes
 from memspec.symbolic.printers import latex, text
 
@@ -31,10 +31,6 @@ def _what(sweep: SweepResult) -> str:
     if sweep.objective == "peak":
         return "the true peak of a step"
     return f"the sum of the categories ({sweep.result.config.convention.name} convention)"
-
-
-def _fixed(formulas: Formulas) -> str:
-    return ", ".join(f"{k} = {v:,}" for k, v in formulas.fixed) or "general sizes"
 
 
 def _values(values: tuple[int, ...]) -> str:
@@ -84,7 +80,7 @@ def render_markdown(sweep: SweepResult) -> str:
             f"{_what(sweep)}: {int(fits.sum()):,} of {sweep.points:,} points fit."
         )
     if sweep.checked:
-        at = " and ".join(", ".join(f"{k} = {v:,}" for k, v in point) for point, _ in sweep.checked)
+        at = " and ".join(sizes_text(point) for point in sweep.checked)
         lines.append(
             f"Checked: compiled with every size bound at {at}, memspec gives the same bytes "
             "in every column."
@@ -97,7 +93,7 @@ def render_markdown(sweep: SweepResult) -> str:
         "compiled again."
     )
     for formulas in sweep.formulas:
-        lines += ["", f"### At {_fixed(formulas)} ({formulas.points:,} points)", ""]
+        lines += ["", f"### At {sizes_text(formulas.fixed)} ({formulas.points:,} points)", ""]
         if formulas.why:
             lines.append(
                 "Compiled with these sizes bound, because there "
@@ -213,7 +209,7 @@ def render_json(sweep: SweepResult) -> str:
             for f in sweep.formulas
         ],
         "errors": list(sweep.errors),
-        "checked": [{str(k): v for k, v in point} for point, _ in sweep.checked],
+        "checked": [{str(k): v for k, v in point} for point in sweep.checked],
         "columns": _columns(sweep),
     }
     # a large grid's columns on one line each would be a file of mostly indentation

@@ -70,7 +70,7 @@ class GridEvaluator:
         if den == 1:
             return np.broadcast_to(n, self.shape), None
         d = self._int(den, wide)
-        q, r = np.divmod(n, d) if not wide else (n // d, n % d)
+        q, r = divmod(n, d)  # numpy's divmod for arrays, Python's for object arrays alike
         inexact = np.broadcast_to(r != 0, self.shape)
         return np.broadcast_to(q, self.shape), (inexact if inexact.any() else None)
 

@@ -26,12 +26,12 @@ from memspec.ir.sizes import watching
 from memspec.passes.results import CATEGORY_TITLES
 from memspec.result import CompileResult
 from memspec.sweep.evaluate import GridEvaluator
-from memspec.sweep.grid import Axis
-from memspec.symbolic.bind import resolve_defaults
+from memspec.sweep.grid import Axis, points
+from memspec.symbolic.bind import substitute
 from memspec.symbolic.dominance import undominated
 from memspec.symbolic.polys import poly
 
-__all__ = ["MAX_COMPILES", "Formulas", "SweepResult", "sweep"]
+__all__ = ["MAX_COMPILES", "Formulas", "SweepResult", "condition_text", "sizes_text", "sweep"]
 
 # The most compiles one sweep makes (the general one, the grid sizes where torch decides
 # otherwise, and the two checks): each takes a fraction of a second.
@@ -68,7 +68,8 @@ class SweepResult:
     error: np.ndarray  # index into errors (-1: none)
     budget: int | None
     objective: str  # "peak" or "sum"
-    checked: tuple[tuple[tuple[tuple[sp.Symbol, int], ...], bool], ...]  # (point, equal)
+    # the points compiled with every size bound, equal to the table (else it raises)
+    checked: tuple[tuple[tuple[sp.Symbol, int], ...], ...]
 
     @property
     def points(self) -> int:
@@ -88,12 +89,7 @@ class SweepResult:
 
 def _resolved(result: CompileResult, expr: sp.Expr) -> sp.Expr:
     """`expr` in the grid's dims only: defaults applied, every other bound dim substituted."""
-    bindings = result.bindings
-    return sp.expand(
-        resolve_defaults(expr, result.symbols, bindings).xreplace(
-            {k: sp.Integer(v) for k, v in bindings.items()}
-        )
-    )
+    return sp.expand(substitute(expr, result.symbols, result.bindings))
 
 
 class _Table:
@@ -127,8 +123,6 @@ class _Sweep:
         self.shape = self.grid.shape
         self.compiles = 0
         self.index = {symbol: k for k, (symbol, _) in enumerate(axes)}
-        # each point's value of each grid dim, as an open-grid index for grouping
-        self.coords = np.indices(self.shape, sparse=True)
 
     def compile(self, fixed: dict[sp.Symbol, int]) -> tuple[CompileResult, list]:
         self.compiles += 1
@@ -154,7 +148,7 @@ class _Sweep:
         except MemspecError as error:
             if not fixed:
                 raise
-            table.fail(where, f"at {_text(fixed)}: {error.message}")
+            table.fail(where, f"at {sizes_text(fixed.items())}: {error.message}")
             return
         grid = self.grid
         where = where.copy()
@@ -177,7 +171,7 @@ class _Sweep:
             seen.add((kind, item))
             holds = grid.whole(item) if kind == "integer" else grid.holds(item)
             checks.append((item, holds))
-            texts.append(f"{item} is whole" if kind == "integer" else relation_text(item))
+            texts.append(condition_text(item))
         ok = np.ones(self.shape, bool)
         for _, holds in checks:
             ok &= holds
@@ -209,7 +203,9 @@ class _Sweep:
         peak: tuple[tuple[sp.Expr, str], ...] = ()
         if table.moment is not None:
             if result.peak is None:
-                raise UsageError(f"no true peak at {_text(fixed)}: {result.peak_unavailable}")
+                raise UsageError(
+                    f"no true peak at {sizes_text(fixed.items())}: {result.peak_unavailable}"
+                )
             ordered = sorted(result.peak.candidates, key=lambda c: c.moment)
             resolved = [(_resolved(result, c.bytes), c.label()) for c in ordered]
             # with the other dims bound, a moment may now be at most another everywhere
@@ -264,11 +260,7 @@ class _Sweep:
         for key, members in groups.items():
             where = np.zeros(self.shape, bool)
             where[tuple(points[members].T)] = True
-            why = tuple(
-                f"{item} is whole" if not isinstance(item, sp.Rel) else relation_text(item)
-                for item, broken in failing
-                if (broken & where).any()
-            )
+            why = tuple(condition_text(item) for item, broken in failing if (broken & where).any())
             self.serve(table, {**fixed, **dict(key)}, where, why)
 
 
@@ -295,13 +287,15 @@ def _relation(result: CompileResult, relation: sp.Basic) -> sp.Basic:
     return kind(difference - constant, -constant, evaluate=False)
 
 
-def relation_text(relation: sp.Basic) -> str:
-    """`L != 1`, `N >= 3`."""
-    return f"{relation.lhs} {_SIGNS[type(relation)]} {relation.rhs}"
+def condition_text(item: sp.Basic) -> str:
+    """A general decision's condition in words: `L != 1`, `N >= 3`, `D/256 is whole`."""
+    if isinstance(item, sp.Rel):
+        return f"{item.lhs} {_SIGNS[type(item)]} {item.rhs}"
+    return f"{item} is whole"
 
 
-def _text(fixed) -> str:
-    items = fixed.items() if isinstance(fixed, dict) else fixed
+def sizes_text(items) -> str:
+    """`B = 1, L = 1,024` for (symbol, value) pairs; `general sizes` for none."""
     return ", ".join(f"{k} = {v:,}" for k, v in items) or "general sizes"
 
 
@@ -316,6 +310,7 @@ def sweep(
     """
     if objective not in ("peak", "sum"):
         raise UsageError(f"unknown objective {objective!r}; expected peak or sum")
+    points(axes)  # refused past MAX_POINTS before anything is made
     with watching() as found:
         general = compile_at({}, tuple(a.name for a in axes))
     symbols = [_axis_symbol(general, a) for a in axes]
@@ -388,7 +383,8 @@ def _check(state: _Sweep, table: _Table, general: CompileResult):
                 f"{k}: {got[k]:,} != {expected[k]:,}" for k in got if got[k] != expected[k]
             )
             raise RuntimeError(
-                f"the sweep's formulas differ from a compile at {_text(fixed)}: {differ}"
+                f"the sweep's formulas differ from a compile at {sizes_text(fixed.items())}: "
+                f"{differ}"
             )
-        checked.append((tuple(fixed.items()), True))
-    return tuple(sorted(checked, key=lambda c: [v for _, v in c[0]]))
+        checked.append(tuple(fixed.items()))
+    return tuple(sorted(checked, key=lambda point: [v for _, v in point]))

@@ -28,6 +28,7 @@ __all__ = [
     "parse_set",
     "preset_bindings",
     "resolve_defaults",
+    "substitute",
 ]
 
 Bindings = dict[sp.Symbol, int]
@@ -117,11 +118,17 @@ def resolve_defaults(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> s
     return expr.xreplace(subs) if subs else expr
 
 
-def evaluate(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> int | None:
-    """The exact integer value of `expr`, or None when a symbol it uses is unbound."""
-    value = resolve_defaults(expr, table, bindings).xreplace(
+def substitute(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> sp.Expr:
+    """`expr` at the bound values: unbound defaults applied (F -> 4*D), bound dims
+    replaced by their integers; the unbound dims stay symbols."""
+    return resolve_defaults(expr, table, bindings).xreplace(
         {k: sp.Integer(v) for k, v in bindings.items()}
     )
+
+
+def evaluate(expr: sp.Expr, table: SymbolTable, bindings: Bindings) -> int | None:
+    """The exact integer value of `expr`, or None when a symbol it uses is unbound."""
+    value = substitute(expr, table, bindings)
     if value.free_symbols:
         return None
     if not value.is_Integer:
@@ -134,9 +141,7 @@ def check_assumptions(
 ) -> None:
     """Every shape assumption (`H divides D`) must hold for the bound values."""
     for a in assumptions:
-        value = resolve_defaults(a.expr, table, bindings).xreplace(
-            {k: sp.Integer(v) for k, v in bindings.items()}
-        )
+        value = substitute(a.expr, table, bindings)
         if not value.free_symbols and not value.is_integer:
             raise UsageError(
                 f"the spec assumes {a.text}, which fails with these values ({a.expr} = {value})",
@@ -152,14 +157,8 @@ def check_sizes(graph: Graph, table: SymbolTable, bindings: Bindings) -> None:
     negative memory."""
     if not bindings:
         return
-
-    def at(expr: sp.Expr) -> sp.Expr:
-        return resolve_defaults(expr, table, bindings).xreplace(
-            {k: sp.Integer(v) for k, v in bindings.items()}
-        )
-
     for region in graph.regions:
-        count = at(region.count)
+        count = substitute(region.count, table, bindings)
         if count.is_number and (not count.is_Integer or count < 1):
             raise UsageError(
                 f"repeat {region.count} of {region.path} is {count} at these sizes: a "
@@ -169,7 +168,7 @@ def check_sizes(graph: Graph, table: SymbolTable, bindings: Bindings) -> None:
             )
     for value in graph.values:
         for k, dim in enumerate(value.shape):
-            size = at(dim)
+            size = substitute(dim, table, bindings)
             if size.is_number and (not size.is_Integer or size < 0 or size > MAX_VALUE):
                 shape = ", ".join(str(d) for d in value.shape)
                 shown = f"{float(size):.3e}" if size > MAX_VALUE else str(size)

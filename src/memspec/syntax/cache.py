@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from memspec.resources import cache_dir, grammar_path
+from memspec.resources import cache_dir, grammar_path, keep_in_cache
 from memspec.source import SourceFile
 from memspec.syntax.decls import Module
 
@@ -63,20 +61,6 @@ def _read(path: Path, source: SourceFile) -> Module | None:
     return module
 
 
-def _write(folder: Path, path: Path, module: Module) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            out.write(pickle.dumps(module, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(temporary, path)
-        entries = sorted(folder.glob("*.module"), key=lambda p: p.stat().st_mtime)
-        for old in entries[:-MAX_ENTRIES]:
-            old.unlink(missing_ok=True)
-    except (OSError, pickle.PicklingError, RecursionError):
-        return  # a cache that cannot be written is no cache, not an error
-
-
 def cached_module(
     text: str, source: SourceFile, parse: Callable[[str, SourceFile], Module]
 ) -> Module:
@@ -84,12 +68,15 @@ def cached_module(
     base = cache_dir()
     if base is None:
         return parse(text, source)
-    folder = base / "parsed"
-    path = folder / f"{_key(text, source)}.module"
+    path = base / "parsed" / f"{_key(text, source)}.module"
     module = _read(path, source)
     if module is None:
         module = parse(text, source)
-        _write(folder, path, module)
+        try:
+            data = pickle.dumps(module, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, RecursionError):
+            return module  # not picklable here: no cache entry, not an error
+        keep_in_cache(path, data, MAX_ENTRIES)
     return module
 
 
