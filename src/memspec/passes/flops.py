@@ -88,15 +88,15 @@ class FlopsResult:
 
     def structured(self) -> sp.Expr:
         """Forward plus backward, with each repeat region's subtotal times its count."""
-        total = sp.Integer(0)
-        groups: dict[Regions, sp.Expr] = {}
-        for item in self.items:
-            groups[item.regions] = groups.get(item.regions, sp.Integer(0)) + sp.expand(
-                item.forward + item.backward
+        groups: dict[Regions, list[sp.Expr]] = {}
+        for item in self.items:  # summed at once: adding one by one is quadratic in sympy
+            groups.setdefault(item.regions, []).append(sp.expand(item.forward + item.backward))
+        return sp.Add(
+            *(
+                reduce(sp.Mul, (c for _, c in regions), sp.Integer(1)) * sp.Add(*terms)
+                for regions, terms in groups.items()
             )
-        for regions, subtotal in groups.items():
-            total += reduce(sp.Mul, (c for _, c in regions), sp.Integer(1)) * subtotal
-        return total
+        )
 
 
 def count_flops(graph: Graph, config: TrainConfig, parameters: sp.Expr = sp.S.Zero) -> FlopsResult:

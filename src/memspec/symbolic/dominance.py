@@ -3,7 +3,9 @@
 `dominates(a, b)` is a proof, not a test at sample points: every coefficient of `a - b`
 is non-negative and every monomial is a product of sizes, all positive, so `a >= b` for
 every admissible value of the symbols. `undominated` keeps the sums no other one
-dominates; values at a few sample sizes only order them and skip proofs that must fail.
+dominates, nor a mix of two others (`below_chords`: a moment between two in a run of
+identical layers is never the only largest); values at a few sample sizes only order
+them and skip proofs that must fail.
 The peak pass prunes its moments with it, and `solve` the moments left once the other
 dims are bound.
 """
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import math
 import random
+from fractions import Fraction
 from functools import lru_cache
 
 import sympy as sp
 
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["TooMany", "dominates", "undominated"]
+__all__ = ["TooMany", "below_chords", "dominates", "undominated"]
 
 
 @lru_cache(maxsize=65536)
@@ -42,6 +45,13 @@ def _factor_at_least_one(small: sp.Expr, big: sp.Expr) -> bool:
 @lru_cache(maxsize=65536)
 def _key(monomial: sp.Expr) -> str:
     return sp.srepr(monomial)
+
+
+@lru_cache(maxsize=65536)
+def _sizes_only(monomial: sp.Expr) -> bool:
+    """Whether a monomial is a product of powers of symbols (dims >= 1, dummies >= 0), so
+    never negative."""
+    return all(base == 1 or isinstance(base, sp.Symbol) for base, _ in _powers(monomial))
 
 
 def _is_dim(base: sp.Expr) -> bool:
@@ -80,14 +90,26 @@ class TooMany(Exception):
 def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
     """Indices of the sums no other one dominates, largest (at a reference size) first.
 
+    Sums below the chord of two others, in the order given, go first (`below_chords`).
     Values at a few sizes (every dim 1; every dim near 2^10; mixed) only order them and
     skip proofs that must fail: a sum smaller somewhere cannot dominate. Dominance
     itself is proved by `polys.dominates`; of equal sums the first is kept.
     """
-    samples = _sample_values(totals)
-    order = sorted(range(len(totals)), key=lambda i: -samples[i][0])
-    if len(totals) > _MANY:
-        return _undominated_many(totals, samples, order, limit)
+    if not totals:
+        return []
+    left = below_chords(totals, range(len(totals)))
+    kept = _dominance(totals, left, limit)
+    chords = set(below_chords(totals, sorted(kept)))  # those the proofs left in a row
+    return [i for i in kept if i in chords]
+
+
+def _dominance(totals: list[Poly], among: list[int], limit: int | None) -> list[int]:
+    sums = [totals[i] for i in among]
+    samples = _sample_values(sums)
+    order = sorted(range(len(sums)), key=lambda i: -samples[i][0])
+    if len(sums) > _MANY:
+        return [among[i] for i in _undominated_many(sums, samples, order, limit)]
+    totals = sums
     kept: list[int] = []
     recent: list[int] = []  # kept ones, the latest to dominate another first
     for i in order:
@@ -102,7 +124,45 @@ def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
             recent.append(i)
             if limit is not None and len(kept) > limit:
                 raise TooMany(len(totals))
-    return kept
+    return [among[i] for i in kept]
+
+
+def below_chords(totals: list[Poly], order) -> list[int]:
+    """`order` (indices into `totals`) without the sums at most a mix of two others,
+    coefficient by coefficient: if t <= w*a + (1-w)*b for some 0 <= w <= 1, then t <= max(a, b)
+    at every size, each monomial being a product of sizes (>= 0). One pass with a stack,
+    as for a convex hull: the sum under the top goes when the next one comes, and what
+    it went for may go in turn (still at most a mix of what is left). A sum equal to
+    one of the two stays, for `dominates` to keep the first of equals."""
+    stack: list[int] = []
+    for k in order:
+        while len(stack) >= 2 and _under(totals[stack[-1]], totals[stack[-2]], totals[k]):
+            stack.pop()
+        stack.append(k)
+    return stack
+
+
+def _under(t: Poly, a: Poly, b: Poly) -> bool:
+    """Whether t <= w*a + (1-w)*b, coefficient by coefficient, for some w in [0, 1]
+    (and t is neither a nor b)."""
+    if t in (a, b):
+        return False
+    low, high = Fraction(0), Fraction(1)
+    for m in t.keys() | a.keys() | b.keys():
+        x, y, z = t.get(m, 0), a.get(m, 0), b.get(m, 0)  # x <= z + w (y - z)
+        if not _sizes_only(m):  # floor(...) and the like: equal in all three, or no proof
+            if not x == y == z:
+                return False
+        elif y == z:
+            if x > z:
+                return False
+        elif y > z:
+            low = max(low, Fraction(x - z) / (y - z))
+        else:
+            high = min(high, Fraction(z - x) / (z - y))
+        if low > high:
+            return False
+    return True
 
 
 # Past this many sums, the sample values that rule a proof out are compared with numpy:

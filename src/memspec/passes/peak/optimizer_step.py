@@ -241,7 +241,7 @@ def step_moments(
         if first_step and not optimizer.eager:  # its step() makes its state first
             add_into(made, measure(own_state(config, optimizer, own, bound)))
         for where, temp in _temporaries(config, optimizer, own, impl, bound, measure, ordered):
-            key = (held, tuple(sorted(temp.items(), key=str)), tuple(sorted(made.items(), key=str)))
+            key = (held, frozenset(temp.items()), frozenset(made.items()))
             if key not in seen:  # a moment like one before it adds no candidate
                 seen.add(key)
                 out.append((Phase.OPTIMIZER_STEP, where, optimizer.name, moment(temp, held)))
