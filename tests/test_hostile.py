@@ -193,6 +193,81 @@ def test_solve_answers_a_size_the_spec_allows(capsys, monkeypatch):
     assert [c["value"] for c in doc["checked"]] == [200, 400]  # the next allowed value
 
 
+# Memory that falls as the symbol grows: H heads of D / H each (parameters H^2 + D^2 / H),
+# and an output of 4096 - B features (its size ends at B = 4096)
+FALLING = """use std
+dim batch_size as B
+dim d_model as D
+dim heads as H
+model M {
+    a = Linear(H, H)
+    b = Linear(D, D / H)
+    c = Linear(D, 4096 - B)
+    forward(x: [B, H], y: [B, D], z: [B, D / H], w: [B, 4096 - B]) {
+        return mse_loss(a(x), x) + mse_loss(b(y), z) + mse_loss(c(y), w)
+    }
+}
+"""
+
+
+def _largest_by_brute_force(expression: str, symbol: str, budget: int, values) -> int | None:
+    import sympy as sp
+
+    x = sp.Symbol(symbol, integer=True, positive=True)
+    e = sp.sympify(expression, locals={symbol: x})  # our own output, not a spec
+    if all(a.is_polynomial(x) for a in e.args):  # integers in, integers out: exact
+        f = sp.lambdify(x, e, modules=[{"Max": max}, "math"])
+        fitting = [v for v in values if f(v) <= budget]
+    else:
+        fitting = [v for v in values if e.xreplace({x: v}) <= budget]
+    return max(fitting, default=None)
+
+
+@pytest.mark.parametrize(
+    "symbol, sets, budget, allowed",
+    [
+        # H: memory falls to H ~ 80, then grows; H must divide D = 1024
+        ("H", ["B=1", "D=1024"], 2_000_000, [2**k for k in range(11)]),
+        ("H", ["B=1", "D=1024"], 20_000_000, [2**k for k in range(11)]),
+        # B: memory grows, then falls as the output narrows; B = 4097 is no size
+        ("B", ["H=4", "D=64"], 9_000_000, range(1, 4097)),
+        ("B", ["H=4", "D=64"], 6_000_000, range(1, 4097)),
+    ],
+)
+def test_solve_answers_exactly_where_memory_falls(capsys, tmp_path, symbol, sets, budget, allowed):
+    flags = [x for s in sets for x in ("--set", s)]
+    argv = ["solve", _spec(tmp_path, FALLING), *flags, "--for", symbol, "--budget", str(budget)]
+    code, out, err = _run(capsys, [*argv, "--format", "json"])
+    assert code == 0, err
+    doc = json.loads(out)
+    want = _largest_by_brute_force(doc["expression"], symbol, budget, allowed)
+    assert doc["max"] == want and doc["grows"] is False
+    if want is not None:
+        assert doc["checked"][0]["value"] == want  # compiled at it: it fits
+        assert doc["checked"][0]["bytes"] <= budget
+
+
+def test_solve_says_nothing_fits_without_assuming_growth(capsys, tmp_path):
+    spec = _spec(tmp_path, FALLING)
+    argv = ["solve", spec, "--set", "B=1", "--set", "D=1024", "--for", "H", "--budget", "400KB"]
+    code, out, _ = _run(capsys, argv)
+    # the least memory (H ~ 80) is over 400 kB: not "even H = 1 needs more"
+    assert code == 0 and "no H that the spec's sizes allow fits 400,000 bytes" in out
+    code, out, _ = _run(capsys, [*argv[:-1], "100GB", "--format", "json"])
+    assert code == 0 and json.loads(out)["max"] == 1024  # H must divide D
+
+
+def test_solve_refuses_memory_it_cannot_bound(capsys, tmp_path):
+    # 4 + (B mod 2) features: neither a rational function of B nor moving one way
+    text = SMALL.format(out="4 + B - (B // 2) * 2", target="y").replace(
+        "y: [B, D]", "y: [B, 4 + B - (B // 2) * 2]"
+    )
+    argv = ["solve", _spec(tmp_path, text), "--set", "D=8", "--for", "B", "--budget", "1MB"]
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and "is neither a rational function of B nor shown to move one way" in err
+    assert "memspec sweep --grid B=" in err
+
+
 # --- tracebacks: every error path of the command line is exit 2 with a message ---------
 
 
@@ -303,6 +378,13 @@ def test_errors_are_located_whatever_the_line_ends(capsys, tmp_path, newline):
     head, line, caret = err.splitlines()[:3]
     assert head.startswith(f"{spec}:8:5: error: unexpected '}}'")
     assert line == "    }" and caret == "    ^"
+
+
+def test_an_expect_at_an_unknown_preset_is_located(capsys, tmp_path):
+    text = PLAIN + "preset small { B = 2, D = 3 }\nexpect params == 36 at smal\n"
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2
+    assert "m.mspec:11:1: error: unknown preset 'smal'; did you mean 'small'?" in err
 
 
 # --- hangs and blow-ups: bounds that hold everywhere, the Python API included -------------
@@ -448,18 +530,22 @@ def test_too_many_candidate_moments_refuse_the_peak_not_the_compile(monkeypatch)
     from memspec import compile_spec
     from memspec.passes.peak import true_peak
 
-    # ten distinct Linears: the moments trade D^2 against B*D, so many can be the peak
-    members = "\n".join(f"    l{i} = Linear(D, D)" for i in range(10))
+    # ten Linears, each wider: backward trades each one's k(k+1) D^2 of gradients for
+    # its k B D input, at a rate that changes from one to the next, so many moments can
+    # each be the peak (identical layers would leave only the ends of a line)
+    members = "\n".join(f"    l{k} = Linear({k} * D, {k + 1} * D)" for k in range(1, 11))
     chain = "x"
-    for i in range(10):
-        chain = f"l{i}({chain})"
-    text = PLAIN.replace("    fc = Linear(D, D)", members).replace("fc(x)", chain)
-    assert compile_spec(text).peak is not None
+    for k in range(1, 11):
+        chain = f"l{k}({chain})"
+    text = PLAIN.replace("    fc = Linear(D, D)", members).replace("fc(x), y", f"{chain}, z")
+    text = text.replace("y: [B, D]", "z: [B, 11 * D]")
+    assert len(compile_spec(text).peak.candidates) == 12
     monkeypatch.setattr(true_peak, "MAX_CANDIDATES", 5)
     result = compile_spec(text, set={"B": 2, "D": 8})
     assert result.peak is None
     assert result.peak_unavailable.startswith("more than 5 of the step's ")
-    assert result.value(result.categories["parameters"].bytes) == 10 * 8 * 8 * 4
+    weights = sum(k * (k + 1) for k in range(1, 11)) * 8 * 8  # std's Linear: no bias
+    assert result.value(result.categories["parameters"].bytes) == 4 * weights
 
 
 def test_a_layer_of_ten_thousand_parameters_compiles():
@@ -489,7 +575,42 @@ def test_thousands_of_sums_keep_what_the_loop_keeps(monkeypatch):
     # a front that trades D^2 against B*D (none dominates another), with dominated ones
     sums = [poly((3000 - k) * d**2 + k * b * d + rng.randint(0, 5)) for k in range(1500)]
     sums += [poly(rng.randint(1, 2999) * d**2 + rng.randint(0, 10)) for _ in range(1500)]
-    fast = dominance.undominated(sums)
+    every = list(range(len(sums)))
+    fast = dominance._dominance(sums, every, None)
     monkeypatch.setattr(dominance, "_MANY", 10**9)
-    assert len(sums) > 2000 and fast == dominance.undominated(sums)
+    assert len(sums) > 2000 and fast == dominance._dominance(sums, every, None)
     assert 1500 <= len(fast) < 3000
+    # most of that front lies under chords of its neighbours: never the only largest
+    assert len(dominance.undominated(sums)) < 400
+
+
+def test_sums_under_a_chord_are_never_the_only_largest():
+    import random
+
+    import sympy as sp
+
+    from memspec.symbolic import dominance
+    from memspec.symbolic.polys import evaluate, poly
+
+    b, d, n = sp.symbols("B D N", integer=True, positive=True)
+    monomials = [sp.Integer(1), b, d, d**2, b * d, b * d * n, d**2 / n]
+    rng = random.Random(7)
+    for _ in range(40):
+        sums = [
+            poly(sum(rng.randint(-3, 20) * m for m in rng.sample(monomials, 4)))
+            for _ in range(rng.randint(2, 60))
+        ]
+        kept = dominance.undominated(sums)
+        for _ in range(20):
+            at = {s: rng.choice([1, 2, 3, 64, 1000, 10**6]) for s in (b, d, n)}
+            values = [evaluate(t, at) for t in sums]
+            assert max(values) == max(values[i] for i in kept)
+    # 15,000 identical layers (not a repeat): each backward moment trades a layer's
+    # gradient for its input; only the ends of that line can be the largest
+    line = [poly(15_000 * d**2 + k * d**2 + (15_000 - k) * b * d) for k in range(15_001)]
+    assert sorted(dominance.undominated(line)) == [0, 15_000]
+    # a sum equal to one end stays for `dominates`, which keeps the first of equals
+    assert dominance.undominated([poly(b), poly(d), poly(d)]) == [1, 0]
+    # a floor(...) is not known to be >= 0: no chord through a monomial of one
+    f = sp.floor((d - 5) / 2)
+    assert len(dominance.undominated([poly(2 * f), poly(f + b), poly(2 * b)])) == 3

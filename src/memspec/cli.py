@@ -9,6 +9,7 @@ exits 1.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -682,6 +683,7 @@ def _solve(args: argparse.Namespace) -> str:
     from memspec.solve import (
         allowed_values,
         check_bound,
+        next_allowed_above,
         parse_budget,
         solve_max,
         solve_min_degree,
@@ -703,7 +705,10 @@ def _solve(args: argparse.Namespace) -> str:
             bound = [*args.bindings, f"{args.symbol}={value}"]
             return _result(argparse.Namespace(**{**vars(args), "bindings": bound}))
 
-        s = check_bound(s, args.objective, compile_at, allowed_values(result, s.symbol))
+        allowed = allowed_values(result, s.symbol)
+        s = check_bound(
+            s, args.objective, compile_at, allowed, next_allowed_above(result, s.symbol)
+        )
     if args.plot:
         from memspec.plot import plot_memory
 
@@ -803,6 +808,9 @@ def _ops(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A compile makes millions of small objects and few cycles: collecting less often
+    # saves a fifth of a large spec's time (15,000 layers: parse 4.6 -> 3.6 s)
+    gc.set_threshold(50_000, 20, 100)
     args = _parser().parse_args(argv)
     if args.command == "ops":
         sys.stdout.write(_ops(args))

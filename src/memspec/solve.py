@@ -4,9 +4,13 @@ The objective is the true peak of a training step (`passes.peak`: the largest of
 moments that can be the peak) or the textbook sum (parameters + gradients + optimizer
 state + activations + buffers, under the convention in force). With the other dims
 bound, the moments that another one dominates for every value of the symbol are
-dropped. Memory grows with every size, so the answer is exact: a closed form when each
-remaining expression is linear in the symbol (the smallest of their solutions), a
-bisection over integers otherwise.
+dropped. The answer is exact: a closed form when each remaining expression is linear in
+the symbol with a slope positive at every size (the smallest of their solutions);
+else, with every other dim bound, the largest value at which the memory fits, every
+size of the spec is valid (`bind.check_sizes`) and its divisibility holds, found from
+the roots of those limits (`symbolic.largest`) without assuming that memory grows
+with the symbol. A limit that is neither a rational function of the symbol nor shown
+to move one way is refused.
 
 The expression is compiled with the symbol unbound, so PyTorch's size-dependent choices
 (a view or a copy, which a size of 1 changes: a fused QKV's heads at B = 1) are those of
@@ -29,6 +33,7 @@ from memspec.parallel import DP
 from memspec.result import CompileResult
 from memspec.symbolic.bind import MAX_VALUE, substitute
 from memspec.symbolic.dominance import undominated
+from memspec.symbolic.largest import Limit, grows, largest, smallest
 from memspec.symbolic.polys import poly
 
 __all__ = ["Solution", "parse_budget", "solve_max"]
@@ -72,6 +77,18 @@ class Solution:
     checked: tuple[tuple[int, int], ...] = ()
     general: int | None = None  # the answer at general sizes, where `check_bound` moved it
     smallest: bool = False  # `maximum` is the smallest value that fits (a parallel degree)
+    grows: bool = True  # the memory never falls as the symbol grows, and 1 is a size
+
+
+def _positive(expr: sp.Expr) -> bool:
+    """Whether an expression of dims is positive at every size: a sum of products of
+    dims with positive coefficients."""
+    e = sp.expand(expr)
+    terms = [t.as_coeff_Mul() for t in sp.Add.make_args(e)]
+    return e != 0 and all(
+        c > 0 and all(b == 1 or isinstance(b, sp.Symbol) for b in rest.as_powers_dict())
+        for c, rest in terms
+    )
 
 
 def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str]]:
@@ -150,6 +167,23 @@ def _scan_degrees(result: CompileResult, x, exprs, expression, budget: int) -> S
 MAX_STEPS_TO_ALLOWED = 100_000
 
 
+def _size_limits(result: CompileResult, x: sp.Symbol) -> list[Limit]:
+    """What the spec's sizes need of x, the other dims as bound (`bind.check_sizes`):
+    every repeat count at least 1, every tensor dim from 0 to MAX_VALUE."""
+    bindings = {k: v for k, v in result.bindings.items() if k != x}
+    limits: dict[sp.Expr, Limit] = {}
+    for region in result.graph.regions:
+        count = substitute(region.count, result.symbols, bindings)
+        if count.has(x):
+            limits.setdefault(count, Limit(count, least=1, what=f"repeat {region.count}"))
+    for value in result.graph.values:
+        for dim in value.shape:
+            size = substitute(dim, result.symbols, bindings)
+            if size.has(x) and size not in limits:
+                limits[size] = Limit(size, least=0, most=MAX_VALUE, what=f"the size {dim}")
+    return list(limits.values())
+
+
 def _assumed_on(result: CompileResult, x: sp.Symbol) -> list[sp.Expr]:
     """The spec's shape assumptions (expressions that must be whole) that involve `x`,
     the other dims as bound."""
@@ -162,21 +196,52 @@ def allowed_values(
     result: CompileResult, x: sp.Symbol, relevant: list[sp.Expr] | None = None
 ) -> Callable[[int], bool]:
     """Whether a value of `x` meets every shape assumption of the spec (`2H divides D`)
-    with the other dims as bound: an answer must be a size the spec can have.
-    `relevant`: those assumptions (`_assumed_on`), where the caller has them."""
+    and gives every size a valid value (`_size_limits`), with the other dims as bound:
+    an answer must be a size the spec can have. `relevant`: those assumptions
+    (`_assumed_on`), where the caller has them."""
     relevant = _assumed_on(result, x) if relevant is None else relevant
-    return lambda v: all(e.xreplace({x: sp.Integer(v)}).is_integer for e in relevant)
+    sizes = _size_limits(result, x)
+    divides = _divides(x, relevant)
+    return lambda v: divides(v) and all(limit.holds(x, v) for limit in sizes)
 
 
-def _next_allowed(allowed: Callable[[int], bool], v: int, step: int) -> int | None:
-    """The nearest allowed value from `v` on (`step` -1: down, 1: up); None past 1 or
-    past MAX_STEPS_TO_ALLOWED values."""
+def next_allowed_above(result: CompileResult, x: sp.Symbol) -> Callable[[int], int | None]:
+    """The smallest value above v that `allowed_values` allows, or None (the sizes end
+    there, or none within MAX_STEPS_TO_ALLOWED values meets the divisibility)."""
+    sizes = _size_limits(result, x)
+    divides = _divides(x, _assumed_on(result, x))
+    return lambda v: smallest(x, sizes, v + 1, MAX_VALUE, divides, MAX_STEPS_TO_ALLOWED, False)
+
+
+def _divides(x: sp.Symbol, relevant: list[sp.Expr]) -> Callable[[int], bool]:
+    """Whether every one of `relevant` is whole at a value of x: a quotient of integer
+    polynomials in Python integers (solve may try 10^5 values), else by sympy."""
+    checks = []
+    for e in relevant:
+        numerator, denominator = sp.fraction(sp.together(e))
+        if all(
+            p.is_polynomial(x) and sp.Poly(p, x).domain == sp.ZZ for p in (numerator, denominator)
+        ):
+            n, d = (sp.lambdify(x, p, modules=[]) for p in (numerator, denominator))
+            checks.append(lambda v, n=n, d=d: d(v) != 0 and n(v) % d(v) == 0)
+        else:
+            checks.append(lambda v, e=e: e.xreplace({x: sp.Integer(v)}).is_integer)
+    return lambda v: all(check(v) for check in checks)
+
+
+def _next_allowed(
+    allowed: Callable[[int], bool], v: int, step: int, strict: bool = True
+) -> int | None:
+    """The nearest allowed value from `v` on (`step` -1: down, 1: up); None past 1, or
+    (`strict=False`) past MAX_STEPS_TO_ALLOWED values, an error otherwise."""
     for _ in range(MAX_STEPS_TO_ALLOWED):
         if v < 1:
             return None
         if allowed(v):
             return v
         v += step
+    if not strict:
+        return None
     raise UsageError(
         f"no value within {MAX_STEPS_TO_ALLOWED:,} of {v - step * MAX_STEPS_TO_ALLOWED:,} "
         "meets the spec's assumptions (its divisibility)"
@@ -201,52 +266,47 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
         raise UsageError(f"the memory does not depend on {x}")
     formula = None
     if all(e.is_polynomial(x) and sp.Poly(e, x).degree() == 1 for e in exprs):
-        solutions = []
+        solutions, slopes = [], []
         for e in exprs:
             slope, intercept = sp.Poly(e, x).all_coeffs()
+            slopes.append(slope)
             solutions.append(sp.floor((budget - intercept) / slope))
         formula = solutions[0] if len(solutions) == 1 else sp.Min(*solutions, evaluate=False)
-        if not formula.free_symbols:
-            formula = None  # every dim bound: the answer is `maximum`, checked (never -3000)
+        # every dim bound: the answer is `maximum`, checked (never -3000); a slope of
+        # other dims (D - B) may be negative at their sizes: no closed form either
+        if not formula.free_symbols or not all(_positive(s) for s in slopes):
+            formula = None
     free = set().union(*(e.free_symbols for e in exprs)) - {x}
     if free:
         if formula is None:
             missing = ", ".join(sorted(str(s) for s in free))
             raise UsageError(
-                f"the memory is not linear in {x}: bind every other dim to get a "
-                f"number (unbound: {missing})"
+                f"the memory is not linear in {x} with a slope positive at every size: "
+                f"bind every other dim to get a number (unbound: {missing})"
             )
         return Solution(x, None, budget, expression, formula)
 
     def at(v: int) -> list[int]:
         return [int(e.xreplace({x: v})) for e in exprs]
 
-    def fits(v: int) -> bool:
-        return max(at(v)) <= budget
-
     relevant = _assumed_on(result, x)
     allowed = allowed_values(result, x, relevant)
     if relevant:  # x takes part in a divisibility: no closed form says it
         formula = None
-    if not fits(1):
-        return Solution(x, None, budget, expression, formula)
-    if fits(MAX_VALUE):
+    limits = [Limit(e, most=budget) for e in exprs] + _size_limits(result, x)
+    if all(limit.holds(x, MAX_VALUE) for limit in limits):
         raise UsageError(
             f"every {x} up to {MAX_VALUE:.0e}, larger than any model size, fits within "
             f"{budget:,} bytes: there is no largest value to give"
         )
-    low, high = 1, 2
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    low = _next_allowed(allowed, low, -1)  # the largest that fits and the spec allows
+    # "even 1 needs more" only where 1 is a size and the memory grows from there
+    monotone = all(grows(e, x) for e in exprs) and allowed(1)
+    low = largest(x, limits, MAX_VALUE, _divides(x, relevant), MAX_STEPS_TO_ALLOWED)
     if low is None:
-        return Solution(x, None, budget, expression, formula)
+        return Solution(x, None, budget, expression, formula, grows=monotone)
     values = at(low)
     moment = terms[values.index(max(values))][1] or None
-    return Solution(x, low, budget, expression, formula, moment)
+    return Solution(x, low, budget, expression, formula, moment, grows=monotone)
 
 
 def _bytes(result: CompileResult, objective: str) -> int:
@@ -259,11 +319,13 @@ def check_bound(
     objective: str,
     compile_at: Callable[[int], CompileResult],
     allowed: Callable[[int], bool] = lambda v: True,
+    above: Callable[[int], int | None] | None = None,
 ) -> Solution:
     """`solution` re-checked with the symbol bound: `compile_at(v)` compiles the spec at
     that value. The answer is the largest value that fits at its own bound sizes with the
     value above it not fitting at its own. Sizes of 2 and more decide as general sizes
-    do, so the answer moves by at most a step or two; the moves are capped all the same."""
+    do, so the answer moves by at most a step or two; the moves are capped all the same.
+    `allowed` says which values are sizes of the spec, `above(v)` the next one above v."""
     checked: dict[int, int] = {}
 
     def fits(v: int) -> bool:
@@ -271,13 +333,16 @@ def check_bound(
             checked[v] = _bytes(compile_at(v), objective)
         return checked[v] <= solution.budget
 
+    def next_above(v: int) -> int | None:
+        return above(v) if above else _next_allowed(allowed, v + 1, 1, strict=False)
+
     answer = solution.maximum or 0
     for _ in range(8):
-        above = _next_allowed(allowed, answer + 1, 1)
+        up = next_above(answer)
         if answer >= 1 and not fits(answer):
             answer = _next_allowed(allowed, answer - 1, -1) or 0
-        elif above is not None and fits(above):
-            answer = above
+        elif up is not None and fits(up):
+            answer = up
         else:
             break
     else:

@@ -33,6 +33,7 @@ class SolveReport:
     checked: tuple[tuple[int, int], ...] = ()  # (value, bytes) compiled with it bound
     general: int | None = None  # the answer at general sizes, where the check moved it
     smallest: bool = False  # the fewest that fit (a parallel degree), not the most
+    grows: bool = True  # the memory never falls as the symbol grows
 
 
 def build_solve(
@@ -59,6 +60,7 @@ def build_solve(
         checked=solution.checked,
         general=solution.general,
         smallest=solution.smallest,
+        grows=solution.grows,
     )
 
 
@@ -79,6 +81,16 @@ def render_solve_text(report: SolveReport) -> str:
     elif report.maximum is not None:
         at = f"; the peak is at {report.moment}" if report.moment else ""
         lines.append(f"largest {s} within {report.budget:,} bytes: {report.maximum}{at}")
+        if not report.grows:
+            lines.append(
+                f"the memory falls as {s} grows in places, or small {s} are no sizes of "
+                f"the spec: not every smaller {s} fits"
+            )
+    elif report.nothing_fits and not report.grows:
+        lines.append(
+            f"no {s} that the spec's sizes allow fits {report.budget:,} bytes (every value "
+            f"was weighed, from the roots of bytes({s}) = budget and of its sizes' limits)"
+        )
     elif report.nothing_fits:
         lines.append(f"even {s} = 1 needs more than {report.budget:,} bytes")
     if report.checked:
@@ -115,4 +127,6 @@ def render_solve_json(report: SolveReport) -> str:
         doc["checked"] = [{"value": v, "bytes": b} for v, b in report.checked]
     if report.general is not None:
         doc["general"] = report.general
+    if not report.grows:
+        doc["grows"] = False  # the memory falls as the symbol grows somewhere
     return json.dumps(doc, indent=2) + "\n"
