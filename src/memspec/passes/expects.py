@@ -86,10 +86,9 @@ def check_expects(
                 expect.span,
             )
         want = evaluate(expect.value)
-        bindings = bind.preset_bindings(presets, symbols, expect.preset, evaluate)
-        subs = {k: sp.Integer(v) for k, v in bindings.items()}
-        got_v = bind.resolve_defaults(quantities[quantity], symbols, bindings).xreplace(subs)
-        want_v = bind.resolve_defaults(want, symbols, bindings).xreplace(subs)
+        bindings = bind.preset_bindings(presets, symbols, expect.preset, evaluate, expect.span)
+        got_v = bind.substitute(quantities[quantity], symbols, bindings)
+        want_v = bind.substitute(want, symbols, bindings)
         at = f" at {expect.preset}" if expect.preset else ""
         difference = sp.expand(got_v - want_v)
         if difference != 0 and strict:
@@ -103,12 +102,7 @@ def check_expects(
         terms: tuple[sp.Expr, ...] = ()
         if not strict:
             terms = tuple(
-                sp.expand(
-                    sign
-                    * bind.resolve_defaults(_term_value(t, evaluate), symbols, bindings).xreplace(
-                        subs
-                    )
-                )
+                sp.expand(sign * bind.substitute(_term_value(t, evaluate), symbols, bindings))
                 for sign, t in written_terms(expect.value)
             )
         results.append(

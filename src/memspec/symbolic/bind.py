@@ -95,14 +95,16 @@ def preset_bindings(
     table: SymbolTable,
     name: str | None,
     evaluate: Callable[[Expr], sp.Expr],
+    span: Span | None = None,
 ) -> Bindings:
-    """The values preset `name` gives its dims (none for no preset); `evaluate` reads them."""
+    """The values preset `name` gives its dims (none for no preset); `evaluate` reads them.
+    `span`: where the spec names the preset (an `expect ... at p`), for an unknown one."""
     if name is None:
         return {}
     if name not in presets:
         known = ", ".join(sorted(presets)) or "none"
         hint = did_you_mean(name, sorted(presets))
-        raise UsageError(f"unknown preset {name!r}{hint} (this spec has: {known})")
+        raise UsageError(f"unknown preset {name!r}{hint} (this spec has: {known})", span)
     bindings: Bindings = {}
     for key, expr, span in presets[name].bindings:
         dim = table.lookup(key)
