@@ -339,12 +339,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="comma-separated module names or their last parts (q_proj,v_proj), globs "
         "(model.layers.*.mlp.*), or all-linear (every Linear but lm_head; the default)",
     )
-    quantized = p.add_argument_group("quantized weights, as transformers' BitsAndBytesConfig")
+    quantized = p.add_argument_group(
+        "quantized weights, as transformers' BitsAndBytesConfig or FineGrainedFP8Config"
+    )
     quantized.add_argument(
         "--weights",
         metavar="FORMAT",
         help="store every Linear's weight but lm_head in FORMAT: nf4 or fp4 (bitsandbytes' "
-        "Linear4bit, blocksize 64) or int8 (LLM.int8(): Linear8bitLt, load_in_8bit)",
+        "Linear4bit, blocksize 64), int8 (LLM.int8(): Linear8bitLt, load_in_8bit) or fp8 "
+        "(transformers' FP8Linear: float8_e4m3fn, a float32 scale per 128 x 128 block)",
     )
     quantized.add_argument(
         "--compute-dtype",

@@ -189,7 +189,7 @@ def resolve_config(
     )
     if inference is not None and (config.parallel.distributed or config.parallel.tensor_parallel):
         raise UsageError("--mode inference on several ranks is not modelled yet")
-    if inference is not None and weights is not None:
+    if inference is not None and weights is not None and not weights.fp8:
         raise UsageError(
             "--weights with --mode inference is not modelled yet: bitsandbytes' fused 4-bit "
             "kernel serves decode-sized row counts without the dequantized weight"

@@ -1,5 +1,6 @@
 """`--weights FORMAT`: the Linear layers' weights stored quantized, as transformers'
-BitsAndBytesConfig loads them (`load_in_4bit`, `load_in_8bit`).
+BitsAndBytesConfig loads them (`load_in_4bit`, `load_in_8bit`) or its
+FineGrainedFP8Config (fp8).
 
 Every `Linear` of the spec but the kept ones (`--weights-skip`: by default the output
 layer, `lm_head`, which transformers' `get_keys_to_not_convert` keeps in the load dtype
@@ -9,8 +10,11 @@ another model name those, as `llm_int8_skip_modules`) is instantiated as std's
 with its quant_state, multiplied by `matmul_4bit` in the compute dtype; or as std's
 `Linear8bitLt` (int8, LLM.int8(): specs/std/bitsandbytes/linear8bit.mspec): a frozen int8
 weight with its float32 row scales, x quantized to int8 rows for each product
-(`int8_vectorwise_quant`, `matmul_8bit`; `memspec.ops.quantized`). Under LoRA the wrapped
-Linear, `base_layer`, is the quantized one: QLoRA, or LoRA on an 8-bit base.
+(`int8_vectorwise_quant`, `matmul_8bit`; `memspec.ops.quantized`); or as std's
+`FP8Linear` (fp8: specs/std/transformers/fp8.mspec): a float8_e4m3fn weight with float32
+scales per [128, 128] block, multiplied by one fused kernel (`matmul_fp8`). Under LoRA
+the wrapped Linear, `base_layer`, is the quantized one: QLoRA, or LoRA on an 8-bit or
+FP8 base.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 
-__all__ = ["FORMATS", "QUANTIZED_LAYERS", "SKIPPED", "Weights"]
+__all__ = ["FORMATS", "FP8_BLOCK", "QUANTIZED_LAYERS", "SKIPPED", "Weights"]
 
 SKIPPED = ("lm_head",)  # transformers' modules_to_not_convert: the output embeddings
 # the formats bitsandbytes has: the two 4-bit ones store two codes a byte and differ in
@@ -29,18 +33,20 @@ FORMATS = {
     "nf4": "4-bit NormalFloat (QLoRA's)",
     "fp4": "4-bit float",
     "int8": "LLM.int8() (load_in_8bit)",
+    "fp8": "FP8 e4m3 with a float32 scale per 128 x 128 block (FineGrainedFP8Config)",
 }
 # the std layer each format's Linear becomes, and the std module that declares it
 QUANTIZED_LAYERS = {
     "nf4": ("Linear4bit", "bitsandbytes.linear4bit"),
     "fp4": ("Linear4bit", "bitsandbytes.linear4bit"),
     "int8": ("Linear8bitLt", "bitsandbytes.linear8bit"),
+    "fp8": ("FP8Linear", "transformers.fp8"),
 }
 # formats a user may ask for that memspec does not model yet, and why
-UNMODELLED = {
-    "fp8": "FP8 weights (transformers' FP8Linear, torchao) are not modelled yet",
-}
+UNMODELLED: dict[str, str] = {}
 COMPUTE = ("bfloat16", "float16", "float32")
+# FineGrainedFP8Config's weight_block_size, (128, 128): a float32 scale per block
+FP8_BLOCK = 128
 # transformers' llm_int8_threshold: an activation column with any |x| >= 6 is an outlier
 INT8_THRESHOLD = 6
 
@@ -62,18 +68,24 @@ class Weights:
         if self.format not in FORMATS:
             known = ", ".join([*FORMATS, *UNMODELLED])
             raise UsageError(f"--weights takes one of {known}, not {self.format!r}")
-        if self.int8:
-            # transformers reads no bnb_4bit_* setting under load_in_8bit: Linear8bitLt has
-            # no compute dtype (x's dtype around int8 products) and no block maxima, so a
-            # flag that would change nothing is taken for a mistake
+        if self.int8 or self.fp8:
+            # transformers reads no bnb_4bit_* setting under load_in_8bit or FP8:
+            # Linear8bitLt and FP8Linear have no compute dtype (x's dtype around their
+            # products) and no block maxima, so a flag that would change nothing is taken
+            # for a mistake
+            how = (
+                "LLM.int8() multiplies in int8 and returns x's dtype"
+                if self.int8
+                else "FP8Linear's kernel returns x's dtype"
+            )
             for flag, value in (
                 ("--compute-dtype", self.compute),
                 ("--no-double-quant", self.double_quant),
             ):
                 if value is not None:
                     raise UsageError(
-                        f"{flag} is a 4-bit setting (bnb_4bit_*), which --weights int8 "
-                        "does not read: LLM.int8() multiplies in int8 and returns x's dtype"
+                        f"{flag} is a 4-bit setting (bnb_4bit_*), which --weights "
+                        f"{self.format} does not read: {how}"
                     )
             return
         if self.compute is None:
@@ -86,6 +98,10 @@ class Weights:
     @property
     def int8(self) -> bool:
         return self.format == "int8"
+
+    @property
+    def fp8(self) -> bool:
+        return self.format == "fp8"
 
     @property
     def layer(self) -> str:
@@ -104,6 +120,16 @@ class Weights:
         return dtype
 
     def describe(self) -> str:
+        if self.fp8:
+            return (
+                f"{self.format}: {FORMATS[self.format]}, every Linear but "
+                f"{', '.join(self.skip)} as transformers' FP8Linear: one float8_e4m3fn byte "
+                "per weight and a float32 scale per [128, 128] block, all frozen; each product "
+                "one fused kernel (Triton's: x quantized inside it), its output in x's dtype; "
+                "backward dequantizes the weight to x's dtype for x's gradient. Where "
+                "DeepGEMM serves the products (SM90+, installed), each also holds x in fp8 "
+                "and its scales (not modelled)"
+            )
         if self.int8:
             return (
                 f"{self.format}: {FORMATS[self.format]}, every Linear but {', '.join(self.skip)} "

@@ -100,7 +100,8 @@ def test_the_packed_bytes_are_exact_symbolically():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--weights", "fp8"], "FP8 weights"),
+        (["--weights", "fp8", "--compute-dtype", "float16"], "which --weights fp8 does not"),
+        (["--weights", "fp8", "--no-double-quant"], "FP8Linear's kernel returns x's dtype"),
         (["--weights", "nf3"], "--weights takes one of nf4, fp4, int8, fp8"),
         (["--weights", "int8", "--compute-dtype", "float16"], "--compute-dtype is a 4-bit"),
         (["--weights", "int8", "--no-double-quant"], "--no-double-quant is a 4-bit setting"),
@@ -153,6 +154,12 @@ def test_a_bad_pattern_error_has_no_traceback():
         ),
         (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "int8", "--lora", "4"]),
         (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "int8"]),
+        (
+            LLAMA,
+            {"B": 2, "L": 8, "V": 32, "D": 200, "N": 2, "H": 4, "KV": 2, "F": 300},
+            ["--weights", "fp8", "--lora", "4", "--precision", "bf16"],
+        ),
+        (MLP, {"B": 4, "I": 8, "F": 130, "C": 10}, ["--weights", "fp8", "--lora", "4"]),
     ],
     ids=[
         "qlora",
@@ -163,6 +170,8 @@ def test_a_bad_pattern_error_has_no_traceback():
         "int8-lora-N3",
         "int8-mlp-bias",
         "int8-biases-trained",
+        "fp8-lora-bf16-partial-blocks",
+        "fp8-mlp-bias",
     ],
 )
 def test_the_step_torch_runs_matches_to_the_byte(spec, sizes, flags, capsys):

@@ -64,7 +64,9 @@ def run_op(name: str, inputs: list[tuple], attrs: dict, lower=None) -> None:
 
     tensors = []
     for shape, dtype, role, order in inputs:
-        if dtype.is_float:
+        if dtype is DType.float8_e4m3fn:  # a stored weight: no randn of its own
+            tensors.append(torch.randn(shape).to(torch_dtype(dtype)))
+        elif dtype.is_float:
             laid_out = [shape[d] for d in order] if order else shape
             leaf = torch.randn(laid_out, dtype=torch_dtype(dtype), requires_grad=role == "grad")
             # A non-leaf, so in-place ops are allowed; it has its own storage.
@@ -461,6 +463,21 @@ def test_matmul_4bit(rows, into, out, bias):
 
 
 @settings(max_examples=15, deadline=None)
+@given(rows=dims, into=st.integers(1, 300), out=st.integers(1, 300), bias=st.booleans(),
+       dtype=st.sampled_from([F32, DType.bfloat16]), block=st.sampled_from([1, 7, 128]))
+def test_matmul_fp8(rows, into, out, bias, dtype, block):
+    """The FP8 product (a float8_e4m3fn weight, float32 scales per [block, block]),
+    lowered as an emulation of FP8LinearFunction's tensors: the weight and its scales
+    saved when x needs a gradient."""
+    scales = (-(-out // block), -(-into // block))
+    inputs = [((rows, into), dtype, "grad"), ((out, into), DType.float8_e4m3fn, "const"),
+              (scales, F32, "const")]
+    if bias:
+        inputs.append(((out,), dtype, "const"))
+    run_op("matmul_fp8", inputs, {"block": sp.Integer(block)})
+
+
+@settings(max_examples=15, deadline=None)
 @given(b=dims, g=dims, per_group=dims, hw=st.integers(2, 3), affine=st.integers(0, 2), rx=roles,
        rw=roles)
 def test_group_norm(b, g, per_group, hw, affine, rx, rw):
@@ -525,7 +542,7 @@ def test_every_op_is_covered():
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "autocast_cast",  # tests/verify/test_autocast.py
-               "type_as", "to_dtype", "matmul_4bit",
+               "type_as", "to_dtype", "matmul_4bit", "matmul_fp8",
                # tests/elaborate/test_quantized.py: LLM.int8(), verified in a step
                "int8_vectorwise_quant", "matmul_8bit",
                # tests/reference/test_inference.py, tests/passes/test_inference.py

@@ -28,7 +28,7 @@ from memspec.freeze import Freezer, generic_name
 from memspec.ir.types import DType, Role, Shape
 from memspec.lora import LINEAR, LORA_LAYER, LoraTargets, is_adapter
 from memspec.names import did_you_mean, name_hint
-from memspec.quantize import INT8_THRESHOLD, SKIPPED
+from memspec.quantize import FP8_BLOCK, INT8_THRESHOLD, SKIPPED
 from memspec.source import Span
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
@@ -204,8 +204,8 @@ class Instantiator:
     def quantized_linear(
         self, decl: d.DeclLayer, args: dict[str, object], path: str, region: int | None, span
     ) -> tuple[d.DeclLayer, dict[str, object]]:
-        """A Linear becomes std's Linear4bit or Linear8bitLt (`memspec.quantize`), but the
-        output layer."""
+        """A Linear becomes std's Linear4bit, Linear8bitLt or FP8Linear
+        (`memspec.quantize`), but the output layer."""
         weights = self.config.weights
         assert weights is not None
         self.linears.append(generic_name(path, self.region_paths(region)))
@@ -214,6 +214,8 @@ class Instantiator:
         layer = self.injected(weights.layer, "--weights", span)
         if weights.int8:  # the layer's own defaults apply only to the spec's arguments
             return layer, {**args, "threshold": sp.Integer(INT8_THRESHOLD)}
+        if weights.fp8:
+            return layer, {**args, "block": sp.Integer(FP8_BLOCK)}
         return layer, {**args, "compute": weights.compute, "double_quant": weights.double_quant}
 
     def lora_linear(

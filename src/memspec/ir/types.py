@@ -21,6 +21,7 @@ class DType(enum.Enum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
+    float8_e4m3fn = "float8_e4m3fn"  # FP8 weights (transformers' FP8Linear): storage only
     int64 = "int64"
     int32 = "int32"
     int8 = "int8"
@@ -50,6 +51,7 @@ _ITEMSIZE = {
     "float32": 4,
     "float16": 2,
     "bfloat16": 2,
+    "float8_e4m3fn": 1,
     "int64": 8,
     "int32": 4,
     "int8": 1,

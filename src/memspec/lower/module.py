@@ -195,7 +195,9 @@ class LoweredModel(nn.Module):
             owner = self._module(owner_path, style, whole)
             if style is not None and name == "weight":
                 self._member_of[(v.id, index)] = owner
-            if dtype.is_floating_point:
+            if dtype.itemsize == 1 and dtype.is_floating_point:  # float8: no randn of its own
+                data = (torch.randn(shape) * init_std).to(dtype)
+            elif dtype.is_floating_point:
                 data = torch.randn(shape, dtype=dtype) * init_std
             else:
                 data = torch.zeros(shape, dtype=dtype)

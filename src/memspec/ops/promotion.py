@@ -37,6 +37,8 @@ def promote_types(a: DType, b: DType) -> DType:
     if _category(a) != _category(b):
         return a if _category(a) > _category(b) else b
     if a.is_float:
+        if DType.float8_e4m3fn in (a, b):
+            raise ValueError("torch does not promote float8 types: cast one first")
         if {a, b} == {DType.float16, DType.bfloat16}:
             return DType.float32
         return a if _FLOAT_RANK[a] > _FLOAT_RANK[b] else b

@@ -56,6 +56,7 @@ __all__ = [
     "INT8_QUANT",
     "MATMUL_4BIT",
     "MATMUL_8BIT",
+    "MATMUL_FP8",
     "QUANTIZED_MATMULS",
     "TO_DTYPE",
     "blocks_of",
@@ -63,8 +64,9 @@ __all__ = [
 
 MATMUL_4BIT = "matmul_4bit"
 MATMUL_8BIT = "matmul_8bit"
+MATMUL_FP8 = "matmul_fp8"
 INT8_QUANT = "int8_vectorwise_quant"
-QUANTIZED_MATMULS = (MATMUL_4BIT, MATMUL_8BIT)  # one per quantized Linear
+QUANTIZED_MATMULS = (MATMUL_4BIT, MATMUL_8BIT, MATMUL_FP8)  # one per quantized Linear
 TO_DTYPE = "to_dtype"
 BLOCKSIZE = 64  # bitsandbytes' 4-bit blocksize for weights (quantize_4bit's default)
 
@@ -407,5 +409,114 @@ register(
         "dequantization",
         saved_doc="x, an alias, when it needs a gradient, in MatMul8bitLt's ctx.tensors: "
         "held until the graph is freed (not at its backward; a checkpoint keeps it too)",
+    )
+)
+
+
+def _matmul_fp8_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    x, weight, scales = ctx.inputs[:3]
+    block = ctx.attrs["block"]
+    if not isinstance(block, sp.Expr) or not (block.is_Integer and block >= 1):
+        raise ctx.fail("block is a whole number of weights, at least 1 (128: [128, 128])")
+    shape = ctx.expect_rank(0, 1)
+    if not x.dtype.is_float or x.dtype is DType.float8_e4m3fn:
+        raise ctx.fail(f"x is a float16, bfloat16 or float32 tensor, not {x.dtype.value}")
+    if weight.dtype is not DType.float8_e4m3fn or len(weight.shape) != 2:
+        raise ctx.fail("the weight is float8_e4m3fn [out, in], as FP8Linear stores it")
+    out, into = weight.shape
+    ctx.expect_same(into, shape[-1], "the weight's in against x's last dim")
+    if scales.dtype is not DType.float32 or len(scales.shape) != 2:
+        raise ctx.fail("the scales are float32 [ceil(out / block), ceil(in / block)]")
+    ctx.expect_same(scales.shape[0], sp.ceiling(out / block), "the scales' rows")
+    ctx.expect_same(scales.shape[1], sp.ceiling(into / block), "the scales' columns")
+    if len(ctx.inputs) > 3:
+        ctx.expect_same(ctx.inputs[3].shape[-1], out, "bias against the weight's out")
+    return (OutputSpec((*shape[:-1], out), x.dtype),)
+
+
+def _matmul_fp8_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
+    """The weight and its scales, when x needs a gradient (FP8LinearFunction's
+    save_for_backward): parameters, so no bytes of their own."""
+    return (
+        *saved_if(graph, op, 1, (0,), "weight"),
+        *saved_if(graph, op, 2, (0,), "scales"),
+    )
+
+
+def _matmul_fp8_backward(op: OpApply, graph: Graph, sums_in_place: bool):
+    """When x needs a gradient, FP8LinearFunction's backward dequantizes the weight to
+    the gradient's dtype (x's): the scales cast (no copy in float32), the weight cast,
+    the scales' rows repeated `block` times; the weight scaled in place; then x's
+    gradient, grad_output @ weight, beside it."""
+    x, weight, scales = (graph.value(v) for v in op.inputs[:3])
+    if not x.requires_grad:
+        return ()
+    size = x.dtype.itemsize
+    rows, columns = scales.shape
+    cast = rows * columns * size if x.dtype is not DType.float32 else sp.Integer(0)
+    dequantized = numel(weight.shape) * size
+    repeated = rows * sp.sympify(op.attr("block")) * columns * size
+    grad = numel(x.shape) * size
+    return (BackwardMoment(cast + dequantized + repeated), BackwardMoment(dequantized + grad))
+
+
+def _matmul_fp8_flops(op: OpApply, graph: Graph) -> sp.Expr:
+    """x @ W^T: 2 * (output elements) * in_features, as a dense linear's."""
+    into = graph.value(op.inputs[1]).shape[1]
+    return 2 * numel(graph.value(op.outputs[0]).shape) * into
+
+
+def _matmul_fp8_lower(tensors, attrs):
+    """An emulation with the tensors transformers' FP8Linear makes (not its values):
+    the fused kernel's output (the bias added in place) in forward; in backward the
+    weight dequantized as `_dequantize_fp8_weight` does it, then x's gradient."""
+    torch, _ = torch_functional()
+    block = int(attrs["block"])
+
+    class FP8LinearFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, scales, *bias):
+            result = torch.zeros((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device=x.device)
+            if bias:
+                result.add_(bias[0])
+            if ctx.needs_input_grad[0]:  # only then does FP8Linear go through the Function
+                ctx.save_for_backward(weight, scales)
+            ctx.has_bias = bool(bias)
+            return result
+
+        @staticmethod
+        def backward(ctx, grad):
+            weight, scales = ctx.saved_tensors
+            scale = scales.to(grad.dtype)  # a copy unless float32
+            dequantized = weight.to(grad.dtype)
+            scale = scale.repeat_interleave(block, dim=-2)[..., : weight.shape[0], :]
+            del scale
+            grad_x = grad @ dequantized
+            return (grad_x, None, None, None) if ctx.has_bias else (grad_x, None, None)
+
+    return FP8LinearFunction.apply(*tensors)
+
+
+register(
+    OpDef(
+        MATMUL_FP8,
+        "x @ W^T with W a frozen float8_e4m3fn weight scaled per [block, block] (transformers' "
+        "FP8Linear, FineGrainedFP8Config): one fused kernel quantizes x and multiplies",
+        ("x", "weight", "scales", "bias?"),
+        _matmul_fp8_infer,
+        _matmul_fp8_saved,
+        lower=_matmul_fp8_lower,
+        attrs=(("block", 128),),
+        flops=_matmul_fp8_flops,
+        grads=lambda op, graph: (Grad.NEW, Grad.NONE, Grad.NONE, Grad.NONE)[: len(op.inputs)],
+        grads_doc="a new tensor for x (through the dequantized weight); none for the weight, "
+        "its scales or the bias (FP8LinearFunction gives them none)",
+        constants=("weight", "scales", "bias?"),
+        backward_moments=_matmul_fp8_backward,
+        kind=OpKind.MATMUL,
+        shape_doc="x [..., in], float8_e4m3fn weight [out, in], float32 scales "
+        "[ceil(out / block), ceil(in / block)], bias [out] -> [..., out] in x's dtype, the "
+        "bias added in place",
+        saved_doc="the weight and its scales (parameters: no bytes of their own)",
     )
 )

@@ -13,7 +13,7 @@ from memspec.config import TrainConfig
 from memspec.ir.graph import Graph, Value
 from memspec.ir.types import Role, Shape, numel
 from memspec.lora import is_adapter
-from memspec.ops.quantized import MATMUL_4BIT
+from memspec.ops.quantized import MATMUL_4BIT, MATMUL_FP8
 from memspec.parallel import TP
 from memspec.passes.results import CategoryResult, LineItem, regions_of
 from memspec.symbolic.symbols import dim_symbol
@@ -80,17 +80,20 @@ def gradient_shape(graph: Graph, v: Value) -> Shape:
 def whole_parameters(graph: Graph, model_only: bool = False) -> sp.Expr:
     """The model's parameter count when the graph is one tensor-parallel rank's: each
     sharded parameter TP times its local size. `model_only`: the spec's own model's, less
-    --lora's adapters, a packed 4-bit weight (--weights) counted as the out x in weights
-    it holds."""
+    --lora's adapters and FP8 weights' scales (--weights fp8), a packed 4-bit weight
+    (--weights) counted as the out x in weights it holds."""
     degree = dim_symbol(TP)
     packed = {
         op.inputs[1]: sp.sympify(op.attr("out_features")) * sp.sympify(op.attr("in_features"))
         for op in graph.ops
         if op.op == MATMUL_4BIT
     }
+    scales = {op.inputs[2] for op in graph.ops if op.op == MATMUL_FP8}
     total = sp.Integer(0)
     for v in graph.values:
-        if v.role is not Role.PARAMETER or (model_only and is_adapter(v.path)):
+        if v.role is not Role.PARAMETER:
+            continue
+        if model_only and (is_adapter(v.path) or v.id in scales):
             continue
         elements = numel(v.whole_shape(degree))
         if model_only and v.id in packed:

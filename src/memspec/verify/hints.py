@@ -28,7 +28,8 @@ def _ratio(predicted: int, measured: int) -> str | None:
     if not predicted or not measured or predicted == measured:
         return None
     r = Fraction(measured, predicted)
-    floats = [d for d in DType if d.is_float]
+    # float8 is a stored weight's type only (FP8Linear's), never one autograd saves
+    floats = [d for d in DType if d.is_float and d is not DType.float8_e4m3fn]
     pairs = [
         f"{a.name} / {b.name}"
         for a in floats
