@@ -10,36 +10,77 @@ import pytest
 
 from memspec import compile_spec
 from memspec.cli import main
+from memspec.quantize import Weights
 from tests.conftest import SPECS
 
 # meta-llama/Llama-2-7b-hf
 LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
-    "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama",
-    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
-    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
-    "tie_word_embeddings": False, "torch_dtype": "float16",
-    "transformers_version": "4.31.0.dev0", "use_cache": True, "vocab_size": 32000,
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 4096,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.31.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
 }
 # mistralai/Mistral-7B-v0.1
 MISTRAL_7B = {
-    "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
-    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
-    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000,
+    "architectures": ["MistralForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mistral",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.34.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
 }
 # openai-community/gpt2
 GPT2 = {
-    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"],
-    "attn_pdrop": 0.1, "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256,
-    "initializer_range": 0.02, "layer_norm_epsilon": 1e-05, "model_type": "gpt2",
-    "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024,
-    "resid_pdrop": 0.1, "summary_activation": None, "summary_first_dropout": 0.1,
-    "summary_proj_to_labels": True, "summary_type": "cls_index", "summary_use_proj": True,
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "bos_token_id": 50256,
+    "embd_pdrop": 0.1,
+    "eos_token_id": 50256,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 1024,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_layer": 12,
+    "n_positions": 1024,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
     "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
     "vocab_size": 50257,
 }
@@ -93,13 +134,15 @@ def test_a_null_field_takes_the_default(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "fields", "message"),
     [
-        ("llama.mspec", {k: v for k, v in LLAMA2_7B.items() if k != "intermediate_size"},
-         "no field 'intermediate_size', which F needs"),
-        ("llama.mspec", {**LLAMA2_7B, "model_type": "qwen2"},
-         "model_type 'qwen2' is not one"),
+        (
+            "llama.mspec",
+            {k: v for k, v in LLAMA2_7B.items() if k != "intermediate_size"},
+            "no field 'intermediate_size', which F needs",
+        ),
+        ("llama.mspec", {**LLAMA2_7B, "model_type": "qwen2"}, "model_type 'qwen2' is not one"),
         ("llama.mspec", {**LLAMA2_7B, "tie_word_embeddings": True}, "a requirement does not hold"),
         ("llama.mspec", {**LLAMA2_7B, "head_dim": 64}, "a requirement does not hold"),
-        ("llama.mspec", {**LLAMA2_7B, "hidden_size": "4096"}, "is \"4096\", not a number"),
+        ("llama.mspec", {**LLAMA2_7B, "hidden_size": "4096"}, 'is "4096", not a number'),
         ("gpt2.mspec", {**GPT2, "n_embd": 0}, "D must be positive"),
         ("cs336_lm.mspec", LLAMA2_7B, "it has no hf_config block"),
     ],
@@ -143,3 +186,53 @@ def test_a_model_type_no_bundled_spec_reads_is_an_error(tmp_path, capsys):
 def test_info_lists_the_model_types_a_spec_reads(capsys):
     assert main(["info", str(SPECS / "mistral.mspec"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["hf_configs"] == ["mistral"]
+
+
+# quantization_config as transformers writes it: FineGrainedFP8Config() and a QLoRA
+# BitsAndBytesConfig (its to_dict(), the fields memspec reads)
+FP8 = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+NF4 = {
+    "quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+    "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_compute_dtype": "bfloat16", "llm_int8_skip_modules": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("quantization", "weights"),
+    [
+        (FP8, Weights("fp8")),
+        (NF4, Weights("nf4", compute="bfloat16", double_quant=True)),
+        ({"quant_method": "bitsandbytes", "load_in_8bit": True}, Weights("int8")),
+        ({**FP8, "modules_to_not_convert": ["lm_head", "down_proj"]},
+         Weights("fp8", skip=("lm_head", "down_proj"))),
+    ],
+)  # fmt: skip
+def test_a_quantized_checkpoint_is_compiled_with_its_weights(tmp_path, quantization, weights):
+    # a config.json of quantized weights must not be answered as if they were bfloat16
+    path = _write(tmp_path, {**LLAMA2_7B, "quantization_config": quantization})
+    result = compile_spec(SPECS / "llama.mspec", hf_config=path, set={"B": 1})
+    flag = compile_spec(SPECS / "llama.mspec", hf_config=_write(tmp_path, LLAMA2_7B, "plain.json"),
+                        set={"B": 1}, weights=weights)  # fmt: skip
+    assert result.config.weights == weights
+    assert result.categories["parameters"].bytes == flag.categories["parameters"].bytes
+    assert result.hf_config is not None and "quantization_config" not in result.hf_config.unused
+    # --weights wins over the config's, as --set does over its dims
+    ours = compile_spec(SPECS / "llama.mspec", hf_config=path, set={"B": 1},
+                        weights=Weights("int8"))  # fmt: skip
+    assert ours.config.weights == Weights("int8")
+
+
+@pytest.mark.parametrize(
+    ("quantization", "message"),
+    [
+        ({"quant_method": "gptq", "bits": 4}, "quant_method 'gptq' is not modelled"),
+        ({**FP8, "weight_block_size": [64, 64]}, "FP8 with weight_block_size [64, 64]"),
+        ({"quant_method": "bitsandbytes"}, "neither load_in_4bit nor load_in_8bit"),
+        ("fp8", "quantization_config is not a JSON object"),
+    ],
+)
+def test_a_quantization_memspec_does_not_model_is_refused(tmp_path, capsys, quantization, message):
+    path = _write(tmp_path, {**LLAMA2_7B, "quantization_config": quantization})
+    assert main(["compile", "--hf-config", str(path), "--set", "B=1"]) == 2
+    assert message in capsys.readouterr().err

@@ -18,7 +18,7 @@ import sympy as sp
 from memspec.config import resolve_config
 from memspec.elaborate import elaborate
 from memspec.errors import UsageError
-from memspec.hf_config import HfConfigUse, config_bindings, read_config
+from memspec.hf_config import HfConfigUse, config_bindings, read_config, weights_of
 from memspec.inference import PAST, Inference, with_past
 from memspec.limits import time_limit as limited_to
 from memspec.lora import Lora
@@ -121,7 +121,8 @@ def compile_spec(
     (`memspec.inference`); `checks` are stated answers (expect declarations, `memspec
     check`) checked without raising, in `CompileResult.checks`; `hf_config` is a
     config.json whose fields set the dims as the spec's `hf_config` block says
-    (`memspec.hf_config`; `set` wins over it, it over `preset`). `unbound` names dims
+    (`memspec.hf_config`; `set` wins over it, it over `preset`); without `weights`, its
+    quantization_config gives them (`hf_config.weights_of`: fp8, bitsandbytes). `unbound` names dims
     left symbolic whatever the preset or config gives them (`memspec sweep`'s grid).
     `time_limit` (seconds; None: none) stops a spec that takes longer with a
     `UsageError` (POSIX, in the main thread). Raises `MemspecError` for any problem with
@@ -134,6 +135,9 @@ def compile_spec(
             raise UsageError("--grad-accum must be at least 1")
         training = _training(peak_flops, mfu, steps)
         source, path = _source(spec)
+        hf = read_config(hf_config) if hf_config is not None else None
+        if weights is None and hf is not None:  # a quantized checkpoint's (--weights wins)
+            weights = weights_of(hf)
         extras = (*(("peft.lora",) if lora else ()), *((weights.module,) if weights else ()))
         program = load_program(source, path, extras)
         config = resolve_config(
@@ -173,7 +177,6 @@ def compile_spec(
             decode_items = [*items, f"{length}=1"]  # and the positions cached before the step
             items = [*items, f"{length}={run.prompt_len}"]  # the prefill caches nothing before
 
-        hf = read_config(hf_config) if hf_config is not None else None
         used: list[tuple[bind.Bindings, HfConfigUse]] = []
 
         def binder(items: list[str]):

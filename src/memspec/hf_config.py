@@ -20,12 +20,13 @@ import sympy as sp
 
 from memspec.compile_cache import note_read
 from memspec.errors import UsageError
+from memspec.quantize import FP8_BLOCK, SKIPPED, Weights
 from memspec.symbolic.bind import Bindings, check_value
 from memspec.symbolic.symbols import SymbolTable
 from memspec.syntax import decls as d
 from memspec.syntax import nodes as n
 
-__all__ = ["HfConfig", "HfConfigUse", "read_config", "spec_for"]
+__all__ = ["HfConfig", "HfConfigUse", "read_config", "spec_for", "weights_of"]
 
 _ARITHMETIC = {
     "+": lambda a, b: a + b,
@@ -199,7 +200,7 @@ def config_bindings(
     decl = mapping_for(configs, config, spec)
     bindings: Bindings = {}
     dims = []
-    read: set[str] = {"model_type"}
+    read: set[str] = {"model_type", "quantization_config"}  # the latter by weights_of
     checked: list[str] = []
     for require in decl.requires:
         reader = _Reader(config)
@@ -268,3 +269,50 @@ def spec_for(config: HfConfig) -> Path:
             "`hf_config` for it"
         )
     return found[0]
+
+
+def weights_of(config: HfConfig) -> Weights | None:
+    """The `--weights` a config's `quantization_config` stands for (None without one):
+    transformers' FineGrainedFP8Config (quant_method fp8, blocks of 128, dynamic
+    activation scales) or BitsAndBytesConfig (4-bit nf4/fp4, 8-bit). Any other method, or
+    settings memspec does not model, is refused: its weights are not the config's dtype."""
+    settings = config.fields.get("quantization_config")
+    if settings is None:
+        return None
+    where = f"--hf-config {config.path}: quantization_config"
+    if not isinstance(settings, dict):
+        raise UsageError(f"{where} is not a JSON object")
+    method = settings.get("quant_method")
+    skip = settings.get("modules_to_not_convert") or settings.get("llm_int8_skip_modules")
+    if skip is not None and not (
+        isinstance(skip, list) and all(isinstance(s, str) and s for s in skip)
+    ):
+        raise UsageError(f"{where}: modules_to_not_convert is a list of module names")
+    kept = tuple(skip) if skip else SKIPPED
+    if method == "fp8":
+        block = settings.get("weight_block_size", [FP8_BLOCK, FP8_BLOCK])
+        scheme = settings.get("activation_scheme", "dynamic")
+        if block != [FP8_BLOCK, FP8_BLOCK] or scheme != "dynamic":
+            raise UsageError(
+                f"{where}: FP8 with weight_block_size {block!r} and activation_scheme "
+                f"{scheme!r} is not modelled (memspec's fp8 is [{FP8_BLOCK}, {FP8_BLOCK}] "
+                "blocks with dynamic activation scales, FineGrainedFP8Config's defaults)"
+            )
+        return Weights("fp8", skip=kept)
+    if method == "bitsandbytes":
+        if settings.get("load_in_8bit"):
+            return Weights("int8", skip=kept)
+        if settings.get("load_in_4bit"):
+            compute = settings.get("bnb_4bit_compute_dtype", "float32")
+            return Weights(
+                str(settings.get("bnb_4bit_quant_type", "fp4")),
+                compute=str(compute).removeprefix("torch."),
+                double_quant=bool(settings.get("bnb_4bit_use_double_quant", False)),
+                skip=kept,
+            )
+        raise UsageError(f"{where}: bitsandbytes with neither load_in_4bit nor load_in_8bit")
+    raise UsageError(
+        f"{where}: quant_method {method!r} is not modelled (memspec models fp8, as "
+        "FineGrainedFP8Config stores it, and bitsandbytes' 4-bit and 8-bit); its weights are "
+        "not the model's dtype, so no answer is given for them"
+    )
