@@ -108,7 +108,7 @@ def test_a_released_config_gives_the_published_count(tmp_path, spec, fields, par
     # every field is read by a binding or a requirement, or listed as not used
     read = {f for _, _, used in use.dims for f in used}
     assert set(use.unused) | read | set(use.checked) | {"model_type"} == set(fields)
-    assert "architectures" in use.unused
+    assert "architectures" in use.checked  # it lists the spec's model
 
 
 def test_what_a_config_sets_is_in_the_report_and_json(tmp_path, capsys):
@@ -117,7 +117,7 @@ def test_what_a_config_sets_is_in_the_report_and_json(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "KV = 8 (num\\_key\\_value\\_heads)" in out and "W = 4,096 (sliding\\_window)" in out
-    assert "Fields not used: architectures, bos\\_token\\_id" in out
+    assert "Fields not used: bos\\_token\\_id" in out
     assert main([*args, "--format", "json", "--set", "L=2048"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["config"]["hf_config"]["dims"]["L"] == 32768  # --set wins over it
@@ -236,3 +236,19 @@ def test_a_quantization_memspec_does_not_model_is_refused(tmp_path, capsys, quan
     path = _write(tmp_path, {**LLAMA2_7B, "quantization_config": quantization})
     assert main(["compile", "--hf-config", str(path), "--set", "B=1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_config_of_another_architecture_is_refused(tmp_path, capsys):
+    # the same model_type with a classification head instead of lm_head
+    fields = {**LLAMA2_7B, "architectures": ["LlamaForSequenceClassification"]}
+    path = _write(tmp_path, fields)
+    assert main(["compile", "--hf-config", str(path), "--set", "B=1"]) == 2
+    err = capsys.readouterr().err
+    assert "architectures LlamaForSequenceClassification do not include LlamaForCausalLM" in err
+    no_list = _write(tmp_path, {**LLAMA2_7B, "architectures": "LlamaForCausalLM"}, "b.json")
+    assert main(["compile", "--hf-config", str(no_list), "--set", "B=1"]) == 2
+    assert "architectures is a list of class names" in capsys.readouterr().err
+    # a config without the field (older exports) is read as before
+    plain = {k: v for k, v in LLAMA2_7B.items() if k != "architectures"}
+    result = compile_spec(SPECS / "llama.mspec", hf_config=_write(tmp_path, plain, "c.json"))
+    assert result.hf_config is not None and "architectures" not in result.hf_config.unused

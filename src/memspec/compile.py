@@ -185,7 +185,10 @@ def compile_spec(
                 bindings = bind.preset_bindings(program.presets, symbols, preset, evaluate)
                 if hf is not None:
                     if not used:  # every elaboration (prefill, decode steps) binds the same
-                        used.append(config_bindings(program.hf_configs, symbols, hf, source.name))
+                        model = program.models[0].name if program.models else None
+                        used.append(
+                            config_bindings(program.hf_configs, symbols, hf, source.name, model)
+                        )
                     bindings.update(used[0][0])
                 explicit = bind.parse_set(symbols, items)
                 bindings.update(explicit)

@@ -194,14 +194,23 @@ def mapping_for(configs: list[d.DeclHfConfig], config: HfConfig, spec: str) -> d
 
 
 def config_bindings(
-    configs: list[d.DeclHfConfig], table: SymbolTable, config: HfConfig, spec: str
+    configs: list[d.DeclHfConfig],
+    table: SymbolTable,
+    config: HfConfig,
+    spec: str,
+    model: str | None = None,
 ) -> tuple[Bindings, HfConfigUse]:
-    """The dims' values the config gives, and what it set (for the report)."""
+    """The dims' values the config gives, and what it set (for the report). `model`: the
+    spec's model's name, which the config's `architectures` must list where it has them
+    (a LlamaForSequenceClassification is a llama model_type with another head)."""
     decl = mapping_for(configs, config, spec)
     bindings: Bindings = {}
     dims = []
     read: set[str] = {"model_type", "quantization_config"}  # the latter by weights_of
     checked: list[str] = []
+    if _check_architectures(config, spec, model):
+        read.add("architectures")
+        checked.append("architectures")
     for require in decl.requires:
         reader = _Reader(config)
         try:
@@ -241,6 +250,22 @@ def config_bindings(
     return bindings, HfConfigUse(
         config.path, model_type, tuple(dims), tuple(dict.fromkeys(checked)), unused
     )
+
+
+def _check_architectures(config: HfConfig, spec: str, model: str | None) -> bool:
+    """Whether the config's `architectures` were checked (they list the spec's model)."""
+    architectures = config.fields.get("architectures")
+    if architectures is None or model is None:
+        return False
+    if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise UsageError(f"--hf-config {config.path}: architectures is a list of class names")
+    if model not in architectures:
+        raise UsageError(
+            f"--hf-config {config.path}: architectures {', '.join(architectures) or '(none)'} "
+            f"do not include {model}, the model {spec} declares: the same model_type with "
+            "other heads or layers is not this spec's model"
+        )
+    return True
 
 
 def spec_for(config: HfConfig) -> Path:
