@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # runs in a fresh interpreter: stage times of one compile, as JSON on stdout
 STAGES = r"""
-import json, sys, time
+import gc, json, sys, time
+gc.set_threshold(50_000, 20, 100)  # as memspec's command line sets it
 from pathlib import Path
 import memspec.compile as c
 from memspec.syntax.imports import load_program
