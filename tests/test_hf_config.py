@@ -204,6 +204,12 @@ NF4 = {
         (FP8, Weights("fp8")),
         (NF4, Weights("nf4", compute="bfloat16", double_quant=True)),
         ({"quant_method": "bitsandbytes", "load_in_8bit": True}, Weights("int8")),
+        # null fields take BitsAndBytesConfig's defaults: fp4, float32, no double quant
+        (
+            {"quant_method": "bitsandbytes", "load_in_4bit": True,
+             "bnb_4bit_quant_type": None, "bnb_4bit_compute_dtype": None},
+            Weights("fp4", compute="float32", double_quant=False),
+        ),
         ({**FP8, "modules_to_not_convert": ["lm_head", "down_proj"]},
          Weights("fp8", skip=("lm_head", "down_proj"))),
     ],
@@ -230,6 +236,7 @@ def test_a_quantized_checkpoint_is_compiled_with_its_weights(tmp_path, quantizat
         ({**FP8, "weight_block_size": [64, 64]}, "FP8 with weight_block_size [64, 64]"),
         ({"quant_method": "bitsandbytes"}, "neither load_in_4bit nor load_in_8bit"),
         ("fp8", "quantization_config is not a JSON object"),
+        ({**NF4, "bnb_4bit_quant_type": "nf5"}, "quantization_config: --weights takes one of"),
     ],
 )
 def test_a_quantization_memspec_does_not_model_is_refused(tmp_path, capsys, quantization, message):

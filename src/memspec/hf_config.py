@@ -297,6 +297,16 @@ def spec_for(config: HfConfig) -> Path:
 
 
 def weights_of(config: HfConfig) -> Weights | None:
+    """`_weights_of`, its refusals naming the config's field."""
+    try:
+        return _weights_of(config)
+    except UsageError as err:
+        if str(err).startswith("--hf-config"):
+            raise
+        raise UsageError(f"--hf-config {config.path}: quantization_config: {err}") from None
+
+
+def _weights_of(config: HfConfig) -> Weights | None:
     """The `--weights` a config's `quantization_config` stands for (None without one):
     transformers' FineGrainedFP8Config (quant_method fp8, blocks of 128, dynamic
     activation scales) or BitsAndBytesConfig (4-bit nf4/fp4, 8-bit). Any other method, or
@@ -328,9 +338,10 @@ def weights_of(config: HfConfig) -> Weights | None:
         if settings.get("load_in_8bit"):
             return Weights("int8", skip=kept)
         if settings.get("load_in_4bit"):
-            compute = settings.get("bnb_4bit_compute_dtype", "float32")
+            # BitsAndBytesConfig's defaults where a field is missing or null
+            compute = settings.get("bnb_4bit_compute_dtype") or "float32"
             return Weights(
-                str(settings.get("bnb_4bit_quant_type", "fp4")),
+                str(settings.get("bnb_4bit_quant_type") or "fp4"),
                 compute=str(compute).removeprefix("torch."),
                 double_quant=bool(settings.get("bnb_4bit_use_double_quant", False)),
                 skip=kept,
