@@ -102,8 +102,8 @@ layer LayerNorm2d(num_channels, eps = 1e-5) {
 # them once per forward, without gradient. apply_rotary is apply_rotary_pos_emb: each
 # product saves cos or sin (the same two tensors in every layer), nothing else.
 layer HFRotaryEmbedding(head_dim, theta = 10000) {
-    buffer inv_freq: [head_dim / 2]
-    buffer original_inv_freq: [head_dim / 2]
+    buffer inv_freq: float32[head_dim / 2]             # computed in float32 (.float())
+    buffer original_inv_freq: float32[head_dim / 2]
 }
 
 fn rotate_half(x: [..., d]) -> [..., d] {

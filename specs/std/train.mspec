@@ -9,8 +9,9 @@ precision fp32       { param float32; grad float32; state float32; activation fl
 # mixed_bf16: Megatron/DeepSpeed-style bf16 training: bfloat16 weights and activations,
 # a float32 master copy of the weights and float32 gradients and optimizer state.
 precision mixed_bf16 { param bfloat16; master float32; grad float32; state float32; activation bfloat16 }
-# bf16: pure bf16 training: every tensor bfloat16, no master copy.
-precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation bfloat16 }
+# bf16: pure bf16 training: every tensor bfloat16, no master copy; the float buffers too
+# (model.to(torch.bfloat16) casts them), but for a buffer the spec gives a dtype.
+precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation bfloat16; buffer bfloat16 }
 
 # PyTorch automatic mixed precision: float32 parameters, gradients and optimizer state;
 # the forward runs under torch.autocast(device_type="cpu", dtype=...). `cast DTYPE of OPS`
