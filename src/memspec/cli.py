@@ -684,12 +684,11 @@ def _verify(args: argparse.Namespace) -> tuple[str, bool]:
 def _solve(args: argparse.Namespace) -> str:
     from memspec.report.solve import build_solve, render_solve_json, render_solve_text
     from memspec.solve import (
-        allowed_values,
         check_bound,
-        next_allowed_above,
         parse_budget,
         solve_max,
         solve_min_degree,
+        spec_sizes,
     )
 
     if args.symbol in ("P", "prompt_len") and getattr(args, "mode", "train") == "inference":
@@ -708,10 +707,8 @@ def _solve(args: argparse.Namespace) -> str:
             bound = [*args.bindings, f"{args.symbol}={value}"]
             return _result(argparse.Namespace(**{**vars(args), "bindings": bound}))
 
-        allowed = allowed_values(result, s.symbol)
-        s = check_bound(
-            s, args.objective, compile_at, allowed, next_allowed_above(result, s.symbol)
-        )
+        sizes = spec_sizes(result, s.symbol)
+        s = check_bound(s, args.objective, compile_at, sizes.allowed, sizes.above)
     if args.plot:
         from memspec.plot import plot_memory
 

@@ -32,11 +32,11 @@ from memspec.ir.types import Role
 from memspec.parallel import DP
 from memspec.result import CompileResult
 from memspec.symbolic.bind import MAX_VALUE, substitute
-from memspec.symbolic.dominance import undominated
+from memspec.symbolic.dominance import product_of_sizes, undominated
 from memspec.symbolic.largest import Limit, grows, largest, smallest
 from memspec.symbolic.polys import poly
 
-__all__ = ["Solution", "parse_budget", "solve_max"]
+__all__ = ["Solution", "SpecSizes", "parse_budget", "solve_max", "spec_sizes"]
 
 _UNITS = {
     "": 1,
@@ -85,10 +85,7 @@ def _positive(expr: sp.Expr) -> bool:
     dims with positive coefficients."""
     e = sp.expand(expr)
     terms = [t.as_coeff_Mul() for t in sp.Add.make_args(e)]
-    return e != 0 and all(
-        c > 0 and all(b == 1 or isinstance(b, sp.Symbol) for b in rest.as_powers_dict())
-        for c, rest in terms
-    )
+    return e != 0 and all(c > 0 and product_of_sizes(rest) for c, rest in terms)
 
 
 def _objective(result: CompileResult, objective: str) -> list[tuple[sp.Expr, str]]:
@@ -167,10 +164,35 @@ def _scan_degrees(result: CompileResult, x, exprs, expression, budget: int) -> S
 MAX_STEPS_TO_ALLOWED = 100_000
 
 
-def _size_limits(result: CompileResult, x: sp.Symbol) -> list[Limit]:
-    """What the spec's sizes need of x, the other dims as bound (`bind.check_sizes`):
-    every repeat count at least 1, every tensor dim from 0 to MAX_VALUE."""
+@dataclass(frozen=True)
+class SpecSizes:
+    """Which values of `x` the spec can have, the other dims as bound: its shape
+    assumptions that involve x (`2H divides D`, `relevant`), met by `divides`, and what
+    its sizes need (`bind.check_sizes`: every repeat count at least 1, every tensor dim
+    from 0 to MAX_VALUE), as `limits`."""
+
+    x: sp.Symbol
+    relevant: tuple[sp.Expr, ...]
+    limits: tuple[Limit, ...]
+    divides: Callable[[int], bool]
+
+    def allowed(self, v: int) -> bool:
+        """Whether v is a size the spec can have: an answer must be one."""
+        return self.divides(v) and all(limit.holds(self.x, v) for limit in self.limits)
+
+    def above(self, v: int) -> int | None:
+        """The smallest allowed value above v, or None (the sizes end there, or none
+        within MAX_STEPS_TO_ALLOWED values meets the divisibility)."""
+        return smallest(
+            self.x, list(self.limits), v + 1, MAX_VALUE, self.divides, MAX_STEPS_TO_ALLOWED, False
+        )
+
+
+def spec_sizes(result: CompileResult, x: sp.Symbol) -> SpecSizes:
+    """The spec's sizes at x, its other dims as `result` binds them."""
     bindings = {k: v for k, v in result.bindings.items() if k != x}
+    assumed = [substitute(a.expr, result.symbols, bindings) for a in result.graph.assumptions]
+    relevant = tuple(e for e in assumed if e.has(x))
     limits: dict[sp.Expr, Limit] = {}
     for region in result.graph.regions:
         count = substitute(region.count, result.symbols, bindings)
@@ -181,39 +203,10 @@ def _size_limits(result: CompileResult, x: sp.Symbol) -> list[Limit]:
             size = substitute(dim, result.symbols, bindings)
             if size.has(x) and size not in limits:
                 limits[size] = Limit(size, least=0, most=MAX_VALUE, what=f"the size {dim}")
-    return list(limits.values())
+    return SpecSizes(x, relevant, tuple(limits.values()), _divides(x, relevant))
 
 
-def _assumed_on(result: CompileResult, x: sp.Symbol) -> list[sp.Expr]:
-    """The spec's shape assumptions (expressions that must be whole) that involve `x`,
-    the other dims as bound."""
-    bindings = {k: v for k, v in result.bindings.items() if k != x}
-    exprs = [substitute(a.expr, result.symbols, bindings) for a in result.graph.assumptions]
-    return [e for e in exprs if e.has(x)]
-
-
-def allowed_values(
-    result: CompileResult, x: sp.Symbol, relevant: list[sp.Expr] | None = None
-) -> Callable[[int], bool]:
-    """Whether a value of `x` meets every shape assumption of the spec (`2H divides D`)
-    and gives every size a valid value (`_size_limits`), with the other dims as bound:
-    an answer must be a size the spec can have. `relevant`: those assumptions
-    (`_assumed_on`), where the caller has them."""
-    relevant = _assumed_on(result, x) if relevant is None else relevant
-    sizes = _size_limits(result, x)
-    divides = _divides(x, relevant)
-    return lambda v: divides(v) and all(limit.holds(x, v) for limit in sizes)
-
-
-def next_allowed_above(result: CompileResult, x: sp.Symbol) -> Callable[[int], int | None]:
-    """The smallest value above v that `allowed_values` allows, or None (the sizes end
-    there, or none within MAX_STEPS_TO_ALLOWED values meets the divisibility)."""
-    sizes = _size_limits(result, x)
-    divides = _divides(x, _assumed_on(result, x))
-    return lambda v: smallest(x, sizes, v + 1, MAX_VALUE, divides, MAX_STEPS_TO_ALLOWED, False)
-
-
-def _divides(x: sp.Symbol, relevant: list[sp.Expr]) -> Callable[[int], bool]:
+def _divides(x: sp.Symbol, relevant: tuple[sp.Expr, ...]) -> Callable[[int], bool]:
     """Whether every one of `relevant` is whole at a value of x: a quotient of integer
     polynomials in Python integers (solve may try 10^5 values), else by sympy."""
     checks = []
@@ -289,19 +282,18 @@ def solve_max(result: CompileResult, name: str, budget: int, objective: str = "p
     def at(v: int) -> list[int]:
         return [int(e.xreplace({x: v})) for e in exprs]
 
-    relevant = _assumed_on(result, x)
-    allowed = allowed_values(result, x, relevant)
-    if relevant:  # x takes part in a divisibility: no closed form says it
+    sizes = spec_sizes(result, x)
+    if sizes.relevant:  # x takes part in a divisibility: no closed form says it
         formula = None
-    limits = [Limit(e, most=budget) for e in exprs] + _size_limits(result, x)
+    limits = [Limit(e, most=budget) for e in exprs] + list(sizes.limits)
     if all(limit.holds(x, MAX_VALUE) for limit in limits):
         raise UsageError(
             f"every {x} up to {MAX_VALUE:.0e}, larger than any model size, fits within "
             f"{budget:,} bytes: there is no largest value to give"
         )
     # "even 1 needs more" only where 1 is a size and the memory grows from there
-    monotone = all(grows(e, x) for e in exprs) and allowed(1)
-    low = largest(x, limits, MAX_VALUE, _divides(x, relevant), MAX_STEPS_TO_ALLOWED)
+    monotone = all(grows(e, x) for e in exprs) and sizes.allowed(1)
+    low = largest(x, limits, MAX_VALUE, sizes.divides, MAX_STEPS_TO_ALLOWED)
     if low is None:
         return Solution(x, None, budget, expression, formula, grows=monotone)
     values = at(low)
