@@ -580,10 +580,9 @@ def test_thousands_of_sums_keep_what_the_loop_keeps(monkeypatch):
     # a front that trades D^2 against B*D (none dominates another), with dominated ones
     sums = [poly((3000 - k) * d**2 + k * b * d + rng.randint(0, 5)) for k in range(1500)]
     sums += [poly(rng.randint(1, 2999) * d**2 + rng.randint(0, 10)) for _ in range(1500)]
-    every = list(range(len(sums)))
-    fast = dominance._dominance(sums, every, None)
+    fast = dominance._dominance(sums, None)
     monkeypatch.setattr(dominance, "_MANY", 10**9)
-    assert len(sums) > 2000 and fast == dominance._dominance(sums, every, None)
+    assert len(sums) > 2000 and fast == dominance._dominance(sums, None)
     assert 1500 <= len(fast) < 3000
     # most of that front lies under chords of its neighbours: never the only largest
     assert len(dominance.undominated(sums)) < 400

@@ -21,7 +21,7 @@ import sympy as sp
 
 from memspec.symbolic.polys import Poly, add_into
 
-__all__ = ["TooMany", "below_chords", "dominates", "undominated"]
+__all__ = ["TooMany", "below_chords", "dominates", "product_of_sizes", "undominated"]
 
 
 @lru_cache(maxsize=65536)
@@ -48,7 +48,7 @@ def _key(monomial: sp.Expr) -> str:
 
 
 @lru_cache(maxsize=65536)
-def _sizes_only(monomial: sp.Expr) -> bool:
+def product_of_sizes(monomial: sp.Expr) -> bool:
     """Whether a monomial is a product of powers of symbols (dims >= 1, dummies >= 0), so
     never negative."""
     return all(base == 1 or isinstance(base, sp.Symbol) for base, _ in _powers(monomial))
@@ -98,18 +98,17 @@ def undominated(totals: list[Poly], limit: int | None = None) -> list[int]:
     if not totals:
         return []
     left = below_chords(totals, range(len(totals)))
-    kept = _dominance(totals, left, limit)
+    kept = [left[i] for i in _dominance([totals[i] for i in left], limit)]
     chords = set(below_chords(totals, sorted(kept)))  # those the proofs left in a row
     return [i for i in kept if i in chords]
 
 
-def _dominance(totals: list[Poly], among: list[int], limit: int | None) -> list[int]:
-    sums = [totals[i] for i in among]
-    samples = _sample_values(sums)
-    order = sorted(range(len(sums)), key=lambda i: -samples[i][0])
-    if len(sums) > _MANY:
-        return [among[i] for i in _undominated_many(sums, samples, order, limit)]
-    totals = sums
+def _dominance(totals: list[Poly], limit: int | None) -> list[int]:
+    """Indices of the sums no other one dominates (`undominated` less the chords)."""
+    samples = _sample_values(totals)
+    order = sorted(range(len(totals)), key=lambda i: -samples[i][0])
+    if len(totals) > _MANY:
+        return _undominated_many(totals, samples, order, limit)
     kept: list[int] = []
     recent: list[int] = []  # kept ones, the latest to dominate another first
     for i in order:
@@ -124,7 +123,7 @@ def _dominance(totals: list[Poly], among: list[int], limit: int | None) -> list[
             recent.append(i)
             if limit is not None and len(kept) > limit:
                 raise TooMany(len(totals))
-    return [among[i] for i in kept]
+    return kept
 
 
 def below_chords(totals: list[Poly], order) -> list[int]:
@@ -150,7 +149,7 @@ def _under(t: Poly, a: Poly, b: Poly) -> bool:
     low, high = Fraction(0), Fraction(1)
     for m in t.keys() | a.keys() | b.keys():
         x, y, z = t.get(m, 0), a.get(m, 0), b.get(m, 0)  # x <= z + w (y - z)
-        if not _sizes_only(m):  # floor(...) and the like: equal in all three, or no proof
+        if not product_of_sizes(m):  # floor(...) and the like: equal in all three, or no proof
             if not x == y == z:
                 return False
         elif y == z:
