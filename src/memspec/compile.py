@@ -122,8 +122,9 @@ def compile_spec(
     check`) checked without raising, in `CompileResult.checks`; `hf_config` is a
     config.json whose fields set the dims as the spec's `hf_config` block says
     (`memspec.hf_config`; `set` wins over it, it over `preset`); without `weights`, its
-    quantization_config gives them (`hf_config.weights_of`: fp8, bitsandbytes). `unbound` names dims
-    left symbolic whatever the preset or config gives them (`memspec sweep`'s grid).
+    quantization_config gives them (`hf_config.weights_of`: fp8, bitsandbytes).
+    `unbound` names dims left symbolic whatever the preset or config gives them
+    (`memspec sweep`'s grid).
     `time_limit` (seconds; None: none) stops a spec that takes longer with a
     `UsageError` (POSIX, in the main thread). Raises `MemspecError` for any problem with
     the input.

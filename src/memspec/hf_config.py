@@ -297,16 +297,6 @@ def spec_for(config: HfConfig) -> Path:
 
 
 def weights_of(config: HfConfig) -> Weights | None:
-    """`_weights_of`, its refusals naming the config's field."""
-    try:
-        return _weights_of(config)
-    except UsageError as err:
-        if str(err).startswith("--hf-config"):
-            raise
-        raise UsageError(f"--hf-config {config.path}: quantization_config: {err}") from None
-
-
-def _weights_of(config: HfConfig) -> Weights | None:
     """The `--weights` a config's `quantization_config` stands for (None without one):
     transformers' FineGrainedFP8Config (quant_method fp8, blocks of 128, dynamic
     activation scales) or BitsAndBytesConfig (4-bit nf4/fp4, 8-bit). Any other method, or
@@ -324,6 +314,13 @@ def _weights_of(config: HfConfig) -> Weights | None:
     ):
         raise UsageError(f"{where}: modules_to_not_convert is a list of module names")
     kept = tuple(skip) if skip else SKIPPED
+
+    def weights(fmt: str, **options) -> Weights:
+        try:  # Weights' own refusals (a format or dtype it does not know), named here
+            return Weights(fmt, skip=kept, **options)
+        except UsageError as err:
+            raise UsageError(f"{where}: {err}") from None
+
     if method == "fp8":
         block = settings.get("weight_block_size", [FP8_BLOCK, FP8_BLOCK])
         scheme = settings.get("activation_scheme", "dynamic")
@@ -333,18 +330,17 @@ def _weights_of(config: HfConfig) -> Weights | None:
                 f"{scheme!r} is not modelled (memspec's fp8 is [{FP8_BLOCK}, {FP8_BLOCK}] "
                 "blocks with dynamic activation scales, FineGrainedFP8Config's defaults)"
             )
-        return Weights("fp8", skip=kept)
+        return weights("fp8")
     if method == "bitsandbytes":
         if settings.get("load_in_8bit"):
-            return Weights("int8", skip=kept)
+            return weights("int8")
         if settings.get("load_in_4bit"):
             # BitsAndBytesConfig's defaults where a field is missing or null
             compute = settings.get("bnb_4bit_compute_dtype") or "float32"
-            return Weights(
+            return weights(
                 str(settings.get("bnb_4bit_quant_type") or "fp4"),
                 compute=str(compute).removeprefix("torch."),
                 double_quant=bool(settings.get("bnb_4bit_use_double_quant", False)),
-                skip=kept,
             )
         raise UsageError(f"{where}: bitsandbytes with neither load_in_4bit nor load_in_8bit")
     raise UsageError(
