@@ -123,16 +123,13 @@ layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     norm         = RMSNorm(d_model, eps)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        # position_ids[..., None].float() * inv_freq: [1, s, d/2], no gradient
         position_ids = arange(s)                 # a local until the forward returns
         mask = hf_causal_mask(position_ids, b)
-        positions = rearrange(position_ids, "s -> 1 1 s") * 1.0
-        inv_freq = rearrange(rotary_emb.inv_freq, "f -> 1 f 1")
-        freqs = rearrange(matmul(inv_freq, positions), "o f s -> o s f")
-        emb = cat(freqs, freqs, dim = -1)
-        rope_cos = rearrange(cos(emb) * 1.0, "o s d -> o 1 s d")
-        rope_sin = rearrange(sin(emb) * 1.0, "o s d -> o 1 s d")
-        x = layers(embed_tokens(tokens), rope_cos, rope_sin)
+        inputs_embeds = embed_tokens(tokens)
+        # cos and sin in float32 from the float32 inv_freq, cast to the activations' dtype
+        rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
+                                              inputs_embeds)
+        x = layers(inputs_embeds, rope_cos, rope_sin)
         return hold(norm(x), position_ids, mask)
     }
 }

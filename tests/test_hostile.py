@@ -137,6 +137,43 @@ model M {
     assert code == 0
 
 
+# A float32 table meeting bfloat16 activations in a product: torch refuses the matmul
+# ("expected m1 and m2 to have the same dtype"); memspec gave the result the first
+# operand's dtype and printed its numbers
+MIXED_PRODUCT = """use std
+dim batch_size as B
+dim d_model as D
+layer Scaled(d) {
+    buffer table: float32[d, d]
+    forward(x: [b, d]) -> [b, d] {
+        return matmul(x, table)
+    }
+}
+model M {
+    fc = Linear(D, D)
+    scaled = Scaled(D)
+    forward(x: [B, D], y: [B, D]) {
+        return mse_loss(scaled(fc(x)), y)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("precision", ["bf16", "mixed_bf16"])
+def test_a_product_of_two_float_dtypes_is_refused(capsys, tmp_path, precision):
+    spec = _spec(tmp_path, MIXED_PRODUCT)
+    code, _, err = _run(capsys, ["compile", spec, "--no-cache", "--precision", precision])
+    assert code == 2
+    assert ("m.mspec:7:16: error: matmul: operands of different float dtypes (bfloat16, "
+            "float32): torch refuses the product") in err
+    code, _, _ = _run(capsys, ["compile", spec, "--no-cache", "--precision", "fp32"])
+    assert code == 0
+    # an untyped buffer follows the parameters' dtype, as module.bfloat16() casts it
+    untyped = _spec(tmp_path, MIXED_PRODUCT.replace("float32[d, d]", "[d, d]"), "u.mspec")
+    code, _, _ = _run(capsys, ["compile", untyped, "--no-cache", "--precision", precision])
+    assert code == 0
+
+
 @pytest.mark.parametrize(
     "stride, padding, message",
     [

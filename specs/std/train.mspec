@@ -7,8 +7,11 @@
 # fp32: everything float32.
 precision fp32       { param float32; grad float32; state float32; activation float32 }
 # mixed_bf16: Megatron/DeepSpeed-style bf16 training: bfloat16 weights and activations,
-# a float32 master copy of the weights and float32 gradients and optimizer state.
-precision mixed_bf16 { param bfloat16; master float32; grad float32; state float32; activation bfloat16 }
+# a float32 master copy of the weights and float32 gradients and optimizer state. The
+# float buffers are bfloat16 too: Megatron's Float16Module and DeepSpeed's bf16 engine
+# cast the module (`module.bfloat16()`), buffers included; a buffer the spec gives a
+# dtype keeps it (HF's rotary inv_freq, float32).
+precision mixed_bf16 { param bfloat16; master float32; grad float32; state float32; activation bfloat16; buffer bfloat16 }
 # bf16: pure bf16 training: every tensor bfloat16, no master copy; the float buffers too
 # (model.to(torch.bfloat16) casts them), but for a buffer the spec gives a dtype.
 precision bf16       { param bfloat16; grad bfloat16; state bfloat16; activation bfloat16; buffer bfloat16 }

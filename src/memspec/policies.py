@@ -197,7 +197,9 @@ def read_precision(decl: d.DeclPrecision) -> Precision:
         dtypes["grad"],
         dtypes["state"],
         dtypes["activation"],
-        dtypes.get("buffer", DType.float32),
+        # whatever casts the parameters (module.to, .half(), .bfloat16()) casts the float
+        # buffers with them; FSDP2's MixedPrecisionPolicy alone does not (verify casts them)
+        dtypes.get("buffer", dtypes["param"]),
         dtypes.get("master"),
         decl.description,
         _cast_rules(decl),

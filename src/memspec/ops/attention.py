@@ -46,7 +46,7 @@ def _flash_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     strides = None
     if not ctx.inputs[0].contiguous:
         strides = dense_like(out, ctx.inputs[0].strides, ctx.bound)
-    return (OutputSpec(out, ctx.float_dtype(), strides=strides),)
+    return (OutputSpec(out, ctx.product_dtype(), strides=strides),)
 
 
 def _flash_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

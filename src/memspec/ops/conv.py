@@ -55,7 +55,7 @@ def _conv_infer(spatial: int):
         s, p = ctx.attrs["stride"], ctx.attrs["padding"]
         _window(ctx, s, p)
         sizes = tuple(_out_size(n, k, s, p) for n, k in zip(x.shape[2:], w.shape[2:], strict=True))
-        return (OutputSpec((x.shape[0], w.shape[0], *sizes), ctx.float_dtype()),)
+        return (OutputSpec((x.shape[0], w.shape[0], *sizes), ctx.product_dtype()),)
 
     return infer
 

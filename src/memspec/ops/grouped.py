@@ -133,7 +133,7 @@ def _grouped_mm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if not isinstance(ctx.attrs["top_k"], sp.Expr):
         raise ctx.fail(f"top_k must be a size, got {ctx.attrs['top_k']}")
     ctx.expect_same(experts, w.shape[0], "offsets vs the weight's experts")
-    return (OutputSpec((x.shape[0], w.shape[1]), ctx.float_dtype()),)
+    return (OutputSpec((x.shape[0], w.shape[1]), ctx.product_dtype()),)
 
 
 def _grouped_mm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

@@ -33,7 +33,7 @@ def _linear_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     )
     if bias and (len(bias[0].shape) != 1 or not _eq(bias[0].shape[0], w.shape[0])):
         raise ctx.fail(f"bias must be [{w.shape[0]}], got {shape_str(bias[0].shape)}")
-    return (OutputSpec((*shape[:-1], w.shape[0]), ctx.float_dtype()),)
+    return (OutputSpec((*shape[:-1], w.shape[0]), ctx.product_dtype()),)
 
 
 def _eq(a: sp.Expr, b: sp.Expr) -> bool:
@@ -95,7 +95,7 @@ def _matmul_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     batch_a, batch_b = a[:-2], b[:-2]
     if batch_b and (len(batch_a) != len(batch_b) or not all(map(_eq, batch_a, batch_b))):
         raise ctx.fail(f"{shape_str(a)} @ {shape_str(b)}: batch dims differ")
-    return (OutputSpec((*batch_a, a[-2], b[-1]), ctx.float_dtype()),)
+    return (OutputSpec((*batch_a, a[-2], b[-1]), ctx.product_dtype()),)
 
 
 def _einsum_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -132,7 +132,7 @@ def _einsum_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
             raise ctx.fail(f"output axis {axis} appears in no operand")
         else:
             out.append(sizes[axis])
-    return (OutputSpec(tuple(out), ctx.float_dtype()),)
+    return (OutputSpec(tuple(out), ctx.product_dtype()),)
 
 
 def _einsum_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:
@@ -193,7 +193,7 @@ def _addmm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     x = ctx.inputs[1]
     if not x.contiguous and merge(shape[:-1], actual(shape, x.strides)[:-1], ctx.bound) is None:
         raise ctx.fail("the input's leading dims cannot be viewed as one (torch's view fails)")
-    return (OutputSpec((*shape[:-1], w.shape[1]), ctx.float_dtype()),)
+    return (OutputSpec((*shape[:-1], w.shape[1]), ctx.product_dtype()),)
 
 
 def _addmm_saved(op: OpApply, graph: Graph) -> tuple[Saved, ...]:

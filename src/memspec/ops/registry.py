@@ -130,6 +130,22 @@ class InferContext:
         floats = [t.dtype for t in self.inputs if t.dtype.is_float]
         return floats[0] if floats else self.act_dtype
 
+    def product_dtype(self) -> DType:
+        """The dtype of a product (mm, bmm, conv, SDPA): its float operands share one.
+
+        torch does not promote inside these kernels ("expected m1 and m2 to have the same
+        dtype"): a float32 table meeting bfloat16 activations is refused here, as torch
+        refuses it, rather than given one operand's dtype. Autocast's casts come before.
+        """
+        floats = [t.dtype for t in self.inputs if t.dtype.is_float]
+        if len(set(floats)) > 1:
+            names = ", ".join(d.value for d in floats)
+            raise self.fail(
+                f"operands of different float dtypes ({names}): torch refuses the product; "
+                "cast one (type_as) or declare the buffer's dtype"
+            )
+        return floats[0] if floats else self.act_dtype
+
 
 def same_dim(a: sp.Expr, b: sp.Expr) -> bool:
     """Whether two symbolic sizes are equal for every value of their symbols."""
