@@ -61,6 +61,35 @@ def test_spans_point_at_the_source():
     assert (decl.span.line, decl.span.col) == (3, 4)
 
 
+def _text(span) -> str:
+    lines = span.source.text.splitlines()
+    if span.line == span.end_line:
+        return lines[span.line - 1][span.col - 1 : span.end_col - 1]
+    return "\n".join(
+        [lines[span.line - 1][span.col - 1 :], *lines[span.line : span.end_line - 1],
+         lines[span.end_line - 1][: span.end_col - 1]])
+
+
+def test_a_rule_spans_its_keywords_and_punctuation():
+    """Spans cover a rule's whole match, first token to last, keywords and brackets
+    included (as lark's propagate_positions gives them); a parenthesized operand's own
+    span is inside its parentheses, its parent's starts at them."""
+    (layer,) = parse("layer A(d) {\n  s = repeat N of B(d, (1 + d) * 2)\n}").decls
+    assert _text(layer.span) == "layer A(d) {\n  s = repeat N of B(d, (1 + d) * 2)\n}"
+    (sub,) = layer.body
+    assert _text(sub.span) == "s = repeat N of B(d, (1 + d) * 2)"
+    product = sub.args[1].value
+    assert _text(product.span) == "(1 + d) * 2"
+    assert _text(product.left.span) == "1 + d"
+    (fn,) = parse("fn f(x: [a, b]) -> [a] { return g(x)[0] : [a] }").decls
+    (ret,) = fn.body.variants[0][1]
+    assert _text(ret.span) == "return g(x)[0] : [a]"
+    assert _text(ret.value.span) == "g(x)[0]"
+    assert _text(ret.value.base.span) == "g(x)"
+    assert _text(fn.params[0].type.span) == "[a, b]"
+    assert parse("").span is None and parse("# nothing\n").span is None
+
+
 def test_unpacking_assignment():
     (fn,) = parse("fn f(p: [t, e]) { w, i = topk(p, 2); return w }").decls
     unpack, _ = fn.body.variants[0][1]

@@ -127,7 +127,7 @@ def _grouped_mm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     ctx.expect_same(
         x.shape[1],
         w.shape[2],
-        f"input {shape_str(x.shape)} vs weight {shape_str(w.shape)}: in_features",
+        lambda: f"input {shape_str(x.shape)} vs weight {shape_str(w.shape)}: in_features",
     )
     experts = _integer_vector(ctx, 2, "offsets")
     if not isinstance(ctx.attrs["top_k"], sp.Expr):

@@ -29,7 +29,7 @@ def _linear_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     ctx.expect_same(
         shape[-1],
         w.shape[1],
-        f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in_features",
+        lambda: f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in_features",
     )
     if bias and (len(bias[0].shape) != 1 or not _eq(bias[0].shape[0], w.shape[0])):
         raise ctx.fail(f"bias must be [{w.shape[0]}], got {shape_str(bias[0].shape)}")
@@ -91,7 +91,7 @@ def _copy_if_strided(graph: Graph, saved: Saved) -> Saved:
 def _matmul_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     a = ctx.expect_rank(0, 2)
     b = ctx.expect_rank(1, 2)
-    ctx.expect_same(a[-1], b[-2], f"{shape_str(a)} @ {shape_str(b)}: inner dims")
+    ctx.expect_same(a[-1], b[-2], lambda: f"{shape_str(a)} @ {shape_str(b)}: inner dims")
     batch_a, batch_b = a[:-2], b[:-2]
     if batch_b and (len(batch_a) != len(batch_b) or not all(map(_eq, batch_a, batch_b))):
         raise ctx.fail(f"{shape_str(a)} @ {shape_str(b)}: batch dims differ")
@@ -186,7 +186,9 @@ def _addmm_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     if len(w.shape) != 2:
         raise ctx.fail(f"weight must be [in, out], got {shape_str(w.shape)}")
     ctx.expect_same(
-        shape[-1], w.shape[0], f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in"
+        shape[-1],
+        w.shape[0],
+        lambda: f"input {shape_str(shape)} vs weight {shape_str(w.shape)}: in",
     )
     if len(b.shape) != 1 or not _eq(b.shape[0], w.shape[1]):
         raise ctx.fail(f"bias must be [{w.shape[1]}], got {shape_str(b.shape)}")

@@ -109,9 +109,11 @@ class InferContext:
     def fail(self, message: str) -> OpShapeError:
         return OpShapeError(f"{self.op}: {message}")
 
-    def expect_same(self, a: sp.Expr, b: sp.Expr, what: str) -> None:
+    def expect_same(self, a: sp.Expr, b: sp.Expr, what: str | Callable[[], str]) -> None:
+        """`what` names the dims in the error; a function that makes the name is called
+        only then (printing shapes for every op costs a fifth of a large model's build)."""
         if not same_dim(a, b):
-            raise self.fail(f"{what}: {a} != {b}")
+            raise self.fail(f"{what() if callable(what) else what}: {a} != {b}")
 
     def expect_rank(self, index: int, minimum: int) -> Shape:
         shape = self.inputs[index].shape

@@ -44,9 +44,9 @@ def _recurrence_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
             f"{shape_str(dbu)} and {shape_str(c)}"
         )
     for a, b in zip(da, dbu, strict=True):
-        ctx.expect_same(a, b, f"dA {shape_str(da)} vs dBu {shape_str(dbu)}")
+        ctx.expect_same(a, b, lambda: f"dA {shape_str(da)} vs dBu {shape_str(dbu)}")
     for a, b, what in ((da[0], c[0], "batch"), (da[2], c[1], "length"), (da[3], c[2], "state")):
-        ctx.expect_same(a, b, f"{what} of dA {shape_str(da)} vs C {shape_str(c)}")
+        ctx.expect_same(a, b, lambda what=what: f"{what} of dA {shape_str(da)} vs C {shape_str(c)}")
     return (OutputSpec((da[0], da[1], da[2]), ctx.float_dtype()),)
 
 

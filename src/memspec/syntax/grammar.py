@@ -1,28 +1,228 @@
-"""Builds the LALR parser from the packaged grammar, once per process."""
+"""Builds the LALR parser from the packaged grammar, once per process, and parses text
+straight into the AST.
+
+lark can build a parse tree with positions (`propagate_positions`) that a transformer then
+walks; for a file of 15,000 layers that tree, its positions and the walk took two thirds
+of the parse. Here each rule's reduction calls its `ToAst` method at once (as lark's
+inline transformers do), and the position is worked out in the same step, from the
+rule's whole match: its first and last token, keywords and punctuation included, or the
+positions of the rules it reduced. Those are the spans lark's `propagate_positions` gives
+(a parenthesized operand's span includes its parentheses where its parent's starts).
+"""
 
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 
-from lark import Lark
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedToken
+from lark.parse_tree_builder import ExpandSingleChild, ParseTreeBuilder
+from lark.parsers.lalr_analysis import Shift
 
 from memspec.resources import grammar_path
+from memspec.source import SourceFile
 from memspec.syntax.cache import grammar_cache
+from memspec.syntax.decls import Module
+from memspec.syntax.transform import ToAst
 
-__all__ = ["parser"]
+__all__ = ["parse_module", "parser"]
+
+
+class Meta:
+    """Where a rule's match lies, as lark's tree meta says it (1-based, end-exclusive)."""
+
+    __slots__ = ("column", "end_column", "end_line", "line")
+    empty = False
+
+    def __init__(self, line: int, column: int, end_line: int, end_column: int):
+        self.line, self.column, self.end_line, self.end_column = line, column, end_line, end_column
+
+
+class _NoMeta:
+    """The position of a rule that matched nothing (an empty file, an absent option)."""
+
+    __slots__ = ()
+    empty = True
+
+
+_NO_META = _NoMeta()
+
+
+class _Built:
+    """A reduced rule on lark's value stack: what its method built, and where it lies."""
+
+    __slots__ = ("meta", "value")
+
+    def __init__(self, value: object, meta: Meta | _NoMeta):
+        self.value, self.meta = value, meta
+
+
+_current = threading.local()  # the ToAst of the parse under way in this thread
+
+
+def _where(children: list) -> Meta | _NoMeta:
+    first = last = None
+    for child in children:
+        if type(child) is Token:
+            first = child
+            break
+        if not child.meta.empty:
+            first = child.meta
+            break
+    if first is None:
+        return _NO_META
+    for child in reversed(children):
+        if type(child) is Token:
+            last = child
+            break
+        if not child.meta.empty:
+            last = child.meta
+            break
+    return Meta(first.line, first.column, last.end_line, last.end_column)
+
+
+def _callback(name: str, kept: Callable[[list], list], expand1: bool) -> Callable[[list], _Built]:
+    """The reduction of one rule: its kept children handed to `ToAst.<name>`, or, for an
+    inlined rule (`_item`, `?expr` with one child), the children handed up."""
+    if name.startswith("_"):  # inlined into the rule that uses it (lark expands .children)
+
+        def inline(children: list) -> _Built:
+            values = [c if type(c) is Token else c.value for c in children]
+            return _Built(Tree(name, kept(values)), _where(children))
+
+        return inline
+    method = getattr(ToAst, name, None)
+
+    def build(children: list) -> _Built:
+        meta = _where(children)
+        values = kept([c if type(c) is Token else c.value for c in children])
+        if expand1 and len(values) == 1:
+            return _Built(values[0], meta)
+        if method is None:
+            raise NotImplementedError(f"grammar rule {name!r} has no ToAst handler")
+        return _Built(method(_current.ast, meta, values), meta)
+
+    return build
+
+
+class _AstLark(Lark):
+    """lark's LALR parser whose reductions build memspec's AST (see the module's doc)."""
+
+    def build(self, text: str) -> object:
+        """The start rule's value: lark's own LALR loop (`ParserState.feed_token`) over
+        its parse table and contextual lexer, with each rule's size and callback looked
+        up once and a one-rule reduction (`?sum: product`, ten per operand) only a
+        change of state: a third of a large file's parse was that loop."""
+        interactive = self.parse_interactive(text)
+        state = interactive.parser_state
+        states, end_state = state.parse_conf.states, state.parse_conf.end_state
+        stack, values = state.state_stack, state.value_stack
+        reductions = self._reductions
+        token = None
+        for token in interactive.lexer_thread.lex(state):
+            while True:
+                try:
+                    action, arg = states[stack[-1]][token.type]
+                except KeyError:
+                    raise _unexpected(token, states[stack[-1]], state) from None
+                if action is Shift:
+                    stack.append(arg)
+                    values.append(token)
+                    break
+                size, callback, origin = reductions[arg]
+                if callback is None:
+                    del stack[-1]
+                else:
+                    children = values[-size:] if size else []
+                    if size:
+                        del stack[-size:]
+                        del values[-size:]
+                    values.append(callback(children))
+                stack.append(states[stack[-1]][origin][1])
+        end = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
+        while True:
+            try:
+                action, arg = states[stack[-1]][end.type]
+            except KeyError:
+                raise _unexpected(end, states[stack[-1]], state) from None
+            size, callback, origin = reductions[arg]
+            if callback is None:
+                del stack[-1]
+            else:
+                children = values[-size:] if size else []
+                if size:
+                    del stack[-size:]
+                    del values[-size:]
+                values.append(callback(children))
+            stack.append(states[stack[-1]][origin][1])
+            if stack[-1] == end_state:
+                return values[-1]
+
+    def _prepare_callbacks(self) -> None:
+        # lark's own child filters (which children a rule keeps, None for an absent
+        # `[...]`, inlined `_rules` spliced in); memspec's methods and positions instead of
+        # its tree nodes
+        builder = ParseTreeBuilder(self.rules, Tree, False, False, self.options.maybe_placeholders)
+        self._callbacks = {}
+        self._reductions: dict[object, tuple[int, Callable | None, str]] = {}
+        for rule, chain in builder.rule_builders:
+            keep: Callable[[list], list] = _identity
+            for wrapper in chain:
+                if wrapper is not ExpandSingleChild:  # done by _callback, on the values
+                    keep = wrapper(keep)
+            name = rule.alias or rule.options.template_source or rule.origin.name
+            expand1 = rule.options.expand1 and not rule.alias
+            (only, *more) = rule.expansion or (None,)
+            if expand1 and not more and not only.is_term and not only.name.startswith("_"):
+                # `?sum: product`: one rule's result handed up as it is; an expression
+                # passes ten of these, most of the parse's reductions
+                self._callbacks[rule] = _first
+                self._reductions[rule] = (1, None, rule.origin.name)
+            else:
+                self._callbacks[rule] = _callback(name, keep, expand1)
+                self._reductions[rule] = (
+                    len(rule.expansion),
+                    self._callbacks[rule],
+                    rule.origin.name,
+                )
+
+
+def _unexpected(token: Token, actions: dict, state: object) -> UnexpectedToken:
+    """lark's error for a token the state has no action for, as its own loop raises it."""
+    expected = {name for name in actions if name.isupper()}
+    return UnexpectedToken(token, expected, state=state, interactive_parser=None)
+
+
+def _identity(children: list) -> list:
+    return children
+
+
+def _first(children: list) -> _Built:
+    return children[0]
 
 
 @functools.cache
 def parser(strict: bool = False) -> Lark:
     """The memspec parser. `strict=True` (tests only) fails on any grammar conflict."""
     path = grammar_path()
-    return Lark(
+    return _AstLark(
         path.read_text(encoding="utf-8"),
         parser="lalr",
-        propagate_positions=True,
         maybe_placeholders=True,
         # lark's cache is keyed on the grammar text and options (in the user cache dir:
         # syntax/cache.py); strict mode needs none.
         cache=False if strict else grammar_cache(),
         strict=strict,
     )
+
+
+def parse_module(text: str, source: SourceFile) -> Module:
+    """The AST of `text`; lark's exceptions (syntax errors) and memspec's (a literal too
+    long) propagate."""
+    _current.ast = ToAst(source)
+    try:
+        return parser().build(text).value
+    finally:
+        _current.ast = None

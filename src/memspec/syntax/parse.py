@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from memspec.errors import MemspecError, SpecSyntaxError
+from memspec.errors import SpecSyntaxError
 from memspec.source import SourceFile, Span
 from memspec.syntax.cache import cached_module
 from memspec.syntax.decls import Module
@@ -127,13 +127,12 @@ def _parse(text: str, source: SourceFile) -> Module:
 
 def _parse_text(text: str, source: SourceFile) -> Module:
     # lark is imported here: a file the cache holds needs no parser (syntax/cache.py)
-    from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+    from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-    from memspec.syntax.grammar import parser
-    from memspec.syntax.transform import ToAst
+    from memspec.syntax.grammar import parse_module
 
     try:
-        tree = parser().parse(text)
+        return parse_module(text, source)
     except UnexpectedInput as err:
         line = err.line if err.line and err.line > 0 else max(1, text.count("\n") + 1)
         col = err.column if err.column and err.column > 0 else 1
@@ -142,12 +141,6 @@ def _parse_text(text: str, source: SourceFile) -> Module:
         width = len(str(err.token)) if isinstance(err, UnexpectedToken) else 1
         span = Span(source, line, col, line, col + max(1, width))
         raise SpecSyntaxError(_describe(err), span) from None
-    try:
-        return ToAst(source).transform(tree)
-    except VisitError as err:
-        if isinstance(err.orig_exc, MemspecError):
-            raise err.orig_exc from None
-        raise
 
 
 def _end_position(text: str) -> tuple[int, int]:

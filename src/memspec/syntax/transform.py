@@ -1,15 +1,16 @@
-"""Parse tree -> AST: one `ToAst` method per grammar alias, and nothing else.
+"""Grammar rules -> AST: one `ToAst` method per grammar alias, and nothing else.
 
-Numbers stay AST nodes with spans; `symbolic/build.py` turns them into sympy objects.
-A rule without a handler raises on first use, so a grammar change cannot go unnoticed.
+The parser calls a rule's method as it reduces the rule (`syntax/grammar.py`), with the
+rule's position (`meta`) and its kept children, already built. Numbers stay AST nodes
+with spans; `symbolic/build.py` turns them into sympy objects. A rule without a method
+raises on first use, so a grammar change cannot go unnoticed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lark import Token, v_args
-from lark.visitors import Transformer_NonRecursive
+from lark import Token
 
 from memspec.errors import SpecValueError
 from memspec.source import SourceFile, Span
@@ -42,15 +43,11 @@ def _unquote(token: Token) -> str:
     return str(token)[1:-1]
 
 
-@v_args(meta=True)
-class ToAst(Transformer_NonRecursive):
-    """Builds `nodes.Module` from a lark tree, attaching spans from `meta`.
-
-    Non-recursive, so a long chain such as `a + b + ... + z` cannot exhaust the stack.
-    """
+class ToAst:
+    """Builds `nodes.Module` rule by rule, attaching spans from `meta`. The parser builds
+    bottom-up, so a long chain such as `a + b + ... + z` cannot exhaust the stack."""
 
     def __init__(self, source: SourceFile):
-        super().__init__()
         self.source = source
 
     def span(self, meta) -> Span | None:
@@ -60,9 +57,6 @@ class ToAst(Transformer_NonRecursive):
 
     def token_span(self, token: Token) -> Span:
         return Span(self.source, token.line, token.column, token.end_line, token.end_column)
-
-    def __default__(self, data, children, meta):
-        raise NotImplementedError(f"grammar rule {data!r} has no ToAst handler")
 
     # Module and declarations ---------------------------------------------------------------
 
