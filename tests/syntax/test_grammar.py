@@ -96,3 +96,36 @@ def test_unpacking_assignment():
     assert unpack == n.StmtUnpack(
         ("w", "i"), n.ExprCall(n.ExprName("topk"), (n.Arg(n.ExprName("p")), n.Arg(n.ExprInt(2))))
     )
+
+
+def test_valid_text_never_needs_lark_s_own_loop(monkeypatch):
+    """memspec's copy of lark's LALR loop (syntax/grammar.py) parses every bundled spec
+    itself: lark's loop, kept for the errors, is not called (a lark release that changed
+    what the copy reads would fail here, not fall back unnoticed)."""
+    from memspec.source import SourceFile
+    from memspec.syntax.grammar import _AstLark, parse_module
+    from tests.conftest import ROOT
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("lark's own loop was used")
+
+    monkeypatch.setattr(_AstLark, "parse", refuse)
+    files = sorted((ROOT / "specs").rglob("*.mspec"))
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert parse_module(text, SourceFile(str(path), text)).decls
+
+
+def test_syntax_errors_are_lark_s_own():
+    """Text the loop refuses is parsed again by lark, whose error says where and what."""
+    from memspec.errors import SpecSyntaxError
+
+    for text, where in [("dim a as", (1, 9)), ("layer A( {", (1, 10)), ("let x = 1 $", (1, 11)),
+                        ("model M { y = repeat of X() }", (1, 25))]:
+        try:
+            parse(text)
+        except SpecSyntaxError as err:
+            assert (err.span.line, err.span.col) == where, (text, err.span)
+        else:
+            raise AssertionError(f"{text!r} parsed")

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedToken
 from lark.parse_tree_builder import ExpandSingleChild, ParseTreeBuilder
 from lark.parsers.lalr_analysis import Shift
 
@@ -111,42 +110,56 @@ class _AstLark(Lark):
     """lark's LALR parser whose reductions build memspec's AST (see the module's doc)."""
 
     def build(self, text: str) -> object:
-        """The start rule's value: lark's own LALR loop (`ParserState.feed_token`) over
-        its parse table and contextual lexer, with each rule's size and callback looked
-        up once and a one-rule reduction (`?sum: product`, ten per operand) only a
-        change of state: a third of a large file's parse was that loop."""
+        """The start rule's value, by lark's own LALR loop over its parse table and its
+        contextual lexer's scanners, less their bookkeeping: each rule's size and
+        callback looked up once, a one-rule reduction (`?sum: product`, ten per operand)
+        only a change of state, tokens made in one loop. That loop and lark's lexer
+        were two thirds of a large file's parse. Text this loop refuses is parsed again
+        by lark's own loop, which raises its own error where this one stopped."""
+        try:
+            return self._build(text)
+        except _Refused:
+            return self.parse(text)
+
+    def _build(self, text: str) -> object:
         interactive = self.parse_interactive(text)
         state = interactive.parser_state
         states, end_state = state.parse_conf.states, state.parse_conf.end_state
         stack, values = state.state_stack, state.value_stack
         reductions = self._reductions
         token = None
-        for token in interactive.lexer_thread.lex(state):
+        # what lark's scanners match on (a TextSlice in lark 1.3, the str before)
+        scanned = interactive.lexer_thread.state.text
+        units = self._units
+        for token in self._tokens(text, scanned, stack):
             while True:
-                try:
-                    action, arg = states[stack[-1]][token.type]
-                except KeyError:
-                    raise _unexpected(token, states[stack[-1]], state) from None
+                action, arg = states[stack[-1]].get(token.type, _NO_ACTION)
                 if action is Shift:
                     stack.append(arg)
                     values.append(token)
                     break
+                if action is None:
+                    raise _Refused
                 size, callback, origin = reductions[arg]
                 if callback is None:
-                    del stack[-1]
+                    # a run of one-rule reductions pops and pushes one state each: where
+                    # it ends depends on the state under it, its own and the token only
+                    key = (stack[-2], stack[-1], token.type)
+                    if key not in units:
+                        units[key] = self._after_units(states, *key)
+                    stack[-1] = units[key]
                 else:
                     children = values[-size:] if size else []
                     if size:
                         del stack[-size:]
                         del values[-size:]
                     values.append(callback(children))
-                stack.append(states[stack[-1]][origin][1])
+                    stack.append(states[stack[-1]][origin][1])
         end = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
         while True:
-            try:
-                action, arg = states[stack[-1]][end.type]
-            except KeyError:
-                raise _unexpected(end, states[stack[-1]], state) from None
+            action, arg = states[stack[-1]].get(end.type, _NO_ACTION)
+            if action is None or action is Shift:
+                raise _Refused
             size, callback, origin = reductions[arg]
             if callback is None:
                 del stack[-1]
@@ -160,6 +173,40 @@ class _AstLark(Lark):
             if stack[-1] == end_state:
                 return values[-1]
 
+    def _after_units(self, states: dict, below: int, top: int, kind: str) -> int:
+        """The state a run of one-rule reductions reaches from `top` over `below`."""
+        while True:
+            action, arg = states[top].get(kind, _NO_ACTION)
+            if action is None or action is Shift or self._reductions[arg][1] is not None:
+                return top
+            top = states[below][self._reductions[arg][2]][1]
+
+    def _tokens(self, text: str, scanned: object, stack: list) -> Iterator[Token]:
+        """The contextual lexer's tokens: at each position the scanner of the parser's
+        state (`stack[-1]`, read as each token is asked for), as lark's `next_token`
+        makes them (line and column counted alike, NAME's keyword callback applied)."""
+        lexers = self.parser.lexer.lexers
+        pos, line, line_start, size = 0, 1, 0, len(text)
+        while pos < size:
+            lexer = lexers[stack[-1]]
+            found = lexer.match(scanned, pos)
+            if not found:
+                raise _Refused
+            value, kind = found
+            start, start_line, column = pos, line, pos - line_start + 1
+            if kind in lexer.newline_types:
+                newlines = value.count("\n")
+                if newlines:
+                    line += newlines
+                    line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            if kind in lexer.ignore_types:
+                continue
+            token = Token(kind, value, start, start_line, column, line, pos - line_start + 1, pos)
+            if kind in lexer.callback:
+                token = lexer.callback[kind](token)
+            yield token
+
     def _prepare_callbacks(self) -> None:
         # lark's own child filters (which children a rule keeps, None for an absent
         # `[...]`, inlined `_rules` spliced in); memspec's methods and positions instead of
@@ -167,6 +214,7 @@ class _AstLark(Lark):
         builder = ParseTreeBuilder(self.rules, Tree, False, False, self.options.maybe_placeholders)
         self._callbacks = {}
         self._reductions: dict[object, tuple[int, Callable | None, str]] = {}
+        self._units: dict[tuple[int, int, str], int] = {}  # (under, state, token) -> state
         for rule, chain in builder.rule_builders:
             keep: Callable[[list], list] = _identity
             for wrapper in chain:
@@ -189,10 +237,11 @@ class _AstLark(Lark):
                 )
 
 
-def _unexpected(token: Token, actions: dict, state: object) -> UnexpectedToken:
-    """lark's error for a token the state has no action for, as its own loop raises it."""
-    expected = {name for name in actions if name.isupper()}
-    return UnexpectedToken(token, expected, state=state, interactive_parser=None)
+class _Refused(Exception):
+    """Text the fast loop does not parse (a syntax error): lark's own loop reports it."""
+
+
+_NO_ACTION = (None, None)
 
 
 def _identity(children: list) -> list:
