@@ -29,7 +29,7 @@ layer BertEmbeddings(vocab, max_len, types, d_model, seq) {
         # 5.x): a new [1, s] int64 tensor per forward, expanded to [b, s], which the
         # token-type embedding saves
         type_ids = repeat(gather(token_type_ids, positions, dim = 1), "1 s -> b s", b = b)
-        x = word_embeddings(tokens) + token_type_embeddings(type_ids)
+        x = hf_input_embeds(word_embeddings(tokens)) + token_type_embeddings(type_ids)
         x = x + position_embeddings(positions)                            # [1, s, d] broadcast
         return dropout(LayerNorm(x), 0.1)
     }

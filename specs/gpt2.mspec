@@ -80,7 +80,7 @@ model GPT2LMHeadModel {
     ln_f = LayerNorm(D, 1e-5)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         position_ids = arange(L)
-        embeds = wte(tokens) + wpe(rearrange(position_ids, "s -> 1 s"))   # position_ids [1, L]
+        embeds = hf_input_embeds(wte(tokens)) + wpe(rearrange(position_ids, "s -> 1 s"))
         mask = hf_causal_mask(position_ids, B)     # a local of GPT2Model's forward
         x = dropout(embeds, 0.1)                                   : [B, L, D]
         x = h(x, mask)

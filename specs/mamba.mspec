@@ -63,7 +63,7 @@ layer MambaModel(vocab_size, d_model, num_layers, d_inner, d_state, d_conv, dt_r
                                                  eps)
     norm_f     = RMSNorm(d_model, eps)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        return norm_f(layers(embeddings(tokens)))
+        return norm_f(layers(hf_input_embeds(embeddings(tokens))))
     }
 }
 

@@ -122,8 +122,8 @@ model T5ForConditionalGeneration {
     forward(input_ids: int64[B, S], labels: int64[B, T]) {
         # HF's _shift_right(labels): a new [B, T] tensor, the start token (pad, 0) first
         decoder_input_ids = pad(narrow(labels, 1, 0, T - 1), left = 1)
-        enc = encoder(shared(input_ids))
-        dec = decoder(shared(decoder_input_ids), enc)
+        enc = encoder(hf_input_embeds(shared(input_ids)))
+        dec = decoder(hf_input_embeds(shared(decoder_input_ids)), enc)
         logits = linear(dec * D ** (-1/2), shared.weight)   # tied head, scaled (v1.0)
         return cross_entropy(logits, labels)
     }

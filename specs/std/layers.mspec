@@ -133,6 +133,20 @@ fn hf_rotary_tables(inv_freq: [f], position_ids: int64[s], x, rows = 1) {
            rearrange(type_as(scale_1, x), "o s d -> o 1 s d")
 }
 
+# The input embeddings' output as transformers' models see it: under activation
+# checkpointing (`--recompute full`) `activation_checkpointing_enable` calls
+# `enable_input_require_grads` (for every model whose main input is input_ids), whose
+# forward hook makes the output require a gradient. Behind a frozen embedding (LoRA,
+# --freeze) that makes it a leaf: the first layer runs like the others, making its
+# input's gradient, which the graph keeps on the leaf (.grad) until it is freed; behind
+# a trained embedding it changes nothing.
+fn hf_input_embeds(x) {
+    if checkpointing {
+        x = requires_grad_(x)
+    }
+    return x
+}
+
 # The causal mask transformers' create_causal_mask makes once per forward from the
 # position ids: the model passes it to every layer and holds it until its forward
 # returns (under gradient checkpointing each layer's checkpoint keeps it too, until

@@ -513,6 +513,17 @@ def test_grouped_bookkeeping(n, experts, r):
     run_op("expert_offsets", [((experts,), F32, "const")], {})
     run_op("inverse_permutation", [((n,), I64, "const"), ((n,), I64, "const")], {})
     run_op("hold", [((n, 2), F32, r), ((n,), I64, "const"), ((2, n), F32, r)], {})
+    run_op("requires_grad_", [((n, 2), F32, r)], {})
+
+
+def test_requires_grad_makes_a_leaf_of_what_needs_no_gradient():
+    """transformers' enable_input_require_grads: the same tensor, now a leaf that needs a
+    gradient, which backward leaves on it (.grad) instead of freeing."""
+    frozen = torch.randn(3, 2)
+    made = REGISTRY["requires_grad_"].lower((frozen,), {})
+    assert made is frozen and made.requires_grad and made.is_leaf
+    (made * 2).sum().backward()
+    assert made.grad is not None and made.grad.shape == (3, 2)
 
 
 def test_grouped_bookkeeping_values():
@@ -541,6 +552,7 @@ def test_every_op_is_covered():
                "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
+               "requires_grad_",  # tests/reference/test_peft.py: under checkpointing
                "autocast_cast",  # tests/verify/test_autocast.py
                "type_as", "to_dtype", "matmul_4bit", "matmul_fp8",
                # tests/elaborate/test_quantized.py: LLM.int8(), verified in a step

@@ -72,3 +72,45 @@ def test_the_trainable_count_is_the_one_peft_prints():
     ours = {i.path for i in result.categories["parameters"].items}
     # memspec's first layer runs apart behind the frozen embedding: layers.0 and layers[1:]
     assert {n for n in names if ".layers.0." in n} == {p for p in ours if ".layers.0." in p}
+
+
+@pytest.mark.parametrize(
+    "sizes", LLAMA_SIZES[:3], ids=lambda s: "B{B}-L{L}-D{D}-KV{KV}".format(**s)
+)
+@pytest.mark.parametrize("adapter", ADAPTERS[:2], ids=["q-v", "all-linear"])
+def test_lora_with_activation_checkpointing_equals_peft(sizes, adapter):
+    """LoRA under transformers' activation checkpointing, against PEFT to the byte.
+    activation_checkpointing_enable makes the frozen embedding's output a leaf that
+    needs a gradient (enable_input_require_grads, std's hf_input_embeds): every layer,
+    the first too, is a checkpoint that makes its input's gradient, and the last one
+    made stays on the leaf until the graph is freed. Before memspec modelled it, the
+    first layer, set apart behind the frozen embedding, was no checkpoint at all (at
+    B2-L8-D16, q-v: 16,644 saved bytes against the library's 5,316, a peak of 61,304
+    against 50,232). Adapters with dropout are not here: under checkpointing the
+    library's peak holds 256 bytes of activations more than memspec and than memspec's
+    own lowering, which agree (B2-L8-D16, dropout 0.1 on o and down: 56,888 against
+    56,632), not yet explained."""
+    from tests.reference.harness import measure_library
+    from tests.reference.test_checkpointing import (
+        assert_same_checkpointed_step,
+        causal_lm_parts,
+        checkpointed,
+        keyword_inputs,
+    )
+    from tests.reference.test_encoders import unbuffered_input_gradients
+
+    r, alpha, dropout, targets = adapter
+
+    def make_model():
+        model = LlamaForCausalLM(decoder_config(LlamaConfig, sizes))
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+        return get_peft_model(model, config)
+
+    make, batch, step = causal_lm_parts(make_model, sizes)
+    with unbuffered_input_gradients():
+        measured = measure_library(checkpointed(make), batch, step)
+    names = (targets,) if isinstance(targets, str) else tuple(targets)
+    result = compile_spec(SPECS / "llama.mspec", set=sizes, convention="autograd",
+                          recompute="full", lora=Lora(r, alpha, dropout, names))
+    assert not any(".layers.0." in i.path for i in result.categories["activations"].items)
+    assert_same_checkpointed_step(result, measured, keyword_inputs(result))

@@ -102,6 +102,29 @@ def test_kept_activations_are_the_checkpoint_inputs():
     assert sp.expand(full.categories["activations"].bytes - expected) == 0
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_a_layer_set_apart_is_a_checkpoint_too(n):
+    """Frozen embeddings leave the first layer's input without a gradient, so memspec
+    sets that layer apart from the repeat (`layers.0`, then `layers[1:]`): under full
+    recomputation it is a checkpoint like the others (it kept everything it saves);
+    the lowering wraps it in torch.utils.checkpoint too, and the tracker agrees."""
+    sizes = {**SWIGLU, "N": n}
+    result = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=sizes, recompute="full",
+                          freeze=("token_embeddings.*",), convention="autograd")
+    kept = {i.path: i.note for i in result.categories["activations"].items}
+    assert kept["token_embeddings"] == (
+        "input of each checkpoint of layers.0 (it runs again in backward)")
+    assert not any(p.startswith("layers.0.") and "saved by" in note for p, note in kept.items())
+    comparison = compare_peak(result, measure_peak(result, StepOptions()))
+    assert comparison.ok, (comparison.rows, comparison.phases, comparison.moment)
+    trained = compile_spec(SPECS / "cs336_lm_swiglu.mspec", set=sizes, recompute="full",
+                           convention="autograd")
+    # what a trained embedding's checkpoints keep, less the token ids the embedding
+    # saves for its weight's gradient (int64 [B, L])
+    kept_bytes = result.value(result.categories["activations"].bytes)
+    assert trained.value(trained.categories["activations"].bytes) - kept_bytes == 8 * 2 * 16
+
+
 def test_recomputed_flops_stop_at_the_last_saved_tensor():
     """Backward runs each layer's forward again up to down-projection's input (W2 saves
     only its inputs, so torch stops before computing it): Q, K, V, O, both attention

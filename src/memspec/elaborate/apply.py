@@ -133,8 +133,9 @@ class OpApplier:
             dataclasses.replace(o, shape=tuple(self.builder.drop_floors(d) for d in o.shape))
             for o in inferred
         )
-        requires_grad = op.differentiable and any(
-            t.requires_grad for k, t in enumerate(types) if k not in constant
+        requires_grad = op.leaf or (
+            op.differentiable
+            and any(t.requires_grad for k, t in enumerate(types) if k not in constant)
         )
         # The op an assignment or return produces is named after its target (or, for a
         # return, after the call it ends); ops nested inside an expression after the op.

@@ -53,6 +53,10 @@ STATIC = "static_kv"  # a global: true under --kv-cache static
 STATIC_LENGTH = "static_length"  # a global: a static cache's positions (0 without one)
 DECODING = "decoding"  # a global: true in a decode step's forward
 PROMPT = "prompt_length"  # a global: the prompt's tokens under --mode inference (0 without)
+# a global: true when every repetition of the repeated layers is a checkpoint (--recompute
+# full: transformers' activation_checkpointing_enable, which makes the input embeddings'
+# output require a gradient: `if checkpointing { x = requires_grad_(x) }`)
+CHECKPOINTING = "checkpointing"
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Elaborator:
             self.globals.names[decl.name] = self.exprs.evaluate(decl.value, self.globals)
         # whether the model runs its generate block (--mode inference), for `if generating`
         self.globals.names[GENERATING] = self.config.inference is not None
+        self.globals.names[CHECKPOINTING] = self.config.recompute.repeats
         # whether its K/V cache is paged (--kv-cache paged), for `if paged_kv`
         run = self.config.inference
         self.globals.names[PAGED] = run is not None and run.cache == "paged"

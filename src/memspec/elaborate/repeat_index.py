@@ -144,8 +144,17 @@ def _build(
         args = maker.layer_arguments(decl, stmt.args, scope, stmt.span)
         return maker.instantiate(decl, args, where, region, stmt.span)
 
+    def apart(j: int) -> Instance:
+        """Layer j, apart from the repeat: a checkpoint like every repetition where they
+        are (one repetition of a region of its own; the stack does not carry it)."""
+        where = f"{path}.{j}"
+        region = inst.region
+        if stmt.checkpoint or maker.config.recompute.repeats:
+            region = builder.add_region(where, sp.Integer(1), inst.region, stmt.span, True)
+        return layer(sp.Integer(j), where, region)
+
     parts: list[tuple[int | None, tuple[Instance, ...]]] = [
-        (None, (layer(sp.Integer(j), f"{path}.{j}", inst.region),)) for j in range(prefix)
+        (None, (apart(j),)) for j in range(prefix)
     ]
     if tail != 0:
         region_path = f"{path}[{prefix}:]" if prefix else path

@@ -245,6 +245,24 @@ register(
 )
 register(
     OpDef(
+        "requires_grad_",
+        "x itself, made to require a gradient (Tensor.requires_grad_(True)): a tensor "
+        "that needs none (a frozen embedding's output) becomes a leaf, as transformers' "
+        "enable_input_require_grads does under activation checkpointing",
+        ("x",),
+        _hold_infer,
+        lower=lambda t, a: t[0].requires_grad_(True),
+        grads=lambda op, graph: (Grad.THROUGH,),
+        grads_doc="x's is the output's gradient itself where x needs one; else the "
+        "output is a leaf, which keeps its gradient (.grad) while the graph lives",
+        leaf=True,
+        kind=OpKind.LAYOUT,
+        shape_doc="x -> x's shape, x itself",
+        saved_doc="nothing (the graph holds a leaf and its gradient to the step's end)",
+    )
+)
+register(
+    OpDef(
         "grouped_mm",
         "rows grouped by expert times their expert's W^T, W stored [E, out, in] "
         "(transformers' grouped_mm experts)",

@@ -298,6 +298,10 @@ class OpDef:
     # whether the op's output is written into storage the loop holds already (a static
     # K/V cache in a decode step): no new memory, and its inputs are not kept alive by it
     preallocated: Callable[[OpApply], bool] | None = None
+    # the output is made a leaf that requires a gradient (`requires_grad_(True)` on a
+    # tensor that needs none): AccumulateGrad keeps its gradient on it (`.grad`), and
+    # the graph keeps the tensor, until the graph is freed at the step's end
+    leaf: bool = False
     kind: OpKind = field(kw_only=True)
     shape_doc: str = field(kw_only=True)
     saved_doc: str = field(kw_only=True)

@@ -120,6 +120,11 @@ class BackwardReplay:
         graph, ledger = self.graph, self.ledger
         op = graph.ops[record.op_id]
         grads_out = [self.adjoint.get(k) for k in record.outputs]
+        if lookup(op.op).leaf and not differentiable(graph, op):
+            # AccumulateGrad keeps the leaf's gradient (`.grad`) as it comes (the engine's
+            # sum, which nothing else holds): until the graph is freed, with the leaf
+            self.forward.kept += [self.adjoint.pop(k) for k in record.outputs if k in self.adjoint]
+            return
         if not differentiable(graph, op) or all(g is None for g in grads_out):
             return
         if record.frame is not None:

@@ -290,6 +290,9 @@ class ForwardReplay(Interpreter[Entry]):
             self._transient.append(ledger.alloc(size, self.category, self.running))
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
+        if lookup(op.op).leaf and not differentiable(graph, op):
+            # a leaf made here: its AccumulateGrad node holds it while the graph lives
+            self.kept.append(ledger.ref(outputs[0].block))
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:
             self.kept.append(ledger.ref(outputs[0].block))
         if op.op == CAST and dict(op.attrs)["cached"]:
