@@ -137,6 +137,25 @@ model M {
     assert code == 0
 
 
+@pytest.mark.parametrize(
+    ("declaration", "message"),
+    [
+        ("let checkpointing = 3", "let 'checkpointing': the name is memspec's (true under "
+         "--recompute full); choose another"),
+        ("dim num_layers as generating", "dim 'generating': the name is memspec's (true "
+         "under --mode inference); choose another"),
+        ("fn decoding(x) { return x }", "fn 'decoding': the name is memspec's"),
+    ],
+)
+def test_a_name_memspec_sets_is_not_silently_replaced(capsys, tmp_path, declaration, message):
+    """memspec sets a few names in every spec's scope (`if generating`, `if
+    checkpointing`); a spec's own of the same name was replaced without a word."""
+    text = PLAIN.replace("dim d_model as D\n", f"dim d_model as D\n{declaration}\n")
+    code, _, err = _run(capsys, ["compile", _spec(tmp_path, text), "--no-cache"])
+    assert code == 2
+    assert f"m.mspec:4:1: error: {message}" in err
+
+
 # A float32 table meeting bfloat16 activations in a product: torch refuses the matmul
 # ("expected m1 and m2 to have the same dtype"); memspec gave the result the first
 # operand's dtype and printed its numbers

@@ -57,6 +57,17 @@ PROMPT = "prompt_length"  # a global: the prompt's tokens under --mode inference
 # full: transformers' activation_checkpointing_enable, which makes the input embeddings'
 # output require a gradient: `if checkpointing { x = requires_grad_(x) }`)
 CHECKPOINTING = "checkpointing"
+# the names memspec sets in every spec's scope, with what they say
+RESERVED = {
+    GENERATING: "true under --mode inference",
+    PAGED: "true under --kv-cache paged",
+    HF_GENERATE: "true when transformers' generate() runs the loop",
+    STATIC: "true under --kv-cache static",
+    STATIC_LENGTH: "a static cache's positions",
+    DECODING: "true in a decode step's forward",
+    PROMPT: "the prompt's tokens under --mode inference",
+    CHECKPOINTING: "true under --recompute full",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class Elaborator:
         self.route_form = RouteForm(self.builder, self.ops, forwards=self)
 
     def declare_globals(self) -> None:
+        self.check_reserved()
         for decl in self.program.dims.values():
             symbol = dim_symbol(decl.symbol)
             self.globals.names[decl.symbol] = symbol
@@ -247,6 +259,27 @@ class Elaborator:
         out = self.builder.values[result.id]
         if out.requires_grad and not into.requires_grad and self.made_from_frozen(first.id):
             raise SplitFirst(inst.path, span)
+
+    def check_reserved(self) -> None:
+        """The names memspec sets for every spec (`if generating`, `if checkpointing`)
+        are no spec's own: a dim, let, layer or fn of that name would be replaced."""
+        program = self.program
+        kinds = (
+            ("dim", program.dims),
+            ("let", program.lets),
+            ("layer", program.layers),
+            ("fn", program.fns),
+        )
+        for kind, decls in kinds:
+            for name, decl in decls.items():
+                names = {name, decl.symbol} if kind == "dim" else {name}
+                taken = sorted(names & set(RESERVED))
+                if taken:
+                    raise NameResolutionError(
+                        f"{kind} {taken[0]!r}: the name is memspec's ({RESERVED[taken[0]]}); "
+                        "choose another",
+                        decl.span,
+                    )
 
     def call_stack(
         self,
