@@ -115,6 +115,62 @@ def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
     assert result.peak.value + measured.optimizer_scalars == measured.peak + states
 
 
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "D{D}-N{N}".format(**s))
+def test_a_qlora_step_under_gradient_checkpointing_equals_the_library(sizes, tmp_path):
+    """QLoRA as its recipe runs it: prepare_model_for_kbit_training's default turns
+    transformers' activation checkpointing on, which makes the frozen embedding's output
+    require a gradient: every layer a checkpoint, the first one's 4-bit products
+    dequantizing for its input's gradient too (memspec's --recompute full). The model is
+    put in training mode (from_pretrained leaves it in eval mode, where transformers
+    checkpoints nothing). Every category to the byte."""
+    from tests.reference.harness import measure_library
+    from tests.reference.test_checkpointing import causal_lm_parts, keyword_inputs, tracker_split
+    from tests.reference.test_encoders import unbuffered_input_gradients
+
+    torch.manual_seed(0)
+    config = decoder_config(LlamaConfig, sizes)
+    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+    def make_model():
+        model = LlamaForCausalLM.from_pretrained(
+            tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+        )
+        model = prepare_model_for_kbit_training(
+            model, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        model.train()
+        return model
+
+    make, batch, step = causal_lm_parts(make_model, sizes)
+    with unbuffered_input_gradients():
+        measured = measure_library(make, batch, step)
+    result = compile_spec(SPECS / "llama.mspec", set=sizes, convention="autograd",
+                          recompute="full", precision="fp32", lora=Lora(8, 16),
+                          weights=Weights("nf4"))
+    states = quant_state_bytes(make_model())  # which the tracker does not see
+    value = result.value
+    assert value(result.categories["parameters"].elements) == measured.parameters
+    assert value(result.categories["activations"].bytes) - keyword_inputs(result) == (
+        measured.saved
+    )
+    tracker = dict(measured.peak_by_category)
+    for category, expr in tracker_split(result).breakdown:
+        got, want = value(expr), tracker[TRACKER_NAMES[category]]
+        if category == "optimizer_state":  # AdamW's step counters, as in test_transformers
+            got += measured.optimizer_scalars
+        if category == "buffers":
+            want += states
+        assert got == want, category
+    assert result.peak.value + measured.optimizer_scalars == measured.peak + states
+
+
 def test_peft_prints_what_memspec_prints():
     sizes = SIZES[0]
     with tempfile.TemporaryDirectory() as tmp:
