@@ -78,11 +78,13 @@ def quant_state_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "D{D}-N{N}".format(**s))
-def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
+def qlora_model(sizes: dict, folder, checkpointing: bool):
+    """make_model of the QLoRA recipe on a LLaMA saved in bfloat16 to `folder`: 4-bit NF4
+    with double quantization and bfloat16 compute, prepare_model_for_kbit_training (with
+    its gradient checkpointing or without), PEFT's LoRA r = 8 on every Linear."""
     torch.manual_seed(0)
     config = decoder_config(LlamaConfig, sizes)
-    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -92,10 +94,24 @@ def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
 
     def make_model():
         model = LlamaForCausalLM.from_pretrained(
-            tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
+            folder, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
         )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        # from_pretrained leaves eval mode, where transformers checkpoints nothing
+        model.train()
+        return model
+
+    return make_model
+
+
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "D{D}-N{N}".format(**s))
+def test_a_qlora_step_equals_bitsandbytes_and_peft(sizes, tmp_path):
+    make_model = qlora_model(sizes, tmp_path, checkpointing=False)
 
     # prepare_model_for_kbit_training casts every parameter not packed to float32
     options = {"precision": "fp32", "lora": Lora(8, 16), "weights": Weights("nf4")}
@@ -120,34 +136,13 @@ def test_a_qlora_step_under_gradient_checkpointing_equals_the_library(sizes, tmp
     """QLoRA as its recipe runs it: prepare_model_for_kbit_training's default turns
     transformers' activation checkpointing on, which makes the frozen embedding's output
     require a gradient: every layer a checkpoint, the first one's 4-bit products
-    dequantizing for its input's gradient too (memspec's --recompute full). The model is
-    put in training mode (from_pretrained leaves it in eval mode, where transformers
-    checkpoints nothing). Every category to the byte."""
+    dequantizing for its input's gradient too (memspec's --recompute full). Every
+    category to the byte."""
     from tests.reference.harness import measure_library
     from tests.reference.test_checkpointing import causal_lm_parts, keyword_inputs, tracker_split
     from tests.reference.test_encoders import unbuffered_input_gradients
 
-    torch.manual_seed(0)
-    config = decoder_config(LlamaConfig, sizes)
-    LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-    def make_model():
-        model = LlamaForCausalLM.from_pretrained(
-            tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
-        )
-        model = prepare_model_for_kbit_training(
-            model, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-        model.train()
-        return model
-
+    make_model = qlora_model(sizes, tmp_path, checkpointing=True)
     make, batch, step = causal_lm_parts(make_model, sizes)
     with unbuffered_input_gradients():
         measured = measure_library(make, batch, step)

@@ -61,24 +61,21 @@ class _Built:
 _current = threading.local()  # the ToAst of the parse under way in this thread
 
 
-def _where(children: list) -> Meta | _NoMeta:
-    first = last = None
+def _edge(children) -> Token | Meta | None:
+    """The position of the first of `children` that has one (a token, a non-empty rule)."""
     for child in children:
         if type(child) is Token:
-            first = child
-            break
+            return child
         if not child.meta.empty:
-            first = child.meta
-            break
+            return child.meta
+    return None
+
+
+def _where(children: list) -> Meta | _NoMeta:
+    first = _edge(children)
     if first is None:
         return _NO_META
-    for child in reversed(children):
-        if type(child) is Token:
-            last = child
-            break
-        if not child.meta.empty:
-            last = child.meta
-            break
+    last = _edge(reversed(children))
     return Meta(first.line, first.column, last.end_line, last.end_column)
 
 
@@ -126,19 +123,17 @@ class _AstLark(Lark):
         state = interactive.parser_state
         states, end_state = state.parse_conf.states, state.parse_conf.end_state
         stack, values = state.state_stack, state.value_stack
-        reductions = self._reductions
-        token = None
+        reductions, units = self._reductions, self._units
         # what lark's scanners match on (a TextSlice in lark 1.3, the str before)
         scanned = interactive.lexer_thread.state.text
-        units = self._units
         for token in self._tokens(text, scanned, stack):
             while True:
                 action, arg = states[stack[-1]].get(token.type, _NO_ACTION)
-                if action is Shift:
+                if action is Shift and token.type != _END:
                     stack.append(arg)
                     values.append(token)
                     break
-                if action is None:
+                if action is None or action is Shift:
                     raise _Refused
                 size, callback, origin = reductions[arg]
                 if callback is None:
@@ -148,30 +143,16 @@ class _AstLark(Lark):
                     if key not in units:
                         units[key] = self._after_units(states, *key)
                     stack[-1] = units[key]
-                else:
-                    children = values[-size:] if size else []
-                    if size:
-                        del stack[-size:]
-                        del values[-size:]
-                    values.append(callback(children))
-                    stack.append(states[stack[-1]][origin][1])
-        end = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
-        while True:
-            action, arg = states[stack[-1]].get(end.type, _NO_ACTION)
-            if action is None or action is Shift:
-                raise _Refused
-            size, callback, origin = reductions[arg]
-            if callback is None:
-                del stack[-1]
-            else:
+                    continue
                 children = values[-size:] if size else []
                 if size:
                     del stack[-size:]
                     del values[-size:]
                 values.append(callback(children))
-            stack.append(states[stack[-1]][origin][1])
-            if stack[-1] == end_state:
-                return values[-1]
+                stack.append(states[stack[-1]][origin][1])
+                if token.type == _END and stack[-1] == end_state:
+                    return values[-1]
+        raise _Refused
 
     def _after_units(self, states: dict, below: int, top: int, kind: str) -> int:
         """The state a run of one-rule reductions reaches from `top` over `below`."""
@@ -187,6 +168,7 @@ class _AstLark(Lark):
         makes them (line and column counted alike, NAME's keyword callback applied)."""
         lexers = self.parser.lexer.lexers
         pos, line, line_start, size = 0, 1, 0, len(text)
+        last = None
         while pos < size:
             lexer = lexers[stack[-1]]
             found = lexer.match(scanned, pos)
@@ -205,7 +187,9 @@ class _AstLark(Lark):
             token = Token(kind, value, start, start_line, column, line, pos - line_start + 1, pos)
             if kind in lexer.callback:
                 token = lexer.callback[kind](token)
+            last = token
             yield token
+        yield Token.new_borrow_pos(_END, "", last) if last else Token(_END, "", 0, 1, 1)
 
     def _prepare_callbacks(self) -> None:
         # lark's own child filters (which children a rule keeps, None for an absent
@@ -242,6 +226,7 @@ class _Refused(Exception):
 
 
 _NO_ACTION = (None, None)
+_END = "$END"  # lark's end-of-input terminal
 
 
 def _identity(children: list) -> list:
