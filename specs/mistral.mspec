@@ -133,7 +133,8 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     norm         = RMSNorm(d_model, eps, hf = true)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        inputs_embeds = hf_input_embeds(embed_tokens(tokens))
+        inputs_embeds = embed_tokens(tokens)
+        inputs_embeds = hf_input_embeds(inputs_embeds)
         if hf_generate {
             # transformers' generate passes its own position ids, [b, s] int64: generate's
             # tensors, counted with its bookkeeping (as in llama.mspec); a view of the

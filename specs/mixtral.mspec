@@ -125,7 +125,8 @@ layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
         position_ids = arange(s)                 # a local until the forward returns
         mask = hf_causal_mask(position_ids, b)
-        inputs_embeds = hf_input_embeds(embed_tokens(tokens))
+        inputs_embeds = embed_tokens(tokens)
+        inputs_embeds = hf_input_embeds(inputs_embeds)
         # cos and sin in float32 from the float32 inv_freq, cast to the activations' dtype
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
                                               inputs_embeds)
