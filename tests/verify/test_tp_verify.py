@@ -36,6 +36,22 @@ CASES = {
     # the sliding-window mask (L >= W) and K and V repeated to H heads (repeat_kv)
     "mistral-tp2": ("mistral.mspec", {**LLAMA, "L": 16, "F": 64, "W": 8}, ["--tp", "2"]),
     "cs336-tp2-sp": ("cs336_lm.mspec", {**SWIGLU, "L": 16}, ["--tp", "2", "--sp"]),
+    # bfloat16 logits: loss_parallel's log-softmax computes in float32 (a float32 copy,
+    # x - max and the result beside the bfloat16 output): llama's peak is there, 810,036
+    # B a rank, where memspec said 789,624, in backward
+    "llama-tp2-bf16": ("llama.mspec", LLAMA, ["--tp", "2", "--precision", "bf16"]),
+    # transformers' checkpointing makes the frozen embedding's output, sharded on the
+    # sequence by SP, a leaf that needs a gradient (requires_grad_ on a DTensor)
+    "llama-tp2-sp-full-frozen": (
+        "llama.mspec",
+        {**LLAMA, "F": 64},
+        ["--tp", "2", "--sp", "--recompute", "full", "--freeze", "model.embed_tokens.*"],
+    ),
+    "swiglu-tp2-sp-bf16-vocab": (
+        "cs336_lm_swiglu.mspec",
+        BIG_VOCAB,
+        ["--tp", "2", "--sp", "--precision", "bf16"],
+    ),
 }
 
 
