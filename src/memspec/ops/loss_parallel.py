@@ -9,7 +9,9 @@ targets, X the bytes of the logits' dtype and T of the targets':
 
 - log-softmax: the max all-reduced, x - max (a tensor of x's size), its exp summed and
   all-reduced, the log; at its largest, beside the output: x - max and three [N, 1]
-  tensors (12 N bytes in float32).
+  tensors (12 N bytes in float32). A float16 or bfloat16 x is computed in float32 (the
+  handler's `elementwise_dtypes`): x's float32 copy, x - max and the float32 result stay
+  until it returns, beside the output cast back: 12 C N + 12 N bytes.
 - nll_loss: the targets masked to this rank's classes (`_MaskPartial`: the safe targets,
   the mask, the shifted targets), the picked log-probabilities all-reduced, negated and
   masked: (2 T + 4 X + 1) N bytes at once at its largest (or 3 T + 1 while it shifts).
@@ -46,7 +48,12 @@ def _sizes(op: OpApply, graph: Graph) -> tuple[sp.Expr, sp.Expr, int, int]:
 
 def _log_softmax_workspace(op: OpApply, graph: Graph) -> sp.Expr:
     elements, rows, logit, _ = _sizes(op, graph)
-    return elements * logit + 3 * rows * logit
+    if logit >= 4:  # float32 (float64): computed in x's dtype, x itself
+        return elements * logit + 3 * rows * logit
+    # float16 / bfloat16: computed in float32 (elementwise_dtypes' DEFAULT): x's float32
+    # copy, x - max and the float32 result, all locals until it returns, beside the
+    # output cast back to x's dtype
+    return 3 * elements * 4 + 3 * rows * 4
 
 
 def _nll_workspace(op: OpApply, graph: Graph) -> sp.Expr:
