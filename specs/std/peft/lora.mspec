@@ -34,8 +34,10 @@ layer LoraLinear(in_features, out_features, bias = false, r = 8, lora_alpha = 8,
     lora_B = LoraAdapters(r, out_features)
     forward(x: [..., in_features]) -> [..., out_features] {
         result = base_layer(x)
-        h = type_as(x, lora_A.default.weight)
-        if lora_dropout > 0 { h = dropout(h, lora_dropout) }
-        return type_as(result + scale(lora_B(lora_A(h)), scaling), result)
+        cast = type_as(x, lora_A.default.weight)
+        h = cast
+        if lora_dropout > 0 { h = dropout(cast, lora_dropout) }
+        # PEFT's local x (the cast) and the caller's argument live until it returns
+        return hold(type_as(result + scale(lora_B(lora_A(h)), scaling), result), x, cast)
     }
 }
