@@ -36,7 +36,8 @@ ADAPTERS = [
 ]
 
 
-def peft_step(sizes: dict, adapter: tuple):
+def peft_model(sizes: dict, adapter: tuple):
+    """(make_model: PEFT's LoRA on transformers' LLaMA at `sizes`, the same as --lora)."""
     r, alpha, dropout, targets = adapter
 
     def make_model():
@@ -45,7 +46,11 @@ def peft_step(sizes: dict, adapter: tuple):
         return get_peft_model(model, config)
 
     names = (targets,) if isinstance(targets, str) else tuple(targets)
-    lora = Lora(r, alpha, dropout, names)
+    return make_model, Lora(r, alpha, dropout, names)
+
+
+def peft_step(sizes: dict, adapter: tuple):
+    make_model, lora = peft_model(sizes, adapter)
     return causal_lm_step(make_model, "llama.mspec", sizes, (), lora=lora)
 
 
@@ -99,18 +104,11 @@ def test_lora_with_activation_checkpointing_equals_peft(sizes, adapter):
     )
     from tests.reference.test_encoders import unbuffered_input_gradients
 
-    r, alpha, dropout, targets = adapter
-
-    def make_model():
-        model = LlamaForCausalLM(decoder_config(LlamaConfig, sizes))
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-        return get_peft_model(model, config)
-
+    make_model, lora = peft_model(sizes, adapter)
     make, batch, step = causal_lm_parts(make_model, sizes)
     with unbuffered_input_gradients():
         measured = measure_library(checkpointed(make), batch, step)
-    names = (targets,) if isinstance(targets, str) else tuple(targets)
     result = compile_spec(SPECS / "llama.mspec", set=sizes, convention="autograd",
-                          recompute="full", lora=Lora(r, alpha, dropout, names))
+                          recompute="full", lora=lora)
     assert not any(".layers.0." in i.path for i in result.categories["activations"].items)
     assert_same_checkpointed_step(result, measured, keyword_inputs(result))

@@ -122,7 +122,8 @@ def test_a_layer_set_apart_is_a_checkpoint_too(n):
     # what a trained embedding's checkpoints keep, less the token ids the embedding
     # saves for its weight's gradient (int64 [B, L])
     kept_bytes = result.value(result.categories["activations"].bytes)
-    assert trained.value(trained.categories["activations"].bytes) - kept_bytes == 8 * 2 * 16
+    expected = 8 * sizes["B"] * sizes["L"]
+    assert trained.value(trained.categories["activations"].bytes) - kept_bytes == expected
 
 
 def test_recomputed_flops_stop_at_the_last_saved_tensor():

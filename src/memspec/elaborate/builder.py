@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 
 from memspec.ir.graph import (
@@ -125,8 +127,13 @@ class GraphBuilder:
     def assume_condition(self, condition: SizeCondition) -> None:
         self.conditions.setdefault(condition.relation, condition)
 
-    def assume_integer(self, expr: sp.Expr, text: str, span: Span | None) -> None:
+    def assume_integer(
+        self, expr: sp.Expr, text: str | Callable[[], str], span: Span | None
+    ) -> None:
+        """`expr` must be whole; `text` says so, or a function makes it, called only for
+        an assumption not made before (every tensor dim is checked: most are)."""
         if expr.is_integer is not True and expr not in self.assumptions:
+            text = text() if callable(text) else text
             self.assumptions[expr] = Assumption(text, expr, span=span)
 
     def drop_floors(self, expr: sp.Expr) -> sp.Expr:

@@ -348,5 +348,4 @@ class Instantiator:
         for dim in shape:
             if not isinstance(dim, sp.Expr) or (dim.is_number and (not dim.is_Integer or dim < 0)):
                 raise ShapeError(f"a tensor size must be a non-negative integer, got {dim}", span)
-            if dim.is_integer is not True and dim not in self.builder.assumptions:
-                self.builder.assume_integer(dim, divisibility_text(dim), span)
+            self.builder.assume_integer(dim, lambda dim=dim: divisibility_text(dim), span)

@@ -145,12 +145,15 @@ def _build(
         return maker.instantiate(decl, args, where, region, stmt.span)
 
     def apart(j: int) -> Instance:
-        """Layer j, apart from the repeat: a checkpoint like every repetition where they
-        are (one repetition of a region of its own; the stack does not carry it)."""
+        """Layer j, apart from the repeat: a checkpoint where every repetition is one,
+        as one repetition of a region of its own, marked as the rest's region is (the
+        stack does not carry it)."""
         where = f"{path}.{j}"
         region = inst.region
         if stmt.checkpoint or maker.config.recompute.repeats:
-            region = builder.add_region(where, sp.Integer(1), inst.region, stmt.span, True)
+            region = builder.add_region(
+                where, sp.Integer(1), inst.region, stmt.span, stmt.checkpoint
+            )
         return layer(sp.Integer(j), where, region)
 
     parts: list[tuple[int | None, tuple[Instance, ...]]] = [

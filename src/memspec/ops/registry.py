@@ -146,7 +146,7 @@ class InferContext:
                 f"operands of different float dtypes ({names}): torch refuses the product; "
                 "cast one (type_as) or declare the buffer's dtype"
             )
-        return floats[0] if floats else self.act_dtype
+        return self.float_dtype()
 
 
 def same_dim(a: sp.Expr, b: sp.Expr) -> bool:

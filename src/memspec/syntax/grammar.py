@@ -79,21 +79,25 @@ def _where(children: list) -> Meta | _NoMeta:
     return Meta(first.line, first.column, last.end_line, last.end_column)
 
 
+def _values(children: list) -> list:
+    """What a reduction's children hold: tokens as they are, rules as they were built."""
+    return [c if type(c) is Token else c.value for c in children]
+
+
 def _callback(name: str, kept: Callable[[list], list], expand1: bool) -> Callable[[list], _Built]:
     """The reduction of one rule: its kept children handed to `ToAst.<name>`, or, for an
     inlined rule (`_item`, `?expr` with one child), the children handed up."""
     if name.startswith("_"):  # inlined into the rule that uses it (lark expands .children)
 
         def inline(children: list) -> _Built:
-            values = [c if type(c) is Token else c.value for c in children]
-            return _Built(Tree(name, kept(values)), _where(children))
+            return _Built(Tree(name, kept(_values(children))), _where(children))
 
         return inline
     method = getattr(ToAst, name, None)
 
     def build(children: list) -> _Built:
         meta = _where(children)
-        values = kept([c if type(c) is Token else c.value for c in children])
+        values = kept(_values(children))
         if expand1 and len(values) == 1:
             return _Built(values[0], meta)
         if method is None:

@@ -21,7 +21,14 @@ from memspec.ir.types import DType, Role, numel
 from memspec.ops import lookup
 from memspec.ops.registry import BackwardMoment, Grad
 from memspec.passes.parameters import gradient_shape
-from memspec.passes.peak.forward import Entry, ForwardReplay, Frame, Record, differentiable
+from memspec.passes.peak.forward import (
+    Entry,
+    ForwardReplay,
+    Frame,
+    Record,
+    differentiable,
+    makes_leaf,
+)
 from memspec.passes.peak.ledger import Born
 from memspec.passes.peak.moments import Phase, Side
 from memspec.passes.peak.recompute import recompute
@@ -120,7 +127,7 @@ class BackwardReplay:
         graph, ledger = self.graph, self.ledger
         op = graph.ops[record.op_id]
         grads_out = [self.adjoint.get(k) for k in record.outputs]
-        if lookup(op.op).leaf and not differentiable(graph, op):
+        if makes_leaf(graph, op):
             # AccumulateGrad keeps the leaf's gradient (`.grad`) as it comes (the engine's
             # sum, which nothing else holds): until the graph is freed, with the leaf
             self.forward.kept += [self.adjoint.pop(k) for k in record.outputs if k in self.adjoint]

@@ -84,6 +84,12 @@ def differentiable(graph: Graph, op: OpApply) -> bool:
     return lookup(op.op).differentiable and any(graph.value(v).requires_grad for v in op.inputs)
 
 
+def makes_leaf(graph: Graph, op: OpApply) -> bool:
+    """Whether `op` makes a leaf that needs a gradient (`requires_grad_` on a tensor that
+    needs none): the graph holds it, and backward leaves its gradient on it."""
+    return lookup(op.op).leaf and not differentiable(graph, op)
+
+
 class ForwardReplay(Interpreter[Entry]):
     """Runs the forward on `ledger`, `repetitions[region]` times per region loop;
     `measure` turns a byte count into a `Poly`. Each repetition of a region in
@@ -290,7 +296,7 @@ class ForwardReplay(Interpreter[Entry]):
             self._transient.append(ledger.alloc(size, self.category, self.running))
         if differentiable(graph, op):
             self._save(op, inputs, outputs, record)
-        if lookup(op.op).leaf and not differentiable(graph, op):
+        if makes_leaf(graph, op):
             # a leaf made here: its AccumulateGrad node holds it while the graph lives
             self.kept.append(ledger.ref(outputs[0].block))
         if op.op == RETURNED and self.keep_outputs and outputs[0].block is not None:
