@@ -57,6 +57,15 @@ def test_a_parsed_module_is_kept_by_its_text(folder):
     assert len(calls) == 3
 
 
+def test_a_large_file_is_parsed_each_time(folder):
+    parse, calls = _counting()
+    lines = TEXT + "".join(f"let c{k} = {k}\n" for k in range(cache.MAX_CACHED_CHARS // 10))
+    assert len(lines) > cache.MAX_CACHED_CHARS
+    source = SourceFile("big.mspec", lines)
+    assert cache.cached_module(lines, source, parse) == cache.cached_module(lines, source, parse)
+    assert len(calls) == 2 and not (folder / "parsed").exists()
+
+
 @pytest.mark.parametrize(
     "damage",
     [b"", b"not a pickle", pickle.dumps(["a list"]), pickle.dumps(42)[:-1]],
