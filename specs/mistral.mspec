@@ -29,6 +29,12 @@ dim sliding_window as W
 fn mistral_attention(q: [b, h, s, d], k: [b, kv, t, d], v: [b, kv, t, d], n_rep, window)
     -> [b, h, s, d]
 variant sdpa {
+    if static_kv and decoding and static_length >= window {
+        # a StaticSlidingWindowLayer's decode step (std's static_window_cache): the query
+        # heads packed as below, and the boolean mask over the layer's W positions, which
+        # SDPA converts to q's dtype, [b, 1, 1, W], while it runs
+        return flash_attention(q, k, v, false, mask_keys = window)
+    }
     if t >= window and decoding {
         # a decode step's one query: transformers packs the query heads into the query
         # positions (pack_gqa: [b, kv, h / kv, d], a view) instead of repeating K and V,
@@ -146,7 +152,12 @@ layer MistralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
             rows = 1
         }
         keys = s
-        if decoding {
+        if static_kv and static_length >= sliding_window {
+            # StaticSlidingWindowLayers: generate passes the mask it made (std's
+            # static_window_cache); the forward makes none
+            keys = 0
+        }
+        if decoding and keys > 0 {
             # a decode step's keys: the cache's last W - 1 positions at most, and the token
             keys = past_length + s
             if past_length >= sliding_window - 1 { keys = sliding_window - 1 + s }

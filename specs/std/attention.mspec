@@ -147,9 +147,13 @@ variant no_cache {
 }
 variant cache {
     # a StaticCache's sliding layer (StaticSlidingWindowLayer) of fewer positions than the
-    # window is never full: a static layer; a longer one, and vLLM's, are kv_window's
-    # refusals
-    if generating and not (static_kv and static_length < window) {
+    # window is a StaticCache's plain layer; of more, static_window_cache; vLLM's
+    # window is kv_window's refusal
+    if generating and static_kv and static_length >= window {
+        k_static, v_static = static_window_cache(k, v, window)
+        return k_static, v_static
+    }
+    if generating and not static_kv {
         # the prefill's update: the cat of an empty cache and the prompt, copies
         past = 0
         if decoding { past = past_length }
@@ -157,4 +161,33 @@ variant cache {
         return returned(k_full), returned(v_full)
     }
     return kv_cache(k), hold(kv_cache(v), k)
+}
+
+# transformers' StaticSlidingWindowLayer, a StaticCache's layer for a sliding-window model
+# whose generation reaches the window (P + T - 1 >= W): W positions, zeros made at its
+# first update. A prompt of at most W positions is written in by index_copy_, as is each
+# decode step's token until the layer holds W, and the whole cache is returned: attention
+# reads its W positions under generate's mask. A longer prompt is returned as it is, its
+# last W positions copied in. Once full (W cached before the step), an update rolls the keys, then the
+# values (torch.roll: new tensors), writes the token at the end through an int64 index
+# tensor [1], copies both back and returns the cache; the rolled tensors die as it
+# returns.
+fn static_window_cache(k: [b, g, s, d], v: [b, g, s, e], window) {
+    if not decoding and s > window {
+        k_cache = returned(kv_static(narrow(k, -2, s - window, window), window, false,
+                                     positions = false, sliding = true))
+        v_cache = returned(kv_static(narrow(v, -2, s - window, window), window, false,
+                                     positions = false, sliding = true))
+        return k, hold(v, k_cache, v_cache)
+    }
+    full = decoding and past_length >= window
+    k_cache = returned(kv_static(k, window, decoding, positions = not full, sliding = true))
+    v_cache = returned(kv_static(v, window, decoding, positions = not full, sliding = true))
+    if full {
+        rolled_k = roll(k_cache, -1, dim = -2)
+        rolled_v = roll(v_cache, -1, dim = -2)
+        index = arange(1)                           # torch.tensor([-1])
+        v_cache = hold(v_cache, rolled_k, rolled_v, index, v)   # k and v: update's arguments
+    }
+    return k_cache, hold(v_cache, k)
 }

@@ -183,6 +183,8 @@ def generate_terms(
     batched: bool,
     layers: sp.Expr | int = 0,
     with_mask: bool = True,
+    mask_keys: sp.Expr | int | None = None,
+    prefill_keys: sp.Expr | int | None = None,
 ) -> tuple[tuple[Term, ...], tuple[tuple[str, tuple[Term, ...]], ...]]:
     """What transformers' generate (5.x, greedy `_sample`) holds beside the model at step
     `step` (0: the prefill, t: the t-th decode forward): the tensors alive during the
@@ -203,7 +205,11 @@ def generate_terms(
     A static cache (`layers` of them) holds a 0-d int64 `cumulative_length` a layer from
     its construction, and a decode step's inputs carry a boolean mask over the whole
     cache, [B, 1, 1, M], which generate makes before the forward (`with_mask`: whether
-    it is counted; `static_mask_moment` is the moment it is made in).
+    it is counted; `static_mask_moment` is the moment it is made in). M (`mask_keys`) is
+    the layers' positions: P + T - 1, or a StaticSlidingWindowLayer's window W. Such a
+    layer's prefill has a mask from generate too (transformers does not skip a sliding
+    window's mask once its keys reach the window): bool [B, 1, P, K], K
+    (`prefill_keys`) = max(P, W), made before the forward, which makes none of its own.
     """
     p, t = run.prompt_len, step
     ids = sp.Integer(8)  # int64
@@ -232,11 +238,17 @@ def generate_terms(
         during.append(Term("the right-padding check, a 0-d bool (B > 1)", sp.Integer(1)))
     static = run.static_length
     if static is not None:
+        keys = static if mask_keys is None else mask_keys
         during.append(Term("StaticCache's cumulative_length, a 0-d int64 a layer", 8 * layers))
         if t:
             during.append(
+                Term(f"the decode step's attention mask, bool [B, 1, 1, {_n(keys)}]", batch * keys)
+            )
+        elif prefill_keys is not None:
+            during.append(
                 Term(
-                    f"the decode step's attention mask, bool [B, 1, 1, {static:,}]", batch * static
+                    f"the prefill's sliding-window mask, bool [B, 1, P, {_n(prefill_keys)}]",
+                    batch * p * prefill_keys,
                 )
             )
     logits = Term(
@@ -272,24 +284,35 @@ def generate_terms(
     )
 
 
-def static_mask_moment(run: Inference, step: int, batch: sp.Expr) -> tuple[Term, ...]:
+def _n(size: sp.Expr | int) -> str:
+    """A size in a term's words: 1,024 where it is a number."""
+    return f"{int(size):,}" if sp.sympify(size).is_Integer else str(size)
+
+
+def static_mask_moment(
+    run: Inference, step: int, batch: sp.Expr, mask_keys: sp.Expr | int | None = None
+) -> tuple[Term, ...]:
     """Before decode forward `step` (>= 1) with a static cache, generate's
     prepare_inputs_for_generation makes the step's inputs and its boolean mask over the
-    cache's M positions: the tensors beside `generate_terms(..., with_mask=False)` of the
-    step at the moment the mask's key positions are made (arange(M) and its offset), the
-    previous step's inputs still referenced (none after the prefill, whose are freed)."""
-    static = run.static_length
-    assert static is not None and step >= 1
+    cache's M positions (`mask_keys`; default P + T - 1): the tensors beside
+    `generate_terms(..., with_mask=False)` of the step at the moment the mask's key
+    positions are made (arange(M) and its offset), the previous step's inputs still
+    referenced (none after the prefill, whose are freed)."""
+    assert run.static_length is not None and step >= 1
+    static = run.static_length if mask_keys is None else mask_keys
     ids = sp.Integer(8)
     terms = [Term("the decode forward's ids, a [B, 1] int64 clone", ids * batch)]
     if step >= 2:
         terms += [
             Term("the previous step's ids and position ids, two [B, 1] int64 clones", 16 * batch),
-            Term(f"the previous step's attention mask, bool [B, 1, 1, {static:,}]", batch * static),
+            Term(
+                f"the previous step's attention mask, bool [B, 1, 1, {_n(static)}]",
+                batch * static,
+            ),
         ]
     return (
         *terms,
         Term("arange(B), int64 [B]", ids * batch),
         Term("the cache position and its offset, two [1] int64", sp.Integer(16)),
-        Term(f"the mask's key positions and their offset, two [{static:,}] int64", 16 * static),
+        Term(f"the mask's key positions and their offset, two [{_n(static)}] int64", 16 * static),
     )

@@ -422,6 +422,14 @@ def test_mse_loss(shape, r1, r2):
 
 
 @settings(max_examples=15, deadline=None)
+@given(shape=shapes(1, 3), shifts=st.integers(-3, 3), data=st.data(), r=roles)
+def test_roll(shape, shifts, data, r):
+    """torch.roll: new storage of x's shape (a StaticSlidingWindowLayer's full update)."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    run_op("roll", [(shape, F32, r)], {"shifts": sp.Integer(shifts), "dim": sp.Integer(dim)})
+
+
+@settings(max_examples=15, deadline=None)
 @given(b=dims, c=dims, h=dims, w=dims, pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
        transposed=st.booleans())
 def test_pad_and_contiguous(b, c, h, w, pads, transposed):
@@ -549,7 +557,7 @@ def test_every_op_is_covered():
                "topk", "expert_slots", "index", "index_add", "zeros_like", "gather",
                "relu6", "relu6_",
                "hardtanh", "hardtanh_", "clamp", "sin", "cos", "drop_path", "chunk", "split",
-               "mse_loss", "pad", "contiguous", "group_norm", "interpolate", "addmm", "pow",
+               "mse_loss", "pad", "contiguous", "roll", "group_norm", "interpolate", "addmm", "pow",
                "add_causal_mask", "returned", "grouped_mm", "sort", "floor_divide",
                "expert_counts", "expert_offsets", "inverse_permutation", "hold",
                "requires_grad_",  # tests/reference/test_peft.py: under checkpointing

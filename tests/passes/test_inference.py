@@ -201,17 +201,23 @@ def test_the_window_decides_the_positions_at_the_bound_sizes():
     assert window_positions(past, W, 5, s, short) == (past, past + s)  # below the window
 
 
-@pytest.mark.parametrize(
-    ("cache", "message"),
-    [("paged", "vLLM's block management for a window"), ("static", "StaticSlidingWindowLayer")],
-)
-def test_an_unmodelled_window_is_refused(cache, message, capsys):
-    """vLLM's window and a StaticCache's full sliding layer are refused, not counted as
-    a plain cache's."""
+def test_an_unmodelled_window_is_refused(capsys):
+    """vLLM's window is refused, not counted as a plain cache's."""
     sizes = [f"--set={k}={v}" for k, v in WINDOWED.items()]
     args = ["compile", str(MISTRAL), *sizes, "--mode", "inference", "--prompt-len", "5"]
-    assert main([*args, "--new-tokens", "8", "--kv-cache", cache]) == 2
-    assert message in capsys.readouterr().err
+    assert main([*args, "--new-tokens", "8", "--kv-cache", "paged"]) == 2
+    assert "vLLM's block management for a window" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "positions"), [(5, 3, 7), (5, 4, 8), (5, 8, 8), (16, 1, 8), (16, 6, 8)]
+)
+def test_a_static_cache_with_a_window_holds_at_most_the_window(prompt, new, positions):
+    """A StaticCache's layers hold P + T - 1 positions below the window, W from it on
+    (StaticSlidingWindowLayer), whatever the prompt."""
+    run = Inference(prompt, new, "static")
+    result = compile_spec(MISTRAL, set=WINDOWED, inference=run)
+    assert result.value(result.kv_cache[1]) == 2 * 2 * 2 * 2 * positions * 8 * 4
 
 
 def test_the_report_lists_the_tensors_of_the_winning_moment():

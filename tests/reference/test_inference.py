@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from memspec import compile_spec
-from memspec.errors import ShapeError
 from memspec.inference import Inference
 from memspec.passes.peak.moments import Phase
 from tests.conftest import SPECS
@@ -205,24 +204,56 @@ def test_sliding_window_decode_wins_in_generate(precision):
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
 
 
+# A StaticCache over the sliding window: below it (P + T - 1 < W) the layers are plain
+# static ones; from it on StaticSlidingWindowLayers of W positions, with generate's masks
+# over max(P, W) positions in the prefill and W in a decode step, and a roll of the keys
+# and values in each decode step once full: prompts shorter than, equal to and longer than
+# the window; generations that reach it, fill it and run long past it.
+STATIC_WINDOW_LOOPS = [
+    (2, 3, 4),
+    (2, 5, 4),
+    (2, 5, 8),
+    (2, 7, 4),
+    (2, 8, 3),
+    (2, 16, 6),
+    (1, 3, 12),
+]
+
+
+@pytest.mark.parametrize("loop", STATIC_WINDOW_LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_sliding_window_static_cache_below_the_window(precision):
-    """A StaticCache whose P + T - 1 positions stay below the window: its
-    StaticSlidingWindowLayers are never full, StaticCache's plain layers."""
-    batch, prompt, new = 2, 3, 4
+def test_sliding_window_static_cache_equals_transformers(precision, loop):
+    """`model.generate()` with a StaticCache of P + T - 1 positions over
+    MistralForCausalLM: the prefill's peak, the largest decode step, the peak and its
+    phase, and the cache at the end."""
+    batch, prompt, new = loop
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = mistral(WINDOWED, dtype)
     ids = torch.randint(3, WINDOWED["V"], (batch, prompt))
     measured = measure_generate(model, ids, new, "static")
     result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new, "static"))
+    caller_ids = 8 * batch * prompt
     fixed = result.value(result.categories["parameters"].bytes)
     fixed += result.value(result.categories["buffers"].bytes)
-    assert result.peak.value - fixed - 8 * batch * prompt == measured.peak
-    assert phase_peak(result, Phase.DECODE) - 8 * batch * prompt == max(measured.step_peaks[1:])
+    assert phase_peak(result, Phase.PREFILL) - caller_ids == measured.step_peaks[0]
+    assert phase_peak(result, Phase.DECODE) - caller_ids == max(measured.step_peaks[1:])
+    assert result.peak.value - fixed - caller_ids == measured.peak
+    assert result.peak.winner().phase.value == measured.peak_phase
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
 
 
-def test_sliding_window_static_cache_reaching_the_window_is_refused():
-    """From P + T - 1 >= W a StaticSlidingWindowLayer rolls its window: not modelled."""
-    with pytest.raises(ShapeError, match="StaticSlidingWindowLayer"):
-        compile_mistral(WINDOWED, 2, "fp32", Inference(5, 4, "static"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sliding_window_static_cache_decode_wins(precision):
+    """A large vocabulary and a generation far past the window with a StaticCache: the
+    decode steps' rolls and generate's bookkeeping make a decode step the peak."""
+    dims = {**MODELS["B"], "W": 8}
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = mistral(dims, dtype)
+    ids = torch.randint(3, dims["V"], (3, 5))
+    measured = measure_generate(model, ids, 40, "static")
+    result = compile_mistral(dims, 3, precision, Inference(5, 40, "static"))
+    fixed = result.value(result.categories["parameters"].bytes)
+    fixed += result.value(result.categories["buffers"].bytes)
+    assert result.peak.value - fixed - 8 * 3 * 5 == measured.peak
+    assert result.peak.winner().phase.value == measured.peak_phase == "decode"
+    assert result.value(result.kv_cache[1]) == measured.cache_bytes

@@ -126,7 +126,10 @@ def _kv_static_preallocated(op: OpApply) -> bool:
 
 
 def _kv_static_workspace(op: OpApply, graph: Graph) -> sp.Expr:
-    """StaticLayer.update's cache positions: arange(s) and its offset, int64 [s] each."""
+    """StaticLayer.update's cache positions: arange(s) and its offset, int64 [s] each
+    (none where the update copies a slice in instead: `positions` false)."""
+    if not op.attr("positions", True):
+        return sp.Integer(0)
     return 16 * graph.value(op.inputs[0]).shape[-2]
 
 
@@ -149,7 +152,7 @@ register(
         "in place): the whole cache",
         ("x",),
         _kv_static_infer,
-        attrs=(("length", 1), ("allocated", False)),
+        attrs=(("length", 1), ("allocated", False), ("positions", True), ("sliding", False)),
         lower=_kv_static_lower,
         grads=lambda op, graph: (Grad.NEW,),
         grads_doc="a new tensor (the cache's positions of x, narrowed from the output's)",
@@ -158,7 +161,9 @@ register(
         kind=OpKind.LAYOUT,
         shape_doc="x's shape with `length` positions: new storage in the prefill, the "
         "cache allocated then in a decode step (`allocated`: no new memory); a workspace "
-        "of the cache positions, int64 [s] twice",
+        "of the cache positions, int64 [s] twice (`positions`; false: x copied in by a "
+        "slice, no positions); `sliding`: a StaticSlidingWindowLayer's, whose prefill "
+        "generate masks too",
         saved_doc="nothing",
     )
 )
@@ -193,11 +198,9 @@ def window_positions(
 
 
 STATIC_WINDOW = (
-    "--kv-cache static with a sliding window the generation reaches (P + T - 1 >= W): "
-    "transformers' StaticSlidingWindowLayer then holds W positions, rolls them in each full "
-    "decode step (a new tensor a layer's keys and values, copied back) and hands SDPA a "
-    "mask over them, which is not modelled yet (a shorter generation's layer is a "
-    "StaticCache's plain one, modelled; --kv-cache contiguous is a DynamicCache's window)"
+    "a StaticCache's sliding window is not kv_window's: transformers' "
+    "StaticSlidingWindowLayer writes into W preallocated positions and rolls them once full "
+    "(std's static_window_cache, with kv_static and roll)"
 )
 
 
@@ -275,7 +278,8 @@ register(
         shape_doc="k's and v's shapes with min(past, window - 1) + s positions, new "
         "storage; the layer's previous tensors (the prompt's P positions before the first "
         "decode step, min(past, window) after) are counted from the forward's start and "
-        "freed as it returns; `static`, `paged`: a StaticCache's or vLLM's window, refused",
+        "freed as it returns; `static`, `paged`: a StaticCache's window (std's "
+        "static_window_cache) or vLLM's, refused",
         saved_doc="nothing",
     )
 )

@@ -1,4 +1,4 @@
-"""Copies that change a tensor's layout or size: `contiguous`, `pad`, `interpolate`.
+"""Copies that change a tensor's layout or size: `contiguous`, `pad`, `interpolate`, `roll`.
 
 None of them saves a tensor for backward (torch 2.13, CPU): padding's backward slices
 the gradient, and the upsampling kernels' backward needs only the sizes.
@@ -70,6 +70,23 @@ def _interpolate_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     return (OutputSpec((b, c, sp.floor(h * scale), sp.floor(w * scale)), x.dtype),)
 
 
+def _roll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    dim, shifts = ctx.attrs["dim"], ctx.attrs["shifts"]
+    rank = len(x.shape)
+    if not isinstance(dim, (sp.Integer, int)) or isinstance(dim, bool) or not -rank <= dim < rank:
+        raise ctx.fail(f"dim must be one of x's {rank} dims, {-rank} to {rank - 1}; got {dim}")
+    if not isinstance(shifts, (sp.Integer, int)) or isinstance(shifts, bool):
+        raise ctx.fail(f"shifts must be a whole number of positions, got {shifts}")
+    return (OutputSpec(x.shape, x.dtype),)
+
+
+def _roll_lower(tensors, attrs):
+    import torch
+
+    return torch.roll(tensors[0], int(attrs["shifts"]), dims=int(attrs["dim"]))
+
+
 def _interpolate_lower(tensors, attrs):
     _, F = torch_functional()
     return F.interpolate(tensors[0], scale_factor=attrs["scale_factor"], mode=attrs["mode"])
@@ -86,6 +103,22 @@ register(
         grads_doc="the output's gradient itself",
         kind=OpKind.LAYOUT,
         shape_doc="x's shape; x's storage when x is contiguous, new storage otherwise",
+        saved_doc="nothing",
+    )
+)
+register(
+    OpDef(
+        "roll",
+        "x's elements shifted `shifts` positions along `dim`, those past the end coming "
+        "back at the start (torch.roll)",
+        ("x",),
+        _roll_infer,
+        attrs=(("shifts", 1), ("dim", -1)),
+        lower=_roll_lower,
+        grads=lambda op, graph: (Grad.NEW,),
+        grads_doc="a new tensor (the output's gradient rolled back)",
+        kind=OpKind.LAYOUT,
+        shape_doc="x's shape, new storage",
         saved_doc="nothing",
     )
 )

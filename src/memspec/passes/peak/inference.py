@@ -29,6 +29,7 @@ from memspec.inference import PAST, Inference, Term, generate_terms, static_mask
 from memspec.ir.graph import Graph
 from memspec.ir.sizes import note_relation
 from memspec.ir.types import numel
+from memspec.ops import lookup
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT, ForwardReplay
 from memspec.passes.peak.ledger import Ledger
@@ -114,7 +115,20 @@ def cache_bytes(graph: Graph, run: Inference, before: bool = False) -> sp.Expr:
 class _Generation(ForwardReplay):
     """The forward of a generation step: as a training step's under no_grad, and a
     sliding-window cache's update (kv_window) frees the layer's previous tensor, counted
-    from the forward's start, as it returns (`Ledger.release`)."""
+    from the forward's start, as it returns (`Ledger.release`). What an op makes only to
+    save for backward, beside its outputs (SDPA's logsumexp and the float copy of its
+    window mask), its kernel returns under no_grad too: alive at the op, freed as it
+    returns."""
+
+    def run_op(self, op, inputs, index):
+        outputs = super().run_op(op, inputs, index)
+        for saved in lookup(op.op).saved(op, self.graph):
+            if saved.value is None:
+                size = numel(saved.shape) * saved.dtype.itemsize * saved.count
+                self._transient.append(
+                    self.ledger.alloc(self.measure(size), self.category, self.running)
+                )
+        return outputs
 
     def op_done(self, op, inputs, outputs) -> None:
         super().op_done(op, inputs, outputs)
@@ -154,11 +168,44 @@ def generate_step_terms(
     vocab = numel(logits.shape) / (batch * logits.shape[1])
     from memspec.ops.cache import KV_STATIC
 
+    statics = [op for op in graph.ops if op.op == KV_STATIC]
     # a layer's keys and values each go through its cache
-    layers = sum((graph.multiplicity(op.region) for op in graph.ops if op.op == KV_STATIC), 0) / 2
+    layers = sum((graph.multiplicity(op.region) for op in statics), 0) / 2
+    keys, prefill = static_mask_keys(run, graph)
     return generate_terms(
-        run, step, batch, vocab, logits.dtype.itemsize, batched, sp.sympify(layers), with_mask
+        run,
+        step,
+        batch,
+        vocab,
+        logits.dtype.itemsize,
+        batched,
+        sp.sympify(layers),
+        with_mask,
+        keys,
+        prefill,
     )
+
+
+def static_mask_keys(run: Inference, graph: Graph) -> tuple[sp.Expr | None, sp.Expr | None]:
+    """(M, K): the key positions of generate's decode-step mask (its layers' length) and,
+    for StaticSlidingWindowLayers (kv_static's `sliding`), of its prefill mask, max(P,
+    W); (None, None) without a static cache. Layers of two lengths are refused: each kind
+    would have a mask of its own, which is not modelled."""
+    from memspec.ops.cache import KV_STATIC
+
+    statics = [op for op in graph.ops if op.op == KV_STATIC]
+    lengths = {sp.sympify(op.attr("length")) for op in statics}
+    if not lengths:
+        return None, None
+    if len(lengths) > 1:
+        raise PeakUnavailable(
+            "a static cache whose layers hold different numbers of positions "
+            f"({', '.join(sorted(map(str, lengths)))}): generate's mask for each kind of "
+            "layer is not modelled"
+        )
+    (length,) = lengths
+    sliding = any(op.attr("sliding", False) for op in statics)
+    return length, (sp.Max(run.prompt_len, length) if sliding else None)
 
 
 def decode_step(run: Inference, sizes: Mapping[sp.Symbol, sp.Expr]) -> int:
@@ -202,10 +249,11 @@ def generate_moments(
         if ahead < run.new_tokens and (phase is Phase.PREFILL or ahead >= 2):
             kept, _ = generate_step_terms(run, graph, ahead, bindings, with_mask=False)
             batch = graph.value(graph.outputs[0]).shape[0]
+            keys, _ = static_mask_keys(run, graph)
             moments.append(
                 (
                     f"before decode step {ahead}: generate's attention mask",
-                    (*kept, *static_mask_moment(run, ahead, batch)),
+                    (*kept, *static_mask_moment(run, ahead, batch, keys)),
                 )
             )
     return during, tuple(moments)
