@@ -21,25 +21,25 @@ dim d_ff           as F = 256 * ceil(floor(8 * D / 3) / 256)     # multiple_of =
 # calls scaled_dot_product_attention with enable_gqa, so K and V keep their KV heads
 # (torch's CPU flash kernel); `eager` repeats K and V to H heads (repeat_kv) and adds a
 # float causal mask; `math` and `flash` repeat K and V and use std's attention.
-fn llama_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep) -> [b, h, s, d]
+fn llama_attention(q: [b, h, s, d], k: [b, kv, t, d], v: [b, kv, t, d], n_rep) -> [b, h, s, d]
 variant sdpa {
     # a StaticCache's decode step hands SDPA a boolean mask over the whole cache
     if static_kv and decoding { return flash_attention(q, k, v, false, mask_keys = static_length) }
     return flash_attention(q, k, v, true)
 }
 variant eager {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
     return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
 }
 variant math {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
     return attention(q, k_rep, v_rep, causal = true)
 }
 variant flash {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
     return attention(q, k_rep, v_rep, causal = true)
 }
 
@@ -61,9 +61,15 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
         # rotary is done too
         q = apply_rotary(q_states, cos, sin)
         k = hold(apply_rotary(k_states, cos, sin), q_states)
-        # DynamicCache.update(k, v) cats both: k is the caller's until it returns
-        k_cached = kv_cache(k)
-        o = llama_attention(q, k_cached, hold(kv_cache(v), k), n_rep)
+        if generating and quantized_kv {
+            # QuantizedCache(backend="fp8").update(k, v): std's kv_fp8_cache
+            k_cached, v_cached = kv_fp8_cache(k, v)
+        } else {
+            # DynamicCache.update(k, v) cats both: k is the caller's until it returns
+            k_cached = kv_cache(k)
+            v_cached = hold(kv_cache(v), k)
+        }
+        o = llama_attention(q, k_cached, v_cached, n_rep)
         # x, the caller's normed hidden states, and q (query_states, a local) are alive
         # until the attention returns
         return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x, q)   # transpose(1, 2).reshape

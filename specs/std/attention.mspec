@@ -163,6 +163,22 @@ variant cache {
     return kv_cache(k), hold(kv_cache(v), k)
 }
 
+# transformers' QuantizedCache(backend="fp8") (--kv-dtype fp8 with a contiguous cache):
+# a layer's keys and values in float8_e4m3fn, each with a float32 scale that the prefill
+# fixes from its amplitude. The prefill's update quantizes k, then v, and returns them as
+# they are; a decode step's quantizes the new positions, cats them onto the float8
+# tensors and returns the whole cache dequantized to the model's dtype, which attention
+# reads (kv_fp8). The float8 tensors are the cache, kept to the end; k and v are the
+# caller's until the update returns.
+fn kv_fp8_cache(k: [b, g, s, d], v: [b, g, s, e]) {
+    past = 0
+    if decoding { past = past_length }
+    k_read, v_read, k_fp8, v_fp8 = kv_fp8(k, v, past)
+    k_kept = returned(k_fp8)
+    v_kept = returned(v_fp8)
+    return k_read, hold(v_read, k, k_kept, v_kept)
+}
+
 # transformers' StaticSlidingWindowLayer, a StaticCache's layer for a sliding-window model
 # whose generation reaches the window (P + T - 1 >= W): W positions, zeros made at its
 # first update. A prompt of at most W positions is written in by index_copy_, as is each

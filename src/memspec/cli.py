@@ -398,8 +398,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--kv-dtype",
         default="",
         metavar="DTYPE",
-        help="a paged cache's element type, vLLM's kv_cache_dtype (fp8, fp8_e4m3, "
-        "fp8_e5m2); the model's dtype by default",
+        help="the K/V cache's element type: a paged cache's, vLLM's kv_cache_dtype (fp8, "
+        "fp8_e4m3, fp8_e5m2); a contiguous cache's fp8 is transformers' "
+        'QuantizedCache(backend="fp8"); the model\'s dtype by default',
     )
     serving.add_argument(
         "--loop",

@@ -323,10 +323,32 @@ def inference_phases(program, config, prefill, decode_sizes) -> tuple:
         windowed = any(op.op == KV_WINDOW for op in decode.graph.ops)
         if windowed and cached != run.prompt_len:
             steps.append(run.prompt_len)  # the first decode step (P cached)
+    if run.quantized:
+        _check_quantized(phases)
     return tuple(
         (phase, graph, {k: sp.Integer(v) for k, v in sizes.items()})
         for phase, graph, sizes in phases
     )
+
+
+def _check_quantized(phases) -> None:
+    """--kv-dtype fp8 with a contiguous cache is transformers' QuantizedCache, which a
+    spec's attention takes through std's kv_fp8_cache: a forward whose keys and values go
+    through another cache (a DynamicCache's, a sliding window's) would be counted as that
+    one, so it is refused."""
+    from memspec.ops.cache import KV_APPEND, KV_FP8, KV_STATIC, KV_WINDOW, KV_WRITE
+
+    others = (KV_APPEND, KV_STATIC, KV_WINDOW, KV_WRITE)
+    for _, graph, _ in phases:
+        other = next((op for op in graph.ops if op.op in others), None)
+        if other is not None or not any(op.op == KV_FP8 for op in graph.ops):
+            where = f" ({other.op} at {other.path})" if other is not None else ""
+            raise UsageError(
+                "--kv-dtype fp8 with a contiguous cache is transformers' "
+                'QuantizedCache(backend="fp8"), which this spec\'s attention does not '
+                f"take its keys and values through{where}: std's kv_fp8_cache does "
+                "(specs/llama.mspec); a sliding window's is not modelled"
+            )
 
 
 def kv_cache_at_end(phases: tuple, config) -> tuple[sp.Expr, sp.Expr] | None:

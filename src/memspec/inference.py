@@ -60,8 +60,10 @@ LOOPS = {
 }
 UNMODELLED: dict[str, str] = {}
 # --kv-dtype: vLLM's kv_cache_dtype for a paged cache (one byte an element, quantized as
-# written, read by its attention kernels)
+# written, read by its attention kernels); with a contiguous cache, transformers'
+# QuantizedCache(backend="fp8"), whose float8 is e4m3fn
 KV_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+QUANTIZED_KV_DTYPES = ("fp8", "fp8_e4m3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,8 @@ class Inference:
     block: int = 16  # a paged cache's tokens per block
     loop: str = ""  # generate or forward; "": generate, forward for a paged cache
     decoding: bool = False  # elaborating a decode step (the spec's `decoding`)
-    kv_dtype: str = ""  # a paged cache's element type (vLLM's kv_cache_dtype); "": the model's
+    kv_dtype: str = ""  # the cache's element type (vLLM's kv_cache_dtype, or fp8 in a
+    # contiguous cache: transformers' QuantizedCache); "": the model's
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1:
@@ -97,11 +100,18 @@ class Inference:
                 f"--kv-dtype takes one of {', '.join(KV_DTYPES)} (vLLM's kv_cache_dtype), "
                 f"not {self.kv_dtype!r}"
             )
-        if self.kv_dtype and self.cache != "paged":
+        if self.kv_dtype and self.cache == "static":
             raise UsageError(
-                "--kv-dtype is a paged cache's (vLLM's kv_cache_dtype): transformers' "
-                "quantized caches (QuantizedCache: int2/int4 with a full-precision residual) "
-                "are not modelled"
+                "--kv-dtype with --kv-cache static: transformers' StaticCache has no "
+                'quantized layers (--kv-cache contiguous: QuantizedCache(backend="fp8"); '
+                "--kv-cache paged: vLLM's kv_cache_dtype)"
+            )
+        contiguous = self.cache == "contiguous"
+        if self.kv_dtype and contiguous and self.kv_dtype not in QUANTIZED_KV_DTYPES:
+            raise UsageError(
+                f"--kv-dtype {self.kv_dtype} with a contiguous cache: transformers' "
+                'QuantizedCache(backend="fp8") stores float8_e4m3fn (--kv-dtype fp8); its '
+                "int2/int4 backends (quanto, HQQ: a full-precision residual) are not modelled"
             )
         if self.loop == "forward" and self.cache == "static":
             raise UsageError(
@@ -139,6 +149,11 @@ class Inference:
         return self.prompt_len + self.new_tokens - 1
 
     @property
+    def quantized(self) -> bool:
+        """transformers' QuantizedCache(backend="fp8"): --kv-dtype with a contiguous cache."""
+        return self.cache == "contiguous" and bool(self.kv_dtype)
+
+    @property
     def paged_positions(self) -> int | None:
         """Positions a sequence's paged cache takes, whole blocks allocated before the
         prefill; None for a cache that grows (contiguous)."""
@@ -158,6 +173,12 @@ class Inference:
             "positions at the end"
             + (f", in {self.paged_positions:,} of blocks" if self.paged_positions else "")
             + (f", stored as {self.kv_dtype} (1 byte an element)" if self.kv_dtype else "")
+            + (
+                ' (transformers\' QuantizedCache(backend="fp8"): float8_e4m3fn and a float32 '
+                "scale a tensor, dequantized whole for each decode step's attention)"
+                if self.quantized
+                else ""
+            )
         )
 
 

@@ -566,7 +566,7 @@ def test_every_op_is_covered():
                # tests/elaborate/test_quantized.py: LLM.int8(), verified in a step
                "int8_vectorwise_quant", "matmul_8bit",
                # tests/reference/test_inference.py, tests/passes/test_inference.py
-               "kv_append", "kv_write", "kv_static", "kv_window",
+               "kv_append", "kv_write", "kv_static", "kv_window", "kv_fp8",
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

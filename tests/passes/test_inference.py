@@ -75,7 +75,15 @@ def test_the_report_is_of_generation(capsys):
         (["--mode", "inference", "--prompt-len", "0"], "--prompt-len must be at least 1"),
         (["--loop", "forward"], "--loop is for --mode inference"),
         (["--kv-dtype", "fp8"], "--kv-dtype is for --mode inference"),
-        (["--mode", "inference", "--prompt-len", "8", "--kv-dtype", "fp8"], "QuantizedCache"),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-dtype", "fp8_e5m2"],
+            "stores float8_e4m3fn (--kv-dtype fp8)",
+        ),
+        (
+            ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "static", "--kv-dtype",
+             "fp8"],
+            "StaticCache has no quantized layers",
+        ),
         (
             ["--mode", "inference", "--prompt-len", "8", "--kv-cache", "paged", "--kv-dtype",
              "int4"],
@@ -199,6 +207,28 @@ def test_the_window_decides_the_positions_at_the_bound_sizes():
     assert window_positions(past, W, 5, s, bound) == (W, W - 1 + s)  # a later one
     short = BoundSizes.of({W: 8, past: 6, s: 1}, {})
     assert window_positions(past, W, 5, s, short) == (past, past + s)  # below the window
+
+
+def test_an_fp8_cache_holds_float8_positions_and_two_scales_a_layer():
+    """--kv-dtype fp8 with a contiguous cache (transformers' QuantizedCache, fp8 backend):
+    one byte an element of P + T - 1 positions, and a float32 scale for the keys and one
+    for the values, a layer; the model's dtype does not change it."""
+    sizes = {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2, "B": 2}
+    for precision in ("fp32", "bf16"):
+        run = Inference(5, 4, kv_dtype="fp8")
+        result = compile_spec(LLAMA, set=sizes, precision=precision, inference=run)
+        elements, nbytes = (result.value(x) for x in result.kv_cache)
+        assert elements == 2 * 2 * 2 * 2 * 8 * 8  # layers, k and v, [B, KV, 8, D / H]
+        assert nbytes == elements + 2 * 8
+
+
+def test_an_fp8_cache_a_spec_does_not_take_is_refused(capsys):
+    """A spec whose attention does not go through std's kv_fp8_cache (Mistral's window)
+    is refused, not counted as a DynamicCache."""
+    sizes = [f"--set={k}={v}" for k, v in WINDOWED.items()]
+    args = ["compile", str(MISTRAL), *sizes, "--mode", "inference", "--prompt-len", "5"]
+    assert main([*args, "--new-tokens", "3", "--kv-dtype", "fp8"]) == 2
+    assert "std's kv_fp8_cache does" in capsys.readouterr().err
 
 
 def test_an_unmodelled_window_is_refused(capsys):

@@ -45,6 +45,7 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    QuantizedCache,
     StaticCache,
 )
 from transformers.cache_utils import Cache  # noqa: E402
@@ -165,14 +166,21 @@ def _measuring() -> Iterator[None]:
 
 def cache_storage_bytes(cache: Cache) -> int:
     """Storage bytes of every key and value tensor held by the cache's layers, each tensor's
-    whole storage (a view's too). Not counted: a StaticLayer's `cumulative_length`, an
-    int64 scalar per layer (8 B), which LiveTracker does count."""
+    whole storage (a view's too); a QuantizedCache's float8 keys and values and their
+    float32 scales (its `keys` and `values` are empty). Not counted: a StaticLayer's
+    `cumulative_length`, an int64 scalar per layer (8 B), which LiveTracker does count."""
     total = 0
     for layer in cache.layers:
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+        tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        for stored in (getattr(layer, name, None) for name in _QUANTIZED):
+            tensors += list(stored or ())  # (float8 tensor, scale)
+        for tensor in tensors:
             if isinstance(tensor, torch.Tensor):
                 total += tensor.untyped_storage().nbytes()
     return total
+
+
+_QUANTIZED = ("_quantized_keys", "_quantized_values")  # Fp8QuantizedLayer's (tensor, scale)
 
 
 def llama(sizes: dict, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
@@ -213,12 +221,17 @@ def measure_prefill(
 
 
 def measure_decode(
-    model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, logits_to_keep: int = 0
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    new_tokens: int,
+    logits_to_keep: int = 0,
+    kind: Literal["dynamic", "fp8"] = "dynamic",
 ) -> list[InferenceMeasurement]:
     """A hand-written greedy loop under `torch.no_grad()`: the prefill forward of
     `input_ids` [B, P] with a fresh `DynamicCache(config=model.config)`, then
     `new_tokens - 1` forwards, each of the previous step's argmax token [B, 1] int64 with
-    the cache; one measurement per forward (element 0 = the prefill).
+    the cache; one measurement per forward (element 0 = the prefill). `kind` "fp8": a
+    `QuantizedCache(backend="fp8", config=model.config)` instead.
 
     Step t's `peak` counts everything alive from just before its forward until its next
     token is picked: what the previous step left (the cache holding P + t - 1 positions
@@ -232,7 +245,11 @@ def measure_decode(
     tracker = LiveTracker(model, input_ids)
     steps = []
     with torch.no_grad(), _measuring(), tracker:
-        cache = DynamicCache(config=model.config)
+        cache = (
+            DynamicCache(config=model.config)
+            if kind == "dynamic"
+            else QuantizedCache(backend="fp8", config=model.config)
+        )
         token = input_ids
         for t in range(new_tokens):
             tracker.set_label(f"step {t}")
@@ -252,7 +269,7 @@ def measure_generate(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     new_tokens: int,
-    cache: Literal["dynamic", "static"] = "dynamic",
+    cache: Literal["dynamic", "static", "fp8"] = "dynamic",
 ) -> GenerateMeasurement:
     """`model.generate(input_ids, max_new_tokens=new_tokens, do_sample=False, cache=...)`.
 
@@ -261,7 +278,8 @@ def measure_generate(
     `StaticCache(config=model.config, max_cache_len=P + new_tokens - 1)`, the length
     `cache_implementation="static"` gives a model that has not generated before (generate
     keeps the longest length a model has used, `_previous_max_cache_length`; a passed cache
-    is not affected). The peaks equal generate's own caches', byte for byte.
+    is not affected), or `QuantizedCache(backend="fp8", config=model.config)` ("fp8").
+    The peaks equal generate's own caches', byte for byte.
 
     Generation runs all `new_tokens` steps: `eos_token_id` is the vocabulary size, an id
     no argmax returns, and `pad_token_id` is None, so generate's special-token tensors are
@@ -288,8 +306,10 @@ def measure_generate(
                 kv: Cache = DynamicCache(config=model.config)
             elif cache == "static":
                 kv = StaticCache(config=model.config, max_cache_len=prompt + new_tokens - 1)
+            elif cache == "fp8":
+                kv = QuantizedCache(backend="fp8", config=model.config)
             else:
-                raise ValueError(f"cache must be 'dynamic' or 'static', not {cache!r}")
+                raise ValueError(f"cache must be 'dynamic', 'static' or 'fp8', not {cache!r}")
             sequences = model.generate(
                 input_ids,
                 max_new_tokens=new_tokens,

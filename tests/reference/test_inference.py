@@ -79,7 +79,36 @@ def test_generation_equals_transformers(name, precision, loop):
     )
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_an_fp8_cache_in_a_serving_loop_equals_transformers(name, precision, loop):
+    """The serving loop with transformers' QuantizedCache(backend="fp8"): the prefill
+    quantizes k and v and attends to them as they are; a decode step appends the token's
+    float8 positions (the old tensors alive to the update's return) and attends to the
+    whole cache dequantized (float32 copies of v beside k's result at the largest moment):
+    the prefill's peak, the largest decode step's, and the float8 cache and its float32
+    scales at the end."""
+    batch, prompt, new = loop
+    dims = MODELS[name]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = llama(dims, dtype)
+    ids = torch.randint(3, dims["V"], (batch, prompt))
+    steps = measure_decode(model, ids, new, logits_to_keep=1, kind="fp8")
+    result = compile_spec(
+        SPECS / "llama.mspec",
+        set={**dims, "B": batch},
+        precision=precision,
+        inference=Inference(prompt, new, loop="forward", kv_dtype="fp8"),
+    )
+    assert phase_peak(result, Phase.PREFILL) - 8 * batch * prompt == steps[0].peak
+    assert phase_peak(result, Phase.DECODE) == max(s.peak for s in steps[1:])
+    layer = 2 * batch * dims["KV"] * (dims["D"] // dims["H"]) * (prompt + new - 1) + 8
+    assert steps[-1].cache_bytes == dims["N"] * layer
+    assert result.value(result.kv_cache[1]) == steps[-1].cache_bytes
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static", "fp8"])
 @pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
@@ -94,9 +123,10 @@ def test_generate_with_a_narrow_mlp_equals_transformers(precision, cache):
 
 
 def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
-    """`model.generate(ids, max_new_tokens=T, do_sample=False)` with a DynamicCache or a
-    StaticCache of P + T - 1 positions: the peak, its phase, the cache at the end, and
-    (DynamicCache) the prefill's step alone (a step runs from its forward to the next
+    """`model.generate(ids, max_new_tokens=T, do_sample=False)` with a DynamicCache, a
+    StaticCache of P + T - 1 positions or an FP8 QuantizedCache ("fp8"): the peak, its
+    phase, the largest decode step, the cache at the end, and (DynamicCache,
+    QuantizedCache) the prefill's step alone (a step runs from its forward to the next
     one's: generate's token selection after a forward is the step's)."""
     batch, prompt, new = loop
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -104,12 +134,13 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
     ids = torch.randint(3, dims["V"], (batch, prompt))
     measured = measure_generate(model, ids, new, cache)
     assert measured.forwards == new and measured.sequences_shape == (batch, prompt + new)
-    kv = {"dynamic": "contiguous", "static": "static"}[cache]
+    kv = {"dynamic": "contiguous", "static": "static", "fp8": "contiguous"}[cache]
+    kv_dtype = "fp8" if cache == "fp8" else ""
     result = compile_spec(
         SPECS / "llama.mspec",
         set={**dims, "B": batch},
         precision=precision,
-        inference=Inference(prompt, new, kv),
+        inference=Inference(prompt, new, kv, kv_dtype=kv_dtype),
     )
     caller_ids = 8 * batch * prompt  # the caller's prompt, which the harness leaves out
     fixed = result.value(result.categories["parameters"].bytes)
@@ -119,13 +150,15 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
     if measured.peak_phase == "decode":  # the last step is the largest
         assert measured.step_peaks[-1] == max(measured.step_peaks[1:])
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
-    if cache == "dynamic":  # a StaticCache's length is the whole generation's
+    if cache == "fp8":
+        assert phase_peak(result, Phase.DECODE) - caller_ids == max(measured.step_peaks[1:])
+    if cache != "static":  # a StaticCache's length is the whole generation's
         # the prefill's step alone: generate's steps do not depend on how many follow
         first = compile_spec(
             SPECS / "llama.mspec",
             set={**dims, "B": batch},
             precision=precision,
-            inference=Inference(prompt, 1),
+            inference=Inference(prompt, 1, kv_dtype=kv_dtype),
         )
         assert first.peak.value - fixed - caller_ids == measured.step_peaks[0]
 

@@ -51,6 +51,7 @@ PAGED = "paged_kv"  # a global: true under --kv-cache paged
 HF_GENERATE = "hf_generate"  # a global: true when transformers' generate() runs the loop
 STATIC = "static_kv"  # a global: true under --kv-cache static
 STATIC_LENGTH = "static_length"  # a global: a static cache's positions (0 without one)
+QUANTIZED = "quantized_kv"  # a global: true under --kv-dtype fp8 with transformers' cache
 DECODING = "decoding"  # a global: true in a decode step's forward
 PROMPT = "prompt_length"  # a global: the prompt's tokens under --mode inference (0 without)
 # a global: true when every repetition of the repeated layers is a checkpoint (--recompute
@@ -64,6 +65,7 @@ RESERVED = {
     HF_GENERATE: "true when transformers' generate() runs the loop",
     STATIC: "true under --kv-cache static",
     STATIC_LENGTH: "a static cache's positions",
+    QUANTIZED: "true under --kv-dtype fp8 with a contiguous cache",
     DECODING: "true in a decode step's forward",
     PROMPT: "the prompt's tokens under --mode inference",
     CHECKPOINTING: "true under --recompute full",
@@ -136,6 +138,8 @@ class Elaborator:
         self.globals.names[STATIC] = run is not None and run.cache == "static"
         static = (run.static_length or 0) if run is not None else 0
         self.globals.names[STATIC_LENGTH] = sp.Integer(static)
+        # transformers' QuantizedCache(backend="fp8") (--kv-dtype fp8, --kv-cache contiguous)
+        self.globals.names[QUANTIZED] = run is not None and run.quantized
         # whether this forward is a decode step's (one token, the cache before it)
         self.globals.names[DECODING] = run is not None and run.decoding
         # the prompt's length, which a sliding window's cache holds until the first decode

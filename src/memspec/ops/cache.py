@@ -16,15 +16,17 @@ import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
 from memspec.ir.sizes import BoundSizes
-from memspec.ir.types import numel
+from memspec.ir.types import DType, numel
 from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, register
 
 __all__ = [
     "KV_APPEND",
+    "KV_FP8",
     "KV_STATIC",
     "KV_WINDOW",
     "KV_WRITE",
     "cached_bytes",
+    "fp8_storage",
     "position_bytes",
     "window_positions",
 ]
@@ -33,6 +35,7 @@ KV_APPEND = "kv_append"
 KV_WRITE = "kv_write"
 KV_STATIC = "kv_static"
 KV_WINDOW = "kv_window"
+KV_FP8 = "kv_fp8"
 
 
 def _past(value: object) -> sp.Expr:
@@ -280,6 +283,106 @@ register(
         "decode step, min(past, window) after) are counted from the forward's start and "
         "freed as it returns; `static`, `paged`: a StaticCache's window (std's "
         "static_window_cache) or vLLM's, refused",
+        saved_doc="nothing",
+    )
+)
+
+
+def _fp8_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    k, v = ctx.inputs
+    ctx.expect_rank(0, 2)
+    ctx.expect_rank(1, 2)
+    ctx.expect_same(k.shape[-2], v.shape[-2], "k's and v's positions")
+    if not (k.dtype.is_float and v.dtype == k.dtype):
+        raise ctx.fail(f"k and v are one float dtype, got {k.dtype.value} and {v.dtype.value}")
+    past = _past(ctx.attrs["past"])
+    if past.is_number and (not past.is_Integer or past < 0):
+        raise ctx.fail(f"past is a number of cached positions, not {past}")
+    fp8 = DType.float8_e4m3fn
+    if past == 0:  # the prefill: k and v themselves, and their float8 copies
+        return (
+            OutputSpec(k.shape, k.dtype, view_of=0, strides=k.strides),
+            OutputSpec(v.shape, v.dtype, view_of=1, strides=v.strides),
+            OutputSpec(k.shape, fp8),
+            OutputSpec(v.shape, fp8),
+        )
+    grown = [(*x.shape[:-2], past + x.shape[-2], x.shape[-1]) for x in (k, v)]
+    return (
+        OutputSpec(grown[0], k.dtype),
+        OutputSpec(grown[1], v.dtype),
+        OutputSpec(grown[0], fp8),
+        OutputSpec(grown[1], fp8),
+    )
+
+
+def fp8_storage(op: OpApply, graph: Graph, before: bool) -> tuple[sp.Expr, sp.Expr]:
+    """(elements, bytes) a kv_fp8 op's layer holds, keys and values, before the update or
+    after it: float8 positions, one byte an element, and the two float32 scales the
+    prefill fixed (none before it)."""
+    past = _past(op.attr("past"))
+    positions = past if before else past + graph.value(op.inputs[0]).shape[-2]
+    if positions == 0:
+        return sp.Integer(0), sp.Integer(0)
+    elements = sum(
+        (position_bytes_of(graph.value(vid)) * positions for vid in op.inputs), sp.Integer(0)
+    )
+    return elements, elements + 8
+
+
+def position_bytes_of(x) -> sp.Expr:
+    """Elements of one position of x's rows (x: [..., s, d])."""
+    return numel(x.shape) / x.shape[-2]
+
+
+def _fp8_workspace(op: OpApply, graph: Graph) -> sp.Expr:
+    """The update's largest moment beyond its outputs, v's quantization in the prefill
+    and its dequantization in a decode step (k's, before it, is smaller by what v's adds).
+
+    Prefill (Fp8QuantizedLayer's first update): v / scale in float32 (beside v's float32
+    copy, made first unless v is float32), then its float8: 4 n or, from another dtype,
+    8 n less the float8 output. Decode: the new positions quantized (float8, locals to the
+    end), both caches grown by torch.cat (the old ones freed then), then each dequantized:
+    quantized.float() * scale, then .to(dtype); at v's product, v's float32 copy and
+    product beside k's result: 8 N less v's output of the model's dtype."""
+    k, v = (graph.value(vid) for vid in op.inputs)
+    size = v.dtype.itemsize
+    if _past(op.attr("past")) == 0:
+        n = numel(v.shape)
+        return 4 * n if size == 4 else 7 * n
+    grown = graph.value(op.outputs[1])
+    return (8 - size) * numel(grown.shape) + numel(k.shape) + numel(v.shape)
+
+
+def _fp8_lower(tensors, attrs):
+    if int(attrs["past"]) != 0:
+        raise RuntimeError("a cache with past positions runs in memspec's inference replay")
+    import torch
+
+    k, v = tensors
+    return k, v, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+
+
+register(
+    OpDef(
+        KV_FP8,
+        'k and v through transformers\' QuantizedCache(backend="fp8") (Fp8QuantizedLayer.'
+        "update): stored in float8_e4m3fn with a per-tensor float32 scale the prefill fixes; "
+        "a decode step appends the new positions quantized and returns the whole cache "
+        "dequantized: (what attention reads, keys and values; the layer's float8 keys and "
+        "values)",
+        ("k", "v"),
+        _fp8_infer,
+        attrs=(("past", 0),),
+        lower=_fp8_lower,
+        grads=lambda op, graph: (Grad.THROUGH, Grad.THROUGH),
+        grads_doc="the outputs' gradients (inference only: nothing is trained)",
+        workspace=_fp8_workspace,
+        kind=OpKind.LAYOUT,
+        shape_doc="prefill (past 0): k and v themselves, and float8 copies of them; a "
+        "decode step: k's and v's shapes with past + s positions, dequantized in their "
+        "dtype, and the float8 cache of as many; the layer's previous float8 tensors are "
+        "counted from the forward's start and freed as the update returns; a workspace "
+        "of the quantization's (prefill) or dequantization's (decode) float32 tensors",
         saved_doc="nothing",
     )
 )

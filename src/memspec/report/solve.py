@@ -41,6 +41,8 @@ def build_solve(
 ) -> SolveReport:
     """The report of `solution`, the largest value under `objective` for `result`."""
     what = "the true peak of a training step"
+    if result.config.inference is not None:
+        what = "the true peak of generation"
     if objective == "sum":
         what = f"the sum of the categories, {result.config.convention.name} convention"
         if result.ranks is not None:

@@ -54,16 +54,19 @@ __all__ = [
 def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[sp.Expr, sp.Expr]:
     """(elements, bytes) every layer's cache holds after the forward (`before`: before
     it): a DynamicCache's `past` positions and the forward's (kv_append's), a sliding
-    window's storage (kv_window's `window_storage`), a paged cache's positions of whole
+    window's storage (kv_window's `window_storage`), an FP8 QuantizedCache's float8
+    positions and scales (kv_fp8's `fp8_storage`), a paged cache's positions of whole
     blocks (kv_write's, allocated before the prefill, in --kv-dtype when given), a static
     cache's `length` (kv_static's; `before` a forward, none in the prefill, whose updates
     allocate it)."""
     from memspec.ops.cache import (
         KV_APPEND,
+        KV_FP8,
         KV_STATIC,
         KV_WINDOW,
         KV_WRITE,
         cached_bytes,
+        fp8_storage,
         position_bytes,
         window_storage,
     )
@@ -71,6 +74,11 @@ def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[
     reserved = run.paged_positions
     elements, nbytes = sp.Integer(0), sp.Integer(0)
     for op in graph.ops:
+        if op.op == KV_FP8:  # float8 keys and values, and their two float32 scales
+            size, stored = fp8_storage(op, graph, before)
+            elements += size * graph.multiplicity(op.region)
+            nbytes += stored * graph.multiplicity(op.region)
+            continue
         if op.op not in (KV_APPEND, KV_WRITE, KV_STATIC, KV_WINDOW):
             continue
         itemsize = graph.value(op.inputs[0]).dtype.itemsize
@@ -115,13 +123,20 @@ def cache_bytes(graph: Graph, run: Inference, before: bool = False) -> sp.Expr:
 class _Generation(ForwardReplay):
     """The forward of a generation step: as a training step's under no_grad, and a
     sliding-window cache's update (kv_window) frees the layer's previous tensor, counted
-    from the forward's start, as it returns (`Ledger.release`). What an op makes only to
+    from the forward's start, as it returns (`Ledger.release`), as does an FP8
+    QuantizedCache's (kv_fp8: update's locals hold the old float8 tensors), whose
+    prefill makes the scales, kept to the end. What an op makes only to
     save for backward, beside its outputs (SDPA's logsumexp and the float copy of its
     window mask), its kernel returns under no_grad too: alive at the op, freed as it
     returns."""
 
     def run_op(self, op, inputs, index):
         outputs = super().run_op(op, inputs, index)
+        from memspec.ops.cache import KV_FP8, fp8_storage
+
+        if op.op == KV_FP8 and fp8_storage(op, self.graph, before=True)[1] == 0:
+            # the prefill fixes the layer's two float32 scales, kept to the end
+            self.ledger.alloc(self.measure(sp.Integer(8)), self.category, self.running)
         for saved in lookup(op.op).saved(op, self.graph):
             if saved.value is None:
                 size = numel(saved.shape) * saved.dtype.itemsize * saved.count
@@ -132,11 +147,15 @@ class _Generation(ForwardReplay):
 
     def op_done(self, op, inputs, outputs) -> None:
         super().op_done(op, inputs, outputs)
-        from memspec.ops.cache import KV_WINDOW, window_storage
+        from memspec.ops.cache import KV_FP8, KV_WINDOW, fp8_storage, window_storage
 
         if op.op == KV_WINDOW:
             old = self.measure(window_storage(op, self.graph, before=True))
             self.ledger.release(old, self.category, self.running)
+        if op.op == KV_FP8:  # update()'s locals held the old float8 tensors to its return
+            _, old = fp8_storage(op, self.graph, before=True)
+            if old != 0:  # the scales stay
+                self.ledger.release(self.measure(old - 8), self.category, self.running)
 
 
 def _forward(graph: Graph, repetitions: Mapping[int, int], measure) -> Replay:
