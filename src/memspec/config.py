@@ -192,7 +192,9 @@ def resolve_config(
     if inference is not None and weights is not None and not weights.fp8:
         raise UsageError(
             "--weights with --mode inference is not modelled yet: bitsandbytes' fused 4-bit "
-            "kernel serves decode-sized row counts without the dequantized weight"
+            "kernel serves decode-sized row counts without the dequantized weight, and from 5 "
+            "to 1,536 rows bitsandbytes 0.50 chooses it or dequantize + F.linear by GPU "
+            "architecture and SM count (--weights fp8 is modelled)"
         )
     if inference is not None and config.recompute.name != "none":
         raise UsageError("--mode inference saves nothing for backward: --recompute has no meaning")

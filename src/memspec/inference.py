@@ -64,6 +64,11 @@ UNMODELLED: dict[str, str] = {}
 # QuantizedCache(backend="fp8"), whose float8 is e4m3fn
 KV_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 QUANTIZED_KV_DTYPES = ("fp8", "fp8_e4m3")
+QUANTIZED_CACHE = (
+    "transformers' QuantizedCache(backend=\"fp8\"): each layer's keys and values in "
+    "float8_e4m3fn (1 byte an element) with a float32 scale each, fixed by the prefill; a "
+    "decode step appends the token's positions and attends to the whole cache dequantized"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,16 +172,14 @@ class Inference:
             if self.decodes
             else ""
         )
+        cache = QUANTIZED_CACHE if self.quantized else CACHES[self.cache]
         return (
             f"{LOOPS[self.loop]}, under torch.no_grad(): a prefill of {self.prompt_len:,} tokens"
-            f"{steps}; the K/V cache is {CACHES[self.cache]}, {self.cached_at_end:,} "
-            "positions at the end"
+            f"{steps}; the K/V cache is {cache}, {self.cached_at_end:,} positions at the end"
             + (f", in {self.paged_positions:,} of blocks" if self.paged_positions else "")
-            + (f", stored as {self.kv_dtype} (1 byte an element)" if self.kv_dtype else "")
             + (
-                ' (transformers\' QuantizedCache(backend="fp8"): float8_e4m3fn and a float32 '
-                "scale a tensor, dequantized whole for each decode step's attention)"
-                if self.quantized
+                f", stored as {self.kv_dtype} (1 byte an element)"
+                if self.kv_dtype and not self.quantized
                 else ""
             )
         )
