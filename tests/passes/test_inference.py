@@ -102,6 +102,7 @@ def test_the_report_is_of_generation(capsys):
         ),
         (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
         (["--mode", "inference", "--prompt-len", "8", "--weights", "nf4"], "fused 4-bit kernel"),
+        (["--mode", "inference", "--prompt-len", "8", "--use", "eager"], "`use eager`"),
     ],
 )
 def test_bad_flags_are_usage_errors(args, message, capsys):
