@@ -358,7 +358,8 @@ def _check_quantized(phases) -> None:
                 "--kv-dtype fp8 with a contiguous cache is transformers' "
                 'QuantizedCache(backend="fp8"), which this spec\'s attention does not '
                 f"take its keys and values through{where}: std's kv_fp8_cache does "
-                "(specs/llama.mspec); a sliding window's is not modelled"
+                "(specs/llama.mspec); transformers' QuantizedCache itself refuses a model "
+                "with sliding-window layers"
             )
 
 
