@@ -323,15 +323,9 @@ def fp8_storage(op: OpApply, graph: Graph, before: bool) -> tuple[sp.Expr, sp.Ex
     positions = past if before else past + graph.value(op.inputs[0]).shape[-2]
     if positions == 0:
         return sp.Integer(0), sp.Integer(0)
-    elements = sum(
-        (position_bytes_of(graph.value(vid)) * positions for vid in op.inputs), sp.Integer(0)
-    )
+    rows = (graph.value(vid) for vid in op.inputs)  # [..., s, d]: a position's elements
+    elements = sum((numel(x.shape) / x.shape[-2] * positions for x in rows), sp.Integer(0))
     return elements, elements + 8
-
-
-def position_bytes_of(x) -> sp.Expr:
-    """Elements of one position of x's rows (x: [..., s, d])."""
-    return numel(x.shape) / x.shape[-2]
 
 
 def _fp8_workspace(op: OpApply, graph: Graph) -> sp.Expr:

@@ -30,6 +30,7 @@ from memspec.ir.graph import Graph
 from memspec.ir.sizes import note_relation
 from memspec.ir.types import numel
 from memspec.ops import lookup
+from memspec.ops.cache import KV_FP8, KV_WINDOW, fp8_storage, window_storage
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT, ForwardReplay
 from memspec.passes.peak.ledger import Ledger
@@ -121,19 +122,17 @@ def cache_bytes(graph: Graph, run: Inference, before: bool = False) -> sp.Expr:
 
 
 class _Generation(ForwardReplay):
-    """The forward of a generation step: as a training step's under no_grad, and a
-    sliding-window cache's update (kv_window) frees the layer's previous tensor, counted
-    from the forward's start, as it returns (`Ledger.release`), as does an FP8
-    QuantizedCache's (kv_fp8: update's locals hold the old float8 tensors), whose
-    prefill makes the scales, kept to the end. What an op makes only to
-    save for backward, beside its outputs (SDPA's logsumexp and the float copy of its
-    window mask), its kernel returns under no_grad too: alive at the op, freed as it
+    """The forward of a generation step: as a training step's under no_grad, with three
+    differences. A sliding-window cache's update (kv_window) frees the layer's previous
+    tensor, counted from the forward's start, as it returns (`Ledger.release`), as an FP8
+    QuantizedCache's (kv_fp8) frees its previous float8 tensors, which update()'s locals
+    hold until then; that cache's prefill makes the layer's scales, kept to the end.
+    What an op makes only to save for backward (SDPA's logsumexp and the float copy of
+    its window mask) its kernel returns under no_grad too: alive at the op, freed as it
     returns."""
 
     def run_op(self, op, inputs, index):
         outputs = super().run_op(op, inputs, index)
-        from memspec.ops.cache import KV_FP8, fp8_storage
-
         if op.op == KV_FP8 and fp8_storage(op, self.graph, before=True)[1] == 0:
             # the prefill fixes the layer's two float32 scales, kept to the end
             self.ledger.alloc(self.measure(sp.Integer(8)), self.category, self.running)
@@ -147,8 +146,6 @@ class _Generation(ForwardReplay):
 
     def op_done(self, op, inputs, outputs) -> None:
         super().op_done(op, inputs, outputs)
-        from memspec.ops.cache import KV_FP8, KV_WINDOW, fp8_storage, window_storage
-
         if op.op == KV_WINDOW:
             old = self.measure(window_storage(op, self.graph, before=True))
             self.ledger.release(old, self.category, self.running)
