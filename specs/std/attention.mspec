@@ -147,8 +147,8 @@ variant no_cache {
 }
 variant cache {
     # a StaticCache's sliding layer (StaticSlidingWindowLayer) of fewer positions than the
-    # window is a StaticCache's plain layer; of more, static_window_cache; vLLM's
-    # window is kv_window's refusal
+    # window is a StaticCache's plain layer; of more, static_window_cache; vLLM's window
+    # (paged) is kv_window's refusal
     if generating and static_kv and static_length >= window {
         k_static, v_static = static_window_cache(k, v, window)
         return k_static, v_static
@@ -157,7 +157,7 @@ variant cache {
         # the prefill's update: the cat of an empty cache and the prompt, copies
         past = 0
         if decoding { past = past_length }
-        k_full, v_full = kv_window(k, v, past, window, prompt_length, static_kv, paged_kv)
+        k_full, v_full = kv_window(k, v, past, window, prompt_length, paged = paged_kv)
         return returned(k_full), returned(v_full)
     }
     return kv_cache(k), hold(kv_cache(v), k)

@@ -42,12 +42,18 @@ def _past(value: object) -> sp.Expr:
     return value if isinstance(value, sp.Expr) else sp.Integer(int(value))
 
 
-def _kv_append_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    (x,) = ctx.inputs
-    ctx.expect_rank(0, 2)
+def _cached_positions(ctx: InferContext) -> sp.Expr:
+    """The op's `past` attribute, refused unless a whole number of positions, 0 or more."""
     past = _past(ctx.attrs["past"])
     if past.is_number and (not past.is_Integer or past < 0):
         raise ctx.fail(f"past is a number of cached positions, not {past}")
+    return past
+
+
+def _kv_append_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    (x,) = ctx.inputs
+    ctx.expect_rank(0, 2)
+    _cached_positions(ctx)
     return (OutputSpec(x.shape, x.dtype),)
 
 
@@ -200,13 +206,6 @@ def window_positions(
     return window, after
 
 
-STATIC_WINDOW = (
-    "a StaticCache's sliding window is not kv_window's: transformers' "
-    "StaticSlidingWindowLayer writes into W preallocated positions and rolls them once full "
-    "(std's static_window_cache, with kv_static and roll)"
-)
-
-
 PAGED_WINDOW = (
     "--kv-cache paged with a sliding window: vLLM's block management for a window (blocks "
     "that leave it are freed) is not modelled (--kv-cache contiguous is transformers' "
@@ -215,17 +214,13 @@ PAGED_WINDOW = (
 
 
 def _window_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    if ctx.attrs["static"]:
-        raise ctx.fail(STATIC_WINDOW)
     if ctx.attrs["paged"]:
         raise ctx.fail(PAGED_WINDOW)
     k, v = ctx.inputs
     ctx.expect_rank(0, 2)
     ctx.expect_rank(1, 2)
     ctx.expect_same(k.shape[-2], v.shape[-2], "k's and v's positions")
-    past, window = _past(ctx.attrs["past"]), _past(ctx.attrs["window"])
-    if past.is_number and (not past.is_Integer or past < 0):
-        raise ctx.fail(f"past is a number of cached positions, not {past}")
+    past, window = _cached_positions(ctx), _past(ctx.attrs["window"])
     if window.is_number and (not window.is_Integer or window < 2):
         raise ctx.fail(f"window is a sliding window of at least 2 positions, not {window}")
     try:
@@ -273,7 +268,7 @@ register(
         "tensors are freed as the op returns",
         ("k", "v"),
         _window_infer,
-        attrs=(("past", 0), ("window", 2), ("prompt", 0), ("static", False), ("paged", False)),
+        attrs=(("past", 0), ("window", 2), ("prompt", 0), ("paged", False)),
         lower=_kv_window_lower,
         grads=lambda op, graph: (Grad.NEW, Grad.NEW),
         grads_doc="new tensors (cat's backward narrows the outputs' gradients)",
@@ -281,8 +276,8 @@ register(
         shape_doc="k's and v's shapes with min(past, window - 1) + s positions, new "
         "storage; the layer's previous tensors (the prompt's P positions before the first "
         "decode step, min(past, window) after) are counted from the forward's start and "
-        "freed as it returns; `static`, `paged`: a StaticCache's window (std's "
-        "static_window_cache) or vLLM's, refused",
+        "freed as it returns (a StaticCache's window is std's static_window_cache); "
+        "`paged`: vLLM's window, refused",
         saved_doc="nothing",
     )
 )
@@ -295,9 +290,7 @@ def _fp8_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     ctx.expect_same(k.shape[-2], v.shape[-2], "k's and v's positions")
     if not (k.dtype.is_float and v.dtype == k.dtype):
         raise ctx.fail(f"k and v are one float dtype, got {k.dtype.value} and {v.dtype.value}")
-    past = _past(ctx.attrs["past"])
-    if past.is_number and (not past.is_Integer or past < 0):
-        raise ctx.fail(f"past is a number of cached positions, not {past}")
+    past = _cached_positions(ctx)
     fp8 = DType.float8_e4m3fn
     if past == 0:  # the prefill: k and v themselves, and their float8 copies
         return (
@@ -335,7 +328,8 @@ def _fp8_workspace(op: OpApply, graph: Graph) -> sp.Expr:
     Prefill (Fp8QuantizedLayer's first update): v / scale in float32 (beside v's float32
     copy, made first unless v is float32), then its float8: 4 n or, from another dtype,
     8 n less the float8 output. Decode: the new positions quantized (float8, locals to the
-    end), both caches grown by torch.cat (the old ones freed then), then each dequantized:
+    end), both caches grown by torch.cat (the old ones are update's locals too, freed as
+    it returns: `_Generation`, not counted here), then each dequantized:
     quantized.float() * scale, then .to(dtype); at v's product, v's float32 copy and
     product beside k's result: 8 N less v's output of the model's dtype."""
     k, v = (graph.value(vid) for vid in op.inputs)

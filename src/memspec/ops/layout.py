@@ -18,6 +18,7 @@ from memspec.ops.registry import (
     register,
     torch_functional,
 )
+from memspec.ops.views import _dim
 
 
 def _contiguous_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
@@ -72,10 +73,8 @@ def _interpolate_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 def _roll_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
     (x,) = ctx.inputs
-    dim, shifts = ctx.attrs["dim"], ctx.attrs["shifts"]
-    rank = len(x.shape)
-    if not isinstance(dim, (sp.Integer, int)) or isinstance(dim, bool) or not -rank <= dim < rank:
-        raise ctx.fail(f"dim must be one of x's {rank} dims, {-rank} to {rank - 1}; got {dim}")
+    _dim(ctx, x.shape, ctx.attrs["dim"])
+    shifts = ctx.attrs["shifts"]
     if not isinstance(shifts, (sp.Integer, int)) or isinstance(shifts, bool):
         raise ctx.fail(f"shifts must be a whole number of positions, got {shifts}")
     return (OutputSpec(x.shape, x.dtype),)

@@ -196,7 +196,7 @@ def _select_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
 
 
 def _dim(ctx: InferContext, shape: Shape, dim: object) -> int:
-    if not isinstance(dim, (sp.Integer, int)):
+    if not isinstance(dim, (sp.Integer, int)) or isinstance(dim, bool):
         raise ctx.fail(f"dim must be an integer, got {dim}")
     d = int(dim)
     if not -len(shape) <= d < len(shape):

@@ -30,7 +30,17 @@ from memspec.ir.graph import Graph
 from memspec.ir.sizes import note_relation
 from memspec.ir.types import numel
 from memspec.ops import lookup
-from memspec.ops.cache import KV_FP8, KV_WINDOW, fp8_storage, window_storage
+from memspec.ops.cache import (
+    KV_APPEND,
+    KV_FP8,
+    KV_STATIC,
+    KV_WINDOW,
+    KV_WRITE,
+    cached_bytes,
+    fp8_storage,
+    position_bytes,
+    window_storage,
+)
 from memspec.passes.peak import repeats
 from memspec.passes.peak.forward import SUM_MOMENT, ForwardReplay
 from memspec.passes.peak.ledger import Ledger
@@ -60,18 +70,6 @@ def cache_elements(graph: Graph, run: Inference, before: bool = False) -> tuple[
     blocks (kv_write's, allocated before the prefill, in --kv-dtype when given), a static
     cache's `length` (kv_static's; `before` a forward, none in the prefill, whose updates
     allocate it)."""
-    from memspec.ops.cache import (
-        KV_APPEND,
-        KV_FP8,
-        KV_STATIC,
-        KV_WINDOW,
-        KV_WRITE,
-        cached_bytes,
-        fp8_storage,
-        position_bytes,
-        window_storage,
-    )
-
     reserved = run.paged_positions
     elements, nbytes = sp.Integer(0), sp.Integer(0)
     for op in graph.ops:
@@ -107,8 +105,6 @@ def cache_terms(graph: Graph) -> tuple[Term, ...]:
     construction (before the prefill) to the end: a DynamicSlidingWindowLayer's
     `_sliding_window_tensor`, a 0-d int64 (kv_window's; a StaticCache's
     `cumulative_length` is generate's, `generate_terms`)."""
-    from memspec.ops.cache import KV_WINDOW
-
     # one update of a layer's keys and values
     layers = sum((graph.multiplicity(op.region) for op in graph.ops if op.op == KV_WINDOW), 0)
     if not layers:
@@ -182,8 +178,6 @@ def generate_step_terms(
     if not b.is_number:
         note_relation(sp.Gt, b, 1)
     vocab = numel(logits.shape) / (batch * logits.shape[1])
-    from memspec.ops.cache import KV_STATIC
-
     statics = [op for op in graph.ops if op.op == KV_STATIC]
     # a layer's keys and values each go through its cache
     layers = sum((graph.multiplicity(op.region) for op in statics), 0) / 2
@@ -207,8 +201,6 @@ def static_mask_keys(run: Inference, graph: Graph) -> tuple[sp.Expr | None, sp.E
     for StaticSlidingWindowLayers (kv_static's `sliding`), of its prefill mask, max(P,
     W); (None, None) without a static cache. Layers of two lengths are refused: each kind
     would have a mask of its own, which is not modelled."""
-    from memspec.ops.cache import KV_STATIC
-
     statics = [op for op in graph.ops if op.op == KV_STATIC]
     lengths = {sp.sympify(op.attr("length")) for op in statics}
     if not lengths:
