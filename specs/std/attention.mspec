@@ -184,10 +184,10 @@ fn kv_fp8_cache(k: [b, g, s, d], v: [b, g, s, e]) {
 # first update. A prompt of at most W positions is written in by index_copy_, as is each
 # decode step's token until the layer holds W, and the whole cache is returned: attention
 # reads its W positions under generate's mask. A longer prompt is returned as it is, its
-# last W positions copied in. Once full (W cached before the step), an update rolls the keys, then the
-# values (torch.roll: new tensors), writes the token at the end through an int64 index
-# tensor [1], copies both back and returns the cache; the rolled tensors die as it
-# returns.
+# last W positions copied in. Once full (W cached before the step), an update rolls the
+# keys, then the values (torch.roll: new tensors), writes the token at the end through
+# an int64 index tensor [1], copies both back and returns the cache; the rolled tensors
+# die as it returns.
 fn static_window_cache(k: [b, g, s, d], v: [b, g, s, e], window) {
     if not decoding and s > window {
         k_cache = returned(kv_static(narrow(k, -2, s - window, window), window, false,
