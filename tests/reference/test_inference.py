@@ -33,11 +33,16 @@ LOOPS = [(1, 8, 4), (2, 16, 4), (3, 5, 40)]
 NARROW = {"V": 64, "D": 32, "F": 16, "N": 2, "H": 4, "KV": 2}
 
 
+def fixed_bytes(result) -> int:
+    """memspec's parameters and buffers: what the harness counts from (its baseline)."""
+    parameters = result.value(result.categories["parameters"].bytes)
+    return parameters + result.value(result.categories["buffers"].bytes)
+
+
 def phase_peak(result, phase: Phase) -> int:
     """memspec's peak of one phase, less the parameters and buffers (the harness's
     baseline)."""
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     values = [
         v
         for c, v in zip(result.peak.candidates, result.peak.values, strict=True)
@@ -71,8 +76,7 @@ def test_generation_equals_transformers(name, precision, loop):
     assert result.value(elements) * dtype.itemsize == steps[-1].cache_bytes
     winner = result.peak.winner()
     measured = max(steps[0].peak + prompt_ids, max(s.peak for s in steps[1:]))
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert result.peak.value - fixed == measured
     assert winner.phase is (
         Phase.PREFILL if steps[0].peak + prompt_ids == measured else Phase.DECODE
@@ -143,8 +147,7 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
         inference=Inference(prompt, new, kv, kv_dtype=kv_dtype),
     )
     caller_ids = 8 * batch * prompt  # the caller's prompt, which the harness leaves out
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert result.peak.value - fixed - caller_ids == measured.peak
     assert result.peak.winner().phase.value == measured.peak_phase
     if measured.peak_phase == "decode":  # the last step is the largest
@@ -211,8 +214,7 @@ def test_sliding_window_generate_equals_transformers(precision, loop):
     measured = measure_generate(model, ids, new, "dynamic")
     result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new))
     caller_ids = 8 * batch * prompt
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert result.peak.value - fixed - caller_ids == measured.peak
     assert result.peak.winner().phase.value == measured.peak_phase
     assert phase_peak(result, Phase.DECODE) - caller_ids == max(measured.step_peaks[1:])
@@ -230,8 +232,7 @@ def test_sliding_window_decode_wins_in_generate(precision):
     ids = torch.randint(3, dims["V"], (3, 5))
     measured = measure_generate(model, ids, 40, "dynamic")
     result = compile_mistral(dims, 3, precision, Inference(5, 40))
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert result.peak.value - fixed - 8 * 3 * 5 == measured.peak
     assert result.peak.winner().phase.value == measured.peak_phase == "decode"
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
@@ -266,8 +267,7 @@ def test_sliding_window_static_cache_equals_transformers(precision, loop):
     measured = measure_generate(model, ids, new, "static")
     result = compile_mistral(WINDOWED, batch, precision, Inference(prompt, new, "static"))
     caller_ids = 8 * batch * prompt
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert phase_peak(result, Phase.PREFILL) - caller_ids == measured.step_peaks[0]
     assert phase_peak(result, Phase.DECODE) - caller_ids == max(measured.step_peaks[1:])
     assert result.peak.value - fixed - caller_ids == measured.peak
@@ -285,8 +285,7 @@ def test_sliding_window_static_cache_decode_wins(precision):
     ids = torch.randint(3, dims["V"], (3, 5))
     measured = measure_generate(model, ids, 40, "static")
     result = compile_mistral(dims, 3, precision, Inference(5, 40, "static"))
-    fixed = result.value(result.categories["parameters"].bytes)
-    fixed += result.value(result.categories["buffers"].bytes)
+    fixed = fixed_bytes(result)
     assert result.peak.value - fixed - 8 * 3 * 5 == measured.peak
     assert result.peak.winner().phase.value == measured.peak_phase == "decode"
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
