@@ -370,6 +370,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="float32 block maxima (bnb_4bit_use_double_quant=False) instead of QLoRA's "
         "double quantization (4-bit only)",
     )
+    quantized.add_argument(
+        "--bnb-fused-rows",
+        type=int,
+        metavar="N",
+        help="4-bit products of at most N rows run bitsandbytes' fused kernel, without the "
+        "dequantized weight (default: 4, 7 in float32 compute, as every CUDA GPU does; "
+        "up to 1536 where the GPU's does; 0: every product dequantizes, as the CPU's "
+        "default kernel)",
+    )
     serving = p.add_argument_group("inference: generation with a K/V cache")
     serving.add_argument(
         "--mode",
@@ -491,7 +500,7 @@ def weights_of(args: argparse.Namespace):
     from memspec.quantize import Weights
 
     skip = tuple(s.strip() for s in args.weights_skip.split(",") if s.strip())
-    return Weights(args.weights, args.compute_dtype, args.double_quant, skip)
+    return Weights(args.weights, args.compute_dtype, args.double_quant, skip, args.bnb_fused_rows)
 
 
 def _result(args: argparse.Namespace, **options):

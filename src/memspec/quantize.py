@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from memspec.errors import UsageError
 from memspec.ir.types import DType
 
-__all__ = ["FORMATS", "FP8_BLOCK", "QUANTIZED_LAYERS", "SKIPPED", "Weights"]
+__all__ = ["FORMATS", "FP8_BLOCK", "FUSED_ROWS_MAX", "QUANTIZED_LAYERS", "SKIPPED", "Weights"]
 
 SKIPPED = ("lm_head",)  # transformers' modules_to_not_convert: the output embeddings
 # the formats bitsandbytes has: the two 4-bit ones store two codes a byte and differ in
@@ -49,6 +49,13 @@ COMPUTE = ("bfloat16", "float16", "float32")
 FP8_BLOCK = 128
 # transformers' llm_int8_threshold: an activation column with any |x| >= 6 is an outlier
 INT8_THRESHOLD = 6
+# bitsandbytes 0.50's gemm_4bit on CUDA (backends/cuda/ops.py): a product of at most 4
+# rows (7 in float32) runs its fused kernel on every GPU, one of more than 1,536 rows
+# dequantizes the weight first on every GPU; between, the GPU's architecture, SM count
+# and the weight's shape decide (`_gemm_4bit_use_custom_cuda`)
+FUSED_ROWS = {"float32": 7}
+FUSED_ROWS_DEFAULT = 4
+FUSED_ROWS_MAX = 1536
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,9 @@ class Weights:
     compute: str | None = None
     double_quant: bool | None = None
     skip: tuple[str, ...] = SKIPPED  # Linear modules kept unquantized (names or last parts)
+    # 4-bit only: the most rows a product runs bitsandbytes' fused kernel at (no
+    # dequantized weight); None: what every CUDA GPU does, 4 (7 in float32 compute)
+    fused_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.format in UNMODELLED:
@@ -81,6 +91,7 @@ class Weights:
             for flag, value in (
                 ("--compute-dtype", self.compute),
                 ("--no-double-quant", self.double_quant),
+                ("--bnb-fused-rows", self.fused_rows),
             ):
                 if value is not None:
                     raise UsageError(
@@ -94,6 +105,15 @@ class Weights:
             object.__setattr__(self, "double_quant", True)
         if self.compute not in COMPUTE:
             raise UsageError(f"--compute-dtype takes one of {', '.join(COMPUTE)}")
+        if self.fused_rows is None:
+            object.__setattr__(
+                self, "fused_rows", FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
+            )
+        if not 0 <= self.fused_rows <= FUSED_ROWS_MAX:
+            raise UsageError(
+                f"--bnb-fused-rows takes 0 to {FUSED_ROWS_MAX:,}: bitsandbytes dequantizes "
+                f"the weight for a product of more rows on every GPU, not {self.fused_rows}"
+            )
 
     @property
     def int8(self) -> bool:
@@ -148,7 +168,27 @@ class Weights:
             f"{self.format}: {FORMATS[self.format]}, every Linear but {', '.join(self.skip)} as "
             f"bitsandbytes' Linear4bit: half a byte per weight (an odd count pads half a "
             f"byte), one block maximum per 64 weights ({quant}); products in "
-            f"{self.compute} on the dequantized weight"
+            f"{self.compute}, {self.kernels()}"
+        )
+
+    def kernels(self) -> str:
+        """Which of bitsandbytes' two 4-bit products runs at which row counts."""
+        dequantized = "the weight dequantized first"
+        if self.fused_rows == 0:
+            return f"each on {dequantized} (bitsandbytes' default kernel, the CPU's)"
+        every = FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
+        rows = "row" if self.fused_rows == 1 else "rows"
+        between = (
+            f"; from {self.fused_rows + 1:,} to {FUSED_ROWS_MAX:,} bitsandbytes 0.50 chooses "
+            "by the GPU's architecture and SM count and the weight's shape: counted "
+            "dequantized, the larger (--bnb-fused-rows N says the GPU fuses up to N)"
+            if self.fused_rows < FUSED_ROWS_MAX
+            else ""
+        )
+        return (
+            f"a product of at most {self.fused_rows:,} {rows} (x's rows) in bitsandbytes' "
+            f"fused kernel (every CUDA GPU's to {every}), of more on {dequantized} (every "
+            f"GPU's above {FUSED_ROWS_MAX:,} rows{between})"
         )
 
     def skips(self, name: str) -> bool:

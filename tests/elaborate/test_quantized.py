@@ -79,6 +79,7 @@ def test_quantized_lora_counts_as_peft_prints_them(fmt, compute, capsys):
     config = json.loads(capsys.readouterr().out)["config"]
     assert config["weights"]["format"] == fmt
     assert config["weights"]["compute_dtype"] == compute
+    assert config["weights"]["fused_rows"] == (4 if fmt == "nf4" else None)
     assert config["weights"]["packed"] == 224
 
 
@@ -117,6 +118,68 @@ def test_bad_flags_are_usage_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def _product_workspace(weights: Weights, **sizes) -> sp.Expr:
+    """matmul_4bit's forward workspace in ONE_LINEAR at `sizes` (unbound: symbolic)."""
+    from memspec.ops.registry import lookup
+
+    result = compile_spec(ONE_LINEAR, set=sizes, weights=weights)
+    product = next(op for op in result.graph.ops if op.op == "matmul_4bit")
+    workspace = lookup("matmul_4bit").workspace(product, result.graph)
+    return result.value(workspace) if sizes else workspace
+
+
+@pytest.mark.parametrize(
+    ("weights", "rows", "into", "dequantized"),
+    [
+        # every CUDA GPU runs the fused kernel to 4 rows (7 in float32 compute)
+        (Weights("nf4"), 4, 64, False),
+        (Weights("nf4"), 5, 64, True),
+        (Weights("nf4", compute="float32"), 7, 64, False),
+        (Weights("nf4", compute="float32"), 8, 64, True),
+        # where the GPU's choice is stated, and the CPU's default kernel (0)
+        (Weights("nf4", fused_rows=16), 16, 64, False),
+        (Weights("nf4", fused_rows=16), 17, 64, True),
+        (Weights("nf4", fused_rows=0), 1, 64, True),
+        # in_features not a whole number of 64-blocks: dequantized at any row count
+        (Weights("nf4"), 1, 96, True),
+    ],
+)
+def test_a_4bit_product_dequantizes_the_weight_above_the_fused_rows(
+    weights, rows, into, dequantized
+):
+    """bitsandbytes' gemm_4bit: its fused kernel makes the output alone; its fallback the
+    weight in the compute dtype, beside two float32 copies of double-quantized maxima."""
+    out = 128
+    weight = out * into * weights.compute_dtype.itemsize
+    maxima = 2 * 4 * (out * into // 64)
+    want = weight + maxima if dequantized else 0
+    assert _product_workspace(weights, B=rows, I=into, O=out) == want
+
+
+def test_without_double_quantization_the_fallback_holds_the_weight_alone():
+    """Float32 maxima are used as they are: no float32 copies beside the weight."""
+    assert _product_workspace(Weights("nf4", double_quant=False), B=8, I=64, O=128) == 128 * 64 * 2
+
+
+def test_unbound_rows_are_taken_to_be_more_than_the_fused_kernel_serves():
+    i, o = (sp.Symbol(s, integer=True, positive=True) for s in "IO")
+    want = 2 * o * i + 8 * sp.ceiling(i * o / 64)
+    assert sp.expand(_product_workspace(Weights("nf4")) - want) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "nf4", "--bnb-fused-rows", "1537"], "--bnb-fused-rows takes 0 to 1,536"),
+        (["--weights", "int8", "--bnb-fused-rows", "8"], "--bnb-fused-rows is a 4-bit"),
+        (["--weights", "fp8", "--bnb-fused-rows", "8"], "--bnb-fused-rows is a 4-bit"),
+    ],
+)
+def test_bad_fused_rows_are_usage_errors(args, message, capsys):
+    assert main(["compile", str(LLAMA), "--preset", "llama2_7b", "--set", "B=1", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_bad_pattern_error_has_no_traceback():
     with pytest.raises(MemspecError, match="names no Linear layer"):
         compile_spec(MLP, preset="quickstart", weights=Weights("nf4", skip=("fc9",)))
@@ -136,6 +199,12 @@ def test_a_bad_pattern_error_has_no_traceback():
             LLAMA,
             {"B": 2, "L": 16, "V": 64, "D": 64, "N": 3, "H": 4, "KV": 2, "F": 128},
             ["--weights", "nf4", "--lora", "8", "--recompute", "full", "--precision", "bf16"],
+        ),
+        # 4 rows: every product's forward in the fused kernel, backward's dequantizing
+        (
+            LLAMA,
+            {"B": 1, "L": 4, "V": 64, "D": 64, "N": 2, "H": 4, "KV": 2, "F": 128},
+            ["--weights", "nf4", "--lora", "8"],
         ),
         # biases, cast to the compute dtype inside the product
         (MLP, {"B": 4, "I": 8, "F": 64, "C": 10}, ["--weights", "fp4", "--lora", "4"]),
@@ -164,6 +233,7 @@ def test_a_bad_pattern_error_has_no_traceback():
     ids=[
         "qlora",
         "qlora-bf16-full",
+        "qlora-fused-rows",
         "mlp-bias",
         "biases-trained",
         "int8-lora",

@@ -10,8 +10,11 @@
 # out); they are counted here as buffers of the layer. Its forward (nn/modules.py):
 #     x = x.to(compute_dtype); bias = self.bias.to(compute_dtype)
 #     return bnb.matmul_4bit(x, weight.t(), bias).to(inp_dtype)
+# A product of at most `fused_rows` rows runs bitsandbytes' fused kernel, of more the
+# weight is dequantized first (--bnb-fused-rows; matmul_4bit's rules say which GPUs do
+# what).
 layer Linear4bit(in_features, out_features, bias = false, compute = "bfloat16",
-                 double_quant = true) {
+                 double_quant = true, fused_rows = 4) {
     let has_bias = bias
     let blocks = ceil(in_features * out_features / 64)
     param weight: uint8[ceil(in_features * out_features / 2), 1] frozen
@@ -28,8 +31,9 @@ layer Linear4bit(in_features, out_features, bias = false, compute = "bfloat16",
     forward(x: [..., in_features]) -> [..., out_features] {
         if has_bias {
             return type_as(matmul_4bit(to_dtype(x, compute), weight, to_dtype(bias, compute),
-                                       out_features, in_features), x)
+                                       out_features, in_features, double_quant, fused_rows), x)
         }
-        return type_as(matmul_4bit(to_dtype(x, compute), weight, out_features, in_features), x)
+        return type_as(matmul_4bit(to_dtype(x, compute), weight, out_features, in_features,
+                                   double_quant, fused_rows), x)
     }
 }

@@ -216,7 +216,12 @@ class Instantiator:
             return layer, {**args, "threshold": sp.Integer(INT8_THRESHOLD)}
         if weights.fp8:
             return layer, {**args, "block": sp.Integer(FP8_BLOCK)}
-        return layer, {**args, "compute": weights.compute, "double_quant": weights.double_quant}
+        return layer, {
+            **args,
+            "compute": weights.compute,
+            "double_quant": weights.double_quant,
+            "fused_rows": sp.Integer(weights.fused_rows),
+        }
 
     def lora_linear(
         self, decl: d.DeclLayer, args: dict[str, object], path: str, region: int | None, span

@@ -2,17 +2,23 @@
 quantized.mspec) and `to_dtype`, the casts around it.
 
 bitsandbytes 0.50's `Linear4bit.forward` casts x to its compute dtype, calls
-`bnb.matmul_4bit`, and casts the result back to x's dtype. With an input that needs a
-gradient (a frozen 4-bit weight under LoRA) `MatMul4Bit` runs: its forward dequantizes
-the whole weight ([out, in] in the compute dtype) for one `F.linear` and frees it, and
-saves nothing but the packed weight (no weight gradient, so not x); its backward
-dequantizes the weight again for x's gradient. On a GPU, at training-sized row counts
-(more than 512 to 1536 rows; its fused kernel serves decode-sized ones),
-`_dequant_linear_fallback` holds two float32 copies of the dequantized block maxima
-(`absmax_dq`, `absmax_dq + offset`, [ceil(n/64)] each) beside the weight, and
-`dequantize_4bit` in backward one. Modelled as CUDA runs it, from bitsandbytes' source
+`bnb.matmul_4bit`, and casts the result back to x's dtype. Its forward product
+(`gemm_4bit`, under no_grad and in `MatMul4Bit` alike) runs one of two kernels on CUDA:
+for few rows of x a fused kernel that reads the packed weight (the output is all it
+makes), else `_dequant_linear_fallback`: the whole weight dequantized ([out, in] in the
+compute dtype) for one `F.linear`, beside two float32 copies of double-quantized block
+maxima (`absmax_dq`, `absmax_dq + offset`, [ceil(n/64)] each). Every GPU fuses at most 4
+rows (7 in float32) and dequantizes above 1,536 or where in_features is not a whole
+number of blocks; between, its architecture, SM count and the weight's shape decide
+(`_gemm_4bit_use_custom_cuda`), which memspec does not model: the op's `fused_rows`
+(`--bnb-fused-rows`) says up to where the fused kernel runs, the rest is counted
+dequantized. With an input that needs a gradient (a frozen 4-bit weight under LoRA)
+`MatMul4Bit` saves nothing but the packed weight (no weight gradient, so not x); its
+backward dequantizes the weight again for x's gradient (`dequantize_4bit`: one float32
+copy of double-quantized maxima). Modelled from bitsandbytes' source
 (autograd/_functions.py, backends/cuda/ops.py, functional.py); the CPU's default kernel
-holds one float32 copy fewer in forward, which the checks against it name.
+dequantizes at every row count (`fused_rows` 0) and holds one float32 copy fewer in
+forward, which the checks against it name.
 
 LLM.int8() (`--weights int8`, specs/std/bitsandbytes/linear8bit.mspec) is two ops here,
 as CUDA's `MatMul8bitLt` runs it (a frozen weight: its fast path) at transformers'
@@ -36,6 +42,7 @@ from dataclasses import replace
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
+from memspec.ir.sizes import note_relation
 from memspec.ir.types import DType, numel
 from memspec.ops.casts import cast_grads, cast_output
 from memspec.ops.registry import (
@@ -135,25 +142,56 @@ def _dequantized(op: OpApply, graph: Graph) -> sp.Expr:
     return out * into * graph.value(op.inputs[0]).dtype.itemsize
 
 
+def _nested(op: OpApply) -> bool:
+    """Whether the block maxima are double-quantized (uint8 codes, dequantized to float32
+    for each product)."""
+    return bool(op.attr("double_quant", True))
+
+
+def fused_kernel(op: OpApply, graph: Graph) -> bool:
+    """Whether bitsandbytes' gemm_4bit runs its fused kernel for this product: x's rows
+    at most `fused_rows` and in_features a whole number of blocks (else it warns and
+    dequantizes). At unbound sizes the rows are taken to be more than the fused kernel
+    serves (a forward's rows grow with the batch), which is noted."""
+    into = _sizes(op)[1]
+    limit = sp.sympify(op.attr("fused_rows", 0))
+    if limit == 0:
+        return False
+    bound = graph.bound
+    inner = bound.at(into)
+    if inner.is_number and inner % BLOCKSIZE != 0:
+        return False
+    rows = bound.at(numel(graph.value(op.inputs[0]).shape) / into)
+    if rows.is_number:
+        return bool(rows <= limit)
+    note_relation(sp.Gt, rows, limit)
+    return False
+
+
 def _matmul_4bit_workspace(op: OpApply, graph: Graph) -> sp.Expr:
-    """CUDA's dequantizing fallback: two float32 [blocks] copies of the block maxima and
-    the dequantized weight, alive while F.linear makes the output."""
+    """The fused kernel's none; the dequantizing fallback's weight in the compute dtype,
+    alive while F.linear makes the output, beside two float32 [blocks] copies of the
+    double-quantized block maxima (`absmax_dq` and `absmax_dq + offset` on CUDA)."""
+    if fused_kernel(op, graph):
+        return sp.Integer(0)
     out, into = _sizes(op)
-    return 2 * 4 * blocks_of(out * into) + _dequantized(op, graph)
+    maxima = 2 * 4 * blocks_of(out * into) if _nested(op) else sp.Integer(0)
+    return maxima + _dequantized(op, graph)
 
 
 def _matmul_4bit_backward(op: OpApply, graph: Graph, sums_in_place: bool):
     """The bias's gradient first (the rows' sum), then dequantize_4bit again (its float32
-    block maxima, then the weight in the dtype it was quantized from, taken to be the
-    compute dtype), then x's gradient beside it."""
+    block maxima when double-quantized, then the weight in the dtype it was quantized
+    from, taken to be the compute dtype), then x's gradient beside it."""
     out, into = _sizes(op)
     x = graph.value(op.inputs[0])
     weight = _dequantized(op, graph)
     grad = numel(x.shape) * x.dtype.itemsize
+    maxima = 4 * blocks_of(out * into) if _nested(op) else sp.Integer(0)
     first = (BackwardMoment(sp.Integer(0), given=(2,)),) if len(op.inputs) > 2 else ()
     return (
         *first,
-        BackwardMoment(4 * blocks_of(out * into) + weight),
+        BackwardMoment(maxima + weight),
         BackwardMoment(weight + grad),
     )
 
@@ -166,28 +204,36 @@ def _matmul_4bit_flops(op: OpApply, graph: Graph) -> sp.Expr:
 
 def _matmul_4bit_lower(tensors, attrs):
     """An emulation with the same tensors (bitsandbytes needs its quant_state, which a
-    lowered uint8 parameter has not): a weight of the compute dtype made and freed in
-    forward, and again in backward."""
+    lowered uint8 parameter has not): the output alone where the fused kernel runs, else
+    a weight of the compute dtype (and the block maxima's float32 copies) made and freed
+    in forward; the weight again in backward."""
     torch, F = torch_functional()
     out, into = int(attrs["out_features"]), int(attrs["in_features"])
     blocks = -(-out * into // BLOCKSIZE)
+    nested, limit = bool(attrs.get("double_quant", True)), int(attrs.get("fused_rows", 0))
+    maxima = blocks if nested else 0
 
     class MatMul4Bit(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, packed, *bias):
-            absmax = torch.empty(blocks, dtype=torch.float32, device=x.device)
+            ctx.x_dtype, ctx.has_bias = x.dtype, bool(bias)
+            if x.numel() // into <= limit and into % BLOCKSIZE == 0:  # the fused kernel
+                result = torch.zeros(*x.shape[:-1], out, dtype=x.dtype, device=x.device)
+                if bias:  # the kernel adds it in place
+                    result += bias[0]
+                return result
+            absmax = torch.empty(maxima, dtype=torch.float32, device=x.device)
             shifted = absmax + 0.0
             weight = torch.zeros(out, into, dtype=x.dtype, device=x.device)
             result = F.linear(x, weight, bias[0] if bias else None)
             del absmax, shifted, weight
-            ctx.x_dtype, ctx.has_bias = x.dtype, bool(bias)
             return result
 
         @staticmethod
         def backward(ctx, grad):
             # first, as MatMul4Bit, where the bias needs one
             grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-            absmax = torch.empty(blocks, dtype=torch.float32, device=grad.device)
+            absmax = torch.empty(maxima, dtype=torch.float32, device=grad.device)
             weight = torch.zeros(out, into, dtype=ctx.x_dtype, device=grad.device)
             del absmax
             grad_x = torch.matmul(grad, weight)
@@ -200,10 +246,16 @@ register(
     OpDef(
         MATMUL_4BIT,
         "x @ W^T with W a frozen 4-bit weight (bitsandbytes' matmul_4bit: NF4 or FP4, "
-        "blocksize 64), dequantized to x's dtype for each product",
+        "blocksize 64): its fused kernel at most fused_rows rows of x, else the weight "
+        "dequantized to x's dtype first",
         ("x", "weight", "bias?"),
         _matmul_4bit_infer,
-        attrs=(("out_features", None), ("in_features", None)),
+        attrs=(
+            ("out_features", None),
+            ("in_features", None),
+            ("double_quant", True),
+            ("fused_rows", 0),
+        ),
         lower=_matmul_4bit_lower,
         flops=_matmul_4bit_flops,
         grads=lambda op, graph: (Grad.NEW, Grad.NONE, Grad.NEW)[: len(op.inputs)],
@@ -215,8 +267,10 @@ register(
         kind=OpKind.MATMUL,
         shape_doc="x [..., in], uint8 weight [ceil(out in / 2), 1], bias [out] (x's "
         "dtype) -> "
-        "[..., out] in x's dtype; a forward workspace of the dequantized weight [out, in] "
-        "and two float32 [ceil(out in / 64)] block maxima",
+        "[..., out] in x's dtype; at most fused_rows rows of x (and in a multiple of 64): "
+        "bitsandbytes' fused kernel, no workspace; else a forward workspace of the "
+        "dequantized weight [out, in] and, double_quant, two float32 [ceil(out in / 64)] "
+        "block maxima",
         saved_doc="nothing (the packed weight, a parameter, is all MatMul4Bit keeps)",
     )
 )

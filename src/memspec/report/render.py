@@ -311,6 +311,7 @@ def render_json(result: CompileResult) -> str:
             "format": weights.format,
             "compute_dtype": weights.compute,
             "double_quant": weights.double_quant,
+            "fused_rows": weights.fused_rows,  # 4-bit: the most rows its fused kernel runs
             "skip": list(weights.skip),
             "description": r.weights[0],
             "packed": r.weights[1].value if r.weights[1].value is not None else r.weights[1].text,
