@@ -189,12 +189,12 @@ def resolve_config(
     )
     if inference is not None and (config.parallel.distributed or config.parallel.tensor_parallel):
         raise UsageError("--mode inference on several ranks is not modelled yet")
-    if inference is not None and weights is not None and not weights.fp8:
+    if inference is not None and weights is not None and weights.int8:
         raise UsageError(
-            "--weights with --mode inference is not modelled yet: bitsandbytes' fused 4-bit "
-            "kernel serves decode-sized row counts without the dequantized weight, and from 5 "
-            "to 1,536 rows bitsandbytes 0.50 chooses it or dequantize + F.linear by GPU "
-            "architecture and SM count (--weights fp8 is modelled)"
+            "--weights int8 with --mode inference is not modelled yet: LLM.int8()'s "
+            "products are modelled as CUDA's kernels run them (x's float16 copy, |x| and "
+            "its outlier mask beside x's int8 rows), which the CPU's do not, so no "
+            "generation on them is checked (nf4, fp4 and fp8 are modelled)"
         )
     if inference is not None and config.recompute.name != "none":
         raise UsageError("--mode inference saves nothing for backward: --recompute has no meaning")

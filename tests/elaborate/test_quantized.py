@@ -180,6 +180,35 @@ def test_bad_fused_rows_are_usage_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_decode_runs_the_fused_kernel_and_the_prefill_dequantizes():
+    """Under --mode inference a decode step's products have B rows, the prefill's B P: at
+    B = 3 a decode step's 4-bit products hold no dequantized weight, the prefill's (15
+    rows) do; with --bnb-fused-rows 0 (the CPU's default kernel) decode's do too."""
+    from memspec.inference import Inference
+    from memspec.passes.peak.moments import Phase
+
+    sizes = {"V": 64, "D": 64, "F": 128, "N": 2, "H": 4, "KV": 2, "B": 3}
+    up = "model.layers.mlp.up_proj.matmul_4bit"
+    workspace = 128 * 64 * 2 + 2 * 4 * (128 * 64 // 64)  # [F, D] bfloat16, two maxima copies
+
+    def products(weights: Weights) -> dict:
+        """{(phase, the product's op): the largest of its moments}"""
+        result = compile_spec(
+            LLAMA, set=sizes, precision="bf16", inference=Inference(5, 6), weights=weights
+        )
+        got: dict = {}
+        for moment, value in zip(result.peak.candidates, result.peak.values, strict=True):
+            if "matmul_4bit" in moment.where:
+                key = (moment.phase, moment.where.split(" [")[0])
+                got[key] = max(got.get(key, 0), value)
+        return got
+
+    fused, everywhere = products(Weights("nf4")), products(Weights("nf4", fused_rows=0))
+    up, down = (f"model.layers.mlp.{p}.matmul_4bit" for p in ("up_proj", "down_proj"))
+    assert fused[(Phase.PREFILL, up)] == everywhere[(Phase.PREFILL, up)]
+    assert everywhere[(Phase.DECODE, down)] - fused[(Phase.DECODE, down)] == workspace
+
+
 def test_a_bad_pattern_error_has_no_traceback():
     with pytest.raises(MemspecError, match="names no Linear layer"):
         compile_spec(MLP, preset="quickstart", weights=Weights("nf4", skip=("fc9",)))

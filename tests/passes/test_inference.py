@@ -101,7 +101,7 @@ def test_the_report_is_of_generation(capsys):
             "transformers' generate has no paged cache",
         ),
         (["--mode", "inference", "--prompt-len", "8", "--recompute", "full"], "no meaning"),
-        (["--mode", "inference", "--prompt-len", "8", "--weights", "nf4"], "fused 4-bit kernel"),
+        (["--mode", "inference", "--prompt-len", "8", "--weights", "int8"], "CUDA's kernels"),
         (["--mode", "inference", "--prompt-len", "8", "--use", "eager"], "`use eager`"),
     ],
 )

@@ -13,6 +13,11 @@ own (torch.profiler), in bf16 it is below it by that scratch. `gc` is off while 
 so a storage dies exactly when its last reference goes; the counts do not depend on the
 number of threads (one is used, for speed).
 
+A custom op reaches a dispatch mode whole, so the tensors its kernel makes and frees
+inside would not be seen. The one such kernel measured here, bitsandbytes' `gemm_4bit` on
+the CPU (Python: the block maxima and the weight dequantized, then `F.linear`), is run
+under the tracker instead of dispatched, its own ops counted (`_KERNELS`).
+
 The sizes are small and the tensors real, on CPU, under `torch.no_grad()` (`generate`
 applies it itself). Attention is transformers' default `sdpa`, without padding (no
 `attention_mask`), so the causal mask is never materialized. Measured on transformers
@@ -23,6 +28,7 @@ applies it itself). Attention is transformers' default `sdpa`, without padding (
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +86,18 @@ class GenerateMeasurement:
     sequences_shape: tuple[int, ...]  # generate's output, [B, P + new_tokens]
 
 
+def _kernels() -> dict:
+    """{custom op: its CPU kernel}, for the custom ops whose kernel is Python that makes
+    tensors of its own: bitsandbytes' gemm_4bit when bitsandbytes is loaded (its default
+    kernel, which the CPU runs: it has no CPU kernel of its own)."""
+    if "bitsandbytes" not in sys.modules:
+        return {}
+    from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
+
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("bitsandbytes::gemm_4bit", "CPU")
+    return {torch.ops.bitsandbytes.gemm_4bit.default: _gemm_4bit_default_impl}
+
+
 class LiveTracker(TorchDispatchMode):
     """Bytes of live tensor storage, op by op, with the peak and the label at the peak.
 
@@ -101,6 +119,7 @@ class LiveTracker(TorchDispatchMode):
         self.peak_label = ""
         self.label = ""
         self.label_peaks: dict[str, int] = {}
+        self._kernels = _kernels()
         for obj in exclude:
             tensors = (
                 [*obj.parameters(), *obj.buffers()] if isinstance(obj, torch.nn.Module) else [obj]
@@ -132,7 +151,12 @@ class LiveTracker(TorchDispatchMode):
         self.live += storage.nbytes()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kernel = self._kernels.get(func)
+        if kernel is not None:  # its tensors counted as its ops make them
+            with self:
+                out = kernel(*args, **(kwargs or {}))
+        else:
+            out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
                 self._count(leaf.untyped_storage())
