@@ -42,7 +42,7 @@ from dataclasses import replace
 import sympy as sp
 
 from memspec.ir.graph import Graph, OpApply
-from memspec.ir.sizes import note_relation
+from memspec.ir.sizes import note_integer, note_relation
 from memspec.ir.types import DType, numel
 from memspec.ops.casts import cast_grads, cast_output
 from memspec.ops.registry import (
@@ -152,7 +152,8 @@ def fused_kernel(op: OpApply, graph: Graph) -> bool:
     """Whether bitsandbytes' gemm_4bit runs its fused kernel for this product: x's rows
     at most `fused_rows` and in_features a whole number of blocks (else it warns and
     dequantizes). At unbound sizes the rows are taken to be more than the fused kernel
-    serves (a forward's rows grow with the batch), which is noted."""
+    serves (a forward's rows grow with the batch), and an unbound in_features a whole
+    number of blocks; both are noted."""
     into = _sizes(op)[1]
     limit = sp.sympify(op.attr("fused_rows", 0))
     if limit == 0:
@@ -162,10 +163,14 @@ def fused_kernel(op: OpApply, graph: Graph) -> bool:
     if inner.is_number and inner % BLOCKSIZE != 0:
         return False
     rows = bound.at(numel(graph.value(op.inputs[0]).shape) / into)
-    if rows.is_number:
-        return bool(rows <= limit)
-    note_relation(sp.Gt, rows, limit)
-    return False
+    if not rows.is_number:
+        note_relation(sp.Gt, rows, limit)
+        return False
+    if rows > limit:
+        return False
+    if not inner.is_number:  # whole blocks, as a model's widths are
+        note_integer(inner / BLOCKSIZE)
+    return True
 
 
 def _matmul_4bit_workspace(op: OpApply, graph: Graph) -> sp.Expr:
