@@ -19,8 +19,10 @@ import sympy as sp
 
 from memspec import compile_spec
 from memspec.errors import MemspecError
+from memspec.lora import Lora
 from memspec.lower.module import LoweredModel
 from memspec.passes.active_parameters import count_active_parameters
+from memspec.quantize import Weights
 from memspec.verify.compare import compare
 from memspec.verify.measure import measure_step
 from tests.conftest import ROOT, SPECS
@@ -58,6 +60,26 @@ def test_active_parameters_at_mixtral_8x7b(spec):
     assert result.value(result.categories["parameters"].elements) == 46_702_792_704
     assert result.value(count_active_parameters(result.graph).elements) == 12_879_925_248
     assert [e.text for e in result.expects][-1] == "active_params == 12,879,925,248 at mixtral_8x7b"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lora": Lora(8)},  # the adapters are PEFT's: the model's own count is the expect's
+        {"weights": Weights("nf4")},  # packed weights count as the out x in they hold
+        {"freeze": ("model.embed_tokens.*",)},  # frozen parameters are used all the same
+    ],
+    ids=["lora", "nf4", "frozen"],
+)
+def test_the_active_count_is_the_model_s_whatever_the_run(options):
+    """Active parameters are the ones a token uses, trained or not: the spec's `expect`
+    holds under LoRA, packed weights and freezing, and the report's count is
+    every parameter the run holds, experts k of E."""
+    result = compile_spec(MIXTRAL, preset="mixtral_8x7b", set={"B": 1}, **options)
+    assert [e.text for e in result.expects][-1] == "active_params == 12,879,925,248 at mixtral_8x7b"
+    counted = result.value(count_active_parameters(result.graph).elements)
+    unused = (8 - 2) * 32 * 3 * 4096 * 14336  # E - k experts' three [D, F] matrices a layer
+    assert counted == result.value(result.categories["parameters"].elements) - unused
 
 
 def test_a_wrong_active_count_fails_loudly():

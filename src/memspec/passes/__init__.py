@@ -111,13 +111,13 @@ def _active_parameters(context: AnalysisContext) -> CategoryResult | None:
 def _quantities(context: AnalysisContext) -> dict[str, sp.Expr]:
     """The elements of each quantity an `expect` may name (`passes.expects.QUANTITIES`)."""
     categories = context.categories()
-    active = context.earlier["active_parameters"] or count_active_parameters(context.graph)
+    changed = context.config.lora is not None or context.config.weights is not None
+    active = count_active_parameters(context.graph, model_only=changed)
     quantities = {
         **{k: c.elements for k, c in categories.items()},
         "total": sp.Add(*(c.elements for c in categories.values())),
         "active_parameters": active.elements,
     }
-    changed = context.config.lora is not None or context.config.weights is not None
     if context.config.parallel.tensor_parallel or changed:
         # the spec's counts are of its model: not of one rank's shards, nor with the
         # adapters --lora adds or the weights --weights packs

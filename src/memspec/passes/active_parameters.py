@@ -20,7 +20,8 @@ import sympy as sp
 
 from memspec.config import TrainConfig
 from memspec.ir.graph import Graph
-from memspec.passes.parameters import trainable
+from memspec.ir.types import Role, numel
+from memspec.passes.parameters import model_elements
 from memspec.passes.results import CategoryResult, LineItem, Regions
 
 __all__ = ["count_active_parameters", "has_experts"]
@@ -48,20 +49,25 @@ def _active_regions(graph: Graph, region_id: int | None) -> Regions:
     )
 
 
-def count_active_parameters(graph: Graph, config: TrainConfig | None = None) -> CategoryResult:
-    """One item per parameter, experts counted k of E times."""
+def count_active_parameters(
+    graph: Graph, config: TrainConfig | None = None, model_only: bool = False
+) -> CategoryResult:
+    """One item per parameter, frozen ones too (a model's active count is over all of
+    them, whatever a run trains), experts counted k of E times. `model_only`: the spec's
+    own model's parameters (`parameters.model_elements`: no adapter, a packed weight as
+    its out x in), which its `expect`s count."""
     fractions = _grouped_fractions(graph)
-    items = tuple(
-        LineItem(
-            v.path,
-            v.shape,
-            v.dtype,
-            _active_regions(graph, v.region),
-            extra=fractions.get(v.id, sp.Integer(1)),
-            span=v.span,
-        )
-        for v in trainable(graph)
-    )
+    model = model_elements(graph) if model_only else {}
+    items = []
+    for v in graph.values:
+        if v.role is not Role.PARAMETER or model.get(v.id, 0) is None:
+            continue
+        extra = fractions.get(v.id, sp.Integer(1))
+        if v.id in model:  # a packed weight: the weights it holds, not its bytes' elements
+            extra *= model[v.id] / numel(v.shape)
+        regions = _active_regions(graph, v.region)
+        items.append(LineItem(v.path, v.shape, v.dtype, regions, extra=extra, span=v.span))
+    items = tuple(items)
     return CategoryResult(
         "active_parameters", items, "Parameters one token uses: k of each bank's E experts"
     )

@@ -23,6 +23,7 @@ __all__ = [
     "WHOLE_GRADIENT",
     "count_parameters",
     "gradient_shape",
+    "model_elements",
     "trainable",
     "trained_items",
     "whole_parameters",
@@ -77,26 +78,35 @@ def gradient_shape(graph: Graph, v: Value) -> Shape:
     return v.whole_shape(dim_symbol(TP))
 
 
+def model_elements(graph: Graph) -> dict[int, sp.Expr | None]:
+    """Each parameter's elements as the spec's own model counts them: None for what a
+    run adds (--lora's adapters, FP8 weights' scales under --weights fp8), a packed 4-bit
+    weight (--weights) as the out x in weights it holds; the others are absent (their
+    own elements)."""
+    counts: dict[int, sp.Expr | None] = {}
+    for op in graph.ops:
+        if op.op == MATMUL_4BIT:
+            out, into = (sp.sympify(op.attr(k)) for k in ("out_features", "in_features"))
+            counts[op.inputs[1]] = out * into
+        elif op.op == MATMUL_FP8:
+            counts[op.inputs[2]] = None
+    for v in graph.values:
+        if v.role is Role.PARAMETER and is_adapter(v.path):
+            counts[v.id] = None
+    return counts
+
+
 def whole_parameters(graph: Graph, model_only: bool = False) -> sp.Expr:
     """The model's parameter count when the graph is one tensor-parallel rank's: each
-    sharded parameter TP times its local size. `model_only`: the spec's own model's, less
-    --lora's adapters and FP8 weights' scales (--weights fp8), a packed 4-bit weight
-    (--weights) counted as the out x in weights it holds."""
+    sharded parameter TP times its local size. `model_only`: the spec's own model's
+    (`model_elements`)."""
     degree = dim_symbol(TP)
-    packed = {
-        op.inputs[1]: sp.sympify(op.attr("out_features")) * sp.sympify(op.attr("in_features"))
-        for op in graph.ops
-        if op.op == MATMUL_4BIT
-    }
-    scales = {op.inputs[2] for op in graph.ops if op.op == MATMUL_FP8}
+    model = model_elements(graph) if model_only else {}
     total = sp.Integer(0)
     for v in graph.values:
         if v.role is not Role.PARAMETER:
             continue
-        if model_only and (is_adapter(v.path) or v.id in scales):
-            continue
-        elements = numel(v.whole_shape(degree))
-        if model_only and v.id in packed:
-            elements = packed[v.id]
-        total += elements * graph.multiplicity(v.region)
+        elements = model.get(v.id, numel(v.whole_shape(degree)))
+        if elements is not None:
+            total += elements * graph.multiplicity(v.region)
     return sp.expand(total)
