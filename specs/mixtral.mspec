@@ -8,10 +8,13 @@
 # outputs put back in token order and summed over the k choices. Every tensor it makes has
 # k*B*L, B*L or E rows whichever experts the router picks, so the memory does not depend on
 # the routing. Mixtral's config has no sliding window (sliding_window: null): attention is
-# plain causal. Member names follow HF's state_dict (model.layers.0.mlp.experts.gate_up_proj,
-# model.layers.0.mlp.gate.weight, lm_head.weight). Compile:
+# plain causal, LLaMA's (std.transformers.llama); under --mode inference the generate
+# block runs it with the caches as llama.mspec does. Member names follow HF's state_dict
+# (model.layers.0.mlp.experts.gate_up_proj, model.layers.0.mlp.gate.weight,
+# lm_head.weight). Compile:
 #   memspec compile specs/mixtral.mspec --format md --preset mixtral_8x7b --set B=1
 use std
+use std.transformers.llama   # LlamaAttention: HF's MixtralAttention, at Mixtral's config
 
 dim batch_size     as B
 dim context_length as L
@@ -23,39 +26,6 @@ dim num_kv_heads   as KV
 dim d_ff           as F                  # intermediate_size, each expert's width (14336)
 dim num_experts    as E                  # num_local_experts
 dim top_k          as k                  # num_experts_per_tok
-
-# The attention interface (config._attn_implementation), as in llama.mspec: `sdpa`
-# (transformers' default) with enable_gqa keeps K and V at KV heads (torch's CPU flash
-# kernel); `eager` repeats them to H heads and materializes the scores.
-fn mixtral_attention(q: [b, h, s, d], k: [b, kv, s, d], v: [b, kv, s, d], n_rep)
-        -> [b, h, s, d]
-variant sdpa {
-    return flash_attention(q, k, v, true)
-}
-variant eager {
-    k_rep = repeat(k, "b kv s d -> b (kv r) s d", r = n_rep)
-    v_rep = repeat(v, "b kv s d -> b (kv r) s d", r = n_rep)
-    return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
-}
-
-# HF MixtralAttention: LLaMA's attention (no window at Mixtral's config).
-layer MixtralAttention(d_model, num_heads, num_kv_heads) {
-    let head_dim = d_model / num_heads
-    let n_rep = num_heads / num_kv_heads
-    q_proj = Linear(d_model, num_heads * head_dim)
-    k_proj = Linear(d_model, num_kv_heads * head_dim)
-    v_proj = Linear(d_model, num_kv_heads * head_dim)
-    o_proj = Linear(num_heads * head_dim, d_model)
-    forward(x: [b, s, d_model], cos: [1, 1, s, head_dim], sin: [1, 1, s, head_dim])
-            -> [b, s, d_model] {
-        q = apply_rotary(rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads), cos, sin)
-        k = apply_rotary(rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads), cos,
-                         sin)
-        v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
-        o = mixtral_attention(q, k, v, n_rep)
-        return o_proj(rearrange(o, "b h s d -> b s (h d)"))   # transpose(1, 2).reshape
-    }
-}
 
 # HF MixtralExperts with transformers' grouped_mm_experts_forward (integrations/moe.py). Its
 # locals live until it returns: `hold` keeps the sorted ids and histc's float input and
@@ -77,61 +47,93 @@ layer MixtralExperts(d_model, d_ff, num_experts) {
         weighted = out * rearrange(sample_weights_g, "s -> s 1")
         inv_perm = inverse_permutation(perm, arange(t * c))
         restored = index(weighted, inv_perm)                                # saves inv_perm
-        final = einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d")
-        return hold(final, expert_ids_g, histc_input, tokens_per_expert)
+        # in float32 (the float32 routing weights promote the product), then x's dtype
+        final = type_as(einsum(rearrange(restored, "(t c) d -> t c d", c = c), "t c d -> t d"), x)
+        # proj_out (the down projection's output), selected_hidden_states_g and offsets
+        # are locals too
+        return hold(final, expert_ids_g, histc_input, tokens_per_expert, out, selected,
+                    offsets)
+    }
+}
+
+# HF MixtralTopKRouter's weight: a module of its own, not an nn.Linear, so --weights
+# (bitsandbytes, FP8Linear) and --lora's all-linear leave it, as transformers and PEFT do.
+layer MixtralTopKRouter(d_model, num_experts) {
+    param weight: [num_experts, d_model]
+    forward(x: [t, d_model]) -> [t, num_experts] {
+        return linear(x, weight)
     }
 }
 
 # HF MixtralSparseMoeBlock: the router (MixtralTopKRouter: logits, softmax in float32, a
-# no-op under fp32 training; the top k, renormalized in place: div_ saves a clone of the
-# top values and the sum), then the experts on every (token, choice) pair.
+# no-op under fp32 training; the top k, renormalized in place: in training div_ saves a
+# clone of the top values and the sum, under --mode inference it writes them in place),
+# then the experts on every (token, choice) pair.
 layer MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k) {
-    gate    = Linear(d_model, num_experts)                  # MixtralTopKRouter.weight [E, D]
+    gate    = MixtralTopKRouter(d_model, num_experts)
     experts = MixtralExperts(d_model, d_ff, num_experts)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
         hidden_states = rearrange(x, "b s d -> (b s) d")                # a view
         router_logits = gate(hidden_states)                 : [b * s, num_experts]
-        probs = softmax(router_logits)
+        # softmax(router_logits.float()): the weights in float32 whatever the model's dtype
+        probs = softmax(to_dtype(router_logits, "float32"))
         top_value, top_k_index = topk(probs, top_k)
         weight_sum = einsum(top_value, "t c -> t")
-        top_k_weights = top_value / rearrange(weight_sum, "t -> t 1")
+        if generating {
+            top_k_weights = div_(top_value, rearrange(weight_sum, "t -> t 1"))
+        } else {
+            top_k_weights = top_value / rearrange(weight_sum, "t -> t 1")
+        }
         out = experts(hidden_states, top_k_index, top_k_weights)
-        # `_, top_k_weights, top_k_index = self.gate(...)`: the logits and the weights stay
-        # alive as locals until the block returns
-        out = hold(out, router_logits, top_k_weights)
+        # `_, top_k_weights, top_k_index = self.gate(...)`: the logits, the weights and the
+        # indices stay alive as locals until the block returns, as does x, the caller's
+        out = hold(out, router_logits, top_k_weights, top_k_index, x)
         return rearrange(out, "(b s) d -> b s d", b = b)                # a view
     }
 }
 
 layer MixtralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, num_experts, top_k, eps) {
-    input_layernorm          = RMSNorm(d_model, eps)
-    self_attn                = MixtralAttention(d_model, num_heads, num_kv_heads)
-    post_attention_layernorm = RMSNorm(d_model, eps)
+    input_layernorm          = RMSNorm(d_model, eps, hf = true)
+    self_attn                = LlamaAttention(d_model, num_heads, num_kv_heads)
+    post_attention_layernorm = RMSNorm(d_model, eps, hf = true)
     mlp                      = MixtralSparseMoeBlock(d_model, d_ff, num_experts, top_k)
-    forward(x: [b, s, d_model], cos: [1, 1, s, hd], sin: [1, 1, s, hd]) -> [b, s, d_model] {
-        x = x + self_attn(input_layernorm(x), cos, sin)
-        return x + mlp(post_attention_layernorm(x))
+    forward(x: [b, s, d_model], cos: [r, 1, s, hd], sin: [r, 1, s, hd], position_ids: int64[s],
+            mask) -> [b, s, d_model] {
+        # the layer's keyword arguments (position_ids, attention_mask) and its input
+        # (hidden_states, the model loop's) are alive until it returns
+        held = hold(x, position_ids, mask)
+        x = held + self_attn(input_layernorm(held), cos, sin)
+        return hold(x + mlp(post_attention_layernorm(x)), held)
     }
 }
 
-# HF MixtralModel: embeddings, one rotary table per forward, the decoder stack, the norm.
+# HF MixtralModel: embeddings, the position ids and the causal mask, one rotary table per
+# forward, the decoder stack, the norm; the ids and the mask are locals until it returns.
 layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
                    num_experts, top_k, eps = 1e-5, theta = 1000000) {
     embed_tokens = Embedding(vocab_size, d_model)
     layers       = repeat num_layers of MixtralDecoderLayer(d_model, num_heads, num_kv_heads,
                                                             d_ff, num_experts, top_k, eps)
-    norm         = RMSNorm(d_model, eps)
+    norm         = RMSNorm(d_model, eps, hf = true)
     rotary_emb   = HFRotaryEmbedding(d_model / num_heads, theta)
     forward(tokens: int64[b, s]) -> [b, s, d_model] {
-        position_ids = arange(s)                 # a local until the forward returns
-        mask = hf_causal_mask(position_ids, b)
         inputs_embeds = embed_tokens(tokens)
         inputs_embeds = hf_input_embeds(inputs_embeds)
+        if hf_generate {
+            # generate's [b, s] position ids, as in llama.mspec: generate's tensors, a view
+            # of the tokens standing for them; the rotary tables are [b, s, d]
+            position_ids = select(tokens, 0, 0)
+            rows = b
+        } else {
+            position_ids = arange(s)  # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
+            rows = 1
+        }
+        mask = hf_causal_mask(position_ids, b)
         # cos and sin in float32 from the float32 inv_freq, cast to the activations' dtype
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
-                                              inputs_embeds)
-        x = layers(inputs_embeds, rope_cos, rope_sin)
-        return hold(norm(x), position_ids, mask)
+                                              inputs_embeds, rows)
+        x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)
+        return hold(norm(x), position_ids, mask, inputs_embeds)
     }
 }
 
@@ -140,7 +142,13 @@ model MixtralForCausalLM {
     lm_head = Linear(D, V)
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         logits = lm_head(model(tokens))        : [B, L, V]
+        logits = returned(logits)              # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
+    }
+    # --mode inference, as llama.mspec's: the head on the last position only
+    generate(tokens: int64[B, L]) {
+        hidden = model(tokens)
+        return returned(lm_head(narrow(hidden, 1, L - 1, 1)))
     }
 }
 
@@ -162,7 +170,7 @@ expect active_params == 12_879_925_248 at mixtral_8x7b
 assume "HF MixtralForCausalLM: Mistral's block with a sparse MoE MLP; no biases anywhere (router and experts included); pre-norm RMSNorm, weight only, eps 1e-5; untied lm_head"
 assume "experts as transformers 5.x stores and runs them by default: two 3-D parameters per layer and experts_implementation grouped_mm, whose tensors have k*B*L, B*L or E rows whatever the routing (the saved bytes and the peak do not depend on which experts the router picks); every expert's gradient and AdamW state exist in full"
 assume "no sliding window: Mixtral-8x7B-v0.1's config has sliding_window null, so attention is plain causal over L; SDPA (transformers' default) with enable_gqa keeps K and V at KV heads; --use eager repeats them and materializes the [B, H, L, L] scores"
-assume "the router's softmax in float32 as HF's router_logits.float(): the activation dtype under fp32 training; under bf16 precisions the spec keeps the router in the activation dtype"
+assume "the router's softmax in float32 as HF's router_logits.float() (a float32 copy of the logits under 16-bit activations): the routing weights are float32, so the experts' weighted outputs and their sum are too, cast back to the activations' dtype"
 assume "no auxiliary load-balancing loss: output_router_logits is false by default, so router_aux_loss_coef (0.02) adds nothing to the loss and the router logits are not kept"
 assume "rotary embedding as HF computes it (rope_theta 1e6): inv_freq and original_inv_freq [d_k/2] are buffers; cos and sin [1, L, d_k] are made once per forward without gradient and saved, once, by every layer's q and k products"
 assume "no dropout (attention_dropout = 0, router_jitter_noise = 0); targets are HF's labels (the input ids), padded by one ignored position and shifted by the loss"

@@ -8,6 +8,7 @@ and the output shape must be the one the shape rule infers.
 
 from __future__ import annotations
 
+import pytest
 import sympy as sp
 import torch
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from memspec.ir.graph import Graph, OpApply, Value
 from memspec.ir.types import DType, Role, numel
 from memspec.lower.module import torch_dtype
 from memspec.ops import REGISTRY
-from memspec.ops.registry import InferContext, TensorType
+from memspec.ops.registry import InferContext, OpShapeError, TensorType
 
 F32, I64 = DType.float32, DType.int64
 dims = st.integers(min_value=1, max_value=4)
@@ -255,6 +256,27 @@ def test_conv_pool_and_batch_norm(b, c, o, hw, k, stride, bias, rx, rw):
 @given(shape=shapes(), name=st.sampled_from(["relu_", "softplus", "exp"]))
 def test_more_unary(shape, name):
     run_op(name, [(shape, F32, "grad")], {})
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=dims, c=dims, broadcast=st.booleans())
+def test_in_place_division(t, c, broadcast):
+    """Mixtral's router renormalizing its top k under no_grad: the result is a's storage
+    and nothing is saved."""
+    run_op("div_", [((t, c), F32, "const"), ((t, 1 if broadcast else c), F32, "const")], {})
+
+
+def test_in_place_division_refuses_a_gradient_and_a_wider_divisor():
+    op = REGISTRY["div_"]
+    grad = TensorType((sp.Integer(2), sp.Integer(3)), F32, True)
+    const = TensorType((sp.Integer(2), sp.Integer(3)), F32, False)
+    wide = TensorType((sp.Integer(2), sp.Integer(1)), DType.float64, False)
+    narrow = TensorType((sp.Integer(2), sp.Integer(1)), F32, False)
+    for a, b, message in ((grad, const, "in place where a gradient"),
+                          (const, wide, "b no wider"),
+                          (narrow, const, "b broadcast against a")):
+        with pytest.raises(OpShapeError, match=message):
+            op.infer(InferContext("div_", (a, b), dict(op.attrs), F32))
 
 
 @settings(max_examples=10, deadline=None)
@@ -567,6 +589,7 @@ def test_every_op_is_covered():
                "int8_vectorwise_quant", "matmul_8bit",
                # tests/reference/test_inference.py, tests/passes/test_inference.py
                "kv_append", "kv_write", "kv_static", "kv_window", "kv_fp8",
+               "div_",  # and tests/ops: Mixtral's router under --mode inference
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

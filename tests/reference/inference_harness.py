@@ -51,6 +51,8 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     QuantizedCache,
     StaticCache,
 )
@@ -222,6 +224,20 @@ def mistral(sizes: dict, dtype: torch.dtype = torch.float32) -> MistralForCausal
     config = decoder_config(MistralConfig, {**sizes, "L": 4096})  # L: max_position_embeddings
     torch.manual_seed(0)
     return MistralForCausalLM(config).to(dtype).eval()
+
+
+def mixtral(sizes: dict, dtype: torch.dtype = torch.float32) -> MixtralForCausalLM:
+    """A MixtralForCausalLM from {"V", "D", "F", "N", "H", "KV", "E", "k"} (E experts a
+    layer, k a token), as `llama` builds its model: grouped_mm experts and sdpa
+    attention, transformers' defaults."""
+    config = decoder_config(
+        MixtralConfig,
+        {**sizes, "L": 4096},  # L: max_position_embeddings
+        num_local_experts=sizes["E"],
+        num_experts_per_tok=sizes["k"],
+    )
+    torch.manual_seed(0)
+    return MixtralForCausalLM(config).to(dtype).eval()
 
 
 def measure_prefill(

@@ -19,7 +19,13 @@ from memspec import compile_spec
 from memspec.inference import Inference
 from memspec.passes.peak.moments import Phase
 from tests.conftest import SPECS
-from tests.reference.inference_harness import llama, measure_decode, measure_generate, mistral
+from tests.reference.inference_harness import (
+    llama,
+    measure_decode,
+    measure_generate,
+    mistral,
+    mixtral,
+)
 
 MODELS = {
     "A": {"V": 64, "D": 32, "F": 64, "N": 2, "H": 4, "KV": 2},
@@ -51,18 +57,29 @@ def phase_peak(result, phase: Phase) -> int:
     return max(values) - fixed
 
 
+# the families whose generation is checked: (the library's model at sizes, memspec's spec)
+FAMILIES = {"llama": (llama, "llama.mspec"), "mixtral": (mixtral, "mixtral.mspec")}
+
+
 @pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
 def test_generation_equals_transformers(name, precision, loop):
+    check_serving_loop(MODELS[name], precision, loop)
+
+
+def check_serving_loop(dims: dict, precision: str, loop: tuple, family: str = "llama") -> None:
+    """The serving loop (`--loop forward`): the prefill's peak, the largest decode step's
+    (the last: decode steps grow with the cache), the peak's phase and the cache at the
+    end."""
     batch, prompt, new = loop
-    dims = MODELS[name]
+    build, spec = FAMILIES[family]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = llama(dims, dtype)
+    model = build(dims, dtype)
     ids = torch.randint(3, dims["V"], (batch, prompt))
     steps = measure_decode(model, ids, new, logits_to_keep=1)
     result = compile_spec(
-        SPECS / "llama.mspec",
+        SPECS / spec,
         set={**dims, "B": batch},
         precision=precision,
         inference=Inference(prompt, new, loop="forward"),
@@ -126,7 +143,9 @@ def test_generate_with_a_narrow_mlp_equals_transformers(precision, cache):
     check_generate(NARROW, precision, (2, 4, 60), cache)
 
 
-def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
+def check_generate(
+    dims: dict, precision: str, loop: tuple, cache: str, family: str = "llama"
+) -> None:
     """`model.generate(ids, max_new_tokens=T, do_sample=False)` with a DynamicCache, a
     StaticCache of P + T - 1 positions or an FP8 QuantizedCache ("fp8"): the peak, its
     phase, the largest decode step, the cache at the end, and (DynamicCache,
@@ -134,14 +153,15 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
     one's: generate's token selection after a forward is the step's)."""
     batch, prompt, new = loop
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = llama(dims, dtype)
+    build, spec = FAMILIES[family]
+    model = build(dims, dtype)
     ids = torch.randint(3, dims["V"], (batch, prompt))
     measured = measure_generate(model, ids, new, cache)
     assert measured.forwards == new and measured.sequences_shape == (batch, prompt + new)
     kv = {"dynamic": "contiguous", "static": "static", "fp8": "contiguous"}[cache]
     kv_dtype = "fp8" if cache == "fp8" else ""
     result = compile_spec(
-        SPECS / "llama.mspec",
+        SPECS / spec,
         set={**dims, "B": batch},
         precision=precision,
         inference=Inference(prompt, new, kv, kv_dtype=kv_dtype),
@@ -158,7 +178,7 @@ def check_generate(dims: dict, precision: str, loop: tuple, cache: str) -> None:
     if cache != "static":  # a StaticCache's length is the whole generation's
         # the prefill's step alone: generate's steps do not depend on how many follow
         first = compile_spec(
-            SPECS / "llama.mspec",
+            SPECS / spec,
             set={**dims, "B": batch},
             precision=precision,
             inference=Inference(prompt, 1, kv_dtype=kv_dtype),
@@ -289,3 +309,29 @@ def test_sliding_window_static_cache_decode_wins(precision):
     assert result.peak.value - fixed - 8 * 3 * 5 == measured.peak
     assert result.peak.winner().phase.value == measured.peak_phase == "decode"
     assert result.value(result.kv_cache[1]) == measured.cache_bytes
+
+
+# Mixtral: LLaMA's attention and caches with a sparse MoE MLP (grouped_mm experts, whose
+# tensors have k B s, B s or E rows whatever the routing; the router's softmax and the
+# routing weights in float32, so the experts' weighted outputs are float32 in bfloat16
+# too; the locals transformers' MoE code holds to its return). D and F multiples of 8:
+# torch's CPU grouped_mm wants 16-byte row strides.
+MIXTRAL = {
+    "E4-k2": {"V": 64, "D": 32, "F": 48, "N": 2, "H": 4, "KV": 2, "E": 4, "k": 2},
+    "E8-k3": {"V": 48, "D": 24, "F": 32, "N": 1, "H": 6, "KV": 3, "E": 8, "k": 3},
+}
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", MIXTRAL)
+def test_mixtral_serving_loop_equals_transformers(name, precision, loop):
+    check_serving_loop(MIXTRAL[name], precision, loop, "mixtral")
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static", "fp8"])
+@pytest.mark.parametrize("loop", LOOPS[1:], ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", MIXTRAL)
+def test_mixtral_generate_equals_transformers(name, precision, loop, cache):
+    check_generate(MIXTRAL[name], precision, loop, cache, "mixtral")

@@ -19,6 +19,7 @@ import sympy as sp
 
 from memspec import compile_spec
 from memspec.errors import MemspecError
+from memspec.inference import Inference
 from memspec.lora import Lora
 from memspec.lower.module import LoweredModel
 from memspec.passes.active_parameters import count_active_parameters
@@ -68,12 +69,13 @@ def test_active_parameters_at_mixtral_8x7b(spec):
         {"lora": Lora(8)},  # the adapters are PEFT's: the model's own count is the expect's
         {"weights": Weights("nf4")},  # packed weights count as the out x in they hold
         {"freeze": ("model.embed_tokens.*",)},  # frozen parameters are used all the same
+        {"inference": Inference(16, 4)},  # nothing is trained, everything used
     ],
-    ids=["lora", "nf4", "frozen"],
+    ids=["lora", "nf4", "frozen", "inference"],
 )
 def test_the_active_count_is_the_model_s_whatever_the_run(options):
     """Active parameters are the ones a token uses, trained or not: the spec's `expect`
-    holds under LoRA, packed weights and freezing, and the report's count is
+    holds under LoRA, packed weights, freezing and inference, and the report's count is
     every parameter the run holds, experts k of E."""
     result = compile_spec(MIXTRAL, preset="mixtral_8x7b", set={"B": 1}, **options)
     assert [e.text for e in result.expects][-1] == "active_params == 12,879,925,248 at mixtral_8x7b"

@@ -224,6 +224,39 @@ register(
         saved_doc="b when either needs a gradient, a when b does",
     )
 )
+
+
+def _div_inplace(ctx: InferContext) -> tuple[OutputSpec, ...]:
+    """a /= b: b broadcasts to a, whose storage holds the result. Refused where either
+    needs a gradient: autograd's handling of an overwritten input is not modelled (div
+    is)."""
+    a, b = ctx.inputs
+    shape = broadcast(ctx, a.shape, b.shape)
+    if len(shape) != len(a.shape):
+        raise ctx.fail("b broadcasts to a's shape: the result is a's storage")
+    for x, y in zip(shape, a.shape, strict=True):
+        ctx.expect_same(x, y, "b broadcast against a (the result is a's storage)")
+    if a.requires_grad or b.requires_grad:
+        raise ctx.fail("in place where a gradient is needed: not modelled (div is)")
+    if not a.dtype.is_float or _promoted(ctx) != a.dtype:
+        raise ctx.fail(f"the quotient is a's dtype in place, {a.dtype.value}: a float, b no wider")
+    return (OutputSpec(a.shape, a.dtype, view_of=0, strides=a.strides),)
+
+
+register(
+    OpDef(
+        "div_",
+        "a /= b in place, b broadcasting: the output is a's storage (under no_grad: refused "
+        "where a gradient is needed)",
+        ("a", "b"),
+        _div_inplace,
+        lower=lambda t, a: t[0].div_(t[1]),
+        differentiable=False,
+        kind=_ELEMENTWISE,
+        shape_doc="a's shape, in a's storage; b broadcasts to it",
+        saved_doc="nothing",
+    )
+)
 _pointwise(
     "scale",
     "x times a constant: saves nothing",
