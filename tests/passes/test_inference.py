@@ -263,3 +263,41 @@ def test_the_report_lists_the_tensors_of_the_winning_moment():
     fixed = result.categories["parameters"].bytes + result.categories["buffers"].bytes
     held = sum(q.value for _, q in listed) + result.value(result.kv_cache[1] + fixed)
     assert held == result.peak.value
+
+
+# A repeat whose input is a tensor nothing else reads: `for block in layers: x = block(x)`
+# frees it when the second block starts, as rebinding x does; a spec that keeps it (a
+# caller's other reference) says so with hold.
+RELEASED = """
+use std
+dim batch_size as B
+dim context_length as L
+dim d_model as D
+dim num_layers as N
+layer Block(d) {
+    lin = Linear(d, d)
+    forward(x: [b, s, d]) -> [b, s, d] { return hold(lin(x), x) }
+}
+model M {
+    emb = Embedding(16, D)
+    layers = repeat N of Block(D)
+    forward(tokens: int64[B, L]) { return mse_loss(layers(emb(tokens)), emb(tokens)) }
+    generate(tokens: int64[B, L]) {
+        x = emb(tokens) * 2.0
+        return returned(KEPT)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("kept", "units"), [("layers(x)", 2), ("hold(layers(x), x)", 3)])
+def test_a_repeat_frees_its_first_input_after_the_first_repetition(kept, units):
+    """From the second block on the first input is gone unless the spec holds it: the
+    peak is the block's input and output (and the held first input), [B, L, D] each."""
+    sizes = {"B": 2, "L": 3, "D": 4, "N": 3}
+    result = compile_spec(
+        RELEASED.replace("KEPT", kept), set=sizes, inference=Inference(3, 1, loop="forward")
+    )
+    fixed = result.value(result.categories["parameters"].bytes)
+    tokens = 8 * 2 * 3  # the prompt's ids
+    assert result.peak.value - fixed - tokens == units * 4 * 2 * 3 * 4

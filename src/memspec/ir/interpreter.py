@@ -84,6 +84,13 @@ class Interpreter(Generic[T]):
                 f"{type(self).__name__} does not model"
             )
         first = self.env.get(carried[0][0]) if carried else None
+        # The loop holds its first input to its end when something reads it after the
+        # loop; else only through the first repetition, as `for block in layers: x =
+        # block(x)` does: rebinding x before the second frees it (a hold in the spec
+        # keeps it longer, as a caller's other reference does).
+        later = first is not None and carried[0][0] not in self.schedule.drop_after_loop.get(
+            loop.number, ()
+        )
         if first is not None:
             self.retain(first)
         outer = self.running
@@ -93,9 +100,11 @@ class Interpreter(Generic[T]):
             if carried and i > 0:
                 self.carry(region, carried[0][0], self.env[carried[0][1]])
             self.repetition(region, loop, (*index, i))
+            if first is not None and not later and i == 0:
+                self.release(first)
         self.running = outer
         self.exit_region(region)
-        if first is not None:
+        if first is not None and later:
             self.carry(region, carried[0][0], first)
             self.release(first)
         for vid in self.schedule.drop_after_loop.get(loop.number, ()):
