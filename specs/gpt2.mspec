@@ -3,7 +3,8 @@
 # (HF's Conv1D: weight stored [in, out]), fused QKV, HF's `gelu_new` MLP of width 4D,
 # attention through SDPA, final LayerNorm, LM head tied to the token embedding, dropout
 # 0.1. Variants: `--use gelu_tanh` (F.gelu(approximate="tanh"), the fused activation),
-# `--use eager` / `--use math` (attention). Compile with:
+# `--use eager` / `--use math` (attention). Under --mode inference its generate block runs
+# the model in eval mode (no dropout) with the K/V cache the run names. Compile with:
 #   memspec compile specs/gpt2.mspec --format md --preset small --set B=1
 use std
 
@@ -36,8 +37,21 @@ layer GPT2Attention(d_model, num_heads, dropout_p) {
         k = rearrange(narrow(qkv, -1, d_model, d_model), "b s (h d) -> b h s d", h = num_heads)
         v = rearrange(narrow(qkv, -1, 2 * d_model, d_model), "b s (h d) -> b h s d",
                       h = num_heads)
-        o = attention(q, kv_cache(k), kv_cache(v), causal = true, dropout_p = dropout_p)
+        p = dropout_p
+        if generating { p = 0 }                    # eval mode: SDPA without dropout
+        if generating and quantized_kv {
+            k_cached, v_cached = kv_fp8_cache(k, v)  # QuantizedCache(backend="fp8")
+        } else {
+            k_cached = kv_cache(k)                   # DynamicCache or StaticCache
+            v_cached = kv_cache(v)
+        }
+        o = attention(q, k_cached, v_cached, causal = true, dropout_p = p)
         merged = rearrange(o, "b h s d -> b s (h d)")   # transpose + reshape: a copy
+        if generating {
+            # eval mode: no dropout; x (the caller's normed states) and the fused QKV
+            # (query_states, a view of it, is a local) alive until the attention returns
+            return hold(c_proj(merged), x, qkv)
+        }
         return dropout(c_proj(merged), dropout_p)       # resid_dropout
     }
 }
@@ -55,6 +69,9 @@ layer GPT2MLP(d_model, d_ff, dropout_p) {
     c_fc   = Conv1D(d_ff, d_model)
     c_proj = Conv1D(d_model, d_ff)
     forward(x: [b, s, d_model]) -> [b, s, d_model] {
+        if generating {  # eval mode: no dropout; x, the caller's, alive until it returns
+            return hold(c_proj(gpt2_activation(c_fc(x))), x)
+        }
         return dropout(c_proj(gpt2_activation(c_fc(x))), dropout_p)
     }
 }
@@ -68,8 +85,12 @@ layer GPT2Block(d_model, num_heads, d_ff, dropout_p) {
         # GPT2Model passes the causal mask positionally: a checkpoint of the block saves it
         # with its input
         held = hold(x, mask)
-        x = held + attn(ln_1(held))                # pre-LN
-        return x + mlp(ln_2(x))
+        a = attn(ln_1(held))                       # pre-LN; attn_output, a local
+        x = held + a
+        if generating {  # the model's loop holds the block's input until it returns
+            return hold(x + mlp(ln_2(x)), held, a)
+        }
+        return hold(x + mlp(ln_2(x)), a)
     }
 }
 
@@ -87,6 +108,25 @@ model GPT2LMHeadModel {
         logits = linear(hold(ln_f(x), mask), wte.weight)           : [B, L, V]
         logits = returned(logits)                   # in the outputs object (--keep-outputs)
         return cross_entropy(logits, hf_shift_labels(targets))   # labels = input_ids
+    }
+    # --mode inference, GPT2Model's forward in eval mode (no dropout) and the tied head on
+    # the last position only (logits_to_keep=1); inputs_embeds, position_embeds, the
+    # position ids and the mask are locals until GPT2Model returns
+    generate(tokens: int64[B, L]) {
+        inputs_embeds = hf_input_embeds(wte(tokens))
+        if hf_generate {
+            # generate's [B, L] position ids (generate's tensors, counted with its
+            # bookkeeping): the tokens, of that shape, stand for them in wpe's lookup
+            position_ids = select(tokens, 0, 0)
+            position_embeds = wpe(tokens)
+        } else {
+            position_ids = arange(L)  # arange(L) + past_seen_tokens, unsqueezed
+            position_embeds = wpe(rearrange(position_ids, "s -> 1 s"))
+        }
+        mask = hf_causal_mask(position_ids, B)
+        x = h(inputs_embeds + position_embeds, mask)
+        hidden = hold(ln_f(x), inputs_embeds, position_embeds, position_ids, mask)
+        return returned(linear(narrow(hidden, 1, L - 1, 1), wte.weight))
     }
 }
 

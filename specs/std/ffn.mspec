@@ -29,10 +29,12 @@ tp_plan GeluMLP { fc1 colwise; fc2 rowwise }
 # Hugging Face's `gelu_new` (GPT-2's default activation): GELU's tanh approximation
 # written out in Python, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Autograd keeps
 # x (for pow), 0.5 x and 1 + tanh (for their product) and the tanh: three tensors of x's
-# size more than F.gelu(x, approximate="tanh"), which keeps x alone.
+# size more than F.gelu(x, approximate="tanh"), which keeps x alone. In Python's order:
+# 0.5 x first, alive while the tanh factor is made.
 fn gelu_new(x: [..., f]) -> [..., f] {
+    half = 0.5 * x
     inner = 0.7978845608028654 * (x + 0.044715 * pow(x, 3))
-    return 0.5 * x * (1 + tanh(inner))
+    return half * (1 + tanh(inner))
 }
 
 # GELU MLP with biases (GPT-2, BERT, ViT). `approximate` is "tanh" (GPT-2) or "none" (erf).

@@ -47,6 +47,8 @@ import_torchvision()  # transformers' models import torchvision
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     DynamicCache,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -238,6 +240,23 @@ def mixtral(sizes: dict, dtype: torch.dtype = torch.float32) -> MixtralForCausal
     )
     torch.manual_seed(0)
     return MixtralForCausalLM(config).to(dtype).eval()
+
+
+def gpt2(sizes: dict, dtype: torch.dtype = torch.float32) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel from {"V", "D", "N", "H"} (d_ff 4D, 4,096 positions), seeded, in
+    `dtype`, in eval mode (no dropout); bos, eos and pad ids 0, attention `sdpa`."""
+    config = GPT2Config(
+        vocab_size=sizes["V"],
+        n_embd=sizes["D"],
+        n_layer=sizes["N"],
+        n_head=sizes["H"],
+        n_positions=4096,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(config).to(dtype).eval()
 
 
 def measure_prefill(

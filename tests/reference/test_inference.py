@@ -20,6 +20,7 @@ from memspec.inference import Inference
 from memspec.passes.peak.moments import Phase
 from tests.conftest import SPECS
 from tests.reference.inference_harness import (
+    gpt2,
     llama,
     measure_decode,
     measure_generate,
@@ -58,7 +59,11 @@ def phase_peak(result, phase: Phase) -> int:
 
 
 # the families whose generation is checked: (the library's model at sizes, memspec's spec)
-FAMILIES = {"llama": (llama, "llama.mspec"), "mixtral": (mixtral, "mixtral.mspec")}
+FAMILIES = {
+    "llama": (llama, "llama.mspec"),
+    "mixtral": (mixtral, "mixtral.mspec"),
+    "gpt2": (gpt2, "gpt2.mspec"),
+}
 
 
 @pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
@@ -335,3 +340,28 @@ def test_mixtral_serving_loop_equals_transformers(name, precision, loop):
 @pytest.mark.parametrize("name", MIXTRAL)
 def test_mixtral_generate_equals_transformers(name, precision, loop, cache):
     check_generate(MIXTRAL[name], precision, loop, cache, "mixtral")
+
+
+# GPT-2: learned positions (wpe), Conv1D projections with biases, LayerNorm, gelu_new in
+# Python ops, the head tied to wte; in eval mode no dropout. Its fused QKV output lives
+# until the attention returns (the query is a view of it), the attention's output until
+# the block returns, and the embeddings' sum only through the first block.
+GPT2 = {
+    "D32-H4": {"V": 64, "D": 32, "N": 2, "H": 4},
+    "D24-H2": {"V": 96, "D": 24, "N": 3, "H": 2},
+}
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", GPT2)
+def test_gpt2_serving_loop_equals_transformers(name, precision, loop):
+    check_serving_loop({**GPT2[name], "P": 4096}, precision, loop, "gpt2")
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static", "fp8"])
+@pytest.mark.parametrize("loop", LOOPS[1:], ids=lambda p: "B{}-P{}-T{}".format(*p))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", GPT2)
+def test_gpt2_generate_equals_transformers(name, precision, loop, cache):
+    check_generate({**GPT2[name], "P": 4096}, precision, loop, cache, "gpt2")
