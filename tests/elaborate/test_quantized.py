@@ -209,6 +209,26 @@ def test_decode_runs_the_fused_kernel_and_the_prefill_dequantizes():
     assert everywhere[(Phase.DECODE, down)] - fused[(Phase.DECODE, down)] == workspace
 
 
+@pytest.mark.parametrize(
+    ("spec", "args", "message"),
+    [
+        (SPECS / "gpt2.mspec", ["--preset", "small"], "this model has none"),
+        (
+            LLAMA,
+            ["--preset", "llama2_7b", "--weights-skip",
+             "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head"],
+            "every one of this model's is skipped",
+        ),
+    ],
+    ids=["conv1d", "all-skipped"],
+)
+def test_weights_that_would_store_nothing_quantized_are_refused(spec, args, message, capsys):
+    """GPT-2's projections are Conv1D: a report of its float weights under --weights nf4
+    would be wrong (transformers quantizes Conv1D too), so it is an error."""
+    assert main(["compile", str(spec), "--set", "B=1", "--weights", "nf4", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_bad_pattern_error_has_no_traceback():
     with pytest.raises(MemspecError, match="names no Linear layer"):
         compile_spec(MLP, preset="quickstart", weights=Weights("nf4", skip=("fc9",)))

@@ -329,9 +329,21 @@ class Instantiator:
         return self.region_paths(inst.region)
 
     def check_skips(self) -> None:
-        """A --weights-skip name that keeps no Linear is a mistake: say so."""
+        """A --weights-skip name that keeps no Linear is a mistake: say so. So is --weights
+        on a model none of whose Linears it stores quantized: the report would be the
+        unquantized model's under a quantized name."""
         weights = self.config.weights
-        if weights is None or weights.skip == SKIPPED:  # the default: lm_head where there is one
+        if weights is None:
+            return
+        if not any(not weights.skips(n) for n in self.linears):
+            why = (
+                "every one of this model's is skipped (--weights-skip)"
+                if self.linears
+                else "this model has none: one whose projections are other layers (GPT-2's "
+                "Conv1D, which transformers' bitsandbytes quantizes too) is not modelled"
+            )
+            raise UsageError(f"--weights {weights.format} stores Linear layers quantized; {why}")
+        if weights.skip == SKIPPED:  # the default: lm_head where there is one
             return
         for name in weights.skip:
             if not any(n == name or n.endswith("." + name) for n in self.linears):
