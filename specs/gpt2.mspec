@@ -113,6 +113,11 @@ model GPT2LMHeadModel {
     # the last position only (logits_to_keep=1); inputs_embeds, position_embeds, the
     # position ids and the mask are locals until GPT2Model returns
     generate(tokens: int64[B, L]) {
+        # wpe has P rows: the positions a forward reads, past to past + L, must be among
+        # them (torch's embedding raises an IndexError past the table)
+        past = 0
+        if decoding { past = past_length }
+        table = narrow(wpe.weight, 0, past, L)   # a view: the check, no memory
         inputs_embeds = hf_input_embeds(wte(tokens))
         if hf_generate {
             # generate's [B, L] position ids (generate's tensors, counted with its
@@ -125,7 +130,7 @@ model GPT2LMHeadModel {
         }
         mask = hf_causal_mask(position_ids, B)
         x = h(inputs_embeds + position_embeds, mask)
-        hidden = hold(ln_f(x), inputs_embeds, position_embeds, position_ids, mask)
+        hidden = hold(ln_f(x), inputs_embeds, position_embeds, position_ids, mask, table)
         return returned(linear(narrow(hidden, 1, L - 1, 1), wte.weight))
     }
 }

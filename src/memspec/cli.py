@@ -734,11 +734,24 @@ def _solve_prompt(args: argparse.Namespace) -> str:
 
     budget = parse_budget(args.budget)
     peaks: dict[int, tuple[int, str]] = {}
+    refused: dict[int, str] = {}  # lengths the spec does not allow (GPT-2's position table)
 
     def peak_at(length: int) -> int:
+        """The peak at P = length; past the budget for a length the spec refuses (one
+        that compiled at P = 1: the refusal is the length's)."""
+        if length in refused:
+            return budget + 1
         if length not in peaks:
             bound = argparse.Namespace(**{**vars(args), "prompt_len": length})
-            result = _result(bound)
+            try:
+                result = _result(bound)
+            except UsageError:
+                raise
+            except MemspecError as err:
+                if length == 1:
+                    raise
+                refused[length] = str(err).splitlines()[0]
+                return budget + 1
             if result.peak is None or result.peak.value is None:
                 raise UsageError("--for P needs every other size bound (--set, --preset)")
             winner = result.peak.winner()
@@ -762,6 +775,8 @@ def _solve_prompt(args: argparse.Namespace) -> str:
         )
         if high in peaks and high != answer:
             text += f", P = {high:,}: {peaks[high][0]:,} bytes (does not fit)"
+        elif high in refused:
+            text += f"; P = {high:,} the spec refuses: {refused[high]}"
         text += "\n"
     if args.format == "json":
         doc = {
@@ -769,6 +784,7 @@ def _solve_prompt(args: argparse.Namespace) -> str:
             "budget": budget,
             "maximum": answer,
             "checked": {str(k): v for k, (v, _) in sorted(peaks.items())},
+            "refused": {str(k): why for k, why in sorted(refused.items())},
         }
         return json.dumps(doc, indent=2) + "\n"
     return text

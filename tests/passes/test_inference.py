@@ -301,3 +301,18 @@ def test_a_repeat_frees_its_first_input_after_the_first_repetition(kept, units):
     fixed = result.value(result.categories["parameters"].bytes)
     tokens = 8 * 2 * 3  # the prompt's ids
     assert result.peak.value - fixed - tokens == units * 4 * 2 * 3 * 4
+
+
+def test_gpt2_generates_within_its_position_table(capsys):
+    """wpe has P rows (1,024 for GPT-2 small): a generation past them is refused at the
+    spec's line, and solve --for P stops there whatever the budget."""
+    gpt2 = str(SPECS / "gpt2.mspec")
+    args = ["--preset", "small", "--mode", "inference", "--set", "B=1"]
+    assert main(["compile", gpt2, *args, "--prompt-len", "1000", "--new-tokens", "30"]) == 2
+    assert "exceeds size P (-5 at these sizes)" in capsys.readouterr().err
+    assert main(["compile", gpt2, *args, "--prompt-len", "1000", "--new-tokens", "25"]) == 0
+    capsys.readouterr()
+    assert main(["solve", gpt2, *args, "--new-tokens", "25", "--for", "P", "--budget", "8GB"]) == 0
+    out = capsys.readouterr().out
+    assert "largest P within 8,000,000,000 bytes: 1,000;" in out
+    assert "P = 1,001 the spec refuses: narrow" in out
