@@ -178,13 +178,19 @@ class Weights:
             return f"each on {dequantized} (bitsandbytes' default kernel, the CPU's)"
         every = FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
         rows = "row" if self.fused_rows == 1 else "rows"
+        start = max(self.fused_rows, every) + 1
         between = (
-            f"; from {self.fused_rows + 1:,} to {FUSED_ROWS_MAX:,} bitsandbytes 0.50 chooses "
-            "by the GPU's architecture and SM count and the weight's shape: counted "
-            "dequantized, the larger (--bnb-fused-rows N says the GPU fuses up to N)"
+            f"; from {start:,} to {FUSED_ROWS_MAX:,} bitsandbytes 0.50 chooses by the GPU's "
+            "architecture and SM count and the weight's shape: counted dequantized, the "
+            "larger (--bnb-fused-rows N says the GPU fuses up to N)"
             if self.fused_rows < FUSED_ROWS_MAX
             else ""
         )
+        if self.fused_rows < every:  # below the every-GPU floor: as the user says
+            between += (
+                f"; {self.fused_rows + 1:,} to {every} rows counted dequantized, as "
+                "--bnb-fused-rows says"
+            )
         return (
             f"a product of at most {self.fused_rows:,} {rows} (x's rows) in bitsandbytes' "
             f"fused kernel (every CUDA GPU's to {every}), of more on {dequantized} (every "
