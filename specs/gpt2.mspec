@@ -102,7 +102,7 @@ model GPT2LMHeadModel {
     forward(tokens: int64[B, L], targets: int64[B, L]) {
         position_ids = arange(L)
         embeds = hf_input_embeds(wte(tokens)) + wpe(rearrange(position_ids, "s -> 1 s"))
-        mask = hf_causal_mask(position_ids, B, embeds, L)   # a local of GPT2Model's forward
+        mask = hf_causal_mask(position_ids, B)     # a local of GPT2Model's forward
         x = dropout(embeds, 0.1)                                   : [B, L, D]
         x = h(x, mask)
         logits = linear(hold(ln_f(x), mask), wte.weight)           : [B, L, V]
@@ -128,7 +128,7 @@ model GPT2LMHeadModel {
             position_ids = arange(L)  # arange(L) + past_seen_tokens, unsqueezed
             position_embeds = wpe(rearrange(position_ids, "s -> 1 s"))
         }
-        mask = hf_causal_mask(position_ids, B, inputs_embeds, past + L)
+        mask = hf_causal_mask(position_ids, B)
         x = h(inputs_embeds + position_embeds, mask)
         hidden = hold(ln_f(x), inputs_embeds, position_embeds, position_ids, mask, table)
         return returned(linear(narrow(hidden, 1, L - 1, 1), wte.weight))

@@ -39,10 +39,9 @@ layer LlamaDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, eps) {
         # the layer's keyword arguments (position_ids, attention_mask): a checkpoint of the
         # layer keeps them with its inputs
         held = hold(x, position_ids, mask)
-        a, weights = self_attn(input_layernorm(held), cos, sin)   # `hidden_states, _ = ...`
-        x = held + a
+        x = held + self_attn(input_layernorm(held), cos, sin)
         # the model's loop holds the layer's input (hidden_states) until the layer returns
-        return hold(x + mlp(post_attention_layernorm(x)), held, weights)
+        return hold(x + mlp(post_attention_layernorm(x)), held)
     }
 }
 
@@ -69,9 +68,7 @@ layer LlamaModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
             position_ids = arange(s)  # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
             rows = 1
         }
-        keys = s
-        if decoding { keys = past_length + s }    # the mask's: the cache's and the tokens'
-        mask = hf_causal_mask(position_ids, b, inputs_embeds, keys)
+        mask = hf_causal_mask(position_ids, b)
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
                                               inputs_embeds, rows)
         x = layers(inputs_embeds, rope_cos, rope_sin, position_ids, mask)

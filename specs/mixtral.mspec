@@ -102,9 +102,8 @@ layer MixtralDecoderLayer(d_model, num_heads, num_kv_heads, d_ff, num_experts, t
         # the layer's keyword arguments (position_ids, attention_mask) and its input
         # (hidden_states, the model loop's) are alive until it returns
         held = hold(x, position_ids, mask)
-        a, weights = self_attn(input_layernorm(held), cos, sin)   # `hidden_states, _ = ...`
-        x = held + a
-        return hold(x + mlp(post_attention_layernorm(x)), held, weights)
+        x = held + self_attn(input_layernorm(held), cos, sin)
+        return hold(x + mlp(post_attention_layernorm(x)), held)
     }
 }
 
@@ -129,9 +128,7 @@ layer MixtralModel(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_f
             position_ids = arange(s)  # arange(s) + past_seen_tokens (0), unsqueezed: one [s]
             rows = 1
         }
-        keys = s
-        if decoding { keys = past_length + s }    # the mask's: the cache's and the tokens'
-        mask = hf_causal_mask(position_ids, b, inputs_embeds, keys)
+        mask = hf_causal_mask(position_ids, b)
         # cos and sin in float32 from the float32 inv_freq, cast to the activations' dtype
         rope_cos, rope_sin = hf_rotary_tables(rotary_emb.inv_freq, position_ids,
                                               inputs_embeds, rows)

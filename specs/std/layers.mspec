@@ -151,19 +151,15 @@ fn hf_input_embeds(x) {
 # position ids: the model passes it to every layer and holds it until its forward
 # returns (under gradient checkpointing each layer's checkpoint keeps it too, until
 # that layer's backward). None with sdpa (is_causal instead; the position ids, which
-# the model holds anyway, stand in: no new memory); with eager a [b, 1, s, s] of 0 and
-# the dtype's minimum, in the model's dtype (the attention op adds its own, which autograd does not
-# save); [b, 1, s, keys], `keys` the positions attention reads (s, or a decode step's
-# cached positions and its own).
-fn hf_causal_mask(position_ids: int64[s], b, like, keys)
+# the model holds anyway, stand in: no new memory); with eager a float32 [b, 1, s, s] of
+# 0 and the dtype's minimum (the attention op adds its own, which autograd does not
+# save).
+fn hf_causal_mask(position_ids: int64[s], b)
 variant sdpa {
     return position_ids
 }
 variant eager {
-    # [b, 1, s, keys] in the dtype of `like` (the embeddings'): a decode step's keys are
-    # the cache's and its own
-    mask = shift(repeat(position_ids * 1.0, "q -> b 1 q t", b = b, t = keys), 0)
-    return type_as(mask, like)
+    return shift(repeat(position_ids * 1.0, "t -> b 1 s t", b = b, s = s), 0)
 }
 
 fn apply_rotary(x: [b, h, s, d], cos: [r, 1, s, d], sin: [r, 1, s, d]) -> [b, h, s, d] {

@@ -590,7 +590,6 @@ def test_every_op_is_covered():
                # tests/reference/test_inference.py, tests/passes/test_inference.py
                "kv_append", "kv_write", "kv_static", "kv_window", "kv_fp8",
                "div_",  # and tests/ops: Mixtral's router under --mode inference
-               "kv_read",  # eager attention's decode steps
                "native_dropout", "visible",
                # tests/verify/test_tp_verify.py: tensor parallelism's collectives and loss
                "all_reduce", "reduce_scatter", "all_gather", "parallel_log_softmax",

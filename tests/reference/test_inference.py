@@ -73,24 +73,14 @@ def test_generation_equals_transformers(name, precision, loop):
     check_serving_loop(MODELS[name], precision, loop)
 
 
-def built(family: str, dims: dict, dtype: torch.dtype, attention: str):
-    """(the library's model in `attention`, memspec's spec, its --use)."""
-    build, spec = FAMILIES[family]
-    model = build(dims, dtype)
-    if attention != "sdpa":
-        model.set_attn_implementation(attention)
-    return model, spec, () if attention == "sdpa" else (attention,)
-
-
-def check_serving_loop(
-    dims: dict, precision: str, loop: tuple, family: str = "llama", attention: str = "sdpa"
-) -> None:
+def check_serving_loop(dims: dict, precision: str, loop: tuple, family: str = "llama") -> None:
     """The serving loop (`--loop forward`): the prefill's peak, the largest decode step's
     (the last: decode steps grow with the cache), the peak's phase and the cache at the
     end."""
     batch, prompt, new = loop
+    build, spec = FAMILIES[family]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model, spec, use = built(family, dims, dtype, attention)
+    model = build(dims, dtype)
     ids = torch.randint(3, dims["V"], (batch, prompt))
     steps = measure_decode(model, ids, new, logits_to_keep=1)
     result = compile_spec(
@@ -98,7 +88,6 @@ def check_serving_loop(
         set={**dims, "B": batch},
         precision=precision,
         inference=Inference(prompt, new, loop="forward"),
-        use=use,
     )
     prompt_ids = 8 * batch * prompt
     assert phase_peak(result, Phase.PREFILL) - prompt_ids == steps[0].peak
@@ -160,12 +149,7 @@ def test_generate_with_a_narrow_mlp_equals_transformers(precision, cache):
 
 
 def check_generate(
-    dims: dict,
-    precision: str,
-    loop: tuple,
-    cache: str,
-    family: str = "llama",
-    attention: str = "sdpa",
+    dims: dict, precision: str, loop: tuple, cache: str, family: str = "llama"
 ) -> None:
     """`model.generate(ids, max_new_tokens=T, do_sample=False)` with a DynamicCache, a
     StaticCache of P + T - 1 positions or an FP8 QuantizedCache ("fp8"): the peak, its
@@ -174,7 +158,8 @@ def check_generate(
     one's: generate's token selection after a forward is the step's)."""
     batch, prompt, new = loop
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model, spec, use = built(family, dims, dtype, attention)
+    build, spec = FAMILIES[family]
+    model = build(dims, dtype)
     ids = torch.randint(3, dims["V"], (batch, prompt))
     measured = measure_generate(model, ids, new, cache)
     assert measured.forwards == new and measured.sequences_shape == (batch, prompt + new)
@@ -185,7 +170,6 @@ def check_generate(
         set={**dims, "B": batch},
         precision=precision,
         inference=Inference(prompt, new, kv, kv_dtype=kv_dtype),
-        use=use,
     )
     caller_ids = 8 * batch * prompt  # the caller's prompt, which the harness leaves out
     fixed = fixed_bytes(result)
@@ -203,7 +187,6 @@ def check_generate(
             set={**dims, "B": batch},
             precision=precision,
             inference=Inference(prompt, 1, kv_dtype=kv_dtype),
-            use=use,
         )
         assert first.peak.value - fixed - caller_ids == measured.step_peaks[0]
 
@@ -382,20 +365,3 @@ def test_gpt2_serving_loop_equals_transformers(name, precision, loop):
 @pytest.mark.parametrize("name", GPT2)
 def test_gpt2_generate_equals_transformers(name, precision, loop, cache):
     check_generate({**GPT2[name], "P": 4096}, precision, loop, cache, "gpt2")
-
-
-# Eager attention (`--use eager`, attn_implementation="eager"), with a DynamicCache: a
-# decode step's repeat_kv copies the whole cache (kv_read), the float mask covers the
-# cached positions too, the softmax runs in float32 and is cast back, the repeated keys
-# and values live until the attention returns and its weights until the decoder layer
-# does (`hidden_states, _ = self.self_attn(...)`).
-@pytest.mark.parametrize("loop", LOOPS, ids=lambda p: "B{}-P{}-T{}".format(*p))
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize(
-    ("family", "dims"),
-    [("llama", MODELS["A"]), ("llama", MODELS["C"]), ("mixtral", MIXTRAL["E4-k2"])],
-    ids=["llama-A", "llama-C", "mixtral"],
-)
-def test_eager_generation_equals_transformers(family, dims, precision, loop):
-    check_serving_loop(dims, precision, loop, family, "eager")
-    check_generate(dims, precision, loop, "dynamic", family, "eager")

@@ -6,45 +6,27 @@
 # The attention interface (config._attn_implementation): `sdpa` (transformers' default)
 # calls scaled_dot_product_attention with enable_gqa, so K and V keep their KV heads
 # (torch's CPU flash kernel); `eager` repeats K and V to H heads (repeat_kv) and adds a
-# float causal mask; `math` and `flash` repeat K and V and use std's attention. Each
-# returns the output and the attention weights, which the decoder layer holds until it
-# returns (`hidden_states, _ = self.self_attn(...)`): eager's probabilities, None
-# otherwise (`keep`, a tensor alive through the layer anyway, stands for it).
-fn llama_attention(q: [b, h, s, d], k: [b, kv, t, d], v: [b, kv, t, d], n_rep, keep)
+# float causal mask; `math` and `flash` repeat K and V and use std's attention.
+fn llama_attention(q: [b, h, s, d], k: [b, kv, t, d], v: [b, kv, t, d], n_rep) -> [b, h, s, d]
 variant sdpa {
     # a StaticCache's decode step hands SDPA a boolean mask over the whole cache
-    if static_kv and decoding {
-        return flash_attention(q, k, v, false, mask_keys = static_length), keep
-    }
-    return flash_attention(q, k, v, true), keep
+    if static_kv and decoding { return flash_attention(q, k, v, false, mask_keys = static_length) }
+    return flash_attention(q, k, v, true)
 }
 variant eager {
-    k_all = k
-    v_all = v
-    if decoding {  # the cache's whole keys and values (the cat's), as repeat_kv reads them
-        k_all = kv_read(k, past_length)
-        v_all = kv_read(v, past_length)
-    }
-    k_rep = repeat(k_all, "b kv u d -> b (kv r) u d", r = n_rep)
-    v_rep = repeat(v_all, "b kv u d -> b (kv r) u d", r = n_rep)
-    # eager_attention_forward: q k^T scaled, the model's float mask added, softmax; the
-    # repeated keys and values are its locals until it returns
-    scores = einsum(q, k_rep, "... s d, ... u d -> ... s u") / sqrt(d)
-    # softmax(dtype=float32).to(q's dtype): a float32 copy, its softmax, then the cast,
-    # the masked scores alive until the statement rebinds attn_weights
-    masked = add_causal_mask(scores, 0)
-    probs = hold(type_as(softmax(to_dtype(masked, "float32")), q), masked)
-    return hold(einsum(probs, v_rep, "... s u, ... u e -> ... s e"), k_rep, v_rep), probs
+    k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
+    v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
+    return eager_attention(q, k_rep, v_rep, true, 0, 0, true)
 }
 variant math {
     k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
     v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
-    return attention(q, k_rep, v_rep, causal = true), keep
+    return attention(q, k_rep, v_rep, causal = true)
 }
 variant flash {
     k_rep = repeat(k, "b kv t d -> b (kv r) t d", r = n_rep)
     v_rep = repeat(v, "b kv t d -> b (kv r) t d", r = n_rep)
-    return attention(q, k_rep, v_rep, causal = true), keep
+    return attention(q, k_rep, v_rep, causal = true)
 }
 
 # HF LlamaAttention: q, k, v projections viewed as heads, rotary on q and k, attention,
@@ -56,7 +38,8 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
     k_proj = Linear(d_model, num_kv_heads * head_dim)
     v_proj = Linear(d_model, num_kv_heads * head_dim)
     o_proj = Linear(num_heads * head_dim, d_model)
-    forward(x: [b, s, d_model], cos: [r, 1, s, head_dim], sin: [r, 1, s, head_dim]) {
+    forward(x: [b, s, d_model], cos: [r, 1, s, head_dim], sin: [r, 1, s, head_dim])
+            -> [b, s, d_model] {
         q_states = rearrange(q_proj(x), "b s (h d) -> b h s d", h = num_heads)
         k_states = rearrange(k_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
         v = rearrange(v_proj(x), "b s (h d) -> b h s d", h = num_kv_heads)
@@ -72,10 +55,9 @@ layer LlamaAttention(d_model, num_heads, num_kv_heads) {
             k_cached = kv_cache(k)
             v_cached = hold(kv_cache(v), k)
         }
-        o, weights = llama_attention(q, k_cached, v_cached, n_rep, cos)
+        o = llama_attention(q, k_cached, v_cached, n_rep)
         # x, the caller's normed hidden states, and q (query_states, a local) are alive
-        # until the attention returns; it returns (attn_output, attn_weights)
-        out = hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x, q)   # transpose(1, 2).reshape
-        return out, weights
+        # until the attention returns
+        return hold(o_proj(rearrange(o, "b h s d -> b s (h d)")), x, q)   # transpose(1, 2).reshape
     }
 }

@@ -44,8 +44,7 @@ class ShardingError(Exception):
 _FREE = (
     "add sub mul div neg exp cos sin tanh sigmoid silu gelu relu relu_ relu6 relu6_ "
     "softplus hardtanh hardtanh_ scale clamp pow dropout native_dropout contiguous "
-    "returned hold autocast_cast type_as to_dtype zeros_like einsum matmul linear embedding "
-    "all_reduce "
+    "returned hold autocast_cast type_as zeros_like einsum matmul linear embedding all_reduce "
     "copy_to_tp_region requires_grad_"
 )
 _LAST = "softmax log_softmax rms_norm layer_norm topk sort nll_loss"

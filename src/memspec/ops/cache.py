@@ -22,7 +22,6 @@ from memspec.ops.registry import Grad, InferContext, OpDef, OpKind, OutputSpec, 
 __all__ = [
     "KV_APPEND",
     "KV_FP8",
-    "KV_READ",
     "KV_STATIC",
     "KV_WINDOW",
     "KV_WRITE",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 KV_APPEND = "kv_append"
-KV_READ = "kv_read"
 KV_WRITE = "kv_write"
 KV_STATIC = "kv_static"
 KV_WINDOW = "kv_window"
@@ -94,39 +92,6 @@ register(
         kind=OpKind.LAYOUT,
         shape_doc="x's shape, new storage; a workspace of the cache's `past` positions "
         "(the old tensor, alive while cat copies it)",
-        saved_doc="nothing",
-    )
-)
-
-
-def _kv_read_infer(ctx: InferContext) -> tuple[OutputSpec, ...]:
-    (x,) = ctx.inputs
-    ctx.expect_rank(0, 2)
-    past = _cached_positions(ctx)
-    shape = (*x.shape[:-2], past + x.shape[-2], x.shape[-1])
-    return (OutputSpec(shape, x.dtype, view_of=0),)
-
-
-def _kv_read_lower(tensors, attrs):
-    if int(attrs["past"]) != 0:
-        raise RuntimeError("a cache with past positions runs in memspec's inference replay")
-    return tensors[0]
-
-
-register(
-    OpDef(
-        KV_READ,
-        "the whole of a DynamicCache layer's keys or values as attention reads them: its "
-        "`past` positions and x, kv_append's new ones, one tensor (the cat's); a view, "
-        "the past positions being counted with the cache",
-        ("x",),
-        _kv_read_infer,
-        attrs=(("past", 0),),
-        lower=_kv_read_lower,
-        grads=lambda op, graph: (Grad.THROUGH,),
-        grads_doc="the output's gradient itself (inference only: nothing is trained)",
-        kind=OpKind.LAYOUT,
-        shape_doc="x's shape with past + s positions, x's storage (no new memory)",
         saved_doc="nothing",
     )
 )
