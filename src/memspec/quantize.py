@@ -106,14 +106,17 @@ class Weights:
         if self.compute not in COMPUTE:
             raise UsageError(f"--compute-dtype takes one of {', '.join(COMPUTE)}")
         if self.fused_rows is None:
-            object.__setattr__(
-                self, "fused_rows", FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
-            )
+            object.__setattr__(self, "fused_rows", self.fused_everywhere)
         if not 0 <= self.fused_rows <= FUSED_ROWS_MAX:
             raise UsageError(
                 f"--bnb-fused-rows takes 0 to {FUSED_ROWS_MAX:,}: bitsandbytes dequantizes "
                 f"the weight for a product of more rows on every GPU, not {self.fused_rows}"
             )
+
+    @property
+    def fused_everywhere(self) -> int:
+        """The most rows every CUDA GPU's gemm_4bit fuses in this compute dtype."""
+        return FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
 
     @property
     def int8(self) -> bool:
@@ -176,7 +179,7 @@ class Weights:
         dequantized = "the weight dequantized first"
         if self.fused_rows == 0:
             return f"each on {dequantized} (bitsandbytes' default kernel, the CPU's)"
-        every = FUSED_ROWS.get(str(self.compute), FUSED_ROWS_DEFAULT)
+        every = self.fused_everywhere
         rows = "row" if self.fused_rows == 1 else "rows"
         start = max(self.fused_rows, every) + 1
         between = (

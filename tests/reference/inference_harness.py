@@ -53,7 +53,6 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
-    MixtralConfig,
     MixtralForCausalLM,
     QuantizedCache,
     StaticCache,
@@ -232,12 +231,9 @@ def mixtral(sizes: dict, dtype: torch.dtype = torch.float32) -> MixtralForCausal
     """A MixtralForCausalLM from {"V", "D", "F", "N", "H", "KV", "E", "k"} (E experts a
     layer, k a token), as `llama` builds its model: grouped_mm experts and sdpa
     attention, transformers' defaults."""
-    config = decoder_config(
-        MixtralConfig,
-        {**sizes, "L": 4096},  # L: max_position_embeddings
-        num_local_experts=sizes["E"],
-        num_experts_per_tok=sizes["k"],
-    )
+    from tests.reference.test_mixtral import mixtral_config
+
+    config = mixtral_config({**sizes, "L": 4096}, None, "grouped_mm")  # L: max positions
     torch.manual_seed(0)
     return MixtralForCausalLM(config).to(dtype).eval()
 

@@ -148,7 +148,7 @@ def _nested(op: OpApply) -> bool:
     return bool(op.attr("double_quant", True))
 
 
-def fused_kernel(op: OpApply, graph: Graph) -> bool:
+def _fused_kernel(op: OpApply, graph: Graph) -> bool:
     """Whether bitsandbytes' gemm_4bit runs its fused kernel for this product: x's rows
     at most `fused_rows` and in_features a whole number of blocks (else it warns and
     dequantizes). At unbound sizes the rows are taken to be more than the fused kernel
@@ -177,7 +177,7 @@ def _matmul_4bit_workspace(op: OpApply, graph: Graph) -> sp.Expr:
     """The fused kernel's none; the dequantizing fallback's weight in the compute dtype,
     alive while F.linear makes the output, beside two float32 [blocks] copies of the
     double-quantized block maxima (`absmax_dq` and `absmax_dq + offset` on CUDA)."""
-    if fused_kernel(op, graph):
+    if _fused_kernel(op, graph):
         return sp.Integer(0)
     out, into = _sizes(op)
     maxima = 2 * 4 * blocks_of(out * into) if _nested(op) else sp.Integer(0)

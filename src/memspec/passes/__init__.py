@@ -112,7 +112,9 @@ def _quantities(context: AnalysisContext) -> dict[str, sp.Expr]:
     """The elements of each quantity an `expect` may name (`passes.expects.QUANTITIES`)."""
     categories = context.categories()
     changed = context.config.lora is not None or context.config.weights is not None
-    active = count_active_parameters(context.graph, model_only=changed)
+    # the report's count (every parameter the run holds) where the run adds or packs none
+    earlier = None if changed else context.earlier["active_parameters"]
+    active = earlier or count_active_parameters(context.graph, model_only=changed)
     quantities = {
         **{k: c.elements for k, c in categories.items()},
         "total": sp.Add(*(c.elements for c in categories.values())),
